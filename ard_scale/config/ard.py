@@ -1,0 +1,56 @@
+"""The ARD student's own settings (DESIGN.md §1): a keyword-only dataclass the model receives as its sub-config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MaskKind = Literal["diagonal", "window", "first", "causal"]
+MASK_KINDS: tuple[str, ...] = ("diagonal", "window", "first", "causal")
+OutputKind = Literal["solver", "direct"]
+OUTPUT_KINDS: tuple[str, ...] = ("solver", "direct")
+
+
+@dataclass(kw_only=True)
+class ARDConfig:
+    """How the teacher's network becomes an autoregressive student."""
+
+    num_steps: int = 4
+    """S: student steps; the student sees S teacher states and predicts S next states in one forward pass."""
+    num_causal_layers: int = 6
+    """N: lowest blocks with the history mask; blocks above are block-diagonal. 0 = step distillation baseline."""
+    mask: MaskKind = "causal"
+    """History mask in the lowest N blocks: M1 'diagonal', M2 'window' (last `window` groups), M3 'first'
+    (itself plus the x_{τ_S} group), M4 'causal' (itself and every earlier group; the paper's default)."""
+    window: int = 2
+    """W for mask='window': a group sees itself and the W-1 groups before it."""
+    shared_head: bool = False
+    """One output head for all steps instead of one per step (each initialised from the teacher's final layer)."""
+    output: OutputKind = "solver"
+    """'solver': heads predict the teacher's native target and the next state is one DDIM/Euler step;
+    'direct': heads output the next state itself."""
+
+    def problems(self) -> list[str]:
+        """Every inconsistency in this section, as 'key: what is wrong (valid choices)' lines."""
+        out = []
+        if self.num_steps < 1:
+            out.append(f"num_steps: must be >= 1, got {self.num_steps}")
+        if self.num_causal_layers < 0:
+            out.append(f"num_causal_layers: must be >= 0, got {self.num_causal_layers}")
+        if self.mask not in MASK_KINDS:
+            out.append(f"mask: unknown {self.mask!r} (choose one of {', '.join(MASK_KINDS)})")
+        if self.window < 1:
+            out.append(f"window: must be >= 1 (a group always sees itself), got {self.window}")
+        if self.output not in OUTPUT_KINDS:
+            out.append(f"output: unknown {self.output!r} (choose one of {', '.join(OUTPUT_KINDS)})")
+        return out
+
+    def validate(self, *, depth: int | None = None) -> None:
+        problems = self.problems()
+        if depth is not None and self.num_causal_layers > depth:
+            problems.append(
+                f"num_causal_layers: N={self.num_causal_layers} is larger than the teacher's depth ({depth} blocks); "
+                f"use 0 <= N <= {depth}"
+            )
+        if problems:
+            raise ValueError("invalid ARD settings:\n  " + "\n  ".join(problems))
