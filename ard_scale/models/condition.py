@@ -1,0 +1,72 @@
+"""The conditioning a teacher or student receives: class labels (DiT) or T5 token embeddings + mask (PixArt)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Condition:
+    """A batch of conditions. Exactly one of `labels` or `text` is set.
+
+    labels:    (B,) long class indices; the null class (for CFG) is the teacher's `num_classes`.
+    text:      (B, L_txt, C_txt) T5 token embeddings.
+    text_mask: (B, L_txt) 1 for real tokens, 0 for padding (None = all tokens valid).
+    """
+
+    labels: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if (self.labels is None) == (self.text is None):
+            raise ValueError("a Condition needs exactly one of `labels` (class-conditional) or `text` (T5 embeddings)")
+        if self.text_mask is not None and self.text is None:
+            raise ValueError("`text_mask` given without `text`")
+
+    @property
+    def batch_size(self) -> int:
+        return (self.labels if self.labels is not None else self.text).shape[0]
+
+    def _map(self, fn) -> Condition:
+        return Condition(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                            for f in fields(self)})
+
+    def to(self, *args, **kwargs) -> Condition:
+        """Moves tensors; a dtype argument applies to the float tensor (`text`) only."""
+        def move(v):
+            return v.to(*args, **kwargs) if v.is_floating_point() else v.to(device=_device_of(args, kwargs, v))
+        return self._map(move)
+
+    def __getitem__(self, index) -> Condition:
+        return self._map(lambda v: v[index])
+
+    def repeat_interleave(self, n: int) -> Condition:
+        return self._map(lambda v: v.repeat_interleave(n, dim=0))
+
+    @staticmethod
+    def cat(conds: list[Condition]) -> Condition:
+        """Concatenate along the batch (e.g. conditional and unconditional halves for CFG)."""
+        first = conds[0]
+        out = {}
+        for f in fields(first):
+            vals = [getattr(c, f.name) for c in conds]
+            if all(v is None for v in vals):
+                out[f.name] = None
+            elif f.name == "text_mask" and any(v is None for v in vals):
+                out[f.name] = torch.cat([
+                    v if v is not None else torch.ones(c.text.shape[:2], dtype=torch.long, device=c.text.device)
+                    for v, c in zip(vals, conds)
+                ])
+            else:
+                out[f.name] = torch.cat(vals)
+        return Condition(**out)
+
+
+def _device_of(args, kwargs, v):
+    for a in (*args, kwargs.get("device")):
+        if isinstance(a, (str, torch.device)):
+            return a
+    return v.device
