@@ -58,7 +58,7 @@ class Condition:
             elif f.name == "text_mask" and any(v is None for v in vals):
                 out[f.name] = torch.cat([
                     v if v is not None else torch.ones(c.text.shape[:2], dtype=torch.long, device=c.text.device)
-                    for v, c in zip(vals, conds)
+                    for v, c in zip(vals, conds, strict=True)
                 ])
             else:
                 out[f.name] = torch.cat(vals)
