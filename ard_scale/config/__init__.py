@@ -1,0 +1,52 @@
+"""Typed recipe tree, strict YAML loading with dotted overrides, and one ConfigError listing every problem."""
+
+from ard_scale.config.ard import ARDConfig
+from ard_scale.config.loader import ConfigError, diff_configs, dump_yaml, to_dict
+from ard_scale.config.schema import (
+    NOT_HASHED,
+    CheckpointConfig,
+    ConfigWarning,
+    DataConfig,
+    DiffusionConfig,
+    EvalConfig,
+    GANConfig,
+    LogConfig,
+    RootConfig,
+    TeacherConfig,
+    TextEncoderConfig,
+    TrainConfig,
+    VAEConfig,
+    ZeroConfig,
+    config_from_dict,
+    config_hash,
+    load_config,
+    recipe_changes,
+    training_dict,
+)
+
+__all__ = [
+    "ARDConfig",
+    "CheckpointConfig",
+    "ConfigError",
+    "ConfigWarning",
+    "DataConfig",
+    "DiffusionConfig",
+    "EvalConfig",
+    "GANConfig",
+    "LogConfig",
+    "NOT_HASHED",
+    "RootConfig",
+    "TeacherConfig",
+    "TextEncoderConfig",
+    "TrainConfig",
+    "VAEConfig",
+    "ZeroConfig",
+    "config_from_dict",
+    "config_hash",
+    "diff_configs",
+    "dump_yaml",
+    "load_config",
+    "recipe_changes",
+    "to_dict",
+    "training_dict",
+]

@@ -1,0 +1,531 @@
+"""The recipe tree: one keyword-only dataclass per section, a docstring per field, required fields without defaults.
+
+A component receives its own section (e.g. the student model gets `cfg.student`), never the root. Each section's
+`problems()` returns 'field: what is wrong' lines; `RootConfig.problems()` adds the cross-section checks, and
+`RootConfig.ignored()` the settings another setting makes irrelevant (reported as a warning, not an error).
+Checks that need a built model (e.g. student.num_causal_layers <= teacher depth) belong to the model factory.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ard_scale.config import loader
+from ard_scale.config.ard import ARDConfig
+
+
+class ConfigWarning(UserWarning):
+    """A setting that has no effect because of another setting."""
+
+
+def _positive(out: list[str], name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero) or value != value:  # value != value: NaN
+        out.append(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass(kw_only=True)
+class TeacherConfig:
+    """The frozen teacher network (loaded from a local diffusers folder, or built at a named size for tests)."""
+
+    family: Literal["dit", "pixart"]
+    """'dit': class-conditional DiT (adaLN); 'pixart': PixArt-Σ-style text-to-image DiT with T5 cross-attention."""
+    size: str | None = None
+    """Named architecture built with random weights (e.g. 'debug', 'dit_xl_2_256', 'pixart_sigma_1024'); the model
+    factory lists valid names. Exactly one of size/path."""
+    path: str | None = None
+    """Local diffusers-format folder holding the teacher's config and weights. Exactly one of size/path."""
+    num_classes: int | None = None
+    """Classes of a class-conditional ('dit') teacher, e.g. 1000 for ImageNet; must be null for 'pixart'."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if (self.size is None) == (self.path is None):
+            out.append("size/path: set exactly one (a named size for random weights, or a local folder)")
+        if self.family == "dit" and self.num_classes is None:
+            out.append("num_classes: required for family 'dit' (e.g. 1000 for ImageNet)")
+        if self.family == "pixart" and self.num_classes is not None:
+            out.append("num_classes: must be null for family 'pixart' (it is text-conditioned)")
+        _positive(out, "num_classes", self.num_classes)
+        return out
+
+
+@dataclass(kw_only=True)
+class TextEncoderConfig:
+    """The frozen T5 text encoder of a text-to-image teacher (unused by 'dit')."""
+
+    size: str | None = None
+    """Named architecture built with random weights (e.g. 'debug': a tiny T5 with a byte tokenizer); at most one of
+    size/path."""
+    path: str | None = None
+    """Local folder with the T5 encoder and its tokenizer (transformers format); at most one of size/path; both
+    null only with use_precomputed."""
+    max_length: int = 300
+    """Tokens per caption (PixArt-Σ: 300); longer captions are truncated."""
+    use_precomputed: bool = False
+    """Read T5 embeddings stored in the data shards instead of running the encoder."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.size is not None and self.path is not None:
+            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
+        _positive(out, "max_length", self.max_length)
+        return out
+
+
+@dataclass(kw_only=True)
+class VAEConfig:
+    """The autoencoder between pixels and the teacher's latent space (only for real images and decoding)."""
+
+    size: str | None = None
+    """Named architecture built with random weights (e.g. 'debug'); at most one of size/path."""
+    path: str | None = None
+    """Local diffusers AutoencoderKL folder; size and path both null = the teacher works in pixel space."""
+    scaling_factor: float | None = None
+    """Latent scale; null = read it from the VAE's config (e.g. 0.18215 for SD's VAE)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.size is not None and self.path is not None:
+            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
+        _positive(out, "scaling_factor", self.scaling_factor)
+        return out
+
+
+@dataclass(kw_only=True)
+class DiffusionConfig:
+    """The teacher's noise schedule and the sampler that records its trajectory on the student grid."""
+
+    schedule: Literal["vp", "flow"]
+    """'vp': discrete variance-preserving (DiT, PixArt); 'flow': rectified flow / flow matching (SD3-style)."""
+    prediction_type: Literal["epsilon", "v_prediction", "flow"]
+    """The teacher's native output: 'epsilon' or 'v_prediction' for 'vp', 'flow' (velocity) for 'flow'."""
+    num_train_timesteps: int = 1000
+    """T of the discrete VP schedule (ignored for 'flow')."""
+    beta_start: float = 1e-4
+    """First β of the linear VP schedule (DiT and PixArt: 1e-4)."""
+    beta_end: float = 0.02
+    """Last β of the linear VP schedule (DiT and PixArt: 0.02)."""
+    solver: Literal["ddim", "euler", "heun", "dpm++2m"] = "ddim"
+    """Deterministic ODE solver of the teacher trajectory."""
+    substeps: int = 6
+    """K: teacher solver steps inside each student interval; the teacher takes student.num_steps × K steps in all
+    (the teacher grid must contain the student grid)."""
+    guidance_scale: float
+    """Classifier-free guidance scale w of the teacher (1 = no guidance; DiT-XL/2: 1.5). Distilled into the
+    student, which samples without a CFG pass."""
+    guide_first_channels: int | None = None
+    """Apply guidance only to the first C latent channels (DiT's reference sampler: 3 of 4); null = all."""
+    record: Literal["noisy", "x0"] = "noisy"
+    """Recorded state at each student time: the noisy x_τ (the paper) or the teacher's x̂0 (the re-implementation)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.schedule == "vp" and self.prediction_type == "flow":
+            out.append("prediction_type: 'flow' needs schedule 'flow' (for 'vp' choose 'epsilon' or 'v_prediction')")
+        if self.schedule == "flow" and self.prediction_type != "flow":
+            out.append(f"prediction_type: {self.prediction_type!r} needs schedule 'vp' (for 'flow' choose 'flow')")
+        _positive(out, "num_train_timesteps", self.num_train_timesteps)
+        _positive(out, "beta_start", self.beta_start)
+        _positive(out, "beta_end", self.beta_end)
+        if self.beta_start >= self.beta_end or self.beta_end >= 1:
+            out.append(f"beta_start/beta_end: need beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        _positive(out, "substeps", self.substeps)
+        _positive(out, "guidance_scale", self.guidance_scale, allow_zero=True)
+        _positive(out, "guide_first_channels", self.guide_first_channels)
+        return out
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Streamed training shards: images with captions (or class labels), and optionally offline trajectories.
+
+    Field names follow the data readers (ard_scale/data), which receive this section."""
+
+    format: Literal["webdataset", "mds"]
+    """Shard format: webdataset tars (img2dataset layout) or mosaicml-streaming MDS."""
+    path: str | None = None
+    """Image shards. webdataset: a folder of .tar, a shard index .json, or a brace pattern; MDS: a local folder or
+    remote URL. Gives the conditions for online trajectories and the real images for the GAN; may be null only
+    with train.trajectory_source='offline' and no GAN."""
+    trajectory_path: str | None = None
+    """Offline teacher-trajectory MDS shards, for train.trajectory_source='offline'."""
+    resolution: int
+    """Square side after resize + center crop; with `buckets`, the bucket table's base side (e.g. 1024)."""
+    batch_size: int
+    """Samples per rank per micro-step (global batch = batch_size × ranks × train.grad_accum)."""
+    buckets: bool = False
+    """Aspect-ratio buckets (PixArt-Σ table scaled to `resolution`); every batch comes from one bucket."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (decode + resize run there)."""
+    prefetch_factor: int = 2
+    """Chunks each worker prepares ahead."""
+    seed: int = 0
+    """Shuffle seed; the order is a pure function of (seed, epoch), identical on every rank."""
+    shuffle: bool = True
+    """Shuffle shard order (webdataset) or samples (MDS) every epoch."""
+    num_epochs: int | None = None
+    """Epochs to iterate; null streams forever (the trainer stops at train.max_steps)."""
+    chunk_size: int = 16
+    """webdataset: consecutive samples one worker decodes as a unit."""
+    cache_dir: str | None = None
+    """MDS with a remote `path`: a local cache folder unique to this job."""
+    num_canonical_nodes: int | None = None
+    """MDS: canonical node count; keep it fixed across resumes (null = the first run's node count)."""
+    local_world_size: int | None = None
+    """MDS: ranks per node (null = LOCAL_WORLD_SIZE, else world size)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("path", "trajectory_path", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                out.append(f"{name}: empty string; give a location or null")
+        if self.resolution < 8 or self.resolution % 8:
+            out.append(f"resolution: must be a positive multiple of 8, got {self.resolution}")
+        _positive(out, "batch_size", self.batch_size)
+        _positive(out, "num_workers", self.num_workers, allow_zero=True)
+        _positive(out, "prefetch_factor", self.prefetch_factor)
+        _positive(out, "num_epochs", self.num_epochs)
+        _positive(out, "chunk_size", self.chunk_size)
+        _positive(out, "num_canonical_nodes", self.num_canonical_nodes)
+        _positive(out, "local_world_size", self.local_world_size)
+        return out
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The student's optimisation."""
+
+    max_steps: int
+    """Optimizer steps in total (rerunning with a larger value continues a finished run)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    global_batch_size: int | None = None
+    """If set, the trainer stops unless data.batch_size × ranks × grad_accum equals it (pins a recipe's batch)."""
+    lr: float
+    """Peak learning rate of the student's AdamW."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up, to 0 at max_steps ('constant' keeps the peak)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β1, β2)."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this; null = no clipping."""
+    ema_decay: float | None = 0.9999
+    """Decay of the student's EMA (per ZeRO partition); null = no EMA."""
+    seed: int = 0
+    """Seed of initialisation and of per-step noise (keyed on global step and rank)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Compute precision of student and teacher (master weights stay fp32)."""
+    activation_checkpointing: bool = False
+    """Recompute the student's block activations in backward to save memory."""
+    trajectory_source: Literal["online", "replay", "offline"] = "online"
+    """'online': the teacher solves a fresh trajectory every step; 'replay': each trajectory is reused
+    replay_times times; 'offline': read from data.trajectory_path."""
+    replay_times: int = 1
+    """R: steps each trajectory is reused for with trajectory_source='replay'."""
+    loss_weights: list[float] | None = None
+    """Per-student-step weights of the regression loss (length student.num_steps); null = equal weights."""
+    max_consecutive_nan: int = 10
+    """Non-finite-loss steps in a row that are skipped before the run saves a checkpoint and stops."""
+
+    def problems(self) -> list[str]:
+        out = []
+        _positive(out, "max_steps", self.max_steps)
+        _positive(out, "grad_accum", self.grad_accum)
+        _positive(out, "global_batch_size", self.global_batch_size)
+        _positive(out, "lr", self.lr)
+        _positive(out, "warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive(out, "weight_decay", self.weight_decay, allow_zero=True)
+        if not all(0 <= b < 1 for b in self.betas):
+            out.append(f"betas: each must be in [0, 1), got {list(self.betas)}")
+        _positive(out, "grad_clip", self.grad_clip)
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            out.append(f"ema_decay: must be in [0, 1) (or null for no EMA), got {self.ema_decay}")
+        if self.trajectory_source == "replay" and self.replay_times < 1:
+            out.append(f"replay_times: must be >= 1 with trajectory_source 'replay', got {self.replay_times}")
+        if self.loss_weights is not None and (
+            any(not w >= 0 for w in self.loss_weights) or sum(self.loss_weights) <= 0
+        ):
+            out.append(f"loss_weights: need weights >= 0 with a positive sum, got {self.loss_weights}")
+        _positive(out, "max_consecutive_nan", self.max_consecutive_nan)
+        return out
+
+
+@dataclass(kw_only=True)
+class ZeroConfig:
+    """DeepSpeed ZeRO settings."""
+
+    stage: Literal[0, 1, 2, 3] = 3
+    """ZeRO stage of the student engine (3: parameters, gradients and optimizer state partitioned)."""
+    teacher_stage: Literal[0, 3] = 3
+    """ZeRO stage of the frozen teacher and T5 engines (no optimizer): 3 partitions them, 0 replicates them."""
+    gather_teacher_once: bool = False
+    """Gather the teacher's parameters once per trajectory batch instead of once per solver step (costs the full
+    teacher in memory on every rank; `python -m ard_scale.plan` says whether it fits)."""
+    offload_optimizer: bool = False
+    """Keep the student's optimizer state in CPU memory (stage >= 1)."""
+    offload_params: bool = False
+    """Keep the student's parameters in CPU memory (stage 3)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.offload_optimizer and self.stage < 1:
+            out.append("offload_optimizer: needs stage >= 1")
+        if self.offload_params and self.stage != 3:
+            out.append(f"offload_params: needs stage 3, got stage {self.stage}")
+        return out
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """Where the run lives and how it is saved; rerunning the same command resumes from the newest checkpoint."""
+
+    run_dir: str
+    """Run directory: checkpoints, resolved config, metrics.jsonl, TensorBoard, samples."""
+    every: int = 1000
+    """Save every this many optimizer steps (and always on a stop signal and at the end)."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted."""
+    allow_recipe_change: bool = False
+    """Resume a checkpoint written under a different training-defining config (see config_hash) instead of
+    refusing it."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.run_dir.strip():
+            out.append("run_dir: empty; give a directory")
+        _positive(out, "every", self.every)
+        _positive(out, "keep_last", self.keep_last)
+        return out
+
+
+@dataclass(kw_only=True)
+class GANConfig:
+    """The R+G stage: discriminator heads on hidden states of a feature backbone, adaptive weight (DESIGN §1)."""
+
+    enabled: bool = False
+    """Add the adversarial loss (needs real images in data.path)."""
+    backbone: Literal["student", "teacher"] = "student"
+    """Feature backbone of the heads: the student itself, or the frozen teacher (the re-implementation)."""
+    layers: list[int] | None = None
+    """Backbone block indices that get a head; null = every block."""
+    loss: Literal["hinge", "non_saturating"] = "hinge"
+    """Adversarial objective."""
+    warmup_steps: int = 3000
+    """Steps with GAN weight 0 before the adversarial loss starts."""
+    adaptive: bool = True
+    """Weight = ‖∇L_R‖/‖∇L_G‖ at the student's output activation, clamped to [0, adaptive_max], × adaptive_lambda."""
+    adaptive_lambda: float = 10.0
+    """λ of the adaptive weight."""
+    adaptive_max: float = 1e4
+    """Upper clamp of the gradient-norm ratio."""
+    weight: float = 1.0
+    """Fixed GAN weight when adaptive is false."""
+    d_lr: float = 1e-3
+    """Discriminator learning rate."""
+    r1_weight: float = 0.0
+    """R1 gradient penalty on real inputs; 0 = off."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.layers is not None:
+            if not self.layers:
+                out.append("layers: empty list; give block indices or null for every block")
+            if any(i < 0 for i in self.layers):
+                out.append(f"layers: block indices must be >= 0, got {self.layers}")
+            if len(set(self.layers)) != len(self.layers):
+                out.append(f"layers: repeated block index in {self.layers}")
+        _positive(out, "warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive(out, "adaptive_lambda", self.adaptive_lambda, allow_zero=True)
+        _positive(out, "adaptive_max", self.adaptive_max)
+        _positive(out, "weight", self.weight, allow_zero=True)
+        _positive(out, "d_lr", self.d_lr)
+        _positive(out, "r1_weight", self.r1_weight, allow_zero=True)
+        return out
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """In-loop evaluation (FID, CLIP score, sample grids); the offline evaluator reads the same section."""
+
+    every: int | None = None
+    """Evaluate every this many steps; null = never in the loop."""
+    num_samples: int = 1000
+    """Generated images per evaluation (split across ranks)."""
+    batch_size: int = 16
+    """Generation batch per rank."""
+    use_ema: bool = True
+    """Evaluate the EMA weights (if train.ema_decay is set) rather than the raw student."""
+    fid_inception_path: str | None = None
+    """Local Inception weights for FID; null = no FID."""
+    fid_reference_path: str | None = None
+    """Precomputed reference statistics (.npz) for FID; null = computed from data.path."""
+    clip_path: str | None = None
+    """Local open_clip model folder for CLIP score; null = no CLIP score."""
+    prompts_path: str | None = None
+    """Text file of prompts (one a line) for T2I grids and CLIP score; null = captions from the data."""
+    grid_size: int = 16
+    """Images in the sample grid written each evaluation."""
+
+    def problems(self) -> list[str]:
+        out = []
+        _positive(out, "every", self.every)
+        _positive(out, "num_samples", self.num_samples)
+        _positive(out, "batch_size", self.batch_size)
+        _positive(out, "grid_size", self.grid_size, allow_zero=True)
+        return out
+
+
+@dataclass(kw_only=True)
+class LogConfig:
+    """Progress and metrics (RUN_DIR/metrics.jsonl always)."""
+
+    every: int = 10
+    """Log metrics every this many steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard events under RUN_DIR/tb."""
+    progress_bar: bool = True
+    """Rank-0 progress bar (step, loss, samples/s, ETA)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        _positive(out, "every", self.every)
+        return out
+
+
+@dataclass(kw_only=True)
+class RootConfig:
+    """A whole recipe."""
+
+    teacher: TeacherConfig
+    """The frozen teacher network."""
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    """T5 encoder of a text-to-image teacher."""
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    """Autoencoder of a latent-space teacher."""
+    student: ARDConfig = field(default_factory=ARDConfig)
+    """The ARD student (S, N, mask, heads, output parameterisation)."""
+    diffusion: DiffusionConfig
+    """Schedule and teacher trajectory."""
+    data: DataConfig
+    """Training shards."""
+    train: TrainConfig
+    """Optimisation."""
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    """DeepSpeed ZeRO."""
+    checkpoint: CheckpointConfig
+    """Run directory and checkpoints."""
+    gan: GANConfig = field(default_factory=GANConfig)
+    """Adversarial fine-tuning."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Logging."""
+
+    def problems(self) -> list[str]:
+        """Cross-section impossible combinations, as 'dotted.key: what is wrong' lines."""
+        out = []
+        t, tr, d = self.teacher, self.train, self.data
+        te = self.text_encoder
+        if t.family == "pixart" and te.path is None and te.size is None and not te.use_precomputed:
+            out.append(
+                "text_encoder.path: family 'pixart' needs captions encoded: set text_encoder.path to a local T5 "
+                "folder (or text_encoder.size) or text_encoder.use_precomputed=true"
+            )
+        if t.family == "dit" and self.text_encoder.use_precomputed:
+            out.append("text_encoder.use_precomputed: family 'dit' is class-conditional and has no text embeddings")
+        if tr.trajectory_source == "offline" and d.trajectory_path is None:
+            out.append("data.trajectory_path: required with train.trajectory_source 'offline'")
+        if tr.trajectory_source != "offline" and d.path is None:
+            out.append(
+                f"data.path: required with train.trajectory_source {tr.trajectory_source!r} (it gives the conditions)"
+            )
+        if self.gan.enabled and d.path is None:
+            out.append("data.path: gan.enabled needs real images; give image shards")
+        if tr.loss_weights is not None and len(tr.loss_weights) != self.student.num_steps:
+            out.append(
+                f"train.loss_weights: {len(tr.loss_weights)} weights for student.num_steps={self.student.num_steps}; "
+                "give one per student step or null"
+            )
+        if tr.global_batch_size is not None and tr.global_batch_size % (d.batch_size * tr.grad_accum):
+            out.append(
+                f"train.global_batch_size: {tr.global_batch_size} is not a multiple of data.batch_size × "
+                f"train.grad_accum = {d.batch_size * tr.grad_accum}"
+            )
+        return out
+
+    def ignored(self) -> list[str]:
+        """Settings that have no effect because of another setting (a warning, not an error)."""
+        out = []
+        if self.teacher.family == "dit" and (self.text_encoder.path or self.text_encoder.size) is not None:
+            out.append("text_encoder.path/size is ignored: family 'dit' has no text encoder")
+        if self.vae.path is None and self.vae.size is None and self.vae.scaling_factor is not None:
+            out.append("vae.scaling_factor is ignored: no VAE (pixel space)")
+        if self.train.trajectory_source != "replay" and self.train.replay_times != 1:
+            out.append(f"train.replay_times is ignored with trajectory_source {self.train.trajectory_source!r}")
+        if self.zero.gather_teacher_once and self.zero.teacher_stage == 0:
+            out.append("zero.gather_teacher_once is ignored: zero.teacher_stage 0 keeps the teacher whole")
+        if self.diffusion.guide_first_channels is not None and self.diffusion.guidance_scale == 1:
+            out.append("diffusion.guide_first_channels is ignored: guidance_scale 1 means no guidance")
+        if self.student.mask != "window" and self.student.window != ARDConfig().window:
+            out.append(f"student.window is ignored with student.mask {self.student.mask!r}")
+        return out
+
+
+# Keys that do not change what is trained: where the run is written, how often it logs/evaluates/saves, worker
+# counts, the step budget (extending a run is a resume, not a new run) and memory placement. Everything else
+# — teacher and its paths, schedule, student, data, optimiser, precision, ZeRO stages, GAN — defines the run.
+NOT_HASHED: tuple[str, ...] = (
+    "checkpoint",
+    "eval",
+    "log",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.cache_dir",
+    "train.max_steps",
+    "train.max_consecutive_nan",
+    "zero.gather_teacher_once",
+    "zero.offload_optimizer",
+    "zero.offload_params",
+)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RootConfig:
+    """Load a recipe with dotted overrides (CLI > YAML > defaults); raises ConfigError listing every problem and
+    warns (ConfigWarning) about settings made irrelevant by others."""
+    cfg = loader.load(RootConfig, path, overrides)
+    ignored = cfg.ignored()
+    if ignored:
+        warnings.warn("; ".join(ignored), ConfigWarning, stacklevel=2)
+    return cfg
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> RootConfig:
+    """Build a RootConfig from a plain dict (e.g. one stored in a checkpoint); raises ConfigError."""
+    return loader.from_dict(RootConfig, data, source)
+
+
+def training_dict(cfg: RootConfig | dict) -> dict[str, Any]:
+    """The flattened {dotted.key: value} of the fields that define the training run (all but NOT_HASHED)."""
+    flat = loader.flatten(loader.to_dict(cfg))
+    return {k: v for k, v in flat.items() if not any(k == x or k.startswith(x + ".") for x in NOT_HASHED)}
+
+
+def config_hash(cfg: RootConfig | dict) -> str:
+    """Stable 16-hex-digit hash of training_dict(cfg); stored in checkpoints to refuse another recipe's run."""
+    return loader.dict_hash(training_dict(cfg))
+
+
+def recipe_changes(saved: RootConfig | dict, current: RootConfig | dict) -> list[str]:
+    """Training-defining dotted keys that differ between a checkpoint's config and the current one."""
+    return loader.diff_configs(training_dict(saved), training_dict(current))
