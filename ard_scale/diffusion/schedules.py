@@ -39,9 +39,7 @@ class VPSchedule:
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(
-                f"unknown VP prediction_type {self.prediction_type!r}; choose 'epsilon' or 'v_prediction'"
-            )
+            raise ValueError(f"unknown VP prediction_type {self.prediction_type!r}; choose 'epsilon' or 'v_prediction'")
 
     @property
     def t_max(self) -> float:
@@ -89,6 +87,12 @@ class FlowSchedule:
 
     shift: float = 1.0
     prediction_type: Literal["flow"] = "flow"
+
+    def __post_init__(self):
+        if self.prediction_type != "flow":
+            raise ValueError(f"unknown flow-matching prediction_type {self.prediction_type!r}; the only one is 'flow'")
+        if not self.shift > 0:
+            raise ValueError(f"flow shift must be > 0, got {self.shift} (1.0 = no shift; SD3 uses 3.0)")
 
     @property
     def t_max(self) -> float:
