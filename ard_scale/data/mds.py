@@ -1,0 +1,174 @@
+"""MDS shards through mosaicml-streaming, resumed with the stream's own state.
+
+Streaming's rules, followed here: the same shuffle seed and the same `num_canonical_nodes` on every rank
+and across resumes (both are part of the saved state), ranks step in lockstep (one batch per rank per
+step, which the trainer does), and each job uses its own local cache folder. Rank and world size come in
+as arguments and are exported as the RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE variables that
+streaming reads; torch.distributed is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from streaming import StreamingDataLoader, StreamingDataset
+
+from ard_scale.data.config import DataConfig
+from ard_scale.data.loader import SkipCounter
+from ard_scale.data.samples import BadSample, collate, decode_sample
+
+COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}  # + optional label: int, t5_emb/t5_mask: ndarray
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _export_world(rank: int, world_size: int, local_world_size: int | None) -> None:
+    local_world_size = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    wanted = {"RANK": rank, "WORLD_SIZE": world_size, "LOCAL_WORLD_SIZE": local_world_size,
+              "LOCAL_RANK": rank % local_world_size}  # fmt: skip
+    for name, value in wanted.items():
+        if name in os.environ and int(os.environ[name]) != value:
+            raise ValueError(f"{name}={os.environ[name]} in the environment but the data loader was given {value}")
+        os.environ[name] = str(value)
+
+
+class DecodingStreamingDataset(StreamingDataset):
+    """StreamingDataset whose items are decoded, transformed samples, or {"bad": reason} for a skipped one."""
+
+    def __init__(self, *, resolution: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.resolution = resolution
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict:
+        try:
+            raw = super().get_item(sample_id, retry)
+        except RuntimeError:
+            raise  # a shard that cannot be fetched is not one bad sample
+        except Exception as e:  # a corrupt shard body shows up as arbitrary decode errors
+            return {"bad": f"unreadable MDS sample ({type(e).__name__})"}
+        try:
+            return decode_sample(
+                raw.get("key", str(sample_id)), raw.get("image"), raw.get("caption"),
+                resolution=self.resolution, table=None, label=raw.get("label"),
+                t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"),
+            )  # fmt: skip
+        except BadSample as e:
+            return {"bad": str(e)}
+
+
+def collate_mds(items: list[dict]) -> dict:
+    """Collate the good samples; keep the raw count (streaming's position counts every sample) and skip reasons."""
+    good = [item for item in items if "bad" not in item]
+    batch = collate(good) if good else {"images": None, "captions": [], "keys": []}
+    batch["num_raw"] = len(items)
+    batch["skipped"] = [item["bad"] for item in items if "bad" in item]
+    return batch
+
+
+class _RawCountingLoader(StreamingDataLoader):
+    """StreamingDataLoader whose resume count includes skipped samples (they were consumed all the same)."""
+
+    def _get_batch_size(self, batch: Any) -> int:
+        return batch["num_raw"]
+
+
+class MDSLoader:
+    """Batches from MDS shards for one rank. A batch is short by the number of corrupt samples in it; a batch
+    with no valid sample is not yielded."""
+
+    def __init__(self, config: DataConfig, *, rank: int, world_size: int):
+        if config.buckets:
+            raise ValueError(
+                "data.buckets=true needs data.format='webdataset': MDS resume state is one global sample count, "
+                "which per-rank bucket buffers cannot express; use fixed-resolution MDS or webdataset shards"
+            )
+        self.config, self.rank, self.world_size = config, rank, world_size
+        if _is_remote(config.path):
+            if not config.cache_dir:
+                raise ValueError(
+                    f"MDS path {config.path!r} is remote: set data.cache_dir to a local folder unique to this job"
+                )
+            location = {"remote": config.path, "local": config.cache_dir}
+        else:
+            self._check_local(config.path)
+            location = {"local": config.path}  # local-only data: no copy, no cache
+        _export_world(rank, world_size, config.local_world_size)
+        self.dataset = DecodingStreamingDataset(
+            resolution=config.resolution, **location, batch_size=config.batch_size, shuffle=config.shuffle,
+            shuffle_seed=config.seed, num_canonical_nodes=config.num_canonical_nodes,
+        )  # fmt: skip
+        workers = config.num_workers
+        self.dataloader = _RawCountingLoader(
+            self.dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=collate_mds,
+            prefetch_factor=config.prefetch_factor if workers else None, persistent_workers=False,
+        )  # fmt: skip
+        self.epoch = 0
+        self.skips = SkipCounter()
+        self.num_samples_yielded = 0
+        self._resume: dict | None = None
+
+    @staticmethod
+    def _check_local(path: str) -> None:
+        index = os.path.join(path, "index.json")
+        if not os.path.isfile(index):
+            raise ValueError(f"MDS path {path!r} has no index.json: not an MDS dataset (build it with build_shards)")
+        with open(index) as f:
+            shards = json.load(f)["shards"]
+        if not shards or sum(s["samples"] for s in shards) == 0:
+            raise ValueError(f"MDS dataset {path!r} is empty; rebuild it")
+        for s in shards:
+            names = [s[k]["basename"] for k in ("raw_data", "zip_data") if s.get(k)]
+            if not any(os.path.isfile(os.path.join(path, name)) for name in names):
+                raise ValueError(f"MDS shard {os.path.join(path, names[0])!r} listed in {index} is missing; rebuild")
+
+    @property
+    def num_skipped(self) -> int:
+        """Corrupt or incomplete samples skipped so far on this rank."""
+        return self.skips.total
+
+    def __iter__(self):
+        while self.config.num_epochs is None or self.epoch < self.config.num_epochs:
+            shard_stats = [0, 0]  # [skipped, good] this epoch on this rank
+            for batch in self.dataloader:
+                for reason in batch.pop("skipped"):
+                    self.skips.add(reason)
+                num_raw = batch.pop("num_raw")
+                shard_stats[0] += num_raw - len(batch["keys"])
+                shard_stats[1] += len(batch["keys"])
+                self._resume = self.dataloader.state_dict()
+                if batch["keys"]:
+                    self.num_samples_yielded += len(batch["keys"])
+                    yield batch
+            if shard_stats[1] == 0 and shard_stats[0] > 0:
+                raise ValueError(f"MDS dataset {self.config.path!r} yielded no valid sample in epoch {self.epoch}: "
+                                 f"{dict(self.skips.counts)}; rebuild it")  # fmt: skip
+            self.epoch += 1
+
+    def state_dict(self) -> dict:
+        """Streaming's state (identical on every rank) plus this rank's skip counter, as of the last batch."""
+        return {
+            "format": "mds",
+            "world_size": self.world_size,
+            "epoch": self.epoch if self._resume is None else self._resume["epoch"],
+            "stream": self._resume,
+            "skipped": dict(self.skips.counts),
+            "num_samples_yielded": self.num_samples_yielded,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from `state_dict()`; call before iterating."""
+        if state.get("format") != "mds" or state.get("world_size") != self.world_size:
+            raise ValueError(
+                f"MDS loader state (format={state.get('format')!r}, world_size={state.get('world_size')}) does not "
+                f"match this run (mds, {self.world_size}); exact resume needs the same world size"
+            )
+        self.epoch = int(state["epoch"])
+        self._resume = state["stream"]
+        if state["stream"] is not None:
+            self.dataloader.load_state_dict(state["stream"])
+        self.skips = SkipCounter(state["skipped"])
+        self.num_samples_yielded = int(state["num_samples_yielded"])

@@ -1,0 +1,80 @@
+"""One sample: raw shard fields -> decoded sample (or the reason it is skipped); samples -> batch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from ard_scale.data.transforms import load_image
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; the message is the skip reason (counted, never fatal)."""
+
+
+def decode_sample(
+    key: str,
+    image_bytes: bytes | None,
+    caption: str | bytes | None,
+    *,
+    resolution: int,
+    table: dict[float, tuple[int, int]] | None,
+    label: int | None = None,
+    t5_emb: np.ndarray | None = None,
+    t5_mask: np.ndarray | None = None,
+) -> dict:
+    """Decode and transform one sample; raises BadSample naming what is wrong with it."""
+    if image_bytes is None:
+        raise BadSample("missing image")
+    if caption is None:
+        raise BadSample("missing caption")
+    if isinstance(caption, bytes):
+        try:
+            caption = caption.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadSample("caption is not UTF-8") from e
+    if len(image_bytes) == 0:
+        raise BadSample("zero-size image")
+    try:
+        image = load_image(image_bytes, resolution, table)
+    except Exception as e:  # PIL raises a zoo of types for broken files
+        raise BadSample(f"undecodable image ({type(e).__name__})") from e
+    sample = {"key": key, "caption": caption.strip(), "image": image}
+    if label is not None:
+        sample["label"] = int(label)
+    if t5_emb is not None:
+        sample["t5_emb"] = torch.from_numpy(np.asarray(t5_emb, dtype=np.float32))
+        sample["t5_mask"] = torch.from_numpy(np.asarray(t5_mask, dtype=np.int64))
+    return sample
+
+
+def decode_wds_sample(key: str, fields: dict[str, bytes], **kwargs) -> dict:
+    """Decode an img2dataset-style sample: {ext: bytes} with an image, a .txt caption and an optional .json."""
+    image_bytes = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
+    label = None
+    if "json" in fields:
+        try:
+            meta = json.loads(fields["json"])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadSample("undecodable .json") from e
+        label = meta.get("label") if isinstance(meta, dict) else None
+    return decode_sample(key, image_bytes, fields.get("txt"), label=label, **kwargs)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack same-shape samples into the common batch format."""
+    batch = {
+        "images": torch.stack([s["image"] for s in samples]),  # (B, 3, H, W) in [-1, 1]
+        "captions": [s["caption"] for s in samples],
+        "keys": [s["key"] for s in samples],
+    }
+    if all("label" in s for s in samples):
+        batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    if all("t5_emb" in s for s in samples):
+        batch["t5_emb"] = torch.stack([s["t5_emb"] for s in samples])  # (B, L, D)
+        batch["t5_mask"] = torch.stack([s["t5_mask"] for s in samples])  # (B, L)
+    return batch

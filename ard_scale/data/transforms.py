@@ -1,0 +1,62 @@
+"""Image decoding, resize + center crop, and PixArt-Σ aspect-ratio buckets."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+# PixArt-Σ's 1024px bucket table: height/width ratio -> (height, width). Same values as diffusers'
+# ASPECT_RATIO_1024_BIN (a test compares them); copied so data/ does not import the diffusers pipelines.
+ASPECT_RATIO_1024: dict[float, tuple[int, int]] = {
+    0.25: (512, 2048), 0.28: (512, 1856), 0.32: (576, 1792), 0.33: (576, 1728), 0.35: (576, 1664),
+    0.4: (640, 1600), 0.42: (640, 1536), 0.48: (704, 1472), 0.5: (704, 1408), 0.52: (704, 1344),
+    0.57: (768, 1344), 0.6: (768, 1280), 0.68: (832, 1216), 0.72: (832, 1152), 0.78: (896, 1152),
+    0.82: (896, 1088), 0.88: (960, 1088), 0.94: (960, 1024), 1.0: (1024, 1024), 1.07: (1024, 960),
+    1.13: (1088, 960), 1.21: (1088, 896), 1.29: (1152, 896), 1.38: (1152, 832), 1.46: (1216, 832),
+    1.67: (1280, 768), 1.75: (1344, 768), 2.0: (1408, 704), 2.09: (1472, 704), 2.4: (1536, 640),
+    2.5: (1600, 640), 3.0: (1728, 576), 4.0: (2048, 512),
+}  # fmt: skip
+
+
+def bucket_table(resolution: int) -> dict[float, tuple[int, int]]:
+    """The 1024 table scaled to `resolution` (sides rounded to multiples of 8)."""
+    scale = resolution / 1024
+    return {
+        r: (max(8, round(h * scale / 8) * 8), max(8, round(w * scale / 8) * 8))
+        for r, (h, w) in ASPECT_RATIO_1024.items()
+    }
+
+
+def nearest_bucket(height: int, width: int, table: dict[float, tuple[int, int]]) -> tuple[int, int]:
+    """The (height, width) bucket whose ratio is closest to height/width, as PixArt-Σ picks it."""
+    ratio = height / width
+    key = min(table, key=lambda r: abs(r - ratio))
+    return table[key]
+
+
+def load_image(data: bytes, resolution: int, table: dict[float, tuple[int, int]] | None) -> torch.Tensor:
+    """Decode JPEG/PNG/WebP bytes to a (3, H, W) tensor in [-1, 1]: a square `resolution` crop, or the
+    nearest bucket of `table`. Raises OSError/ValueError on empty or undecodable data."""
+    if not data:
+        raise OSError("empty image file")
+    image = Image.open(io.BytesIO(data))
+    height, width = nearest_bucket(image.height, image.width, table) if table else (resolution, resolution)
+    # draft() lets JPEG decode at a reduced scale (>= 2x the target), much faster for 1024px sources.
+    image.draft("RGB", (2 * width, 2 * height))
+    image.load()
+    return resize_center_crop(image.convert("RGB"), height, width)
+
+
+def resize_center_crop(image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """Resize the short side to cover (height, width), center crop, return float (3, H, W) in [-1, 1]."""
+    scale = max(height / image.height, width / image.width)
+    new_w, new_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    array_HWC = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array_HWC.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)

@@ -1,0 +1,102 @@
+"""Bad samples are skipped and counted; an all-bad shard, a missing path and an empty dataset are errors."""
+
+import os
+
+import pytest
+from data_helpers import good_members, image_bytes, write_index, write_tar
+
+from ard_scale.data.config import DataConfig
+from ard_scale.data.loader import build_loader
+from ard_scale.data.writers import MDSWriterAdapter
+
+
+def wds_config(path, **kwargs):
+    base = dict(format="webdataset", path=str(path), batch_size=3, resolution=16, num_workers=0, num_epochs=1)
+    return DataConfig(**{**base, **kwargs})
+
+
+def read_all(loader):
+    keys = []
+    for batch in loader:
+        keys += batch["keys"]
+    return keys
+
+
+def mixed_shard(path):
+    write_tar(path, [
+        *good_members("a0", 0),
+        ("a1.png", b"\x89PNG garbage"), ("a1.txt", b"undecodable image"),
+        ("a2.png", image_bytes(24, 24, seed=2)),  # no caption
+        ("a3.png", b""), ("a3.txt", b"zero-size image"),
+        ("a4.txt", b"caption without image"),
+        *good_members("a5", 5),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_bad_samples_skipped_and_counted(tmp_path, num_workers):
+    mixed_shard(tmp_path / "s0.tar")
+    write_tar(tmp_path / "s1.tar", good_members("b0", 10) + good_members("b1", 11))
+    loader = build_loader(wds_config(tmp_path, num_workers=num_workers, chunk_size=2), rank=0, world_size=1)
+    assert sorted(read_all(loader)) == ["a0", "a5", "b0", "b1"]
+    assert loader.num_skipped == 4
+    assert loader.skips.counts == {"undecodable image (UnidentifiedImageError)": 1, "missing caption": 1,
+                                   "zero-size image": 1, "missing image": 1}  # fmt: skip
+    assert loader.state_dict()["skipped"] == dict(loader.skips.counts)
+
+
+def test_truncated_shard_counts_the_lost_tail(tmp_path):
+    write_tar(tmp_path / "s0.tar", [m for i in range(6) for m in good_members(f"t{i}", i, size=(64, 64))])
+    data = (tmp_path / "s0.tar").read_bytes()
+    (tmp_path / "s0.tar").write_bytes(data[: len(data) // 2])
+    write_index(tmp_path, {"s0.tar": 6})
+    loader = build_loader(wds_config(tmp_path), rank=0, world_size=1)
+    keys = read_all(loader)
+    assert 0 < len(keys) < 6 and keys == [f"t{i}" for i in range(len(keys))]
+    assert loader.num_skipped == 6 - len(keys)
+
+
+def test_all_bad_shard_is_an_error_naming_it(tmp_path):
+    write_tar(tmp_path / "s0.tar", good_members("g0", 0) + good_members("g1", 1))
+    write_tar(tmp_path / "s1.tar", [("x0.png", b"bad"), ("x0.txt", b"c"), ("x1.jpg", b"bad"), ("x1.txt", b"c")])
+    loader = build_loader(wds_config(tmp_path, shuffle=False), rank=0, world_size=1)
+    with pytest.raises(ValueError, match=r"s1\.tar.*no valid sample"):
+        read_all(loader)
+
+
+def test_missing_and_empty_paths_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="nowhere/s-000.tar"):
+        build_loader(wds_config(str(tmp_path / "nowhere" / "s-{000..001}.tar")), rank=0, world_size=1)
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="empty.*no .tar shards"):
+        build_loader(wds_config(tmp_path / "empty"), rank=0, world_size=1)
+    write_index(tmp_path / "empty", {"gone.tar": 3})
+    with pytest.raises(ValueError, match="gone.tar"):
+        build_loader(wds_config(tmp_path / "empty"), rank=0, world_size=1)
+    write_tar(tmp_path / "hollow.tar", [])
+    with pytest.raises(ValueError, match="hollow.tar.*no samples"):
+        build_loader(wds_config(tmp_path / "hollow.tar"), rank=0, world_size=1)
+    with pytest.raises(ValueError, match="no index.json"):
+        build_loader(wds_config(tmp_path / "empty", format="mds"), rank=0, world_size=1)
+
+
+def write_mds(path, images):
+    writer = MDSWriterAdapter(str(path), shard_bytes=1 << 20, with_label=True)
+    for i, data in enumerate(images):
+        writer.write({"key": f"m{i}", "image": data, "caption": f"caption {i}", "label": i})
+    writer.finish()
+
+
+def test_mds_bad_samples_skipped_and_all_bad_is_an_error(tmp_path, mds_env):
+    images = [image_bytes(24, 24, seed=i) if i % 3 else b"garbage" for i in range(9)]
+    write_mds(tmp_path / "mixed", images)
+    loader = build_loader(wds_config(tmp_path / "mixed", format="mds", num_workers=2), rank=0, world_size=1)
+    keys = read_all(loader)
+    assert sorted(keys) == sorted(f"m{i}" for i in range(9) if i % 3)
+    assert loader.num_skipped == 3 and loader.state_dict()["skipped"] == {
+        "undecodable image (UnidentifiedImageError)": 3
+    }
+    write_mds(tmp_path / "allbad", [b"garbage"] * 4)
+    loader = build_loader(wds_config(tmp_path / "allbad", format="mds"), rank=0, world_size=1)
+    with pytest.raises(ValueError, match="allbad.*no valid sample"):
+        read_all(loader)
