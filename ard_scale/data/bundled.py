@@ -1,0 +1,77 @@
+"""The bundled demo dataset: scikit-learn's 8x8 handwritten digits (1,797 real images, UCI optdigits test set).
+
+Each digit is scaled from 0..16 to 0..255 (white ink on black), upsampled 8x8 -> 32x32 with bilinear
+filtering, saved as a grayscale PNG `digits-NNNN.png` with caption "a handwritten digit seven" and its
+class in `digits-NNNN.json` ({"label": 7}), then converted by the shard builder (the code behind
+launchers/build_shards.py) to gzip'd webdataset tars and MDS, committed under ard_scale/data/bundled/digits.
+
+Regenerate (needs scikit-learn, the `dev` extra): python -m ard_scale.data.bundled [OUT_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "digits")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+IMAGE_SIZE = 32
+NUM_SAMPLES = 1797
+SHARD_BYTES = 1 << 20
+
+
+def bundled_digits_path(format: str) -> str:
+    """Path to pass as `DataConfig.path` for the bundled digits in `format` ('webdataset' or 'mds')."""
+    if format not in ("webdataset", "mds"):
+        raise ValueError(f"format={format!r}: the bundled digits exist as 'webdataset' and 'mds'")
+    return os.path.join(BUNDLED_DIR, format)
+
+
+def caption_for(label: int) -> str:
+    """'a handwritten digit seven' for 7."""
+    return f"a handwritten digit {NUMBER_WORDS[label]}"
+
+
+def write_digit_folder(folder: str) -> int:
+    """Write the digits as PNG + .txt caption + .json label into `folder` (build_shards' folder layout)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    os.makedirs(folder, exist_ok=True)
+    for index, (image_8x8, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        pixels = np.clip(np.round(image_8x8 * (255 / 16)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        stem = os.path.join(folder, f"digits-{index:04d}")
+        image.save(stem + ".png", optimize=True)
+        with open(stem + ".txt", "w") as f:
+            f.write(caption_for(int(label)))
+        with open(stem + ".json", "w") as f:
+            json.dump({"label": int(label)}, f)
+    return len(digits.images)
+
+
+def build_digits(out_dir: str = BUNDLED_DIR) -> dict[str, int]:
+    """Regenerate the bundled shards in out_dir/{webdataset,mds} through the shard builder."""
+    from ard_scale.data.sources import iter_source
+    from ard_scale.data.writers import write_shards
+
+    for sub in ("webdataset", "mds"):
+        if os.path.exists(os.path.join(out_dir, sub)) and os.listdir(os.path.join(out_dir, sub)):
+            raise ValueError(f"{os.path.join(out_dir, sub)!r} is not empty; remove it before regenerating")
+    with tempfile.TemporaryDirectory() as folder:
+        write_digit_folder(folder)
+        skipped: Counter = Counter()
+        counts = write_shards(
+            iter_source(folder, skipped), out_dir, formats=("webdataset", "mds"), shard_bytes=SHARD_BYTES, gzip=True
+        )
+    assert not skipped and counts == {"webdataset": NUM_SAMPLES, "mds": NUM_SAMPLES}, (skipped, counts)
+    return counts
+
+
+if __name__ == "__main__":
+    print(build_digits(sys.argv[1] if len(sys.argv) > 1 else BUNDLED_DIR))

@@ -1,0 +1,115 @@
+"""Raw sources for shard building: a folder of images + same-named .txt, or a CSV/JSONL of (path, caption)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+
+from PIL import Image
+
+from ard_scale.data.samples import IMAGE_EXTENSIONS
+
+
+def _key(relative_path: str) -> str:
+    """'cats/tabby.01.jpg' -> 'cats_tabby_01' (webdataset keys end at the first dot, so none may contain one)."""
+    stem = os.path.splitext(relative_path)[0]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", stem.replace(os.sep, "__"))
+
+
+def _entries_from_folder(folder: str) -> Iterator[tuple[str, str | None, int | None]]:
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            if name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = os.path.join(root, name)
+            txt = os.path.splitext(path)[0] + ".txt"
+            caption = open(txt, encoding="utf-8").read() if os.path.isfile(txt) else None
+            meta = os.path.splitext(path)[0] + ".json"
+            label = json.load(open(meta)).get("label") if os.path.isfile(meta) else None
+            yield path, caption, label
+
+
+def _entries_from_table(table: str) -> Iterator[tuple[str, str | None, int | None]]:
+    root = os.path.dirname(os.path.abspath(table))
+    with open(table, encoding="utf-8", newline="") as f:
+        rows = csv.DictReader(f) if table.endswith(".csv") else (json.loads(line) for line in f if line.strip())
+        for row in rows:
+            if "path" not in row or "caption" not in row:
+                raise ValueError(f"{table!r}: every row needs 'path' and 'caption' fields, got {sorted(row)}")
+            label = row.get("label")
+            yield os.path.join(root, row["path"]), row["caption"], None if label in (None, "") else int(label)
+
+
+def iter_source(source: str, skipped: Counter) -> Iterator[dict]:
+    """Samples (key, image bytes, ext, caption, label) from `source`; bad ones are counted in `skipped` by reason."""
+    if os.path.isdir(source):
+        entries, root = _entries_from_folder(source), source
+    elif source.endswith((".csv", ".jsonl")) and os.path.isfile(source):
+        entries, root = _entries_from_table(source), os.path.dirname(os.path.abspath(source))
+    else:
+        raise ValueError(f"source {source!r} is neither a folder nor an existing .csv/.jsonl file")
+    seen: set[str] = set()
+    for path, caption, label in entries:
+        key = _key(os.path.relpath(path, root))
+        if caption is None or not caption.strip():
+            skipped["missing caption"] += 1
+            continue
+        if key in seen:
+            skipped["duplicate key"] += 1
+            continue
+        if not os.path.isfile(path):
+            skipped["missing image file"] += 1
+            continue
+        data = open(path, "rb").read()
+        if not data:
+            skipped["zero-size image"] += 1
+            continue
+        try:
+            Image.open(io.BytesIO(data)).load()
+        except Exception:
+            skipped["undecodable image"] += 1
+            continue
+        seen.add(key)
+        ext = path.rsplit(".", 1)[-1].lower()
+        yield {"key": key, "image": data, "ext": ext, "caption": caption.strip(), "label": label}
+
+
+def iter_shard_set(path: str, format: str) -> Iterator[dict]:
+    """Raw samples (key, image bytes, caption, label) of a built local shard set, in storage order."""
+    if format == "mds":
+        from streaming.base.format import reader_from_json
+
+        index = os.path.join(path, "index.json")
+        if not os.path.isfile(index):
+            raise ValueError(f"MDS path {path!r} has no index.json; build it with launchers/build_shards.py")
+        for shard_obj in json.load(open(index))["shards"]:
+            reader = reader_from_json(path, None, shard_obj)
+            for i in range(reader.samples):
+                row = reader[i]
+                label = row.get("label")
+                yield {"key": row["key"], "image": row["image"], "caption": row["caption"],
+                       "label": None if label is None or label < 0 else int(label)}  # fmt: skip
+    elif format == "webdataset":
+        from ard_scale.data.samples import BadSample
+        from ard_scale.data.wds import TarReader, list_shards
+
+        for shard in list_shards(path):
+            reader = TarReader(shard.url)
+            for offset in range(shard.num_samples):
+                try:
+                    key, fields = reader.read(offset, want=True)
+                except BadSample:
+                    break
+                image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
+                if image is None or "txt" not in fields:
+                    continue
+                meta = json.loads(fields["json"]) if "json" in fields else {}
+                yield {"key": key, "image": image, "caption": fields["txt"].decode("utf-8"), "label": meta.get("label")}
+            reader.close()
+    else:
+        raise ValueError(f"format={format!r}; choose 'webdataset' or 'mds'")

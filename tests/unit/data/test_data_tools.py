@@ -1,0 +1,94 @@
+"""build_shards from tables, precompute_text with a tiny local T5, and the bundled digits."""
+
+import json
+import os
+
+import pytest
+import torch
+from data_helpers import make_image_folder
+from test_data_roundtrip import load_launcher
+
+from ard_scale.data.bundled import NUM_SAMPLES, bundled_digits_path, caption_for
+from ard_scale.data.config import DataConfig
+from ard_scale.data.loader import build_loader
+
+
+def read(fmt, path, **kwargs):
+    config = DataConfig(**{**dict(format=fmt, path=str(path), batch_size=8, resolution=16, num_workers=0,
+                                  num_epochs=1, shuffle=False), **kwargs})  # fmt: skip
+    return list(build_loader(config, rank=0, world_size=1))
+
+
+def test_build_shards_from_jsonl_reports_skips(tmp_path, capsys, mds_env):
+    expected = make_image_folder(str(tmp_path / "img"), 4)
+    rows = [{"path": f"img/{k}.{'png' if i % 2 == 0 else 'jpg'}", "caption": c, "label": label}
+            for i, (k, c, label) in enumerate(expected)]  # fmt: skip
+    rows += [{"path": "img/missing.png", "caption": "gone"}, {"path": rows[0]["path"], "caption": " "}]
+    (tmp_path / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = load_launcher("build_shards").main(
+        [str(tmp_path / "list.jsonl"), str(tmp_path / "out"), "--formats", "mds"]
+    )
+    assert counts == {"mds": 4}
+    out = capsys.readouterr().out
+    assert "skipped 2" in out and "missing image file" in out and "missing caption" in out
+    batches = read("mds", tmp_path / "out" / "mds")
+    assert [c for b in batches for c in b["captions"]] == [c for _, c, _ in expected]
+    assert [int(x) for b in batches for x in b["labels"]] == [label for _, _, label in expected]
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("t5") / "t5")
+    config = T5Config(vocab_size=384, d_model=16, d_kv=8, num_heads=2, d_ff=32, num_layers=1)
+    T5EncoderModel(config).save_pretrained(path)
+    ByT5Tokenizer().save_pretrained(path)
+    return path
+
+
+def test_precompute_text_carries_t5_embeddings(tmp_path, tiny_t5, mds_env):
+    from ard_scale.models.text_encoder import encode_captions, load_t5
+
+    expected = make_image_folder(str(tmp_path / "img"), 5)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "webdataset"])
+    written = load_launcher("precompute_text").main([str(tmp_path / "built" / "webdataset"), str(tmp_path / "t5mds"),
+                                                     "--t5", tiny_t5, "--format", "webdataset", "--max-length", "24",
+                                                     "--batch-size", "2"])  # fmt: skip
+    assert written == 5
+    (batch,) = read("mds", tmp_path / "t5mds")
+    assert batch["keys"] == [k for k, _, _ in expected]
+    assert batch["t5_emb"].shape == (5, 24, 16) and batch["t5_mask"].shape == (5, 24)
+    encoder, tokenizer = load_t5(tiny_t5)
+    emb, mask = encode_captions(encoder, tokenizer, batch["captions"], max_length=24)
+    assert torch.equal(batch["t5_mask"], mask.long())
+    assert batch["t5_mask"][0].sum() == len(expected[0][1]) + 1  # ByT5: one token per byte + </s>
+    assert torch.allclose(batch["t5_emb"], emb, atol=2e-3)  # stored as float16
+
+
+def test_load_t5_needs_a_local_folder(tmp_path):
+    from ard_scale.models.text_encoder import load_t5
+
+    with pytest.raises(ValueError, match="not a local folder"):
+        load_t5(str(tmp_path / "nope"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="lacks model or tokenizer"):
+        load_t5(str(tmp_path / "empty"))
+
+
+def test_bundled_digits_in_both_formats(mds_env):
+    by_format = {}
+    for fmt in ("webdataset", "mds"):
+        samples = {}
+        for batch in read(fmt, bundled_digits_path(fmt), batch_size=256, resolution=32):
+            for key, caption, label, image in zip(
+                batch["keys"], batch["captions"], batch["labels"], batch["images"], strict=True
+            ):
+                assert caption == caption_for(int(label))
+                samples[key] = (int(label), image)
+        assert len(samples) == NUM_SAMPLES and sorted(samples)[0] == "digits-0000"
+        by_format[fmt] = samples
+    assert {k: v[0] for k, v in by_format["webdataset"].items()} == {k: v[0] for k, v in by_format["mds"].items()}
+    assert torch.equal(by_format["webdataset"]["digits-0007"][1], by_format["mds"]["digits-0007"][1])
+    assert sorted({label for label, _ in by_format["mds"].values()}) == list(range(10))
