@@ -31,13 +31,16 @@ class Condition:
         return (self.labels if self.labels is not None else self.text).shape[0]
 
     def _map(self, fn) -> Condition:
-        return Condition(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
-                            for f in fields(self)})
+        return Condition(
+            **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)}
+        )
 
     def to(self, *args, **kwargs) -> Condition:
         """Moves tensors; a dtype argument applies to the float tensor (`text`) only."""
+
         def move(v):
             return v.to(*args, **kwargs) if v.is_floating_point() else v.to(device=_device_of(args, kwargs, v))
+
         return self._map(move)
 
     def __getitem__(self, index) -> Condition:
@@ -56,10 +59,12 @@ class Condition:
             if all(v is None for v in vals):
                 out[f.name] = None
             elif f.name == "text_mask" and any(v is None for v in vals):
-                out[f.name] = torch.cat([
-                    v if v is not None else torch.ones(c.text.shape[:2], dtype=torch.long, device=c.text.device)
-                    for v, c in zip(vals, conds, strict=True)
-                ])
+                out[f.name] = torch.cat(
+                    [
+                        v if v is not None else torch.ones(c.text.shape[:2], dtype=torch.long, device=c.text.device)
+                        for v, c in zip(vals, conds, strict=True)
+                    ]
+                )
             else:
                 out[f.name] = torch.cat(vals)
         return Condition(**out)

@@ -28,19 +28,54 @@ FAMILY_OF_CLASS = {cls.__name__: fam for fam, cls in MODEL_CLASSES.items()}
 # Named sizes: keyword arguments of the diffusers class. `debug` runs a training step on CPU in well under a second.
 SIZES: dict[str, dict[str, dict]] = {
     "dit": {
-        "debug": dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=4,
-                      sample_size=8, patch_size=2, num_embeds_ada_norm=10),
-        "dit_xl_2_256": dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                             num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000),
+        "debug": dict(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=8,
+            num_layers=4,
+            sample_size=8,
+            patch_size=2,
+            num_embeds_ada_norm=10,
+        ),
+        "dit_xl_2_256": dict(
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            sample_size=32,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        ),
     },
     "pixart": {
-        "debug": dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=4,
-                      sample_size=8, patch_size=2, cross_attention_dim=32, caption_channels=24,
-                      use_additional_conditions=False),
+        "debug": dict(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=8,
+            num_layers=4,
+            sample_size=8,
+            patch_size=2,
+            cross_attention_dim=32,
+            caption_channels=24,
+            use_additional_conditions=False,
+        ),
         # PixArt-Σ 1024px (PixArt-alpha/PixArt-Sigma-XL-2-1024-MS transformer config).
-        "pixart_sigma_1024": dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                  num_layers=28, sample_size=128, patch_size=2, cross_attention_dim=1152,
-                                  caption_channels=4096, interpolation_scale=2, use_additional_conditions=False),
+        "pixart_sigma_1024": dict(
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            sample_size=128,
+            patch_size=2,
+            cross_attention_dim=1152,
+            caption_channels=4096,
+            interpolation_scale=2,
+            use_additional_conditions=False,
+        ),
     },
 }
 
@@ -115,8 +150,11 @@ class Teacher(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Native network output for x_t (B, C, H, W) at model times t (B,) or scalar."""
-        t = torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0]) if torch.as_tensor(t).ndim == 0 \
+        t = (
+            torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])
+            if torch.as_tensor(t).ndim == 0
             else t.to(x_t.device).float()
+        )
         if self.family == "dit":
             if cond.labels is None:
                 raise ValueError("a class-conditional (DiT) teacher needs class labels, got a text condition")
@@ -124,8 +162,11 @@ class Teacher(nn.Module):
         if cond.text is None:
             raise ValueError("a text-to-image (PixArt) teacher needs T5 embeddings, got class labels")
         return self.model(
-            x_t, encoder_hidden_states=cond.text.to(x_t.dtype), timestep=t,
-            encoder_attention_mask=cond.text_mask, added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            x_t,
+            encoder_hidden_states=cond.text.to(x_t.dtype),
+            timestep=t,
+            encoder_attention_mask=cond.text_mask,
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
             return_dict=False,
         )[0]
 
@@ -145,8 +186,9 @@ def teacher_kwargs(family: str, size: str, **overrides) -> dict:
     return {**SIZES[family][size], **overrides}
 
 
-def build_teacher(family: str, size: str, *, device: str | torch.device = "cpu", seed: int | None = 0,
-                  **overrides) -> Teacher:
+def build_teacher(
+    family: str, size: str, *, device: str | torch.device = "cpu", seed: int | None = 0, **overrides
+) -> Teacher:
     """A randomly initialised teacher of a named size. `device='meta'` builds it without allocating weights."""
     kwargs = teacher_kwargs(family, size, **overrides)
     if seed is not None and str(device) != "meta":

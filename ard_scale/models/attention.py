@@ -1,0 +1,102 @@
+"""Self-attention for the ARD student over S groups of L tokens, reusing a diffusers `Attention`'s projections.
+
+Three ways to run it, all with the teacher's weights (`to_q`, `to_k`, `to_v`, `to_out`):
+- `grouped_attention`: block-diagonal layers (and the 'diagonal' mask) as batched per-group attention — the
+  (B, S·L) sequence is folded to (B·S, L) so no mask is materialised and no cross-group work is done;
+- `masked_attention`: the lowest N layers under a history mask, SDPA with a boolean (S·L, S·L) block mask;
+- `cached_attention`: one new group at sampling time against a KV cache of the groups its mask lets it see.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ard_scale.config.ard import MaskKind
+
+
+def group_mask(num_groups: int, kind: MaskKind, window: int = 2, device=None) -> torch.Tensor:
+    """(S, S) bool: entry [g, h] says whether group g may attend to group h (DESIGN.md §1 'Masks', M1–M4)."""
+    g = torch.arange(num_groups, device=device)[:, None]
+    h = torch.arange(num_groups, device=device)[None, :]
+    if kind == "diagonal":  # M1
+        return g == h
+    if kind == "window":  # M2: itself and the window-1 groups before it
+        return (h <= g) & (h > g - window)
+    if kind == "first":  # M3: itself and the first (pure-noise) group
+        return (h == g) | (h == 0)
+    if kind == "causal":  # M4
+        return h <= g
+    raise ValueError(f"unknown mask {kind!r}; choose diagonal, window, first or causal")
+
+
+def token_mask(mask_SS: torch.Tensor, tokens_per_group: int) -> torch.Tensor:
+    """Expand a group mask to the (S·L, S·L) token mask SDPA takes (True = may attend)."""
+    return mask_SS.repeat_interleave(tokens_per_group, 0).repeat_interleave(tokens_per_group, 1)
+
+
+def check_plain_attention(attn: nn.Module) -> None:
+    """We re-run the projections ourselves; refuse Attention variants whose extra steps we would skip."""
+    unsupported = [
+        name
+        for name in ("norm_q", "norm_k", "norm_cross", "spatial_norm", "group_norm")
+        if getattr(attn, name, None) is not None
+    ]
+    if unsupported or getattr(attn, "residual_connection", False) or getattr(attn, "rescale_output_factor", 1) != 1:
+        raise ValueError(
+            f"unsupported attention layer (has {unsupported or 'residual/rescale'}); "
+            "ARD supports the plain self-attention of DiT and PixArt blocks"
+        )
+
+
+def project_qkv(attn: nn.Module, x_BND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as (B, heads, N, head_dim)."""
+    B, N, _ = x_BND.shape
+    heads = attn.heads
+
+    def split(t):
+        return t.view(B, N, heads, -1).transpose(1, 2)
+
+    return split(attn.to_q(x_BND)), split(attn.to_k(x_BND)), split(attn.to_v(x_BND))
+
+
+def project_out(attn: nn.Module, o_BHND: torch.Tensor) -> torch.Tensor:
+    B, H, N, hd = o_BHND.shape
+    o_BND = o_BHND.transpose(1, 2).reshape(B, N, H * hd)
+    return attn.to_out[1](attn.to_out[0](o_BND))
+
+
+def grouped_attention(attn: nn.Module, x_BSLD: torch.Tensor) -> torch.Tensor:
+    """Each group attends only to itself: (B, S, L, D) -> (B, S, L, D), batched as B·S independent sequences."""
+    B, S, L, D = x_BSLD.shape
+    q, k, v = project_qkv(attn, x_BSLD.reshape(B * S, L, D))
+    return project_out(attn, F.scaled_dot_product_attention(q, k, v)).view(B, S, L, D)
+
+
+def masked_attention(attn: nn.Module, x_BSLD: torch.Tensor, *, mask_NN: torch.Tensor) -> torch.Tensor:
+    """Attention over all S·L tokens under a boolean token mask (True = may attend)."""
+    B, S, L, D = x_BSLD.shape
+    q, k, v = project_qkv(attn, x_BSLD.reshape(B, S * L, D))
+    return project_out(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=mask_NN)).view(B, S, L, D)
+
+
+class KVCache:
+    """Keys and values of the groups seen so far, for one of the lowest N blocks."""
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []  # per group (B, heads, L, head_dim)
+        self.values: list[torch.Tensor] = []
+
+
+def cached_attention(attn: nn.Module, x_B1LD: torch.Tensor, *, cache: KVCache, visible: list[int]) -> torch.Tensor:
+    """The newest group's tokens (B, 1, L, D) attend to themselves and to the cached groups listed in `visible`.
+
+    The new group's keys and values are appended to `cache` first, so `visible` indexes groups 0..g including g.
+    """
+    q, k, v = project_qkv(attn, x_B1LD[:, 0])
+    cache.keys.append(k)
+    cache.values.append(v)
+    keys = torch.cat([cache.keys[i] for i in visible], dim=2)
+    values = torch.cat([cache.values[i] for i in visible], dim=2)
+    return project_out(attn, F.scaled_dot_product_attention(q, keys, values))[:, None]

@@ -1,0 +1,187 @@
+"""The ARD student's invariants (DESIGN.md §1, 1–3) and its bad-input errors, for both teacher families."""
+
+import pytest
+import torch
+
+from ard_scale.config.ard import MASK_KINDS, ARDConfig
+from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule, first_order_step
+from ard_scale.models.attention import group_mask
+from ard_scale.models.student import ARDStudent
+from tests.unit.models.conftest import make_condition
+
+S, B = 4, 2
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def states_for(student, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, student.num_steps, student.in_channels, 8, 8, generator=g)
+
+
+def teacher_sampler(teacher, schedule, noise, cond, num_steps):
+    """The teacher's own S-step deterministic sampler on the student grid (DDIM / Euler), guidance 1."""
+    grid, x, states = schedule.grid(num_steps), noise, [noise]
+    for k in range(num_steps):
+        out = teacher(x, schedule.model_time(grid[k]).expand(x.shape[0]), cond)
+        x = first_order_step(schedule, x, grid[k], teacher.split_output(out), grid[k + 1])
+        states.append(x)
+    return torch.stack(states, 1)
+
+
+def reachable(mask_SS: torch.Tensor, num_layers: int) -> torch.Tensor:
+    """Which input groups can influence each output group after `num_layers` masked layers (N-step reachability)."""
+    reach = torch.eye(mask_SS.shape[0], dtype=torch.bool)
+    for _ in range(num_layers):
+        reach = (mask_SS.int() @ reach.int()) > 0
+    return reach
+
+
+@pytest.mark.parametrize("mask", MASK_KINDS)
+@pytest.mark.parametrize("num_causal_layers", [0, 1, 2])
+def test_group_outputs_depend_exactly_on_the_groups_the_mask_reaches(teacher, family, mask, num_causal_layers):
+    """Invariant 1, both ways: perturbing group h changes the prediction of group g iff the mask lets h reach g
+    through the N masked layers — so no later group ever leaks in, and M4 with N > 0 *does* read the history."""
+    cfg = ARDConfig(num_steps=S, num_causal_layers=num_causal_layers, mask=mask, window=2)
+    student = ARDStudent(teacher, cfg, VPSchedule()).eval()
+    cond = make_condition(family, B)
+    states = states_for(student)
+    with torch.no_grad():
+        base = student(states, cond)
+        expected = reachable(group_mask(S, mask, 2), num_causal_layers)
+        for h in range(S):
+            perturbed = states.clone()
+            perturbed[:, h] += torch.randn_like(perturbed[:, h])
+            out = student(perturbed, cond)
+            for g in range(S):
+                changed = not torch.equal(out[:, g], base[:, g])
+                assert changed == bool(expected[g, h]), (g, h, mask, num_causal_layers)
+    if mask == "causal" and num_causal_layers > 0:
+        assert expected[S - 1, 0]  # the check above really exercised a history dependence
+
+
+@pytest.mark.parametrize("mask", MASK_KINDS)
+@pytest.mark.parametrize("output", ["solver", "direct"])
+def test_kv_cached_sampling_equals_the_full_sequence_forward(teacher, family, mask, output):
+    """Invariant 2: S cached steps of L tokens reproduce the one-pass teacher-forced forward on the same states."""
+    cfg = ARDConfig(num_steps=S, num_causal_layers=3, mask=mask, output=output)
+    student = ARDStudent(teacher, cfg, VPSchedule()).eval()
+    cond = make_condition(family, B)
+    noise = torch.randn(B, student.in_channels, 8, 8, generator=torch.Generator().manual_seed(3))
+    sampled = student.sample(noise, cond, return_states=True)  # (B, S+1, C, H, W)
+    with torch.no_grad():
+        teacher_forced = student.predict_next(sampled[:, :S], cond)
+    assert sampled.shape == (B, S + 1, student.in_channels, 8, 8)
+    assert rel_err(teacher_forced, sampled[:, 1:]) <= 1e-5
+    assert torch.equal(student.sample(noise, cond), sampled[:, -1])
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [VPSchedule(), VPSchedule(prediction_type="v_prediction"), FlowSchedule()],
+    ids=["vp-eps", "vp-v", "flow"],
+)
+@pytest.mark.parametrize("shared_head", [False, True])
+def test_untrained_baseline_student_reproduces_the_teacher_sampler(teacher, family, schedule, shared_head):
+    """Invariant 3: N = 0, `solver` outputs and teacher-copied heads give the teacher's own S-step sampler."""
+    cfg = ARDConfig(num_steps=S, num_causal_layers=0, output="solver", shared_head=shared_head)
+    student = ARDStudent(teacher, cfg, schedule).eval()
+    cond = make_condition(family, B)
+    noise = torch.randn(B, student.in_channels, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = teacher_sampler(teacher, schedule, noise, cond, S)
+        teacher_forced = student.predict_next(reference[:, :S], cond)
+    assert rel_err(student.sample(noise, cond, return_states=True), reference) <= 1e-5
+    assert rel_err(teacher_forced, reference[:, 1:]) <= 1e-5
+
+
+def test_only_new_parameters_are_the_extra_heads(teacher):
+    per_step = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule())
+    shared = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2, shared_head=True), VPSchedule())
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    head = count(shared.heads[0])
+    assert count(shared) == count(teacher)
+    assert count(per_step) == count(teacher) + (S - 1) * head
+    # Heads are independent copies of the teacher's final layer.
+    heads = list(per_step.heads)
+    for a, b in zip(heads[0].parameters(), heads[1].parameters(), strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+
+
+def test_training_step_reaches_every_parameter_and_checkpointing_matches(teacher, family):
+    cfg = ARDConfig(num_steps=S, num_causal_layers=2)
+    cond = make_condition(family, B)
+    grads = []
+    for ckpt in (False, True):
+        student = ARDStudent(teacher, cfg, VPSchedule())
+        student.activation_checkpointing = ckpt
+        states = states_for(student)
+        target = states_for(student, seed=9)
+        loss = (student.predict_next(states, cond) - target).pow(2).mean()
+        loss.backward()
+        grads.append({n: p.grad for n, p in student.named_parameters()})
+    missing = [n for n, g in grads[0].items() if g is None]
+    # DiT's null-class row and the unused pooled-size embedders get no gradient; everything else must.
+    assert all("class_embedder" in n or "additional_condition" in n for n in missing), missing
+    for n, g in grads[0].items():
+        if g is not None:
+            torch.testing.assert_close(grads[1][n], g, rtol=1e-5, atol=1e-7)
+
+
+def test_student_does_not_change_the_teacher(teacher):
+    before = {n: p.clone() for n, p in teacher.named_parameters()}
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=1), VPSchedule())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(p, before[n]) for n, p in teacher.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (ARDConfig(num_causal_layers=5), "larger than the teacher's depth"),
+        (ARDConfig(mask="window", window=0), "window: must be >= 1"),
+        (ARDConfig(mask="banana"), "mask: unknown 'banana'"),
+        (ARDConfig(output="eps"), "output: unknown 'eps'"),
+        (ARDConfig(num_steps=0), "num_steps: must be >= 1"),
+    ],
+)
+def test_bad_settings_are_clear_errors(teacher, cfg, match):
+    with pytest.raises(ValueError, match=match):
+        ARDStudent(teacher, cfg, VPSchedule())
+
+
+def test_bad_inputs_are_clear_errors(teacher, family):
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule())
+    cond = make_condition(family, B)
+    with pytest.raises(ValueError, match="takes S=4 states"):
+        student(torch.randn(B, 3, 4, 8, 8), cond)
+    with pytest.raises(ValueError, match="patch grid"):
+        student(torch.randn(B, S, 4, 7, 8), cond)
+    with pytest.raises(ValueError, match="patch grid"):
+        student(torch.randn(B, S, 3, 8, 8), cond)
+    with pytest.raises(ValueError, match="patch grid"):
+        student.sample(torch.randn(B, 4, 9, 9), cond)
+    other = make_condition("pixart" if family == "dit" else "dit", B)
+    with pytest.raises(ValueError, match="needs"):
+        student(torch.randn(B, S, 4, 8, 8), other)
+
+
+@pytest.mark.parametrize("mask", MASK_KINDS)
+def test_prefix_forward_matches_the_full_forward(teacher, family, mask):
+    """Recomputing the history without a cache (a forward over the first G states) gives the same predictions."""
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2, mask=mask), VPSchedule()).eval()
+    cond = make_condition(family, B)
+    states = states_for(student)
+    with torch.no_grad():
+        full = student(states, cond)
+        for g in range(1, S + 1):
+            assert rel_err(student(states[:, :g], cond, prefix=True), full[:, :g]) <= 1e-6
+    with pytest.raises(ValueError, match="takes S=4 states"):
+        student(states[:, :0], cond, prefix=True)
