@@ -44,20 +44,24 @@ class DecodingStreamingDataset(StreamingDataset):
         self.resolution = resolution
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict:
+        shard = self.shards[self.spanner[sample_id][0]]
+        shard_name = os.path.join(shard.dirname, shard.split, shard.raw_data.basename)
         try:
             raw = super().get_item(sample_id, retry)
         except RuntimeError:
             raise  # a shard that cannot be fetched is not one bad sample
         except Exception as e:  # a corrupt shard body shows up as arbitrary decode errors
-            return {"bad": f"unreadable MDS sample ({type(e).__name__})"}
+            return {"bad": f"unreadable MDS sample ({type(e).__name__})", "shard": shard_name}
         try:
-            return decode_sample(
+            sample = decode_sample(
                 raw.get("key", str(sample_id)), raw.get("image"), raw.get("caption"),
                 resolution=self.resolution, table=None, label=raw.get("label"),
                 t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"),
             )  # fmt: skip
         except BadSample as e:
-            return {"bad": str(e)}
+            return {"bad": str(e), "shard": shard_name}
+        sample["shard"] = shard_name
+        return sample
 
 
 def collate_mds(items: list[dict]) -> dict:
@@ -66,6 +70,7 @@ def collate_mds(items: list[dict]) -> dict:
     batch = collate(good) if good else {"images": None, "captions": [], "keys": []}
     batch["num_raw"] = len(items)
     batch["skipped"] = [item["bad"] for item in items if "bad" in item]
+    batch["shards"] = [(item["shard"], "bad" not in item) for item in items]
     return batch
 
 
@@ -132,20 +137,23 @@ class MDSLoader:
 
     def __iter__(self):
         while self.config.num_epochs is None or self.epoch < self.config.num_epochs:
-            shard_stats = [0, 0]  # [skipped, good] this epoch on this rank
+            good_per_shard: dict[str, int] = {}  # this epoch, this rank
             for batch in self.dataloader:
                 for reason in batch.pop("skipped"):
                     self.skips.add(reason)
-                num_raw = batch.pop("num_raw")
-                shard_stats[0] += num_raw - len(batch["keys"])
-                shard_stats[1] += len(batch["keys"])
+                for shard, good in batch.pop("shards"):
+                    good_per_shard[shard] = good_per_shard.get(shard, 0) + good
+                batch.pop("num_raw")
                 self._resume = self.dataloader.state_dict()
                 if batch["keys"]:
                     self.num_samples_yielded += len(batch["keys"])
                     yield batch
-            if shard_stats[1] == 0 and shard_stats[0] > 0:
-                raise ValueError(f"MDS dataset {self.config.path!r} yielded no valid sample in epoch {self.epoch}: "
-                                 f"{dict(self.skips.counts)}; rebuild it")  # fmt: skip
+            all_bad = sorted(shard for shard, good in good_per_shard.items() if not good)
+            if all_bad:
+                raise ValueError(
+                    f"MDS shards {all_bad} had no valid sample on rank {self.rank} in epoch {self.epoch} "
+                    f"(skipped: {dict(self.skips.counts)}); rebuild or remove them"
+                )
             self.epoch += 1
 
     def state_dict(self) -> dict:
