@@ -58,5 +58,7 @@ def resize_center_crop(image: Image.Image, height: int, width: int) -> torch.Ten
         image = image.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0)
     left, top = (new_w - width) // 2, (new_h - height) // 2
     image = image.crop((left, top, left + width, top + height))
-    array_HWC = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array_HWC.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    array_CHW = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)  # one pass to float
+    array_CHW *= np.float32(1 / 127.5)
+    array_CHW -= np.float32(1.0)
+    return torch.from_numpy(array_CHW)

@@ -100,3 +100,12 @@ def test_mds_bad_samples_skipped_and_all_bad_is_an_error(tmp_path, mds_env):
     loader = build_loader(wds_config(tmp_path / "allbad", format="mds"), rank=0, world_size=1)
     with pytest.raises(ValueError, match=r"allbad/shard.00000.mds.*no valid sample"):
         read_all(loader)
+
+
+def test_settings_that_cannot_resume_exactly_are_errors(tmp_path, mds_env):
+    with pytest.raises(ValueError, match="remote.*shards.json"):
+        build_loader(wds_config("https://example.com/s-{000..003}.tar"), rank=0, world_size=1)
+    with pytest.raises(ValueError, match="data.cache_dir"):
+        build_loader(wds_config("s3://bucket/mds", format="mds"), rank=0, world_size=1)
+    with pytest.raises(ValueError, match="data.buckets=true needs data.format='webdataset'"):
+        build_loader(wds_config(tmp_path, format="mds", buckets=True), rank=0, world_size=1)
