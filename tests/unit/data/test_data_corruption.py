@@ -109,3 +109,22 @@ def test_settings_that_cannot_resume_exactly_are_errors(tmp_path, mds_env):
         build_loader(wds_config("s3://bucket/mds", format="mds"), rank=0, world_size=1)
     with pytest.raises(ValueError, match="data.buckets=true needs data.format='webdataset'"):
         build_loader(wds_config(tmp_path, format="mds", buckets=True), rank=0, world_size=1)
+
+
+def test_mds_resume_counts_skipped_samples_as_consumed(tmp_path, mds_env):
+    import itertools
+    import shutil
+
+    images = [image_bytes(24, 24, seed=i) if i % 5 else b"garbage" for i in range(24)]
+    write_mds(tmp_path / "a", images)
+    for copy in ("b", "c"):  # a StreamingDataset owns its folder while alive; copies order identically
+        shutil.copytree(tmp_path / "a", tmp_path / copy)
+    cfg = lambda name: wds_config(tmp_path / name, format="mds", num_workers=2, batch_size=4, num_epochs=2)  # noqa: E731
+    full = [b["keys"] for b in build_loader(cfg("a"), rank=0, world_size=1)]
+    assert any(len(keys) < 4 for keys in full)  # bad samples make short batches
+    first = build_loader(cfg("b"), rank=0, world_size=1)
+    head = [b["keys"] for b in itertools.islice(first, 4)]
+    resumed = build_loader(cfg("c"), rank=0, world_size=1)
+    resumed.load_state_dict(first.state_dict())
+    assert head + [b["keys"] for b in resumed] == full
+    assert resumed.num_skipped == 10  # 5 bad samples x 2 epochs, each counted once
