@@ -9,10 +9,18 @@ The trainer builds one loader per rank and iterates it:
     loader.num_skipped            # corrupt samples skipped so far (loader.skips.counts by reason)
 """
 
-from ard_scale.data.bundled import bundled_digits_path
 from ard_scale.data.config import DataConfig
 from ard_scale.data.loader import SkipCounter, WebdatasetLoader, build_loader
 from ard_scale.data.transforms import ASPECT_RATIO_1024, bucket_table
+
+
+def bundled_digits_path(format: str) -> str:
+    """Path of the bundled digits in `format` ('webdataset' or 'mds'); see ard_scale/data/bundled.py."""
+    # imported here so `python -m ard_scale.data.bundled` does not find its own module pre-imported
+    from ard_scale.data.bundled import bundled_digits_path as path_of
+
+    return path_of(format)
+
 
 __all__ = [
     "ASPECT_RATIO_1024",
