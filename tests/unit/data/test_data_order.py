@@ -90,3 +90,12 @@ def test_state_from_another_rank_is_rejected(shards):
     state = build_loader(config(shards), rank=0, world_size=2).state_dict()
     with pytest.raises(ValueError, match="rank"):
         build_loader(config(shards), rank=1, world_size=2).load_state_dict(state)
+
+
+def test_streamed_urls_read_like_local_files(shards, tmp_path):
+    # "pipe:" urls go through webdataset's gopen as non-seekable streams, the path remote (http, s3) shards take
+    shardlist = [{"url": f"pipe:cat {shards / f's{s}.tar'}", "nsamples": n} for s, n in enumerate(SHARD_SIZES)]
+    (tmp_path / "shards.json").write_text(json.dumps({"shardlist": shardlist}))
+    local = keys_of(build_loader(config(shards, num_workers=2), rank=1, world_size=2))
+    streamed = keys_of(build_loader(config(tmp_path / "shards.json", num_workers=2), rank=1, world_size=2))
+    assert streamed == local and len(streamed) > 0
