@@ -19,15 +19,17 @@ from ard_scale.models.condition import Condition
 class Context:
     """Per-forward conditioning, computed once and shared by all blocks.
 
-    mods:      per block, the six adaLN tensors (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp),
-               each (B·G, D) for G groups in the forward.
+    mods:      DiT: per block, the six adaLN tensors (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
+               gate_mlp), each (B·G, D) for G groups in the forward. PixArt: None (see `t6`).
+    t6:        PixArt: (B·G, 6, D) shared timestep modulation; each block adds its own table inside its call.
     head_cond: (B·G, D) conditioning of the final layer.
     text:      (B, L_txt, D) projected caption tokens for cross-attention (PixArt) or None.
     text_bias: (B, 1, L_txt) additive attention bias from the caption mask or None.
     """
 
-    mods: list[tuple[torch.Tensor, ...]]
+    mods: list[tuple[torch.Tensor, ...]] | None
     head_cond: torch.Tensor
+    t6: torch.Tensor | None = None
     text: torch.Tensor | None = None
     text_bias: torch.Tensor | None = None
 
@@ -84,6 +86,10 @@ class DiTFamily:
         return Context(mods=mods, head_cond=head_cond)
 
     @staticmethod
+    def block_mods(block: nn.Module, i: int, ctx: Context) -> tuple[torch.Tensor, ...]:
+        return ctx.mods[i]
+
+    @staticmethod
     def msa_norm(block: nn.Module) -> nn.Module:
         return block.norm1.norm
 
@@ -112,15 +118,20 @@ class PixArtFamily:
         ada = model.adaln_single
         emb_ND = ada.emb(t_N, resolution=None, aspect_ratio=None, batch_size=t_N.shape[0], hidden_dtype=dtype)
         t6_N6D = ada.linear(F.silu(emb_ND)).unflatten(1, (6, -1))
-        mods = [tuple((block.scale_shift_table[None] + t6_N6D).unbind(1)) for block in model.transformer_blocks]
         if text_from is not None:  # the caption does not change between sampling steps
-            return Context(mods=mods, head_cond=emb_ND, text=text_from.text, text_bias=text_from.text_bias)
+            return Context(mods=None, t6=t6_N6D, head_cond=emb_ND, text=text_from.text, text_bias=text_from.text_bias)
         B = cond.batch_size
         text = model.caption_projection(cond.text.to(dtype)).view(B, -1, emb_ND.shape[-1])
         bias = None
         if cond.text_mask is not None:  # as PixArtTransformer2DModel.forward: 0 keep, -10000 drop
             bias = ((1 - cond.text_mask.to(dtype)) * -10000.0).unsqueeze(1)
-        return Context(mods=mods, head_cond=emb_ND, text=text, text_bias=bias)
+        return Context(mods=None, t6=t6_N6D, head_cond=emb_ND, text=text, text_bias=bias)
+
+    @staticmethod
+    def block_mods(block: nn.Module, i: int, ctx: Context) -> tuple[torch.Tensor, ...]:
+        # Runs inside the block's own call: `scale_shift_table` is the block's direct parameter, which a
+        # parameter-partitioning wrapper (ZeRO-3) only materialises while that block's forward runs.
+        return tuple((block.scale_shift_table[None] + ctx.t6).unbind(1))
 
     @staticmethod
     def msa_norm(block: nn.Module) -> nn.Module:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from types import MethodType
 
 import torch
 from torch import nn
@@ -50,6 +51,7 @@ class ARDStudent(nn.Module):
         self.backbone = copy.deepcopy(teacher.model).requires_grad_(True).train()
         for block in self.backbone.transformer_blocks:
             check_plain_attention(block.attn1)
+            block.forward = MethodType(ard_block_forward, block)
         head = self.family.take_head(self.backbone)
         self.heads = nn.ModuleList(
             [head] + [copy.deepcopy(head) for _ in range(0 if cfg.shared_head else cfg.num_steps - 1)]
@@ -96,19 +98,8 @@ class ARDStudent(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(-1, c, h * p, w * p)
 
     def _block(self, i: int, x_BGLD: torch.Tensor, ctx: Context, attend) -> torch.Tensor:
-        """One transformer block over G groups, with per-group adaLN modulation (broadcast over the group)."""
-        block = self.backbone.transformer_blocks[i]
-        B, G, L, D = x_BGLD.shape
-        sh_msa, sc_msa, g_msa, sh_mlp, sc_mlp, g_mlp = (m.view(B, G, 1, D) for m in ctx.mods[i])
-        h = self.family.msa_norm(block)(x_BGLD) * (1 + sc_msa) + sh_msa
-        x_BGLD = x_BGLD + g_msa * attend(block.attn1, h)
-        if block.attn2 is not None:  # cross-attention to the caption: every group sees it
-            x_BND = x_BGLD.reshape(B, G * L, D)
-            x_BGLD = x_BGLD + block.attn2(x_BND, encoder_hidden_states=ctx.text, attention_mask=ctx.text_bias).view(
-                B, G, L, D
-            )
-        h = self.family.ff_norm(block)(x_BGLD) * (1 + sc_mlp) + sh_mlp
-        return x_BGLD + g_mlp * block.ff(h)
+        # Through the block's own module call, so hooks on it (ZeRO-3 parameter fetch) run as for the teacher.
+        return self.backbone.transformer_blocks[i](x_BGLD, i, ctx, attend, self.family)
 
     def _context(self, t_N: torch.Tensor, cond: Condition, repeats: int, dtype, text_from=None) -> Context:
         model_t = self.schedule.model_time(t_N).to(t_N.device)
@@ -176,3 +167,22 @@ class ARDStudent(nn.Module):
             x = self.next_state(x, self._unpatchify(out, h, w), g)
             states.append(x)
         return torch.stack(states, 1) if return_states else x
+
+
+def ard_block_forward(block: nn.Module, x_BGLD: torch.Tensor, i: int, ctx: Context, attend, family) -> torch.Tensor:
+    """A teacher block's computation over G groups, with per-group adaLN modulation broadcast over each group.
+
+    Installed as the `forward` of each of the student's copies of the teacher's blocks, so the block keeps its
+    diffusers parameter names (checkpoints and exports load strictly) and its module call stays the unit that
+    wrappers hook into."""
+    B, G, L, D = x_BGLD.shape
+    sh_msa, sc_msa, g_msa, sh_mlp, sc_mlp, g_mlp = (m.view(B, G, 1, D) for m in family.block_mods(block, i, ctx))
+    h = family.msa_norm(block)(x_BGLD) * (1 + sc_msa) + sh_msa
+    x_BGLD = x_BGLD + g_msa * attend(block.attn1, h)
+    if block.attn2 is not None:  # cross-attention to the caption: every group sees it
+        x_BND = x_BGLD.reshape(B, G * L, D)
+        x_BGLD = x_BGLD + block.attn2(x_BND, encoder_hidden_states=ctx.text, attention_mask=ctx.text_bias).view(
+            B, G, L, D
+        )
+    h = family.ff_norm(block)(x_BGLD) * (1 + sc_mlp) + sh_mlp
+    return x_BGLD + g_mlp * block.ff(h)

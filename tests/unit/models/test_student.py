@@ -185,3 +185,19 @@ def test_prefix_forward_matches_the_full_forward(teacher, family, mask):
             assert rel_err(student(states[:, :g], cond, prefix=True), full[:, :g]) <= 1e-6
     with pytest.raises(ValueError, match="takes S=4 states"):
         student(states[:, :0], cond, prefix=True)
+
+
+def test_deepcopy_is_an_independent_student(teacher, family):
+    """An EMA copy must run its own blocks: the installed block forwards rebind to the copy."""
+    import copy
+
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule()).eval()
+    twin = copy.deepcopy(student)
+    cond, states = make_condition(family, B), states_for(student)
+    with torch.no_grad():
+        before = student(states, cond)
+        assert torch.equal(twin(states, cond), before)
+        for p in twin.backbone.transformer_blocks.parameters():
+            p.add_(0.1)
+        assert torch.equal(student(states, cond), before)
+        assert not torch.equal(twin(states, cond), before)
