@@ -4,10 +4,16 @@
 probability-flow ODE over a teacher grid that contains every student time exactly (K sub-steps per student interval),
 and records the S+1 states x_{τ_S} … x_{τ_0} (and optionally the teacher's x̂0 at each τ_s).
 
-Matching a diffusers pipeline (invariant 5): `diffusers_grid(scheduler)` turns a diffusers DDIM / DPM-Solver++
-scheduler (after `set_timesteps`) into the `VPSchedule`, explicit integer teacher grid (its own `timestep_spacing`,
-'leading' / 'linspace' / 'trailing', ending at the clean endpoint) and solver name; pass them as `schedule=`,
-`teacher_grid=` and `solver=`, with `student_grid=` a subset of that grid.
+Matching a diffusers pipeline (invariant 5, tests/unit/diffusion/test_pipeline_equivalence.py):
+- timesteps: `diffusers_grid(scheduler)` turns a DDIMScheduler / DPMSolverMultistepScheduler (after `set_timesteps`)
+  into the `VPSchedule`, the explicit integer teacher grid (the scheduler's own `timestep_spacing`, then the clean
+  endpoint) and the solver name; pass them as `schedule=`, `teacher_grid=`, `solver=`, with `student_grid=` a subset
+  of that grid. DDIM is reproducible with 'leading' spacing (or any spacing whose steps are T//N apart): diffusers'
+  DDIM steps from t to t − T//N, not to the next listed timestep. DPM-Solver++(2M): first and last steps first order.
+- noise: `draw_noise(seeds)` draws what diffusers' `randn_tensor` draws from a list of per-sample CPU generators.
+- guidance: out_u + w·(out_c − out_u) over all latent channels, learned-sigma channels dropped — the DiTPipeline and
+  PixArt(-Σ) form (`guided_channels=None`); facebookresearch/DiT guides 3 channels (`guided_channels=3`). diffusers
+  pipelines skip guidance for w <= 1; here w != 1 is always applied. DiTPipeline's null class is hard-coded 1000.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ def teacher_trajectory(
     record:           'noisy' (states only, the paper's target) or 'x0' (also the teacher's x̂0 at each τ_s).
     guided_channels:  guide only the first k latent channels (facebookresearch/DiT: 3); None = all (diffusers).
     student_grid:     explicit student times (default `schedule.grid(S)`).
-    teacher_grid:    explicit teacher grid (e.g. from `diffusers_grid`); must contain every student time.
+    teacher_grid:     explicit teacher grid (e.g. from `diffusers_grid`); must contain every student time.
     gather:           context-manager factory entered once around the whole solver loop (the distributed layer
                       gathers ZeRO-3 teacher parameters once per trajectory batch here).
     """

@@ -1,0 +1,207 @@
+"""Write teacher trajectories on the student grid to MDS shards, for training with trajectory_source='offline'.
+
+    python launchers/dump_trajectories.py [RECIPE] --teacher PATH --out DIR --num-samples N [--guidance 1.5] ...
+
+Sample i uses noise seed `--seed + i` and condition i mod num_classes (class-conditional teachers) or the caption
+embedding i mod n of `--captions` (a tensor file of (n+1, L, C) embeddings whose last row is the null caption, as
+`launchers/fit_teacher.py` writes). Text teachers conditioned on a caption dataset need the T5 embeddings from the
+data shards; that path is not wired here yet (it raises).
+
+Resumable: samples are written in chunks of `--chunk-size`, each its own MDS folder DIR/chunk_NNNNN written by
+`streaming.MDSWriter`; a chunk whose `index.json` exists is complete and skipped on re-run, a partial one is
+rewritten. Every chunk is a function of its sample indices only, so a resumed dump equals an uninterrupted one.
+
+Columns per sample: `seed` int64; `label` int64 (-1 for captions); `caption_index` int64 (-1 for classes);
+`states` float32 (S+1, C, H, W) noisy x_{τ_S} … x_{τ_0}; `x0` float32 (S+1, C, H, W) with `--record x0`.
+DIR/meta.json holds the teacher path, schedule, student times, teacher grid, solver, guidance and chunking.
+RECIPE (optional) supplies defaults for `teacher.path`, `diffusion.*` and `student.num_steps`; flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
+from ard_scale.diffusion.solvers import SOLVERS  # noqa: E402
+from ard_scale.diffusion.trajectory import teacher_trajectory, uniform_teacher_grid  # noqa: E402
+from ard_scale.models.condition import Condition  # noqa: E402
+from ard_scale.models.teachers import load_teacher  # noqa: E402
+
+
+def schedule_from(teacher_path: Path, objective: str | None):
+    """The schedule of a diffusers folder's scheduler config (DDIM/DPM -> VP, FlowMatch -> flow), else `objective`."""
+    cfg_file = teacher_path / "scheduler" / "scheduler_config.json"
+    if objective is None and cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        if "FlowMatch" in cfg["_class_name"]:
+            return FlowSchedule(shift=cfg.get("shift", 1.0))
+        return VPSchedule(
+            num_train_timesteps=cfg.get("num_train_timesteps", 1000),
+            beta_start=cfg.get("beta_start", 1e-4),
+            beta_end=cfg.get("beta_end", 0.02),
+            prediction_type=cfg.get("prediction_type", "epsilon"),
+        )
+    if objective in (None, "epsilon", "v_prediction"):
+        return VPSchedule(prediction_type=objective or "epsilon")
+    if objective == "flow":
+        return FlowSchedule()
+    raise ValueError(f"unknown prediction type {objective!r}; choose 'epsilon', 'v_prediction' or 'flow'")
+
+
+def recipe_defaults(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    teacher, diffusion, student = raw.get("teacher", {}), raw.get("diffusion", {}), raw.get("student", {})
+    out = {
+        "teacher": teacher.get("path"),
+        "steps": student.get("num_steps"),
+        "substeps": diffusion.get("substeps"),
+        "solver": diffusion.get("solver"),
+        "guidance": diffusion.get("guidance_scale"),
+        "guided_channels": diffusion.get("guide_first_channels"),
+        "record": diffusion.get("record"),
+        "objective": "flow" if diffusion.get("schedule") == "flow" else diffusion.get("prediction_type"),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying defaults")
+    parser.add_argument("--teacher", type=Path, help="local diffusers teacher folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--num-samples", type=int, required=True)
+    parser.add_argument("--captions", type=Path, help="(n+1, L, C) caption embeddings, last row the null caption")
+    parser.add_argument("--steps", type=int, help="S student steps (default 4)")
+    parser.add_argument("--substeps", type=int, help="K teacher sub-steps per student interval (default 6)")
+    parser.add_argument("--solver", choices=SOLVERS)
+    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--guided-channels", type=int)
+    parser.add_argument("--record", choices=("noisy", "x0"))
+    parser.add_argument("--objective", choices=("epsilon", "v_prediction", "flow"), help="default: the folder's")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    rec = recipe_defaults(args.recipe)
+    defaults = {"steps": 4, "substeps": 6, "solver": "ddim", "guidance": 1.0, "record": "noisy", **rec}
+    for key, value in defaults.items():
+        if getattr(args, key.replace("-", "_"), None) is None:
+            setattr(args, key, value)
+    if args.teacher is None:
+        parser.error("give --teacher PATH (or a recipe with teacher.path)")
+    args.teacher = Path(args.teacher)
+    if args.num_samples < 1 or args.chunk_size < 1 or args.batch_size < 1:
+        parser.error("--num-samples, --chunk-size and --batch-size must be >= 1")
+
+    from streaming import MDSWriter
+
+    device = torch.device(args.device)
+    teacher = load_teacher(args.teacher).to(device)
+    schedule = schedule_from(Path(args.teacher), args.objective)
+    student_grid = schedule.grid(args.steps)
+    teacher_grid = uniform_teacher_grid(schedule, args.steps, args.substeps)
+    captions = None
+    if teacher.family == "dit":
+        num_conditions = teacher.num_classes
+    elif args.captions is not None:
+        captions = torch.load(args.captions).float()
+        num_conditions = captions.shape[0] - 1
+    else:
+        raise ValueError(
+            "a text teacher needs caption embeddings: pass --captions FILE ((n+1, L, C), last row the null caption); "
+            "dumping conditions from caption shards is not wired yet"
+        )
+    shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
+    columns = {"seed": "int64", "label": "int64", "caption_index": "int64", "states": "ndarray:float32"}
+    if args.record == "x0":
+        columns["x0"] = "ndarray:float32"
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "teacher": str(args.teacher),
+        "schedule": {"type": type(schedule).__name__, **vars(schedule)},
+        "student_times": student_grid.tolist(),
+        "teacher_grid": teacher_grid.tolist(),
+        "solver": args.solver,
+        "guidance_scale": args.guidance,
+        "guided_channels": args.guided_channels,
+        "record": args.record,
+        "seed": args.seed,
+        "num_samples": args.num_samples,
+        "chunk_size": args.chunk_size,
+        "columns": columns,
+    }
+    meta_file = args.out / "meta.json"
+    if meta_file.is_file() and {**json.loads(meta_file.read_text()), "num_samples": None} != {
+        **meta,
+        "num_samples": None,
+    }:
+        raise ValueError(f"{args.out} holds a dump with other settings (see meta.json); use a new --out folder")
+    meta_file.write_text(json.dumps(meta, indent=2))
+
+    written = skipped = 0
+    for start in range(0, args.num_samples, args.chunk_size):
+        chunk_dir = args.out / f"chunk_{start // args.chunk_size:05d}"
+        stop = min(start + args.chunk_size, args.num_samples)
+        if (chunk_dir / "index.json").is_file():
+            skipped += stop - start
+            continue
+        shutil.rmtree(chunk_dir, ignore_errors=True)  # a partial chunk from an interrupted run
+        # no `with`: MDSWriter.__exit__ finishes (writes index.json) even on an exception, marking a partial chunk done
+        writer = MDSWriter(out=str(chunk_dir), columns=columns)
+        for b0 in range(start, stop, args.batch_size):
+            idx = torch.arange(b0, min(b0 + args.batch_size, stop))
+            cond_idx = idx % num_conditions
+            if captions is None:
+                cond = Condition(labels=cond_idx)
+                null = teacher.null_condition(len(idx))
+            else:
+                cond = Condition(text=captions[cond_idx])
+                null = Condition(text=captions[-1:].expand(len(idx), -1, -1))
+            tr = teacher_trajectory(
+                teacher,
+                schedule,
+                cond,
+                null_cond=null,
+                guidance_scale=args.guidance,
+                solver=args.solver,
+                record=args.record,
+                guided_channels=args.guided_channels,
+                student_grid=student_grid,
+                teacher_grid=teacher_grid,
+                latent_shape=shape,
+                seeds=(args.seed + idx).tolist(),
+                device=device,
+            )
+            for j in range(len(idx)):
+                sample = {
+                    "seed": int(args.seed + idx[j]),
+                    "label": int(cond_idx[j]) if captions is None else -1,
+                    "caption_index": int(cond_idx[j]) if captions is not None else -1,
+                    "states": tr.states[j].cpu().numpy(),
+                }
+                if tr.x0 is not None:
+                    sample["x0"] = tr.x0[j].cpu().numpy()
+                writer.write(sample)
+        writer.finish()
+        written += stop - start
+        print(f"{chunk_dir.name}: samples {start}..{stop - 1}", flush=True)
+    print(f"wrote {written} samples, kept {skipped} already dumped, in {args.out}")
+    return {"written": written, "skipped": skipped}
+
+
+if __name__ == "__main__":
+    main()
