@@ -7,7 +7,8 @@ same noise, DPM-Solver++(2M) steps, batch and guidance. Ours: `teacher_trajector
 diffusers: `PixArtSigmaPipeline(..., output_type="latent")` with precomputed prompt embeddings (no T5, no VAE).
 Repeats are interleaved (ours, diffusers, ours, ...; the order flips every repeat) and medians are reported.
 JSON keys: `speed_ratio_vs_diffusers` (diffusers median time / ours; > 1 means ours is faster),
-`paired_speed_ratio_median` (median over repeats of the adjacent runs' ratio: steadier under load) and
+`paired_speed_ratio_median` (median over repeats of the adjacent runs' ratio: steadier under load),
+`median_overhead_s_per_batch` (time outside the transformer's forward: solver, CFG, bookkeeping) and
 `max_rel_err_vs_diffusers` (largest ‖ours − diffusers‖ / ‖diffusers‖ of the final latents over the repeats).
 Runs on CUDA when available (`--device`), fp32.
 """
@@ -114,24 +115,44 @@ def main(argv=None) -> dict:
             width=args.latent_size * pipe.vae_scale_factor,
         ).images
 
-    def timed(fn):
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    # time inside the transformer's forward too, so that overhead (everything but the network) is separable from the
+    # machine's noise (a shared CPU makes whole-run ratios wobble by a few %)
+    model_time = [0.0]
+    network_forward = teacher.model.forward
+
+    def forward_timed(*a, **k):
+        sync()
+        t0 = time.perf_counter()
+        out = network_forward(*a, **k)
+        sync()
+        model_time[0] += time.perf_counter() - t0
+        return out
+
+    teacher.model.forward = forward_timed
+
+    def timed(fn):
+        sync()
+        model_time[0] = 0.0
         t0 = time.perf_counter()
         out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0, out
+        sync()
+        return time.perf_counter() - t0, model_time[0], out
 
     ours(), theirs()  # warm-up (allocator, kernels, lazy imports)
     times = {"ours": [], "diffusers": []}
+    overheads = {"ours": [], "diffusers": []}
     errs = []
     for r in range(args.repeats):
         order = ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")
         outs = {}
         for name in order:
-            dt, outs[name] = timed(ours if name == "ours" else theirs)
+            dt, in_model, outs[name] = timed(ours if name == "ours" else theirs)
             times[name].append(dt)
+            overheads[name].append(dt - in_model)
         errs.append(float((outs["ours"] - outs["diffusers"]).norm() / outs["diffusers"].norm()))
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -141,9 +162,13 @@ def main(argv=None) -> dict:
         f"teacher: PixArt-style, {args.layers} layers, D={args.width}, {args.latent_size}x{args.latent_size} latents, "
         f"batch {args.batch}, {args.steps} DPM-Solver++(2M) steps, guidance {args.guidance}, {device.type}"
     )
-    print(f"{'':<12}{'median s/batch':>16}{'min s/batch':>13}   all repeats (s)")
+    over = {k: statistics.median(v) for k, v in overheads.items()}
+    print(f"{'':<12}{'median s/batch':>16}{'min s/batch':>13}{'overhead ms':>13}   all repeats (s)")
     for k in ("ours", "diffusers"):
-        print(f"{k:<12}{med[k]:>16.3f}{min(times[k]):>13.3f}   {' '.join(f'{t:.3f}' for t in times[k])}")
+        print(
+            f"{k:<12}{med[k]:>16.3f}{min(times[k]):>13.3f}{over[k] * 1e3:>13.1f}   "
+            f"{' '.join(f'{t:.3f}' for t in times[k])}"
+        )
     print(
         f"speed_ratio_vs_diffusers (diffusers / ours, medians): {ratio:.3f}   median of per-repeat ratios: {paired:.3f}"
     )
@@ -153,6 +178,7 @@ def main(argv=None) -> dict:
         "max_rel_err_vs_diffusers": max(errs),
         "paired_speed_ratio_median": paired,
         "median_s_per_batch": med,
+        "median_overhead_s_per_batch": over,
         "times_s": times,
         "config": {k: str(v) for k, v in vars(args).items() if k != "json"},
     }
