@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler
 from diffusion_analytic import GaussianDenoiser
 
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
@@ -79,6 +79,26 @@ def test_matches_diffusers_scheduler_step_by_step(kind, prediction_type):
     # and a different solver on the same grid does not match (the comparison can fail)
     other = solve(lambda x, t: den(x, t), schedule, x_T, grid, "heun")
     assert _rel(other, ref[:, -1]) > 1e-3
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_heun_matches_diffusers_heun_scheduler(prediction_type):
+    # diffusers' Heun integrates the VP ODE in y = x/α ("Karras" scaling), Euler onto σ = 0: the same method as ours.
+    sched = HeunDiscreteScheduler(
+        beta_start=1e-4, beta_end=0.02, prediction_type=prediction_type, timestep_spacing="leading"
+    )
+    sched.set_timesteps(8)
+    schedule = VPSchedule(prediction_type=prediction_type)
+    den = GaussianDenoiser(schedule)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    sample = noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        out = den(sched.scale_model_input(sample, t), t.float().expand(2))
+        sample = sched.step(out, t, sample, return_dict=False)[0]
+    grid = [*torch.unique_consecutive(sched.timesteps).tolist(), -1.0]
+    ours = solve(lambda x, t: den(x, t), schedule, noise, grid, "heun")
+    assert _rel(ours, sample) < 1e-5
+    assert _rel(solve(lambda x, t: den(x, t), schedule, noise, grid, "ddim"), sample) > 1e-3  # can fail
 
 
 def test_cfg_is_one_batched_forward_with_the_guidance_formula():
