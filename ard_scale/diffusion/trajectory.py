@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from ard_scale.diffusion.schedules import CLEAN_T, Schedule, VPSchedule, check_close_grid
+from ard_scale.diffusion.schedules import CLEAN_T, FlowSchedule, Schedule, VPSchedule, check_close_grid
 from ard_scale.diffusion.solvers import Denoiser, check_solver, guided_model, solve
 from ard_scale.models.condition import Condition
 
@@ -164,16 +164,19 @@ def teacher_trajectory(
     return Trajectory(states=states, times=student_grid, x0=x0s, seeds=seeds_t)
 
 
-def diffusers_grid(scheduler) -> tuple[VPSchedule, torch.Tensor, str]:
-    """(schedule, teacher grid, solver) reproducing a diffusers DDIMScheduler or DPMSolverMultistepScheduler after
-    `set_timesteps(N)`: the grid is its integer `timesteps` (whatever its `timestep_spacing`) then the clean endpoint.
+def diffusers_grid(scheduler) -> tuple[Schedule, torch.Tensor, str]:
+    """(schedule, teacher grid, solver) reproducing a diffusers scheduler after `set_timesteps(N)`: for VP the grid is
+    its integer `timesteps` (whatever its `timestep_spacing`) then the clean endpoint.
 
     Supported: linear betas; DDIM with η=0, clip_sample=False, set_alpha_to_one=True and 'leading' spacing (DDIM
     steps from t to t − T//N, which is the next listed timestep only for 'leading'); DPM-Solver++ 2M (midpoint,
-    final_sigmas_type='zero', no Karras/exponential/beta/flow sigmas). Anything else raises.
+    final_sigmas_type='zero', no Karras/exponential/beta/flow sigmas); FlowMatchEulerDiscreteScheduler (SD3: its
+    shifted sigmas are the grid, Euler; no dynamic shifting or stochastic sampling). Anything else raises.
     """
     cfg = scheduler.config
     name = type(scheduler).__name__
+    if name == "FlowMatchEulerDiscreteScheduler":
+        return _flow_match_grid(scheduler)
     problems = []
     if cfg.beta_schedule != "linear" or cfg.trained_betas is not None:
         problems.append(f"beta_schedule={cfg.beta_schedule!r} (need 'linear', no trained_betas)")
@@ -226,3 +229,21 @@ def diffusers_grid(scheduler) -> tuple[VPSchedule, torch.Tensor, str]:
         prediction_type=cfg.prediction_type,
     )
     return schedule, torch.tensor([*timesteps, CLEAN_T], dtype=torch.float64), solver
+
+
+def _flow_match_grid(scheduler) -> tuple[FlowSchedule, torch.Tensor, str]:
+    cfg = scheduler.config
+    flags = (
+        "use_dynamic_shifting",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "stochastic_sampling",
+        "invert_sigmas",
+    )
+    problems = [f"{flag}=True (need False)" for flag in flags if getattr(cfg, flag, False)]
+    if getattr(cfg, "shift_terminal", None):
+        problems.append(f"shift_terminal={cfg.shift_terminal} (need None)")
+    if problems:
+        raise ValueError("FlowMatchEulerDiscreteScheduler config cannot be reproduced: " + "; ".join(problems))
+    return FlowSchedule(shift=cfg.shift), scheduler.sigmas.to(torch.float64), "euler"

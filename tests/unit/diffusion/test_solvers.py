@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler
 from diffusion_analytic import GaussianDenoiser
 
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.diffusion.solvers import SOLVERS, guided_model, solve
+from ard_scale.diffusion.trajectory import diffusers_grid
 from ard_scale.models.condition import Condition
 
 SCHEDULES = {
@@ -99,6 +100,22 @@ def test_heun_matches_diffusers_heun_scheduler(prediction_type):
     ours = solve(lambda x, t: den(x, t), schedule, noise, grid, "heun")
     assert _rel(ours, sample) < 1e-5
     assert _rel(solve(lambda x, t: den(x, t), schedule, noise, grid, "ddim"), sample) > 1e-3  # can fail
+
+
+def test_flow_euler_matches_diffusers_flow_match_euler_scheduler():
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(10)
+    schedule, grid, solver = diffusers_grid(sched)
+    assert solver == "euler" and schedule.shift == 3.0
+    den = GaussianDenoiser(schedule)
+    x = noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for t in sched.timesteps:  # SD3 feeds the model 1000·σ
+        x = sched.step(den(x, t.expand(2)), t, x, return_dict=False)[0]
+    ours = solve(lambda x, t: den(x, t), schedule, noise, grid, solver)
+    assert _rel(ours, x) < 1e-5
+    assert _rel(solve(lambda x, t: den(x, t), schedule, noise, grid, "heun"), x) > 1e-3  # can fail
+    with pytest.raises(ValueError, match="stochastic_sampling=True"):
+        diffusers_grid(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
 
 
 def test_cfg_is_one_batched_forward_with_the_guidance_formula():
