@@ -100,7 +100,8 @@ def teacher_trajectory(
     denoise:          `denoise(x_t, t_model_B, cond) -> native output` (a `Teacher`, an engine wrapping one, ...).
     cond / null_cond: the batch's conditions and its null conditions (same batch size; needed iff guidance != 1).
     latent_shape:     (C, H, W) of one latent.
-    seeds / noise:    exactly one: per-sample seeds (noise from `draw_noise`), or the (B, C, H, W) noise itself.
+    seeds / noise:    exactly one: per-sample seeds (noise from `draw_noise`: bit-identical for a seed in any batch;
+                      the states then agree up to the teacher kernels' batch-size-dependent rounding), or the noise.
     num_student_steps, substeps: S and K; the teacher grid is `schedule.grid(S·K)` (default K = 6).
     solver:           one of `solvers.SOLVERS` ('ddim', 'euler', 'heun', 'dpm++2m').
     record:           'noisy' (states only, the paper's target) or 'x0' (also the teacher's x̂0 at each τ_s).
