@@ -183,7 +183,8 @@ def main(argv=None) -> dict:
     for step in range(args.steps):
         idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
         y = labels[idx].clone()
-        y[torch.rand(len(y), generator=gen) < 0.1] = NUM_CLASSES  # CFG dropout to the null condition
+        if family != "dit":  # DiT's LabelEmbedding already drops 10 % of labels to the null class in train mode
+            y[torch.rand(len(y), generator=gen) < 0.1] = NUM_CLASSES  # CFG dropout to the null condition
         lr = args.lr * min(1.0, (step + 1) / 100)  # linear warm-up
         for group in opt.param_groups:
             group["lr"] = lr
