@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="AutoRegressive Distillation (ARD) of diffusion transformers at cluster scale, on DeepSpeed",
     packages=find_packages(include=["ard_scale", "ard_scale.*"]),
+    package_data={"ard_scale.data": ["bundled/digits/*/*"]},  # the demo's bundled shards
     python_requires=">=3.10",
     # Pins live in constraints.txt (install with `-c constraints.txt`); here only what the package imports.
     install_requires=[

@@ -1,0 +1,86 @@
+"""The only place that calls `deepspeed.initialize` (DESIGN.md §2 "Several models in one process under ZeRO-3").
+
+- the student: a training engine with its optimizer, ZeRO stage from the recipe;
+- the teacher (and T5): frozen inference engines with no optimizer, ZeRO-3 partitioned;
+- `gather_once(engine)`: a context that materialises a frozen ZeRO-3 engine's parameters once, e.g. around a whole
+  teacher ODE loop, instead of once per solver step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+
+def init_distributed() -> tuple[int, int]:
+    """Process group from the torchrun / deepspeed launcher environment (gloo without CUDA). (rank, world_size)."""
+    import deepspeed
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.getcwd(), ".torch_extensions"))
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def student_ds_config(
+    *,
+    micro_batch: int,
+    grad_accum: int = 1,
+    lr: float = 1e-4,
+    betas=(0.9, 0.999),
+    weight_decay: float = 0.0,
+    grad_clip: float = 1.0,
+    zero_stage: int = 3,
+    precision: str = "fp32",
+) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": lr, "betas": list(betas), "weight_decay": weight_decay, "torch_adam": True},
+        },
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 10**9,
+    }
+
+
+def frozen_ds_config(*, micro_batch: int, zero_stage: int = 3, precision: str = "fp32") -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 10**9,
+    }
+
+
+def build_student_engine(student: torch.nn.Module, config: dict):
+    import deepspeed
+
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=student, model_parameters=[p for p in student.parameters() if p.requires_grad], config=config
+    )
+    return engine, optimizer
+
+
+def build_frozen_engine(module: torch.nn.Module, config: dict):
+    """A frozen model as a DeepSpeed engine with no optimizer (ZeRO-3: parameters partitioned across ranks)."""
+    import deepspeed
+
+    module.requires_grad_(False).eval()
+    engine, *_ = deepspeed.initialize(model=module, config=config)
+    return engine
+
+
+def gather_once(engine) -> contextlib.AbstractContextManager:
+    """Materialise all of a ZeRO-3 engine's parameters for the duration of the block (read-only)."""
+    import deepspeed
+
+    if engine.zero_optimization_stage() != 3:
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
