@@ -1,0 +1,178 @@
+"""Config -> the objects a run needs. Factories construct; the loop only runs (STYLE.md 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ard_scale.config import RootConfig
+from ard_scale.data import DataConfig as ReaderConfig
+from ard_scale.data import build_loader
+from ard_scale.diffusion.schedules import FlowSchedule, Schedule, VPSchedule
+from ard_scale.distributed.engines import (
+    build_frozen_engine,
+    build_student_engine,
+    frozen_ds_config,
+    student_ds_config,
+)
+from ard_scale.losses.regression import RegressionLoss
+from ard_scale.models.condition import Condition
+from ard_scale.models.student import ARDStudent
+from ard_scale.models.teachers import Teacher, build_teacher, load_teacher
+
+
+def build_schedule(cfg: RootConfig) -> Schedule:
+    d = cfg.diffusion
+    if d.schedule == "flow":
+        return FlowSchedule()
+    return VPSchedule(
+        num_train_timesteps=d.num_train_timesteps,
+        beta_start=d.beta_start,
+        beta_end=d.beta_end,
+        prediction_type=d.prediction_type,
+    )
+
+
+def build_teacher_model(cfg: RootConfig) -> Teacher:
+    t = cfg.teacher
+    if t.path is not None:
+        return load_teacher(t.path)
+    overrides = {"num_embeds_ada_norm": t.num_classes} if t.family == "dit" and t.num_classes else {}
+    return build_teacher(t.family, t.size, seed=cfg.train.seed, **overrides)
+
+
+class Conditioner:
+    """Batch -> (condition, null condition) for the teacher's family.
+
+    DiT: the batch's class labels; null = class `num_classes`. PixArt: precomputed T5 embeddings from the shards
+    (`t5_emb`, `t5_mask`) or the T5 encoder run on the captions; null = the empty caption's embedding."""
+
+    def __init__(self, cfg: RootConfig, teacher: Teacher):
+        self.family, self.teacher = teacher.family, teacher
+        self.encoder = self.tokenizer = None
+        self.max_length = cfg.text_encoder.max_length
+        if self.family == "pixart" and not cfg.text_encoder.use_precomputed:
+            from ard_scale.models.text_encoder import load_t5
+
+            self.encoder, self.tokenizer = load_t5(cfg.text_encoder.path)
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition]:
+        if self.family == "dit":
+            if "labels" not in batch:
+                raise ValueError(
+                    "the class-conditional teacher needs class labels, but the data shards carry none; "
+                    "write them with launchers/build_shards.py (a `label` per sample)"
+                )
+            labels = batch["labels"].long()
+            return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
+        if "t5_emb" in batch:
+            text, mask = batch["t5_emb"].float(), batch["t5_mask"]
+        else:
+            text, mask = self._encode(batch["captions"])
+        null_text, null_mask = self._encode([""] * text.shape[0])
+        if null_text.shape[1] != text.shape[1]:  # pad/crop the null caption to the batch's token count
+            null_text = null_text[:, : text.shape[1]]
+            null_mask = null_mask[:, : text.shape[1]]
+        return Condition(text=text, text_mask=mask), Condition(text=null_text, text_mask=null_mask)
+
+    @torch.no_grad()
+    def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is None:
+            raise ValueError(
+                "text_encoder.use_precomputed is set but the shards carry no t5_emb; "
+                "run launchers/precompute_text.py or give text_encoder.path"
+            )
+        from ard_scale.models.text_encoder import encode_captions
+
+        return encode_captions(self.encoder, self.tokenizer, captions, max_length=self.max_length)
+
+
+@dataclass
+class Run:
+    """Everything the loop runs, built once."""
+
+    cfg: RootConfig
+    rank: int
+    world_size: int
+    schedule: Schedule
+    teacher: Teacher
+    teacher_engine: Any  # a frozen DeepSpeed engine (or the Teacher itself at teacher_stage 0)
+    engine: Any  # the student's DeepSpeed engine
+    loader: Any
+    loss_fn: RegressionLoss
+    conditioner: Conditioner
+
+    @property
+    def student(self) -> ARDStudent:
+        return self.engine.module
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.teacher.in_channels, self.teacher.sample_size, self.teacher.sample_size)
+
+
+def ds_scheduler(cfg: RootConfig) -> dict | None:
+    tr = cfg.train
+    if tr.lr_schedule == "constant" and tr.warmup_steps == 0:
+        return None
+    if tr.lr_schedule == "constant":
+        params = {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": tr.lr,
+            "warmup_num_steps": tr.warmup_steps,
+            "warmup_type": "linear",
+        }
+        return {"type": "WarmupLR", "params": params}
+    kind = "WarmupCosineLR" if tr.lr_schedule == "cosine" else "WarmupDecayLR"
+    params = {"total_num_steps": tr.max_steps, "warmup_num_steps": max(tr.warmup_steps, 1)}
+    if kind == "WarmupDecayLR":
+        params.update(warmup_min_lr=0.0, warmup_max_lr=tr.lr, warmup_type="linear")
+    return {"type": kind, "params": params}
+
+
+def build_run(cfg: RootConfig, rank: int, world_size: int) -> Run:
+    tr, zero = cfg.train, cfg.zero
+    torch.manual_seed(tr.seed)  # identical student initialisation on every rank
+    schedule = build_schedule(cfg)
+    teacher = build_teacher_model(cfg)
+    student = ARDStudent(teacher, cfg.student, schedule)
+    student.activation_checkpointing = tr.activation_checkpointing
+
+    micro = cfg.data.batch_size
+    ds_cfg = student_ds_config(
+        micro_batch=micro,
+        grad_accum=tr.grad_accum,
+        lr=tr.lr,
+        betas=tr.betas,
+        weight_decay=tr.weight_decay,
+        grad_clip=tr.grad_clip or 0.0,
+        zero_stage=zero.stage,
+        precision=tr.precision,
+    )
+    scheduler = ds_scheduler(cfg)
+    if scheduler:
+        ds_cfg["scheduler"] = scheduler
+    engine, _ = build_student_engine(student, ds_cfg)
+    if zero.teacher_stage == 3:
+        teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=micro, precision=tr.precision))
+    else:
+        teacher_engine = teacher
+
+    names = {f.name for f in dataclasses.fields(ReaderConfig)}
+    reader_cfg = ReaderConfig(**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names})
+    loader = build_loader(reader_cfg, rank=rank, world_size=world_size)
+    return Run(
+        cfg=cfg,
+        rank=rank,
+        world_size=world_size,
+        schedule=schedule,
+        teacher=teacher,
+        teacher_engine=teacher_engine,
+        engine=engine,
+        loader=loader,
+        loss_fn=RegressionLoss(cfg.student.num_steps, tr.loss_weights),
+        conditioner=Conditioner(cfg, teacher),
+    )

@@ -1,0 +1,120 @@
+"""The training loop: build, resume, step, log, checkpoint, stop. Reads top to bottom."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ard_scale.checkpoint.manager import CheckpointManager
+from ard_scale.config import RootConfig, dump_yaml, to_dict
+from ard_scale.distributed.engines import init_distributed
+from ard_scale.trainer.build import build_run
+from ard_scale.trainer.step import any_rank, regression_step
+
+
+class StopSignal:
+    """SIGTERM / SIGUSR1 (Slurm's pre-emption warning) set a flag; the loop checkpoints and exits cleanly."""
+
+    def __init__(self):
+        self.received = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class MetricsLog:
+    """RUN_DIR/metrics.jsonl, one JSON object per logged step, rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: RootConfig) -> list[float]:
+    """Run (or resume) the recipe to `train.max_steps`. Returns the losses of the steps run in this process."""
+    rank, world = init_distributed()
+    run_dir = Path(cfg.checkpoint.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        dump_yaml(cfg, run_dir / "config.yaml")
+    run = build_run(cfg, rank, world)
+    ckpt = CheckpointManager(
+        run_dir,
+        keep_last=cfg.checkpoint.keep_last,
+        config_dict=to_dict(cfg),
+        allow_recipe_change=cfg.checkpoint.allow_recipe_change,
+    )
+    start, samples_seen, nan_skips = 0, 0, 0
+    resumed = ckpt.load_latest(run.engine)
+    if resumed is not None:
+        client, rank_state = resumed
+        start, samples_seen, nan_skips = client["step"], client["samples_seen"], client["nan_skips"]
+        run.loader.load_state_dict(rank_state["data"])
+        set_rng_state(rank_state["rng"])
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
+    stop, losses, consecutive_nan = StopSignal(), [], 0
+
+    batches = iter(run.loader)
+    step = start
+    while step < cfg.train.max_steps:
+        t0 = time.perf_counter()
+        metrics = regression_step(run, next(batches), step)
+        step += 1
+        samples_seen += cfg.data.batch_size * world
+        consecutive_nan = consecutive_nan + 1 if metrics["nan"] else 0
+        nan_skips += metrics["nan"]
+        losses.append(metrics["loss"])
+        if step % cfg.log.every == 0 or step == cfg.train.max_steps:
+            log.write(
+                {
+                    **metrics,
+                    "samples_per_s": cfg.data.batch_size * world / (time.perf_counter() - t0),
+                    "max_mem_gb": _max_mem_gb(),
+                    "skipped_samples": run.loader.num_skipped,
+                    "nan_skips": nan_skips,
+                    "samples_seen": samples_seen,
+                }
+            )
+        too_many_nan = consecutive_nan >= cfg.train.max_consecutive_nan
+        stopping = any_rank(stop.received)
+        if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan:
+            client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
+            ckpt.save(run.engine, step, client, {"data": run.loader.state_dict(), "rng": rng_state()})
+        if too_many_nan:
+            raise FloatingPointError(
+                f"the loss was NaN/Inf for {consecutive_nan} steps in a row (up to step {step}); a checkpoint was "
+                f"saved in {run_dir}. Lower train.lr, check the data and teacher, or raise train.max_consecutive_nan"
+            )
+        if stopping:
+            break
+    return losses
+
+
+def _max_mem_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
