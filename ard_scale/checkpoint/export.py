@@ -1,0 +1,148 @@
+"""Export a checkpointed ARD student to a diffusers-format folder, and load it back without DeepSpeed.
+
+An export folder holds:
+- `config.json` + `diffusion_pytorch_model.safetensors`: the student's backbone *as the teacher's own diffusers
+  class*, with head 0 put back as the final layer (loads with `ard_scale.models.teachers.load_teacher` or the
+  diffusers class's `from_pretrained`);
+- `ard_heads.safetensors`: every student head (`heads.{s}.…`; head 0 repeated for completeness);
+- `ard_config.json`: family, ARD settings (S, N, mask, heads, output), the schedule, and where the weights came
+  from (run, tag, `ema` or `raw`).
+
+Weights: the EMA when the checkpoint has one — `client_state["ema_full"]` (a full state dict keyed like the
+student's `state_dict()`), or else the per-rank `rank_state["ema"]` written by `ZeroEMA.state_dict()`, whose shards
+are reassembled here — otherwise (or with `use_ema=False`) the raw weights rebuilt by DeepSpeed's
+`get_fp32_state_dict_from_zero_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict
+from ard_scale.config.ard import ARDConfig
+from ard_scale.models.student import ARDStudent
+from ard_scale.models.teachers import MODEL_CLASSES, Teacher, load_teacher
+
+HEADS_FILE = "ard_heads.safetensors"
+ARD_CONFIG_FILE = "ard_config.json"
+
+
+def _resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
+    if tag is not None:
+        return tag
+    latest = ckpt_dir / LATEST
+    if not latest.is_file():
+        raise ValueError(f"{latest} does not exist: no complete checkpoint to export (pass a run directory)")
+    return latest.read_text(encoding="utf-8").strip()
+
+
+def _client_state(tag_dir: Path) -> dict:
+    """Rank 0's DeepSpeed model-states file (it carries the client_state)."""
+    files = sorted(glob.glob(str(tag_dir / "*model_states.pt")))
+    if not files:
+        raise ValueError(f"{tag_dir} has no DeepSpeed *model_states.pt file")
+    return torch.load(files[0], map_location="cpu", weights_only=False)
+
+
+def full_ema_state_dict(run_dir: str | Path, tag: str, shapes: dict[str, torch.Size]) -> dict | None:
+    """The EMA of checkpoint `tag` as a full fp32 dict (names of the student's parameters), or None if it has none.
+
+    `shapes`: the full shape of every parameter (e.g. from the raw fp32 state dict), to reassemble ZeRO-3 shards.
+    Usable by the trainer too, after a universal (new world size) resume: `ZeroEMA.load_full_state_dict(...)`."""
+    tag_dir = Path(run_dir) / "checkpoints" / tag
+    ema_full = _client_state(tag_dir).get("ema_full")
+    if ema_full is not None:
+        return {k: v.float() for k, v in ema_full.items()}
+    world = json.loads((tag_dir / META).read_text())["world_size"]
+    states = [torch.load(rank_file(tag_dir, r), map_location="cpu", weights_only=False) for r in range(world)]
+    emas = [s.get("ema") if isinstance(s, dict) else None for s in states]
+    if any(e is None for e in emas):
+        return None
+    if not emas[0].get("zero3"):
+        return {k: v.float() for k, v in emas[0]["shadow"].items()}
+    out = {}
+    for name, shape in shapes.items():
+        if name not in emas[0]["shadow"]:
+            continue
+        flat = torch.cat([e["shadow"][name].reshape(-1) for e in emas])
+        out[name] = flat[: math.prod(shape)].view(shape).float().clone()
+    return out
+
+
+def _teacher_class_state(student_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Backbone weights with head 0 as the final layer, keyed like the teacher's diffusers class. The student's
+    head modules keep the teacher's attribute names (DiT: proj_out_1/2; PixArt: scale_shift_table, proj_out)."""
+    out = {k.removeprefix("backbone."): v for k, v in student_sd.items() if k.startswith("backbone.")}
+    out.update({k.removeprefix("heads.0."): v for k, v in student_sd.items() if k.startswith("heads.0.")})
+    return out
+
+
+def export_student(run_dir: str | Path, out_dir: str | Path, *, tag: str | None = None, use_ema: bool = True) -> Path:
+    """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    tag = _resolve_tag(ckpt_dir, tag)
+    meta_path = ckpt_dir / tag / META
+    if not meta_path.is_file():
+        raise ValueError(f"{ckpt_dir / tag} is not a complete checkpoint (no {META})")
+    arch = json.loads(meta_path.read_text())["student"]
+    if arch is None:
+        raise ValueError(f"{ckpt_dir / tag} does not hold an ARD student (its {META} has no student architecture)")
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    weights = "raw"
+    if use_ema:
+        ema = full_ema_state_dict(run_dir, tag, {k: v.shape for k, v in state.items()})
+        if ema is None:
+            warnings.warn(f"{ckpt_dir / tag} has no EMA; exporting the raw weights", stacklevel=2)
+        else:
+            missing = sorted(set(state) - set(ema))  # buffers, frozen parameters: not averaged
+            state = {k: (ema[k] if k in ema else state[k]) for k in state}
+            weights = "ema" if not missing else f"ema (raw for {len(missing)} non-averaged tensors)"
+
+    model_cls = MODEL_CLASSES[arch["family"]]
+    backbone = model_cls.from_config(arch["backbone_config"])
+    backbone.load_state_dict(_teacher_class_state(state), strict=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone.save_pretrained(out_dir, safe_serialization=True)
+    heads = {k: v.detach().contiguous().clone() for k, v in state.items() if k.startswith("heads.")}
+    save_file(heads, str(out_dir / HEADS_FILE))
+    ard_config = {
+        "format_version": 1,
+        "family": arch["family"],
+        "ard": arch["ard"],
+        "schedule": arch["schedule"],
+        "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights},
+    }
+    (out_dir / ARD_CONFIG_FILE).write_text(json.dumps(ard_config, indent=1), encoding="utf-8")
+    return out_dir
+
+
+def load_exported_student(path: str | Path, *, dtype: torch.dtype = torch.float32) -> ARDStudent:
+    """An `ARDStudent` (eval mode, CPU) from an export folder; sample with `student.sample(noise, cond)`."""
+    path = Path(path)
+    cfg_file = path / ARD_CONFIG_FILE
+    if not cfg_file.is_file():
+        raise ValueError(f"{path} is not an ARD export folder: it has no {ARD_CONFIG_FILE} (run launchers/export.py)")
+    ard_config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    teacher: Teacher = load_teacher(path, dtype=dtype)
+    student = ARDStudent(teacher, ARDConfig(**ard_config["ard"]), schedule_from_dict(ard_config["schedule"]))
+    heads = {k.removeprefix("heads."): v.to(dtype) for k, v in load_file(str(path / HEADS_FILE)).items()}
+    student.heads.load_state_dict(heads, strict=True)
+    return student.eval().requires_grad_(False)
+
+
+def sample_noise(student: ARDStudent, batch_size: int, seed: int) -> torch.Tensor:
+    """x_{τ_S} ~ N(0, I) of the student's native size (B, C, H, W), reproducible from `seed`."""
+    side = student.backbone.config.sample_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, student.in_channels, side, side, generator=g)

@@ -1,0 +1,298 @@
+"""Sharded save/resume on all ranks, atomic `latest`, retention (DESIGN.md §2 "Checkpoints").
+
+Layout of a run directory:
+
+    RUN_DIR/checkpoints/latest                 tag of the newest *complete* checkpoint (replaced atomically)
+    RUN_DIR/checkpoints/step_00001000/         DeepSpeed's files (engine.save_checkpoint) plus
+        rank_00000.pt … rank_0000{W-1}.pt      each rank's own `rank_state` (data position, RNG, EMA shard)
+        config.yaml                            the resolved recipe the checkpoint was written under
+        ard_checkpoint.json                    step, world size, config hash, student architecture; written last,
+                                               after every rank finished: its presence marks the tag complete
+    RUN_DIR/checkpoints/step_00001000_universal/   (optional) `to_universal`: loads on any number of ranks
+
+Two kinds of state: `client_state` is global and small (step, samples seen, scheduler-like counters) and goes into
+DeepSpeed's own files; `rank_state` is per rank (data loader position, RNG states, EMA shard) and goes into
+`rank_{r:05d}.pt`. The frozen teacher and T5 are never saved: `save` refuses an engine without an optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
+
+LATEST = "latest"
+META = "ard_checkpoint.json"
+CONFIG = "config.yaml"
+UNIVERSAL_SUFFIX = "_universal"
+_TAG_RE = re.compile(r"^step_(\d{8,})$")
+_CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
+
+
+def tag_of(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(tag: str) -> int | None:
+    m = _TAG_RE.match(tag)
+    return int(m.group(1)) if m else None
+
+
+def rank_file(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"rank_{rank:05d}.pt"
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so readers see the old or the new content, never a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def student_architecture(module: torch.nn.Module) -> dict | None:
+    """What `export` needs to rebuild an ARD student without the recipe's builder: the teacher-class diffusers
+    config of its backbone, the ARD settings and the schedule. None for other modules."""
+    from ard_scale.models.student import ARDStudent
+
+    if not isinstance(module, ARDStudent):
+        return None
+    return {
+        "family": module.family.name,
+        "backbone_config": json.loads(module.backbone.to_json_string()),
+        "ard": to_dict(module.cfg),
+        "schedule": schedule_to_dict(module.schedule),
+    }
+
+
+def schedule_to_dict(schedule) -> dict:
+    from dataclasses import asdict
+
+    from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
+
+    kind = {VPSchedule: "vp", FlowSchedule: "flow"}.get(type(schedule))
+    if kind is None:
+        raise ValueError(f"unknown schedule type {type(schedule).__name__}; expected VPSchedule or FlowSchedule")
+    return {"kind": kind, **asdict(schedule)}
+
+
+def schedule_from_dict(d: dict):
+    from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
+
+    d = dict(d)
+    kind = d.pop("kind")
+    return {"vp": VPSchedule, "flow": FlowSchedule}[kind](**d)
+
+
+class CheckpointManager:
+    """The one owner of persistence. Every rank constructs it with the same arguments and calls `save` and
+    `load_latest` together (both are collective)."""
+
+    def __init__(
+        self, run_dir: str | Path, *, keep_last: int, config_dict: Any, allow_recipe_change: bool = False
+    ) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 (checkpoint.keep_last), got {keep_last}")
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "checkpoints"
+        self.keep_last = keep_last
+        self.config = to_dict(config_dict)
+        self.config_hash = config_hash(self.config)
+        self.allow_recipe_change = allow_recipe_change
+
+    # -- reading the directory ---------------------------------------------------------------------------------------
+    def latest_tag(self) -> str | None:
+        """Tag of the newest complete checkpoint, or None for a fresh run."""
+        path = self.dir / LATEST
+        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+    def meta(self, tag: str) -> dict | None:
+        """The tag's `ard_checkpoint.json` (present only once every rank finished), or None."""
+        path = self.dir / tag / META
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def complete_tags(self) -> list[str]:
+        """Complete step tags, oldest first."""
+        return sorted(
+            (p.name for p in self.dir.glob("step_*") if step_of(p.name) is not None and (p / META).is_file()),
+            key=step_of,
+        )
+
+    def resume_ds_config(self, ds_config: dict) -> dict:
+        """`ds_config` plus `checkpoint.load_universal=true` when the latest checkpoint was written by a different
+        number of ranks and has a universal conversion (`to_universal`). Call before building the student engine."""
+        tag = self.latest_tag()
+        meta = self.meta(tag) if tag else None
+        if meta is None or meta["world_size"] == _rank_world()[1]:
+            return ds_config
+        if not (self.dir / (tag + UNIVERSAL_SUFFIX)).is_dir():
+            return ds_config  # load_latest raises the error that says how to convert
+        return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
+
+    # -- saving ------------------------------------------------------------------------------------------------------
+    def save(self, engine, step: int, client_state: dict, rank_state: dict) -> None:
+        """Save a checkpoint of the student `engine` at `step`. Collective: every rank calls it.
+
+        `client_state` (global, identical on every rank) is stored by DeepSpeed; `rank_state` (this rank's own) in
+        `rank_{r:05d}.pt`. `latest` moves to the new tag only after every rank has written everything."""
+        if getattr(engine, "optimizer", None) is None:
+            raise ValueError(
+                "refusing to checkpoint an engine without an optimizer: only the student is saved (the frozen "
+                "teacher and T5 are rebuilt from the recipe)"
+            )
+        clash = sorted(set(client_state) & set(_CLIENT_KEYS))
+        if clash:
+            raise ValueError(f"client_state keys {clash} are reserved by the checkpoint manager; rename them")
+        rank, world = _rank_world()
+        tag = tag_of(step)
+        tag_dir = self.dir / tag
+        if self.latest_tag() == tag:  # e.g. a stop signal right after the periodic save: nothing new to write
+            return
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if tag_dir.exists():  # left by a save that crashed: never mix its files with this one's
+                shutil.rmtree(tag_dir)
+        _barrier()
+
+        client = {**client_state, "ard_step": step, "ard_config_hash": self.config_hash, "ard_world_size": world}
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
+        self._write_rank_state(tag_dir, rank, rank_state)
+        _barrier()  # every rank's files are on disk (each fsynced its own)
+
+        if rank == 0:
+            dump_yaml(self.config, tag_dir / CONFIG)
+            _fsync_path(tag_dir / CONFIG)
+            meta = {
+                "step": step,
+                "world_size": world,
+                "zero_stage": engine.zero_optimization_stage(),
+                "config_hash": self.config_hash,
+                "time": time.time(),
+                "student": student_architecture(engine.module),
+            }
+            atomic_write_text(tag_dir / META, json.dumps(meta, indent=1))
+            atomic_write_text(self.dir / LATEST, tag)
+        _barrier()  # when save returns on any rank, `latest` names this checkpoint
+        if rank == 0:
+            self._apply_retention()
+
+    def _write_rank_state(self, tag_dir: Path, rank: int, rank_state: dict) -> None:
+        path = rank_file(tag_dir, rank)
+        with open(path, "wb") as f:
+            torch.save(rank_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        # DeepSpeed does not fsync: flush this rank's own shard files (ZeRO names them *_rank_{r}_*).
+        own = re.compile(rf"(^|_)rank_{rank}_")
+        for p in tag_dir.iterdir():
+            if p.is_file() and (own.search(p.name) or (rank == 0 and p.name.startswith("mp_rank_"))):
+                _fsync_path(p)
+
+    def _apply_retention(self) -> None:
+        """Keep the newest `keep_last` complete checkpoints up to `latest`; delete older ones, incomplete tag dirs
+        older than `latest`, and universal conversions of deleted tags."""
+        latest = step_of(self.latest_tag() or "")
+        if latest is None:
+            return
+        complete = [t for t in self.complete_tags() if step_of(t) <= latest]
+        keep = set(complete[-self.keep_last :])
+        for p in self.dir.iterdir():
+            base = p.name.removesuffix(UNIVERSAL_SUFFIX)
+            s = step_of(base)
+            if p.is_dir() and s is not None and s <= latest and base not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+    # -- loading -----------------------------------------------------------------------------------------------------
+    def check_recipe(self, tag: str) -> None:
+        """Raise ValueError if `tag` was written under a recipe whose training-defining keys differ from ours."""
+        path = self.dir / tag / CONFIG
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        changes = recipe_changes(saved, self.config)
+        if not changes:
+            return
+        old, new = training_dict(saved), training_dict(self.config)
+        listing = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changes)
+        if self.allow_recipe_change:
+            warnings.warn(f"resuming {tag} under a changed recipe ({listing})", stacklevel=3)
+            return
+        raise ValueError(
+            f"checkpoint {self.dir / tag} was written with a different recipe; differing keys: {listing}. "
+            "Resume it anyway with the override checkpoint.allow_recipe_change=true, or start a new run in another "
+            "checkpoint.run_dir"
+        )
+
+    def load_latest(self, engine) -> tuple[dict, dict | None] | None:
+        """Resume the student `engine` from the newest complete checkpoint. Collective: every rank calls it.
+
+        Returns None for a fresh run, else (client_state, rank_state). rank_state is this rank's own; it is None
+        when loading a universal checkpoint (the per-rank layout changed: rebuild data position and RNG from
+        client_state, and the EMA with `ard_scale.checkpoint.export.full_ema_state_dict`)."""
+        tag = self.latest_tag()
+        if tag is None:
+            return None
+        meta = self.meta(tag)
+        if meta is None:
+            raise ValueError(
+                f"{self.dir / LATEST} names {tag}, which has no {META} (incomplete or damaged); point `latest` at a "
+                f"complete tag among {self.complete_tags()} or delete it to start over"
+            )
+        self.check_recipe(tag)
+        rank, world = _rank_world()
+        universal = bool(getattr(engine, "load_universal_checkpoint", lambda: False)())
+        if universal:
+            load_tag = tag + UNIVERSAL_SUFFIX
+            if not (self.dir / load_tag).is_dir():
+                raise ValueError(
+                    f"the engine loads universal checkpoints but {self.dir / load_tag} does not exist; convert with "
+                    f"`python -m ard_scale.checkpoint.universal {self.run_dir}` first"
+                )
+        else:
+            load_tag = tag
+            if meta["world_size"] != world or not rank_file(self.dir / tag, rank).is_file():
+                raise ValueError(
+                    f"checkpoint {self.dir / tag} was written by {meta['world_size']} ranks and this run has {world} "
+                    f"(no {rank_file(self.dir / tag, rank).name} for rank {rank}). To resume on a new number of "
+                    f"ranks, convert it once with `python -m ard_scale.checkpoint.universal {self.run_dir}` "
+                    "(ard_scale.checkpoint.to_universal) and build the engine with "
+                    "CheckpointManager.resume_ds_config(ds_config), which sets checkpoint.load_universal=true"
+                )
+        load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load {self.dir / load_tag}")
+        for key in _CLIENT_KEYS:
+            client.pop(key, None)
+        rank_state = None if universal else torch.load(rank_file(self.dir / tag, rank), weights_only=False)
+        return client, rank_state

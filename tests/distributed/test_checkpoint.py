@@ -1,0 +1,149 @@
+"""CheckpointManager with real DeepSpeed ZeRO-3 on gloo (2 ranks), driven through tests/distributed/ckpt_train.py.
+
+Three launches share one run directory (module fixture):
+  A: 2 ranks train steps 1..8 uninterrupted, saving after steps 1, 2, 3 (keep_last=2); during the save after step 8
+     rank 1 SIGKILLs itself (after engine.save_checkpoint, before the manager's barrier), so the launch fails;
+  B: NEW processes, 2 ranks, resume from `latest` and train 4..6, saving after each, then sample with the
+     in-process student;
+  C: (universal test) convert step 6 with to_universal, resume on 1 rank and train 7..8.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ard_scale.checkpoint.export import export_student, load_exported_student
+from ard_scale.checkpoint.manager import META, CheckpointManager
+from ard_scale.checkpoint.universal import to_universal
+from ard_scale.config import load_config, to_dict
+from ard_scale.models.condition import Condition
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("ckpt_train.py")
+RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+def launch(world: int, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world), str(SCRIPT)]
+    return subprocess.run([*cmd, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def losses(path: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def listing(ckpt_dir: Path) -> dict[str, bool]:
+    """{step tag: complete?}"""
+    return {p.name: (p / META).is_file() for p in sorted(ckpt_dir.glob("step_*"))}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    run_dir = tmp / "run"
+    a = launch(2, "--run-dir", str(run_dir), "--out", str(tmp / "a.jsonl"), "--steps", "8",
+               "--save-at", "1", "2", "3", "8", "--kill-rank1-at", "8")  # fmt: skip
+    assert a.returncode != 0, "rank 1 was meant to die inside the save after step 8"
+    after_kill = {
+        "latest": (run_dir / "checkpoints" / "latest").read_text(),
+        "tags": listing(run_dir / "checkpoints"),
+        "step8_files": sorted(p.name for p in (run_dir / "checkpoints" / "step_00000008").iterdir()),
+    }
+    b = launch(2, "--run-dir", str(run_dir), "--out", str(tmp / "b.jsonl"), "--steps", "6", "--resume",
+               "--save-at", "4", "5", "6", "--sample-out", str(tmp / "sample.pt"))  # fmt: skip
+    assert b.returncode == 0, b.stderr[-4000:]
+    return {"tmp": tmp, "run_dir": run_dir, "a": losses(tmp / "a.jsonl"), "b": losses(tmp / "b.jsonl"), **after_kill}
+
+
+def test_resume_in_new_processes_is_bit_identical(run):
+    assert sorted(run["a"]) == list(range(1, 9)), "launch A logs every step it trained, the killed one included"
+    assert sorted(run["b"]) == [4, 5, 6]
+    for step in (4, 5, 6):  # exact: fp32, same 2 ranks, weights + AdamW + WarmupLR + per-rank RNG restored
+        assert run["b"][step] == run["a"][step], (step, run["b"][step], run["a"][step])
+
+
+def test_killed_rank_leaves_latest_on_the_previous_complete_checkpoint(run):
+    assert run["latest"] == "step_00000003"
+    # Retention kept the last 2 complete ones; the killed save is left incomplete (no META, no rank 1 file).
+    assert run["tags"] == {"step_00000002": True, "step_00000003": True, "step_00000008": False}
+    assert "rank_00000.pt" in run["step8_files"] and "rank_00001.pt" not in run["step8_files"]
+    assert META not in run["step8_files"]
+    # ... and it loads: launch B resumed from it (its first step is 4 and matched A bit for bit above).
+    assert min(run["b"]) == 4
+
+
+def test_retention_keeps_last_k_complete(run):
+    ckpt_dir = run["run_dir"] / "checkpoints"
+    assert (ckpt_dir / "latest").read_text() == "step_00000006"
+    # step_8 (incomplete, newer than latest) is left for a later save to replace or retention to remove.
+    assert listing(ckpt_dir) == {"step_00000005": True, "step_00000006": True, "step_00000008": False}
+
+
+class NeverLoads:
+    """Stands in for an engine: these checks must refuse before DeepSpeed is asked to load anything."""
+
+    def load_universal_checkpoint(self):
+        return False
+
+    def load_checkpoint(self, *args, **kwargs):
+        raise AssertionError("load_checkpoint must not be reached")
+
+
+def test_different_recipe_is_refused_naming_the_keys(run):
+    changed = load_config(RECIPE, ["train.lr=2e-3", "student.num_causal_layers=3", "train.max_steps=99"])
+    mgr = CheckpointManager(run["run_dir"], keep_last=2, config_dict=to_dict(changed))
+    with pytest.raises(ValueError) as e:
+        mgr.load_latest(NeverLoads())
+    msg = str(e.value)
+    assert "train.lr" in msg and "student.num_causal_layers" in msg and "checkpoint.allow_recipe_change=true" in msg
+    assert "train.max_steps" not in msg  # extending a run is a resume, not a new recipe
+
+
+def test_new_world_size_points_at_universal_checkpoint(run):
+    changed = load_config(RECIPE, ["train.lr=2e-3"])
+    mgr = CheckpointManager(run["run_dir"], keep_last=2, config_dict=to_dict(changed), allow_recipe_change=True)
+    with pytest.warns(UserWarning, match="train.lr"), pytest.raises(ValueError, match="ard_scale.checkpoint.universal"):
+        mgr.load_latest(NeverLoads())  # this process is 1 rank; the checkpoint has 2
+
+
+def test_export_then_sample_reproduces_the_in_training_sampler(run, tmp_path):
+    ref = torch.load(run["tmp"] / "sample.pt")
+    out = export_student(run["run_dir"], tmp_path / "export", use_ema=False)
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "ard_heads.safetensors", "ard_config.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    student = load_exported_student(out)
+    x = student.sample(ref["noise"], Condition(labels=ref["labels"]))
+    torch.testing.assert_close(x, ref["out"], rtol=1e-5, atol=1e-6)
+
+    spec = importlib.util.spec_from_file_location("ard_sample_launcher", ROOT / "launchers" / "sample.py")
+    sample_launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample_launcher)
+
+    png, raw = tmp_path / "grid.png", tmp_path / "grid.pt"
+    sample_launcher.main([str(out), "--labels", "1", "2", "3", "--out", str(png), "--save-tensor", str(raw)])
+    assert png.stat().st_size > 0 and torch.load(raw).shape == ref["out"].shape
+
+
+def test_universal_checkpoint_resumes_on_one_rank_without_a_jump(run):
+    to_universal(run["run_dir"])  # step 6, written by 2 ranks
+    c = launch(1, "--run-dir", str(run["run_dir"]), "--out", str(run["tmp"] / "c.jsonl"), "--steps", "8", "--resume")
+    assert c.returncode == 0, c.stderr[-4000:]
+    one = losses(run["tmp"] / "c.jsonl")
+    assert sorted(one) == [7, 8]
+    for step in (7, 8):  # same global batch; only the 1e-4 per-rank input noise and reduction order differ
+        assert one[step] == pytest.approx(run["a"][step], rel=1e-4), (step, one[step], run["a"][step])
