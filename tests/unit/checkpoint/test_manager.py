@@ -1,0 +1,115 @@
+"""CheckpointManager's own logic (publishing, retention, refusals, EMA reassembly) with a stand-in engine, one process.
+
+The real DeepSpeed ZeRO-3 behaviour on 2 ranks is tested in tests/distributed/test_checkpoint.py."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ard_scale.checkpoint.export import full_ema_state_dict
+from ard_scale.checkpoint.manager import META, CheckpointManager, rank_file
+from ard_scale.config import load_config, to_dict
+
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "tiny_cpu.yaml"
+
+
+class FakeEngine:
+    """What the manager uses of a DeepSpeed engine: save_checkpoint / load_checkpoint / optimizer / module."""
+
+    def __init__(self, optimizer=True):
+        self.optimizer = object() if optimizer else None
+        self.module = torch.nn.Linear(2, 2)
+
+    def zero_optimization_stage(self):
+        return 3
+
+    def load_universal_checkpoint(self):
+        return False
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        assert save_latest is False
+        d = f"{save_dir}/{tag}"
+        os.makedirs(d, exist_ok=True)
+        torch.save(dict(client_state), f"{d}/zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+    def load_checkpoint(self, load_dir, tag):
+        path = f"{load_dir}/{tag}"
+        return path, torch.load(f"{path}/zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+@pytest.fixture
+def cfg():
+    return to_dict(load_config(RECIPE))
+
+
+def test_save_publishes_latest_and_keeps_last_k(tmp_path, cfg):
+    mgr, engine = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg), FakeEngine()
+    assert mgr.load_latest(engine) is None  # fresh run
+    for step in (10, 20, 30):
+        mgr.save(engine, step, {"step": step}, {"cursor": step * 3})
+    assert mgr.latest_tag() == "step_00000030"
+    assert mgr.complete_tags() == ["step_00000020", "step_00000030"]
+    client, rank_state = mgr.load_latest(engine)
+    assert client == {"step": 30} and rank_state == {"cursor": 90}
+    meta = json.loads((tmp_path / "checkpoints" / "step_00000030" / META).read_text())
+    assert meta["step"] == 30 and meta["world_size"] == 1 and meta["config_hash"] == mgr.config_hash
+    assert meta["student"] is None  # not an ARD student: export would refuse it
+
+
+def test_crash_before_publish_keeps_previous_latest_and_the_next_save_replaces_the_leftover(tmp_path, cfg):
+    mgr, engine = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg), FakeEngine()
+    mgr.save(engine, 1, {"step": 1}, {})
+
+    def die(*args):
+        raise KeyboardInterrupt  # stands in for the process dying between DeepSpeed's files and the barrier
+
+    mgr._write_rank_state, real = die, mgr._write_rank_state
+    with pytest.raises(KeyboardInterrupt):
+        mgr.save(engine, 2, {"step": 2}, {})
+    assert mgr.latest_tag() == "step_00000001" and mgr.complete_tags() == ["step_00000001"]
+    stale = tmp_path / "checkpoints" / "step_00000002" / "stale_file_from_the_crash"
+    stale.write_text("x")
+    mgr._write_rank_state = real
+    mgr.save(engine, 2, {"step": 2}, {})
+    assert mgr.latest_tag() == "step_00000002" and not stale.exists()
+    mgr.save(engine, 2, {"step": 2}, {})  # saving the same step again (e.g. stop signal after a periodic save): no-op
+
+
+def test_refuses_frozen_engines_and_reserved_keys(tmp_path, cfg):
+    mgr = CheckpointManager(tmp_path, keep_last=1, config_dict=cfg)
+    with pytest.raises(ValueError, match="without an optimizer"):
+        mgr.save(FakeEngine(optimizer=False), 1, {}, {})
+    with pytest.raises(ValueError, match="reserved"):
+        mgr.save(FakeEngine(), 1, {"ard_step": 3}, {})
+
+
+def test_recipe_change_refused_unless_allowed(tmp_path, cfg):
+    CheckpointManager(tmp_path, keep_last=1, config_dict=cfg).save(FakeEngine(), 5, {"step": 5}, {"r": 0})
+    changed = to_dict(load_config(RECIPE, ["diffusion.guidance_scale=3.0", "log.every=7"]))
+    with pytest.raises(ValueError, match=r"diffusion\.guidance_scale: 1\.5 -> 3\.0.*allow_recipe_change=true"):
+        CheckpointManager(tmp_path, keep_last=1, config_dict=changed).load_latest(FakeEngine())
+    allowed = CheckpointManager(tmp_path, keep_last=1, config_dict=changed, allow_recipe_change=True)
+    with pytest.warns(UserWarning, match="guidance_scale"):
+        assert allowed.load_latest(FakeEngine()) == ({"step": 5}, {"r": 0})
+    only_logging = to_dict(load_config(RECIPE, ["log.every=7", "train.max_steps=1000"]))
+    assert CheckpointManager(tmp_path, keep_last=1, config_dict=only_logging).load_latest(FakeEngine()) is not None
+
+
+def test_full_ema_reassembles_zero3_shards_and_prefers_ema_full(tmp_path, cfg):
+    tag_dir = tmp_path / "checkpoints" / "step_00000001"
+    tag_dir.mkdir(parents=True)
+    (tag_dir / META).write_text(json.dumps({"world_size": 2}))
+    torch.save({"step": 1}, tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    full = torch.arange(15.0).view(3, 5)  # 15 elements over 2 ranks: shards of 8, the last one padded
+    flat = torch.cat([full.flatten(), torch.zeros(1)])
+    for r in range(2):
+        shard = {"zero3": True, "world_size": 2, "shadow": {"w": flat[8 * r : 8 * (r + 1)]}}
+        torch.save({"ema": shard}, rank_file(tag_dir, r))
+    ema = full_ema_state_dict(tmp_path, "step_00000001", {"w": full.shape, "buffer": torch.Size([2])})
+    assert set(ema) == {"w"} and torch.equal(ema["w"], full)
+
+    torch.save({"step": 1, "ema_full": {"w": -full}}, tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    assert torch.equal(full_ema_state_dict(tmp_path, "step_00000001", {"w": full.shape})["w"], -full)
