@@ -17,7 +17,7 @@ setup(
     ],
     extras_require={
         "train": ["deepspeed", "mosaicml-streaming", "webdataset", "tqdm", "pillow"],
-        "eval": ["open-clip-torch"],
+        "eval": ["open-clip-torch", "torchmetrics", "torch-fidelity"],  # torch-fidelity: the FID Inception
         "dev": ["pytest", "ruff", "scikit-learn"],
     },
 )

@@ -1,0 +1,181 @@
+"""FID (Heusel et al. 2017) with torchmetrics' `FrechetInceptionDistance` and the standard FID Inception weights.
+
+Features: torch-fidelity's Inception-v3 port of the TF graph (`pt_inception-2015-12-05-*.pth`, the weights
+pytorch-fid, torch-fidelity and torchmetrics all use), read from a local file — nothing is downloaded. Images reach
+it as uint8, so numbers match FID computed from saved PNGs. The distance is torchmetrics' (float64 sums,
+d² = |μ1-μ2|² + Tr(Σ1 + Σ2 - 2 (Σ1 Σ2)^½)); the tests check it against scipy's `sqrtm` formula as pytorch-fid
+writes it.
+
+Reference statistics are the real-data side: computed once from a set of images, or loaded from an `.npz` with `mu`
+and `sigma` as published suites ship them, and cached as such an `.npz`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+INCEPTION_FEATURES = 2048
+
+
+def inception_feature_extractor(weights_path: str | os.PathLike) -> torch.nn.Module:
+    """The FID Inception-v3 (2048-d pool features, uint8 images in, any size: resized to 299 inside) from a local
+    copy of `pt_inception-2015-12-05-6726825d.pth`."""
+    path = Path(weights_path)
+    if not path.is_file():
+        raise ValueError(
+            f"FID Inception weights not found at {str(path)!r} (eval.fid_inception_path): copy the standard "
+            "pt_inception-2015-12-05-6726825d.pth there (nothing is downloaded at run time) or set it to null"
+        )
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    # antialias=False: torch-fidelity's TF1-compatible bilinear resize, as the reference implementations resize.
+    return NoTrainInceptionV3(
+        name="inception-v3-compat",
+        features_list=[str(INCEPTION_FEATURES)],
+        feature_extractor_weights_path=str(path),
+        antialias=False,
+    )
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    """Mean and covariance of the reference features (float64)."""
+
+    mu: np.ndarray  # (F,)
+    sigma: np.ndarray  # (F, F)
+
+    @classmethod
+    def from_features(cls, features_NF: np.ndarray | torch.Tensor) -> ReferenceStats:
+        f = np.asarray(torch.as_tensor(features_NF).detach().cpu().double())
+        if f.ndim != 2 or f.shape[0] < 2:
+            raise ValueError(f"reference features must be (N >= 2, F), got shape {f.shape}")
+        return cls(mu=f.mean(axis=0), sigma=np.cov(f, rowvar=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, num_features: int) -> ReferenceStats:
+        """Read an `.npz` with `mu` (F,) and `sigma` (F, F); a missing key or wrong shape names the path."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"FID reference statistics not found at {str(path)!r} (eval.fid_reference_path)")
+        with np.load(path) as data:
+            missing = [k for k in ("mu", "sigma") if k not in data.files]
+            if missing:
+                raise ValueError(f"FID reference statistics {str(path)!r} lack {missing}; keys are {data.files}")
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        f = num_features
+        if mu.shape != (f,) or sigma.shape != (f, f):
+            raise ValueError(
+                f"FID reference statistics {str(path)!r} have mu {mu.shape} and sigma {sigma.shape}; the feature "
+                f"extractor gives {f} features, so expected mu ({f},) and sigma ({f}, {f})"
+            )
+        return cls(mu=mu, sigma=sigma)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write `mu`/`sigma` atomically (a reader sees the old file or the whole new one)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.{os.getpid()}.npz")
+        np.savez(tmp, mu=self.mu, sigma=self.sigma)
+        os.replace(tmp, path)
+
+
+def cached_reference_stats(
+    cache_path: str | os.PathLike, num_features: int, compute: Callable[[], ReferenceStats]
+) -> ReferenceStats:
+    """Load the statistics from `cache_path`, or `compute()` them once and write them there."""
+    if Path(cache_path).is_file():
+        return ReferenceStats.load(cache_path, num_features)
+    stats = compute()
+    stats.save(cache_path)
+    return stats
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (B, 3, H, W) -> uint8 as a PNG would store them (round, clamp)."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class FID:
+    """FID of generated images against fixed reference statistics.
+
+    `feature_extractor` maps uint8 (B, 3, H, W) to (B, F) features and has an int attribute `num_features` (the
+    Inception from `inception_feature_extractor`, or a tiny random network in tests). Each rank `update`s with its
+    own images; `compute(gather)` sums the per-rank sufficient statistics with `gather` (concatenate along dim 0
+    across ranks; identity on one process) and returns the distance. torchmetrics' own process-group sync is off
+    so the caller decides how ranks talk.
+    """
+
+    def __init__(self, feature_extractor: torch.nn.Module, reference: ReferenceStats | None = None) -> None:
+        if not hasattr(feature_extractor, "num_features"):
+            feature_extractor.num_features = INCEPTION_FEATURES  # torchmetrics reads it instead of a 299px probe
+        self.num_features = int(feature_extractor.num_features)
+        self.metric = FrechetInceptionDistance(
+            feature=feature_extractor, reset_real_features=False, sync_on_compute=False
+        )
+        self.metric.eval()
+        if reference is not None:
+            self.set_reference(reference)
+
+    @property
+    def device(self) -> torch.device:
+        return self.metric.real_features_sum.device
+
+    def to(self, device: torch.device | str) -> FID:
+        self.metric.to(device)
+        return self
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, F) features of float [0, 1] or uint8 images."""
+        return self.metric.inception(to_uint8(images).to(self.device)).reshape(images.shape[0], -1)
+
+    def reference_from_images(self, batches: Iterable[torch.Tensor]) -> ReferenceStats:
+        """Reference statistics of a set of images (batches of float [0, 1] or uint8 (B, 3, H, W))."""
+        return ReferenceStats.from_features(torch.cat([self.features(b).double().cpu() for b in batches]))
+
+    def set_reference(self, reference: ReferenceStats) -> None:
+        f = self.num_features
+        if reference.mu.shape != (f,) or reference.sigma.shape != (f, f):
+            raise ValueError(f"reference stats mu {reference.mu.shape}, sigma {reference.sigma.shape}; expected ({f},)")
+        # torchmetrics keeps sums; pick any n >= 2 whose sums reproduce mu and sigma exactly in its compute().
+        m = self.metric
+        n = 2
+        mu = torch.as_tensor(reference.mu, dtype=torch.float64, device=self.device)
+        sigma = torch.as_tensor(reference.sigma, dtype=torch.float64, device=self.device)
+        m.real_features_sum = mu * n
+        m.real_features_cov_sum = sigma * (n - 1) + n * torch.outer(mu, mu)
+        m.real_features_num_samples = torch.tensor(n, device=self.device)
+
+    def reset(self) -> None:
+        """Forget the generated side (the reference stays)."""
+        self.metric.reset()
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor) -> None:
+        """Add generated images (float [0, 1] or uint8 (B, 3, H, W)) of this rank."""
+        self.metric.update(to_uint8(images).to(self.device), real=False)
+
+    def compute(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+        m = self.metric
+        if int(m.real_features_num_samples) < 2:
+            raise RuntimeError("FID has no reference statistics: call set_reference first")
+        local = (m.fake_features_sum, m.fake_features_cov_sum, m.fake_features_num_samples)
+        if gather is not None:  # sum the sufficient statistics over ranks; this rank's own are restored below
+            m.fake_features_sum = gather(local[0][None]).sum(0)
+            m.fake_features_cov_sum = gather(local[1][None]).sum(0)
+            m.fake_features_num_samples = gather(local[2].reshape(1)).sum(0)
+        m._computed = None  # states were assigned by hand: never return a cached value
+        try:
+            return float(m.compute())
+        finally:
+            m.fake_features_sum, m.fake_features_cov_sum, m.fake_features_num_samples = local
+            m._computed = None

@@ -1,0 +1,70 @@
+"""CLIP score through the real open_clip code path with a tiny random model saved to a local file: equal to a hand
+computation with encode_image/encode_text, within [0, 100], matched vs shuffled captions; missing file names the
+path."""
+
+import json
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ard_scale.evaluation.clip_score import CLIPScore, load_open_clip
+
+TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+CAPTIONS = ["a red square", "a blue circle", "two green dogs", "the digit seven"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    (d / "ard-tiny-clip.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(d / "ard-tiny-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("ard-tiny-clip", pretrained=None)
+    path = d / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def images(n=4, size=48):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_score_is_the_definition_through_open_clip(tiny_clip):
+    path, source = tiny_clip
+    clip = CLIPScore.from_pretrained("ard-tiny-clip", path)
+    for a, b in zip(clip.model.state_dict().values(), source.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the weights came from the local file, not a fresh init
+
+    x = images()
+    ours = clip.score(x, CAPTIONS)
+    # hand computation: open_clip's tokenizer and encoders, cosine, 100 * max(cos, 0)
+    pixels = F.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        img = source.encode_image((pixels - mean) / std)
+        txt = source.encode_text(open_clip.get_tokenizer("ard-tiny-clip")(CAPTIONS))
+    cos = F.cosine_similarity(img, txt, dim=-1)
+    torch.testing.assert_close(ours, 100 * cos.clamp(min=0), rtol=1e-5, atol=1e-4)
+    assert ((ours >= 0) & (ours <= 100)).all()
+
+    clip.update(x[:2], CAPTIONS[:2])
+    clip.update(x[2:], CAPTIONS[2:])
+    assert clip.compute() == pytest.approx(float(ours.double().mean()), rel=1e-5)
+    # gather: two ranks' scores concatenated
+    assert clip.compute(lambda t: torch.cat([t, t + 0])) == pytest.approx(float(ours.double().mean()), rel=1e-5)
+
+    shuffled = clip.score(x, CAPTIONS[1:] + CAPTIONS[:1])
+    assert not torch.allclose(shuffled, ours)  # the caption pairing enters the score
+
+
+def test_missing_checkpoint_names_path(tmp_path):
+    path = tmp_path / "no_clip.pt"
+    with pytest.raises(ValueError, match="no_clip.pt"):
+        load_open_clip("ard-tiny-clip", path)

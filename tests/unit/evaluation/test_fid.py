@@ -1,0 +1,128 @@
+"""FID: self-distance ~0, moving the distribution raises it, torchmetrics' distance equals scipy's sqrtm formula
+(pytorch-fid's, written out here) on the same features, reference stats cached, errors name the path."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from ard_scale.evaluation.fid import FID, ReferenceStats, cached_reference_stats, inception_feature_extractor
+
+
+class TinyFeatures(torch.nn.Module):
+    """A tiny random feature network standing in for Inception: uint8 (B, 3, H, W) -> (B, 8)."""
+
+    num_features = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.3)
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x.float() / 127.5 - 1)).mean(dim=(2, 3))
+
+
+def images(n, shift=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 16, 16, generator=g) * 0.6 + 0.2 + shift).clamp(0, 1)
+
+
+def pytorch_fid_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """pytorch-fid's `calculate_frechet_distance` (scipy sqrtm), as an independent implementation."""
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def test_self_distance_is_zero_and_shift_raises_it():
+    fid = FID(TinyFeatures())
+    real = images(256)
+    fid.set_reference(fid.reference_from_images(real.split(64)))
+    for b in real.split(100):
+        fid.update(b)
+    assert abs(fid.compute()) < 1e-6
+    fid.reset()
+    fid.update(images(256, seed=1))
+    same_dist = fid.compute()
+    fid.reset()
+    fid.update(images(256, shift=0.2, seed=1))
+    shifted = fid.compute()
+    assert shifted > 10 * max(same_dist, 1e-4), (same_dist, shifted)
+
+
+def test_matches_independent_implementation_on_same_features():
+    ext = TinyFeatures()
+    fid = FID(ext)
+    real, fake = images(200), images(150, shift=0.1, seed=3)
+    ref = fid.reference_from_images([real])
+    fid.set_reference(ref)
+    fid.update(fake)
+    ours = fid.compute()
+    f = fid.features(fake).double().numpy()
+    expected = pytorch_fid_distance(ref.mu, ref.sigma, f.mean(0), np.cov(f, rowvar=False))
+    assert ours == pytest.approx(expected, rel=1e-6)
+
+
+def test_gather_sums_rank_statistics():
+    """Two 'ranks' updating halves, combined with a gather, give the one-process value."""
+    ext = TinyFeatures()
+    ref = FID(ext).reference_from_images([images(128)])
+    fake = images(96, shift=0.1, seed=5)
+    whole = FID(ext, ref)
+    whole.update(fake)
+    ranks = [FID(ext, ref), FID(ext, ref)]
+    ranks[0].update(fake[:40])
+    ranks[1].update(fake[40:])
+    states = {}
+
+    def gather(t):  # stands for all_gather + cat: this rank's tensor and the other rank's same state
+        other = ranks[1].metric
+        for name in ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples"):
+            if t.numel() == getattr(other, name).numel():
+                states[name] = True
+                return torch.cat([t, getattr(other, name).reshape(t.shape)])
+        raise AssertionError(t.shape)
+
+    assert ranks[0].compute(gather) == pytest.approx(whole.compute(), rel=1e-9)
+    assert len(states) == 3
+    assert ranks[0].compute(gather) == pytest.approx(whole.compute(), rel=1e-9)  # compute does not mutate
+
+
+def test_reference_cache_computed_once(tmp_path):
+    fid = FID(TinyFeatures())
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return fid.reference_from_images([images(64)])
+
+    path = tmp_path / "ref" / "stats.npz"
+    a = cached_reference_stats(path, 8, compute)
+    b = cached_reference_stats(path, 8, compute)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(a.mu, b.mu)
+    np.testing.assert_array_equal(a.sigma, b.sigma)
+
+
+def test_wrong_shaped_stats_file_names_path_and_shapes(tmp_path):
+    path = tmp_path / "ref.npz"
+    np.savez(path, mu=np.zeros(5), sigma=np.eye(5))
+    with pytest.raises(ValueError, match=r"ref\.npz.*\(5,\).*\(5, 5\).*expected mu \(8,\)"):
+        ReferenceStats.load(path, 8)
+    np.savez(path, mu=np.zeros(8))
+    with pytest.raises(ValueError, match=r"ref\.npz.*sigma"):
+        ReferenceStats.load(path, 8)
+
+
+def test_missing_inception_weights_names_path(tmp_path):
+    path = tmp_path / "nowhere" / "pt_inception-2015-12-05-6726825d.pth"
+    with pytest.raises(ValueError, match=str(path).replace(".", r"\.")):
+        inception_feature_extractor(path)
