@@ -1,7 +1,15 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Launched ranks (torchrun subprocesses) inherit this: the venv's tools first on PATH, so DeepSpeed's shm op is
+# always built with the same ninja (it rebuilds when ninja changes), into a cache the project controls.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 
 # Tests are deterministic and CPU-sized; keep torch from oversubscribing the 2-core CI machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -133,7 +133,8 @@ def ds_scheduler(cfg: RootConfig) -> dict | None:
     return {"type": kind, "params": params}
 
 
-def build_run(cfg: RootConfig, rank: int, world_size: int) -> Run:
+def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=None) -> Run:
+    """`adapt_ds_config(ds_config) -> ds_config` lets the checkpoint manager switch on universal loading."""
     tr, zero = cfg.train, cfg.zero
     torch.manual_seed(tr.seed)  # identical student initialisation on every rank
     schedule = build_schedule(cfg)
@@ -155,6 +156,8 @@ def build_run(cfg: RootConfig, rank: int, world_size: int) -> Run:
     scheduler = ds_scheduler(cfg)
     if scheduler:
         ds_cfg["scheduler"] = scheduler
+    if adapt_ds_config is not None:
+        ds_cfg = adapt_ds_config(ds_cfg)
     engine, _ = build_student_engine(student, ds_cfg)
     if zero.teacher_stage == 3:
         teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=micro, precision=tr.precision))

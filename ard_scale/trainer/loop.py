@@ -6,10 +6,12 @@ import json
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ard_scale.checkpoint.manager import CheckpointManager
 from ard_scale.config import RootConfig, dump_yaml, to_dict
@@ -59,24 +61,32 @@ def train(cfg: RootConfig) -> list[float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         dump_yaml(cfg, run_dir / "config.yaml")
-    run = build_run(cfg, rank, world)
     ckpt = CheckpointManager(
         run_dir,
         keep_last=cfg.checkpoint.keep_last,
         config_dict=to_dict(cfg),
         allow_recipe_change=cfg.checkpoint.allow_recipe_change,
     )
+    run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config)
     start, samples_seen, nan_skips = 0, 0, 0
     resumed = ckpt.load_latest(run.engine)
     if resumed is not None:
         client, rank_state = resumed
         start, samples_seen, nan_skips = client["step"], client["samples_seen"], client["nan_skips"]
-        run.loader.load_state_dict(rank_state["data"])
-        set_rng_state(rank_state["rng"])
+        if rank_state is not None:  # same world size: this rank's exact data position and RNG
+            run.loader.load_state_dict(rank_state["data"])
+            set_rng_state(rank_state["rng"])
+        else:  # universal checkpoint on a new world size: per-rank positions do not map onto the new ranks
+            warnings.warn(
+                f"resumed step {start} on {world} ranks from a universal checkpoint: model and optimizer continue, "
+                "the data stream restarts its epoch (noise seeds stay keyed on the step)",
+                stacklevel=1,
+            )
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
     stop, losses, consecutive_nan = StopSignal(), [], 0
 
     batches = iter(run.loader)
+    bar = tqdm(total=cfg.train.max_steps, initial=start, disable=rank != 0 or not cfg.log.progress_bar, unit="step")
     step = start
     while step < cfg.train.max_steps:
         t0 = time.perf_counter()
@@ -86,6 +96,11 @@ def train(cfg: RootConfig) -> list[float]:
         consecutive_nan = consecutive_nan + 1 if metrics["nan"] else 0
         nan_skips += metrics["nan"]
         losses.append(metrics["loss"])
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{metrics['loss']:.4g}",
+            samples_per_s=f"{cfg.data.batch_size * world / (time.perf_counter() - t0):.1f}",
+        )
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
             log.write(
                 {
@@ -109,6 +124,7 @@ def train(cfg: RootConfig) -> list[float]:
             )
         if stopping:
             break
+    bar.close()
     return losses
 
 
