@@ -1,0 +1,476 @@
+"""Memory and FLOPs plan of a recipe on N GPUs, from meta-device models (no weights allocated).
+
+    python -m ard_scale.plan recipes/t2i_1024.yaml --gpus 64 [--gpu-mem-gb 80] [--json plan.json] [a.b=c ...]
+
+Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
+- parameters, gradients and optimizer state, ZeRO-paper accounting: mixed precision (bf16/fp16) keeps 2-byte weights
+  and gradients plus 12 bytes of AdamW state per trainable parameter (fp32 master, two fp32 moments); fp32 keeps
+  4 + 4 + 8. Stage 1 partitions the optimizer state, 2 also the gradients, 3 also the weights; the frozen teacher
+  and T5 have weights only (teacher_stage 0 replicates them, 3 partitions them).
+- activations: the student's are the bytes autograd saves for backward, counted with saved-tensor hooks during a
+  meta forward at the recipe's micro batch (unique storages, weights excluded). SDPA is counted as the fused
+  (flash / memory-efficient) kernels save it — q, k, v, output, fp32 log-sum-exp and, for the masked layers, the
+  expanded attention bias — not as the math fallback the meta device would run. With activation checkpointing the
+  estimate is what stays outside the blocks + every block's input + the largest block's saved tensors (its
+  recomputation in backward). The teacher and T5 run without grad: their working set is bounded by the bytes all
+  ops of their largest block produce (CFG doubles the teacher's batch).
+- peak: weights, gradients and optimizer state persist; the phases of a step do not overlap, so the peak adds the
+  largest of: T5 encode, teacher trajectory (with gather-once: the whole teacher gathered) and student
+  forward/backward. DeepSpeed's buckets, the allocator's fragmentation and the CUDA context are not counted.
+- FLOPs per optimizer step per GPU, counted with torch's FLOP counter on meta: the teacher trajectory is
+  S·K solver steps × evaluations per step × 2 with CFG (guidance != 1) teacher forwards (divided by R for replay,
+  0 for offline trajectories), the student forward + backward ≈ 3 forwards (4 with activation checkpointing).
+
+Recipes name local model folders; where a folder is missing here (a planning machine), the family's named size for
+the recipe's resolution is used and the plan says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from ard_scale.config import RootConfig, load_config
+from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
+from ard_scale.diffusion.solvers import NUM_EVALS_PER_STEP
+from ard_scale.models.condition import Condition
+from ard_scale.models.student import ARDStudent
+from ard_scale.models.teachers import MODEL_CLASSES, SIZES, Teacher, build_teacher
+
+GB = 1e9
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Named sizes a missing teacher folder falls back to, by (family, resolution in pixels).
+DEFAULT_SIZES = {("dit", 256): "dit_xl_2_256", ("pixart", 1024): "pixart_sigma_1024"}
+# PixArt-Σ's text encoder: the T5-v1.1-XXL encoder (google/t5-v1_1-xxl).
+T5_XXL = dict(
+    d_model=4096,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    d_kv=64,
+    vocab_size=32128,
+    feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False,
+    use_cache=False,
+)
+T5_DEBUG = dict(d_model=24, d_ff=48, num_layers=2, num_heads=2, d_kv=12, vocab_size=384, feed_forward_proj="gated-gelu")
+
+
+# -- meta-device models ------------------------------------------------------------------------------------------
+def _config_file(path: str | None, sub: str) -> Path | None:
+    if path is None:
+        return None
+    for folder in (Path(path), Path(path) / sub):
+        if (folder / "config.json").is_file():
+            return folder / "config.json"
+    return None
+
+
+def meta_teacher(cfg: RootConfig) -> tuple[Teacher, str]:
+    """The recipe's teacher on the meta device, and where its architecture came from."""
+    t = cfg.teacher
+    if t.size is not None:
+        return build_teacher(t.family, t.size, device="meta"), f"named size {t.size!r}"
+    config_file = _config_file(t.path, "transformer")
+    if config_file is not None:
+        config = MODEL_CLASSES[t.family].load_config(config_file.parent)
+        with torch.device("meta"):
+            model = MODEL_CLASSES[t.family].from_config(config)
+        return Teacher(model).eval().requires_grad_(False), f"{config_file}"
+    size = DEFAULT_SIZES.get((t.family, cfg.data.resolution))
+    if size is None:
+        raise ValueError(
+            f"teacher.path {t.path!r} has no config.json here and there is no default {t.family} size for "
+            f"resolution {cfg.data.resolution}; give teacher.size=<one of {', '.join(SIZES[t.family])}>"
+        )
+    overrides = {"num_embeds_ada_norm": t.num_classes} if t.family == "dit" else {}
+    teacher = build_teacher(t.family, size, device="meta", **overrides)
+    return teacher, f"named size {size!r} (teacher.path {t.path} not found here)"
+
+
+def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
+    """The T5 encoder on meta when the recipe runs one (None for class-conditional or precomputed embeddings)."""
+    te = cfg.text_encoder
+    if cfg.teacher.family != "pixart" or te.use_precomputed:
+        return None, "none"
+    from transformers import T5Config, T5EncoderModel
+
+    config_file = _config_file(te.path, "text_encoder")
+    if config_file is not None:
+        config, source = T5Config.from_json_file(config_file), str(config_file)
+    elif te.size == "debug":
+        config, source = T5Config(**T5_DEBUG), "named size 'debug'"
+    else:
+        config, source = T5Config(**T5_XXL), f"T5-v1.1-XXL encoder (text_encoder.path {te.path} not found here)"
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    return model.eval().requires_grad_(False), source
+
+
+def build_schedule(cfg: RootConfig):
+    d = cfg.diffusion
+    if d.schedule == "flow":
+        return FlowSchedule()
+    return VPSchedule(d.num_train_timesteps, d.beta_start, d.beta_end, d.prediction_type)
+
+
+def example_inputs(teacher: Teacher, cfg: RootConfig, batch: int, dtype) -> tuple[torch.Tensor, Condition, int]:
+    """(latents (B, C, h, w), condition, latent side) on meta at the recipe's resolution."""
+    has_vae = cfg.vae.path is not None or cfg.vae.size is not None
+    side = cfg.data.resolution // 8 if has_vae else cfg.data.resolution
+    x = torch.empty(batch, teacher.in_channels, side, side, device="meta", dtype=dtype)
+    if teacher.family == "dit":
+        return x, Condition(labels=torch.zeros(batch, dtype=torch.long, device="meta")), side
+    n = cfg.text_encoder.max_length
+    text = torch.empty(batch, n, teacher.config.caption_channels, device="meta", dtype=dtype)
+    return x, Condition(text=text, text_mask=torch.ones(batch, n, device="meta")), side
+
+
+# -- activation measurements --------------------------------------------------------------------------------------
+_SDPA = F.scaled_dot_product_attention
+_IN_SDPA = [False]  # the math path's (B, H, N, N) intermediates are no working set of the fused kernels
+
+
+class _FusedSDPA(torch.autograd.Function):
+    """Stands in for SDPA on meta: runs the real op (so the FLOP counter sees it) but saves what the flash /
+    memory-efficient kernels save, not the math path's (B, H, N, N) probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, bias):
+        _IN_SDPA[0] = True
+        try:
+            out = _SDPA(q, k, v, attn_mask=mask)
+        finally:
+            _IN_SDPA[0] = False
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse, *([] if bias is None else [bias]))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("planning only")
+
+
+def _fused_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    bias = None
+    if attn_mask is not None:  # a boolean mask becomes a materialised additive bias that backward reads
+        shape = torch.broadcast_shapes(attn_mask.shape, (*q.shape[:-1], k.shape[-2]))[-2:]
+        bias = torch.empty(shape, dtype=q.dtype, device=q.device)
+    return _FusedSDPA.apply(q, k, v, attn_mask, bias)
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+def student_pass(student: ARDStudent, states: torch.Tensor, cond: Condition) -> tuple[dict[str, int], int]:
+    """One training forward on meta: the bytes it saves for backward (without and with activation checkpointing)
+    and its FLOPs."""
+    weights = {_storage_key(p) for p in student.parameters()}
+    seen: set[int] = set()
+    per_block = [0] * student.depth
+    block_inputs = 0
+    current = [None]
+    total = [0]
+
+    def pack(t: torch.Tensor):
+        key = _storage_key(t)
+        if key not in weights and key not in seen:
+            seen.add(key)
+            nbytes = t.untyped_storage().nbytes()
+            total[0] += nbytes
+            if current[0] is not None:
+                per_block[current[0]] += nbytes
+        return t
+
+    def enter(i):
+        def hook(module, args):
+            nonlocal block_inputs
+            current[0] = i
+            block_inputs += args[0].untyped_storage().nbytes()
+
+        return hook
+
+    def leave(module, args, out):
+        current[0] = None
+
+    handles = []
+    for i, block in enumerate(student.backbone.transformer_blocks):
+        handles += [block.register_forward_pre_hook(enter(i)), block.register_forward_hook(leave)]
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _fused_sdpa
+    try:
+        with saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as flops:
+            student(states, cond)
+    finally:
+        F.scaled_dot_product_attention = original
+        for h in handles:
+            h.remove()
+    outside = total[0] - sum(per_block)
+    saved = {"no_checkpointing": total[0], "checkpointing": outside + block_inputs + max(per_block)}
+    return saved, flops.get_total_flops()
+
+
+class _OutputBytes(TorchDispatchMode):
+    """Sums the bytes of every op's outputs while `active` (an upper bound of what is live at once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.active, self.bytes = False, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.active and not _IN_SDPA[0]:
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.bytes += t.numel() * t.element_size()
+        return out
+
+
+def inference_pass(blocks: nn.ModuleList, run) -> tuple[int, int]:
+    """`run()` without grad on meta: the max over `blocks` of the bytes all the block's ops produce, and the FLOPs."""
+    mode, sizes = _OutputBytes(), []
+
+    def enter(module, args):
+        mode.active, mode.bytes = True, 0
+
+    def leave(module, args, out):
+        mode.active = False
+        sizes.append(mode.bytes)
+
+    handles = [h for b in blocks for h in (b.register_forward_pre_hook(enter), b.register_forward_hook(leave))]
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _fused_sdpa  # inference kernels never materialise the probabilities either
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as flops, mode:
+            run()
+    finally:
+        F.scaled_dot_product_attention = original
+        for h in handles:
+            h.remove()
+    return max(sizes), flops.get_total_flops()
+
+
+# -- the plan --------------------------------------------------------------------------------------------------------
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def trained_memory(
+    num_params: int, stage: int, gpus: int, precision: str, offload_optimizer=False, offload_params=False
+):
+    """Per-GPU bytes of a trained model's weights, gradients and AdamW state under ZeRO `stage`."""
+    weight_b = DTYPES[precision].itemsize
+    optim_b = 12 if precision != "fp32" else 8  # fp32 master (when weights are 16-bit) + exp_avg + exp_avg_sq
+    return {
+        "params": 0 if offload_params else num_params * weight_b / (gpus if stage >= 3 else 1),
+        "grads": num_params * weight_b / (gpus if stage >= 2 else 1),
+        "optimizer": 0 if offload_optimizer else num_params * optim_b / (gpus if stage >= 1 else 1),
+    }
+
+
+def frozen_memory(num_params: int, stage: int, gpus: int, precision: str) -> dict:
+    return {"params": num_params * DTYPES[precision].itemsize / (gpus if stage == 3 else 1), "grads": 0, "optimizer": 0}
+
+
+def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
+    """Memory per GPU (bytes) and FLOPs per optimizer step per GPU of `cfg` on `gpus` GPUs (see module docstring)."""
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    dtype, precision, z = DTYPES[cfg.train.precision], cfg.train.precision, cfg.zero
+    B, S, K = cfg.data.batch_size, cfg.student.num_steps, cfg.diffusion.substeps
+    guided = cfg.diffusion.guidance_scale != 1
+    teacher, teacher_source = meta_teacher(cfg)
+    t5, t5_source = meta_text_encoder(cfg)
+    with torch.device("meta"):
+        student = ARDStudent(teacher, cfg.student, build_schedule(cfg))
+    teacher.to(dtype)
+    student.to(dtype)
+    if t5 is not None:
+        t5.to(dtype)
+
+    # Activations.
+    x, cond, side = example_inputs(teacher, cfg, B, dtype)
+    states = x[:, None].expand(B, S, *x.shape[1:]).contiguous()
+    student_act, student_flops = student_pass(student, states, cond)
+    student_act_used = student_act["checkpointing" if cfg.train.activation_checkpointing else "no_checkpointing"]
+    batch_t = 2 * B if guided else B
+    xt, cond_t, _ = example_inputs(teacher, cfg, batch_t, dtype)
+    t_model = torch.zeros(batch_t, device="meta")
+    teacher_ws, teacher_flops = inference_pass(teacher.model.transformer_blocks, lambda: teacher(xt, t_model, cond_t))
+    t5_ws = t5_flops = 0
+    if t5 is not None:
+        ids = torch.zeros(B + 1, cfg.text_encoder.max_length, dtype=torch.long, device="meta")  # + the empty caption
+        t5_ws, t5_flops = inference_pass(t5.encoder.block, lambda: t5(input_ids=ids))
+
+    # Weights, gradients, optimizer state.
+    n_student, n_teacher = _num_params(student), _num_params(teacher)
+    n_t5 = _num_params(t5) if t5 is not None else 0
+    models = {
+        "student": {
+            "num_params": n_student,
+            "zero_stage": z.stage,
+            **trained_memory(n_student, z.stage, gpus, precision, z.offload_optimizer, z.offload_params),
+            "activations": student_act_used,
+            "activations_no_checkpointing": student_act["no_checkpointing"],
+            "activations_checkpointing": student_act["checkpointing"],
+        },
+        "teacher": {
+            "num_params": n_teacher,
+            "zero_stage": z.teacher_stage,
+            **frozen_memory(n_teacher, z.teacher_stage, gpus, precision),
+            "activations": teacher_ws,
+            "source": teacher_source,
+        },
+    }
+    if t5 is not None:
+        models["t5"] = {
+            "num_params": n_t5,
+            "zero_stage": z.teacher_stage,
+            **frozen_memory(n_t5, z.teacher_stage, gpus, precision),
+            "activations": t5_ws,
+            "source": t5_source,
+        }
+    persistent = sum(m["params"] + m["grads"] + m["optimizer"] for m in models.values())
+    weight_b = dtype.itemsize
+    full_teacher = n_teacher * weight_b
+    # Under teacher ZeRO-3 without gather-once, a solver step gathers a block at a time (plus one prefetched).
+    largest_teacher_block = max(_num_params(b) for b in teacher.model.transformer_blocks) * weight_b
+    gathered_per_step = 2 * largest_teacher_block if z.teacher_stage == 3 else 0
+    gathered_once = full_teacher - models["teacher"]["params"] if z.teacher_stage == 3 else 0
+    t5_gathered = (
+        2 * max(_num_params(b) for b in t5.encoder.block) * weight_b if t5 is not None and z.teacher_stage == 3 else 0
+    )
+    phases = {
+        "student_fwd_bwd": student_act_used,
+        "teacher_trajectory": teacher_ws + (gathered_once if z.gather_teacher_once else gathered_per_step),
+        "t5_encode": t5_ws + t5_gathered,
+    }
+    peak = persistent + max(phases.values())
+    peak_gather_once = persistent + max(phases["student_fwd_bwd"], phases["t5_encode"], teacher_ws + gathered_once)
+
+    # FLOPs per sample, counted in the passes above (every op's count is linear in the batch).
+    teacher_fwd, student_fwd = teacher_flops // batch_t, student_flops // B
+    t5_fwd = t5_flops // (B + 1)
+    nfe = S * K * NUM_EVALS_PER_STEP[cfg.diffusion.solver] * (2 if guided else 1)
+    source = cfg.train.trajectory_source
+    trajectory_share = {"online": 1.0, "replay": 1.0 / cfg.train.replay_times, "offline": 0.0}[source]
+    samples = B * cfg.train.grad_accum  # per GPU per optimizer step
+    student_passes = 4 if cfg.train.activation_checkpointing else 3
+    flops = {
+        "teacher_forward_per_sample": teacher_fwd,
+        "teacher_forwards_per_sample": nfe,
+        "teacher_trajectory": nfe * teacher_fwd * trajectory_share * samples,
+        "student_forward_per_sample": student_fwd,
+        "student_fwd_bwd": student_passes * student_fwd * samples,
+        "t5_encode": t5_fwd * samples * trajectory_share,
+    }
+    flops["total"] = flops["teacher_trajectory"] + flops["student_fwd_bwd"] + flops["t5_encode"]
+    flops["teacher_over_student"] = flops["teacher_trajectory"] / flops["student_fwd_bwd"]
+
+    notes = [f"teacher: {teacher_source}"] + ([f"t5: {t5_source}"] if t5 is not None else [])
+    tb = cfg.train.global_batch_size
+    global_batch = B * gpus * cfg.train.grad_accum
+    if tb is not None and tb != global_batch:
+        notes.append(
+            f"train.global_batch_size={tb} but data.batch_size × gpus × train.grad_accum = {global_batch}; the trainer"
+            " refuses this: override data.batch_size / train.grad_accum for this GPU count"
+        )
+
+    return {
+        "notes": notes,
+        "recipe": {
+            "gpus": gpus,
+            "gpu_mem_gb": gpu_mem_gb,
+            "micro_batch": B,
+            "grad_accum": cfg.train.grad_accum,
+            "precision": precision,
+            "latent": [teacher.in_channels, side, side],
+            "tokens_per_sample": S * (side // teacher.patch_size) ** 2,
+            "activation_checkpointing": cfg.train.activation_checkpointing,
+            "gather_teacher_once": z.gather_teacher_once,
+            "trajectory_source": source,
+        },
+        "models": models,
+        "phases": phases,
+        "persistent_bytes": persistent,
+        "peak_bytes": peak,
+        "fits": peak <= gpu_mem_gb * GB,
+        "gather_once": {
+            "full_teacher_bytes": full_teacher,
+            "peak_bytes": peak_gather_once,
+            "fits": peak_gather_once <= gpu_mem_gb * GB,
+        },
+        "flops": flops,
+    }
+
+
+# -- the table --------------------------------------------------------------------------------------------------------
+def format_plan(p: dict) -> str:
+    r = p["recipe"]
+    lines = [
+        *(f"note: {n}" for n in p["notes"]),
+        f"{r['gpus']} GPUs × {r['gpu_mem_gb']:g} GB, {r['precision']}, micro batch {r['micro_batch']} × grad accum "
+        f"{r['grad_accum']}, latent {tuple(r['latent'])}, {r['tokens_per_sample']} student tokens per sample, "
+        f"activation checkpointing {'on' if r['activation_checkpointing'] else 'off'}",
+        "",
+        f"{'per GPU, GB':<10}{'params (M)':>12}{'ZeRO':>6}{'weights':>10}{'grads':>9}{'optim':>9}{'activ.':>9}",
+    ]
+    for name, m in p["models"].items():
+        lines.append(
+            f"{name:<10}{m['num_params'] / 1e6:>12.1f}{m['zero_stage']:>6}{m['params'] / GB:>10.3f}"
+            f"{m['grads'] / GB:>9.3f}{m['optimizer'] / GB:>9.3f}{m['activations'] / GB:>9.2f}"
+        )
+    s = p["models"]["student"]
+    lines += [
+        f"student activations: {s['activations_no_checkpointing'] / GB:.2f} GB without checkpointing, "
+        f"{s['activations_checkpointing'] / GB:.2f} GB with",
+        "phases (transient, GB): " + ", ".join(f"{k} {v / GB:.2f}" for k, v in p["phases"].items()),
+        f"peak per GPU: {p['peak_bytes'] / GB:.2f} GB = persistent {p['persistent_bytes'] / GB:.2f} + largest phase "
+        f"-> {'fits' if p['fits'] else 'DOES NOT FIT'} in {r['gpu_mem_gb']:g} GB",
+        f"gather-once of the teacher ({p['gather_once']['full_teacher_bytes'] / GB:.2f} GB on every rank): peak "
+        f"{p['gather_once']['peak_bytes'] / GB:.2f} GB -> {'fits' if p['gather_once']['fits'] else 'DOES NOT FIT'}"
+        f"{' (enabled)' if r['gather_teacher_once'] else ' (not enabled)'}",
+    ]
+    f = p["flops"]
+    lines += [
+        "",
+        f"FLOPs per optimizer step per GPU ({r['trajectory_source']} trajectories):",
+        f"  teacher trajectory {f['teacher_trajectory'] / 1e12:10.2f} TFLOP  ({f['teacher_forwards_per_sample']} "
+        f"forwards × {f['teacher_forward_per_sample'] / 1e9:.1f} GFLOP per sample)",
+        f"  student fwd+bwd    {f['student_fwd_bwd'] / 1e12:10.2f} TFLOP  "
+        f"(forward {f['student_forward_per_sample'] / 1e9:.1f} GFLOP per sample)",
+    ]
+    if f["t5_encode"]:
+        lines.append(f"  T5 encode          {f['t5_encode'] / 1e12:10.2f} TFLOP")
+    lines.append(
+        f"  total              {f['total'] / 1e12:10.2f} TFLOP; teacher / student = {f['teacher_over_student']:.2f}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ard_scale.plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.batch_size=8")
+    parser.add_argument("--gpus", type=int, required=True)
+    parser.add_argument("--gpu-mem-gb", type=float, default=80.0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the plan as JSON here")
+    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
+    result = plan(load_config(args.recipe, args.overrides), args.gpus, args.gpu_mem_gb)
+    print(format_plan(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,90 @@
+"""The planner on meta-device models: the two real recipes plan quickly and their numbers hold together."""
+
+import json
+
+import pytest
+import torch
+
+from ard_scale.config import load_config
+from ard_scale.models.flops import count_flops
+from ard_scale.plan import T5_XXL, example_inputs, main, meta_teacher, plan
+
+GPUS = 64
+
+
+@pytest.fixture(scope="module")
+def imagenet():
+    return load_config("recipes/imagenet_256.yaml"), plan(load_config("recipes/imagenet_256.yaml"), GPUS)
+
+
+@pytest.fixture(scope="module")
+def t2i():
+    return load_config("recipes/t2i_1024.yaml"), plan(load_config("recipes/t2i_1024.yaml"), GPUS)
+
+
+def test_parameter_counts_are_the_models_real_counts(imagenet, t2i):
+    _, p = imagenet
+    assert round(p["models"]["teacher"]["num_params"] / 1e6, 1) == 749.8  # DiT-XL/2, diffusers layout
+    # The student is the teacher plus S-1 more copies of the final layer (norm_out has no parameters in DiT).
+    head = 1152 * 2 * 1152 + 2 * 1152 + 1152 * 32 + 32  # proj_out_1 + proj_out_2
+    assert p["models"]["student"]["num_params"] == p["models"]["teacher"]["num_params"] + 3 * head
+    _, q = t2i
+    assert round(q["models"]["teacher"]["num_params"] / 1e6) == 611  # PixArt-Σ XL/2
+    d, f, n = T5_XXL["d_model"], T5_XXL["d_ff"], T5_XXL["num_layers"]
+    t5 = T5_XXL["vocab_size"] * d + n * (4 * d * d + 3 * d * f + 2 * d) + d + 32 * T5_XXL["num_heads"]
+    assert q["models"]["t5"]["num_params"] == t5  # embeddings, attention, gated FF, RMSNorms, relative bias
+
+
+def test_zero3_bytes_scale_as_one_over_gpus_and_zero2_replicates_weights(imagenet, t2i):
+    _, q = t2i  # student ZeRO-3, teacher and T5 ZeRO-3, bf16
+    for name in ("student", "teacher", "t5"):
+        m = q["models"][name]
+        assert m["params"] == pytest.approx(2 * m["num_params"] / GPUS)
+    s = q["models"]["student"]
+    assert s["grads"] == pytest.approx(2 * s["num_params"] / GPUS)
+    assert s["optimizer"] == pytest.approx(12 * s["num_params"] / GPUS)  # fp32 master + 2 moments
+    _, p = imagenet  # student ZeRO-2, teacher replicated
+    s, t = p["models"]["student"], p["models"]["teacher"]
+    assert s["params"] == 2 * s["num_params"] and t["params"] == 2 * t["num_params"]
+    assert s["grads"] == pytest.approx(2 * s["num_params"] / GPUS)
+    small = plan(load_config("recipes/tiny_cpu.yaml"), 2)["models"]["student"]
+    large = plan(load_config("recipes/tiny_cpu.yaml"), 8)["models"]["student"]
+    for key in ("params", "grads", "optimizer"):
+        assert large[key] * 8 == pytest.approx(small[key] * 2)
+
+
+def test_teacher_trajectory_flops_are_s_k_cfg_teacher_forwards(imagenet, t2i):
+    for cfg, p in (imagenet, t2i):
+        teacher, _ = meta_teacher(cfg)
+        teacher.to(torch.bfloat16)
+        x, cond, _ = example_inputs(teacher, cfg, 1, torch.bfloat16)
+        with torch.no_grad():
+            forward = count_flops(lambda teacher=teacher, x=x, cond=cond: teacher(x, torch.zeros(1), cond))
+        S, K, B = cfg.student.num_steps, cfg.diffusion.substeps, cfg.data.batch_size
+        assert p["flops"]["teacher_forwards_per_sample"] == S * K * 2  # both recipes guide (CFG doubles)
+        assert p["flops"]["teacher_trajectory"] == S * K * 2 * forward * B
+        passes = 4 if cfg.train.activation_checkpointing else 3
+        assert p["flops"]["student_fwd_bwd"] == passes * p["flops"]["student_forward_per_sample"] * B
+    _, p = imagenet
+    assert p["flops"]["teacher_forward_per_sample"] == pytest.approx(237.3e9, rel=1e-3)  # 2 × DiT-XL/2's 118.6 GMACs
+
+
+def test_activations_memory_and_gather_once(imagenet, t2i):
+    for _, p in (imagenet, t2i):
+        s = p["models"]["student"]
+        assert 0 < s["activations_checkpointing"] < s["activations_no_checkpointing"]
+        assert p["peak_bytes"] == p["persistent_bytes"] + max(p["phases"].values())
+    _, q = t2i
+    assert q["recipe"]["activation_checkpointing"] and q["recipe"]["tokens_per_sample"] == 4 * 4096
+    assert q["gather_once"]["full_teacher_bytes"] == 2 * q["models"]["teacher"]["num_params"]
+    assert q["fits"] and q["gather_once"]["fits"]
+    assert not plan(load_config("recipes/tiny_cpu.yaml"), 2, gpu_mem_gb=1e-6)["fits"]
+
+
+def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    main(["recipes/tiny_cpu.yaml", "--gpus", "2", "--gpu-mem-gb", "16", "--json", str(out), "data.batch_size=4"])
+    text = capsys.readouterr().out
+    assert "student" in text and "teacher trajectory" in text and "gather-once" in text
+    saved = json.loads(out.read_text())
+    assert saved["recipe"]["micro_batch"] == 4 and saved["recipe"]["gpus"] == 2
