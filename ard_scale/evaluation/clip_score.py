@@ -89,9 +89,13 @@ class CLIPScore:
         self.scores = []
 
     def compute(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-        """Mean score over this rank's samples, or over every rank's with `gather` (concatenate across ranks)."""
+        """Mean score over this rank's samples, or over every rank's with `gather` (all_gather + concatenate along
+        dim 0; the gathered tensor is one fixed-size (1, 2) row per rank, so ranks may hold different counts)."""
         local = torch.cat(self.scores) if self.scores else torch.zeros(0, dtype=torch.float64)
-        every = gather(local.to(self.device)).cpu() if gather is not None else local
-        if every.numel() == 0:
+        sum_count_12 = torch.tensor([[float(local.sum()), float(local.numel())]], dtype=torch.float64)
+        if gather is not None:
+            sum_count_12 = gather(sum_count_12.to(self.device)).cpu().sum(0, keepdim=True)
+        total, count = sum_count_12[0].tolist()
+        if count == 0:
             raise RuntimeError("CLIP score has no samples")
-        return float(every.mean())
+        return total / count

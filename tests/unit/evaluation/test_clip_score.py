@@ -2,8 +2,6 @@
 computation with encode_image/encode_text, within [0, 100], matched vs shuffled captions; missing file names the
 path."""
 
-import json
-
 import open_clip
 import pytest
 import torch
@@ -11,24 +9,7 @@ import torch.nn.functional as F
 
 from ard_scale.evaluation.clip_score import CLIPScore, load_open_clip
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 CAPTIONS = ["a red square", "a blue circle", "two green dogs", "the digit seven"]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip")
-    (d / "ard-tiny-clip.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(d / "ard-tiny-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("ard-tiny-clip", pretrained=None)
-    path = d / "tiny_clip.pt"
-    torch.save(model.state_dict(), path)
-    return path, model
 
 
 def images(n=4, size=48):

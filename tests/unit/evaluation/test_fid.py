@@ -9,23 +9,6 @@ from scipy import linalg
 from ard_scale.evaluation.fid import FID, ReferenceStats, cached_reference_stats, inception_feature_extractor
 
 
-class TinyFeatures(torch.nn.Module):
-    """A tiny random feature network standing in for Inception: uint8 (B, 3, H, W) -> (B, 8)."""
-
-    num_features = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.3)
-            self.conv.bias.zero_()
-
-    def forward(self, x):
-        return torch.tanh(self.conv(x.float() / 127.5 - 1)).mean(dim=(2, 3))
-
-
 def images(n, shift=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(n, 3, 16, 16, generator=g) * 0.6 + 0.2 + shift).clamp(0, 1)
@@ -42,8 +25,8 @@ def pytorch_fid_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def test_self_distance_is_zero_and_shift_raises_it():
-    fid = FID(TinyFeatures())
+def test_self_distance_is_zero_and_shift_raises_it(tiny_features):
+    fid = FID(tiny_features)
     real = images(256)
     fid.set_reference(fid.reference_from_images(real.split(64)))
     for b in real.split(100):
@@ -58,8 +41,8 @@ def test_self_distance_is_zero_and_shift_raises_it():
     assert shifted > 10 * max(same_dist, 1e-4), (same_dist, shifted)
 
 
-def test_matches_independent_implementation_on_same_features():
-    ext = TinyFeatures()
+def test_matches_independent_implementation_on_same_features(tiny_features):
+    ext = tiny_features
     fid = FID(ext)
     real, fake = images(200), images(150, shift=0.1, seed=3)
     ref = fid.reference_from_images([real])
@@ -71,9 +54,9 @@ def test_matches_independent_implementation_on_same_features():
     assert ours == pytest.approx(expected, rel=1e-6)
 
 
-def test_gather_sums_rank_statistics():
+def test_gather_sums_rank_statistics(tiny_features):
     """Two 'ranks' updating halves, combined with a gather, give the one-process value."""
-    ext = TinyFeatures()
+    ext = tiny_features
     ref = FID(ext).reference_from_images([images(128)])
     fake = images(96, shift=0.1, seed=5)
     whole = FID(ext, ref)
@@ -96,8 +79,8 @@ def test_gather_sums_rank_statistics():
     assert ranks[0].compute(gather) == pytest.approx(whole.compute(), rel=1e-9)  # compute does not mutate
 
 
-def test_reference_cache_computed_once(tmp_path):
-    fid = FID(TinyFeatures())
+def test_reference_cache_computed_once(tmp_path, tiny_features):
+    fid = FID(tiny_features)
     calls = []
 
     def compute():

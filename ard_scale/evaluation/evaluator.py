@@ -1,0 +1,95 @@
+"""The evaluation component (STYLE.md 7): `should_run(step)` and `run(generate_fn) -> dict[str, float]`.
+
+Generation is split across ranks — every rank generates its share and every rank makes the same number of
+`generate_fn` calls, because under ZeRO-3 each forward is a collective (rank-0-only generation deadlocks). Samples are
+identified by a global index, so a `generate_fn` that keys prompts and noise on the index gives the same images on
+any number of ranks. Metric statistics are combined with an injected `gather` (all_gather + concatenate along dim 0;
+`dist_gather` for a process group, None on one process), so the arithmetic is testable in one process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ard_scale.config import EvalConfig
+from ard_scale.evaluation.clip_score import CLIPScore
+from ard_scale.evaluation.fid import FID
+
+# generate_fn(indices (B,) global sample ids) -> (images float [0, 1] (B, 3, H, W), captions or None)
+GenerateFn = Callable[[torch.Tensor], tuple[torch.Tensor, Sequence[str] | None]]
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def dist_gather(t: torch.Tensor) -> torch.Tensor:
+    """all_gather of same-shaped tensors, concatenated along dim 0 in rank order (identity without a group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out)
+
+
+def rank_batches(num_samples: int, batch_size: int, rank: int, world_size: int) -> list[tuple[torch.Tensor, int]]:
+    """This rank's batches as (global indices (batch_size,), number of valid leading entries). Every rank gets the
+    same number of full-size batches; indices past its share repeat its last valid one (or 0) and are discarded."""
+    per_rank = math.ceil(num_samples / world_size)
+    start, stop = min(rank * per_rank, num_samples), min((rank + 1) * per_rank, num_samples)
+    mine = torch.arange(start, stop)
+    out = []
+    for b in range(math.ceil(per_rank / batch_size)):
+        valid = mine[b * batch_size : (b + 1) * batch_size]
+        pad_value = int(valid[-1]) if len(valid) else (int(mine[-1]) if len(mine) else 0)
+        pad = torch.full((batch_size - len(valid),), pad_value, dtype=torch.long)
+        out.append((torch.cat([valid, pad]), len(valid)))
+    return out
+
+
+class Evaluator:
+    """FID and/or CLIP score of `cfg.num_samples` generated images, every `cfg.every` steps."""
+
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        *,
+        fid: FID | None = None,
+        clip: CLIPScore | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        gather: Gather | None = None,
+    ) -> None:
+        if world_size > 1 and gather is None:
+            raise ValueError(f"world_size={world_size} needs a gather (e.g. evaluation.evaluator.dist_gather)")
+        self.cfg, self.fid, self.clip = cfg, fid, clip
+        self.rank, self.world_size, self.gather = rank, world_size, gather
+
+    def should_run(self, step: int) -> bool:
+        return self.cfg.every is not None and step > 0 and step % self.cfg.every == 0
+
+    @torch.no_grad()
+    def run(self, generate_fn: GenerateFn) -> dict[str, float]:
+        """Generate this rank's share, update the metrics, combine across ranks; the same dict on every rank."""
+        for metric in (self.fid, self.clip):
+            if metric is not None:
+                metric.reset()
+        for indices, num_valid in rank_batches(self.cfg.num_samples, self.cfg.batch_size, self.rank, self.world_size):
+            images, captions = generate_fn(indices)  # called on every rank, padded batches included
+            if num_valid == 0:
+                continue
+            images = images[:num_valid]
+            if self.fid is not None:
+                self.fid.update(images)
+            if self.clip is not None:
+                if captions is None:
+                    raise ValueError("CLIP score needs captions: generate_fn returned None (class-conditional model?)")
+                self.clip.update(images, list(captions)[:num_valid])
+        out = {"num_samples": float(self.cfg.num_samples)}
+        if self.fid is not None:
+            out["fid"] = self.fid.compute(self.gather)
+        if self.clip is not None:
+            out["clip_score"] = self.clip.compute(self.gather)
+        return out
