@@ -1,0 +1,142 @@
+"""Evaluate a run's checkpoints offline: FID / CLIP score of each complete checkpoint, once.
+
+    python launchers/eval.py RUN_DIR                 # evaluate every complete checkpoint not yet evaluated, then exit
+    python launchers/eval.py RUN_DIR --watch         # ... and keep polling for new ones (e.g. as its own Slurm job)
+
+Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (atomically: a restarted job skips what is written) and
+RUN_DIR/eval/metrics.png, FID and CLIP score against step with the teacher's values (RUN_DIR/eval/teacher.json,
+computed once) as reference lines. A checkpoint is complete when RUN_DIR/checkpoints/latest names it or a later
+step, or when its folder holds ard_checkpoint.json (see ard_scale/checkpoint/manager.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ard_scale.checkpoint.manager import LATEST, META, atomic_write_text, step_of, tag_of  # noqa: E402
+
+METRICS = (("fid", "FID (lower is better)"), ("clip_score", "CLIP score (higher is better)"))
+Evaluate = Callable[[int, Path], dict]  # (step, checkpoint folder) -> {"fid": ..., "clip_score": ...}
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    ckpt_dir = run_dir / "checkpoints"
+    latest = ckpt_dir / LATEST
+    latest_step = step_of(latest.read_text(encoding="utf-8").strip()) if latest.is_file() else None
+    out = []
+    for p in ckpt_dir.glob("step_*") if ckpt_dir.is_dir() else []:
+        step = step_of(p.name)  # None for step_…_universal and temporary names
+        if (
+            step is not None
+            and p.is_dir()
+            and ((latest_step is not None and step <= latest_step) or (p / META).is_file())
+        ):
+            out.append((step, p))
+    return sorted(out)
+
+
+def result_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "eval" / f"{tag_of(step)}.json"
+
+
+def read_results(run_dir: Path) -> list[dict]:
+    """Every written result, by step."""
+    out = [json.loads(p.read_text(encoding="utf-8")) for p in (run_dir / "eval").glob("step_*.json")]
+    return sorted(out, key=lambda r: r["step"])
+
+
+def teacher_metrics(run_dir: Path, evaluate_teacher: Callable[[], dict] | None) -> dict | None:
+    """The teacher's metrics, computed once and kept in RUN_DIR/eval/teacher.json."""
+    path = run_dir / "eval" / "teacher.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if evaluate_teacher is None:
+        return None
+    result = evaluate_teacher()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+def plot(run_dir: Path, teacher: dict | None) -> Path:
+    """RUN_DIR/eval/metrics.png: each metric against step, the teacher's value as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = read_results(run_dir)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], METRICS, strict=True):
+        points = [(r["step"], r[key]) for r in results if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label="student")
+        if teacher and key in teacher:
+            ax.axhline(teacher[key], color="k", linestyle="--", label="teacher")
+        ax.set(xlabel="step", title=label)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    out = run_dir / "eval" / "metrics.png"
+    tmp = out.with_name(".metrics.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def evaluate_pending(run_dir: Path, evaluate: Evaluate, teacher: dict | None = None) -> list[int]:
+    """Evaluate each complete checkpoint that has no result yet, write its JSON and the plot; the steps done."""
+    done = []
+    for step, folder in complete_checkpoints(run_dir):
+        path = result_path(run_dir, step)
+        if path.is_file():
+            continue
+        result = {"step": step, **evaluate(step, folder)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
+        done.append(step)
+        plot(run_dir, teacher)  # after every checkpoint: a long backlog shows progress
+    return done
+
+
+def watch(
+    run_dir: Path,
+    evaluate: Evaluate,
+    *,
+    teacher: dict | None = None,
+    poll_seconds: float = 60.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Poll for complete checkpoints and evaluate each once, until `should_stop()` (checked between polls)."""
+    while True:
+        evaluate_pending(run_dir, evaluate, teacher)
+        if should_stop():
+            return
+        time.sleep(poll_seconds)  # the polling period, not synchronisation: a missed checkpoint is seen next poll
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
+    parser.add_argument("--poll-seconds", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    if not (args.run_dir / "checkpoints").is_dir():
+        sys.exit(f"error: {args.run_dir / 'checkpoints'} does not exist: is {args.run_dir} a run directory?")
+    sys.exit(
+        "error: evaluating a student checkpoint (export, generate, FID/CLIP) is not wired into this launcher yet; "
+        "the polling, result files and plot are (see watch/evaluate_pending)"
+    )
+
+
+if __name__ == "__main__":
+    main()
