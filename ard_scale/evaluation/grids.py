@@ -1,0 +1,57 @@
+"""Sample grids: the teacher (its full sampler) next to the student (S steps) on the same fixed noise and conditions,
+so a reader compares image by image. Row 0 is the teacher, row 1 the student; column i is sample i."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# sampler(noise (B, C, H, W)) -> images in [-1, 1] (B, 1 or 3, H', W'); the condition is bound by the caller
+Sampler = Callable[[torch.Tensor], torch.Tensor]
+
+
+def fixed_noise(num: int, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """(num, C, H, W) standard normal noise, sample i drawn from seed + i: the same on every evaluation and rank."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(num)])
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] (B, 1 or 3, H, W) -> uint8 (B, H, W, 3)."""
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"grid images need 1 or 3 channels (decoded pixels), got shape {tuple(images.shape)}")
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
+
+
+def comparison_grid(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
+    """uint8 (rows·H + pad, B·W + pad, 3) image of equally shaped [-1, 1] batches, one batch per row."""
+    imgs = [to_uint8_hwc(r) for r in rows]
+    if len({i.shape for i in imgs}) != 1:
+        raise ValueError(f"grid rows differ in shape: {[i.shape for i in imgs]}")
+    b, h, w, _ = imgs[0].shape
+    out = np.full((len(imgs) * (h + pad) + pad, b * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(imgs):
+        for c, img in enumerate(row):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            out[y : y + h, x : x + w] = img
+    return out
+
+
+@torch.no_grad()
+def write_teacher_student_grid(
+    path: str | os.PathLike, teacher: Sampler, student: Sampler, noise: torch.Tensor
+) -> np.ndarray:
+    """Run both samplers on the same `noise`, write the two-row PNG to `path`, return the grid."""
+    from PIL import Image
+
+    grid = comparison_grid([teacher(noise.clone()), student(noise.clone())])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.{os.getpid()}.png")
+    Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)
+    return grid
