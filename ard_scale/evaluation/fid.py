@@ -174,6 +174,7 @@ class FID:
             m.fake_features_cov_sum = gather(local[1][None]).sum(0)
             m.fake_features_num_samples = gather(local[2].reshape(1)).sum(0)
         m._computed = None  # states were assigned by hand: never return a cached value
+        m.orig_dtype = torch.float64  # torchmetrics casts the result to the features' dtype; keep float64
         try:
             return float(m.compute())
         finally:

@@ -109,3 +109,34 @@ def test_missing_inception_weights_names_path(tmp_path):
     path = tmp_path / "nowhere" / "pt_inception-2015-12-05-6726825d.pth"
     with pytest.raises(ValueError, match=str(path).replace(".", r"\.")):
         inception_feature_extractor(path)
+
+
+def test_inception_loads_the_local_weights_file(tmp_path, monkeypatch):
+    """The real FID Inception (torch-fidelity's port) built from a local file: a random state dict written there is
+    what the extractor holds, and it gives (B, 2048) features. No network: torch-fidelity's URL path is unused."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    def no_download(*a, **k):
+        raise AssertionError("tried to download the Inception weights")
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", no_download)
+    # a random-init instance to take a state dict from: skip its (file) load once
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    monkeypatch.setattr(NoTrainInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+    torch.manual_seed(0)
+    source = NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=empty
+    )
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(source.state_dict(), weights)
+    monkeypatch.undo()
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", no_download)
+
+    ext = inception_feature_extractor(weights)
+    for (k, a), b in zip(ext.state_dict().items(), source.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    fid = FID(ext)
+    assert fid.num_features == 2048
+    assert fid.features(images(1, seed=4)).shape == (1, 2048)  # one image: a 299px CPU forward is slow
