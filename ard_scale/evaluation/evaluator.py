@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ard_scale.config import EvalConfig
-from ard_scale.evaluation.clip_score import CLIPScore
-from ard_scale.evaluation.fid import FID
+
+if TYPE_CHECKING:  # annotations only: importing the evaluator does not pull in torchmetrics or open_clip
+    from ard_scale.evaluation.clip_score import CLIPScore
+    from ard_scale.evaluation.fid import FID
 
 # generate_fn(indices (B,) global sample ids) -> (images float [0, 1] (B, 3, H, W), captions or None)
 GenerateFn = Callable[[torch.Tensor], tuple[torch.Tensor, Sequence[str] | None]]
