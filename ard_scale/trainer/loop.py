@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import CheckpointManager
 from ard_scale.config import RootConfig, dump_yaml, to_dict
+from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.trainer.build import build_run
 from ard_scale.trainer.step import any_rank, regression_step
@@ -68,6 +70,7 @@ def train(cfg: RootConfig) -> list[float]:
         allow_recipe_change=cfg.checkpoint.allow_recipe_change,
     )
     run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config)
+    ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
     start, samples_seen, nan_skips = 0, 0, 0
     resumed = ckpt.load_latest(run.engine)
     if resumed is not None:
@@ -76,12 +79,19 @@ def train(cfg: RootConfig) -> list[float]:
         if rank_state is not None:  # same world size: this rank's exact data position and RNG
             run.loader.load_state_dict(rank_state["data"])
             set_rng_state(rank_state["rng"])
+            if ema is not None:
+                ema.load_state_dict(rank_state["ema"])
         else:  # universal checkpoint on a new world size: per-rank positions do not map onto the new ranks
             warnings.warn(
                 f"resumed step {start} on {world} ranks from a universal checkpoint: model and optimizer continue, "
                 "the data stream restarts its epoch (noise seeds stay keyed on the step)",
                 stacklevel=1,
             )
+            if ema is not None:  # reassemble the old ranks' EMA shards into full weights, then re-shard
+                shapes = {n: getattr(p, "ds_shape", p.shape) for n, p in run.student.named_parameters()}
+                full = full_ema_state_dict(run_dir, ckpt.latest_tag(), shapes)
+                if full is not None:
+                    ema.load_full_state_dict(full)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
     stop, losses, consecutive_nan = StopSignal(), [], 0
 
@@ -91,6 +101,8 @@ def train(cfg: RootConfig) -> list[float]:
     while step < cfg.train.max_steps:
         t0 = time.perf_counter()
         metrics = regression_step(run, next(batches), step)
+        if ema is not None and not metrics["nan"]:
+            ema.update()
         step += 1
         samples_seen += cfg.data.batch_size * world
         consecutive_nan = consecutive_nan + 1 if metrics["nan"] else 0
@@ -116,7 +128,10 @@ def train(cfg: RootConfig) -> list[float]:
         stopping = any_rank(stop.received)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan:
             client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
-            ckpt.save(run.engine, step, client, {"data": run.loader.state_dict(), "rng": rng_state()})
+            rank_state = {"data": run.loader.state_dict(), "rng": rng_state()}
+            if ema is not None:
+                rank_state["ema"] = ema.state_dict()
+            ckpt.save(run.engine, step, client, rank_state)
         if too_many_nan:
             raise FloatingPointError(
                 f"the loss was NaN/Inf for {consecutive_nan} steps in a row (up to step {step}); a checkpoint was "
