@@ -7,6 +7,10 @@ Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (atomically: a restarted j
 RUN_DIR/eval/metrics.png, FID and CLIP score against step with the teacher's values (RUN_DIR/eval/teacher.json,
 computed once) as reference lines. A checkpoint is complete when RUN_DIR/checkpoints/latest names it or a later
 step, or when its folder holds ard_checkpoint.json (see ard_scale/checkpoint/manager.py).
+
+Wired so far: class-conditional (DiT) pixel-space students, FID against eval.fid_reference_path (.npz), one
+process, the student on CPU. Not yet: CLIP score for T2I students, VAE decode, computing the teacher's values (the
+plot shows them when RUN_DIR/eval/teacher.json exists), reference statistics from data shards.
 """
 
 from __future__ import annotations
@@ -124,18 +128,75 @@ def watch(
         time.sleep(poll_seconds)  # the polling period, not synchronisation: a missed checkpoint is seen next poll
 
 
+def student_evaluate(run_dir: Path, cfg, evaluator, *, work_dir: Path) -> Evaluate:
+    """Evaluate = export the checkpoint (EMA weights if cfg.eval.use_ema), load the student without DeepSpeed and run
+    `evaluator` on its S-step samples. Class-conditional pixel-space students only (no VAE decode yet)."""
+    from ard_scale.checkpoint.export import export_student, load_exported_student
+    from ard_scale.evaluation.generate import class_conditional_generate_fn
+
+    if cfg.teacher.family != "dit":
+        raise ValueError(f"offline evaluation supports teacher.family 'dit' only so far, got {cfg.teacher.family!r}")
+
+    def evaluate(step: int, folder: Path) -> dict:
+        out_dir = export_student(run_dir, work_dir / folder.name, tag=folder.name, use_ema=cfg.eval.use_ema)
+        student = load_exported_student(out_dir)
+        side = student.backbone.config.sample_size
+        generate = class_conditional_generate_fn(
+            student.sample, noise_shape=(student.in_channels, side, side), num_classes=cfg.teacher.num_classes
+        )
+        return evaluator.run(generate)
+
+    return evaluate
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
     parser.add_argument("--poll-seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
-    if not (args.run_dir / "checkpoints").is_dir():
-        sys.exit(f"error: {args.run_dir / 'checkpoints'} does not exist: is {args.run_dir} a run directory?")
-    sys.exit(
-        "error: evaluating a student checkpoint (export, generate, FID/CLIP) is not wired into this launcher yet; "
-        "the polling, result files and plot are (see watch/evaluate_pending)"
-    )
+    run_dir = args.run_dir
+    if not (run_dir / "checkpoints").is_dir():
+        sys.exit(f"error: {run_dir / 'checkpoints'} does not exist: is {run_dir} a run directory?")
+    checkpoints = complete_checkpoints(run_dir)
+
+    import tempfile
+
+    from ard_scale.config import load_config
+    from ard_scale.evaluation.evaluator import Evaluator
+    from ard_scale.evaluation.fid import FID, ReferenceStats, inception_feature_extractor
+
+    def wait_for_first() -> Path:  # the recipe comes from the first complete checkpoint's config.yaml
+        while not (found := complete_checkpoints(run_dir)):
+            if not args.watch:
+                sys.exit(f"error: no complete checkpoint in {run_dir / 'checkpoints'}")
+            time.sleep(args.poll_seconds)
+        return found[0][1]
+
+    cfg = load_config((checkpoints[0][1] if checkpoints else wait_for_first()) / "config.yaml")
+    ev = cfg.eval
+    try:
+        if ev.fid_inception_path is None or ev.fid_reference_path is None:
+            raise ValueError("offline FID needs eval.fid_inception_path and eval.fid_reference_path (an .npz)")
+        extractor = inception_feature_extractor(ev.fid_inception_path)
+        fid = FID(extractor, ReferenceStats.load(ev.fid_reference_path, extractor.num_features))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    fid.to("cuda" if torch_cuda() else "cpu")
+    evaluator = Evaluator(ev, fid=fid)
+    with tempfile.TemporaryDirectory(prefix="ard_eval_") as work:
+        evaluate = student_evaluate(run_dir, cfg, evaluator, work_dir=Path(work))
+        teacher = teacher_metrics(run_dir, None)  # shown when RUN_DIR/eval/teacher.json exists
+        if args.watch:
+            watch(run_dir, evaluate, teacher=teacher, poll_seconds=args.poll_seconds)
+        else:
+            print(evaluate_pending(run_dir, evaluate, teacher))
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

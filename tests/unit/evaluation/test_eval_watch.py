@@ -99,3 +99,59 @@ def test_teacher_metrics_computed_once(tmp_path):
     assert mod.teacher_metrics(tmp_path, teacher) == {"fid": 3.0}
     assert load_launcher().teacher_metrics(tmp_path, teacher) == {"fid": 3.0}
     assert len(calls) == 1
+
+
+def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monkeypatch, tiny_features):
+    """The launcher's glue: checkpoint tag -> export (EMA as configured) -> student.sample through the Evaluator.
+    The export itself (DeepSpeed files) is ard_scale.checkpoint's and is stubbed here with a debug student."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import ard_scale.checkpoint.export as export
+    from ard_scale.config import EvalConfig
+    from ard_scale.config.ard import ARDConfig
+    from ard_scale.diffusion.schedules import VPSchedule
+    from ard_scale.evaluation.evaluator import Evaluator
+    from ard_scale.evaluation.fid import FID
+    from ard_scale.models.student import ARDStudent
+    from ard_scale.models.teachers import build_teacher
+
+    teacher = build_teacher("dit", "debug", in_channels=3, out_channels=3)
+    student = ARDStudent(teacher, ARDConfig(num_steps=2, num_causal_layers=1), VPSchedule()).eval()
+    exported = []
+    monkeypatch.setattr(
+        export, "export_student", lambda run, out, *, tag, use_ema: exported.append((tag, use_ema)) or Path(out)
+    )
+    monkeypatch.setattr(export, "load_exported_student", lambda path: student)
+
+    run = tmp_path / "run"
+    fake_checkpoint(run, 10, meta=True)
+    fake_checkpoint(run, 20, meta=True)
+    side = teacher.sample_size
+    ref = FID(tiny_features).reference_from_images(
+        [torch.rand(32, 3, side, side, generator=torch.Generator().manual_seed(0))]
+    )
+    eval_cfg = EvalConfig(num_samples=4, batch_size=2, use_ema=True)
+    cfg = SimpleNamespace(teacher=SimpleNamespace(family="dit", num_classes=teacher.num_classes), eval=eval_cfg)
+    mod = load_launcher()
+    evaluate = mod.student_evaluate(run, cfg, Evaluator(eval_cfg, fid=FID(tiny_features, ref)), work_dir=tmp_path / "w")
+    with torch.no_grad():
+        assert mod.evaluate_pending(run, evaluate) == [10, 20]
+    assert exported == [("step_00000010", True), ("step_00000020", True)]
+    results = mod.read_results(run)
+    assert [r["step"] for r in results] == [10, 20] and all(r["fid"] > 0 and r["num_samples"] == 4 for r in results)
+
+
+def test_main_errors_name_what_is_missing(tmp_path):
+    import shutil
+
+    mod = load_launcher()
+    with pytest.raises(SystemExit, match="checkpoints"):
+        mod.main([str(tmp_path / "nowhere")])
+    run = tmp_path / "run"
+    folder = fake_checkpoint(run, 10, meta=True)
+    recipe = next(p for p in sorted((LAUNCHER.parents[1] / "recipes").glob("*.yaml")) if "tiny" in p.name)
+    shutil.copy(recipe, folder / "config.yaml")  # the recipe the checkpoint was written under; it sets no FID files
+    with pytest.raises(SystemExit, match="fid_inception_path"):
+        mod.main([str(run)])
