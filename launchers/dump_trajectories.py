@@ -2,18 +2,24 @@
 
     python launchers/dump_trajectories.py [RECIPE] --teacher PATH --out DIR --num-samples N [--guidance 1.5] ...
 
-Sample i uses noise seed `--seed + i` and condition i mod num_classes (class-conditional teachers) or the caption
+Sample i uses noise seed `--seed + i` and condition i mod num_classes (class-conditional teachers), the caption
 embedding i mod n of `--captions` (a tensor file of (n+1, L, C) embeddings whose last row is the null caption, as
-`launchers/fit_teacher.py` writes). Text teachers conditioned on a caption dataset need the T5 embeddings from the
-data shards; that path is not wired here yet (it raises).
+`launchers/fit_teacher.py` writes on the digits), or with `--data SHARDS` (text teachers; or `data.path` of an
+`data.format: mds` RECIPE) caption i mod n of an MDS caption shard set carrying T5 embeddings
+(launchers/precompute_text.py), read in storage order through `ard_scale.data.build_loader`. Its null condition
+(needed when guidance != 1) comes from `--null-caption FILE` (a torch dict {"t5_emb": (L, C), "t5_mask": (L,)}, as
+fit_teacher writes to OUT/null_caption.pt on shards), by default TEACHER/null_caption.pt.
 
 Resumable: samples are written in chunks of `--chunk-size`, each its own MDS folder DIR/chunk_NNNNN written by
 `streaming.MDSWriter`; a chunk whose `index.json` exists is complete and skipped on re-run, a partial one is
 rewritten. Every chunk is a function of its sample indices only, so a resumed dump equals an uninterrupted one.
 
 Columns per sample: `seed` int64; `label` int64 (-1 for captions); `caption_index` int64 (-1 for classes);
-`states` float32 (S+1, C, H, W) noisy x_{τ_S} … x_{τ_0}; `x0` float32 (S+1, C, H, W) with `--record x0`.
-DIR/meta.json holds the teacher path, schedule, student times, teacher grid, solver, guidance and chunking.
+`states` float32 (S+1, C, H, W) noisy x_{τ_S} … x_{τ_0}; `x0` float32 (S+1, C, H, W) with `--record x0`. With
+`--data`, the condition itself is stored inline with each trajectory (no side file to keep in step): `key` str (the
+shard sample's key), `t5_emb` float32 (L, C) and `t5_mask` uint8 (L,), exactly as the loader yields them;
+`caption_index` is the sample's position in the shard set's storage order.
+DIR/meta.json holds the teacher path, schedule, student times, teacher grid, solver, guidance, chunking (and data).
 RECIPE (optional) supplies defaults for `teacher.path`, `diffusion.*` and `student.num_steps`; flags override it.
 """
 
@@ -23,6 +29,7 @@ import argparse
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -73,7 +80,44 @@ def recipe_defaults(path: Path | None) -> dict:
         "record": diffusion.get("record"),
         "objective": "flow" if diffusion.get("schedule") == "flow" else diffusion.get("prediction_type"),
     }
+    data = raw.get("data", {})
+    if data.get("format") == "mds":  # caption conditions come from MDS shards only (they carry the T5 embeddings)
+        out["data"] = data.get("path")
     return {k: v for k, v in out.items() if v is not None}
+
+
+def caption_conditions(path: str, batch_size: int):
+    """(caption_index, key, t5_emb (L, C), t5_mask (L,)) of an MDS caption shard set in storage order, cycling."""
+    from ard_scale.data import DataConfig, build_loader
+
+    # images are decoded too (the loader always does): at the smallest size, since only the captions are used
+    config = DataConfig(
+        format="mds", path=str(path), batch_size=batch_size, resolution=8, num_workers=0, shuffle=False, num_epochs=1
+    )
+    while True:
+        index = 0
+        for batch in build_loader(config, rank=0, world_size=1):
+            if "t5_emb" not in batch:
+                raise ValueError(
+                    f"the shards at {path} carry no T5 embeddings (t5_emb/t5_mask); precompute them with "
+                    "launchers/precompute_text.py"
+                )
+            for key, emb_LC, mask_L in zip(batch["keys"], batch["t5_emb"], batch["t5_mask"], strict=True):
+                yield index, key, emb_LC.float(), mask_L.to(torch.uint8)
+                index += 1
+        if index == 0:
+            raise ValueError(f"the shard set at {path} holds no sample")
+
+
+def null_caption(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The null caption's (t5_emb (L, C), t5_mask (L,)) from a torch file."""
+    if not path.is_file():
+        raise ValueError(
+            f"guidance != 1 needs the null caption's T5 embedding: {path} does not exist; pass --null-caption FILE "
+            '(a torch dict {"t5_emb": (L, C), "t5_mask": (L,)}, as launchers/fit_teacher.py writes) or --guidance 1'
+        )
+    null = torch.load(path)
+    return null["t5_emb"].float(), null["t5_mask"].long()
 
 
 def main(argv=None) -> dict:
@@ -83,6 +127,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--num-samples", type=int, required=True)
     parser.add_argument("--captions", type=Path, help="(n+1, L, C) caption embeddings, last row the null caption")
+    parser.add_argument("--data", help="MDS caption shards carrying T5 embeddings: the conditions of a text teacher")
+    parser.add_argument("--null-caption", type=Path, help="with --data: the null caption (default TEACHER/...)")
     parser.add_argument("--steps", type=int, help="S student steps (default 4)")
     parser.add_argument("--substeps", type=int, help="K teacher sub-steps per student interval (default 6)")
     parser.add_argument("--solver", choices=SOLVERS)
@@ -113,19 +159,28 @@ def main(argv=None) -> dict:
     schedule = schedule_from(Path(args.teacher), args.objective)
     student_grid = schedule.grid(args.steps)
     teacher_grid = uniform_teacher_grid(schedule, args.steps, args.substeps)
-    captions = None
+    captions = stream = null = None
+    num_conditions = 1
     if teacher.family == "dit":
         num_conditions = teacher.num_classes
+        if args.data is not None:
+            warnings.warn(f"a class-conditional teacher ignores the caption shards {args.data}", stacklevel=1)
+    elif args.data is not None:
+        stream = caption_conditions(args.data, args.batch_size)
+        if args.guidance != 1:
+            null = null_caption(args.null_caption or args.teacher / "null_caption.pt")
     elif args.captions is not None:
         captions = torch.load(args.captions).float()
         num_conditions = captions.shape[0] - 1
     else:
         raise ValueError(
-            "a text teacher needs caption embeddings: pass --captions FILE ((n+1, L, C), last row the null caption); "
-            "dumping conditions from caption shards is not wired yet"
+            "a text teacher needs caption embeddings: pass --data SHARDS (MDS caption shards with T5 embeddings) "
+            "or --captions FILE ((n+1, L, C), last row the null caption)"
         )
     shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
     columns = {"seed": "int64", "label": "int64", "caption_index": "int64", "states": "ndarray:float32"}
+    if stream is not None:
+        columns.update(key="str", t5_emb="ndarray:float32", t5_mask="ndarray:uint8")
     if args.record == "x0":
         columns["x0"] = "ndarray:float32"
 
@@ -144,6 +199,8 @@ def main(argv=None) -> dict:
         "chunk_size": args.chunk_size,
         "columns": columns,
     }
+    if stream is not None:
+        meta["data"] = str(args.data)
     meta_file = args.out / "meta.json"
     if meta_file.is_file() and {**json.loads(meta_file.read_text()), "num_samples": None} != {
         **meta,
@@ -158,6 +215,8 @@ def main(argv=None) -> dict:
         stop = min(start + args.chunk_size, args.num_samples)
         if (chunk_dir / "index.json").is_file():
             skipped += stop - start
+            for _ in range(stop - start if stream is not None else 0):
+                next(stream)  # keep sample i on caption i mod n
             continue
         shutil.rmtree(chunk_dir, ignore_errors=True)  # a partial chunk from an interrupted run
         # no `with`: MDSWriter.__exit__ finishes (writes index.json) even on an exception, marking a partial chunk done
@@ -165,17 +224,24 @@ def main(argv=None) -> dict:
         for b0 in range(start, stop, args.batch_size):
             idx = torch.arange(b0, min(b0 + args.batch_size, stop))
             cond_idx = idx % num_conditions
-            if captions is None:
+            if stream is not None:
+                cond_idx, keys, emb_BLC, mask_BL = zip(*(next(stream) for _ in idx), strict=True)
+                emb_BLC, mask_BL = torch.stack(emb_BLC), torch.stack(mask_BL)
+                cond = Condition(text=emb_BLC, text_mask=mask_BL.long())
+                null_cond = None
+                if null is not None:
+                    null_cond = Condition(text=null[0].expand(len(idx), -1, -1), text_mask=null[1].expand(len(idx), -1))
+            elif captions is None:
                 cond = Condition(labels=cond_idx)
-                null = teacher.null_condition(len(idx))
+                null_cond = teacher.null_condition(len(idx))
             else:
                 cond = Condition(text=captions[cond_idx])
-                null = Condition(text=captions[-1:].expand(len(idx), -1, -1))
+                null_cond = Condition(text=captions[-1:].expand(len(idx), -1, -1))
             tr = teacher_trajectory(
                 teacher,
                 schedule,
                 cond,
-                null_cond=null,
+                null_cond=null_cond,
                 guidance_scale=args.guidance,
                 solver=args.solver,
                 record=args.record,
@@ -187,12 +253,15 @@ def main(argv=None) -> dict:
                 device=device,
             )
             for j in range(len(idx)):
+                is_class = captions is None and stream is None
                 sample = {
                     "seed": int(args.seed + idx[j]),
-                    "label": int(cond_idx[j]) if captions is None else -1,
-                    "caption_index": int(cond_idx[j]) if captions is not None else -1,
+                    "label": int(cond_idx[j]) if is_class else -1,
+                    "caption_index": -1 if is_class else int(cond_idx[j]),
                     "states": tr.states[j].cpu().numpy(),
                 }
+                if stream is not None:
+                    sample.update(key=keys[j], t5_emb=emb_BLC[j].numpy(), t5_mask=mask_BL[j].numpy())
                 if tr.x0 is not None:
                     sample["x0"] = tr.x0[j].cpu().numpy()
                 writer.write(sample)

@@ -1,31 +1,42 @@
 """Fit a small teacher from scratch with its standard objective and save it as a diffusers folder.
 
     python launchers/fit_teacher.py [RECIPE] --out runs/teacher_digits [--steps N] [--family dit] [--objective flow]
+    python launchers/fit_teacher.py --data SHARDS --data-format mds --family pixart --resolution 16 --out ...
 
-Data: scikit-learn's 8x8 handwritten digits (1,797 real images, 10 classes) held in memory as a tensor, pixel space
-(1 channel, [-1, 1]), optionally resized with `--resolution`. RECIPE (optional) only supplies defaults for
-`teacher.family`, `teacher.size`, `diffusion.schedule` and `diffusion.prediction_type`; flags override it.
+Data, by default: scikit-learn's 8x8 handwritten digits (1,797 real images, 10 classes) held in memory as a tensor,
+pixel space (1 channel, [-1, 1]), optionally resized with `--resolution`. With `--data PATH --data-format
+webdataset|mds` (or `data.path`/`data.format` in RECIPE): batches of an image–class or image–caption shard set from
+`ard_scale.data.build_loader` at `--resolution`, pixel space with `--channels` channels (1: the mean over RGB).
+`dit` takes the shards' class labels (`--num-classes` of them); `pixart` takes the T5 embeddings the shards carry
+(t5_emb/t5_mask, see launchers/precompute_text.py) or encodes the captions with `--text-encoder PATH`; its null
+condition is the empty caption's embedding with `--text-encoder`, else a zero embedding with one valid token (written
+as OUT/null_caption.pt either way, for launchers/dump_trajectories.py). RECIPE (optional) supplies defaults for
+`teacher.family`, `teacher.size`, `diffusion.schedule`, `diffusion.prediction_type`, `data.path`, `data.format`;
+flags override it.
 
 Objectives (`--objective`): VP 'epsilon' / 'v_prediction' (DDPM linear betas, t uniform over the 1000 steps;
 loss ‖out − ε‖² or ‖out − (α·ε − σ·x0)‖², Ho et al. 2020 eq. 14 / Salimans & Ho 2022 §4) or 'flow'
 (x_t = (1−t)·x0 + t·ε, t ~ U(0, 1), loss ‖out − (ε − x0)‖², Lipman et al. 2023 eq. 23). Learned-sigma channels get no
 loss (the ODE ignores them). Conditions are dropped to the null condition 10 % of the time so CFG works. `dit`
-conditions on the class; `pixart` on a fixed random 4-token "caption embedding" per class (a stand-in for T5, which
-has no weights here; saved as captions.pt).
+conditions on the class; `pixart` on the digits on a fixed random 4-token "caption embedding" per class (a stand-in
+for T5, which has no weights here; saved as captions.pt).
 
 Writes OUT/transformer (diffusers `save_pretrained`, loads with `ard_scale.models.teachers.load_teacher`),
 OUT/scheduler, OUT/fit.json (loss curve, sample class accuracy) and OUT/samples.png (one row per class, sampled
 with the teacher trajectory generator). Sample quality: `sample_accuracy` is the fraction of generated samples
-that a 5-nearest-neighbour classifier over the real digits assigns to their conditioning class (chance 0.1).
+that a 5-nearest-neighbour classifier over the real digits assigns to their conditioning class (chance 0.1); it is
+null for shard data (fit.json says why), whose samples.png has one row per condition of the first batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,6 +81,94 @@ class Conditioner:
         )
 
 
+class ShardConditioner:
+    """A shard batch -> the family's Condition: class labels (dit) or T5 embeddings (pixart; from the shards' t5_emb/
+    t5_mask, or the captions encoded with a local T5). The null condition is fixed on the first text batch."""
+
+    def __init__(self, family: str, data_path: str, num_classes: int, text_encoder: str | None, max_length: int):
+        self.family, self.data_path, self.num_classes, self.max_length = family, data_path, num_classes, max_length
+        self.t5 = None
+        if family == "pixart" and text_encoder is not None:
+            from ard_scale.models.text_encoder import load_t5
+
+            self.t5 = load_t5(text_encoder)
+        self.null_text_LC: torch.Tensor | None = None
+        self.null_mask_L: torch.Tensor | None = None
+
+    def __call__(self, batch: dict) -> Condition:
+        if self.family == "dit":
+            labels = batch.get("labels")
+            if labels is None or (labels < 0).any():
+                raise ValueError(
+                    f"the shards at {self.data_path} carry no class label for some samples; a dit teacher needs "
+                    "image–class shards (a 'label' per sample, see launchers/build_shards.py), or use --family pixart"
+                )
+            if (labels >= self.num_classes).any():
+                raise ValueError(f"class label {int(labels.max())} in the shards >= --num-classes {self.num_classes}")
+            return Condition(labels=labels.long())
+        if self.t5 is not None:
+            from ard_scale.models.text_encoder import encode_captions
+
+            text_BLC, mask_BL = encode_captions(*self.t5, list(batch["captions"]), max_length=self.max_length)
+        elif "t5_emb" in batch:
+            text_BLC, mask_BL = batch["t5_emb"], batch["t5_mask"]
+        else:
+            raise ValueError(
+                f"the shards at {self.data_path} carry no T5 embeddings (t5_emb/t5_mask) for a pixart teacher: "
+                "precompute them with launchers/precompute_text.py or pass --text-encoder PATH (a local T5 folder)"
+            )
+        text_BLC, mask_BL = text_BLC.float(), mask_BL.long()
+        if self.null_text_LC is None:
+            self.null_text_LC, self.null_mask_L = self._null(*text_BLC.shape[1:])
+        return Condition(text=text_BLC, text_mask=mask_BL)
+
+    def _null(self, length: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.t5 is not None:
+            from ard_scale.models.text_encoder import encode_captions
+
+            text, mask = encode_captions(*self.t5, [""], max_length=length)
+            return text[0].float(), mask[0].long()
+        # no encoder for the empty caption: a zero embedding with one valid token (all-masked attention is undefined)
+        return torch.zeros(length, channels), F.one_hot(torch.tensor(0), length).long()
+
+    def null(self, batch_size: int) -> Condition:
+        if self.family == "dit":
+            return Condition(labels=torch.full((batch_size,), self.num_classes, dtype=torch.long))
+        return Condition(
+            text=self.null_text_LC.expand(batch_size, -1, -1), text_mask=self.null_mask_L.expand(batch_size, -1)
+        )
+
+    def drop(self, cond: Condition, gen: torch.Generator) -> Condition:
+        """CFG dropout: 10 % of text conditions become the null condition (DiT's label embedding drops its own)."""
+        if self.family == "dit":
+            return cond
+        drop_B = torch.rand(cond.batch_size, generator=gen) < 0.1
+        null = self.null(cond.batch_size)
+        return Condition(
+            text=torch.where(drop_B[:, None, None], null.text, cond.text),
+            text_mask=torch.where(drop_B[:, None], null.text_mask, cond.text_mask),
+        )
+
+
+def shard_batches(path: str, fmt: str, batch_size: int, resolution: int, seed: int):
+    """Endless shuffled batches of a shard set through the data loader (one rank, no workers)."""
+    from ard_scale.data import DataConfig, build_loader
+
+    config = DataConfig(
+        format=fmt, path=str(path), batch_size=batch_size, resolution=resolution, num_workers=0, seed=seed
+    )
+    return iter(build_loader(config, rank=0, world_size=1))
+
+
+def to_channels(images_B3HW: torch.Tensor, channels: int) -> torch.Tensor:
+    """RGB images -> the teacher's channels (1: the mean over RGB)."""
+    return images_B3HW.mean(1, keepdim=True) if channels == 1 else images_B3HW
+
+
+def select(cond: Condition, idx: torch.Tensor) -> Condition:
+    return Condition(**{k: None if v is None else v[idx] for k, v in vars(cond).items()})
+
+
 def diffusion_loss(teacher: Teacher, schedule, x0: torch.Tensor, cond: Condition, gen: torch.Generator):
     """The standard denoising objective of the schedule's prediction type (see the module docstring)."""
     b = x0.shape[0]
@@ -89,18 +188,24 @@ def diffusion_loss(teacher: Teacher, schedule, x0: torch.Tensor, cond: Condition
 def sample_classes(teacher, schedule, conditioner, shape, per_class: int, guidance: float, steps: int):
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
     null = conditioner(torch.full_like(labels, NUM_CLASSES))
+    return sample(teacher, schedule, conditioner(labels), null, shape, guidance, steps), labels
+
+
+@torch.no_grad()
+def sample(teacher, schedule, cond: Condition, null: Condition, shape, guidance: float, steps: int) -> torch.Tensor:
+    """Final states of guided teacher trajectories, seeds 0..B-1, clamped to the pixel range."""
     tr = teacher_trajectory(
         teacher,
         schedule,
-        conditioner(labels),
+        cond,
         null_cond=null,
         guidance_scale=guidance,
         latent_shape=shape,
-        seeds=range(len(labels)),
+        seeds=range(cond.batch_size),
         num_student_steps=1,
         substeps=steps,
     )
-    return tr.final.clamp(-1, 1), labels
+    return tr.final.clamp(-1, 1)
 
 
 def sample_accuracy(samples: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor):
@@ -111,13 +216,15 @@ def sample_accuracy(samples: torch.Tensor, labels: torch.Tensor, real: torch.Ten
     return float((votes.argmax(1) == labels).float().mean())
 
 
-def save_grid(samples: torch.Tensor, per_class: int, path: Path) -> None:
+def save_grid(samples: torch.Tensor, per_class: int, path: Path, num_rows: int = NUM_CLASSES) -> None:
+    """(num_rows * per_class, C, R, R) samples in [-1, 1] -> a PNG, one row per condition (C = 1 or 3)."""
     from PIL import Image
 
-    x = ((samples[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # (N, R, R)
-    r = x.shape[-1]
-    grid = x.reshape(NUM_CLASSES, per_class, r, r).permute(0, 2, 1, 3).reshape(NUM_CLASSES * r, per_class * r)
-    Image.fromarray(grid.numpy(), mode="L").resize((per_class * 32, NUM_CLASSES * 32), Image.NEAREST).save(path)
+    x = ((samples + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # (N, C, R, R)
+    c, r = x.shape[1], x.shape[-1]
+    grid = x.reshape(num_rows, per_class, c, r, r).permute(0, 3, 1, 4, 2).reshape(num_rows * r, per_class * r, c)
+    image = Image.fromarray(grid[..., 0].numpy(), mode="L") if c == 1 else Image.fromarray(grid.numpy(), mode="RGB")
+    image.resize((per_class * 32, num_rows * 32), Image.NEAREST).save(path)
 
 
 def recipe_defaults(path: Path | None) -> dict:
@@ -126,8 +233,9 @@ def recipe_defaults(path: Path | None) -> dict:
     import yaml
 
     raw = yaml.safe_load(path.read_text()) or {}
-    teacher, diffusion = raw.get("teacher", {}), raw.get("diffusion", {})
+    teacher, diffusion, data = raw.get("teacher", {}), raw.get("diffusion", {}), raw.get("data", {})
     out = {"family": teacher.get("family"), "size": teacher.get("size")}
+    out.update(data=data.get("path"), data_format=data.get("format"))
     if diffusion.get("schedule") == "flow":
         out["objective"] = "flow"
     elif diffusion.get("prediction_type") in ("epsilon", "v_prediction"):
@@ -142,7 +250,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--family", choices=("dit", "pixart"))
     parser.add_argument("--size", help="named teacher size (default debug)")
     parser.add_argument("--objective", choices=("epsilon", "v_prediction", "flow"))
-    parser.add_argument("--resolution", type=int, default=8, help="pixel resolution the digits are trained at")
+    parser.add_argument("--resolution", type=int, default=8, help="pixel resolution trained at")
+    parser.add_argument("--data", help="a shard set (folder) to train on instead of the in-memory digits")
+    parser.add_argument("--data-format", choices=("webdataset", "mds"), help="format of --data")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=1, help="image channels (1: mean over RGB)")
+    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="dit on shards: class labels 0..N-1")
+    parser.add_argument("--text-encoder", help="pixart on shards: local T5 folder to encode the captions with")
+    parser.add_argument("--max-length", type=int, default=120, help="T5 tokens per caption with --text-encoder")
     parser.add_argument("--width", type=int, default=64, help="transformer width D (heads of 32)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2000)
@@ -156,39 +270,66 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     defaults = {"family": "dit", "size": "debug", "objective": "epsilon", **recipe_defaults(args.recipe)}
     family, size, objective = (getattr(args, k) or defaults[k] for k in ("family", "size", "objective"))
+    data_path, data_format = args.data or defaults.get("data"), args.data_format or defaults.get("data_format")
+    if data_path is not None and data_format is None:
+        parser.error(f"give --data-format webdataset|mds for --data {data_path}")
+    if args.text_encoder is not None and (family != "pixart" or data_path is None):
+        warnings.warn("--text-encoder is ignored: it encodes the shard captions of a pixart teacher", stacklevel=1)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    images, labels = load_digits(args.resolution)
-    overrides = dict(
-        in_channels=1,
-        out_channels=2,
+    gen = torch.Generator().manual_seed(args.seed)
+    overrides = {}
+    if data_path is None:
+        images, labels = load_digits(args.resolution)
+        images = images.expand(-1, args.channels, -1, -1)
+        conditioner = None  # built with the teacher (it needs caption_channels)
+
+        def next_batch() -> tuple[torch.Tensor, Condition]:
+            idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
+            y = labels[idx].clone()
+            if family != "dit":  # DiT's LabelEmbedding already drops 10 % of labels to the null class in train mode
+                y[torch.rand(len(y), generator=gen) < 0.1] = NUM_CLASSES  # CFG dropout to the null condition
+            return images[idx], conditioner(y)
+    else:
+        stream = shard_batches(data_path, data_format, args.batch_size, args.resolution, args.seed)
+        first = next(stream)
+        conditioner = ShardConditioner(family, data_path, args.num_classes, args.text_encoder, args.max_length)
+        first_cond = conditioner(first)
+        if family == "pixart":
+            overrides["caption_channels"] = first_cond.text.shape[-1]
+        stream = itertools.chain([first], stream)
+
+        def next_batch() -> tuple[torch.Tensor, Condition]:
+            batch = next(stream)
+            return to_channels(batch["images"], args.channels), conditioner.drop(conditioner(batch), gen)
+
+    overrides.update(
+        in_channels=args.channels,
+        out_channels=2 * args.channels,
         sample_size=args.resolution,
         num_layers=args.layers,
         num_attention_heads=max(1, args.width // 32),
         attention_head_dim=min(32, args.width),
     )
     if family == "dit":
-        overrides["num_embeds_ada_norm"] = NUM_CLASSES
+        overrides["num_embeds_ada_norm"] = args.num_classes if data_path is not None else NUM_CLASSES
     teacher = build_teacher(family, size, seed=args.seed, **overrides)
     teacher.requires_grad_(True).train()
     ema = copy.deepcopy(teacher).requires_grad_(False).eval()
     schedule = FlowSchedule() if objective == "flow" else VPSchedule(prediction_type=objective)
-    conditioner = Conditioner(family, teacher.config.get("caption_channels"), seed=args.seed)
+    if data_path is None:
+        conditioner = Conditioner(family, teacher.config.get("caption_channels"), seed=args.seed)
     opt = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
 
     losses, t0 = [], time.perf_counter()
     for step in range(args.steps):
-        idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
-        y = labels[idx].clone()
-        if family != "dit":  # DiT's LabelEmbedding already drops 10 % of labels to the null class in train mode
-            y[torch.rand(len(y), generator=gen) < 0.1] = NUM_CLASSES  # CFG dropout to the null condition
+        x0, cond = next_batch()
         lr = args.lr * min(1.0, (step + 1) / 100)  # linear warm-up
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = diffusion_loss(teacher, schedule, images[idx], conditioner(y), gen)
+        loss = diffusion_loss(teacher, schedule, x0, cond, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
@@ -203,17 +344,28 @@ def main(argv=None) -> dict:
     train_s = time.perf_counter() - t0
 
     per_class = 8
-    shape = (1, args.resolution, args.resolution)
-    samples, sample_labels = sample_classes(
-        ema, schedule, conditioner, shape, per_class, args.guidance, args.sample_steps
-    )
-    acc = sample_accuracy(samples, sample_labels, images, labels)
+    shape = (args.channels, args.resolution, args.resolution)
     args.out.mkdir(parents=True, exist_ok=True)
+    if data_path is None:
+        samples, sample_labels = sample_classes(
+            ema, schedule, conditioner, shape, per_class, args.guidance, args.sample_steps
+        )
+        acc, num_rows = sample_accuracy(samples, sample_labels, images, labels), NUM_CLASSES
+    else:  # one row per condition of the first batch (at most 8)
+        num_rows = min(8, first_cond.batch_size)
+        cond = select(first_cond, torch.arange(num_rows).repeat_interleave(per_class))
+        null = conditioner.null(cond.batch_size)
+        samples = sample(ema, schedule, cond, null, shape, args.guidance, args.sample_steps)
+        acc = None
     ema.model.save_pretrained(args.out / "transformer")
-    if family == "pixart":
+    if family == "pixart" and data_path is None:
         torch.save(conditioner.captions, args.out / "captions.pt")
+    elif family == "pixart":
+        torch.save(
+            {"t5_emb": conditioner.null_text_LC, "t5_mask": conditioner.null_mask_L}, args.out / "null_caption.pt"
+        )
     _scheduler_for(schedule).save_pretrained(args.out / "scheduler")
-    save_grid(samples, per_class, args.out / "samples.png")
+    save_grid(samples, per_class, args.out / "samples.png", num_rows)
     result = {
         "family": family,
         "objective": objective,
@@ -224,8 +376,12 @@ def main(argv=None) -> dict:
         "sample_guidance": args.guidance,
         "sample_steps": args.sample_steps,
     }
+    if data_path is not None:
+        result["data"] = {"path": str(data_path), "format": data_format}
+        result["sample_accuracy_note"] = "not computed: the 5-NN class check applies to the in-memory digits only"
     (args.out / "fit.json").write_text(json.dumps({**result, "losses": losses[::10]}, indent=2))
-    print(f"saved {args.out}  train {train_s:.0f}s  sample class accuracy {acc:.2f} (chance 0.10)")
+    quality = "" if acc is None else f"  sample class accuracy {acc:.2f} (chance 0.10)"
+    print(f"saved {args.out}  train {train_s:.0f}s{quality}")
     return result
 
 

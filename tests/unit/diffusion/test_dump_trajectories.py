@@ -1,10 +1,13 @@
-"""launchers/dump_trajectories.py: MDS chunks equal the online generator, and a resumed dump skips finished chunks."""
+"""launchers/dump_trajectories.py: MDS chunks equal the online generator, a resumed dump skips finished chunks, and
+caption-shard conditions (T5 embeddings) are stored with each trajectory."""
 
 import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
+from caption_shards import write_caption_shards, write_tiny_t5
 from streaming.base.format import reader_from_json
 
 from ard_scale.diffusion.schedules import VPSchedule
@@ -86,3 +89,64 @@ def test_dump_matches_online_trajectories_and_resumes(tmp_path):
     assert (out / "chunk_00000" / "index.json").stat().st_mtime_ns == mtime
     again = _read(out / "chunk_00001")
     assert all((a["states"] == b["states"]).all() for a, b in zip(again, rows[4:], strict=True))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One thread: steadier on a loaded machine; the process-wide count is restored for the next test."""
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
+
+
+@pytest.fixture
+def mds_env(monkeypatch):
+    """Single-rank world variables for streaming, removed after the test (the MDS loader exports them)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.setenv(name, "1" if "SIZE" in name else "0")
+
+
+def test_dump_from_caption_shards_round_trips_the_conditions(tmp_path, mds_env):
+    shard_rows = write_caption_shards(
+        str(tmp_path / "shards"), write_tiny_t5(str(tmp_path / "t5")), num_samples=5, max_length=6
+    )
+    teacher_dir = tmp_path / "teacher"
+    kwargs = dict(caption_channels=16, in_channels=1, out_channels=2, sample_size=8, num_layers=1)
+    build_teacher("pixart", "debug", seed=3, **kwargs).model.save_pretrained(teacher_dir)
+    out = tmp_path / "dump"
+    argv = ["--teacher", str(teacher_dir), "--data", str(tmp_path / "shards"), "--out", str(out), "--num-samples", "7",
+            "--chunk-size", "4", "--batch-size", "3", "--steps", "2", "--substeps", "2", "--guidance", "1.5",
+            "--seed", "100", "--device", "cpu"]  # fmt: skip
+    main = _dump()
+    with pytest.raises(ValueError, match="null caption"):
+        main(argv)
+    null = {"t5_emb": torch.randn(6, 16), "t5_mask": torch.tensor([1, 1, 0, 0, 0, 0], dtype=torch.uint8)}
+    torch.save(null, teacher_dir / "null_caption.pt")
+    assert main(argv) == {"written": 7, "skipped": 0}
+    rows = _read(out / "chunk_00000") + _read(out / "chunk_00001")
+    assert [r["caption_index"] for r in rows] == [0, 1, 2, 3, 4, 0, 1] and {r["label"] for r in rows} == {-1}
+    for row, i in zip(rows, [0, 1, 2, 3, 4, 0, 1], strict=True):  # sample i carries shard sample i mod 5, exactly
+        assert row["key"] == shard_rows[i]["key"]
+        assert (row["t5_emb"] == shard_rows[i]["t5_emb"].astype("float32")).all()
+        assert (row["t5_mask"] == shard_rows[i]["t5_mask"]).all()
+
+    teacher = load_teacher(teacher_dir)
+    ref = teacher_trajectory(
+        teacher,
+        VPSchedule(),
+        Condition(text=torch.tensor(rows[5]["t5_emb"])[None], text_mask=torch.tensor(rows[5]["t5_mask"]).long()[None]),
+        latent_shape=(1, 8, 8),
+        seeds=[105],
+        null_cond=Condition(text=null["t5_emb"][None], text_mask=null["t5_mask"].long()[None]),
+        guidance_scale=1.5,
+        num_student_steps=2,
+        substeps=2,
+    )
+    assert (torch.tensor(rows[5]["states"]) - ref.states[0]).norm() <= 1e-5 * ref.states.norm()
+
+    (out / "chunk_00001" / "index.json").unlink()  # resume: the rewritten chunk has the same conditions and states
+    assert main(argv) == {"written": 3, "skipped": 4}
+    again = _read(out / "chunk_00001")
+    for a, b in zip(again, rows[4:], strict=True):
+        assert a["key"] == b["key"] and (a["t5_emb"] == b["t5_emb"]).all() and (a["states"] == b["states"]).all()

@@ -1,4 +1,5 @@
-"""launchers/fit_teacher.py: a few training steps of each family/objective write a loadable diffusers folder."""
+"""launchers/fit_teacher.py: a few training steps of each family/objective write a loadable diffusers folder, from the
+in-memory digits or from shard sets (class labels, precomputed T5 embeddings, or captions encoded with a local T5)."""
 
 import importlib.util
 import json
@@ -6,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from caption_shards import write_caption_shards, write_tiny_t5
 
+from ard_scale.data import bundled_digits_path
+from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.models.condition import Condition
-from ard_scale.models.teachers import load_teacher
+from ard_scale.models.teachers import build_teacher, load_teacher
 
 LAUNCHER = Path(__file__).resolve().parents[3] / "launchers" / "fit_teacher.py"
 
@@ -61,3 +65,112 @@ def test_recipe_supplies_defaults(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("teacher: {family: pixart, size: debug}\ndiffusion: {schedule: flow, prediction_type: flow}\n")
     assert fit.recipe_defaults(recipe) == {"family": "pixart", "size": "debug", "objective": "flow"}
+
+
+# a 1-layer width-32 teacher trained fast enough (no EMA) that a few dozen steps visibly lower the loss
+SMALL = [
+    "--threads",
+    "1",
+    "--width",
+    "32",
+    "--layers",
+    "1",
+    "--batch-size",
+    "16",
+    "--lr",
+    "3e-3",
+    "--ema",
+    "0",
+    "--sample-steps",
+    "2",
+]
+SMALL_KWARGS = dict(
+    in_channels=1, out_channels=2, sample_size=8, num_layers=1, num_attention_heads=1, attention_head_dim=32
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """`--threads 1` (steadier on a loaded machine) sets the process-wide count; give the next test its own."""
+    num_threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(num_threads)
+
+
+@pytest.fixture
+def mds_env(monkeypatch):
+    """Single-rank world variables for streaming, removed after the test (the MDS loader exports them)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.setenv(name, "1" if "SIZE" in name else "0")
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    return write_tiny_t5(str(tmp_path_factory.mktemp("t5") / "t5"))
+
+
+def _loss(fit, teacher, schedule, x0, cond) -> float:
+    """The objective on a fixed batch with fixed noise and times."""
+    with torch.no_grad():
+        return float(fit.diffusion_loss(teacher, schedule, x0, cond, torch.Generator().manual_seed(1)))
+
+
+def test_fit_dit_on_digit_shards(tmp_path):
+    fit = _fit_teacher()
+    out = tmp_path / "teacher"
+    data = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset"]
+    result = fit.main([*data, "--family", "dit", "--steps", "30", *SMALL, "--out", str(out)])
+    teacher = load_teacher(out)
+    assert (teacher.family, teacher.in_channels, teacher.sample_size, teacher.num_classes) == ("dit", 1, 8, 10)
+    saved = json.loads((out / "fit.json").read_text())
+    assert result["sample_accuracy"] is None and "digits only" in saved["sample_accuracy_note"]
+    assert saved["data"] == {"path": bundled_digits_path("webdataset"), "format": "webdataset"}
+    assert (out / "samples.png").is_file()
+    x0, labels = fit.load_digits(8)  # the same digits the shards hold (decoded from PNG there)
+    cond = Condition(labels=labels[:256])
+    init = build_teacher("dit", "debug", seed=0, num_embeds_ada_norm=10, **SMALL_KWARGS)
+    assert _loss(fit, teacher, VPSchedule(), x0[:256], cond) < 0.85 * _loss(fit, init, VPSchedule(), x0[:256], cond)
+
+
+def test_fit_pixart_on_caption_shards_with_t5_embeddings(tmp_path, tiny_t5, mds_env):
+    fit = _fit_teacher()
+    rows = write_caption_shards(str(tmp_path / "shards"), tiny_t5, num_samples=32, max_length=12)
+    out = tmp_path / "teacher"
+    data = ["--data", str(tmp_path / "shards"), "--data-format", "mds"]
+    fit.main([*data, "--family", "pixart", "--objective", "flow", "--steps", "30", *SMALL, "--out", str(out)])
+    teacher = load_teacher(out)
+    assert teacher.family == "pixart" and teacher.config["caption_channels"] == 16
+    null = torch.load(out / "null_caption.pt")  # no encoder: a zero embedding with one valid token
+    assert null["t5_emb"].shape == (12, 16) and not null["t5_emb"].any() and null["t5_mask"].tolist() == [1] + [0] * 11
+    x0 = fit.load_digits(8)[0][:32]  # the shards' images, in the same order
+    cond = Condition(
+        text=torch.stack([torch.tensor(r["t5_emb"]).float() for r in rows]),
+        text_mask=torch.stack([torch.tensor(r["t5_mask"]).long() for r in rows]),
+    )
+    init = build_teacher("pixart", "debug", seed=0, caption_channels=16, **SMALL_KWARGS)
+    assert _loss(fit, teacher, FlowSchedule(), x0, cond) < 0.85 * _loss(fit, init, FlowSchedule(), x0, cond)
+
+
+def test_fit_pixart_encodes_shard_captions_with_a_local_t5(tmp_path, tiny_t5):
+    from ard_scale.models.text_encoder import encode_captions, load_t5
+
+    fit = _fit_teacher()
+    out = tmp_path / "teacher"
+    data = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset"]
+    fit.main([*data, "--family", "pixart", "--text-encoder", tiny_t5, "--max-length", "10", "--steps", "2", *SMALL,
+              "--out", str(out)])  # fmt: skip
+    assert load_teacher(out).config["caption_channels"] == 16
+    emb, mask = encode_captions(*load_t5(tiny_t5), [""], max_length=10)
+    null = torch.load(out / "null_caption.pt")
+    assert torch.equal(null["t5_mask"], mask[0]) and torch.allclose(null["t5_emb"], emb[0])
+
+
+def test_fit_on_shards_without_the_family_condition_is_an_error(tmp_path, tiny_t5, mds_env):
+    fit = _fit_teacher()
+    write_caption_shards(str(tmp_path / "shards"), tiny_t5, num_samples=4, with_label=False)
+    mds = ["--data", str(tmp_path / "shards"), "--data-format", "mds", "--steps", "1", "--out", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match="no class label"):
+        fit.main([*mds, "--family", "dit"])
+    wds = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset", "--steps", "1"]
+    with pytest.raises(ValueError, match="no T5 embeddings"):
+        fit.main([*wds, "--family", "pixart", "--out", str(tmp_path / "o")])
