@@ -1,0 +1,125 @@
+"""launchers/slurm/train.sbatch on a real one-host Slurm (scripts/install_slurm.sh): a 2-task job is pre-empted
+mid-run, checkpoints, requeues itself, resumes from `latest` and ends with the loss of an uninterrupted run."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS = 12
+OVERRIDES = [f"train.max_steps={MAX_STEPS}", "checkpoint.every=4"]
+# Its own DeepSpeed op cache, built once up front: concurrent runs rebuilding one shared cache wait on each other.
+EXTENSIONS = ROOT / ".torch_extensions" / "e2e_slurm"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.distributed,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="no Slurm here (scripts/install_slurm.sh installs one)"),
+]
+
+
+def env() -> dict:
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's ninja: no op rebuild
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TORCH_EXTENSIONS_DIR": str(EXTENSIONS),
+    }
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_for(what: str, condition, timeout_s: float, diagnostics) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{diagnostics()}")
+        time.sleep(0.5)
+
+
+def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    slurm_dir, direct_dir, batch_log = tmp_path / "slurm", tmp_path / "direct", tmp_path / "batch.out"
+    build = "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
+    subprocess.run([sys.executable, "-c", build], cwd=ROOT, env=env(), check=True, capture_output=True, timeout=600)
+    train_args = ["recipes/tiny_cpu.yaml", *OVERRIDES]
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=2", "--job-name=ard-test-slurm", f"--output={batch_log}"]
+        + ["launchers/slurm/train.sbatch", *train_args, f"checkpoint.run_dir={slurm_dir}"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert submit.returncode == 0, submit.stderr
+    job_id = submit.stdout.strip().split(";")[0]
+    # The uninterrupted reference runs beside the Slurm job (same recipe, overrides and 2 ranks), saving wall time.
+    direct_log = (tmp_path / "direct.log").open("w")
+    direct = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "launchers/train.py"]
+        + [*train_args, f"checkpoint.run_dir={direct_dir}"],
+        cwd=ROOT,
+        env=env(),
+        stdout=direct_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so a failure below ends the ranks too
+    )
+
+    def diagnostics() -> str:
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(slurm_dir.glob("logs/job*/restart*/node*.log")))
+        batch = batch_log.read_text() if batch_log.is_file() else ""
+        return f"job {job_fields(job_id)}\nsteps {logged_steps(slurm_dir)}\nbatch log:\n{batch}\nnode logs:\n{logs}"
+
+    try:
+        wait_for("3 logged steps", lambda: len(logged_steps(slurm_dir)) >= 3, 150, diagnostics)
+        # What `#SBATCH --signal=B:USR1@N` does ahead of the time limit: USR1 to the batch shell only.
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=30)
+        wait_for("the requeue", lambda: int(job_fields(job_id).get("Restarts", 0)) >= 1, 90, diagnostics)
+        steps_before_requeue = logged_steps(slurm_dir)  # the first attempt has ended: the batch shell requeues after
+        wait_for(
+            "the requeued job to end",
+            lambda: job_fields(job_id).get("JobState") in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
+            150,
+            diagnostics,
+        )
+    finally:
+        if job_fields(job_id).get("JobState") not in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
+            subprocess.run(["scancel", job_id], timeout=30)
+        try:
+            direct.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(direct.pid, signal.SIGKILL)
+            direct.wait()
+        direct_log.close()
+
+    fields = job_fields(job_id)
+    assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", diagnostics()
+    assert int(fields["Restarts"]) == 1
+    assert "restart 1:" in batch_log.read_text()  # SLURM_RESTART_COUNT reached the requeued batch script
+    assert 3 <= len(steps_before_requeue) < MAX_STEPS, "the signal must stop the first attempt mid-run"
+    # Resumed from the checkpoint the signal wrote: every step logged exactly once, no step rerun from scratch.
+    assert logged_steps(slurm_dir) == list(range(1, MAX_STEPS + 1)), diagnostics()
+    assert direct.returncode == 0, (tmp_path / "direct.log").read_text()[-4000:]
+    slurm_losses = [json.loads(line)["loss"] for line in (slurm_dir / "metrics.jsonl").read_text().splitlines()]
+    direct_losses = [json.loads(line)["loss"] for line in (direct_dir / "metrics.jsonl").read_text().splitlines()]
+    assert slurm_losses == direct_losses  # bit-identical: the trainer's resume is exact
+    assert sorted(p.name for p in (slurm_dir / "logs" / f"job{job_id}").iterdir()) == ["restart0", "restart1"]
