@@ -58,6 +58,7 @@ class MetricsLog:
 
 def train(cfg: RootConfig) -> list[float]:
     """Run (or resume) the recipe to `train.max_steps`. Returns the losses of the steps run in this process."""
+    stop = StopSignal()  # first: a pre-emption signal during start-up must not be lost
     rank, world = init_distributed()
     run_dir = Path(cfg.checkpoint.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ def train(cfg: RootConfig) -> list[float]:
                 if full is not None:
                     ema.load_full_state_dict(full)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
-    stop, losses, consecutive_nan = StopSignal(), [], 0
+    losses, consecutive_nan = [], 0
 
     batches = iter(run.loader)
     bar = tqdm(total=cfg.train.max_steps, initial=start, disable=rank != 0 or not cfg.log.progress_bar, unit="step")
