@@ -1,19 +1,8 @@
 import pytest
 import torch
+from model_helpers import FAMILIES
 
-from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import build_teacher
-
-FAMILIES = ("dit", "pixart")
-
-
-def make_condition(family: str, batch: int, seed: int = 0) -> Condition:
-    g = torch.Generator().manual_seed(seed)
-    if family == "dit":
-        return Condition(labels=torch.randint(0, 10, (batch,), generator=g))
-    mask = torch.ones(batch, 6, dtype=torch.long)
-    mask[0, 4:] = 0  # padded caption: the mask must be honoured
-    return Condition(text=torch.randn(batch, 6, 24, generator=g), text_mask=mask)
 
 
 @pytest.fixture(params=FAMILIES)

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from model_helpers import make_condition
 
 from ard_scale.config.ard import MASK_KINDS, ARDConfig
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule, first_order_step
 from ard_scale.models.attention import group_mask
 from ard_scale.models.student import ARDStudent
-from tests.unit.models.conftest import make_condition
 
 S, B = 4, 2
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from diffusers import UNet2DModel
+from model_helpers import make_condition
 
 from ard_scale.models.teachers import SIZES, build_teacher, load_teacher
-from tests.unit.models.conftest import make_condition
 
 
 @pytest.mark.parametrize(

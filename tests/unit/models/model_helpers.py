@@ -1,0 +1,16 @@
+"""Shared helpers of the model tests (imported by basename: a dependency ships a top-level `tests` package)."""
+
+import torch
+
+from ard_scale.models.condition import Condition
+
+FAMILIES = ("dit", "pixart")
+
+
+def make_condition(family: str, batch: int, seed: int = 0) -> Condition:
+    g = torch.Generator().manual_seed(seed)
+    if family == "dit":
+        return Condition(labels=torch.randint(0, 10, (batch,), generator=g))
+    mask = torch.ones(batch, 6, dtype=torch.long)
+    mask[0, 4:] = 0  # padded caption: the mask must be honoured
+    return Condition(text=torch.randn(batch, 6, 24, generator=g), text_mask=mask)
