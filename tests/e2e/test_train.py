@@ -79,3 +79,26 @@ def test_a_malformed_recipe_is_one_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "train.max_stpes" in proc.stderr and "student.mask" in proc.stderr and "causal" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_nan_losses_are_skipped_then_stop_with_a_checkpoint_and_a_clear_error(tmp_path):
+    """An absurd learning rate drives the loss to Inf/NaN: those steps are skipped and counted, and after
+    train.max_consecutive_nan in a row the run saves a checkpoint and stops with an error that says so."""
+    run_dir = tmp_path / "nan"
+    proc = train(
+        run_dir,
+        "train.max_steps=12",
+        "train.lr=1e30",
+        "train.grad_clip=null",
+        "train.max_consecutive_nan=2",
+        "checkpoint.every=100",
+    )
+    assert proc.returncode != 0
+    assert "NaN/Inf for 2 steps in a row" in proc.stderr
+    logged = metrics(run_dir)
+    assert logged[-1]["nan_skips"] >= 2 and logged[-1]["nan"]
+    stopped_at = logged[-1]["step"]
+    assert stopped_at < 12
+    assert (run_dir / "checkpoints" / "latest").read_text().strip().endswith(f"{stopped_at:08d}")
