@@ -29,7 +29,7 @@ def run(stage: int, out: Path, world: int = 2) -> list[dict]:
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
     proc = subprocess.run(
-        [*cmd, str(SCRIPT), str(out), str(stage)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+        [*cmd, str(SCRIPT), str(out), str(stage)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(world)]
