@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ard_scale.config import ConfigError, load_config  # noqa: E402
+from ard_scale.utils.launch import torchrun  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "demo_digits.yaml"
 PER_CLASS = 8
@@ -42,24 +42,7 @@ def fit_teacher_if_missing(teacher_dir: Path) -> None:
 
 def distil(overrides: list[str], nproc: int) -> None:
     print(f"[demo] distilling the 4-step ARD student on {nproc} ranks (gloo)")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions")),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        str(ROOT / "launchers" / "train.py"),
-        str(RECIPE),
-        *overrides,
-    ]
-    subprocess.run(cmd, env=env, cwd=ROOT, check=True)
+    torchrun(nproc, ROOT / "launchers" / "train.py", str(RECIPE), *overrides, capture=False, timeout=None, check=True)
 
 
 @torch.no_grad()

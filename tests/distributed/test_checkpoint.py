@@ -10,9 +10,7 @@ Three launches share one run directory (module fixture):
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from ard_scale.checkpoint.manager import META, CheckpointManager
 from ard_scale.checkpoint.universal import to_universal
 from ard_scale.config import load_config, to_dict
 from ard_scale.models.condition import Condition
+from ard_scale.utils.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ckpt_train.py")
@@ -32,14 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def launch(world: int, *args: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world), str(SCRIPT)]
-    return subprocess.run([*cmd, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return torchrun(world, SCRIPT, *args)
 
 
 def losses(path: Path) -> dict[int, float]:

@@ -9,28 +9,18 @@
   the swap starts and when it ends (the case where only swapping the shards would leave stale weights)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from ard_scale.utils.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ema_steps.py")
 
 
 def run(stage: int, out: Path, world: int = 2) -> list[dict]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
-    proc = subprocess.run(
-        [*cmd, str(SCRIPT), str(out), str(stage)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
+    proc = torchrun(world, SCRIPT, out, stage, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(world)]
 

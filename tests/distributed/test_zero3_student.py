@@ -4,36 +4,18 @@ The first-step loss is the same on 1 rank and on 2 ranks (same global batch) and
 DeepSpeed; the loss falls on a fixed batch."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from ard_scale.utils.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("zero3_train_steps.py")
 
 
 def run(world: int, family: str, out: Path) -> dict:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",  # a free port per launch
-        "--nproc_per_node",
-        str(world),
-        str(SCRIPT),
-        str(out),
-        family,
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = torchrun(world, SCRIPT, out, family)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 

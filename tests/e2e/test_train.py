@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ard_scale.utils.launch import torchrun
+
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {
     "step",
@@ -25,25 +27,7 @@ REQUIRED = {
 
 
 def train(run_dir: Path, *overrides: str, world: int = 2) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(world),
-        "launchers/train.py",
-        "recipes/tiny_cpu.yaml",
-        f"checkpoint.run_dir={run_dir}",
-        *overrides,
-    ]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return torchrun(world, "launchers/train.py", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={run_dir}", *overrides)
 
 
 def metrics(run_dir: Path) -> list[dict]:
