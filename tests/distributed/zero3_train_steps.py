@@ -49,10 +49,9 @@ def main(out_path: str, family: str) -> None:
     cond, null = cond_all[mine], null_all[mine]
     seeds = list(range(100 + rank * micro, 100 + (rank + 1) * micro))
 
-    reference = None
-    if world == 1:  # plain PyTorch, no DeepSpeed: the first-step loss the engines must reproduce
-        traj = teacher_trajectory(
-            teacher,
+    def states(denoise, **gather):
+        return teacher_trajectory(
+            denoise,
             schedule,
             cond,
             latent_shape=(4, 8, 8),
@@ -61,26 +60,19 @@ def main(out_path: str, family: str) -> None:
             guidance_scale=1.5,
             num_student_steps=S,
             substeps=2,
-        )
-        reference = loss_fn(student, traj.states, cond)[0].item()
+            **gather,
+        ).states
+
+    reference = None
+    if world == 1:  # plain PyTorch, no DeepSpeed: the first-step loss the engines must reproduce
+        reference = loss_fn(student, states(teacher), cond)[0].item()
 
     teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=micro))
     engine, _ = build_student_engine(student, student_ds_config(micro_batch=micro, lr=1e-3, grad_clip=1.0))
     losses = []
     for _ in range(STEPS):
-        traj = teacher_trajectory(
-            teacher_engine,
-            schedule,
-            cond,
-            latent_shape=(4, 8, 8),
-            seeds=seeds,
-            null_cond=null,
-            guidance_scale=1.5,
-            num_student_steps=S,
-            substeps=2,
-            gather=lambda: gather_once(teacher_engine),
-        )
-        loss, _ = loss_fn(engine, traj.states, cond)
+        trajectory = states(teacher_engine, gather=lambda: gather_once(teacher_engine))
+        loss, _ = loss_fn(engine, trajectory, cond)
         engine.backward(loss)
         engine.step()
         mean = loss.detach().clone()
