@@ -150,11 +150,7 @@ class Teacher(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Native network output for x_t (B, C, H, W) at model times t (B,) or scalar."""
-        t = (
-            torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])
-            if torch.as_tensor(t).ndim == 0
-            else t.to(x_t.device).float()
-        )
+        t = torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])  # a scalar or (B,) -> (B,)
         if self.family == "dit":
             if cond.labels is None:
                 raise ValueError("a class-conditional (DiT) teacher needs class labels, got a text condition")

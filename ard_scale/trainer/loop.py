@@ -109,16 +109,14 @@ def train(cfg: RootConfig) -> list[float]:
         consecutive_nan = consecutive_nan + 1 if metrics["nan"] else 0
         nan_skips += metrics["nan"]
         losses.append(metrics["loss"])
+        samples_per_s = cfg.data.batch_size * world / (time.perf_counter() - t0)
         bar.update(1)
-        bar.set_postfix(
-            loss=f"{metrics['loss']:.4g}",
-            samples_per_s=f"{cfg.data.batch_size * world / (time.perf_counter() - t0):.1f}",
-        )
+        bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_per_s=f"{samples_per_s:.1f}")
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
             log.write(
                 {
                     **metrics,
-                    "samples_per_s": cfg.data.batch_size * world / (time.perf_counter() - t0),
+                    "samples_per_s": samples_per_s,
                     "max_mem_gb": _max_mem_gb(),
                     "skipped_samples": run.loader.num_skipped,
                     "nan_skips": nan_skips,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -33,7 +34,7 @@ def regression_step(run: Run, batch: dict[str, Any], step: int) -> dict[str, Any
     cfg, d = run.cfg, run.cfg.diffusion
     cond, null = run.conditioner(batch)
     seeds = sample_seeds(run, step, cond.batch_size)
-    gather = (lambda: gather_once(run.teacher_engine)) if cfg.zero.gather_teacher_once else None
+    gather = (lambda: gather_once(run.teacher_engine)) if cfg.zero.gather_teacher_once else contextlib.nullcontext
 
     t0 = time.perf_counter()
     traj = teacher_trajectory(
@@ -49,7 +50,7 @@ def regression_step(run: Run, batch: dict[str, Any], step: int) -> dict[str, Any
         solver=d.solver,
         record=d.record,
         guided_channels=d.guide_first_channels,
-        **({"gather": gather} if gather else {}),
+        gather=gather,
     )
     t1 = time.perf_counter()
     loss, per_step = run.loss_fn(run.engine, traj.states, cond)
