@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import gather_once
+from ard_scale.models.condition import Condition
 from ard_scale.trainer.build import Run
 
 
@@ -29,14 +30,14 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def regression_step(run: Run, batch: dict[str, Any], step: int) -> dict[str, Any]:
-    """Generate the batch's teacher trajectories, then one student update. Returns this step's metrics."""
+def teacher_states(run: Run, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, Condition]:
+    """The batch's teacher trajectory states (B, S+1, C, H, W) and its condition.
+
+    `train.trajectory_source: online` runs the teacher's ODE here on every step."""
     cfg, d = run.cfg, run.cfg.diffusion
     cond, null = run.conditioner(batch)
     seeds = sample_seeds(run, step, cond.batch_size)
     gather = (lambda: gather_once(run.teacher_engine)) if cfg.zero.gather_teacher_once else contextlib.nullcontext
-
-    t0 = time.perf_counter()
     traj = teacher_trajectory(
         run.teacher_engine,
         run.schedule,
@@ -52,24 +53,35 @@ def regression_step(run: Run, batch: dict[str, Any], step: int) -> dict[str, Any
         guided_channels=d.guide_first_channels,
         gather=gather,
     )
+    return traj.states, cond
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a (detached) tensor over all ranks."""
+    t = t.detach().clone()
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def regression_step(run: Run, batch: dict[str, Any], step: int) -> dict[str, Any]:
+    """Generate the batch's teacher trajectories, then one student update. Returns this step's metrics."""
+    t0 = time.perf_counter()
+    states, cond = teacher_states(run, batch, step)
     t1 = time.perf_counter()
-    loss, per_step = run.loss_fn(run.engine, traj.states, cond)
+    loss, per_step = run.loss_fn(run.engine, states, cond)
     nan = any_rank(not torch.isfinite(loss).item())
     if not nan:
         run.engine.backward(loss)
         run.engine.step()
     t2 = time.perf_counter()
 
-    mean_loss = loss.detach().clone()
-    mean_steps = per_step.clone()
-    if dist.is_initialized():
-        dist.all_reduce(mean_loss)
-        dist.all_reduce(mean_steps)
     grad_norm = run.engine.get_global_grad_norm() if not nan else None
     return {
         "step": step + 1,
-        "loss": mean_loss.item() / run.world_size,
-        "loss_per_step": (mean_steps / run.world_size).tolist(),
+        "loss": mean_over_ranks(loss).item(),
+        "loss_per_step": mean_over_ranks(per_step).tolist(),
         "lr": run.engine.get_lr()[0],
         "grad_norm": None if grad_norm is None else float(grad_norm),
         "teacher_s": t1 - t0,
