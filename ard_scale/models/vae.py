@@ -1,0 +1,112 @@
+"""Between pixels and the teacher's space: a diffusers `AutoencoderKL`, or nothing for a pixel-space teacher.
+
+Only real images (the GAN stage's reals) and decoding for evaluation need it; trajectories never leave latent space.
+Images are (B, 3, H, W) in [-1, 1] as the data loaders yield them; latents are scaled by the VAE's scaling factor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Named sizes: keyword arguments of AutoencoderKL. `debug` downsamples 4x (3 blocks) into 4 channels, so 32 px
+# images meet the debug teachers' 8x8x4 latents.
+SIZES: dict[str, dict] = {
+    "debug": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=32,
+    ),
+}
+
+
+class LatentCodec(nn.Module):
+    """`encode(images) -> latents` and `decode(latents) -> images` for a teacher that works in a VAE's latent space.
+
+    Encoding takes the posterior mean (deterministic: the same image gives the same latent on every rank and
+    after a resume)."""
+
+    def __init__(self, vae: nn.Module, scaling_factor: float | None = None):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.scaling_factor = float(scaling_factor if scaling_factor is not None else vae.config.scaling_factor)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @torch.no_grad()
+    def encode(self, images_BCHW: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(images_BCHW.to(dtype)).latent_dist
+        return posterior.mean * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents_BCHW: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode(latents_BCHW.to(dtype) / self.scaling_factor).sample.clamp(-1, 1)
+
+
+class PixelCodec(nn.Module):
+    """A pixel-space teacher: images are its states. Grey teachers (1 channel) take the mean of RGB."""
+
+    downsample = 1
+
+    def __init__(self, channels: int):
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(
+                f"a pixel-space teacher must have 1 or 3 input channels, got {channels}; a latent teacher needs a "
+                "VAE (vae.path or vae.size in the recipe)"
+            )
+        self.latent_channels = channels
+
+    def encode(self, images_BCHW: torch.Tensor) -> torch.Tensor:
+        return images_BCHW.mean(1, keepdim=True) if self.latent_channels == 1 else images_BCHW
+
+    def decode(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return x_BCHW.clamp(-1, 1)
+
+
+def build_codec(
+    *, size: str | None, path: str | Path | None, scaling_factor: float | None, channels: int, seed: int = 0
+) -> LatentCodec | PixelCodec:
+    """The recipe's `vae` section as a codec: a named random-weight size, a local AutoencoderKL folder, or (both
+    null) pixels. `channels` is the teacher's input channel count, checked against the VAE's latents."""
+    from diffusers import AutoencoderKL
+
+    if size is None and path is None:
+        return PixelCodec(channels)
+    if path is not None:
+        path = Path(path)
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"vae.path {path} is not a diffusers AutoencoderKL folder (no config.json, nor vae/config.json); "
+                "give the VAE's local folder"
+            )
+        vae = AutoencoderKL.from_pretrained(folder)
+    else:
+        if size not in SIZES:
+            raise ValueError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**SIZES[size])
+    codec = LatentCodec(vae, scaling_factor)
+    if codec.latent_channels != channels:
+        raise ValueError(
+            f"the VAE makes {codec.latent_channels}-channel latents but the teacher takes {channels} channels; "
+            "give the VAE the teacher was trained with"
+        )
+    return codec
