@@ -22,6 +22,7 @@ from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher, load_teacher
+from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec
 
 
 def build_schedule(cfg: RootConfig) -> Schedule:
@@ -104,6 +105,7 @@ class Run:
     loader: Any
     loss_fn: RegressionLoss
     conditioner: Conditioner
+    codec: LatentCodec | PixelCodec  # images <-> the teacher's states (replicated; GAN reals, eval decoding)
 
     @property
     def student(self) -> ARDStudent:
@@ -178,4 +180,11 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
         loader=loader,
         loss_fn=RegressionLoss(cfg.student.num_steps, tr.loss_weights),
         conditioner=Conditioner(cfg, teacher),
+        codec=build_codec(
+            size=cfg.vae.size,
+            path=cfg.vae.path,
+            scaling_factor=cfg.vae.scaling_factor,
+            channels=teacher.in_channels,
+            seed=tr.seed,
+        ),
     )
