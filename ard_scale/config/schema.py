@@ -333,8 +333,18 @@ class GANConfig:
     """Fixed GAN weight when adaptive is false."""
     d_lr: float = 1e-3
     """Discriminator learning rate."""
+    d_betas: tuple[float, float] = (0.0, 0.99)
+    """Adam betas of the discriminator heads."""
+    head_hidden: int = 256
+    """Channels of each discriminator head's convolutions (and of its conditioning projection)."""
     r1_weight: float = 0.0
-    """R1 gradient penalty on real inputs; 0 = off."""
+    """Approximate R1 penalty on reals, E[(D(x) - D(x + r1_sigma·ε))²] (no double backward); 0 = off."""
+    r1_sigma: float = 0.01
+    """Perturbation scale of the approximate R1 penalty."""
+    init_from: str | None = None
+    """A run directory (e.g. the regression stage's) whose latest checkpoint initialises the student."""
+    init_from_ema: bool = True
+    """Initialise from that checkpoint's EMA weights (else its raw weights)."""
 
     def problems(self) -> list[str]:
         out = []
@@ -351,6 +361,10 @@ class GANConfig:
         _positive(out, "weight", self.weight, allow_zero=True)
         _positive(out, "d_lr", self.d_lr)
         _positive(out, "r1_weight", self.r1_weight, allow_zero=True)
+        _positive(out, "r1_sigma", self.r1_sigma)
+        _positive(out, "head_hidden", self.head_hidden)
+        if not all(0 <= b < 1 for b in self.d_betas):
+            out.append(f"d_betas: each must be in [0, 1), got {list(self.d_betas)}")
         return out
 
 
@@ -369,13 +383,21 @@ class EvalConfig:
     fid_inception_path: str | None = None
     """Local Inception weights for FID; null = no FID."""
     fid_reference_path: str | None = None
-    """Precomputed reference statistics (.npz) for FID; null = computed from data.path."""
+    """Precomputed reference statistics (.npz with mu, sigma) for FID; null = computed once from data.path."""
+    fid_reference_num_images: int = 10000
+    """Real images (the first in data.path's storage order) behind computed reference statistics."""
     clip_path: str | None = None
-    """Local open_clip model folder for CLIP score; null = no CLIP score."""
+    """Local open_clip weights for CLIP score: a folder with open_clip_config.json, or a checkpoint file (then name
+    clip_model); null = no CLIP score."""
+    clip_model: str | None = None
+    """open_clip architecture of the checkpoint file at clip_path (e.g. 'ViT-L-14'); not needed for a folder."""
     prompts_path: str | None = None
     """Text file of prompts (one a line) for T2I grids and CLIP score; null = captions from the data."""
     grid_size: int = 16
     """Images in the sample grid written each evaluation."""
+    cache_dir: str | None = None
+    """Where FID reference statistics and the teacher's metrics are cached, keyed on what defines them (share it
+    between runs of a recipe); null = RUN_DIR/eval/cache."""
 
     def problems(self) -> list[str]:
         out = []
@@ -383,6 +405,13 @@ class EvalConfig:
         _positive(out, "num_samples", self.num_samples)
         _positive(out, "batch_size", self.batch_size)
         _positive(out, "grid_size", self.grid_size, allow_zero=True)
+        _positive(out, "fid_reference_num_images", self.fid_reference_num_images)
+        if self.fid_reference_num_images < 2:
+            out.append(f"fid_reference_num_images: {self.fid_reference_num_images} < 2; a covariance needs 2 images")
+        if self.clip_model is not None and not self.clip_model.strip():
+            out.append("clip_model: empty; give an open_clip architecture name (e.g. 'ViT-L-14') or null")
+        if self.clip_model is not None and self.clip_path is None:
+            out.append("clip_model: set without clip_path; give the local checkpoint file in clip_path")
         return out
 
 
