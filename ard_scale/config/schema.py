@@ -405,7 +405,6 @@ class EvalConfig:
         _positive(out, "num_samples", self.num_samples)
         _positive(out, "batch_size", self.batch_size)
         _positive(out, "grid_size", self.grid_size, allow_zero=True)
-        _positive(out, "fid_reference_num_images", self.fid_reference_num_images)
         if self.fid_reference_num_images < 2:
             out.append(f"fid_reference_num_images: {self.fid_reference_num_images} < 2; a covariance needs 2 images")
         if self.clip_model is not None and not self.clip_model.strip():
