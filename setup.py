@@ -16,7 +16,7 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "train": ["deepspeed", "mosaicml-streaming", "webdataset", "tqdm", "pillow"],
+        "train": ["deepspeed", "mosaicml-streaming", "webdataset", "tqdm", "pillow", "tensorboard"],
         "eval": ["open-clip-torch", "torchmetrics", "torch-fidelity"],  # torch-fidelity: the FID Inception
         "dev": ["pytest", "ruff", "scikit-learn"],
     },
