@@ -22,6 +22,11 @@ def load_open_clip(model_name: str | None, path: str | os.PathLike) -> tuple[tor
     if path.is_dir():
         if not (path / "open_clip_config.json").is_file():
             raise ValueError(f"CLIP model folder {str(path)!r} (eval.clip_path) has no open_clip_config.json")
+        if not any(path.glob(f"*.{ext}") for ext in ("safetensors", "bin", "pth")):
+            raise ValueError(
+                f"CLIP model folder {str(path)!r} (eval.clip_path) holds no weights file (open_clip_pytorch_model.bin "
+                "or open_clip_model.safetensors); open_clip would silently use random weights"
+            )
         name = f"local-dir:{path}"
         model = open_clip.create_model(name)
     elif path.is_file():

@@ -52,6 +52,36 @@ def rank_batches(num_samples: int, batch_size: int, rank: int, world_size: int) 
     return out
 
 
+@torch.no_grad()
+def generate_all(
+    generate_fn: GenerateFn,
+    num: int,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Gather | None = None,
+) -> torch.Tensor:
+    """Images 0 … num-1 (num, 3, H, W) on every rank, each generated once, split across ranks (every rank makes the
+    same number of `generate_fn` calls) and gathered with `gather` (all_gather + concatenate; collective)."""
+    if world_size > 1 and gather is None:
+        raise ValueError(f"world_size={world_size} needs a gather (e.g. evaluation.evaluator.dist_gather)")
+    batches = rank_batches(num, batch_size, rank, world_size)
+    images, indices = [], []
+    for idx, num_valid in batches:
+        images.append(generate_fn(idx)[0])
+        indices.append(torch.where(torch.arange(len(idx)) < num_valid, idx, -1))  # -1: padding, dropped below
+    images_N, indices_N = torch.cat(images), torch.cat(indices)
+    if gather is not None:
+        images_N = gather(images_N.contiguous())
+        indices_N = gather(indices_N.to(images_N.device)).cpu()
+    keep = indices_N >= 0
+    order = torch.argsort(indices_N[keep])
+    out = images_N[keep.to(images_N.device)][order.to(images_N.device)]
+    assert out.shape[0] == num, (out.shape, num)
+    return out
+
+
 class Evaluator:
     """FID and/or CLIP score of `cfg.num_samples` generated images, every `cfg.every` steps."""
 

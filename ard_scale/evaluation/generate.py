@@ -1,9 +1,10 @@
 """`generate_fn`s for the Evaluator: a sampler (the student's S-step `sample`, or the teacher's full sampler) driven
-by global sample indices, so every image depends only on its index — never on the batch or the number of ranks."""
+by global sample indices, so every image depends only on its index — never on the batch or the number of ranks.
+Latent-space samples are decoded to pixels (the run's VAE) before any metric sees them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -11,7 +12,7 @@ from ard_scale.evaluation.evaluator import GenerateFn
 from ard_scale.evaluation.grids import fixed_noise
 from ard_scale.models.condition import Condition
 
-# sample(noise (B, C, H, W), condition) -> final state (B, C, H, W) in [-1, 1] pixel space
+# sample(noise (B, C, H, W), condition) -> final state (B, C, H, W): pixels in [-1, 1], or latents to decode
 Sample = Callable[[torch.Tensor, Condition], torch.Tensor]
 
 
@@ -26,14 +27,65 @@ def pixels_01(x_BCHW: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def class_conditional_generate_fn(
-    sample: Sample, *, noise_shape: tuple[int, int, int], num_classes: int, seed: int = 0
-) -> GenerateFn:
-    """Sample i: class i mod num_classes, noise drawn from seed + i. Returns images in [0, 1] and no captions."""
+# condition_for(indices (B,) global sample ids) -> (condition of those samples, their captions or None)
+ConditionFn = Callable[[torch.Tensor], tuple[Condition, Sequence[str] | None]]
 
-    def generate(indices: torch.Tensor) -> tuple[torch.Tensor, None]:
-        noise = torch.cat([fixed_noise(1, noise_shape, seed + int(i)) for i in indices])
-        labels = indices.long() % num_classes
-        return pixels_01(sample(noise, Condition(labels=labels))), None
+
+def conditional_generate_fn(
+    sample: Sample,
+    *,
+    noise_shape: tuple[int, int, int],
+    condition_for: ConditionFn,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> GenerateFn:
+    """Sample i: noise drawn from seed + i, the condition `condition_for` gives index i, the final state decoded to
+    pixels (`decode`: latents -> [-1, 1] images, e.g. a VAE's; None for pixel-space samplers). Returns images in
+    [0, 1] and the captions (None for class labels)."""
+
+    def generate(indices: torch.Tensor) -> tuple[torch.Tensor, Sequence[str] | None]:
+        noise = torch.cat([fixed_noise(1, noise_shape, seed + int(i)) for i in indices]).to(device)
+        cond, captions = condition_for(indices)
+        x = sample(noise, cond.to(noise.device))
+        return pixels_01(decode(x) if decode is not None else x), captions
 
     return generate
+
+
+def class_conditional_generate_fn(
+    sample: Sample, *, noise_shape: tuple[int, int, int], num_classes: int, seed: int = 0, decode=None, device=None
+) -> GenerateFn:
+    """Sample i: class i mod num_classes, noise drawn from seed + i. Returns images in [0, 1] and no captions."""
+    return conditional_generate_fn(
+        sample,
+        noise_shape=noise_shape,
+        condition_for=lambda indices: (Condition(labels=indices.long() % num_classes), None),
+        decode=decode,
+        seed=seed,
+        device=device,
+    )
+
+
+def prompt_generate_fn(
+    sample: Sample,
+    *,
+    noise_shape: tuple[int, int, int],
+    prompts: Sequence[str],
+    encode: Callable[[list[str]], Condition],
+    decode=None,
+    seed: int = 0,
+    device=None,
+) -> GenerateFn:
+    """Text-to-image: sample i is prompt i mod len(prompts) (`encode`d, e.g. by T5), noise drawn from seed + i.
+    Returns images in [0, 1] and the prompts, for CLIP score."""
+    if not prompts:
+        raise ValueError("text-to-image evaluation needs at least one prompt")
+
+    def condition_for(indices: torch.Tensor) -> tuple[Condition, list[str]]:
+        captions = [prompts[int(i) % len(prompts)] for i in indices]
+        return encode(captions), captions
+
+    return conditional_generate_fn(
+        sample, noise_shape=noise_shape, condition_for=condition_for, decode=decode, seed=seed, device=device
+    )

@@ -46,12 +46,17 @@ def write_teacher_student_grid(
     path: str | os.PathLike, teacher: Sampler, student: Sampler, noise: torch.Tensor
 ) -> np.ndarray:
     """Run both samplers on the same `noise`, write the two-row PNG to `path`, return the grid."""
+    grid = comparison_grid([teacher(noise.clone()), student(noise.clone())])
+    save_png(path, grid)
+    return grid
+
+
+def save_png(path: str | os.PathLike, image_HW3: np.ndarray) -> None:
+    """Write a uint8 image atomically (a reader sees the old file or the whole new one)."""
     from PIL import Image
 
-    grid = comparison_grid([teacher(noise.clone()), student(noise.clone())])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.{os.getpid()}.png")
-    Image.fromarray(grid).save(tmp)
+    Image.fromarray(image_HW3).save(tmp)
     os.replace(tmp, path)
-    return grid
