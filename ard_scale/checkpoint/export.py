@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict
+from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict, student_architecture
 from ard_scale.config.ard import ARDConfig
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import MODEL_CLASSES, Teacher, load_teacher
@@ -84,11 +84,14 @@ def _teacher_class_state(student_sd: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def export_student(run_dir: str | Path, out_dir: str | Path, *, tag: str | None = None, use_ema: bool = True) -> Path:
-    """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring)."""
+def student_state_dict(
+    run_dir: str | Path, *, tag: str | None = None, use_ema: bool = True
+) -> tuple[dict[str, torch.Tensor], dict, str, str]:
+    """The student of checkpoint `tag` (default: latest) of `run_dir` as a full fp32 state dict (EMA merged in when
+    `use_ema` and present). Returns (state, architecture from the checkpoint's meta, tag, 'ema' or 'raw' ...)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     tag = _resolve_tag(ckpt_dir, tag)
     meta_path = ckpt_dir / tag / META
@@ -103,12 +106,18 @@ def export_student(run_dir: str | Path, out_dir: str | Path, *, tag: str | None 
     if use_ema:
         ema = full_ema_state_dict(run_dir, tag, {k: v.shape for k, v in state.items()})
         if ema is None:
-            warnings.warn(f"{ckpt_dir / tag} has no EMA; exporting the raw weights", stacklevel=2)
+            warnings.warn(f"{ckpt_dir / tag} has no EMA; using the raw weights", stacklevel=2)
         else:
             missing = sorted(set(state) - set(ema))  # buffers, frozen parameters: not averaged
             state = {k: (ema[k] if k in ema else state[k]) for k in state}
             weights = "ema" if not missing else f"ema (raw for {len(missing)} non-averaged tensors)"
+    return state, arch, tag, weights
 
+
+def export_student(run_dir: str | Path, out_dir: str | Path, *, tag: str | None = None, use_ema: bool = True) -> Path:
+    """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    state, arch, tag, weights = student_state_dict(run_dir, tag=tag, use_ema=use_ema)
     model_cls = MODEL_CLASSES[arch["family"]]
     backbone = model_cls.from_config(arch["backbone_config"])
     backbone.load_state_dict(_teacher_class_state(state), strict=True)
@@ -146,3 +155,29 @@ def sample_noise(student: ARDStudent, batch_size: int, seed: int) -> torch.Tenso
     side = student.backbone.config.sample_size
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, student.in_channels, side, side, generator=g)
+
+
+def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: bool = True) -> str:
+    """Initialise `student` (a plain module, before DeepSpeed wraps it) from the latest checkpoint of another run,
+    e.g. the regression stage for the GAN stage. Its ARD settings must match. Returns a description of the source."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        raise ValueError(
+            f"gan.init_from: {run_dir} has no checkpoints/ folder; give the run directory of a trained run"
+        )
+    state, arch, tag, weights = student_state_dict(run_dir, use_ema=use_ema)
+    ours = student_architecture(student)
+    differing = sorted(k for k in ours["ard"] if arch["ard"].get(k) != ours["ard"][k])
+    if arch["family"] != ours["family"] or differing:
+        listing = "; ".join(f"{k}: {arch['ard'].get(k)!r} there, {ours['ard'][k]!r} here" for k in differing)
+        raise ValueError(
+            f"gan.init_from: {run_dir} holds a {arch['family']} student with other ARD settings "
+            f"({listing or 'family'}); use the same student section as that run"
+        )
+    try:
+        student.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"gan.init_from: the student in {run_dir}/{tag} does not fit this recipe's teacher: {e}"
+        ) from e
+    return f"{run_dir}/checkpoints/{tag} ({weights})"

@@ -31,6 +31,10 @@ class RegressionLoss:
         module = getattr(student, "module", student)
         out = student(inputs, cond)
         pred = torch.stack([module.next_state(inputs[:, s], out[:, s], s) for s in range(inputs.shape[1])], 1)
+        return self.from_predictions(pred, targets)
+
+    def from_predictions(self, pred: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of predicted next states (B, S, C, H, W) against the teacher's (B, S, C, H, W)."""
         per_step = (pred.float() - targets.float()).pow(2).mean(dim=(0, 2, 3, 4))
         loss = (per_step * self.weights.to(per_step.device)).sum()
         return loss, per_step.detach()

@@ -142,6 +142,20 @@ class ARDStudent(nn.Module):
         out = self(states, cond)
         return torch.stack([self.next_state(states[:, s], out[:, s], s) for s in range(self.num_steps)], 1)
 
+    # -- features for the GAN discriminator -------------------------------------------------------------------------
+    def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, layers: list[int]) -> list[torch.Tensor]:
+        """Hidden states (B, L, D) after each block in `layers` for one state x_t (B, C, H, W) at schedule times t
+        (B,): the backbone run as the teacher would run it (one group, so no history mask applies), up to the
+        highest requested block. Gradients flow to x_t and to the parameters alike; the GAN step decides which
+        it takes (see ard_scale.trainer.gan)."""
+        x_B1LD = self._embed(x_t)[:, None]
+        ctx = self._context(t, cond, 1, x_B1LD.dtype)
+        feats = {}
+        for i in range(max(layers) + 1):
+            x_B1LD = self._block(i, x_B1LD, ctx, grouped_attention)
+            feats[i] = x_B1LD[:, 0]
+        return [feats[i] for i in layers]
+
     # -- sampling: S steps of L tokens with a KV cache in the lowest N blocks ---------------------------------------
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, cond: Condition, *, return_states: bool = False) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""Discriminator heads on hidden states of a feature backbone (DESIGN.md §1 "GAN fine-tuning (R+G)").
+
+One head per chosen backbone block. A head reads that block's tokens (B, L, D) as a 1-D sequence:
+spectral-norm Conv1d (kernel 1) → LeakyReLU 0.2 → spectral-norm Conv1d (kernel 3) → LeakyReLU 0.2, then per-token
+logits from a spectral-norm Conv1d (kernel 1) plus a projection term ⟨φ(h)_l, P·e(c)⟩ (Miyato & Koyama 2018) with
+e(c) the class embedding or the mask-pooled caption embedding. Output: (B, heads·L) logits.
+
+Spectral norm keeps a power-iteration vector per weight that advances on every forward in train mode. The GAN step
+runs the heads in eval mode in the generator phase, so that phase leaves them exactly unchanged.
+
+The backbone is not part of this module: `capture_blocks` collects the outputs of chosen blocks of any module whose
+blocks are called as submodules (a diffusers teacher, or a DeepSpeed engine's module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from ard_scale.models.condition import Condition
+
+
+class DiscriminatorHead(nn.Module):
+    def __init__(self, dim: int, hidden: int, cond_dim: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            spectral_norm(nn.Conv1d(dim, hidden, 1)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv1d(hidden, hidden, 3, padding=1)),
+            nn.LeakyReLU(0.2),
+        )
+        self.out = spectral_norm(nn.Conv1d(hidden, 1, 1))
+        self.project = nn.Linear(cond_dim, hidden, bias=False)
+        self.scale = 1 / math.sqrt(hidden)
+
+    def forward(self, h_BLD: torch.Tensor, c_BC: torch.Tensor) -> torch.Tensor:
+        phi_BHL = self.body(h_BLD.transpose(1, 2))
+        projection_BL = torch.einsum("bhl,bh->bl", phi_BHL, self.project(c_BC)) * self.scale
+        return self.out(phi_BHL)[:, 0] + projection_BL
+
+
+class Discriminator(nn.Module):
+    """Heads for `num_heads` feature maps of width `dim`, conditioned on a class (`num_classes`) or on a caption
+    embedding of width `text_dim` (mask-mean pooled)."""
+
+    def __init__(
+        self,
+        *,
+        num_heads: int,
+        dim: int,
+        hidden: int = 256,
+        cond_dim: int = 256,
+        num_classes: int | None = None,
+        text_dim: int | None = None,
+    ):
+        super().__init__()
+        if (num_classes is None) == (text_dim is None):
+            raise ValueError("a discriminator is conditioned on classes or on text: give num_classes or text_dim")
+        self.class_embed = nn.Embedding(num_classes, cond_dim) if num_classes is not None else None
+        self.text_embed = nn.Linear(text_dim, cond_dim) if text_dim is not None else None
+        self.heads = nn.ModuleList([DiscriminatorHead(dim, hidden, cond_dim) for _ in range(num_heads)])
+
+    def embed(self, cond: Condition) -> torch.Tensor:
+        if self.class_embed is not None:
+            if cond.labels is None:
+                raise ValueError("this discriminator is class-conditional, got a text condition")
+            return self.class_embed(cond.labels)
+        if cond.text is None:
+            raise ValueError("this discriminator is text-conditional, got class labels")
+        text = cond.text.float()
+        if cond.text_mask is None:
+            pooled = text.mean(1)
+        else:
+            m = cond.text_mask.float()[..., None]
+            pooled = (text * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.text_embed(pooled)
+
+    def forward(self, features: Sequence[torch.Tensor], cond: Condition) -> torch.Tensor:
+        if len(features) != len(self.heads):
+            raise ValueError(f"{len(features)} feature maps for {len(self.heads)} discriminator heads")
+        c = self.embed(cond)
+        return torch.cat([head(f.float(), c) for head, f in zip(self.heads, features, strict=True)], 1)
+
+
+@contextlib.contextmanager
+def capture_blocks(blocks: Sequence[nn.Module], layers: Sequence[int]) -> Iterator[list[torch.Tensor]]:
+    """Collect the outputs of `blocks[i]` for i in `layers` (in that order) while the block is active. Each block's
+    output must be a (B, L, D) tensor (or a tuple starting with one), as diffusers' transformer blocks return."""
+    found: dict[int, torch.Tensor] = {}
+    handles = []
+    for i in layers:
+
+        def hook(module, args, output, i=i):
+            found[i] = output[0] if isinstance(output, tuple) else output
+
+        handles.append(blocks[i].register_forward_hook(hook))
+    out: list[torch.Tensor] = []
+    try:
+        yield out
+        missing = [i for i in layers if i not in found]
+        if missing:
+            raise RuntimeError(f"feature blocks {missing} did not run")
+        out.extend(found[i] for i in layers)
+    finally:
+        for h in handles:
+            h.remove()

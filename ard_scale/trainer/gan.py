@@ -1,0 +1,305 @@
+"""The R+G stage: one ARD regression step plus an adversarial term, in two phases (DESIGN.md §1, §2).
+
+Every step, on every rank, in this order (the branch on `gan.warmup_steps` depends only on the step):
+
+1. Generator phase. The student predicts all S next states (teacher forcing) as in the regression stage; its final
+   prediction x̂0 is re-noised at a sampled time and passed through the feature backbone into the heads (eval mode,
+   `requires_grad=False`: the phase leaves them exactly as they were). L_G's gradient g = ∂L_G/∂x̂0 is taken with
+   `torch.autograd.grad` *with respect to x̂0 only*, and the student is updated on
+
+       L_R + w · ⟨g, x̂0⟩        (⟨g, x̂0⟩ has gradient g at x̂0, so the student receives exactly w·∂L_G/∂θ via x̂0).
+
+   Gradient control: the backbone (the student's own blocks by default) only carries g back to its input; its
+   parameters get no gradient from the feature pass, and the pass runs on the student's live weights (no frozen
+   snapshot, no extra memory). Under ZeRO-3 the backward of the feature pass fetches the backbone's shards through
+   the blocks' module hooks like any backward, but it accumulates into no `.grad`, so no reduction hook fires
+   outside `engine.backward`.
+   w = 0 for the first `gan.warmup_steps` steps (the phase is skipped), then either `gan.weight` or the adaptive
+   λ·clamp(‖∇_out L_R‖ / ‖∇_out L_G‖, 0, max) at the student's output activation `out` — never a (sharded)
+   parameter — with both squared norms summed over ranks, which makes w the same on every rank and equal to the
+   weight computed on the whole global batch on one rank.
+2. Discriminator phase. Fakes (x̂0 detached) and reals (the batch's images through the VAE), re-noised the same
+   way, go through the backbone under `no_grad` (the student is not touched), then the heads (train mode) give L_D
+   (+ the approximate R1 penalty); the heads step with their own optimizer and LR (ReplicatedModule: gradients
+   averaged over ranks, then zeroed).
+
+The heads and their optimizer are checkpointed in the global client state with everything else; a GAN run can
+start from a regression run's checkpoint (`gan.init_from`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ard_scale.config.schema import GANConfig
+from ard_scale.distributed.replicated import ReplicatedModule
+from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_loss, generator_loss
+from ard_scale.models.condition import Condition
+from ard_scale.models.discriminator import Discriminator, capture_blocks
+from ard_scale.trainer.build import Run
+from ard_scale.trainer.step import any_rank, mean_over_ranks, teacher_states
+
+Features = Callable[[torch.Tensor, torch.Tensor, Condition], list[torch.Tensor]]
+
+
+@dataclass
+class GANStage:
+    cfg: GANConfig
+    heads: ReplicatedModule  # .module is the Discriminator
+    features: Features  # (x_t, t, cond) -> hidden states of the chosen backbone blocks
+    layers: list[int]
+
+    @property
+    def disc(self) -> Discriminator:
+        return self.heads.module
+
+    def freeze(self) -> None:
+        """Generator phase: eval mode (spectral norm's power iteration does not advance), no gradients."""
+        self.disc.eval().requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        self.disc.train().requires_grad_(True)
+
+    def state_dict(self) -> dict:
+        return self.heads.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.heads.load_state_dict(state)
+
+
+def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int], int]:
+    """The feature function of the configured backbone, its block indices and its width."""
+    config = run.teacher.config  # the student's backbone is a copy of the teacher's: same depth and width
+    depth, dim = run.teacher.depth, config.num_attention_heads * config.attention_head_dim
+    layers = list(range(depth)) if cfg.layers is None else list(cfg.layers)
+    if any(i >= depth for i in layers):
+        raise ValueError(f"gan.layers {layers}: the {cfg.backbone} backbone has blocks 0..{depth - 1}")
+
+    if cfg.backbone == "student":
+
+        def features(x_t, t, cond):
+            return run.student.features(x_t, t, cond, layers)
+
+    else:
+        blocks = run.teacher.model.transformer_blocks
+
+        def features(x_t, t, cond):
+            # Through the (frozen, possibly ZeRO-3) teacher engine's own call, so its parameter hooks run; the
+            # teacher's parameters never require grad, but the graph to x_t is kept when x_t requires it.
+            with capture_blocks(blocks, layers) as feats:
+                run.teacher_engine(x_t, run.schedule.model_time(t).to(x_t.device), cond)
+            return feats
+
+    return features, layers, dim
+
+
+def build_gan(run: Run) -> GANStage:
+    cfg = run.cfg.gan
+    features, layers, dim = backbone_features(run, cfg)
+    torch.manual_seed(run.cfg.train.seed + 1)  # the heads' initialisation (then broadcast from rank 0 anyway)
+    if run.teacher.family == "dit":
+        cond_kwargs = {"num_classes": run.teacher.num_classes}
+    else:
+        cond_kwargs = {"text_dim": run.teacher.config.caption_channels}
+    disc = Discriminator(
+        num_heads=len(layers), dim=dim, hidden=cfg.head_hidden, cond_dim=cfg.head_hidden, **cond_kwargs
+    ).to(run.engine.device)
+    heads = ReplicatedModule(disc, lr=cfg.d_lr, betas=cfg.d_betas, grad_clip=run.cfg.train.grad_clip)
+    run.codec.to(run.engine.device)
+    stage = GANStage(cfg=cfg, heads=heads, features=features, layers=layers)
+    stage.freeze()
+    return stage
+
+
+# -- the pieces of a step (pure functions of their inputs: the tests run them on one rank without ZeRO) -------------
+def renoise(schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = α(t)·x0 + σ(t)·noise."""
+    alpha, sigma = schedule.alpha_sigma(t)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return alpha.to(x0).view(shape) * x0 + sigma.to(x0).view(shape) * noise
+
+
+@dataclass
+class GANNoise:
+    """The step's draws, keyed on (seed, step, rank) like the trajectory noise."""
+
+    t_fake: torch.Tensor
+    noise_fake: torch.Tensor
+    t_real: torch.Tensor
+    noise_real: torch.Tensor
+    r1: torch.Tensor
+
+    @staticmethod
+    def draw(seed: int, step: int, rank: int, shape: tuple[int, ...], t_max: float, device) -> GANNoise:
+        key = int(hashlib.sha256(f"ard_scale/gan/{seed}/{step}/{rank}".encode()).hexdigest()[:15], 16)
+        g = torch.Generator().manual_seed(key)
+        B = shape[0]
+        draws = [
+            torch.rand(B, generator=g, dtype=torch.float64) * t_max,
+            torch.randn(shape, generator=g),
+            torch.rand(B, generator=g, dtype=torch.float64) * t_max,
+            torch.randn(shape, generator=g),
+            torch.randn(shape, generator=g),
+        ]
+        return GANNoise(*(d.to(device) for d in draws))
+
+
+def generator_gradient(
+    features: Features, disc: Discriminator, schedule, x0_hat: torch.Tensor, cond: Condition, noise: GANNoise, kind
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L_G, ∂L_G/∂x̂0, fake logits) with the backbone's and heads' parameters held fixed."""
+    leaf = x0_hat.detach().requires_grad_(True)
+    x_t = renoise(schedule, leaf, noise.t_fake, noise.noise_fake)
+    logits = disc(features(x_t, noise.t_fake, cond), cond)
+    loss_g = generator_loss(logits, kind)
+    (grad,) = torch.autograd.grad(loss_g, leaf)
+    return loss_g.detach(), grad, logits.detach()
+
+
+def gan_weight_sq_norms(loss_r: torch.Tensor, surrogate: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """[‖∇_out L_R‖², ‖∇_out L_G‖²] at the student's output activation, this rank's part."""
+    (gr,) = torch.autograd.grad(loss_r, out, retain_graph=True)
+    (gg,) = torch.autograd.grad(surrogate, out, retain_graph=True)
+    return torch.stack([gr.float().pow(2).sum(), gg.float().pow(2).sum()])
+
+
+def discriminator_step_loss(
+    features: Features,
+    disc: Discriminator,
+    schedule,
+    fake0: torch.Tensor,
+    real0: torch.Tensor,
+    cond: Condition,
+    noise: GANNoise,
+    cfg: GANConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L_D [+ approximate R1], real logits, fake logits); the backbone runs without gradients."""
+    with torch.no_grad():
+        x_fake = renoise(schedule, fake0.detach(), noise.t_fake, noise.noise_fake)
+        x_real = renoise(schedule, real0, noise.t_real, noise.noise_real)
+        f_fake = [f.detach() for f in features(x_fake, noise.t_fake, cond)]
+        f_real = [f.detach() for f in features(x_real, noise.t_real, cond)]
+        f_pert = None
+        if cfg.r1_weight:
+            x_pert = x_real + cfg.r1_sigma * noise.r1
+            f_pert = [f.detach() for f in features(x_pert, noise.t_real, cond)]
+    real_logits, fake_logits = disc(f_real, cond), disc(f_fake, cond)
+    loss_d = discriminator_loss(real_logits, fake_logits, cfg.loss)
+    if f_pert is not None:
+        loss_d = loss_d + cfg.r1_weight * approximate_r1(real_logits, disc(f_pert, cond))
+    return loss_d, real_logits.detach(), fake_logits.detach()
+
+
+def real_latents(run: Run, batch: dict[str, Any], device) -> torch.Tensor:
+    images = batch.get("images")
+    if images is None:
+        raise ValueError(
+            f"the GAN stage needs real images but the batch from {run.cfg.data.path} has none; give image shards "
+            "in data.path (the GAN reals) or disable gan.enabled"
+        )
+    latents = run.codec.encode(images.to(device))
+    if tuple(latents.shape[1:]) != run.latent_shape:
+        raise ValueError(
+            f"real images of {tuple(images.shape[1:])} encode to {tuple(latents.shape[1:])}, but the teacher takes "
+            f"{run.latent_shape}: set data.resolution to the teacher's resolution (or use the teacher's VAE)"
+        )
+    return latents
+
+
+# -- the step -----------------------------------------------------------------------------------------------------
+@dataclass
+class GeneratorPhase:
+    out: torch.Tensor  # the student's head outputs (B, S, C_out, H, W)
+    x0_hat: torch.Tensor  # its final prediction (B, C, H, W), still in the student's graph
+    loss_r: torch.Tensor
+    per_step: torch.Tensor
+    loss_g: torch.Tensor
+    weight: torch.Tensor
+    total: torch.Tensor  # L_R + w·⟨∂L_G/∂x̂0, x̂0⟩, what the student's engine backpropagates
+
+
+def generator_phase(
+    run: Run, gan: GANStage, states: torch.Tensor, cond: Condition, noise: GANNoise, step: int
+) -> GeneratorPhase:
+    """The student's forward, L_R, and (after warm-up) the adversarial term and its weight. No backward yet."""
+    cfg, engine, student = gan.cfg, run.engine, run.student
+    inputs, targets = states[:, :-1], states[:, 1:]
+    gan.freeze()
+    out = engine(inputs, cond)
+    pred = torch.stack([student.next_state(inputs[:, s], out[:, s], s) for s in range(inputs.shape[1])], 1)
+    loss_r, per_step = run.loss_fn.from_predictions(pred, targets)
+    x0_hat = pred[:, -1]
+    loss_g = torch.zeros((), device=states.device)
+    weight = torch.zeros((), device=states.device)
+    total = loss_r
+    if step >= cfg.warmup_steps:  # the same branch on every rank: it depends on the step only
+        loss_g, g, _ = generator_gradient(gan.features, gan.disc, run.schedule, x0_hat, cond, noise, cfg.loss)
+        surrogate = (g.to(x0_hat.dtype) * x0_hat).sum()
+        if cfg.adaptive:
+            sq = gan_weight_sq_norms(loss_r, surrogate, out)
+            if dist.is_initialized():
+                dist.all_reduce(sq)
+            weight = adaptive_weight(sq[0], sq[1], lam=cfg.adaptive_lambda, max_ratio=cfg.adaptive_max)
+        else:
+            weight = torch.tensor(cfg.weight, device=states.device)
+        total = loss_r + weight.detach() * surrogate
+    return GeneratorPhase(out, x0_hat, loss_r, per_step, loss_g, weight, total)
+
+
+def discriminator_phase(
+    run: Run, gan: GANStage, x0_hat: torch.Tensor, reals: torch.Tensor, cond: Condition, noise: GANNoise, skip: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One update of the heads on detached fakes and re-noised reals. Returns (L_D, real logits, fake logits)."""
+    gan.unfreeze()
+    loss_d, real_logits, fake_logits = discriminator_step_loss(
+        gan.features, gan.disc, run.schedule, x0_hat, reals, cond, noise, gan.cfg
+    )
+    if not (skip or any_rank(not torch.isfinite(loss_d).item())):
+        loss_d.backward()
+        gan.heads.step()
+    gan.heads.zero_grad()
+    gan.freeze()
+    return loss_d.detach(), real_logits, fake_logits
+
+
+def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[str, Any]:
+    """One R+G step (see the module docstring). Returns this step's metrics."""
+    t0 = time.perf_counter()
+    states, cond = teacher_states(run, batch, step)
+    t1 = time.perf_counter()
+    reals = real_latents(run, batch, states.device)
+    noise = GANNoise.draw(run.cfg.train.seed, step, run.rank, tuple(reals.shape), run.schedule.t_max, states.device)
+
+    g = generator_phase(run, gan, states, cond, noise, step)
+    nan = any_rank(not (torch.isfinite(g.total).item() and torch.isfinite(g.loss_g).item()))
+    if not nan:
+        run.engine.backward(g.total)
+        run.engine.step()
+    t2 = time.perf_counter()
+    loss_d, real_logits, fake_logits = discriminator_phase(run, gan, g.x0_hat, reals, cond, noise, skip=nan)
+    t3 = time.perf_counter()
+
+    grad_norm = run.engine.get_global_grad_norm() if not nan else None
+    return {
+        "step": step + 1,
+        "loss": mean_over_ranks(g.loss_r).item(),
+        "loss_per_step": mean_over_ranks(g.per_step).tolist(),
+        "loss_g": mean_over_ranks(g.loss_g).item(),
+        "loss_d": mean_over_ranks(loss_d).item(),
+        "gan_weight": float(g.weight),
+        "d_real": mean_over_ranks(real_logits.mean()).item(),
+        "d_fake": mean_over_ranks(fake_logits.mean()).item(),
+        "lr": run.engine.get_lr()[0],
+        "grad_norm": None if grad_norm is None else float(grad_norm),
+        "teacher_s": t1 - t0,
+        "student_s": t2 - t1,
+        "discriminator_s": t3 - t2,
+        "nan": nan,
+    }
