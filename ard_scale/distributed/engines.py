@@ -46,7 +46,25 @@ def student_ds_config(
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
         "steps_per_print": 10**9,
+        # grad_accum > 1: the trainer owns the boundary (backward per micro-batch, one step()), so a step whose
+        # micro-batch had a non-finite loss can leave that micro-batch out or skip the update without desynchronising
+        # DeepSpeed's micro-step counter
+        **({"managed_gradient_accumulation": False} if grad_accum > 1 else {}),
     }
+
+
+def replicated_grad_norm(engine) -> float | None:
+    """The global gradient 2-norm of a ZeRO stage 0 student before its step: DeepSpeed reports none there (its fp32
+    clipping discards the norm). Call after the step's last backward, before `engine.step()`; the gradients are then
+    averaged over ranks (in the boundary backward, or here when the trainer owns accumulation: averaging equal
+    gradients again leaves them unchanged), so every rank gets the same number. None at stages 1-3, where
+    `engine.get_global_grad_norm()` gives it after the step."""
+    if engine.zero_optimization_stage() != 0:
+        return None
+    if not engine.managed_gradient_accumulation():
+        engine.allreduce_gradients()
+    norms = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 def frozen_ds_config(*, micro_batch: int, zero_stage: int = 3, precision: str = "fp32") -> dict:

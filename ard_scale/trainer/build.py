@@ -11,6 +11,7 @@ import torch
 from ard_scale.config import RootConfig
 from ard_scale.data import DataConfig as ReaderConfig
 from ard_scale.data import build_loader
+from ard_scale.data.trajectories import trajectory_loader
 from ard_scale.diffusion.schedules import FlowSchedule, Schedule, VPSchedule
 from ard_scale.distributed.engines import (
     build_frozen_engine,
@@ -23,6 +24,7 @@ from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher, load_teacher
 from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec
+from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
 
 
 def build_schedule(cfg: RootConfig) -> Schedule:
@@ -102,10 +104,11 @@ class Run:
     teacher: Teacher
     teacher_engine: Any  # a frozen DeepSpeed engine (or the Teacher itself at teacher_stage 0)
     engine: Any  # the student's DeepSpeed engine
-    loader: Any
+    loader: Any  # the stream a step draws from: images + conditions, or offline trajectories (trajectory_source)
     loss_fn: RegressionLoss
     conditioner: Conditioner
     codec: LatentCodec | PixelCodec  # images <-> the teacher's states (replicated; GAN reals, eval decoding)
+    trajectories: Any  # the step's trajectory source (ard_scale/trainer/trajectories.py); its state is per rank
 
     @property
     def student(self) -> ARDStudent:
@@ -168,7 +171,20 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
 
     names = {f.name for f in dataclasses.fields(ReaderConfig)}
     reader_cfg = ReaderConfig(**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names})
-    loader = build_loader(reader_cfg, rank=rank, world_size=world_size)
+    if tr.trajectory_source == "offline":
+        reader_cfg = dataclasses.replace(reader_cfg, format="mds", path=cfg.data.trajectory_path)
+        loader = trajectory_loader(reader_cfg, rank=rank, world_size=world_size)
+        check_offline_dump(
+            loader.meta,
+            loader.sample_shape(),
+            loader.condition_kind(),
+            path=cfg.data.trajectory_path,
+            student_times=schedule.grid(cfg.student.num_steps).tolist(),
+            latent_shape=(teacher.in_channels, teacher.sample_size, teacher.sample_size),
+            family=teacher.family,
+        )
+    else:
+        loader = build_loader(reader_cfg, rank=rank, world_size=world_size)
     return Run(
         cfg=cfg,
         rank=rank,
@@ -187,4 +203,5 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             channels=teacher.in_channels,
             seed=tr.seed,
         ),
+        trajectories=build_trajectory_source(tr.trajectory_source, tr.replay_times),
     )

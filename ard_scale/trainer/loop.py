@@ -45,21 +45,52 @@ def set_rng_state(state: dict) -> None:
 
 
 class MetricsLog:
-    """RUN_DIR/metrics.jsonl, one JSON object per logged step, rank 0 only."""
+    """RUN_DIR/metrics.jsonl, one JSON object per logged step, rank 0 only; with `tensorboard_dir`, the same numbers
+    as TensorBoard scalars (tag = key, lists as key/i, booleans as 0/1, nulls left out) at the record's step."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, tensorboard_dir: Path | None = None):
         self.path, self.enabled = path, enabled
+        self.writer = None
+        if enabled and tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError(
+                    f"log.tensorboard=true needs the tensorboard package ({e}); install it with "
+                    "`pip install -c constraints.txt -e .[train]` or set log.tensorboard=false"
+                ) from e
+            self.writer = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record.get("step")
+            for key, value in record.items():
+                values = enumerate(value) if isinstance(value, list) else [(None, value)]
+                for i, v in values:
+                    if isinstance(v, bool | int | float) and key != "step":
+                        self.writer.add_scalar(key if i is None else f"{key}/{i}", float(v), step)
+            self.writer.flush()  # a run stopped by an error still leaves its events
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def train(cfg: RootConfig) -> list[float]:
     """Run (or resume) the recipe to `train.max_steps`. Returns the losses of the steps run in this process."""
     stop = StopSignal()  # first: a pre-emption signal during start-up must not be lost
     rank, world = init_distributed()
+    global_batch = cfg.data.batch_size * world * cfg.train.grad_accum  # samples per optimizer step
+    if cfg.train.global_batch_size is not None and cfg.train.global_batch_size != global_batch:
+        raise ValueError(
+            f"train.global_batch_size={cfg.train.global_batch_size} but data.batch_size × ranks × train.grad_accum = "
+            f"{cfg.data.batch_size} × {world} × {cfg.train.grad_accum} = {global_batch}; override data.batch_size or "
+            "train.grad_accum for this number of ranks"
+        )
     run_dir = Path(cfg.checkpoint.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -80,6 +111,8 @@ def train(cfg: RootConfig) -> list[float]:
         if rank_state is not None:  # same world size: this rank's exact data position and RNG
             run.loader.load_state_dict(rank_state["data"])
             set_rng_state(rank_state["rng"])
+            if "trajectories" in rank_state:  # e.g. the replay cache, mid-cycle
+                run.trajectories.load_state_dict(rank_state["trajectories"])
             if ema is not None:
                 ema.load_state_dict(rank_state["ema"])
         else:  # universal checkpoint on a new world size: per-rank positions do not map onto the new ranks
@@ -93,7 +126,8 @@ def train(cfg: RootConfig) -> list[float]:
                 full = full_ema_state_dict(run_dir, ckpt.latest_tag(), shapes)
                 if full is not None:
                     ema.load_full_state_dict(full)
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
+    tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, tensorboard_dir=tensorboard_dir)
     losses, consecutive_nan = [], 0
 
     batches = iter(run.loader)
@@ -101,15 +135,16 @@ def train(cfg: RootConfig) -> list[float]:
     step = start
     while step < cfg.train.max_steps:
         t0 = time.perf_counter()
-        metrics = regression_step(run, next(batches), step)
+        micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
+        metrics = regression_step(run, micro_batches, step)
         if ema is not None and not metrics["nan"]:
             ema.update()
         step += 1
-        samples_seen += cfg.data.batch_size * world
+        samples_seen += global_batch
         consecutive_nan = consecutive_nan + 1 if metrics["nan"] else 0
         nan_skips += metrics["nan"]
         losses.append(metrics["loss"])
-        samples_per_s = cfg.data.batch_size * world / (time.perf_counter() - t0)
+        samples_per_s = global_batch / (time.perf_counter() - t0)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_per_s=f"{samples_per_s:.1f}")
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
@@ -127,7 +162,11 @@ def train(cfg: RootConfig) -> list[float]:
         stopping = any_rank(stop.received)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan:
             client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
-            rank_state = {"data": run.loader.state_dict(), "rng": rng_state()}
+            rank_state = {
+                "data": run.loader.state_dict(),
+                "rng": rng_state(),
+                "trajectories": run.trajectories.state_dict(),
+            }
             if ema is not None:
                 rank_state["ema"] = ema.state_dict()
             ckpt.save(run.engine, step, client, rank_state)
@@ -139,6 +178,7 @@ def train(cfg: RootConfig) -> list[float]:
         if stopping:
             break
     bar.close()
+    log.close()
     return losses
 
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ard_scale.diffusion.trajectory import teacher_trajectory
-from ard_scale.distributed.engines import gather_once
+from ard_scale.distributed.engines import replicated_grad_norm
 from ard_scale.models.condition import Condition
 from ard_scale.trainer.build import Run
+from ard_scale.trainer.trajectories import sample_seeds
 
-
-def sample_seeds(run: Run, step: int, batch_size: int) -> list[int]:
-    """Noise seeds keyed on the training position (global step, rank, index): a resumed run draws the same noise,
-    and no two samples of a run share one."""
-    first = (step * run.world_size + run.rank) * batch_size
-    return [run.cfg.train.seed * 2**40 + first + i for i in range(batch_size)]
+__all__ = ["any_rank", "mean_over_ranks", "regression_step", "sample_seeds", "teacher_states"]
 
 
 def any_rank(flag: bool) -> bool:
@@ -30,30 +24,10 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def teacher_states(run: Run, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, Condition]:
-    """The batch's teacher trajectory states (B, S+1, C, H, W) and its condition.
-
-    `train.trajectory_source: online` runs the teacher's ODE here on every step."""
-    cfg, d = run.cfg, run.cfg.diffusion
-    cond, null = run.conditioner(batch)
-    seeds = sample_seeds(run, step, cond.batch_size)
-    gather = (lambda: gather_once(run.teacher_engine)) if cfg.zero.gather_teacher_once else contextlib.nullcontext
-    traj = teacher_trajectory(
-        run.teacher_engine,
-        run.schedule,
-        cond,
-        latent_shape=run.latent_shape,
-        seeds=seeds,
-        null_cond=null if d.guidance_scale != 1 else None,
-        guidance_scale=d.guidance_scale,
-        num_student_steps=cfg.student.num_steps,
-        substeps=d.substeps,
-        solver=d.solver,
-        record=d.record,
-        guided_channels=d.guide_first_channels,
-        gather=gather,
-    )
-    return traj.states, cond
+def teacher_states(run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
+    """The batch's teacher trajectory states (B, S+1, C, H, W) and its condition, from `train.trajectory_source`
+    (online, replay or offline: ard_scale/trainer/trajectories.py). `micro`: the micro-batch within the step."""
+    return run.trajectories(run, batch, step, micro)
 
 
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -65,26 +39,42 @@ def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def regression_step(run: Run, batch: dict[str, Any], step: int) -> dict[str, Any]:
-    """Generate the batch's teacher trajectories, then one student update. Returns this step's metrics."""
-    t0 = time.perf_counter()
-    states, cond = teacher_states(run, batch, step)
-    t1 = time.perf_counter()
-    loss, per_step = run.loss_fn(run.engine, states, cond)
-    nan = any_rank(not torch.isfinite(loss).item())
-    if not nan:
-        run.engine.backward(loss)
-        run.engine.step()
-    t2 = time.perf_counter()
+def regression_step(run: Run, micro_batches: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """One optimizer step over `train.grad_accum` micro-batches: each gets its teacher trajectories and a backward
+    (DeepSpeed scales each loss by 1/grad_accum), then one engine.step(). Returns this step's metrics.
 
-    grad_norm = run.engine.get_global_grad_norm() if not nan else None
+    A micro-batch whose loss is non-finite on any rank is left out (no backward) on every rank; the update uses the
+    others (still scaled by 1/grad_accum) and is skipped when none is finite. The step then counts as `nan`."""
+    teacher_s = student_s = 0.0
+    solved_before = run.trajectories.num_solved
+    losses, per_steps, finite = [], [], 0
+    for micro, batch in enumerate(micro_batches):
+        t0 = time.perf_counter()
+        states, cond = teacher_states(run, batch, step, micro)
+        t1 = time.perf_counter()
+        loss, per_step = run.loss_fn(run.engine, states, cond)
+        if not any_rank(not torch.isfinite(loss).item()):
+            run.engine.backward(loss)
+            finite += 1
+        losses.append(loss.detach())
+        per_steps.append(per_step.detach())
+        teacher_s, student_s = teacher_s + t1 - t0, student_s + time.perf_counter() - t1
+    t1 = time.perf_counter()
+    grad_norm = None
+    if finite:
+        grad_norm = replicated_grad_norm(run.engine)  # stage 0 only: DeepSpeed reports none there
+        run.engine.step()
+        if grad_norm is None:
+            grad_norm = run.engine.get_global_grad_norm()
+    student_s += time.perf_counter() - t1
     return {
         "step": step + 1,
-        "loss": mean_over_ranks(loss).item(),
-        "loss_per_step": mean_over_ranks(per_step).tolist(),
+        "loss": mean_over_ranks(torch.stack(losses).mean()).item(),
+        "loss_per_step": mean_over_ranks(torch.stack(per_steps).mean(0)).tolist(),
         "lr": run.engine.get_lr()[0],
         "grad_norm": None if grad_norm is None else float(grad_norm),
-        "teacher_s": t1 - t0,
-        "student_s": t2 - t1,
-        "nan": nan,
+        "teacher_s": teacher_s,
+        "student_s": student_s,
+        "teacher_batches": run.trajectories.num_solved - solved_before,
+        "nan": finite < len(micro_batches),
     }

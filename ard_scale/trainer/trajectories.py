@@ -1,0 +1,202 @@
+"""Where a training step gets its teacher trajectories: `train.trajectory_source` (DESIGN.md §1, §2).
+
+Every source is called as `source(run, batch, step, micro) -> (states (B, S+1, C, H, W), condition)` by
+`ard_scale.trainer.step.teacher_states`, once per micro-batch (`micro` = 0 … train.grad_accum-1), on every rank, in
+the same order, and counts the micro-batches the teacher solved in `num_solved`.
+
+online   The teacher solves the batch's trajectories every step. Noise seeds are keyed on (step, rank, micro,
+         index): see `sample_seeds`.
+
+replay   R = train.replay_times. The steps c … c+R-1 with c % R == 0 form a cycle. At the cycle's first step the
+         teacher solves trajectories for that step's micro-batches exactly as `online` does (same conditions, same
+         seeds, so step c trains on what `online` would); the cycle's other R-1 steps train on the same cached
+         (states, condition) pairs again, micro-batch m on the trajectories of micro-batch m.
+         - Data stream: the loop still draws grad_accum batches every step, so the data position, its resume
+           state and `samples_seen` advance exactly as with `online` (and a GAN step's real images stay fresh); on
+           reuse steps the batches' conditions are not used. With replay an epoch of the data therefore gives the
+           teacher 1/R of its conditions — the price of calling the teacher R times less often.
+         - Noise: a reused trajectory keeps the noise it was solved from (the seeds of step c); the regression
+           loss has no other randomness. Per-step randomness elsewhere (e.g. a GAN's re-noising) stays keyed on the
+           step itself.
+         - Resume: the cache (states and condition of every micro-batch, and its cycle start) is part of this
+           rank's checkpoint state (`state_dict`), so stopping inside a cycle and resuming continues it with the
+           same trajectories, bit for bit. A universal checkpoint on another world size carries no per-rank state:
+           the resumed run starts a new cycle at the resume step (fresh trajectories from that step's batches).
+
+offline  Trajectories written by launchers/dump_trajectories.py, read with their conditions from
+         data.trajectory_path: the run's loader is then the trajectory stream (ard_scale.data.trajectories), with
+         the exact resumable position of the image stream, and the teacher never runs. `check_offline_dump`
+         refuses a dump made for another student grid or latent shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ard_scale.diffusion.trajectory import teacher_trajectory
+from ard_scale.distributed.engines import gather_once
+from ard_scale.models.condition import Condition
+
+if TYPE_CHECKING:
+    from ard_scale.trainer.build import Run
+
+
+def sample_seeds(run: Run, step: int, batch_size: int, micro: int = 0) -> list[int]:
+    """Noise seeds keyed on the training position (global step, rank, micro-batch, index): a resumed run draws the
+    same noise, and no two samples of a run share one. Micro-batches of one step are numbered after the rank, so
+    grad_accum=2 with batch B draws the same seeds, in the same per-rank order, as grad_accum=1 with batch 2B."""
+    accum = run.cfg.train.grad_accum
+    first = ((step * run.world_size + run.rank) * accum + micro) * batch_size
+    return [run.cfg.train.seed * 2**40 + first + i for i in range(batch_size)]
+
+
+class OnlineTrajectories:
+    """The teacher's ODE on every call."""
+
+    def __init__(self):
+        self.num_solved = 0
+
+    def __call__(self, run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
+        cfg, d = run.cfg, run.cfg.diffusion
+        cond, null = run.conditioner(batch)
+        seeds = sample_seeds(run, step, cond.batch_size, micro)
+        gather = (lambda: gather_once(run.teacher_engine)) if cfg.zero.gather_teacher_once else contextlib.nullcontext
+        traj = teacher_trajectory(
+            run.teacher_engine,
+            run.schedule,
+            cond,
+            latent_shape=run.latent_shape,
+            seeds=seeds,
+            null_cond=null if d.guidance_scale != 1 else None,
+            guidance_scale=d.guidance_scale,
+            num_student_steps=cfg.student.num_steps,
+            substeps=d.substeps,
+            solver=d.solver,
+            record=d.record,
+            guided_channels=d.guide_first_channels,
+            gather=gather,
+        )
+        self.num_solved += 1
+        return traj.states, cond
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _cond_to_dict(cond: Condition) -> dict[str, torch.Tensor | None]:
+    return {f.name: getattr(cond, f.name) for f in fields(cond)}
+
+
+class ReplayTrajectories(OnlineTrajectories):
+    """Each solved trajectory trains `replay_times` consecutive steps (see the module docstring)."""
+
+    def __init__(self, replay_times: int):
+        super().__init__()
+        self.replay_times = replay_times
+        self.cycle_start: int | None = None
+        self.cache: dict[int, tuple[torch.Tensor, Condition]] = {}  # micro-batch -> (states, condition)
+
+    def __call__(self, run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
+        start = step - step % self.replay_times
+        if self.cycle_start is not None and self.cycle_start < start <= step:  # a new cycle began
+            self.cycle_start, self.cache = None, {}
+        if micro not in self.cache:  # a cycle's first step, or a resume without the cache (new world size)
+            self.cache[micro] = super().__call__(run, batch, step, micro)
+            if self.cycle_start is None:
+                self.cycle_start = step
+        return self.cache[micro]
+
+    def state_dict(self) -> dict:
+        return {
+            "replay_times": self.replay_times,
+            "cycle_start": self.cycle_start,
+            "cache": {m: (states, _cond_to_dict(cond)) for m, (states, cond) in self.cache.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("replay_times") != self.replay_times:
+            raise ValueError(
+                f"the checkpoint's replay cache was made with train.replay_times={state.get('replay_times')}, this "
+                f"run has {self.replay_times}; resume with the same value (or start a new run)"
+            )
+        self.cycle_start = state["cycle_start"]
+        self.cache = {int(m): (states, Condition(**cond)) for m, (states, cond) in state["cache"].items()}
+
+
+class OfflineTrajectories:
+    """States and their condition, stored with the batch by the trajectory loader."""
+
+    num_solved = 0
+
+    def __call__(self, run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
+        if "labels" in batch:
+            cond = Condition(labels=batch["labels"].long())
+        else:  # the caption's T5 embedding, stored with the trajectory (no encoder or null caption needed)
+            cond = Condition(text=batch["t5_emb"].float(), text_mask=batch["t5_mask"])
+        return batch["states"].float(), cond
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def build_trajectory_source(source: str, replay_times: int):
+    """The source for `train.trajectory_source` (online | replay | offline)."""
+    if source == "online":
+        return OnlineTrajectories()
+    if source == "replay":
+        return ReplayTrajectories(replay_times)
+    if source == "offline":
+        return OfflineTrajectories()
+    raise ValueError(f"train.trajectory_source: unknown {source!r}; choose 'online', 'replay' or 'offline'")
+
+
+def check_offline_dump(
+    meta: dict,
+    sample_shape: tuple[int, ...],
+    condition_kind: str | None,
+    *,
+    path: str,
+    student_times: list[float],
+    latent_shape: tuple,
+    family: str,
+) -> None:
+    """Refuse a trajectory dump whose student grid, latent shape or condition differs from the recipe's, naming
+    both."""
+    problems = []
+    wanted = "labels" if family == "dit" else "text"
+    if condition_kind is None:
+        problems.append(
+            "condition: the dump stores caption indices only (made with --captions); dump with --data SHARDS so "
+            "each trajectory carries its T5 embedding"
+        )
+    elif condition_kind != wanted:
+        problems.append(f"condition: the dump stores {condition_kind}, teacher.family={family!r} needs {wanted}")
+    dumped_times = [float(t) for t in meta.get("student_times", [])]
+    if len(dumped_times) != len(student_times) or any(
+        abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in zip(dumped_times, student_times, strict=False)
+    ):
+        problems.append(
+            f"student grid: the dump has {len(dumped_times) - 1} steps at times {dumped_times}, the recipe "
+            f"(student.num_steps={len(student_times) - 1}, diffusion.schedule) has {student_times}"
+        )
+    expected = (len(student_times), *latent_shape)
+    if tuple(sample_shape) != expected:
+        problems.append(
+            f"trajectory shape: the dump stores (S+1, C, H, W) = {tuple(sample_shape)}, the recipe's student and "
+            f"teacher need {expected}"
+        )
+    if problems:
+        raise ValueError(
+            f"the offline trajectories at data.trajectory_path={path!r} do not fit this recipe: {'; '.join(problems)}. "
+            "Dump them again for this recipe (launchers/dump_trajectories.py RECIPE --out DIR) or fix the recipe"
+        )
