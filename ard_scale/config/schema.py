@@ -421,7 +421,7 @@ class LogConfig:
     every: int = 10
     """Log metrics every this many steps."""
     tensorboard: bool = True
-    """Also write TensorBoard events under RUN_DIR/tb."""
+    """Rank 0 also writes the scalars of metrics.jsonl as TensorBoard events under RUN_DIR/tensorboard."""
     progress_bar: bool = True
     """Rank-0 progress bar (step, loss, samples/s, ETA)."""
 
