@@ -8,15 +8,13 @@ e(c) the class embedding or the mask-pooled caption embedding. Output: (B, heads
 Spectral norm keeps a power-iteration vector per weight that advances on every forward in train mode. The GAN step
 runs the heads in eval mode in the generator phase, so that phase leaves them exactly unchanged.
 
-The backbone is not part of this module: `capture_blocks` collects the outputs of chosen blocks of any module whose
-blocks are called as submodules (a diffusers teacher, or a DeepSpeed engine's module).
+The backbone is not part of this module: `ARDStudent.features` and `Teacher.features` give its hidden states.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -85,27 +83,3 @@ class Discriminator(nn.Module):
             raise ValueError(f"{len(features)} feature maps for {len(self.heads)} discriminator heads")
         c = self.embed(cond)
         return torch.cat([head(f.float(), c) for head, f in zip(self.heads, features, strict=True)], 1)
-
-
-@contextlib.contextmanager
-def capture_blocks(blocks: Sequence[nn.Module], layers: Sequence[int]) -> Iterator[list[torch.Tensor]]:
-    """Collect the outputs of `blocks[i]` for i in `layers` (in that order) while the block is active. Each block's
-    output must be a (B, L, D) tensor (or a tuple starting with one), as diffusers' transformer blocks return."""
-    found: dict[int, torch.Tensor] = {}
-    handles = []
-    for i in layers:
-
-        def hook(module, args, output, i=i):
-            found[i] = output[0] if isinstance(output, tuple) else output
-
-        handles.append(blocks[i].register_forward_hook(hook))
-    out: list[torch.Tensor] = []
-    try:
-        yield out
-        missing = [i for i in layers if i not in found]
-        if missing:
-            raise RuntimeError(f"feature blocks {missing} did not run")
-        out.extend(found[i] for i in layers)
-    finally:
-        for h in handles:
-            h.remove()

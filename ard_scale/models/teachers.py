@@ -166,6 +166,37 @@ class Teacher(nn.Module):
             return_dict=False,
         )[0]
 
+    def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, layers: list[int]) -> list[torch.Tensor]:
+        """Hidden states (B, L, D) after each block in `layers`, computed exactly as `forward` computes them, up to
+        the highest requested block (the GAN discriminator's backbone). It calls the model's submodules directly,
+        never the model's or this wrapper's own forward: a parameter-partitioning wrapper (ZeRO-3) then sees only
+        module calls whose outputs lie on the path to the features, so a backward from the features to `x_t`
+        passes through matched hooks."""
+        m = self.model
+        t = torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])
+        h = m.pos_embed(x_t)
+        kwargs: dict = {}
+        if self.family == "dit":
+            if cond.labels is None:
+                raise ValueError("a class-conditional (DiT) teacher needs class labels, got a text condition")
+            kwargs = {"timestep": t, "class_labels": cond.labels}
+        else:
+            if cond.text is None:
+                raise ValueError("a text-to-image (PixArt) teacher needs T5 embeddings, got class labels")
+            t6, _ = m.adaln_single(
+                t, {"resolution": None, "aspect_ratio": None}, batch_size=x_t.shape[0], hidden_dtype=h.dtype
+            )
+            text = m.caption_projection(cond.text.to(h.dtype)).view(x_t.shape[0], -1, h.shape[-1])
+            bias = None
+            if cond.text_mask is not None:  # as PixArtTransformer2DModel.forward: 0 keep, -10000 drop
+                bias = ((1 - cond.text_mask.to(h.dtype)) * -10000.0).unsqueeze(1)
+            kwargs = {"timestep": t6, "encoder_hidden_states": text, "encoder_attention_mask": bias}
+        out = {}
+        for i in range(max(layers) + 1):
+            h = m.transformer_blocks[i](h, **kwargs)
+            out[i] = h
+        return [out[i] for i in layers]
+
 
 def _unsupported(class_name: str, where: str) -> str:
     return (

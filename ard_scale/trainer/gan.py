@@ -42,7 +42,7 @@ from ard_scale.config.schema import GANConfig
 from ard_scale.distributed.replicated import ReplicatedModule
 from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_loss, generator_loss
 from ard_scale.models.condition import Condition
-from ard_scale.models.discriminator import Discriminator, capture_blocks
+from ard_scale.models.discriminator import Discriminator
 from ard_scale.trainer.build import Run
 from ard_scale.trainer.step import any_rank, mean_over_ranks, teacher_states
 
@@ -88,14 +88,11 @@ def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int], in
             return run.student.features(x_t, t, cond, layers)
 
     else:
-        blocks = run.teacher.model.transformer_blocks
 
         def features(x_t, t, cond):
-            # Through the (frozen, possibly ZeRO-3) teacher engine's own call, so its parameter hooks run; the
-            # teacher's parameters never require grad, but the graph to x_t is kept when x_t requires it.
-            with capture_blocks(blocks, layers) as feats:
-                run.teacher_engine(x_t, run.schedule.model_time(t).to(x_t.device), cond)
-            return feats
+            # The (frozen, possibly ZeRO-3) teacher's blocks: its parameters never require grad, but the graph to
+            # x_t is kept when x_t requires it (the generator phase).
+            return run.teacher.features(x_t, run.schedule.model_time(t).to(x_t.device), cond, layers)
 
     return features, layers, dim
 

@@ -9,7 +9,7 @@ from model_helpers import make_condition
 from ard_scale.config.ard import ARDConfig
 from ard_scale.config.schema import GANConfig
 from ard_scale.diffusion.schedules import VPSchedule
-from ard_scale.models.discriminator import Discriminator, capture_blocks
+from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
 from ard_scale.trainer.gan import GANNoise, discriminator_step_loss, generator_gradient, renoise
 
@@ -53,19 +53,35 @@ def test_eval_mode_freezes_spectral_norm_state_and_train_mode_bounds_the_weights
     assert sigma.item() == pytest.approx(1.0, rel=1e-3)
 
 
-def test_student_features_equal_the_teachers_block_outputs_for_an_untrained_student(teacher, family):
+def block_outputs(teacher, x, t, cond, layers):
+    """An independent route to the teacher's hidden states: forward hooks on its blocks during its own forward."""
+    found = {}
+    hooks = [
+        teacher.model.transformer_blocks[i].register_forward_hook(lambda m, a, o, i=i: found.__setitem__(i, o))
+        for i in layers
+    ]
+    try:
+        teacher(x, t, cond)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [found[i] for i in layers]
+
+
+def test_teacher_and_student_features_equal_the_teachers_block_outputs(teacher, family):
     student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule()).eval()
     x = torch.randn(B, teacher.in_channels, teacher.sample_size, teacher.sample_size)
     t = torch.tensor([10.0, 500.0, 990.0], dtype=torch.float64)
     cond = make_condition(family, B)
     layers = [0, 2, 3]
     with torch.no_grad():
-        with capture_blocks(teacher.model.transformer_blocks, layers) as feats:
-            teacher(x, student.schedule.model_time(t), cond)
+        hooked = block_outputs(teacher, x, student.schedule.model_time(t), cond, layers)
+        direct = teacher.features(x, student.schedule.model_time(t), cond, layers)
         ours = student.features(x, t, cond, layers)
-    assert len(feats) == len(ours) == 3
-    for a, b in zip(feats, ours, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert len(hooked) == len(direct) == len(ours) == 3
+    for a, b, c in zip(hooked, direct, ours, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
 
 
 def test_the_student_backbone_carries_the_generator_gradient_to_its_input_only(teacher, family):
