@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ard_scale.checkpoint.export import load_student_weights
 from ard_scale.config import RootConfig
 from ard_scale.data import DataConfig as ReaderConfig
 from ard_scale.data import build_loader
@@ -138,14 +139,17 @@ def ds_scheduler(cfg: RootConfig) -> dict | None:
     return {"type": kind, "params": params}
 
 
-def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=None) -> Run:
-    """`adapt_ds_config(ds_config) -> ds_config` lets the checkpoint manager switch on universal loading."""
+def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=None, fresh: bool = True) -> Run:
+    """`adapt_ds_config(ds_config) -> ds_config` lets the checkpoint manager switch on universal loading. `fresh`:
+    the run has no checkpoint of its own, so `gan.init_from` (if set) initialises the student."""
     tr, zero = cfg.train, cfg.zero
     torch.manual_seed(tr.seed)  # identical student initialisation on every rank
     schedule = build_schedule(cfg)
     teacher = build_teacher_model(cfg)
     student = ARDStudent(teacher, cfg.student, schedule)
     student.activation_checkpointing = tr.activation_checkpointing
+    if fresh and cfg.gan.enabled and cfg.gan.init_from is not None:
+        load_student_weights(student, cfg.gan.init_from, use_ema=cfg.gan.init_from_ema)
 
     micro = cfg.data.batch_size
     ds_cfg = student_ds_config(

@@ -19,6 +19,7 @@ from ard_scale.config import RootConfig, dump_yaml, to_dict
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.trainer.build import build_run
+from ard_scale.trainer.gan import build_gan, gan_step
 from ard_scale.trainer.step import any_rank, regression_step
 
 
@@ -101,13 +102,21 @@ def train(cfg: RootConfig) -> list[float]:
         config_dict=to_dict(cfg),
         allow_recipe_change=cfg.checkpoint.allow_recipe_change,
     )
-    run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config)
+    run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config, fresh=ckpt.latest_tag() is None)
+    gan = build_gan(run) if cfg.gan.enabled else None
+    if gan is not None and cfg.train.grad_accum > 1:
+        raise ValueError(
+            "gan.enabled with train.grad_accum > 1: the GAN step trains on one micro-batch per step; set "
+            "train.grad_accum=1 (and raise data.batch_size instead)"
+        )
     ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
     start, samples_seen, nan_skips = 0, 0, 0
     resumed = ckpt.load_latest(run.engine)
     if resumed is not None:
         client, rank_state = resumed
         start, samples_seen, nan_skips = client["step"], client["samples_seen"], client["nan_skips"]
+        if gan is not None and "gan" in client:  # heads + their optimizer: the same on every rank
+            gan.load_state_dict(client["gan"])
         if rank_state is not None:  # same world size: this rank's exact data position and RNG
             run.loader.load_state_dict(rank_state["data"])
             set_rng_state(rank_state["rng"])
@@ -136,7 +145,10 @@ def train(cfg: RootConfig) -> list[float]:
     while step < cfg.train.max_steps:
         t0 = time.perf_counter()
         micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
-        metrics = regression_step(run, micro_batches, step)
+        if gan is not None:
+            metrics = gan_step(run, gan, micro_batches[0], step)
+        else:
+            metrics = regression_step(run, micro_batches, step)
         if ema is not None and not metrics["nan"]:
             ema.update()
         step += 1
@@ -162,6 +174,8 @@ def train(cfg: RootConfig) -> list[float]:
         stopping = any_rank(stop.received)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan:
             client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
+            if gan is not None:
+                client["gan"] = gan.state_dict()
             rank_state = {
                 "data": run.loader.state_dict(),
                 "rng": rng_state(),
