@@ -17,11 +17,14 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ard_scale.evaluation.evaluator import Gather
-from ard_scale.evaluation.fid import FID, ReferenceStats
+
+if TYPE_CHECKING:  # importing the evaluation set does not pull in torchmetrics
+    from ard_scale.evaluation.fid import FID, ReferenceStats
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -83,6 +86,8 @@ def reference_stats_from_shards(
     """FID reference statistics of the first `num_images` real images of a shard set. Every rank reads the same
     stream and features only its contiguous slice; the float64 sums are combined with `gather` (collective: every
     rank calls it), so the result does not depend on the number of ranks."""
+    from ard_scale.evaluation.fid import ReferenceStats
+
     per_rank = -(-num_images // world_size)
     start, stop = rank * per_rank, min((rank + 1) * per_rank, num_images)
     f = fid.num_features

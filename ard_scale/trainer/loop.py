@@ -19,6 +19,7 @@ from ard_scale.config import RootConfig, dump_yaml, to_dict
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.trainer.build import build_run
+from ard_scale.trainer.evaluate import LoopEvaluation
 from ard_scale.trainer.gan import build_gan, gan_step
 from ard_scale.trainer.step import any_rank, regression_step
 
@@ -137,6 +138,7 @@ def train(cfg: RootConfig) -> list[float]:
                     ema.load_full_state_dict(full)
     tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, tensorboard_dir=tensorboard_dir)
+    evaluation = LoopEvaluation(run, ema, log.write)  # eval.every: metrics on all ranks, EMA swapped in
     losses, consecutive_nan = [], 0
 
     batches = iter(run.loader)
@@ -170,6 +172,7 @@ def train(cfg: RootConfig) -> list[float]:
                     "samples_seen": samples_seen,
                 }
             )
+        evaluation.maybe_run(step)
         too_many_nan = consecutive_nan >= cfg.train.max_consecutive_nan
         stopping = any_rank(stop.received)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan:

@@ -1,0 +1,146 @@
+"""The recipe's evaluation built from config (trainer/evaluate.py) on plain modules, one process: the text-to-image
+path (prompts -> T5 -> student -> VAE decode -> CLIP with those prompts), FID reference statistics computed once from
+the recipe's shards and cached, the teacher's metrics computed once per recipe and keyed on what defines them, and
+the clear errors."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from eval_assets import write_random_inception, write_tiny_clip_folder, write_tiny_t5
+
+from ard_scale.config import load_config
+from ard_scale.evaluation.eval_set import cache_key
+from ard_scale.models.student import ARDStudent
+from ard_scale.models.vae import build_codec
+from ard_scale.trainer.build import Conditioner, build_schedule, build_teacher_model
+from ard_scale.trainer.evaluate import build_eval_setup, reference_description
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval_assets")
+    prompts = d / "prompts.txt"
+    prompts.write_text("a handwritten digit one\na handwritten digit two\na handwritten digit three\n")
+    return {
+        "t5": write_tiny_t5(d / "t5"),
+        "clip": write_tiny_clip_folder(d / "clip"),
+        "inception": write_random_inception(d / "pt_inception.pth"),
+        "prompts": prompts,
+    }
+
+
+def setup_for(run_dir, *overrides):
+    cfg = load_config(
+        "recipes/tiny_cpu.yaml", ["eval.num_samples=3", "eval.batch_size=2", "eval.grid_size=2", *overrides]
+    )
+    teacher = build_teacher_model(cfg)
+    schedule = build_schedule(cfg)
+    codec = build_codec(size=cfg.vae.size, path=None, scaling_factor=None, channels=teacher.in_channels)
+    calls = []
+
+    def counting_teacher(*args, **kwargs):  # the real teacher, its calls counted
+        calls.append(1)
+        return teacher(*args, **kwargs)
+
+    conditioner = Conditioner(cfg, teacher)
+    setup = build_eval_setup(
+        cfg,
+        teacher=teacher,
+        teacher_denoise=counting_teacher,
+        schedule=schedule,
+        conditioner=conditioner,
+        codec=codec,
+        run_dir=run_dir,
+    )
+    return setup, ARDStudent(teacher, cfg.student, schedule).eval(), calls
+
+
+def pixart(assets, *more):
+    return (
+        "teacher.family=pixart",
+        "teacher.num_classes=null",
+        f"text_encoder.path={assets['t5']}",
+        "text_encoder.max_length=16",
+        *more,
+    )
+
+
+def test_text_to_image_student_is_decoded_and_clip_scored_against_its_prompts(tmp_path, assets):
+    setup, student, _ = setup_for(
+        tmp_path, *pixart(assets, f"eval.prompts_path={assets['prompts']}", f"eval.clip_path={assets['clip']}")
+    )
+    assert [s.split(" ")[0] for s in setup.skipped] == ["FID"]  # no Inception file: said, not silently dropped
+    cond, captions = setup.condition_for(torch.arange(4))
+    assert captions == ["a handwritten digit one", "a handwritten digit two", "a handwritten digit three"] + [
+        "a handwritten digit one"
+    ]
+    assert cond.text.shape[:2] == (4, 16)
+
+    images, captions = setup.generate_fn(student.sample)(torch.arange(2))
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1  # debug VAE: 8x8x4 -> 32 px
+    values = setup.run(student.sample)
+    assert set(values) == {"num_samples", "clip_score"} and 0 <= values["clip_score"] <= 100
+    clip = setup.evaluator.clip  # the same images scored against other prompts give another number
+    clip.reset()
+    clip.update(images, ["a handwritten digit three", "a handwritten digit one"])
+    shuffled = clip.compute()
+    clip.reset()
+    clip.update(images, captions)
+    assert clip.compute() != shuffled
+
+
+def test_prompts_default_to_the_data_captions(tmp_path, assets):
+    setup, _, _ = setup_for(tmp_path, *pixart(assets))
+    _, captions = setup.condition_for(torch.arange(3))
+    assert captions == ["a handwritten digit zero", "a handwritten digit one", "a handwritten digit two"]
+
+
+@pytest.mark.slow  # the real Inception at 299 px: seconds per image on a loaded CPU (a 2048-d distance: minutes)
+def test_fid_reference_from_shards_computed_once_and_cached(tmp_path, assets):
+    more = (f"eval.fid_inception_path={assets['inception']}", "eval.fid_reference_num_images=2", "eval.num_samples=2")
+    setup, _, _ = setup_for(tmp_path, *more)
+    written = list((tmp_path / "eval" / "cache").glob("fid_reference_*.npz"))
+    assert len(written) == 1 and written[0].name == f"fid_reference_{cache_key(reference_description(setup.cfg))}.npz"
+    with np.load(written[0]) as f:
+        assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048)
+    stamp = written[0].stat().st_mtime_ns
+    again, _, _ = setup_for(tmp_path, *more)  # a new run of the recipe: read, not recomputed
+    assert written[0].stat().st_mtime_ns == stamp
+    assert torch.equal(again.evaluator.fid.metric.real_features_sum, setup.evaluator.fid.metric.real_features_sum)
+    other = again.cfg.eval.__class__(**{**vars(again.cfg.eval), "fid_reference_num_images": 3})
+    assert reference_description(replace(again.cfg, eval=other)) != reference_description(again.cfg)
+    assert (
+        setup.evaluator.fid is not None and setup.skipped == []
+    )  # (the distance itself: test_fid.py, test_evaluator.py)
+
+
+def test_wrong_reference_npz_names_the_path(tmp_path, assets):
+    bad = tmp_path / "ref.npz"
+    np.savez(bad, mu=np.zeros(8), sigma=np.eye(8))
+    with pytest.raises(ValueError, match=r"ref\.npz.*expected mu \(2048,\)"):
+        setup_for(tmp_path, f"eval.fid_inception_path={assets['inception']}", f"eval.fid_reference_path={bad}")
+
+
+def test_teacher_metrics_computed_once_per_recipe_and_keyed_on_the_sampler(tmp_path, assets):
+    more = pixart(assets, f"eval.prompts_path={assets['prompts']}", f"eval.clip_path={assets['clip']}")
+    setup, _, calls = setup_for(tmp_path, *more)
+    values = setup.teacher_metrics()
+    assert set(values) == {"num_samples", "clip_score"} and calls  # the teacher sampled
+    assert setup.teacher_metrics() == values
+    other_run, _, other_calls = setup_for(tmp_path, *more, "train.max_steps=99", "eval.every=7")  # same teacher+set
+    assert other_run.teacher_metrics() == values and not other_calls
+    guided, _, guided_calls = setup_for(tmp_path, *more, "diffusion.guidance_scale=3.0")  # another teacher sampler
+    guided.teacher_metrics()
+    assert guided_calls
+    assert len(list((tmp_path / "eval" / "cache").glob("teacher_*.json"))) == 2
+
+
+def test_clear_errors(tmp_path, assets):
+    with pytest.raises(ValueError, match="nowhere.txt"):
+        setup_for(tmp_path, *pixart(assets, f"eval.prompts_path={tmp_path / 'nowhere.txt'}"))
+    with pytest.raises(ValueError, match="no_inception.pth"):
+        setup_for(tmp_path, f"eval.fid_inception_path={tmp_path / 'no_inception.pth'}")
+    with pytest.raises(ValueError, match="no_clip"):
+        setup_for(tmp_path, *pixart(assets, f"eval.clip_path={tmp_path / 'no_clip'}"))
