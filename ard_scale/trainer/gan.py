@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ard_scale.config.schema import GANConfig
+from ard_scale.distributed.engines import replicated_grad_norm
 from ard_scale.distributed.replicated import ReplicatedModule
 from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_loss, generator_loss
 from ard_scale.models.condition import Condition
@@ -97,8 +98,9 @@ def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int], in
     return features, layers, dim
 
 
-def build_gan(run: Run) -> GANStage:
-    cfg = run.cfg.gan
+def build_gan(run: Run, cfg: GANConfig | None = None) -> GANStage:
+    """The heads (replicated, own optimizer) and the feature function for `cfg` (default: the run's `gan`)."""
+    cfg = cfg or run.cfg.gan
     features, layers, dim = backbone_features(run, cfg)
     torch.manual_seed(run.cfg.train.seed + 1)  # the heads' initialisation (then broadcast from rank 0 anyway)
     if run.teacher.family == "dit":
@@ -276,14 +278,17 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
 
     g = generator_phase(run, gan, states, cond, noise, step)
     nan = any_rank(not (torch.isfinite(g.total).item() and torch.isfinite(g.loss_g).item()))
+    grad_norm = None
     if not nan:
         run.engine.backward(g.total)
+        grad_norm = replicated_grad_norm(run.engine)  # stage 0 only: DeepSpeed reports none there
         run.engine.step()
+        if grad_norm is None:
+            grad_norm = run.engine.get_global_grad_norm()
     t2 = time.perf_counter()
     loss_d, real_logits, fake_logits = discriminator_phase(run, gan, g.x0_hat, reals, cond, noise, skip=nan)
     t3 = time.perf_counter()
 
-    grad_norm = run.engine.get_global_grad_norm() if not nan else None
     return {
         "step": step + 1,
         "loss": mean_over_ranks(g.loss_r).item(),
