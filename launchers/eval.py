@@ -4,13 +4,16 @@
     python launchers/eval.py RUN_DIR --watch         # ... and keep polling for new ones (e.g. as its own Slurm job)
 
 Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (atomically: a restarted job skips what is written) and
-RUN_DIR/eval/metrics.png, FID and CLIP score against step with the teacher's values (RUN_DIR/eval/teacher.json,
-computed once) as reference lines. A checkpoint is complete when RUN_DIR/checkpoints/latest names it or a later
-step, or when its folder holds ard_checkpoint.json (see ard_scale/checkpoint/manager.py).
+RUN_DIR/eval/metrics.png, FID and CLIP score against step with the teacher's values as reference lines. The teacher's
+values are computed once per recipe and cached (eval.cache_dir, default RUN_DIR/eval/cache; keyed on the teacher,
+its sampler and the evaluation set, so the in-loop evaluation and this job share them). A checkpoint is complete
+when RUN_DIR/checkpoints/latest names it or a later step, or when its folder holds ard_checkpoint.json (see
+ard_scale/checkpoint/manager.py).
 
-Wired so far: class-conditional (DiT) pixel-space students, FID against eval.fid_reference_path (.npz), one
-process, the student on CPU. Not yet: CLIP score for T2I students, VAE decode, computing the teacher's values (the
-plot shows them when RUN_DIR/eval/teacher.json exists), reference statistics from data shards.
+Each checkpoint is exported (EMA weights if eval.use_ema), its student sampled in S steps on the recipe's evaluation
+set (classes; or prompts from eval.prompts_path / the data's captions, T5-encoded), decoded by the recipe's VAE and
+scored: FID against eval.fid_reference_path or statistics computed once from data.path (cached), CLIP score for
+text-to-image students. One process; on a GPU when there is one.
 """
 
 from __future__ import annotations
@@ -55,19 +58,6 @@ def read_results(run_dir: Path) -> list[dict]:
     """Every written result, by step."""
     out = [json.loads(p.read_text(encoding="utf-8")) for p in (run_dir / "eval").glob("step_*.json")]
     return sorted(out, key=lambda r: r["step"])
-
-
-def teacher_metrics(run_dir: Path, evaluate_teacher: Callable[[], dict] | None) -> dict | None:
-    """The teacher's metrics, computed once and kept in RUN_DIR/eval/teacher.json."""
-    path = run_dir / "eval" / "teacher.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    if evaluate_teacher is None:
-        return None
-    result = evaluate_teacher()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
-    return result
 
 
 def plot(run_dir: Path, teacher: dict | None) -> Path:
@@ -128,23 +118,15 @@ def watch(
         time.sleep(poll_seconds)  # the polling period, not synchronisation: a missed checkpoint is seen next poll
 
 
-def student_evaluate(run_dir: Path, cfg, evaluator, *, work_dir: Path) -> Evaluate:
-    """Evaluate = export the checkpoint (EMA weights if cfg.eval.use_ema), load the student without DeepSpeed and run
-    `evaluator` on its S-step samples. Class-conditional pixel-space students only (no VAE decode yet)."""
+def student_evaluate(run_dir: Path, cfg, evaluate_sample: Callable, *, work_dir: Path, device: str = "cpu") -> Evaluate:
+    """Evaluate = export the checkpoint (EMA weights if cfg.eval.use_ema), load the student without DeepSpeed and
+    score its S-step sampler with `evaluate_sample(sample) -> metrics` (an EvalSetup's `run`)."""
     from ard_scale.checkpoint.export import export_student, load_exported_student
-    from ard_scale.evaluation.generate import class_conditional_generate_fn
-
-    if cfg.teacher.family != "dit":
-        raise ValueError(f"offline evaluation supports teacher.family 'dit' only so far, got {cfg.teacher.family!r}")
 
     def evaluate(step: int, folder: Path) -> dict:
         out_dir = export_student(run_dir, work_dir / folder.name, tag=folder.name, use_ema=cfg.eval.use_ema)
-        student = load_exported_student(out_dir)
-        side = student.backbone.config.sample_size
-        generate = class_conditional_generate_fn(
-            student.sample, noise_shape=(student.in_channels, side, side), num_classes=cfg.teacher.num_classes
-        )
-        return evaluator.run(generate)
+        student = load_exported_student(out_dir).to(device).eval()
+        return evaluate_sample(student.sample)
 
     return evaluate
 
@@ -163,8 +145,6 @@ def main(argv=None) -> None:
     import tempfile
 
     from ard_scale.config import load_config
-    from ard_scale.evaluation.evaluator import Evaluator
-    from ard_scale.evaluation.fid import FID, ReferenceStats, inception_feature_extractor
 
     def wait_for_first() -> Path:  # the recipe comes from the first complete checkpoint's config.yaml
         while not (found := complete_checkpoints(run_dir)):
@@ -174,23 +154,51 @@ def main(argv=None) -> None:
         return found[0][1]
 
     cfg = load_config((checkpoints[0][1] if checkpoints else wait_for_first()) / "config.yaml")
-    ev = cfg.eval
+    device = "cuda" if torch_cuda() else "cpu"
     try:
-        if ev.fid_inception_path is None or ev.fid_reference_path is None:
-            raise ValueError("offline FID needs eval.fid_inception_path and eval.fid_reference_path (an .npz)")
-        extractor = inception_feature_extractor(ev.fid_inception_path)
-        fid = FID(extractor, ReferenceStats.load(ev.fid_reference_path, extractor.num_features))
+        setup = build_setup(cfg, run_dir, device)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    fid.to("cuda" if torch_cuda() else "cpu")
-    evaluator = Evaluator(ev, fid=fid)
+    for skipped in setup.skipped:
+        print(f"[eval] skipping {skipped}", file=sys.stderr)
+    if setup.evaluator.fid is None and setup.evaluator.clip is None:
+        sys.exit(
+            "error: nothing to evaluate offline: set eval.fid_inception_path (FID) and/or eval.clip_path (CLIP score "
+            "of a text-to-image student) in the recipe"
+        )
+    teacher = setup.teacher_metrics()  # once per recipe: cached, keyed on the teacher, its sampler and the eval set
     with tempfile.TemporaryDirectory(prefix="ard_eval_") as work:
-        evaluate = student_evaluate(run_dir, cfg, evaluator, work_dir=Path(work))
-        teacher = teacher_metrics(run_dir, None)  # shown when RUN_DIR/eval/teacher.json exists
+        evaluate = student_evaluate(run_dir, cfg, setup.run, work_dir=Path(work), device=device)
         if args.watch:
             watch(run_dir, evaluate, teacher=teacher, poll_seconds=args.poll_seconds)
         else:
             print(evaluate_pending(run_dir, evaluate, teacher))
+
+
+def build_setup(cfg, run_dir: Path, device: str):
+    """The recipe's evaluation in this process: the teacher (its full sampler), T5, VAE and metrics, no DeepSpeed."""
+    from ard_scale.models.vae import build_codec
+    from ard_scale.trainer.build import Conditioner, build_schedule, build_teacher_model
+    from ard_scale.trainer.evaluate import build_eval_setup
+
+    teacher = build_teacher_model(cfg).to(device).eval().requires_grad_(False)
+    codec = build_codec(
+        size=cfg.vae.size,
+        path=cfg.vae.path,
+        scaling_factor=cfg.vae.scaling_factor,
+        channels=teacher.in_channels,
+        seed=cfg.train.seed,
+    )
+    return build_eval_setup(
+        cfg,
+        teacher=teacher,
+        teacher_denoise=teacher,
+        schedule=build_schedule(cfg),
+        conditioner=Conditioner(cfg, teacher),
+        codec=codec,
+        run_dir=run_dir,
+        device=device,
+    )
 
 
 def torch_cuda() -> bool:

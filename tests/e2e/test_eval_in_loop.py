@@ -1,8 +1,10 @@
 """In-loop evaluation end to end on 2 ranks (real DeepSpeed ZeRO-3 on gloo): evaluation runs on every rank with the
 EMA swapped in and leaves training bit-identical; without weights files it still writes the teacher-over-student grid
 and says what it skipped; the text-to-image path (prompts -> T5 -> sharded student -> VAE -> CLIP score) gives, split
-over 2 ranks, the teacher's numbers one process computes."""
+over 2 ranks, the teacher's numbers one process computes, and the offline job on the run's checkpoint agrees with the
+in-loop numbers and reuses the cached teacher values."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -101,3 +103,16 @@ def test_text_to_image_eval_on_two_ranks_matches_one_process(tmp_path):
     )
     assert name == cached[0].name  # the same key: the cache is found by the offline job and other runs
     assert record["eval/teacher_clip_score"] == pytest.approx(values["clip_score"], rel=1e-5)
+
+    # the offline job on the run's checkpoint: export (EMA), sample, decode, CLIP; the teacher's values come from the
+    # in-loop evaluation's cache (not recomputed) and draw the plot's reference line
+    stamp = cached[0].stat().st_mtime_ns
+    spec = importlib.util.spec_from_file_location("ard_eval_launcher_e2e", ROOT / "launchers" / "eval.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    launcher.main([str(run_dir)])
+    offline = json.loads((run_dir / "eval" / "step_00000002.json").read_text())
+    assert offline["step"] == 2 and offline["num_samples"] == 3 and 0 <= offline["clip_score"] <= 100
+    assert offline["clip_score"] == pytest.approx(record["eval/clip_score"], rel=1e-4)  # same EMA weights, same set
+    assert cached[0].stat().st_mtime_ns == stamp
+    assert (run_dir / "eval" / "metrics.png").is_file()

@@ -60,7 +60,7 @@ def test_each_checkpoint_evaluated_exactly_once_across_restart(tmp_path):
 
     mod = load_launcher()  # restarted job
     second = CountingEvaluate()
-    teacher = mod.teacher_metrics(run, lambda: {"fid": 0.5, "clip_score": 30.0})
+    teacher = {"fid": 0.5, "clip_score": 30.0}  # the teacher's cached values (trainer/evaluate.py computes them)
     assert mod.evaluate_pending(run, second, teacher) == [200]
     assert second.calls == [200]
 
@@ -88,19 +88,6 @@ def test_each_checkpoint_evaluated_exactly_once_across_restart(tmp_path):
         assert img.format == "PNG" and img.width > 100
 
 
-def test_teacher_metrics_computed_once(tmp_path):
-    mod = load_launcher()
-    calls = []
-
-    def teacher():
-        calls.append(1)
-        return {"fid": 3.0}
-
-    assert mod.teacher_metrics(tmp_path, teacher) == {"fid": 3.0}
-    assert load_launcher().teacher_metrics(tmp_path, teacher) == {"fid": 3.0}
-    assert len(calls) == 1
-
-
 def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monkeypatch, tiny_features):
     """The launcher's glue: checkpoint tag -> export (EMA as configured) -> student.sample through the Evaluator.
     The export itself (DeepSpeed files) is ard_scale.checkpoint's and is stubbed here with a debug student."""
@@ -114,6 +101,7 @@ def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monk
     from ard_scale.diffusion.schedules import VPSchedule
     from ard_scale.evaluation.evaluator import Evaluator
     from ard_scale.evaluation.fid import FID
+    from ard_scale.evaluation.generate import class_conditional_generate_fn
     from ard_scale.models.student import ARDStudent
     from ard_scale.models.teachers import build_teacher
 
@@ -133,9 +121,14 @@ def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monk
         [torch.rand(32, 3, side, side, generator=torch.Generator().manual_seed(0))]
     )
     eval_cfg = EvalConfig(num_samples=4, batch_size=2, use_ema=True)
-    cfg = SimpleNamespace(teacher=SimpleNamespace(family="dit", num_classes=teacher.num_classes), eval=eval_cfg)
+    evaluator = Evaluator(eval_cfg, fid=FID(tiny_features, ref))
+
+    def evaluate_sample(sample):  # what EvalSetup.run does for a class-conditional pixel-space student
+        shape = (3, side, side)
+        return evaluator.run(class_conditional_generate_fn(sample, noise_shape=shape, num_classes=teacher.num_classes))
+
     mod = load_launcher()
-    evaluate = mod.student_evaluate(run, cfg, Evaluator(eval_cfg, fid=FID(tiny_features, ref)), work_dir=tmp_path / "w")
+    evaluate = mod.student_evaluate(run, SimpleNamespace(eval=eval_cfg), evaluate_sample, work_dir=tmp_path / "w")
     with torch.no_grad():
         assert mod.evaluate_pending(run, evaluate) == [10, 20]
     assert exported == [("step_00000010", True), ("step_00000020", True)]
