@@ -162,10 +162,26 @@ def generator_gradient(
     return loss_g.detach(), grad, logits.detach()
 
 
-def gan_weight_sq_norms(loss_r: torch.Tensor, surrogate: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """[‖∇_out L_R‖², ‖∇_out L_G‖²] at the student's output activation, this rank's part."""
-    (gr,) = torch.autograd.grad(loss_r, out, retain_graph=True)
-    (gg,) = torch.autograd.grad(surrogate, out, retain_graph=True)
+def next_states(student, inputs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The student's predicted next states (B, S, C, H, W) from its head outputs for teacher-forced inputs."""
+    return torch.stack([student.next_state(inputs[:, s], out[:, s], s) for s in range(inputs.shape[1])], 1)
+
+
+def gan_weight_sq_norms(
+    student, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, out: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    """[‖∇_out L_R‖², ‖∇_out L_G‖²] at the student's output activation `out`, this rank's part (L_G's gradient at
+    x̂0 is `g`).
+
+    Taken on a detached copy of `out` through the (cheap) next-state step and loss again, never by a backward
+    into the engine's output itself: DeepSpeed hooks that tensor, and a backward reaching it outside
+    `engine.backward` runs the engine's backward prologue/epilogue (ZeRO 0 refuses it, ZeRO 1-2 reduce an empty
+    bucket)."""
+    o = out.detach().requires_grad_(True)
+    pred = next_states(student, inputs, o)
+    loss_r, _ = loss_fn.from_predictions(pred, targets)
+    (gr,) = torch.autograd.grad(loss_r, o, retain_graph=True)
+    (gg,) = torch.autograd.grad((g.to(pred.dtype) * pred[:, -1]).sum(), o)
     return torch.stack([gr.float().pow(2).sum(), gg.float().pow(2).sum()])
 
 
@@ -232,7 +248,7 @@ def generator_phase(
     inputs, targets = states[:, :-1], states[:, 1:]
     gan.freeze()
     out = engine(inputs, cond)
-    pred = torch.stack([student.next_state(inputs[:, s], out[:, s], s) for s in range(inputs.shape[1])], 1)
+    pred = next_states(student, inputs, out)
     loss_r, per_step = run.loss_fn.from_predictions(pred, targets)
     x0_hat = pred[:, -1]
     loss_g = torch.zeros((), device=states.device)
@@ -242,7 +258,7 @@ def generator_phase(
         loss_g, g, _ = generator_gradient(gan.features, gan.disc, run.schedule, x0_hat, cond, noise, cfg.loss)
         surrogate = (g.to(x0_hat.dtype) * x0_hat).sum()
         if cfg.adaptive:
-            sq = gan_weight_sq_norms(loss_r, surrogate, out)
+            sq = gan_weight_sq_norms(student, run.loss_fn, inputs, targets, out, g)
             if dist.is_initialized():
                 dist.all_reduce(sq)
             weight = adaptive_weight(sq[0], sq[1], lam=cfg.adaptive_lambda, max_ratio=cfg.adaptive_max)

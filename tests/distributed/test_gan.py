@@ -51,7 +51,7 @@ def reference(cfg, saved: list[dict], backbone: str) -> tuple[dict, dict, float]
     x0_hat = pred[:, -1]
     _, g, _ = generator_gradient(features, disc, schedule, x0_hat, cond, noise, cfg.gan.loss)
     surrogate = (g * x0_hat).sum()
-    sq = gan_weight_sq_norms(loss_r, surrogate, out)
+    sq = gan_weight_sq_norms(student, RegressionLoss(cfg.student.num_steps), inputs, targets, out, g)
     w = adaptive_weight(sq[0], sq[1], lam=cfg.gan.adaptive_lambda, max_ratio=cfg.gan.adaptive_max)
     (loss_r + w.detach() * surrogate).backward(retain_graph=True)
     total = {n: p.grad.clone() for n, p in student.named_parameters()}

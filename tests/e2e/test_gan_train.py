@@ -64,3 +64,18 @@ def test_gan_without_real_images_is_a_clear_error():
     with pytest.raises(ValueError, match="has no checkpoints/ folder"):
         teacher = build_teacher("dit", "debug", num_embeds_ada_norm=10)
         load_student_weights(ARDStudent(teacher, ARDConfig(num_steps=4, num_causal_layers=2), VPSchedule()), "/nope")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_gan_stage_gives_the_same_numbers_at_zero_stages_0_and_2(tmp_path):
+    """The adaptive weight's gradients never run a backward into the engine's (DeepSpeed-hooked) output: at ZeRO 0
+    that is refused and at ZeRO 1-2 it reduces an empty bucket."""
+    runs = {}
+    for stage in (0, 2):
+        run_dir = tmp_path / f"stage{stage}"
+        train(run_dir, *GAN, "train.max_steps=2", f"zero.stage={stage}", "zero.teacher_stage=0")
+        runs[stage] = metrics(run_dir)
+    assert runs[0][1]["gan_weight"] > 0
+    for key in GAN_KEYS:
+        assert [m[key] for m in runs[0]] == pytest.approx([m[key] for m in runs[2]], rel=1e-5), key
