@@ -9,6 +9,8 @@
 # 4:   the real trainer under torchrun on one process (nccl on CUDA, gloo on CPU): recipes/tiny_cpu.yaml for 6 steps,
 #      then the same command to 10 steps resumes from the checkpoint; once in bf16, once in fp32. Losses from
 #      metrics.jsonl.
+# On a machine without the pinned packages, install the wheels first (the list: bench/results/gpu_check_h200.txt):
+#   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site bash bench/gpu_check.sh
 # Env: PYTHON (default python3), OUT (where gpu_check.json and metrics_*.jsonl go; default a temp folder),
 #      SKIP_PY=1 / SKIP_DS=1 to run one part only. Exit status 1 if any part failed; every part runs regardless.
 set -uo pipefail
