@@ -480,6 +480,11 @@ class RootConfig:
             )
         if self.gan.enabled and d.path is None:
             out.append("data.path: gan.enabled needs real images; give image shards")
+        if self.gan.enabled and tr.trajectory_source == "offline":
+            out.append(
+                "train.trajectory_source: 'offline' streams stored trajectories, which carry no real images for "
+                "gan.enabled; use 'online' or 'replay' for the GAN stage"
+            )
         if tr.loss_weights is not None and len(tr.loss_weights) != self.student.num_steps:
             out.append(
                 f"train.loss_weights: {len(tr.loss_weights)} weights for student.num_steps={self.student.num_steps}; "

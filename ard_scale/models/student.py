@@ -90,7 +90,10 @@ class ARDStudent(nn.Module):
             )
 
     def _embed(self, x_NCHW: torch.Tensor) -> torch.Tensor:
-        return self.backbone.pos_embed(x_NCHW)  # shared patch embedder + positional embedding: (N, L, D)
+        # Shared patch embedder + positional embedding: (N, L, D), in the weights' dtype (bf16 under a bf16 engine;
+        # states stay fp32 outside the network, and head outputs return in the states' dtype).
+        proj = self.backbone.pos_embed.proj
+        return self.backbone.pos_embed(x_NCHW.to(proj.weight.dtype))
 
     def _unpatchify(self, tokens_NLP: torch.Tensor, h: int, w: int) -> torch.Tensor:
         p, c = self.patch_size, self.out_channels
@@ -128,7 +131,7 @@ class ARDStudent(nn.Module):
 
         head_cond_BSD = ctx.head_cond.view(B, S, D)
         out = [self.head(s)(x_BSLD[:, s], head_cond_BSD[:, s], self.backbone.norm_out) for s in range(S)]
-        return self._unpatchify(torch.stack(out, 1).flatten(0, 1), h, w).unflatten(0, (B, S))
+        return self._unpatchify(torch.stack(out, 1).flatten(0, 1), h, w).unflatten(0, (B, S)).to(states.dtype)
 
     def next_state(self, x_t: torch.Tensor, out: torch.Tensor, step: int) -> torch.Tensor:
         """The state after student step `step` (0 = from noise) given that step's head output."""
@@ -178,7 +181,7 @@ class ARDStudent(nn.Module):
                 attend = partial(cached_attention, cache=caches[i], visible=visible) if cached else grouped_attention
                 x_B1LD = self._block(i, x_B1LD, ctx, attend)
             out = self.head(g)(x_B1LD[:, 0], ctx.head_cond, self.backbone.norm_out)
-            x = self.next_state(x, self._unpatchify(out, h, w), g)
+            x = self.next_state(x, self._unpatchify(out, h, w).to(noise.dtype), g)
             states.append(x)
         return torch.stack(states, 1) if return_states else x
 

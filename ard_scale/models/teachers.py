@@ -151,20 +151,21 @@ class Teacher(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Native network output for x_t (B, C, H, W) at model times t (B,) or scalar."""
         t = torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])  # a scalar or (B,) -> (B,)
+        x = x_t.to(self.model.pos_embed.proj.weight.dtype)  # the weights' dtype in, the caller's dtype out
         if self.family == "dit":
             if cond.labels is None:
                 raise ValueError("a class-conditional (DiT) teacher needs class labels, got a text condition")
-            return self.model(x_t, timestep=t, class_labels=cond.labels, return_dict=False)[0]
+            return self.model(x, timestep=t, class_labels=cond.labels, return_dict=False)[0].to(x_t.dtype)
         if cond.text is None:
             raise ValueError("a text-to-image (PixArt) teacher needs T5 embeddings, got class labels")
         return self.model(
-            x_t,
-            encoder_hidden_states=cond.text.to(x_t.dtype),
+            x,
+            encoder_hidden_states=cond.text.to(x.dtype),
             timestep=t,
             encoder_attention_mask=cond.text_mask,
             added_cond_kwargs={"resolution": None, "aspect_ratio": None},
             return_dict=False,
-        )[0]
+        )[0].to(x_t.dtype)
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, layers: list[int]) -> list[torch.Tensor]:
         """Hidden states (B, L, D) after each block in `layers`, computed exactly as `forward` computes them, up to
@@ -174,7 +175,7 @@ class Teacher(nn.Module):
         passes through matched hooks."""
         m = self.model
         t = torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])
-        h = m.pos_embed(x_t)
+        h = m.pos_embed(x_t.to(m.pos_embed.proj.weight.dtype))
         kwargs: dict = {}
         if self.family == "dit":
             if cond.labels is None:

@@ -54,16 +54,22 @@ class Conditioner:
     DiT: the batch's class labels; null = class `num_classes`. PixArt: precomputed T5 embeddings from the shards
     (`t5_emb`, `t5_mask`) or the T5 encoder run on the captions; null = the empty caption's embedding."""
 
-    def __init__(self, cfg: RootConfig, teacher: Teacher):
-        self.family, self.teacher = teacher.family, teacher
+    def __init__(self, cfg: RootConfig, teacher: Teacher, device: torch.device | str = "cpu"):
+        self.family, self.teacher, self.device = teacher.family, teacher, torch.device(device)
         self.encoder = self.tokenizer = None
         self.max_length = cfg.text_encoder.max_length
         if self.family == "pixart" and not cfg.text_encoder.use_precomputed:
             from ard_scale.models.text_encoder import load_t5
 
             self.encoder, self.tokenizer = load_t5(cfg.text_encoder.path)
+            self.encoder.to(self.device)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition]:
+        """The batch's condition and null condition, on the run's device."""
+        cond, null = self._conditions(batch)
+        return cond.to(self.device), null.to(self.device)
+
+    def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition]:
         if self.family == "dit":
             if "labels" not in batch:
                 raise ValueError(
@@ -171,7 +177,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     if zero.teacher_stage == 3:
         teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=micro, precision=tr.precision))
     else:
-        teacher_engine = teacher
+        teacher_engine = teacher.to(engine.device)  # replicated: every rank holds it whole on its device
 
     names = {f.name for f in dataclasses.fields(ReaderConfig)}
     reader_cfg = ReaderConfig(**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names})
@@ -199,7 +205,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
         engine=engine,
         loader=loader,
         loss_fn=RegressionLoss(cfg.student.num_steps, tr.loss_weights),
-        conditioner=Conditioner(cfg, teacher),
+        conditioner=Conditioner(cfg, teacher, engine.device),
         codec=build_codec(
             size=cfg.vae.size,
             path=cfg.vae.path,

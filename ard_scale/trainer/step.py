@@ -18,7 +18,8 @@ __all__ = ["any_rank", "mean_over_ranks", "regression_step", "sample_seeds", "te
 
 def any_rank(flag: bool) -> bool:
     """True on every rank if it is true on any rank, so every rank takes the same branch."""
-    t = torch.tensor([1.0 if flag else 0.0])
+    on_gpu = dist.is_initialized() and dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    t = torch.tensor([1.0 if flag else 0.0], device="cuda" if on_gpu else "cpu")
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)

@@ -79,6 +79,7 @@ class OnlineTrajectories:
             record=d.record,
             guided_channels=d.guide_first_channels,
             gather=gather,
+            device=run.engine.device,  # noise drawn on the CPU from its seed, then moved: the same on any device
         )
         self.num_solved += 1
         return traj.states, cond
@@ -140,7 +141,7 @@ class OfflineTrajectories:
             cond = Condition(labels=batch["labels"].long())
         else:  # the caption's T5 embedding, stored with the trajectory (no encoder or null caption needed)
             cond = Condition(text=batch["t5_emb"].float(), text_mask=batch["t5_mask"])
-        return batch["states"].float(), cond
+        return batch["states"].float().to(run.engine.device), cond.to(run.engine.device)
 
     def state_dict(self) -> dict:
         return {}

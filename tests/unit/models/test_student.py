@@ -1,5 +1,7 @@
 """The ARD student's invariants (DESIGN.md §1, 1–3) and its bad-input errors, for both teacher families."""
 
+import copy
+
 import pytest
 import torch
 from model_helpers import make_condition
@@ -201,3 +203,19 @@ def test_deepcopy_is_an_independent_student(teacher, family):
             p.add_(0.1)
         assert torch.equal(student(states, cond), before)
         assert not torch.equal(twin(states, cond), before)
+
+
+def test_bf16_weights_take_fp32_states_and_return_fp32_close_to_the_fp32_model(teacher, family):
+    """A bf16 engine keeps bf16 weights; states, solver steps and losses stay fp32 outside the network."""
+    cfg = ARDConfig(num_steps=S, num_causal_layers=2)
+    student = ARDStudent(teacher, cfg, VPSchedule()).eval()
+    low = copy.deepcopy(student).to(torch.bfloat16)
+    states = torch.randn(2, S, teacher.in_channels, teacher.sample_size, teacher.sample_size)
+    cond = make_condition(family, 2)
+    with torch.no_grad():
+        ref, out = student(states, cond), low(states, cond)
+        teacher_low = copy.deepcopy(teacher).to(torch.bfloat16)
+        t_out = teacher_low(states[:, 0], torch.full((2,), 500.0), cond)
+        sample = low.sample(states[:, 0], cond)
+    assert out.dtype == t_out.dtype == sample.dtype == torch.float32
+    assert (out - ref).norm() < 0.05 * ref.norm()
