@@ -470,6 +470,17 @@ class RootConfig:
                 "text_encoder.path: family 'pixart' needs captions encoded: set text_encoder.path to a local T5 "
                 "folder (or text_encoder.size) or text_encoder.use_precomputed=true"
             )
+        if (
+            t.family == "pixart"
+            and te.use_precomputed
+            and te.path is None
+            and te.size is None
+            and self.diffusion.guidance_scale != 1
+        ):
+            out.append(
+                "text_encoder.path: guidance needs the empty caption's T5 embedding, which precomputed shards do not "
+                "hold; give text_encoder.path (the encoder runs once, for the empty caption) or guidance_scale 1"
+            )
         if t.family == "dit" and self.text_encoder.use_precomputed:
             out.append("text_encoder.use_precomputed: family 'dit' is class-conditional and has no text embeddings")
         if tr.trajectory_source == "offline" and d.trajectory_path is None:

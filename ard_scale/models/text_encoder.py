@@ -1,11 +1,26 @@
-"""T5 text encoder loaded from a local folder (weights are never downloaded here)."""
+"""T5 text encoder loaded from a local folder (weights are never downloaded here), or a named random-weight size."""
 
 from __future__ import annotations
 
 import os
 
 import torch
-from transformers import AutoTokenizer, T5EncoderModel
+from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+
+# Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
+# byte-level ByT5 tokenizer, which needs no vocabulary file.
+SIZES: dict[str, dict] = {
+    "debug": dict(vocab_size=384, d_model=24, d_kv=8, d_ff=48, num_layers=2, num_heads=3),
+}
+
+
+def build_t5(size: str, *, seed: int = 0):
+    """(encoder, tokenizer) of a named size with random weights."""
+    if size not in SIZES:
+        raise ValueError(f"unknown text_encoder.size {size!r}; choose one of {', '.join(SIZES)} or give a path")
+    torch.manual_seed(seed)
+    encoder = T5EncoderModel(T5Config(**SIZES[size]))
+    return encoder.eval().requires_grad_(False), ByT5Tokenizer()
 
 
 def load_t5(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):

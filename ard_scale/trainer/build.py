@@ -49,20 +49,30 @@ def build_teacher_model(cfg: RootConfig) -> Teacher:
 
 
 class Conditioner:
-    """Batch -> (condition, null condition) for the teacher's family.
+    """Batch -> (condition, null condition) for the teacher's family, on the run's device.
 
     DiT: the batch's class labels; null = class `num_classes`. PixArt: precomputed T5 embeddings from the shards
-    (`t5_emb`, `t5_mask`) or the T5 encoder run on the captions; null = the empty caption's embedding."""
+    (`t5_emb`, `t5_mask`) or the T5 encoder run on the captions; null = the empty caption's embedding, encoded once
+    (with precomputed embeddings and no evaluation of prompts, `for_eval` or `eval.every`, the encoder is loaded for
+    that alone and then dropped)."""
 
-    def __init__(self, cfg: RootConfig, teacher: Teacher, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: RootConfig, teacher: Teacher, device: torch.device | str = "cpu", *, for_eval=False):
         self.family, self.teacher, self.device = teacher.family, teacher, torch.device(device)
-        self.encoder = self.tokenizer = None
-        self.max_length = cfg.text_encoder.max_length
-        if self.family == "pixart" and not cfg.text_encoder.use_precomputed:
-            from ard_scale.models.text_encoder import load_t5
+        self.encoder = self.tokenizer = self.null = None
+        tec = cfg.text_encoder
+        self.max_length = tec.max_length
+        if self.family != "pixart":
+            return
+        keep = for_eval or cfg.eval.every is not None or not tec.use_precomputed
+        if not keep and cfg.diffusion.guidance_scale == 1:
+            return
+        from ard_scale.models.text_encoder import build_t5, load_t5
 
-            self.encoder, self.tokenizer = load_t5(cfg.text_encoder.path)
-            self.encoder.to(self.device)
+        self.encoder, self.tokenizer = load_t5(tec.path) if tec.path is not None else build_t5(tec.size)
+        self.encoder.to(self.device)
+        self.null = self._encode([""])  # (1, max_length, D), (1, max_length)
+        if not keep:
+            self.encoder = self.tokenizer = None
 
     def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition]:
         """The batch's condition and null condition, on the run's device."""
@@ -80,21 +90,24 @@ class Conditioner:
             return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
         if "t5_emb" in batch:
             text, mask = batch["t5_emb"].float(), batch["t5_mask"]
+        elif self.encoder is None:
+            raise ValueError(
+                "text_encoder.use_precomputed is set but the shards carry no t5_emb; "
+                "run launchers/precompute_text.py on them or set text_encoder.use_precomputed=false"
+            )
         else:
             text, mask = self._encode(batch["captions"])
-        null_text, null_mask = self._encode([""] * text.shape[0])
-        if null_text.shape[1] != text.shape[1]:  # pad/crop the null caption to the batch's token count
-            null_text = null_text[:, : text.shape[1]]
-            null_mask = null_mask[:, : text.shape[1]]
-        return Condition(text=text, text_mask=mask), Condition(text=null_text, text_mask=null_mask)
+        B, L = text.shape[:2]
+        if self.null is None:  # guidance 1: the null condition is never evaluated
+            return Condition(text=text, text_mask=mask), Condition(text=torch.zeros_like(text), text_mask=mask)
+        null_text, null_mask = self.null  # pad/crop to the batch's token count
+        null_text = torch.nn.functional.pad(null_text, (0, 0, 0, max(0, L - null_text.shape[1])))[:, :L]
+        null_mask = torch.nn.functional.pad(null_mask, (0, max(0, L - null_mask.shape[1])))[:, :L]
+        null = Condition(text=null_text.expand(B, -1, -1), text_mask=null_mask.expand(B, -1))
+        return Condition(text=text, text_mask=mask), null
 
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.encoder is None:
-            raise ValueError(
-                "text_encoder.use_precomputed is set but the shards carry no t5_emb; "
-                "run launchers/precompute_text.py or give text_encoder.path"
-            )
         from ard_scale.models.text_encoder import encode_captions
 
         return encode_captions(self.encoder, self.tokenizer, captions, max_length=self.max_length)
