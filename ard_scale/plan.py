@@ -43,6 +43,7 @@ from ard_scale.config import RootConfig, load_config
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.diffusion.solvers import NUM_EVALS_PER_STEP
 from ard_scale.models.condition import Condition
+from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import MODEL_CLASSES, SIZES, Teacher, build_teacher
 
@@ -340,6 +341,29 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
             "activations": t5_ws,
             "source": t5_source,
         }
+    gan = cfg.gan
+    if gan.enabled:  # replicated fp32 heads with their own AdamW: weights + grads + 2 moments, on every GPU
+        depth = teacher.depth
+        heads = depth if gan.layers is None else len(gan.layers)
+        width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
+        cond_kwargs = (
+            {"num_classes": teacher.num_classes}
+            if teacher.family == "dit"
+            else {"text_dim": teacher.config.caption_channels}
+        )
+        with torch.device("meta"):
+            disc = Discriminator(
+                num_heads=heads, dim=width, hidden=gan.head_hidden, cond_dim=gan.head_hidden, **cond_kwargs
+            )
+        n_disc = _num_params(disc)
+        models["disc heads"] = {
+            "num_params": n_disc,
+            "zero_stage": 0,
+            "params": 4 * n_disc,
+            "grads": 4 * n_disc,
+            "optimizer": 8 * n_disc,
+            "activations": 0,
+        }
     persistent = sum(m["params"] + m["grads"] + m["optimizer"] for m in models.values())
     weight_b = dtype.itemsize
     full_teacher = n_teacher * weight_b
@@ -350,8 +374,11 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     t5_gathered = (
         2 * max(_num_params(b) for b in t5.encoder.block) * weight_b if t5 is not None and z.teacher_stage == 3 else 0
     )
+    # The GAN generator phase keeps the graph of one feature pass (one state: about 1/S of the student's S-state
+    # forward) beside the student's own until its backward.
+    gan_features = student_act["no_checkpointing"] // S if gan.enabled else 0
     phases = {
-        "student_fwd_bwd": student_act_used,
+        "student_fwd_bwd": student_act_used + gan_features,
         "teacher_trajectory": teacher_ws + (gathered_once if z.gather_teacher_once else gathered_per_step),
         "t5_encode": t5_ws + t5_gathered,
     }
@@ -374,7 +401,16 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
         "student_fwd_bwd": student_passes * student_fwd * samples,
         "t5_encode": t5_fwd * samples * trajectory_share,
     }
-    flops["total"] = flops["teacher_trajectory"] + flops["student_fwd_bwd"] + flops["t5_encode"]
+    if gan.enabled:
+        # Feature passes per sample: generator forward + backward to the input (~3 forwards), discriminator phase on
+        # fakes and reals (+ perturbed reals with R1), no gradients. One pass = one state through the backbone.
+        feature_fwd = teacher_fwd if gan.backbone == "teacher" else student_fwd // S
+        flops["gan_feature_passes"] = (3 + 2 + (1 if gan.r1_weight else 0)) * feature_fwd * samples
+    else:
+        flops["gan_feature_passes"] = 0
+    flops["total"] = (
+        flops["teacher_trajectory"] + flops["student_fwd_bwd"] + flops["t5_encode"] + flops["gan_feature_passes"]
+    )
     flops["teacher_over_student"] = flops["teacher_trajectory"] / flops["student_fwd_bwd"]
 
     notes = [f"teacher: {teacher_source}"] + ([f"t5: {t5_source}"] if t5 is not None else [])
@@ -452,6 +488,8 @@ def format_plan(p: dict) -> str:
     ]
     if f["t5_encode"]:
         lines.append(f"  T5 encode          {f['t5_encode'] / 1e12:10.2f} TFLOP")
+    if f["gan_feature_passes"]:
+        lines.append(f"  GAN feature passes {f['gan_feature_passes'] / 1e12:10.2f} TFLOP")
     lines.append(
         f"  total              {f['total'] / 1e12:10.2f} TFLOP; teacher / student = {f['teacher_over_student']:.2f}"
     )

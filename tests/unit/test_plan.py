@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ard_scale.config import load_config
+from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.flops import count_flops
 from ard_scale.plan import T5_XXL, example_inputs, main, meta_teacher, plan
 
@@ -88,3 +89,20 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     assert "student" in text and "teacher trajectory" in text and "gather-once" in text
     saved = json.loads(out.read_text())
     assert saved["recipe"]["micro_batch"] == 4 and saved["recipe"]["gpus"] == 2
+
+
+def test_gan_stage_adds_the_replicated_heads_and_the_feature_passes():
+    cfg = load_config("recipes/tiny_cpu.yaml", ["gan.enabled=true", "gan.layers=[1,3]", "gan.r1_weight=0.1"])
+    base = plan(load_config("recipes/tiny_cpu.yaml"), 2)
+    p = plan(cfg, 2)
+    heads = Discriminator(num_heads=2, dim=32, hidden=cfg.gan.head_hidden, cond_dim=cfg.gan.head_hidden, num_classes=10)
+    n = sum(t.numel() for t in heads.parameters())
+    m = p["models"]["disc heads"]
+    assert m["num_params"] == n
+    assert (m["params"], m["grads"], m["optimizer"]) == (4 * n, 4 * n, 8 * n)  # fp32, replicated, AdamW
+    assert p["persistent_bytes"] == base["persistent_bytes"] + 16 * n
+    S = cfg.student.num_steps
+    f = p["flops"]
+    assert f["gan_feature_passes"] == 6 * (f["student_forward_per_sample"] // S) * cfg.data.batch_size
+    assert f["total"] == base["flops"]["total"] + f["gan_feature_passes"]
+    assert p["phases"]["student_fwd_bwd"] > base["phases"]["student_fwd_bwd"]
