@@ -194,7 +194,7 @@ def build_setup(cfg, run_dir: Path, device: str):
         teacher=teacher,
         teacher_denoise=teacher,
         schedule=build_schedule(cfg),
-        conditioner=Conditioner(cfg, teacher, for_eval=True),
+        conditioner=Conditioner(cfg, teacher, device, for_eval=True),
         codec=codec,
         run_dir=run_dir,
         device=device,
