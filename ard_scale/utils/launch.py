@@ -25,20 +25,34 @@ def launch_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def torchrun(
-    nproc: int, script: str | Path, *args: str, capture: bool = True, timeout: float | None = 600, check: bool = False
+    nproc: int,
+    script: str | Path,
+    *args: str,
+    capture: bool = True,
+    timeout: float | None = 600,
+    check: bool = False,
+    launcher: str = "torchrun",
 ) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --standalone --nproc_per_node N SCRIPT ARGS…` from the repository root."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        str(script),
-        *map(str, args),
-    ]
+    """`python -m torch.distributed.run --standalone --nproc_per_node N SCRIPT ARGS…` from the repository root, or
+    with `launcher="deepspeed"` DeepSpeed's own launcher, `deepspeed --num_gpus N SCRIPT ARGS…` (it starts N ranks on
+    CPU too)."""
+    if launcher == "deepspeed":
+        exe = Path(sys.executable).parent / "deepspeed"
+        cmd = [str(exe), "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script), *map(str, args)]
+    elif launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        cmd += [str(script), *map(str, args)]
+    else:
+        raise ValueError(f"unknown launcher {launcher!r}; choose 'torchrun' or 'deepspeed'")
     return subprocess.run(
         cmd, env=launch_env(), cwd=ROOT, capture_output=capture, text=True, timeout=timeout, check=check
     )

@@ -19,8 +19,9 @@ GAN_KEYS = {"loss", "loss_g", "loss_d", "gan_weight", "d_real", "d_fake", "grad_
 GAN = ["gan.enabled=true", "gan.warmup_steps=1", "gan.r1_weight=0.1", "gan.init_from_ema=false"]
 
 
-def train(run_dir: Path, *overrides: str):
-    proc = torchrun(2, "launchers/train.py", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={run_dir}", *overrides)
+def train(run_dir: Path, *overrides: str, launcher: str = "torchrun"):
+    args = ("launchers/train.py", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={run_dir}", *overrides)
+    proc = torchrun(2, *args, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -37,10 +38,11 @@ def test_gan_stage_starts_from_a_regression_run_and_resumes_bit_identically(tmp_
     train(full, *GAN, init, "train.max_steps=3")
     train(split, *GAN, init, "train.max_steps=2")
     train(split, *GAN, init, "train.max_steps=3")  # resumes from its own step-2 checkpoint, not from init_from
-    # ZeRO stage 0 (replicated teacher): the same numbers. The adaptive weight's gradients never run a backward into
-    # the engine's (DeepSpeed-hooked) output, which ZeRO 0 refuses and ZeRO 1-2 answer by reducing an empty bucket.
+    # ZeRO stage 0 (replicated teacher), started by DeepSpeed's own launcher: the same numbers. The adaptive weight's
+    # gradients never run a backward into the engine's (DeepSpeed-hooked) output, which ZeRO 0 refuses and ZeRO 1-2
+    # answer by reducing an empty bucket.
     stage0 = tmp_path / "stage0"
-    train(stage0, *GAN, init, "train.max_steps=3", "zero.stage=0", "zero.teacher_stage=0")
+    train(stage0, *GAN, init, "train.max_steps=3", "zero.stage=0", "zero.teacher_stage=0", launcher="deepspeed")
 
     uninterrupted, pieces, reg = metrics(full), metrics(split), metrics(regression)
     assert [m["step"] for m in pieces] == [1, 2, 3]
