@@ -343,18 +343,9 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
         }
     gan = cfg.gan
     if gan.enabled:  # replicated fp32 heads with their own AdamW: weights + grads + 2 moments, on every GPU
-        depth = teacher.depth
-        heads = depth if gan.layers is None else len(gan.layers)
-        width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
-        cond_kwargs = (
-            {"num_classes": teacher.num_classes}
-            if teacher.family == "dit"
-            else {"text_dim": teacher.config.caption_channels}
-        )
+        heads = teacher.depth if gan.layers is None else len(gan.layers)
         with torch.device("meta"):
-            disc = Discriminator(
-                num_heads=heads, dim=width, hidden=gan.head_hidden, cond_dim=gan.head_hidden, **cond_kwargs
-            )
+            disc = Discriminator.for_teacher(teacher, num_heads=heads, hidden=gan.head_hidden)
         n_disc = _num_params(disc)
         models["disc heads"] = {
             "num_params": n_disc,

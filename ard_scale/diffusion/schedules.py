@@ -123,6 +123,12 @@ class FlowSchedule:
 Schedule = VPSchedule | FlowSchedule
 
 
+def add_noise(schedule: Schedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+    """The forward process: x_t = α(t)·x0 + σ(t)·noise, `t` a scalar or per-sample (B,) tensor."""
+    alpha, sigma = (_bcast(v.to(x0.device), x0) for v in schedule.alpha_sigma(t))
+    return alpha * x0 + sigma * noise
+
+
 def first_order_step(schedule: Schedule, x_t, t, out, t_next) -> torch.Tensor:
     """One deterministic DDIM (η=0) / Euler step from time t to t_next given the network's native output.
 

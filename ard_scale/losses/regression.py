@@ -30,8 +30,7 @@ class RegressionLoss:
         inputs, targets = trajectory_states[:, :-1], trajectory_states[:, 1:]
         module = getattr(student, "module", student)
         out = student(inputs, cond)
-        pred = torch.stack([module.next_state(inputs[:, s], out[:, s], s) for s in range(inputs.shape[1])], 1)
-        return self.from_predictions(pred, targets)
+        return self.from_predictions(module.next_states(inputs, out), targets)
 
     def from_predictions(self, pred: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of predicted next states (B, S, C, H, W) against the teacher's (B, S, C, H, W)."""

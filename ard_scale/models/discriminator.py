@@ -63,6 +63,18 @@ class Discriminator(nn.Module):
         self.text_embed = nn.Linear(text_dim, cond_dim) if text_dim is not None else None
         self.heads = nn.ModuleList([DiscriminatorHead(dim, hidden, cond_dim) for _ in range(num_heads)])
 
+    @classmethod
+    def for_teacher(cls, teacher, *, num_heads: int, hidden: int = 256) -> Discriminator:
+        """Heads for `num_heads` blocks of a `Teacher` (or of a student copied from it): the blocks' width, and the
+        teacher's own kind of condition (its classes, or its caption embedding width)."""
+        config = teacher.config
+        if teacher.family == "dit":
+            cond_kwargs = {"num_classes": teacher.num_classes}
+        else:
+            cond_kwargs = {"text_dim": config.caption_channels}
+        dim = config.num_attention_heads * config.attention_head_dim
+        return cls(num_heads=num_heads, dim=dim, hidden=hidden, cond_dim=hidden, **cond_kwargs)
+
     def embed(self, cond: Condition) -> torch.Tensor:
         if self.class_embed is not None:
             if cond.labels is None:

@@ -140,10 +140,13 @@ class ARDStudent(nn.Module):
             return out
         return first_order_step(self.schedule, x_t, self.grid[step], out, self.grid[step + 1])
 
+    def next_states(self, states: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced next states (B, G, C, H, W) from the head outputs `out` of the forward on `states`."""
+        return torch.stack([self.next_state(states[:, s], out[:, s], s) for s in range(states.shape[1])], 1)
+
     def predict_next(self, states: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Teacher-forced next states (B, S, C, H, W): the prediction of x_{τ_{s-1}} from the history up to x_{τ_s}."""
-        out = self(states, cond)
-        return torch.stack([self.next_state(states[:, s], out[:, s], s) for s in range(self.num_steps)], 1)
+        return self.next_states(states, self(states, cond))
 
     # -- features for the GAN discriminator -------------------------------------------------------------------------
     def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, layers: list[int]) -> list[torch.Tensor]:

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ard_scale.config.schema import GANConfig
+from ard_scale.diffusion.schedules import add_noise
 from ard_scale.distributed.engines import replicated_grad_norm
 from ard_scale.distributed.replicated import ReplicatedModule
 from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_loss, generator_loss
@@ -55,7 +56,6 @@ class GANStage:
     cfg: GANConfig
     heads: ReplicatedModule  # .module is the Discriminator
     features: Features  # (x_t, t, cond) -> hidden states of the chosen backbone blocks
-    layers: list[int]
 
     @property
     def disc(self) -> Discriminator:
@@ -75,10 +75,9 @@ class GANStage:
         self.heads.load_state_dict(state)
 
 
-def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int], int]:
-    """The feature function of the configured backbone, its block indices and its width."""
-    config = run.teacher.config  # the student's backbone is a copy of the teacher's: same depth and width
-    depth, dim = run.teacher.depth, config.num_attention_heads * config.attention_head_dim
+def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int]]:
+    """The feature function of the configured backbone and its block indices."""
+    depth = run.teacher.depth  # the student's backbone is a copy of the teacher's: the same blocks
     layers = list(range(depth)) if cfg.layers is None else list(cfg.layers)
     if any(i >= depth for i in layers):
         raise ValueError(f"gan.layers {layers}: the {cfg.backbone} backbone has blocks 0..{depth - 1}")
@@ -95,36 +94,24 @@ def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int], in
             # x_t is kept when x_t requires it (the generator phase).
             return run.teacher.features(x_t, run.schedule.model_time(t).to(x_t.device), cond, layers)
 
-    return features, layers, dim
+    return features, layers
 
 
 def build_gan(run: Run, cfg: GANConfig | None = None) -> GANStage:
     """The heads (replicated, own optimizer) and the feature function for `cfg` (default: the run's `gan`)."""
     cfg = cfg or run.cfg.gan
-    features, layers, dim = backbone_features(run, cfg)
+    features, layers = backbone_features(run, cfg)
     torch.manual_seed(run.cfg.train.seed + 1)  # the heads' initialisation (then broadcast from rank 0 anyway)
-    if run.teacher.family == "dit":
-        cond_kwargs = {"num_classes": run.teacher.num_classes}
-    else:
-        cond_kwargs = {"text_dim": run.teacher.config.caption_channels}
-    disc = Discriminator(
-        num_heads=len(layers), dim=dim, hidden=cfg.head_hidden, cond_dim=cfg.head_hidden, **cond_kwargs
-    ).to(run.engine.device)
+    disc = Discriminator.for_teacher(run.teacher, num_heads=len(layers), hidden=cfg.head_hidden)
+    disc.to(run.engine.device)
     heads = ReplicatedModule(disc, lr=cfg.d_lr, betas=cfg.d_betas, grad_clip=run.cfg.train.grad_clip)
     run.codec.to(run.engine.device)
-    stage = GANStage(cfg=cfg, heads=heads, features=features, layers=layers)
+    stage = GANStage(cfg=cfg, heads=heads, features=features)
     stage.freeze()
     return stage
 
 
 # -- the pieces of a step (pure functions of their inputs: the tests run them on one rank without ZeRO) -------------
-def renoise(schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = α(t)·x0 + σ(t)·noise."""
-    alpha, sigma = schedule.alpha_sigma(t)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    return alpha.to(x0).view(shape) * x0 + sigma.to(x0).view(shape) * noise
-
-
 @dataclass
 class GANNoise:
     """The step's draws, keyed on (seed, step, rank) like the trajectory noise."""
@@ -155,16 +142,11 @@ def generator_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_G, ∂L_G/∂x̂0, fake logits) with the backbone's and heads' parameters held fixed."""
     leaf = x0_hat.detach().requires_grad_(True)
-    x_t = renoise(schedule, leaf, noise.t_fake, noise.noise_fake)
+    x_t = add_noise(schedule, leaf, noise.t_fake, noise.noise_fake)
     logits = disc(features(x_t, noise.t_fake, cond), cond)
     loss_g = generator_loss(logits, kind)
     (grad,) = torch.autograd.grad(loss_g, leaf)
     return loss_g.detach(), grad, logits.detach()
-
-
-def next_states(student, inputs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The student's predicted next states (B, S, C, H, W) from its head outputs for teacher-forced inputs."""
-    return torch.stack([student.next_state(inputs[:, s], out[:, s], s) for s in range(inputs.shape[1])], 1)
 
 
 def gan_weight_sq_norms(
@@ -178,7 +160,7 @@ def gan_weight_sq_norms(
     `engine.backward` runs the engine's backward prologue/epilogue (ZeRO 0 refuses it, ZeRO 1-2 reduce an empty
     bucket)."""
     o = out.detach().requires_grad_(True)
-    pred = next_states(student, inputs, o)
+    pred = student.next_states(inputs, o)
     loss_r, _ = loss_fn.from_predictions(pred, targets)
     (gr,) = torch.autograd.grad(loss_r, o, retain_graph=True)
     (gg,) = torch.autograd.grad((g.to(pred.dtype) * pred[:, -1]).sum(), o)
@@ -197,8 +179,8 @@ def discriminator_step_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_D [+ approximate R1], real logits, fake logits); the backbone runs without gradients."""
     with torch.no_grad():
-        x_fake = renoise(schedule, fake0.detach(), noise.t_fake, noise.noise_fake)
-        x_real = renoise(schedule, real0, noise.t_real, noise.noise_real)
+        x_fake = add_noise(schedule, fake0.detach(), noise.t_fake, noise.noise_fake)
+        x_real = add_noise(schedule, real0, noise.t_real, noise.noise_real)
         f_fake = [f.detach() for f in features(x_fake, noise.t_fake, cond)]
         f_real = [f.detach() for f in features(x_real, noise.t_real, cond)]
         f_pert = None
@@ -248,7 +230,7 @@ def generator_phase(
     inputs, targets = states[:, :-1], states[:, 1:]
     gan.freeze()
     out = engine(inputs, cond)
-    pred = next_states(student, inputs, out)
+    pred = student.next_states(inputs, out)
     loss_r, per_step = run.loss_fn.from_predictions(pred, targets)
     x0_hat = pred[:, -1]
     loss_g = torch.zeros((), device=states.device)

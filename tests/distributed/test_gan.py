@@ -42,7 +42,7 @@ def reference(cfg, saved: list[dict], backbone: str) -> tuple[dict, dict, float]
     noise = GANNoise(**{k: torch.cat([s["noise"][k] for s in saved]) for k in saved[0]["noise"]})
     inputs, targets = states[:, :-1], states[:, 1:]
     out = student(inputs, cond)
-    pred = torch.stack([student.next_state(inputs[:, s], out[:, s], s) for s in range(inputs.shape[1])], 1)
+    pred = student.next_states(inputs, out)
     loss_r, _ = RegressionLoss(cfg.student.num_steps).from_predictions(pred, targets)
     if backbone == "student":
         features = lambda x, t, c: student.features(x, t, c, LAYERS)  # noqa: E731

@@ -8,10 +8,10 @@ from model_helpers import make_condition
 
 from ard_scale.config.ard import ARDConfig
 from ard_scale.config.schema import GANConfig
-from ard_scale.diffusion.schedules import VPSchedule
+from ard_scale.diffusion.schedules import VPSchedule, add_noise
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
-from ard_scale.trainer.gan import GANNoise, discriminator_step_loss, generator_gradient, renoise
+from ard_scale.trainer.gan import GANNoise, discriminator_step_loss, generator_gradient
 
 B, S = 3, 4
 
@@ -113,7 +113,7 @@ def test_the_student_backbone_carries_the_generator_gradient_to_its_input_only(t
     student.zero_grad(set_to_none=True)
     snapshot = copy.deepcopy(student).requires_grad_(False)
     x0 = x0_hat_of(student)
-    x_t = renoise(student.schedule, x0, noise.t_fake, noise.noise_fake)
+    x_t = add_noise(student.schedule, x0, noise.t_fake, noise.noise_fake)
     (-disc(snapshot.features(x_t, noise.t_fake, cond, layers), cond).mean()).backward()
     reference = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
     assert ours.keys() == reference.keys()
@@ -123,7 +123,7 @@ def test_the_student_backbone_carries_the_generator_gradient_to_its_input_only(t
     # and it is not what shared weights with full gradients would give (the test can tell the two apart)
     student.zero_grad(set_to_none=True)
     x0 = x0_hat_of(student)
-    x_t = renoise(student.schedule, x0, noise.t_fake, noise.noise_fake)
+    x_t = add_noise(student.schedule, x0, noise.t_fake, noise.noise_fake)
     (-disc(student.features(x_t, noise.t_fake, cond, layers), cond).mean()).backward()
     shared = student.backbone.transformer_blocks[1].ff.net[0].proj.weight.grad
     assert not torch.allclose(shared, reference["backbone.transformer_blocks.1.ff.net.0.proj.weight"], rtol=1e-3)
