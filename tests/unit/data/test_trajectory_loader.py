@@ -17,13 +17,6 @@ from ard_scale.trainer.trajectories import check_offline_dump
 LAUNCHER = Path(__file__).resolve().parents[3] / "launchers" / "dump_trajectories.py"
 
 
-@pytest.fixture
-def mds_env(monkeypatch):
-    """Single-rank world variables for streaming, removed after the test (the loader exports them)."""
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.setenv(name, "1" if "SIZE" in name else "0")
-
-
 @pytest.fixture(scope="module")
 def dump(tmp_path_factory) -> Path:
     """10 class-conditional trajectories (S=2, latent (4, 8, 8)) in chunks of 4: three MDS chunk folders."""

@@ -100,13 +100,6 @@ def _one_torch_thread():
     torch.set_num_threads(num_threads)
 
 
-@pytest.fixture
-def mds_env(monkeypatch):
-    """Single-rank world variables for streaming, removed after the test (the MDS loader exports them)."""
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.setenv(name, "1" if "SIZE" in name else "0")
-
-
 def test_dump_from_caption_shards_round_trips_the_conditions(tmp_path, mds_env):
     shard_rows = write_caption_shards(
         str(tmp_path / "shards"), write_tiny_t5(str(tmp_path / "t5")), num_samples=5, max_length=6

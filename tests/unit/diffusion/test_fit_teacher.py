@@ -97,13 +97,6 @@ def _restore_torch_threads():
     torch.set_num_threads(num_threads)
 
 
-@pytest.fixture
-def mds_env(monkeypatch):
-    """Single-rank world variables for streaming, removed after the test (the MDS loader exports them)."""
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.setenv(name, "1" if "SIZE" in name else "0")
-
-
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
     return write_tiny_t5(str(tmp_path_factory.mktemp("t5") / "t5"))
