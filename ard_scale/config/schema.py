@@ -491,6 +491,11 @@ class RootConfig:
             )
         if self.gan.enabled and d.path is None:
             out.append("data.path: gan.enabled needs real images; give image shards")
+        if self.gan.enabled and tr.grad_accum > 1:
+            out.append(
+                "train.grad_accum: gan.enabled trains on one micro-batch per step; set train.grad_accum=1 (and raise "
+                "data.batch_size instead)"
+            )
         if self.gan.enabled and tr.trajectory_source == "offline":
             out.append(
                 "train.trajectory_source: 'offline' streams stored trajectories, which carry no real images for "

@@ -105,11 +105,6 @@ def train(cfg: RootConfig) -> list[float]:
     )
     run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config, fresh=ckpt.latest_tag() is None)
     gan = build_gan(run) if cfg.gan.enabled else None
-    if gan is not None and cfg.train.grad_accum > 1:
-        raise ValueError(
-            "gan.enabled with train.grad_accum > 1: the GAN step trains on one micro-batch per step; set "
-            "train.grad_accum=1 (and raise data.batch_size instead)"
-        )
     ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
     start, samples_seen, nan_skips = 0, 0, 0
     resumed = ckpt.load_latest(run.engine)

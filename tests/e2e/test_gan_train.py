@@ -65,6 +65,8 @@ def test_gan_stage_starts_from_a_regression_run_and_resumes_bit_identically(tmp_
 
 
 def test_gan_without_real_images_is_a_clear_error():
+    with pytest.raises(ConfigError, match="gan.enabled trains on one micro-batch per step"):
+        load_config("recipes/tiny_cpu.yaml", ["gan.enabled=true", "train.grad_accum=2"])
     with pytest.raises(ConfigError, match="gan.enabled needs real images"):
         load_config(
             "recipes/tiny_cpu.yaml",
