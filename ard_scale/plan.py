@@ -44,13 +44,12 @@ from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.diffusion.solvers import NUM_EVALS_PER_STEP
 from ard_scale.models.condition import Condition
 from ard_scale.models.discriminator import Discriminator
+from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
-from ard_scale.models.teachers import MODEL_CLASSES, SIZES, Teacher, build_teacher
+from ard_scale.models.teachers import Teacher, build_teacher
 
 GB = 1e9
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Named sizes a missing teacher folder falls back to, by (family, resolution in pixels).
-DEFAULT_SIZES = {("dit", 256): "dit_xl_2_256", ("pixart", 1024): "pixart_sigma_1024"}
 # PixArt-Σ's text encoder: the T5-v1.1-XXL encoder (google/t5-v1_1-xxl).
 T5_XXL = dict(
     d_model=4096,
@@ -83,25 +82,26 @@ def meta_teacher(cfg: RootConfig) -> tuple[Teacher, str]:
         return build_teacher(t.family, t.size, device="meta"), f"named size {t.size!r}"
     config_file = _config_file(t.path, "transformer")
     if config_file is not None:
-        config = MODEL_CLASSES[t.family].load_config(config_file.parent)
+        model_class = get_family(t.family).model_class
+        config = model_class.load_config(config_file.parent)
         with torch.device("meta"):
-            model = MODEL_CLASSES[t.family].from_config(config)
+            model = model_class.from_config(config)
         return Teacher(model).eval().requires_grad_(False), f"{config_file}"
-    size = DEFAULT_SIZES.get((t.family, cfg.data.resolution))
+    spec = get_family(t.family)
+    size = spec.default_sizes.get(cfg.data.resolution)
     if size is None:
         raise ValueError(
             f"teacher.path {t.path!r} has no config.json here and there is no default {t.family} size for "
-            f"resolution {cfg.data.resolution}; give teacher.size=<one of {', '.join(SIZES[t.family])}>"
+            f"resolution {cfg.data.resolution}; give teacher.size=<one of {', '.join(spec.sizes)}>"
         )
-    overrides = {"num_embeds_ada_norm": t.num_classes} if t.family == "dit" else {}
-    teacher = build_teacher(t.family, size, device="meta", **overrides)
+    teacher = build_teacher(t.family, size, device="meta", **spec.size_overrides(t.num_classes))
     return teacher, f"named size {size!r} (teacher.path {t.path} not found here)"
 
 
 def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
     """The T5 encoder on meta when the recipe runs one (None for class-conditional or precomputed embeddings)."""
     te = cfg.text_encoder
-    if cfg.teacher.family != "pixart" or te.use_precomputed:
+    if "t5" not in get_family(cfg.teacher.family).text_encoders or te.use_precomputed:
         return None, "none"
     from transformers import T5Config, T5EncoderModel
 
@@ -129,11 +129,7 @@ def example_inputs(teacher: Teacher, cfg: RootConfig, batch: int, dtype) -> tupl
     has_vae = cfg.vae.path is not None or cfg.vae.size is not None
     side = cfg.data.resolution // 8 if has_vae else cfg.data.resolution
     x = torch.empty(batch, teacher.in_channels, side, side, device="meta", dtype=dtype)
-    if teacher.family == "dit":
-        return x, Condition(labels=torch.zeros(batch, dtype=torch.long, device="meta")), side
-    n = cfg.text_encoder.max_length
-    text = torch.empty(batch, n, teacher.config.caption_channels, device="meta", dtype=dtype)
-    return x, Condition(text=text, text_mask=torch.ones(batch, n, device="meta")), side
+    return x, teacher.example_condition(batch, "meta", cfg.text_encoder.max_length, dtype), side
 
 
 # -- activation measurements --------------------------------------------------------------------------------------

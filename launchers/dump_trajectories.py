@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
     teacher_grid = uniform_teacher_grid(schedule, args.steps, args.substeps)
     captions = stream = null = None
     num_conditions = 1
-    if teacher.family == "dit":
+    if teacher.condition_kind == "labels":
         num_conditions = teacher.num_classes
         if args.data is not None:
             warnings.warn(f"a class-conditional teacher ignores the caption shards {args.data}", stacklevel=1)

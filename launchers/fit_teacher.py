@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory  # noqa: E402
 from ard_scale.models.condition import Condition  # noqa: E402
+from ard_scale.models.families import get_family  # noqa: E402
 from ard_scale.models.teachers import Teacher, build_teacher  # noqa: E402
 
 NUM_CLASSES = 10
@@ -68,13 +69,13 @@ class Conditioner:
     """Class labels -> the family's Condition; index NUM_CLASSES is the null condition."""
 
     def __init__(self, family: str, caption_channels: int | None, seed: int = 0):
-        self.family = family
-        if family == "pixart":
+        self.kind = get_family(family).condition_kind
+        if self.kind == "text":
             g = torch.Generator().manual_seed(seed)
             self.captions = torch.randn(NUM_CLASSES + 1, CAPTION_TOKENS, caption_channels, generator=g)
 
     def __call__(self, labels: torch.Tensor) -> Condition:
-        if self.family == "dit":
+        if self.kind == "labels":
             return Condition(labels=labels)
         return Condition(
             text=self.captions[labels], text_mask=torch.ones(len(labels), CAPTION_TOKENS, dtype=torch.long)
@@ -86,9 +87,10 @@ class ShardConditioner:
     t5_mask, or the captions encoded with a local T5). The null condition is fixed on the first text batch."""
 
     def __init__(self, family: str, data_path: str, num_classes: int, text_encoder: str | None, max_length: int):
-        self.family, self.data_path, self.num_classes, self.max_length = family, data_path, num_classes, max_length
+        kind = get_family(family).condition_kind
+        self.kind, self.data_path, self.num_classes, self.max_length = kind, data_path, num_classes, max_length
         self.t5 = None
-        if family == "pixart" and text_encoder is not None:
+        if kind == "text" and text_encoder is not None:
             from ard_scale.models.text_encoder import load_t5
 
             self.t5 = load_t5(text_encoder)
@@ -96,7 +98,7 @@ class ShardConditioner:
         self.null_mask_L: torch.Tensor | None = None
 
     def __call__(self, batch: dict) -> Condition:
-        if self.family == "dit":
+        if self.kind == "labels":
             labels = batch.get("labels")
             if labels is None or (labels < 0).any():
                 raise ValueError(
@@ -132,7 +134,7 @@ class ShardConditioner:
         return torch.zeros(length, channels), F.one_hot(torch.tensor(0), length).long()
 
     def null(self, batch_size: int) -> Condition:
-        if self.family == "dit":
+        if self.kind == "labels":
             return Condition(labels=torch.full((batch_size,), self.num_classes, dtype=torch.long))
         return Condition(
             text=self.null_text_LC.expand(batch_size, -1, -1), text_mask=self.null_mask_L.expand(batch_size, -1)
@@ -140,7 +142,7 @@ class ShardConditioner:
 
     def drop(self, cond: Condition, gen: torch.Generator) -> Condition:
         """CFG dropout: 10 % of text conditions become the null condition (DiT's label embedding drops its own)."""
-        if self.family == "dit":
+        if self.kind == "labels":
             return cond
         drop_B = torch.rand(cond.batch_size, generator=gen) < 0.1
         null = self.null(cond.batch_size)
@@ -270,10 +272,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     defaults = {"family": "dit", "size": "debug", "objective": "epsilon", **recipe_defaults(args.recipe)}
     family, size, objective = (getattr(args, k) or defaults[k] for k in ("family", "size", "objective"))
+    kind = get_family(family).condition_kind
     data_path, data_format = args.data or defaults.get("data"), args.data_format or defaults.get("data_format")
     if data_path is not None and data_format is None:
         parser.error(f"give --data-format webdataset|mds for --data {data_path}")
-    if args.text_encoder is not None and (family != "pixart" or data_path is None):
+    if args.text_encoder is not None and (kind != "text" or data_path is None):
         warnings.warn("--text-encoder is ignored: it encodes the shard captions of a pixart teacher", stacklevel=1)
 
     if args.threads:
@@ -289,7 +292,7 @@ def main(argv=None) -> dict:
         def next_batch() -> tuple[torch.Tensor, Condition]:
             idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
             y = labels[idx].clone()
-            if family != "dit":  # DiT's LabelEmbedding already drops 10 % of labels to the null class in train mode
+            if kind != "labels":  # DiT's LabelEmbedding already drops 10 % of labels to the null class in train mode
                 y[torch.rand(len(y), generator=gen) < 0.1] = NUM_CLASSES  # CFG dropout to the null condition
             return images[idx], conditioner(y)
     else:
@@ -297,7 +300,7 @@ def main(argv=None) -> dict:
         first = next(stream)
         conditioner = ShardConditioner(family, data_path, args.num_classes, args.text_encoder, args.max_length)
         first_cond = conditioner(first)
-        if family == "pixart":
+        if kind == "text":
             overrides["caption_channels"] = first_cond.text.shape[-1]
         stream = itertools.chain([first], stream)
 
@@ -313,8 +316,7 @@ def main(argv=None) -> dict:
         num_attention_heads=max(1, args.width // 32),
         attention_head_dim=min(32, args.width),
     )
-    if family == "dit":
-        overrides["num_embeds_ada_norm"] = args.num_classes if data_path is not None else NUM_CLASSES
+    overrides.update(get_family(family).size_overrides(args.num_classes if data_path is not None else NUM_CLASSES))
     teacher = build_teacher(family, size, seed=args.seed, **overrides)
     teacher.requires_grad_(True).train()
     ema = copy.deepcopy(teacher).requires_grad_(False).eval()
@@ -358,9 +360,9 @@ def main(argv=None) -> dict:
         samples = sample(ema, schedule, cond, null, shape, args.guidance, args.sample_steps)
         acc = None
     ema.model.save_pretrained(args.out / "transformer")
-    if family == "pixart" and data_path is None:
+    if kind == "text" and data_path is None:
         torch.save(conditioner.captions, args.out / "captions.pt")
-    elif family == "pixart":
+    elif kind == "text":
         torch.save(
             {"t5_emb": conditioner.null_text_LC, "t5_mask": conditioner.null_mask_L}, args.out / "null_caption.pt"
         )

@@ -27,8 +27,9 @@ from safetensors.torch import load_file, save_file
 
 from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict, student_architecture
 from ard_scale.config.ard import ARDConfig
+from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
-from ard_scale.models.teachers import MODEL_CLASSES, Teacher, load_teacher
+from ard_scale.models.teachers import Teacher, load_teacher
 
 HEADS_FILE = "ard_heads.safetensors"
 ARD_CONFIG_FILE = "ard_config.json"
@@ -118,7 +119,7 @@ def export_student(run_dir: str | Path, out_dir: str | Path, *, tag: str | None 
     """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     state, arch, tag, weights = student_state_dict(run_dir, tag=tag, use_ema=use_ema)
-    model_cls = MODEL_CLASSES[arch["family"]]
+    model_cls = get_family(arch["family"]).model_class
     backbone = model_cls.from_config(arch["backbone_config"])
     backbone.load_state_dict(_teacher_class_state(state), strict=True)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,22 @@ class ConfigWarning(UserWarning):
     """A setting that has no effect because of another setting."""
 
 
+def family_spec(name: str):
+    """The registered family `name` (its facts: condition kind, text encoders), or None if unknown.
+
+    The one place the config layer reads the family registry: families are pure model code (no deepspeed, no
+    torch.distributed), imported here at validation time so that a new family needs no schema change."""
+    from ard_scale.models.families import FAMILIES
+
+    return FAMILIES.get(name)
+
+
+def family_names() -> list[str]:
+    from ard_scale.models.families import FAMILIES
+
+    return list(FAMILIES)
+
+
 def _positive(out: list[str], name: str, value: float | None, *, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -33,8 +49,9 @@ def _positive(out: list[str], name: str, value: float | None, *, allow_zero: boo
 class TeacherConfig:
     """The frozen teacher network (loaded from a local diffusers folder, or built at a named size for tests)."""
 
-    family: Literal["dit", "pixart"]
-    """'dit': class-conditional DiT (adaLN); 'pixart': PixArt-Σ-style text-to-image DiT with T5 cross-attention."""
+    family: str
+    """A registered teacher family (ard_scale/models/families/): 'dit' (class-conditional DiT, adaLN), 'pixart'
+    (PixArt-Σ-style text-to-image DiT with T5 cross-attention), 'flux' (FLUX.1 flow-matching MMDiT)."""
     size: str | None = None
     """Named architecture built with random weights (e.g. 'debug', 'dit_xl_2_256', 'pixart_sigma_1024'); the model
     factory lists valid names. Exactly one of size/path."""
@@ -47,10 +64,13 @@ class TeacherConfig:
         out = []
         if (self.size is None) == (self.path is None):
             out.append("size/path: set exactly one (a named size for random weights, or a local folder)")
-        if self.family == "dit" and self.num_classes is None:
-            out.append("num_classes: required for family 'dit' (e.g. 1000 for ImageNet)")
-        if self.family == "pixart" and self.num_classes is not None:
-            out.append("num_classes: must be null for family 'pixart' (it is text-conditioned)")
+        spec = family_spec(self.family)
+        if spec is None:
+            out.append(f"family: unknown teacher family {self.family!r}; choose one of {', '.join(family_names())}")
+        elif spec.condition_kind == "labels" and self.num_classes is None:
+            out.append(f"num_classes: required for family {self.family!r} (e.g. 1000 for ImageNet)")
+        elif spec.condition_kind == "text" and self.num_classes is not None:
+            out.append(f"num_classes: must be null for family {self.family!r} (it is text-conditioned)")
         _positive(out, "num_classes", self.num_classes)
         return out
 
@@ -465,13 +485,15 @@ class RootConfig:
         out = []
         t, tr, d = self.teacher, self.train, self.data
         te = self.text_encoder
-        if t.family == "pixart" and te.path is None and te.size is None and not te.use_precomputed:
+        spec = family_spec(t.family)
+        text_family = spec is not None and spec.condition_kind == "text"
+        if text_family and te.path is None and te.size is None and not te.use_precomputed:
             out.append(
-                "text_encoder.path: family 'pixart' needs captions encoded: set text_encoder.path to a local T5 "
+                f"text_encoder.path: family {t.family!r} needs captions encoded: set text_encoder.path to a local T5 "
                 "folder (or text_encoder.size) or text_encoder.use_precomputed=true"
             )
         if (
-            t.family == "pixart"
+            text_family
             and te.use_precomputed
             and te.path is None
             and te.size is None
@@ -481,8 +503,10 @@ class RootConfig:
                 "text_encoder.path: guidance needs the empty caption's T5 embedding, which precomputed shards do not "
                 "hold; give text_encoder.path (the encoder runs once, for the empty caption) or guidance_scale 1"
             )
-        if t.family == "dit" and self.text_encoder.use_precomputed:
-            out.append("text_encoder.use_precomputed: family 'dit' is class-conditional and has no text embeddings")
+        if spec is not None and spec.condition_kind == "labels" and self.text_encoder.use_precomputed:
+            out.append(
+                f"text_encoder.use_precomputed: family {t.family!r} is class-conditional and has no text embeddings"
+            )
         if tr.trajectory_source == "offline" and d.trajectory_path is None:
             out.append("data.trajectory_path: required with train.trajectory_source 'offline'")
         if tr.trajectory_source != "offline" and d.path is None:
@@ -516,8 +540,9 @@ class RootConfig:
     def ignored(self) -> list[str]:
         """Settings that have no effect because of another setting (a warning, not an error)."""
         out = []
-        if self.teacher.family == "dit" and (self.text_encoder.path or self.text_encoder.size) is not None:
-            out.append("text_encoder.path/size is ignored: family 'dit' has no text encoder")
+        spec = family_spec(self.teacher.family)
+        if spec is not None and not spec.text_encoders and (self.text_encoder.path or self.text_encoder.size):
+            out.append(f"text_encoder.path/size is ignored: family {self.teacher.family!r} has no text encoder")
         if self.vae.path is None and self.vae.size is None and self.vae.scaling_factor is not None:
             out.append("vae.scaling_factor is ignored: no VAE (pixel space)")
         if self.train.trajectory_source != "replay" and self.train.replay_times != 1:

@@ -67,13 +67,11 @@ class Discriminator(nn.Module):
     def for_teacher(cls, teacher, *, num_heads: int, hidden: int = 256) -> Discriminator:
         """Heads for `num_heads` blocks of a `Teacher` (or of a student copied from it): the blocks' width, and the
         teacher's own kind of condition (its classes, or its caption embedding width)."""
-        config = teacher.config
-        if teacher.family == "dit":
+        if teacher.condition_kind == "labels":
             cond_kwargs = {"num_classes": teacher.num_classes}
         else:
-            cond_kwargs = {"text_dim": config.caption_channels}
-        dim = config.num_attention_heads * config.attention_head_dim
-        return cls(num_heads=num_heads, dim=dim, hidden=hidden, cond_dim=hidden, **cond_kwargs)
+            cond_kwargs = {"text_dim": teacher.text_dim}
+        return cls(num_heads=num_heads, dim=teacher.width, hidden=hidden, cond_dim=hidden, **cond_kwargs)
 
     def embed(self, cond: Condition) -> torch.Tensor:
         if self.class_embed is not None:

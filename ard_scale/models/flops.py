@@ -23,10 +23,7 @@ def count_flops(fn) -> int:
 
 
 def example_condition(teacher: Teacher, batch: int, device, text_tokens: int = 300) -> Condition:
-    if teacher.family == "dit":
-        return Condition(labels=torch.zeros(batch, dtype=torch.long, device=device))
-    text = torch.zeros(batch, text_tokens, teacher.config.caption_channels, device=device)
-    return Condition(text=text, text_mask=torch.ones(batch, text_tokens, device=device))
+    return teacher.example_condition(batch, device, text_tokens)
 
 
 def student_flops(family: str, size: str, cfg: ARDConfig, *, batch: int = 1, text_tokens: int = 300) -> dict:

@@ -22,6 +22,7 @@ from ard_scale.distributed.engines import (
 )
 from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.condition import Condition
+from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher, load_teacher
 from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec
@@ -43,9 +44,8 @@ def build_schedule(cfg: RootConfig) -> Schedule:
 def build_teacher_model(cfg: RootConfig) -> Teacher:
     t = cfg.teacher
     if t.path is not None:
-        return load_teacher(t.path)
-    overrides = {"num_embeds_ada_norm": t.num_classes} if t.family == "dit" and t.num_classes else {}
-    return build_teacher(t.family, t.size, seed=cfg.train.seed, **overrides)
+        return load_teacher(t.path, family=t.family)
+    return build_teacher(t.family, t.size, seed=cfg.train.seed, **get_family(t.family).size_overrides(t.num_classes))
 
 
 class Conditioner:
@@ -57,11 +57,11 @@ class Conditioner:
     that alone and then dropped)."""
 
     def __init__(self, cfg: RootConfig, teacher: Teacher, device: torch.device | str = "cpu", *, for_eval=False):
-        self.family, self.teacher, self.device = teacher.family, teacher, torch.device(device)
+        self.kind, self.teacher, self.device = teacher.condition_kind, teacher, torch.device(device)
         self.encoder = self.tokenizer = self.null = None
         tec = cfg.text_encoder
         self.max_length = tec.max_length
-        if self.family != "pixart":
+        if self.kind != "text":
             return
         keep = for_eval or cfg.eval.every is not None or not tec.use_precomputed
         if not keep and cfg.diffusion.guidance_scale == 1:
@@ -80,7 +80,7 @@ class Conditioner:
         return cond.to(self.device), null.to(self.device)
 
     def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition]:
-        if self.family == "dit":
+        if self.kind == "labels":
             if "labels" not in batch:
                 raise ValueError(
                     "the class-conditional teacher needs class labels, but the data shards carry none; "

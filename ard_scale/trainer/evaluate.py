@@ -168,7 +168,7 @@ def build_eval_setup(
     cache_dir = Path(ev.cache_dir) if ev.cache_dir is not None else Path(run_dir) / "eval" / "cache"
     skipped: list[str] = []
     codec = codec.to(device)
-    text = teacher.family != "dit"
+    text = teacher.condition_kind == "text"
 
     # the evaluation set: sample i is class i mod K, or prompt i mod P
     if text:
@@ -235,7 +235,7 @@ def build_eval_setup(
         "teacher_weights": file_identity(cfg.teacher.path) if cfg.teacher.path else {"seed": seeded},
         "diffusion": to_dict(cfg.diffusion),
         "num_student_steps": cfg.student.num_steps,  # the teacher grid has S·K steps
-        "teacher_dtype": str(teacher.model.pos_embed.proj.weight.dtype),  # bf16 in a bf16 run, fp32 offline
+        "teacher_dtype": str(teacher.dtype),  # bf16 in a bf16 run, fp32 offline
         "vae": {**to_dict(cfg.vae), "weights": file_identity(cfg.vae.path) if cfg.vae.path else {"seed": seeded}},
         "text_encoder": {**to_dict(cfg.text_encoder), "weights": file_identity(cfg.text_encoder.path)} if text else {},
         "eval_set": eval_set,

@@ -40,6 +40,7 @@ import torch
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import gather_once
 from ard_scale.models.condition import Condition
+from ard_scale.models.families import get_family
 
 if TYPE_CHECKING:
     from ard_scale.trainer.build import Run
@@ -174,7 +175,7 @@ def check_offline_dump(
     """Refuse a trajectory dump whose student grid, latent shape or condition differs from the recipe's, naming
     both."""
     problems = []
-    wanted = "labels" if family == "dit" else "text"
+    wanted = get_family(family).condition_kind
     if condition_kind is None:
         problems.append(
             "condition: the dump stores caption indices only (made with --captions); dump with --data SHARDS so "

@@ -1,0 +1,28 @@
+"""Teacher families as plug-ins (see `base.Family`): one module per family and this registry."""
+
+from __future__ import annotations
+
+from ard_scale.models.families.base import Family
+
+FAMILIES: dict[str, type[Family]] = {}
+
+
+def register(family: type[Family]) -> type[Family]:
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> type[Family]:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown teacher family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of_class(class_name: str) -> type[Family] | None:
+    """The family whose diffusers class is called `class_name`, or None."""
+    return next((f for f in FAMILIES.values() if f.model_class.__name__ == class_name), None)
+
+
+from ard_scale.models.families import dit, pixart  # noqa: E402,F401  (registers them)
+
+__all__ = ["FAMILIES", "Family", "family_of_class", "get_family", "register"]

@@ -1,0 +1,129 @@
+"""The family contract: everything that differs between teacher families, behind one interface.
+
+A family is one module under `ard_scale/models/families/` defining a `Family` subclass and registering it
+(`ard_scale.models.families.register`). Code outside this package asks the family; it never branches on a name.
+
+What a family owns:
+- the diffusers class and its named sizes (`debug` trains a step on CPU in seconds; real sizes build on `meta`);
+- shape facts: latent channels, the pixels-per-token of its patching, its depth in blocks;
+- the kind of condition (`labels` or `text`), the null condition, which text encoders it needs;
+- the teacher's denoiser call (`denoise`) and the GAN feature pass (`features`), through submodule calls;
+- the student's computation over G groups: `prepare_student` (heads, block forwards or attention processors),
+  `student_forward` (teacher-forced, all S groups at once), `student_sample` (autoregressive, KV cache in the lowest
+  N blocks) and `student_features` (one group, as the teacher runs it).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ard_scale.models.condition import Condition
+
+ConditionKind = Literal["labels", "text"]
+
+
+class Family:
+    """Base of every teacher family; subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    model_class: ClassVar[type]
+    sizes: ClassVar[dict[str, dict]]
+    condition_kind: ClassVar[ConditionKind]
+    text_encoders: ClassVar[tuple[str, ...]] = ()  # e.g. ("t5",) or ("t5", "clip")
+    default_sizes: ClassVar[dict[int, str]] = {}  # resolution in pixels -> the named size the planner falls back to
+    description: ClassVar[str] = ""
+
+    # -- building ------------------------------------------------------------------------------------------------
+    @classmethod
+    def size_overrides(cls, num_classes: int | None) -> dict:
+        """Keyword overrides of the diffusers class a recipe's `teacher.num_classes` implies."""
+        return {}
+
+    @classmethod
+    def check_model(cls, model: nn.Module) -> None:
+        """Raise for a model of this class that the family does not support (with the reason and the fix)."""
+
+    # -- shape facts ---------------------------------------------------------------------------------------------
+    @classmethod
+    def in_channels(cls, model: nn.Module) -> int:
+        return model.config.in_channels
+
+    @classmethod
+    def out_channels(cls, model: nn.Module) -> int:
+        return model.out_channels
+
+    @classmethod
+    def patch_size(cls, model: nn.Module) -> int:
+        """Latent pixels per token side: H and W of a state must be multiples of it."""
+        return model.config.patch_size
+
+    @classmethod
+    def sample_size(cls, model: nn.Module) -> int:
+        return model.config.sample_size
+
+    @classmethod
+    def depth(cls, model: nn.Module) -> int:
+        return len(model.transformer_blocks)
+
+    @classmethod
+    def width(cls, model: nn.Module) -> int:
+        return model.config.num_attention_heads * model.config.attention_head_dim
+
+    @classmethod
+    def num_classes(cls, model: nn.Module) -> int | None:
+        return None
+
+    @classmethod
+    def text_dim(cls, model: nn.Module) -> int | None:
+        """Width of the caption embedding the teacher reads (None for class-conditional families)."""
+        return None
+
+    # -- conditions ----------------------------------------------------------------------------------------------
+    @classmethod
+    def null_condition(cls, model: nn.Module, batch_size: int, device=None) -> Condition:
+        raise ValueError(
+            f"a {cls.name} teacher's null condition is the empty caption's text embedding; encode '' instead"
+        )
+
+    @classmethod
+    def example_condition(cls, model: nn.Module, batch: int, device, text_tokens: int, dtype=None) -> Condition:
+        """A condition of the right shapes (zeros/empty) for counting FLOPs or planning memory."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_condition(cls, cond: Condition, who: str = "teacher") -> None:
+        if cls.condition_kind == "labels" and cond.labels is None:
+            raise ValueError(f"a class-conditional ({cls.name}) {who} needs class labels, got a text condition")
+        if cls.condition_kind == "text" and cond.text is None:
+            raise ValueError(f"a text-to-image ({cls.name}) {who} needs text embeddings, got class labels")
+
+    # -- the teacher -----------------------------------------------------------------------------------------------
+    @classmethod
+    def denoise(cls, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Native output (B, C_out, H, W) for x_t (B, C, H, W) at model times t (B,)."""
+        raise NotImplementedError
+
+    @classmethod
+    def features(cls, model, x_t, t, cond, layers: list[int]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    # -- the student -----------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare_student(cls, student: nn.Module) -> nn.Module:
+        """Adapt `student.backbone` (a trainable copy of the teacher's model) and return the head to copy S times."""
+        raise NotImplementedError
+
+    @classmethod
+    def student_forward(cls, student, states: torch.Tensor, cond: Condition) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def student_sample(cls, student, noise: torch.Tensor, cond: Condition) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def student_features(cls, student, x_t, t, cond, layers: list[int]) -> list[torch.Tensor]:
+        raise NotImplementedError
