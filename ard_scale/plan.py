@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ard_scale.config import RootConfig, load_config
-from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
+from ard_scale.diffusion.schedules import schedule_for_recipe
 from ard_scale.diffusion.solvers import NUM_EVALS_PER_STEP
 from ard_scale.models.condition import Condition
 from ard_scale.models.discriminator import Discriminator
@@ -117,11 +117,10 @@ def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
     return model.eval().requires_grad_(False), source
 
 
-def build_schedule(cfg: RootConfig):
-    d = cfg.diffusion
-    if d.schedule == "flow":
-        return FlowSchedule()
-    return VPSchedule(d.num_train_timesteps, d.beta_start, d.beta_end, d.prediction_type)
+def build_schedule(cfg: RootConfig, patch_size: int = 2):
+    has_vae = cfg.vae.path is not None or cfg.vae.size is not None
+    side = cfg.data.resolution // 8 if has_vae else cfg.data.resolution
+    return schedule_for_recipe(cfg.diffusion, side, patch_size)
 
 
 def example_inputs(teacher: Teacher, cfg: RootConfig, batch: int, dtype) -> tuple[torch.Tensor, Condition, int]:

@@ -143,6 +143,19 @@ class DiffusionConfig:
     """Apply guidance only to the first C latent channels (DiT's reference sampler: 3 of 4); null = all."""
     record: Literal["noisy", "x0"] = "noisy"
     """Recorded state at each student time: the noisy x_τ (the paper) or the teacher's x̂0 (the re-implementation)."""
+    shift: float = 1.0
+    """'flow' only: static time shift s of the sigma grid, σ' = s·σ / (1 + (s-1)·σ) (SD3: 3.0; 1 = none)."""
+    dynamic_shift: bool = False
+    """'flow' only: FluxPipeline's resolution-dependent shift, s = exp(μ) with μ linear in the image token count
+    between (base_seq_len, base_shift) and (max_seq_len, max_shift); replaces `shift`."""
+    base_shift: float = 0.5
+    """μ at base_seq_len image tokens (FLUX.1: 0.5)."""
+    max_shift: float = 1.15
+    """μ at max_seq_len image tokens (FLUX.1: 1.15)."""
+    base_seq_len: int = 256
+    """Image tokens at which μ = base_shift (FLUX.1: 256)."""
+    max_seq_len: int = 4096
+    """Image tokens at which μ = max_shift (FLUX.1: 4096)."""
 
     def problems(self) -> list[str]:
         out = []
@@ -158,6 +171,11 @@ class DiffusionConfig:
         _positive(out, "substeps", self.substeps)
         _positive(out, "guidance_scale", self.guidance_scale, allow_zero=True)
         _positive(out, "guide_first_channels", self.guide_first_channels)
+        _positive(out, "shift", self.shift)
+        if self.schedule != "flow" and (self.shift != 1.0 or self.dynamic_shift):
+            out.append("shift/dynamic_shift: time shifts apply to schedule 'flow' only")
+        if self.dynamic_shift and self.base_seq_len >= self.max_seq_len:
+            out.append(f"base_seq_len/max_seq_len: need base < max, got {self.base_seq_len}, {self.max_seq_len}")
         return out
 
 

@@ -123,6 +123,46 @@ class FlowSchedule:
 Schedule = VPSchedule | FlowSchedule
 
 
+def dynamic_shift(
+    image_seq_len: int,
+    *,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """FluxPipeline's resolution-dependent shift as a static one: μ is linear in the image token count and the
+    scheduler's exponential time shift e^μ / (e^μ + 1/σ − 1) equals `FlowSchedule.shifted` with s = e^μ."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    mu = image_seq_len * slope + base_shift - slope * base_seq_len
+    return math.exp(mu)
+
+
+def schedule_for_recipe(d, latent_side: int, patch_size: int) -> Schedule:
+    """`build_schedule` for a square latent of `latent_side` cut into patch_size² tokens."""
+    return build_schedule(d, image_seq_len=(latent_side // patch_size) ** 2)
+
+
+def build_schedule(d, *, image_seq_len: int | None = None) -> Schedule:
+    """The schedule a recipe's `diffusion` section describes. With `dynamic_shift` the shift depends on the image
+    token count (for FLUX.1 at 1024px: 4096 packed tokens), which the caller knows from the resolution."""
+    if d.schedule == "vp":
+        return VPSchedule(d.num_train_timesteps, d.beta_start, d.beta_end, d.prediction_type)
+    if not d.dynamic_shift:
+        return FlowSchedule(shift=d.shift)
+    if image_seq_len is None:
+        raise ValueError("diffusion.dynamic_shift needs the image token count (the resolution) to set the shift")
+    return FlowSchedule(
+        shift=dynamic_shift(
+            image_seq_len,
+            base_seq_len=d.base_seq_len,
+            max_seq_len=d.max_seq_len,
+            base_shift=d.base_shift,
+            max_shift=d.max_shift,
+        )
+    )
+
+
 def add_noise(schedule: Schedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     """The forward process: x_t = α(t)·x0 + σ(t)·noise, `t` a scalar or per-sample (B,) tensor."""
     alpha, sigma = (_bcast(v.to(x0.device), x0) for v in schedule.alpha_sigma(t))

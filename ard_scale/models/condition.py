@@ -1,4 +1,5 @@
-"""The conditioning a teacher or student receives: class labels (DiT) or T5 token embeddings + mask (PixArt)."""
+"""The conditioning a teacher or student receives: class labels (DiT), or T5 token embeddings + mask (PixArt), plus
+a pooled CLIP embedding and a distilled-guidance value for the families that read them (FLUX.1)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,23 @@ class Condition:
     labels:    (B,) long class indices; the null class (for CFG) is the teacher's `num_classes`.
     text:      (B, L_txt, C_txt) T5 token embeddings.
     text_mask: (B, L_txt) 1 for real tokens, 0 for padding (None = all tokens valid).
+    pooled:    (B, C_pool) pooled text embedding (FLUX.1: CLIP-L's pooled output) or None.
+    guidance:  (B,) float guidance value a guidance-distilled teacher embeds (FLUX.1-dev) or None.
     """
 
     labels: torch.Tensor | None = None
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    guidance: torch.Tensor | None = None
 
     def __post_init__(self):
         if (self.labels is None) == (self.text is None):
             raise ValueError("a Condition needs exactly one of `labels` (class-conditional) or `text` (T5 embeddings)")
         if self.text_mask is not None and self.text is None:
             raise ValueError("`text_mask` given without `text`")
+        if self.pooled is not None and self.text is None:
+            raise ValueError("`pooled` given without `text`")
 
     @property
     def batch_size(self) -> int:
@@ -36,10 +43,12 @@ class Condition:
         )
 
     def to(self, *args, **kwargs) -> Condition:
-        """Moves tensors; a dtype argument applies to the float tensor (`text`) only."""
+        """Moves tensors; a dtype argument applies to the float tensors (`text`, `pooled`) only."""
 
         def move(v):
-            return v.to(*args, **kwargs) if v.is_floating_point() else v.to(device=_device_of(args, kwargs, v))
+            if v.is_floating_point() and v.ndim > 1:  # guidance (B,) keeps its fp32 value
+                return v.to(*args, **kwargs)
+            return v.to(device=_device_of(args, kwargs, v))
 
         return self._map(move)
 

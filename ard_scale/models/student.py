@@ -86,6 +86,7 @@ class ARDStudent(nn.Module):
         predictions the same as in the full forward, which is how sampling without a KV cache recomputes history."""
         self._check_states(states, prefix)
         return self.family.student_forward(self, states, cond).to(states.dtype)
+
     def next_state(self, x_t: torch.Tensor, out: torch.Tensor, step: int) -> torch.Tensor:
         """The state after student step `step` (0 = from noise) given that step's head output."""
         out = out[:, : self.in_channels]  # drop learned-sigma channels

@@ -13,7 +13,7 @@ from ard_scale.config import RootConfig
 from ard_scale.data import DataConfig as ReaderConfig
 from ard_scale.data import build_loader
 from ard_scale.data.trajectories import trajectory_loader
-from ard_scale.diffusion.schedules import FlowSchedule, Schedule, VPSchedule
+from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
 from ard_scale.distributed.engines import (
     build_frozen_engine,
     build_student_engine,
@@ -29,16 +29,12 @@ from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec
 from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
 
 
-def build_schedule(cfg: RootConfig) -> Schedule:
-    d = cfg.diffusion
-    if d.schedule == "flow":
-        return FlowSchedule()
-    return VPSchedule(
-        num_train_timesteps=d.num_train_timesteps,
-        beta_start=d.beta_start,
-        beta_end=d.beta_end,
-        prediction_type=d.prediction_type,
-    )
+def build_schedule(cfg: RootConfig, patch_size: int = 2) -> Schedule:
+    """The recipe's schedule (one builder for the trainer, the planner, evaluation and the dumper): with
+    `diffusion.dynamic_shift` its shift follows the image token count at `data.resolution`."""
+    has_vae = cfg.vae.path is not None or cfg.vae.size is not None
+    side = cfg.data.resolution // 8 if has_vae else cfg.data.resolution
+    return schedule_for_recipe(cfg.diffusion, side, patch_size)
 
 
 def build_teacher_model(cfg: RootConfig) -> Teacher:
@@ -163,8 +159,8 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     the run has no checkpoint of its own, so `gan.init_from` (if set) initialises the student."""
     tr, zero = cfg.train, cfg.zero
     torch.manual_seed(tr.seed)  # identical student initialisation on every rank
-    schedule = build_schedule(cfg)
     teacher = build_teacher_model(cfg)
+    schedule = build_schedule(cfg, teacher.patch_size)
     student = ARDStudent(teacher, cfg.student, schedule)
     student.activation_checkpointing = tr.activation_checkpointing
     if fresh and cfg.gan.enabled and cfg.gan.init_from is not None:

@@ -4,13 +4,19 @@ import torch
 
 from ard_scale.models.condition import Condition
 
-FAMILIES = ("dit", "pixart")
+FAMILIES = ("dit", "pixart", "flux")
 
 
 def make_condition(family: str, batch: int, seed: int = 0) -> Condition:
     g = torch.Generator().manual_seed(seed)
     if family == "dit":
         return Condition(labels=torch.randint(0, 10, (batch,), generator=g))
+    if family == "flux":  # T5 tokens (FLUX attends to all of them), pooled CLIP, distilled guidance
+        return Condition(
+            text=torch.randn(batch, 6, 24, generator=g),
+            pooled=torch.randn(batch, 16, generator=g),
+            guidance=torch.full((batch,), 3.5),
+        )
     mask = torch.ones(batch, 6, dtype=torch.long)
     mask[0, 4:] = 0  # padded caption: the mask must be honoured
     return Condition(text=torch.randn(batch, 6, 24, generator=g), text_mask=mask)

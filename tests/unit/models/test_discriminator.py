@@ -56,8 +56,10 @@ def test_eval_mode_freezes_spectral_norm_state_and_train_mode_bounds_the_weights
 def block_outputs(teacher, x, t, cond, layers):
     """An independent route to the teacher's hidden states: forward hooks on its blocks during its own forward."""
     found = {}
+    # FLUX: double- then single-stream blocks, each returning (text, image); the features are the image stream's
+    blocks = [*teacher.model.transformer_blocks, *getattr(teacher.model, "single_transformer_blocks", [])]
     hooks = [
-        teacher.model.transformer_blocks[i].register_forward_hook(lambda m, a, o, i=i: found.__setitem__(i, o))
+        blocks[i].register_forward_hook(lambda m, a, o, i=i: found.__setitem__(i, o[1] if isinstance(o, tuple) else o))
         for i in layers
     ]
     try:

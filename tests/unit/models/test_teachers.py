@@ -10,6 +10,12 @@ from model_helpers import make_condition
 from ard_scale.models.teachers import SIZES, build_teacher, load_teacher
 
 
+@pytest.fixture(params=("dit", "pixart"))
+def family(request):
+    """The single-stream DiT families (4-channel latents, learned sigma); FLUX's teacher tests: test_flux.py."""
+    return request.param
+
+
 @pytest.mark.parametrize(
     "family, size, params_m",
     [("dit", "dit_xl_2_256", 749.8), ("pixart", "pixart_sigma_1024", 610.9)],

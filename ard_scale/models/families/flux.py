@@ -1,0 +1,366 @@
+"""`flux`: FLUX.1 (`FluxTransformer2DModel`), a flow-matching MMDiT: 19 double-stream blocks (separate text and image
+weights, joint attention) then 38 single-stream blocks (one weight set over the concatenated text+image sequence),
+3072 wide, RoPE over (text, row, column) ids, time + pooled CLIP (+ distilled guidance for FLUX.1-dev) modulation.
+
+Student layout (DESIGN.md §1 "Joint-attention teachers"). Each of the S groups carries its *own copy* of the text
+tokens, modulated by that group's time: group g = (text_g, image_g). The groups are folded into the batch
+(B·S sequences of L_txt + L_img tokens), so every per-token computation (modulation, norms, MLPs, RoPE) is the
+teacher's own, run once per group; only attention mixes tokens across groups:
+- blocks at or above N (counted from the input across double- then single-stream blocks) run the teacher's own
+  attention per group — block-diagonal over groups, so each group is exactly the teacher's step;
+- the lowest N blocks have `ARDJointAttnProcessor` installed: under the history mask (M1–M4) group g attends to the
+  text and image keys/values of the groups the mask allows (one SDPA over S·(L_txt + L_img) tokens with a boolean
+  group mask); at sampling time it keeps a KV cache holding each earlier group's text *and* image keys/values.
+RoPE ids are the teacher's, identical for every group. Cost: S·(L_txt + L_img) tokens instead of S·L_img (at 1024px
+with 512 T5 tokens, L_img = 4096: 12.5 % more tokens per group than an image-only layout; `bench/flops.py` counts it).
+
+Packing: states stay in the VAE latent layout (B, 16, H/8, W/8); the 2×2 packing into 64-channel tokens (FluxPipeline's
+`_pack_latents`) happens here. Time: the network takes σ ∈ [0, 1] (it multiplies by 1000 itself); the schedule's
+model time is 1000·σ, divided back here exactly as FluxPipeline does.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from diffusers import FluxTransformer2DModel
+from diffusers.models.embeddings import apply_rotary_emb
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ard_scale.models.attention import token_mask
+from ard_scale.models.condition import Condition
+from ard_scale.models.families import register
+from ard_scale.models.families.base import Family
+
+PACK = 2  # latent pixels per token side
+
+
+def pack(x_BCHW: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) latents -> (B, H/2·W/2, 4C) tokens, as FluxPipeline._pack_latents."""
+    B, C, H, W = x_BCHW.shape
+    x = x_BCHW.view(B, C, H // PACK, PACK, W // PACK, PACK).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // PACK) * (W // PACK), C * PACK * PACK)
+
+
+def unpack(x_BLP: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Inverse of `pack`: (B, L, 4C) -> (B, C, H, W)."""
+    B, _, P = x_BLP.shape
+    C = P // (PACK * PACK)
+    x = x_BLP.view(B, H // PACK, W // PACK, C, PACK, PACK).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(B, C, H, W)
+
+
+def image_ids(H: int, W: int, device, dtype) -> torch.Tensor:
+    """(L_img, 3) RoPE ids (0, row, column) of the packed latent grid, as FluxPipeline._prepare_latent_image_ids."""
+    h, w = H // PACK, W // PACK
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] += torch.arange(h)[:, None]
+    ids[..., 2] += torch.arange(w)[None, :]
+    return ids.reshape(h * w, 3).to(device=device, dtype=dtype)
+
+
+class FluxHead(nn.Module):
+    """FLUX's final layer: `norm_out` (adaLN-continuous on the time embedding) then `proj_out` (attribute names kept,
+    so head 0 is the teacher's final layer under its own parameter names)."""
+
+    def __init__(self, norm_out: nn.Module, proj_out: nn.Linear):
+        super().__init__()
+        self.norm_out, self.proj_out = norm_out, proj_out
+
+    def forward(self, x_BLD: torch.Tensor, temb_BD: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.norm_out(x_BLD, temb_BD))
+
+
+class AttentionPlan:
+    """What the installed processors do in the current forward (set by the student before it runs the blocks).
+
+    mode 'grouped': each of the B·G sequences attends to itself (the teacher's attention).
+    mode 'masked':  sequences are G groups per sample; group g sees the groups `mask_GG[g]` allows.
+    mode 'cached':  one new group per sample; it appends its keys/values to its layer's cache and attends to the
+                    cached groups listed in `visible` (indices 0..g, g included)."""
+
+    def __init__(self):
+        self.mode, self.groups, self.mask_GG, self.visible = "grouped", 1, None, None
+        self.caches: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+
+class ARDJointAttnProcessor:
+    """FluxAttnProcessor's computation (projections, qk RMS-norms, text+image concatenation, RoPE) with the
+    attention itself taken from the student's `AttentionPlan`. Holds no parameters."""
+
+    def __init__(self, plan: AttentionPlan, layer: int):
+        self.plan, self.layer = plan, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        q = attn.to_q(hidden_states).unflatten(-1, (attn.heads, -1))
+        k = attn.to_k(hidden_states).unflatten(-1, (attn.heads, -1))
+        v = attn.to_v(hidden_states).unflatten(-1, (attn.heads, -1))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if encoder_hidden_states is not None:  # double-stream block: the text stream has its own projections
+            eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (attn.heads, -1)))
+            ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (attn.heads, -1)))
+            ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (attn.heads, -1))
+            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        o = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (N, heads, L, d)
+        o = o.transpose(1, 2).flatten(2, 3).to(q.dtype)
+        if encoder_hidden_states is None:
+            return o
+        L_txt = encoder_hidden_states.shape[1]
+        text, image = o[:, :L_txt], o[:, L_txt:]
+        return attn.to_out[1](attn.to_out[0](image.contiguous())), attn.to_add_out(text.contiguous())
+
+    def _attend(self, q, k, v):
+        plan = self.plan
+        if plan.mode == "grouped":
+            return F.scaled_dot_product_attention(q, k, v)
+        if plan.mode == "masked":
+            BG, H, L, d = q.shape
+            G = plan.groups
+            B = BG // G
+
+            def fold(t):  # (B·G, H, L, d) -> (B, H, G·L, d)
+                return t.view(B, G, H, L, d).transpose(1, 2).reshape(B, H, G * L, d)
+
+            mask = token_mask(plan.mask_GG.to(q.device), L)
+            o = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=mask)
+            return o.view(B, H, G, L, d).transpose(1, 2).reshape(BG, H, L, d)
+        keys, values = plan.caches.setdefault(self.layer, ([], []))
+        keys.append(k)
+        values.append(v)
+        ks = torch.cat([keys[i] for i in plan.visible], dim=2)
+        vs = torch.cat([values[i] for i in plan.visible], dim=2)
+        return F.scaled_dot_product_attention(q, ks, vs)
+
+
+def _blocks(model) -> list[nn.Module]:
+    return [*model.transformer_blocks, *model.single_transformer_blocks]
+
+
+@register
+class FluxFamily(Family):
+    name = "flux"
+    model_class = FluxTransformer2DModel
+    condition_kind = "text"
+    text_encoders = ("t5", "clip")
+    description = "FLUX.1 flow-matching MMDiT (T5 tokens + pooled CLIP, distilled guidance)"
+    default_sizes = {1024: "flux_1_dev"}
+    sizes = {
+        "debug": dict(  # 4 latent channels (16 packed), 2 double- + 2 single-stream blocks
+            patch_size=1,
+            in_channels=16,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=24,
+            pooled_projection_dim=16,
+            guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        ),
+        # black-forest-labs/FLUX.1-dev transformer config (12B).
+        "flux_1_dev": dict(
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        ),
+    }
+
+    # -- shape facts ---------------------------------------------------------------------------------------------
+    @classmethod
+    def check_model(cls, model):
+        if model.config.patch_size != 1:
+            raise ValueError(
+                f"this FLUX transformer has patch_size={model.config.patch_size}; ard_scale supports FLUX.1's "
+                "layout (patch_size 1 over 2×2-packed latents)"
+            )
+
+    @classmethod
+    def in_channels(cls, model):
+        return model.config.in_channels // (PACK * PACK)
+
+    @classmethod
+    def out_channels(cls, model):
+        return model.out_channels // (PACK * PACK)
+
+    @classmethod
+    def patch_size(cls, model):
+        return PACK
+
+    @classmethod
+    def sample_size(cls, model):
+        return 128  # FLUX.1's native 1024px: 128×128 latents
+
+    @classmethod
+    def depth(cls, model):
+        return len(model.transformer_blocks) + len(model.single_transformer_blocks)
+
+    @classmethod
+    def text_dim(cls, model):
+        return model.config.joint_attention_dim
+
+    @classmethod
+    def example_condition(cls, model, batch, device, text_tokens, dtype=None):
+        c = model.config
+        return Condition(
+            text=torch.zeros(batch, text_tokens, c.joint_attention_dim, device=device, dtype=dtype),
+            pooled=torch.zeros(batch, c.pooled_projection_dim, device=device, dtype=dtype),
+            guidance=torch.full((batch,), 3.5, device=device) if c.guidance_embeds else None,
+        )
+
+    @classmethod
+    def check_condition(cls, cond, who="teacher"):
+        super().check_condition(cond, who)
+        if cond.pooled is None:
+            raise ValueError(
+                f"a FLUX {who} needs the pooled CLIP text embedding beside the T5 tokens (Condition.pooled); "
+                "encode captions with the CLIP text encoder too, or precompute it into the shards"
+            )
+        if cond.text_mask is not None and not bool(cond.text_mask.bool().all()):
+            raise ValueError("FLUX attends to every T5 token (padding included, as FluxPipeline); give no text_mask")
+
+    # -- the network's inputs ------------------------------------------------------------------------------------
+    @classmethod
+    def _inputs(cls, model, x_NCHW, t_N, cond: Condition, repeats: int):
+        """Embedded image tokens (N, L_img, D), text tokens (N, L_txt, D), temb (N, D) and RoPE for N = B·repeats
+        sequences; the condition (B samples) is repeated `repeats` times per sample."""
+        cls.check_condition(cond)
+        dtype = model.x_embedder.weight.dtype
+        H, W = x_NCHW.shape[-2:]
+        img = model.x_embedder(pack(x_NCHW.to(dtype)))
+        # FluxPipeline feeds σ = t/1000 and the model scales it back by 1000. The sinusoidal embedding reads it in
+        # fp32 here: FluxTransformer2DModel.forward first rounds σ to the weights' dtype, which in bf16 moves
+        # σ = 0.999 to 1.0 — a whole time unit at the embedding's highest frequency. Equal in fp32.
+        timestep = (t_N.float() / 1000) * 1000
+        pooled = cond.pooled.to(dtype).repeat_interleave(repeats, 0)
+        if model.config.guidance_embeds:
+            if cond.guidance is None:
+                raise ValueError(
+                    "this FLUX teacher is guidance-distilled (guidance_embeds=True, FLUX.1-dev): the condition needs "
+                    "its guidance value (diffusion.guidance_scale)"
+                )
+            guidance = cond.guidance.float().to(x_NCHW.device).repeat_interleave(repeats, 0) * 1000
+            temb = model.time_text_embed(timestep, guidance, pooled)
+        else:
+            temb = model.time_text_embed(timestep, pooled)
+        txt = model.context_embedder(cond.text.to(dtype)).repeat_interleave(repeats, 0)
+        txt_ids = torch.zeros(cond.text.shape[1], 3, device=x_NCHW.device, dtype=dtype)
+        rope = model.pos_embed(torch.cat([txt_ids, image_ids(H, W, x_NCHW.device, dtype)], 0))
+        return img, txt, temb, rope
+
+    @classmethod
+    def _run_block(cls, block, img, txt, temb, rope, plan=None, mode="grouped"):
+        if plan is not None:  # set inside the (possibly recomputed) call, so a checkpointed block replays its mode
+            plan.mode = mode
+        txt, img = block(hidden_states=img, encoder_hidden_states=txt, temb=temb, image_rotary_emb=rope)
+        return img, txt
+
+    # -- the teacher -----------------------------------------------------------------------------------------------
+    @classmethod
+    def denoise(cls, model, x_t, t, cond):
+        """FluxTransformer2DModel.forward on packed latents, unpacked back to (B, 16, H, W)."""
+        cls.check_condition(cond)
+        H, W = x_t.shape[-2:]
+        dtype = model.x_embedder.weight.dtype
+        txt_ids = torch.zeros(cond.text.shape[1], 3, device=x_t.device, dtype=dtype)
+        guidance = cond.guidance.to(x_t.device) if model.config.guidance_embeds and cond.guidance is not None else None
+        if model.config.guidance_embeds and guidance is None:
+            cls._inputs(model, x_t, t, cond, 1)  # raises the guidance error
+        out = model(
+            hidden_states=pack(x_t.to(dtype)),
+            encoder_hidden_states=cond.text.to(dtype),
+            pooled_projections=cond.pooled.to(dtype),
+            timestep=t / 1000,
+            img_ids=image_ids(H, W, x_t.device, dtype),
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return unpack(out, H, W).to(x_t.dtype)
+
+    @classmethod
+    def features(cls, model, x_t, t, cond, layers):
+        img, txt, temb, rope = cls._inputs(model, x_t, t, cond, 1)
+        out = {}
+        for i, block in enumerate(_blocks(model)[: max(layers) + 1]):
+            img, txt = cls._run_block(block, img, txt, temb, rope)
+            out[i] = img
+        return [out[i] for i in layers]
+
+    # -- the student -----------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare_student(cls, student):
+        model = student.backbone
+        student.attention_plan = AttentionPlan()
+        for i, block in enumerate(_blocks(model)[: student.cfg.num_causal_layers]):
+            block.attn.set_processor(ARDJointAttnProcessor(student.attention_plan, i))
+        head = FluxHead(model.norm_out, model.proj_out)
+        del model.norm_out, model.proj_out
+        return head
+
+    @classmethod
+    def _blocks_over_groups(cls, student, img, txt, temb, rope, mode_of):
+        plan = student.attention_plan
+        for i, block in enumerate(_blocks(student.backbone)):
+            run = partial(cls._run_block, block, plan=plan, mode=mode_of(i))
+            if student.activation_checkpointing and torch.is_grad_enabled():
+                img, txt = checkpoint(run, img, txt, temb, rope, use_reentrant=False)
+            else:
+                img, txt = run(img, txt, temb, rope)
+        plan.mode = "grouped"
+        return img
+
+    @classmethod
+    def student_forward(cls, student, states, cond):
+        B, S, C, H, W = states.shape
+        t_N = student.schedule.model_time(student.grid[:S].repeat(B)).to(states.device)
+        img, txt, temb, rope = cls._inputs(student.backbone, states.flatten(0, 1), t_N, cond, S)
+        plan = student.attention_plan
+        plan.groups, plan.mask_GG = S, student.history_mask[:S, :S]
+        img = cls._blocks_over_groups(
+            student, img, txt, temb, rope, lambda i: "masked" if student.uses_mask(i) else "grouped"
+        )
+        img_BSLD, temb_BSD = img.unflatten(0, (B, S)), temb.unflatten(0, (B, S))
+        out = torch.stack([student.head(s)(img_BSLD[:, s], temb_BSD[:, s]) for s in range(S)], 1)
+        return unpack(out.flatten(0, 1), H, W).unflatten(0, (B, S))
+
+    @classmethod
+    def student_features(cls, student, x_t, t, cond, layers):
+        model_t = student.schedule.model_time(t).to(x_t.device)
+        img, txt, temb, rope = cls._inputs(student.backbone, x_t, model_t, cond, 1)
+        out = {}
+        for i, block in enumerate(_blocks(student.backbone)[: max(layers) + 1]):
+            img, txt = cls._run_block(block, img, txt, temb, rope)
+            out[i] = img
+        return [out[i] for i in layers]
+
+    @classmethod
+    def student_sample(cls, student, noise, cond):
+        B, _, H, W = noise.shape
+        plan = student.attention_plan
+        plan.caches = {}
+        x, states = noise, [noise]
+        try:
+            for g in range(student.num_steps):
+                t_B = student.schedule.model_time(student.grid[g].repeat(B)).to(noise.device)
+                img, txt, temb, rope = cls._inputs(student.backbone, x, t_B, cond, 1)
+                plan.visible = student.history_mask[g].nonzero().flatten().tolist()
+                img = cls._blocks_over_groups(student, img, txt, temb, rope, lambda i: "cached")
+                out = unpack(student.head(g)(img, temb), H, W).to(noise.dtype)
+                x = student.next_state(x, out, g)
+                states.append(x)
+        finally:
+            plan.caches, plan.visible = {}, None
+        return states
