@@ -156,7 +156,9 @@ class _FusedSDPA(torch.autograd.Function):
         raise NotImplementedError("planning only")
 
 
-def _fused_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+def _fused_sdpa(q=None, k=None, v=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    if q is None:  # diffusers' dispatcher passes query=, key=, value=
+        q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
     bias = None
     if attn_mask is not None:  # a boolean mask becomes a materialised additive bias that backward reads
         shape = torch.broadcast_shapes(attn_mask.shape, (*q.shape[:-1], k.shape[-2]))[-2:]
@@ -189,10 +191,12 @@ def student_pass(student: ARDStudent, states: torch.Tensor, cond: Condition) -> 
         return t
 
     def enter(i):
-        def hook(module, args):
+        def hook(module, args, kwargs):
             nonlocal block_inputs
             current[0] = i
-            block_inputs += args[0].untyped_storage().nbytes()
+            # what activation checkpointing keeps of a block: its tensor inputs (MMDiT: text and image streams)
+            inputs = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a) and a.dim() == 3]
+            block_inputs += sum(a.untyped_storage().nbytes() for a in inputs[:2])
 
         return hook
 
@@ -200,8 +204,8 @@ def student_pass(student: ARDStudent, states: torch.Tensor, cond: Condition) -> 
         current[0] = None
 
     handles = []
-    for i, block in enumerate(student.backbone.transformer_blocks):
-        handles += [block.register_forward_pre_hook(enter(i)), block.register_forward_hook(leave)]
+    for i, block in enumerate(student.family.blocks(student.backbone)):
+        handles += [block.register_forward_pre_hook(enter(i), with_kwargs=True), block.register_forward_hook(leave)]
     original = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _fused_sdpa
     try:
@@ -284,11 +288,12 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
         raise ValueError(f"gpus must be >= 1, got {gpus}")
     dtype, precision, z = DTYPES[cfg.train.precision], cfg.train.precision, cfg.zero
     B, S, K = cfg.data.batch_size, cfg.student.num_steps, cfg.diffusion.substeps
-    guided = cfg.diffusion.guidance_scale != 1
     teacher, teacher_source = meta_teacher(cfg)
+    # a guidance-distilled teacher (FLUX.1-dev) embeds the scale: one forward per solver evaluation, no CFG pass
+    guided = cfg.diffusion.guidance_scale != 1 and not teacher.distilled_guidance
     t5, t5_source = meta_text_encoder(cfg)
     with torch.device("meta"):
-        student = ARDStudent(teacher, cfg.student, build_schedule(cfg))
+        student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size))
     teacher.to(dtype)
     student.to(dtype)
     if t5 is not None:

@@ -2,8 +2,13 @@
 
     python bench/flops.py --json out.json
 
-For each of dit_xl_2_256 and pixart_sigma_1024 with S=4: GFLOPs per sample of S-step sampling and of one training
-forward at N=0 and N=6, and `sampling_overhead_pct` (N=6 over N=0). The paper reports ~1.1 % for DiT-XL/2.
+For each of dit_xl_2_256, pixart_sigma_1024 (300 T5 tokens) and flux_1_dev at 1024px (512 T5 tokens, 4096 packed
+image tokens) with S=4: GFLOPs per sample of S-step sampling and of one teacher-forced training forward at N=0 and at
+each N of `--causal-layers` (default 6; FLUX: 2, 4, 6), and the overheads over N=0. The paper reports ~1.1 % for
+DiT-XL/2 sampling. What is counted: every matmul and SDPA the student runs (torch's FLOP counter on meta); masked SDPA
+at its full (S·L)² cost. For FLUX, `text_copy_pct` is the share of each group's tokens that are its own copy of the
+text (L_txt / (L_txt + L_img)), and `teacher_steps_ratio` the N=0 training forward over S teacher forwards (1.0: the
+per-group text copy costs exactly what the teacher spends on its text tokens each step).
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ard_scale.config.ard import ARDConfig  # noqa: E402
 from ard_scale.models.flops import student_flops  # noqa: E402
 
-MODELS = (("dit", "dit_xl_2_256"), ("pixart", "pixart_sigma_1024"))
+# (family, size, text tokens, N values besides 0; None = --causal-layers)
+MODELS = (
+    ("dit", "dit_xl_2_256", 300, None),
+    ("pixart", "pixart_sigma_1024", 300, None),
+    ("flux", "flux_1_dev", 512, (2, 4, 6)),
+)
 
 
 def main(argv=None) -> dict:
@@ -30,26 +40,40 @@ def main(argv=None) -> dict:
 
     results = {}
     print(f"{'model':<20}{'N':>3}{'sample GFLOPs':>16}{'train fwd GFLOPs':>18}")
-    for family, size in MODELS:
+    for family, size, text_tokens, ns in MODELS:
         rows = {}
-        for n in (0, args.causal_layers):
-            rows[n] = student_flops(family, size, ARDConfig(num_steps=args.steps, num_causal_layers=n))
+        for n in (0, *(ns or (args.causal_layers,))):
+            cfg = ARDConfig(num_steps=args.steps, num_causal_layers=n)
+            rows[n] = student_flops(family, size, cfg, text_tokens=text_tokens)
             print(f"{size:<20}{n:>3}{rows[n]['sampling_gflops']:>16.2f}{rows[n]['train_forward_gflops']:>18.2f}")
-        base, ard = rows[0], rows[args.causal_layers]
-        results[size] = {
-            "S": args.steps,
-            "N": args.causal_layers,
-            "sampling_gflops_n0": base["sampling_gflops"],
-            "sampling_gflops_ard": ard["sampling_gflops"],
-            "train_forward_gflops_n0": base["train_forward_gflops"],
-            "train_forward_gflops_ard": ard["train_forward_gflops"],
-            "sampling_overhead_pct": 100 * (ard["sampling_gflops"] / base["sampling_gflops"] - 1),
-            "train_forward_overhead_pct": 100 * (ard["train_forward_gflops"] / base["train_forward_gflops"] - 1),
-        }
-        print(
-            f"{size:<20} sampling overhead {results[size]['sampling_overhead_pct']:.3f} %  "
-            f"training-forward overhead {results[size]['train_forward_overhead_pct']:.3f} %"
-        )
+        base = rows[0]
+        entry = {"S": args.steps, "text_tokens": text_tokens, "image_tokens": base["image_tokens"]}
+        entry["sampling_gflops_n0"] = base["sampling_gflops"]
+        entry["train_forward_gflops_n0"] = base["train_forward_gflops"]
+        for n, row in rows.items():
+            if n == 0:
+                continue
+            sfx = "" if ns is None else f"_n{n}"
+            entry[f"sampling_gflops_ard{sfx}"] = row["sampling_gflops"]
+            entry[f"train_forward_gflops_ard{sfx}"] = row["train_forward_gflops"]
+            entry[f"sampling_overhead_pct{sfx}"] = 100 * (row["sampling_gflops"] / base["sampling_gflops"] - 1)
+            entry[f"train_forward_overhead_pct{sfx}"] = 100 * (
+                row["train_forward_gflops"] / base["train_forward_gflops"] - 1
+            )
+            print(
+                f"{size:<20} N={n}: sampling overhead {entry[f'sampling_overhead_pct{sfx}']:.3f} %  "
+                f"training-forward overhead {entry[f'train_forward_overhead_pct{sfx}']:.3f} %"
+            )
+        if ns is None:
+            entry["N"] = args.causal_layers
+        if family == "flux":
+            entry["text_copy_pct"] = 100 * text_tokens / (text_tokens + base["image_tokens"])
+            entry["teacher_steps_ratio"] = base["train_forward_gflops"] / (args.steps * base["teacher_gflops"])
+            print(
+                f"{size:<20} text copy per group: {entry['text_copy_pct']:.1f} % of its tokens; N=0 training forward "
+                f"= {entry['teacher_steps_ratio']:.4f} x S teacher forwards"
+            )
+        results[size] = entry
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

@@ -38,4 +38,10 @@ def student_flops(family: str, size: str, cfg: ARDConfig, *, batch: int = 1, tex
     sampling = count_flops(lambda: student.sample(noise, cond))
     with torch.no_grad():
         training = count_flops(lambda: student(states, cond))
-    return {"sampling_gflops": sampling / batch / 1e9, "train_forward_gflops": training / batch / 1e9}
+        one_step = count_flops(lambda: teacher(noise, torch.full((batch,), 500.0, device="meta"), cond))
+    return {
+        "sampling_gflops": sampling / batch / 1e9,
+        "train_forward_gflops": training / batch / 1e9,
+        "teacher_gflops": one_step / batch / 1e9,
+        "image_tokens": (side // teacher.patch_size) ** 2,
+    }

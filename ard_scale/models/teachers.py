@@ -80,6 +80,11 @@ class Teacher(nn.Module):
         return self.spec.text_dim(self.model)
 
     @property
+    def distilled_guidance(self) -> bool:
+        """Whether the teacher embeds the guidance scale (FLUX.1-dev) instead of running a CFG pass."""
+        return self.spec.distilled_guidance(self.model)
+
+    @property
     def condition_kind(self) -> str:
         return self.spec.condition_kind
 

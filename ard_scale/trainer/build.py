@@ -59,6 +59,13 @@ class Conditioner:
         self.max_length = tec.max_length
         if self.kind != "text":
             return
+        missing = [e for e in teacher.spec.text_encoders if e not in ("t5",)]
+        if missing:
+            raise ValueError(
+                f"training a {teacher.family} teacher needs its {' and '.join(missing)} text encoder(s) beside T5 "
+                "(FLUX.1: the pooled CLIP-L embedding), which the trainer does not run yet; the family, its student "
+                "and the planner are complete (python -m ard_scale.plan RECIPE), training is the open part of issue 12"
+            )
         keep = for_eval or cfg.eval.every is not None or not tec.use_precomputed
         if not keep and cfg.diffusion.guidance_scale == 1:
             return

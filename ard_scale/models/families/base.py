@@ -65,8 +65,13 @@ class Family:
         return model.config.sample_size
 
     @classmethod
+    def blocks(cls, model: nn.Module) -> list[nn.Module]:
+        """The transformer blocks in input-to-output order (N counts from the first)."""
+        return list(model.transformer_blocks)
+
+    @classmethod
     def depth(cls, model: nn.Module) -> int:
-        return len(model.transformer_blocks)
+        return len(cls.blocks(model))
 
     @classmethod
     def width(cls, model: nn.Module) -> int:
@@ -75,6 +80,11 @@ class Family:
     @classmethod
     def num_classes(cls, model: nn.Module) -> int | None:
         return None
+
+    @classmethod
+    def distilled_guidance(cls, model: nn.Module) -> bool:
+        """Whether the network embeds the guidance scale itself (FLUX.1-dev), so trajectories need no CFG pass."""
+        return False
 
     @classmethod
     def text_dim(cls, model: nn.Module) -> int | None:

@@ -204,8 +204,12 @@ class FluxFamily(Family):
         return 128  # FLUX.1's native 1024px: 128×128 latents
 
     @classmethod
-    def depth(cls, model):
-        return len(model.transformer_blocks) + len(model.single_transformer_blocks)
+    def blocks(cls, model):
+        return _blocks(model)
+
+    @classmethod
+    def distilled_guidance(cls, model):
+        return bool(model.config.guidance_embeds)
 
     @classmethod
     def text_dim(cls, model):
