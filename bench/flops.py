@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ard_scale.config.ard import ARDConfig  # noqa: E402
+from ard_scale.models.families import get_family  # noqa: E402
 from ard_scale.models.flops import student_flops  # noqa: E402
 
 # (family, size, text tokens, N values besides 0; None = --causal-layers)
@@ -66,7 +67,7 @@ def main(argv=None) -> dict:
             )
         if ns is None:
             entry["N"] = args.causal_layers
-        if family == "flux":
+        if get_family(family).joint_attention:  # text tokens in self-attention: each group has its own copy
             entry["text_copy_pct"] = 100 * text_tokens / (text_tokens + base["image_tokens"])
             entry["teacher_steps_ratio"] = base["train_forward_gflops"] / (args.steps * base["teacher_gflops"])
             print(

@@ -35,6 +35,7 @@ class Family:
     text_encoders: ClassVar[tuple[str, ...]] = ()  # e.g. ("t5",) or ("t5", "clip")
     default_sizes: ClassVar[dict[int, str]] = {}  # resolution in pixels -> the named size the planner falls back to
     description: ClassVar[str] = ""
+    joint_attention: ClassVar[bool] = False  # text tokens take part in self-attention (MMDiT): one copy per group
 
     # -- building ------------------------------------------------------------------------------------------------
     @classmethod

@@ -148,6 +148,7 @@ class FluxFamily(Family):
     model_class = FluxTransformer2DModel
     condition_kind = "text"
     text_encoders = ("t5", "clip")
+    joint_attention = True
     description = "FLUX.1 flow-matching MMDiT (T5 tokens + pooled CLIP, distilled guidance)"
     default_sizes = {1024: "flux_1_dev"}
     sizes = {
