@@ -25,12 +25,17 @@ from ard_scale.trainer.step import any_rank, regression_step
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's pre-emption warning) set a flag; the loop checkpoints and exits cleanly."""
+    """SIGTERM, SIGUSR1 (Slurm's pre-emption warning) and SIGINT (Ctrl-C) set a flag; the loop checkpoints and exits
+    cleanly. `restore()` puts the previous handlers back."""
 
     def __init__(self):
         self.received = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.received = True
