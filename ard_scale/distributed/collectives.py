@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_ranks", "any_rank", "collective_device", "sum_over_ranks"]
+__all__ = ["all_ranks", "any_rank", "collective_device", "sum_counts_over_ranks", "sum_over_ranks"]
 
 
 def collective_device(backend: str | None) -> torch.device:
@@ -43,3 +43,14 @@ def sum_over_ranks(counts: dict[str, int]) -> dict[str, int]:
     keys = sorted(counts)
     summed = _reduce([float(counts[k]) for k in keys], dist.ReduceOp.SUM)
     return {k: int(round(v)) for k, v in zip(keys, summed.tolist(), strict=True)}
+
+
+def sum_counts_over_ranks(counts: dict[str, int]) -> dict[str, int]:
+    """Per-key sums over ranks of counters whose keys may differ between ranks (e.g. skipped samples by reason: a
+    reason one rank never met is absent there). Collective: every rank calls it."""
+    if _backend() is None:
+        return {k: int(v) for k, v in sorted(counts.items())}
+    everyone: list[dict[str, int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, {k: int(v) for k, v in counts.items()})
+    keys = sorted({k for c in everyone for k in c})
+    return sum_over_ranks({k: counts.get(k, 0) for k in keys})

@@ -16,6 +16,8 @@ from tqdm import tqdm
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import CheckpointManager
 from ard_scale.config import RootConfig, dump_yaml, to_dict
+from ard_scale.data.loader import SkipCounter
+from ard_scale.distributed.collectives import sum_counts_over_ranks
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.trainer.build import build_run
@@ -166,12 +168,14 @@ def train(cfg: RootConfig) -> list[float]:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_per_s=f"{samples_per_s:.1f}")
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
+            skipped = sum_counts_over_ranks(dict(getattr(run.loader, "skips", SkipCounter()).counts))  # collective
             log.write(
                 {
                     **metrics,
                     "samples_per_s": samples_per_s,
                     "max_mem_gb": _max_mem_gb(),
-                    "skipped_samples": run.loader.num_skipped,
+                    "skipped_samples": sum(skipped.values()),  # over all ranks
+                    **{f"skipped_samples/{reason}": n for reason, n in skipped.items()},
                     "nan_skips": nan_skips,
                     "samples_seen": samples_seen,
                 }
