@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict, student_architecture
+from ard_scale.checkpoint.safe_load import safe_load, verify_dir
 from ard_scale.config.ard import ARDConfig
 from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
@@ -49,7 +50,7 @@ def _client_state(tag_dir: Path) -> dict:
     files = sorted(glob.glob(str(tag_dir / "*model_states.pt")))
     if not files:
         raise ValueError(f"{tag_dir} has no DeepSpeed *model_states.pt file")
-    return torch.load(files[0], map_location="cpu", weights_only=False)
+    return safe_load(files[0])
 
 
 def full_ema_state_dict(run_dir: str | Path, tag: str, shapes: dict[str, torch.Size]) -> dict | None:
@@ -62,7 +63,7 @@ def full_ema_state_dict(run_dir: str | Path, tag: str, shapes: dict[str, torch.S
     if ema_full is not None:
         return {k: v.float() for k, v in ema_full.items()}
     world = json.loads((tag_dir / META).read_text())["world_size"]
-    states = [torch.load(rank_file(tag_dir, r), map_location="cpu", weights_only=False) for r in range(world)]
+    states = [safe_load(rank_file(tag_dir, r)) for r in range(world)]
     emas = [s.get("ema") if isinstance(s, dict) else None for s in states]
     if any(e is None for e in emas):
         return None
@@ -102,6 +103,7 @@ def student_state_dict(
     if arch is None:
         raise ValueError(f"{ckpt_dir / tag} does not hold an ARD student (its {META} has no student architecture)")
 
+    verify_dir(ckpt_dir / tag)  # DeepSpeed's reader unpickles with weights_only=False: refuse planted objects first
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     weights = "raw"
     if use_ema:

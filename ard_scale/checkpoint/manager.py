@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ard_scale.checkpoint.safe_load import safe_load, verify_dir
 from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
 
 LATEST = "latest"
@@ -289,10 +290,11 @@ class CheckpointManager:
                     "(ard_scale.checkpoint.to_universal) and build the engine with "
                     "CheckpointManager.resume_ds_config(ds_config), which sets checkpoint.load_universal=true"
                 )
+        verify_dir(self.dir / load_tag)  # DeepSpeed unpickles with weights_only=False: refuse planted objects first
         load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {self.dir / load_tag}")
         for key in _CLIENT_KEYS:
             client.pop(key, None)
-        rank_state = None if universal else torch.load(rank_file(self.dir / tag, rank), weights_only=False)
+        rank_state = None if universal else safe_load(rank_file(self.dir / tag, rank))
         return client, rank_state

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from ard_scale.checkpoint.manager import CONFIG, LATEST, META, UNIVERSAL_SUFFIX, atomic_write_text
+from ard_scale.checkpoint.safe_load import verify_dir
 
 
 def to_universal(run_dir: str | Path, tag: str | None = None) -> Path:
@@ -33,6 +34,7 @@ def to_universal(run_dir: str | Path, tag: str | None = None) -> Path:
     src = ckpt_dir / tag
     if not (src / META).is_file():
         raise ValueError(f"{src} is not a complete checkpoint (no {META}); convert a tag that `latest` has named")
+    verify_dir(src)  # ds_to_universal unpickles with weights_only=False: refuse planted objects first
     out = ckpt_dir / (tag + UNIVERSAL_SUFFIX)
     tmp = ckpt_dir / (tag + UNIVERSAL_SUFFIX + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -32,9 +32,12 @@ def dist_gather(t: torch.Tensor) -> torch.Tensor:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t.contiguous())
-    return torch.cat(out)
+    from ard_scale.distributed.collectives import collective_device
+
+    device = collective_device(dist.get_backend())  # NCCL gathers CUDA tensors only, gloo CPU ones
+    out = [torch.empty_like(t, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous().to(device))
+    return torch.cat(out).to(t.device)
 
 
 def rank_batches(num_samples: int, batch_size: int, rank: int, world_size: int) -> list[tuple[torch.Tensor, int]]:

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ard_scale.checkpoint.manager import tag_of
 from ard_scale.config import RootConfig, to_dict
 from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
+from ard_scale.distributed.collectives import all_ranks
 from ard_scale.distributed.engines import gather_once
 from ard_scale.evaluation.eval_set import (
     cache_key,
@@ -53,14 +53,6 @@ from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import Teacher
 
 EVAL_SEED = 2**62  # noise of evaluation sample i is drawn from EVAL_SEED + i: far from the training seeds
-
-
-def all_ranks(flag: bool) -> bool:
-    """True on every rank iff it is true on every rank (e.g. a cache file every rank can see)."""
-    t = torch.tensor([1.0 if flag else 0.0])
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item() > 0)
 
 
 @dataclass

@@ -16,6 +16,8 @@ from tqdm import tqdm
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import CheckpointManager
 from ard_scale.config import RootConfig, dump_yaml, to_dict
+from ard_scale.data.loader import SkipCounter
+from ard_scale.distributed.collectives import sum_counts_over_ranks
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.trainer.build import build_run
@@ -25,25 +27,34 @@ from ard_scale.trainer.step import any_rank, regression_step
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's pre-emption warning) set a flag; the loop checkpoints and exits cleanly."""
+    """SIGTERM, SIGUSR1 (Slurm's pre-emption warning) and SIGINT (Ctrl-C) set a flag; the loop checkpoints and exits
+    cleanly. `restore()` puts the previous handlers back."""
 
     def __init__(self):
         self.received = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.received = True
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Tensors and plain containers only, so the rank file loads with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
 
 
 class MetricsLog:
@@ -157,12 +168,14 @@ def train(cfg: RootConfig) -> list[float]:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_per_s=f"{samples_per_s:.1f}")
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
+            skipped = sum_counts_over_ranks(dict(getattr(run.loader, "skips", SkipCounter()).counts))  # collective
             log.write(
                 {
                     **metrics,
                     "samples_per_s": samples_per_s,
                     "max_mem_gb": _max_mem_gb(),
-                    "skipped_samples": run.loader.num_skipped,
+                    "skipped_samples": sum(skipped.values()),  # over all ranks
+                    **{f"skipped_samples/{reason}": n for reason, n in skipped.items()},
                     "nan_skips": nan_skips,
                     "samples_seen": samples_seen,
                 }

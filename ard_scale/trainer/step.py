@@ -8,21 +8,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ard_scale.distributed.collectives import any_rank
 from ard_scale.distributed.engines import replicated_grad_norm
 from ard_scale.models.condition import Condition
 from ard_scale.trainer.build import Run
 from ard_scale.trainer.trajectories import sample_seeds
 
 __all__ = ["any_rank", "mean_over_ranks", "regression_step", "sample_seeds", "teacher_states"]
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if it is true on any rank, so every rank takes the same branch."""
-    on_gpu = dist.is_initialized() and dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
-    t = torch.tensor([1.0 if flag else 0.0], device="cuda" if on_gpu else "cpu")
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
 
 
 def teacher_states(run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:

@@ -4,14 +4,18 @@ The real DeepSpeed ZeRO-3 behaviour on 2 ranks is tested in tests/distributed/te
 
 import json
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import META, CheckpointManager, rank_file
+from ard_scale.checkpoint.safe_load import safe_load
 from ard_scale.config import load_config, to_dict
+from ard_scale.trainer.loop import rng_state, set_rng_state
 
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "tiny_cpu.yaml"
 
@@ -113,3 +117,50 @@ def test_full_ema_reassembles_zero3_shards_and_prefers_ema_full(tmp_path, cfg):
 
     torch.save({"step": 1, "ema_full": {"w": -full}}, tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt")
     assert torch.equal(full_ema_state_dict(tmp_path, "step_00000001", {"w": full.shape})["w"], -full)
+
+
+# -- issue 16 item 1: a planted pickle in any checkpoint file is refused naming the file, and never runs --
+
+
+class Payload:
+    """Unpickling this creates the marker file: the code a planted checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def plant(path: Path, marker: Path) -> None:
+    torch.save({"step": 1, "evil": Payload(marker)}, path)
+
+
+@pytest.mark.parametrize("victim", ["rank", "deepspeed"])
+def test_planted_pickle_is_refused_naming_the_file_and_never_runs(tmp_path, cfg, victim):
+    mgr, engine = CheckpointManager(tmp_path / "run", keep_last=2, config_dict=cfg), FakeEngine()
+    mgr.save(engine, 1, {"step": 1}, {"data": {"cursor": 3}, "rng": rng_state()})
+    tag_dir = tmp_path / "run" / "checkpoints" / "step_00000001"
+    target = rank_file(tag_dir, 0) if victim == "rank" else tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    marker = tmp_path / "pwned"
+    plant(target, marker)
+    with pytest.raises(ValueError, match=target.name):
+        mgr.load_latest(engine)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match=target.name):
+        full_ema_state_dict(tmp_path / "run", "step_00000001", {})
+    assert not marker.exists()
+
+
+def test_rank_state_with_rng_loads_weights_only_and_restores_every_generator(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn(3)  # leave a cached gaussian and a mid-stream position
+    path = tmp_path / "rank_00000.pt"
+    torch.save({"rng": rng_state()}, path)
+    expected = (random.random(), np.random.randn(4), torch.randn(4))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(safe_load(path)["rng"])
+    got = (random.random(), np.random.randn(4), torch.randn(4))
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert torch.equal(got[2], expected[2])

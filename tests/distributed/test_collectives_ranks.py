@@ -1,0 +1,20 @@
+"""Issue 16 item 4: the skip counters logged to metrics.jsonl are sums over ranks by reason, so rank 1's skips show
+on rank 0 (which writes the log); the small collectives give every rank the same answer. 2 ranks, gloo."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ard_scale.utils.launch import torchrun
+
+pytestmark = [pytest.mark.distributed]
+
+
+def test_only_rank1_skips_and_every_rank_sees_the_sum_by_reason(tmp_path):
+    out = tmp_path / "out"
+    r = torchrun(2, Path(__file__).with_name("sum_counts.py"), str(out))
+    assert r.returncode == 0, r.stderr[-4000:]
+    for rank in (0, 1):
+        got = json.loads(Path(f"{out}.rank{rank}.json").read_text())
+        assert got == {"skipped": {"bad_image": 2, "missing_caption": 1}, "any": True, "all": False}
