@@ -250,13 +250,9 @@ class FluxFamily(Family):
         # σ = 0.999 to 1.0 — a whole time unit at the embedding's highest frequency. Equal in fp32.
         timestep = (t_N.float() / 1000) * 1000
         pooled = cond.pooled.to(dtype).repeat_interleave(repeats, 0)
-        if model.config.guidance_embeds:
-            if cond.guidance is None:
-                raise ValueError(
-                    "this FLUX teacher is guidance-distilled (guidance_embeds=True, FLUX.1-dev): the condition needs "
-                    "its guidance value (diffusion.guidance_scale)"
-                )
-            guidance = cond.guidance.float().to(x_NCHW.device).repeat_interleave(repeats, 0) * 1000
+        guidance = cls._guidance(model, cond)
+        if guidance is not None:
+            guidance = guidance.float().to(x_NCHW.device).repeat_interleave(repeats, 0) * 1000
             temb = model.time_text_embed(timestep, guidance, pooled)
         else:
             temb = model.time_text_embed(timestep, pooled)
@@ -264,6 +260,18 @@ class FluxFamily(Family):
         txt_ids = torch.zeros(cond.text.shape[1], 3, device=x_NCHW.device, dtype=dtype)
         rope = model.pos_embed(torch.cat([txt_ids, image_ids(H, W, x_NCHW.device, dtype)], 0))
         return img, txt, temb, rope
+
+    @classmethod
+    def _guidance(cls, model, cond: Condition) -> torch.Tensor | None:
+        """The condition's distilled-guidance value for a guidance-embedding teacher (None for one without)."""
+        if not model.config.guidance_embeds:
+            return None
+        if cond.guidance is None:
+            raise ValueError(
+                "this FLUX teacher is guidance-distilled (guidance_embeds=True, FLUX.1-dev): the condition needs "
+                "its guidance value (diffusion.guidance_scale)"
+            )
+        return cond.guidance
 
     @classmethod
     def _run_block(cls, block, img, txt, temb, rope, plan=None, mode="grouped"):
@@ -280,9 +288,8 @@ class FluxFamily(Family):
         H, W = x_t.shape[-2:]
         dtype = model.x_embedder.weight.dtype
         txt_ids = torch.zeros(cond.text.shape[1], 3, device=x_t.device, dtype=dtype)
-        guidance = cond.guidance.to(x_t.device) if model.config.guidance_embeds and cond.guidance is not None else None
-        if model.config.guidance_embeds and guidance is None:
-            cls._inputs(model, x_t, t, cond, 1)  # raises the guidance error
+        guidance = cls._guidance(model, cond)
+        guidance = None if guidance is None else guidance.to(x_t.device)
         out = model(
             hidden_states=pack(x_t.to(dtype)),
             encoder_hidden_states=cond.text.to(dtype),
@@ -343,13 +350,8 @@ class FluxFamily(Family):
 
     @classmethod
     def student_features(cls, student, x_t, t, cond, layers):
-        model_t = student.schedule.model_time(t).to(x_t.device)
-        img, txt, temb, rope = cls._inputs(student.backbone, x_t, model_t, cond, 1)
-        out = {}
-        for i, block in enumerate(_blocks(student.backbone)[: max(layers) + 1]):
-            img, txt = cls._run_block(block, img, txt, temb, rope)
-            out[i] = img
-        return [out[i] for i in layers]
+        # one group through the backbone: exactly the teacher's feature pass on the student's weights
+        return cls.features(student.backbone, x_t, student.schedule.model_time(t).to(x_t.device), cond, layers)
 
     @classmethod
     def student_sample(cls, student, noise, cond):
