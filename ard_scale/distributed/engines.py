@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 
@@ -15,12 +16,22 @@ import torch
 
 
 def init_distributed() -> tuple[int, int]:
-    """Process group from the torchrun / deepspeed launcher environment (gloo without CUDA). (rank, world_size)."""
+    """Process group from the torchrun / deepspeed launcher environment (gloo without CUDA). (rank, world_size).
+
+    The group is destroyed at interpreter exit: a process that ends with a live gloo group can abort in finalisation
+    ("terminate called without an active exception", SIGABRT) when a gloo worker thread still holds a finished
+    collective's tensors, turning a run that succeeded into a failed one (pytorch/pytorch#190489)."""
     import deepspeed
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.getcwd(), ".torch_extensions"))
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    atexit.register(_destroy_process_group)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def student_ds_config(
