@@ -47,6 +47,7 @@ from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher
+from ard_scale.models.vae import vae_downsample
 
 GB = 1e9
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,16 +118,19 @@ def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
     return model.eval().requires_grad_(False), source
 
 
+def latent_side(cfg: RootConfig) -> int:
+    """The states' side at data.resolution: read from the VAE's config where it is on this machine, else the 8×
+    downsampling of the SD/FLUX VAEs (the trainer, `ard_scale.trainer.build.latent_side`, always reads it)."""
+    return cfg.data.resolution // vae_downsample(size=cfg.vae.size, path=cfg.vae.path, missing=8)
+
+
 def build_schedule(cfg: RootConfig, patch_size: int = 2):
-    has_vae = cfg.vae.path is not None or cfg.vae.size is not None
-    side = cfg.data.resolution // 8 if has_vae else cfg.data.resolution
-    return schedule_for_recipe(cfg.diffusion, side, patch_size)
+    return schedule_for_recipe(cfg.diffusion, latent_side(cfg), patch_size)
 
 
 def example_inputs(teacher: Teacher, cfg: RootConfig, batch: int, dtype) -> tuple[torch.Tensor, Condition, int]:
     """(latents (B, C, h, w), condition, latent side) on meta at the recipe's resolution."""
-    has_vae = cfg.vae.path is not None or cfg.vae.size is not None
-    side = cfg.data.resolution // 8 if has_vae else cfg.data.resolution
+    side = latent_side(cfg)
     x = torch.empty(batch, teacher.in_channels, side, side, device="meta", dtype=dtype)
     return x, teacher.example_condition(batch, "meta", cfg.text_encoder.max_length, dtype), side
 
@@ -290,7 +294,7 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     B, S, K = cfg.data.batch_size, cfg.student.num_steps, cfg.diffusion.substeps
     teacher, teacher_source = meta_teacher(cfg)
     # a guidance-distilled teacher (FLUX.1-dev) embeds the scale: one forward per solver evaluation, no CFG pass
-    guided = cfg.diffusion.guidance_scale != 1 and not teacher.distilled_guidance
+    guided = cfg.diffusion.guidance_scale != 1 and teacher.spec.guidance == "cfg"
     t5, t5_source = meta_text_encoder(cfg)
     with torch.device("meta"):
         student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size))

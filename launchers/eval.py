@@ -177,23 +177,16 @@ def main(argv=None) -> None:
 
 def build_setup(cfg, run_dir: Path, device: str):
     """The recipe's evaluation in this process: the teacher (its full sampler), T5, VAE and metrics, no DeepSpeed."""
-    from ard_scale.models.vae import build_codec
-    from ard_scale.trainer.build import Conditioner, build_schedule, build_teacher_model
+    from ard_scale.trainer.build import Conditioner, build_codec_for, build_schedule, build_teacher_model
     from ard_scale.trainer.evaluate import build_eval_setup
 
     teacher = build_teacher_model(cfg).to(device).eval().requires_grad_(False)
-    codec = build_codec(
-        size=cfg.vae.size,
-        path=cfg.vae.path,
-        scaling_factor=cfg.vae.scaling_factor,
-        channels=teacher.in_channels,
-        seed=cfg.train.seed,
-    )
+    codec = build_codec_for(cfg, teacher)
     return build_eval_setup(
         cfg,
         teacher=teacher,
         teacher_denoise=teacher,
-        schedule=build_schedule(cfg),
+        schedule=build_schedule(cfg, teacher.patch_size),
         conditioner=Conditioner(cfg, teacher, device, for_eval=True),
         codec=codec,
         run_dir=run_dir,

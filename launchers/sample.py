@@ -3,9 +3,11 @@
     python launchers/sample.py EXPORT_DIR --labels 1 2 3 [--out grid.png] [--seed 0]          # class-conditional
     python launchers/sample.py EXPORT_DIR --prompts-embeddings emb.pt [--out grid.png]        # text-to-image
 
---prompts-embeddings: a torch file holding T5 embeddings (B, L, C) or a dict {"text": (B, L, C), "text_mask": (B, L)}
-(e.g. from launchers/precompute_text.py). Decoding is kept simple: pixel-space students (1 or 3 channels) are shown
-as images ([-1, 1] -> [0, 255]); latent students show latent channels 0..2, each image normalised to [0, 255].
+--prompts-embeddings: a torch file holding T5 embeddings (B, L, C) or a dict {"text": (B, L, C), "text_mask": (B, L),
+"pooled": (B, C_pool)} ("pooled": CLIP's pooled embedding, for FLUX.1). A guidance-distilled student (FLUX.1-dev) is
+conditioned on the guidance value recorded in its export. Decoding is kept simple: pixel-space students (1 or 3
+channels) are shown as images ([-1, 1] -> [0, 255]); latent students show latent channels 0..2, each image
+normalised to [0, 255].
 """
 
 from __future__ import annotations
@@ -69,11 +71,9 @@ def main(argv=None) -> None:
         cond = Condition(labels=torch.tensor(args.labels))
     else:
         emb = torch.load(args.prompts_embeddings, map_location="cpu", weights_only=True)
-        cond = (
-            Condition(text=emb["text"], text_mask=emb.get("text_mask"))
-            if isinstance(emb, dict)
-            else Condition(text=emb)
-        )
+        emb = emb if isinstance(emb, dict) else {"text": emb}
+        guidance = None if student.guidance is None else torch.full((len(emb["text"]),), student.guidance)
+        cond = Condition(text=emb["text"], text_mask=emb.get("text_mask"), pooled=emb.get("pooled"), guidance=guidance)
     x = student.sample(sample_noise(student, cond.batch_size, args.seed), cond)  # KV-cached, S network passes
     if args.save_tensor is not None:
         torch.save(x, args.save_tensor)

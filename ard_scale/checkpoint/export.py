@@ -5,8 +5,9 @@ An export folder holds:
   class*, with head 0 put back as the final layer (loads with `ard_scale.models.teachers.load_teacher` or the
   diffusers class's `from_pretrained`);
 - `ard_heads.safetensors`: every student head (`heads.{s}.…`; head 0 repeated for completeness);
-- `ard_config.json`: family, ARD settings (S, N, mask, heads, output), the schedule, and where the weights came
-  from (run, tag, `ema` or `raw`).
+- `ard_config.json`: family, ARD settings (S, N, mask, heads, output), the schedule, `sampling` (the latent
+  shape (C, H, W) it was trained on and the embedded guidance value of a guidance-distilled teacher, null for
+  others), and where the weights came from (run, tag, `ema` or `raw`).
 
 Weights: the EMA when the checkpoint has one — `client_state["ema_full"]` (a full state dict keyed like the
 student's `state_dict()`), or else the per-rank `rank_state["ema"]` written by `ZeroEMA.state_dict()`, whose shards
@@ -133,6 +134,7 @@ def export_student(run_dir: str | Path, out_dir: str | Path, *, tag: str | None 
         "family": arch["family"],
         "ard": arch["ard"],
         "schedule": arch["schedule"],
+        "sampling": arch.get("sampling") or {"latent_shape": None, "guidance": None},
         "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights},
     }
     (out_dir / ARD_CONFIG_FILE).write_text(json.dumps(ard_config, indent=1), encoding="utf-8")
@@ -147,17 +149,29 @@ def load_exported_student(path: str | Path, *, dtype: torch.dtype = torch.float3
         raise ValueError(f"{path} is not an ARD export folder: it has no {ARD_CONFIG_FILE} (run launchers/export.py)")
     ard_config = json.loads(cfg_file.read_text(encoding="utf-8"))
     teacher: Teacher = load_teacher(path, dtype=dtype)
-    student = ARDStudent(teacher, ARDConfig(**ard_config["ard"]), schedule_from_dict(ard_config["schedule"]))
+    sampling = ard_config.get("sampling") or {}
+    student = ARDStudent(
+        teacher,
+        ARDConfig(**ard_config["ard"]),
+        schedule_from_dict(ard_config["schedule"]),
+        latent_shape=sampling.get("latent_shape"),
+        guidance=sampling.get("guidance"),
+    )
     heads = {k.removeprefix("heads."): v.to(dtype) for k, v in load_file(str(path / HEADS_FILE)).items()}
     student.heads.load_state_dict(heads, strict=True)
     return student.eval().requires_grad_(False)
 
 
 def sample_noise(student: ARDStudent, batch_size: int, seed: int) -> torch.Tensor:
-    """x_{τ_S} ~ N(0, I) of the student's native size (B, C, H, W), reproducible from `seed`."""
-    side = student.backbone.config.sample_size
+    """x_{τ_S} ~ N(0, I) of the shape the student was trained on (B, C, H, W), reproducible from `seed` (exports
+    older than `sampling` in ard_config.json: the backbone's own sample size)."""
+    if student.latent_shape is not None:
+        shape = student.latent_shape
+    else:
+        side = student.backbone.config.sample_size
+        shape = (student.in_channels, side, side)
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch_size, student.in_channels, side, side, generator=g)
+    return torch.randn(batch_size, *shape, generator=g)
 
 
 def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: bool = True) -> str:

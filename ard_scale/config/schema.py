@@ -8,6 +8,7 @@ Checks that need a built model (e.g. student.num_causal_layers <= teacher depth)
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -99,6 +100,28 @@ class TextEncoderConfig:
 
 
 @dataclass(kw_only=True)
+class PooledEncoderConfig:
+    """The frozen CLIP text tower whose pooled embedding a teacher reads beside its T5 tokens (FLUX.1: CLIP-L, the
+    pipeline's `text_encoder`); unused by families that list no 'clip' text encoder."""
+
+    size: str | None = None
+    """Named architecture built with random weights ('debug': a tiny CLIP text model on byte ids); at most one of
+    size/path."""
+    path: str | None = None
+    """Local folder with the CLIP text model and its tokenizer, or a diffusers pipeline folder holding
+    `text_encoder/` and `tokenizer/`; both null only with text_encoder.use_precomputed (shards with `pooled_emb`)."""
+    max_length: int = 77
+    """Tokens per caption (CLIP: 77); longer captions are truncated."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.size is not None and self.path is not None:
+            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
+        _positive(out, "max_length", self.max_length)
+        return out
+
+
+@dataclass(kw_only=True)
 class VAEConfig:
     """The autoencoder between pixels and the teacher's latent space (only for real images and decoding)."""
 
@@ -108,12 +131,17 @@ class VAEConfig:
     """Local diffusers AutoencoderKL folder; size and path both null = the teacher works in pixel space."""
     scaling_factor: float | None = None
     """Latent scale; null = read it from the VAE's config (e.g. 0.18215 for SD's VAE)."""
+    shift_factor: float | None = None
+    """Latent shift, latents = (posterior mean − shift) · scale; null = the VAE config's `shift_factor` (FLUX.1's
+    VAE: 0.1159), or 0 where it has none."""
 
     def problems(self) -> list[str]:
         out = []
         if self.size is not None and self.path is not None:
             out.append("size/path: set at most one (a named size for random weights, or a local folder)")
         _positive(out, "scaling_factor", self.scaling_factor)
+        if self.shift_factor is not None and not math.isfinite(self.shift_factor):
+            out.append(f"shift_factor: {self.shift_factor} is not a finite number")
         return out
 
 
@@ -477,6 +505,8 @@ class RootConfig:
     """The frozen teacher network."""
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     """T5 encoder of a text-to-image teacher."""
+    pooled_encoder: PooledEncoderConfig = field(default_factory=PooledEncoderConfig)
+    """CLIP text tower of a teacher that reads a pooled text embedding (FLUX.1)."""
     vae: VAEConfig = field(default_factory=VAEConfig)
     """Autoencoder of a latent-space teacher."""
     student: ARDConfig = field(default_factory=ARDConfig)
@@ -512,6 +542,7 @@ class RootConfig:
             )
         if (
             text_family
+            and spec.guidance == "cfg"
             and te.use_precomputed
             and te.path is None
             and te.size is None
@@ -520,6 +551,20 @@ class RootConfig:
             out.append(
                 "text_encoder.path: guidance needs the empty caption's T5 embedding, which precomputed shards do not "
                 "hold; give text_encoder.path (the encoder runs once, for the empty caption) or guidance_scale 1"
+            )
+        pe = self.pooled_encoder
+        if spec is not None and "clip" in spec.text_encoders and pe.path is None and pe.size is None:
+            if not te.use_precomputed:
+                out.append(
+                    f"pooled_encoder.path: family {t.family!r} reads CLIP's pooled text embedding beside the T5 "
+                    "tokens: set pooled_encoder.path to the pipeline's CLIP text encoder folder (FLUX.1: its "
+                    "text_encoder/ and tokenizer/), or pooled_encoder.size, or text_encoder.use_precomputed=true with "
+                    "shards written by launchers/precompute_text.py --pooled-encoder"
+                )
+        if spec is not None and "clip" in spec.text_encoders and tr.trajectory_source == "offline":
+            out.append(
+                f"train.trajectory_source: offline dumps store T5 embeddings only, and family {t.family!r} also needs "
+                "the pooled CLIP embedding; use 'online' or 'replay'"
             )
         if spec is not None and spec.condition_kind == "labels" and self.text_encoder.use_precomputed:
             out.append(
@@ -563,6 +608,11 @@ class RootConfig:
             out.append(f"text_encoder.path/size is ignored: family {self.teacher.family!r} has no text encoder")
         if self.vae.path is None and self.vae.size is None and self.vae.scaling_factor is not None:
             out.append("vae.scaling_factor is ignored: no VAE (pixel space)")
+        if self.vae.path is None and self.vae.size is None and self.vae.shift_factor is not None:
+            out.append("vae.shift_factor is ignored: no VAE (pixel space)")
+        pe = self.pooled_encoder
+        if spec is not None and "clip" not in spec.text_encoders and (pe.path is not None or pe.size is not None):
+            out.append(f"pooled_encoder is ignored: family {self.teacher.family!r} reads no pooled text embedding")
         if self.train.trajectory_source != "replay" and self.train.replay_times != 1:
             out.append(f"train.replay_times is ignored with trajectory_source {self.train.trajectory_source!r}")
         if self.zero.gather_teacher_once and self.zero.teacher_stage == 0:

@@ -19,7 +19,8 @@ from ard_scale.data.config import DataConfig
 from ard_scale.data.loader import SkipCounter
 from ard_scale.data.samples import BadSample, collate, decode_sample
 
-COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}  # + optional label: int, t5_emb/t5_mask: ndarray
+# + optional label: int, t5_emb/t5_mask/pooled_emb: ndarray
+COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}
 
 
 def _is_remote(path: str) -> bool:
@@ -56,7 +57,7 @@ class DecodingStreamingDataset(StreamingDataset):
             sample = decode_sample(
                 raw.get("key", str(sample_id)), raw.get("image"), raw.get("caption"),
                 resolution=self.resolution, table=None, label=raw.get("label"),
-                t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"),
+                t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"), pooled_emb=raw.get("pooled_emb"),
             )  # fmt: skip
         except BadSample as e:
             return {"bad": str(e), "shard": shard_name}

@@ -26,6 +26,7 @@ def decode_sample(
     label: int | None = None,
     t5_emb: np.ndarray | None = None,
     t5_mask: np.ndarray | None = None,
+    pooled_emb: np.ndarray | None = None,
 ) -> dict:
     """Decode and transform one sample; raises BadSample naming what is wrong with it."""
     if image_bytes is None:
@@ -49,6 +50,8 @@ def decode_sample(
     if t5_emb is not None:
         sample["t5_emb"] = torch.from_numpy(np.asarray(t5_emb, dtype=np.float32))
         sample["t5_mask"] = torch.from_numpy(np.asarray(t5_mask, dtype=np.int64))
+    if pooled_emb is not None:
+        sample["pooled_emb"] = torch.from_numpy(np.asarray(pooled_emb, dtype=np.float32))
     return sample
 
 
@@ -77,4 +80,6 @@ def collate(samples: list[dict]) -> dict:
     if all("t5_emb" in s for s in samples):
         batch["t5_emb"] = torch.stack([s["t5_emb"] for s in samples])  # (B, L, D)
         batch["t5_mask"] = torch.stack([s["t5_mask"] for s in samples])  # (B, L)
+    if all("pooled_emb" in s for s in samples):
+        batch["pooled_emb"] = torch.stack([s["pooled_emb"] for s in samples])  # (B, D)
     return batch

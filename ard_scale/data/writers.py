@@ -73,9 +73,17 @@ class WebdatasetWriter:
 
 
 class MDSWriterAdapter:
-    """Writes MDS shards with columns key/image/caption (+ label, t5_emb, t5_mask when `with_*`)."""
+    """Writes MDS shards with columns key/image/caption (+ label, t5_emb, t5_mask, pooled_emb when `with_*`)."""
 
-    def __init__(self, out_dir: str, *, shard_bytes: int, with_label: bool = False, with_t5: bool = False):
+    def __init__(
+        self,
+        out_dir: str,
+        *,
+        shard_bytes: int,
+        with_label: bool = False,
+        with_t5: bool = False,
+        with_pooled: bool = False,
+    ):
         from streaming import MDSWriter
 
         columns = {"key": "str", "image": "bytes", "caption": "str"}
@@ -84,6 +92,8 @@ class MDSWriterAdapter:
         if with_t5:
             columns["t5_emb"] = "ndarray"
             columns["t5_mask"] = "ndarray"
+        if with_pooled:
+            columns["pooled_emb"] = "ndarray"
         self.columns = columns
         self._writer = MDSWriter(out=out_dir, columns=columns, size_limit=shard_bytes, compression=None)
 

@@ -31,8 +31,21 @@ class ARDStudent(nn.Module):
     teacher family's (`ard_scale.models.families`); this class owns what every family shares: the grid, the
     history mask, the heads, the next-state rule and the shape checks."""
 
-    def __init__(self, teacher: Teacher, cfg: ARDConfig, schedule: Schedule):
+    def __init__(
+        self,
+        teacher: Teacher,
+        cfg: ARDConfig,
+        schedule: Schedule,
+        *,
+        latent_shape: tuple[int, int, int] | None = None,
+        guidance: float | None = None,
+    ):
+        """`latent_shape` (C, H, W) of the states it was trained on and the embedded `guidance` value its
+        conditions carried (guidance-distilled teachers): recorded with its checkpoints and exports, so a sampler
+        built from an export draws the same noise and conditions as the in-training one."""
         super().__init__()
+        self.latent_shape = None if latent_shape is None else tuple(int(n) for n in latent_shape)
+        self.guidance = guidance
         cfg.validate(depth=teacher.depth)
         self.cfg, self.schedule = cfg, schedule
         self.family = teacher.spec

@@ -1,16 +1,34 @@
-"""T5 text encoder loaded from a local folder (weights are never downloaded here), or a named random-weight size."""
+"""Frozen text encoders loaded from local folders (weights are never downloaded here), or named random-weight sizes:
+T5 (token embeddings: PixArt, FLUX.1) and CLIP's text tower (the pooled embedding FLUX.1 modulates with)."""
 
 from __future__ import annotations
 
 import os
 
 import torch
-from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+from transformers import AutoTokenizer, ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 # Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
 # byte-level ByT5 tokenizer, which needs no vocabulary file.
 SIZES: dict[str, dict] = {
     "debug": dict(vocab_size=384, d_model=24, d_kv=8, d_ff=48, num_layers=2, num_heads=3),
+}
+
+# Named CLIP text-tower sizes: CLIPTextConfig keyword arguments. `debug` meets the debug FLUX teacher
+# (pooled_projection_dim=16) and reads ByT5's byte ids: its end-of-text id is ByT5's `</s>` (1), so the pooled
+# output is taken at the first `</s>`, as CLIP pools at its own end-of-text token.
+CLIP_SIZES: dict[str, dict] = {
+    "debug": dict(
+        vocab_size=384,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=1,
+    ),
 }
 
 
@@ -40,11 +58,66 @@ def load_t5(path: str, *, dtype: torch.dtype = torch.float32, device: str | torc
     return encoder.to(device).eval().requires_grad_(False), tokenizer
 
 
+def build_clip(size: str, *, seed: int = 0):
+    """(CLIP text model, tokenizer) of a named size with random weights."""
+    if size not in CLIP_SIZES:
+        raise ValueError(f"unknown pooled_encoder.size {size!r}; choose one of {', '.join(CLIP_SIZES)} or give a path")
+    torch.manual_seed(seed)
+    encoder = CLIPTextModel(CLIPTextConfig(**CLIP_SIZES[size]))
+    return encoder.eval().requires_grad_(False), ByT5Tokenizer(
+        model_max_length=CLIP_SIZES[size]["max_position_embeddings"]
+    )
+
+
+def load_clip(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """(CLIP text model, tokenizer) from a local folder (a pipeline's `text_encoder` folder and its tokenizer: give
+    the folder holding both, or the pipeline folder with `text_encoder/` and `tokenizer/`)."""
+    model_dir, tok_dir = _pipeline_parts(path, "text_encoder", "tokenizer", key="pooled_encoder.path")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        encoder = CLIPTextModel.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
+    except OSError as e:
+        raise ValueError(
+            f"pooled_encoder.path {path!r}: cannot load a CLIP text model and its tokenizer ({e}); save both with "
+            "save_pretrained"
+        ) from e
+    return encoder.to(device).eval().requires_grad_(False), tokenizer
+
+
+def _pipeline_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[str, str]:
+    """(model folder, tokenizer folder): `path` itself when it holds both, else its diffusers-pipeline subfolders."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{key} {path!r} is not a local folder; save the model and its tokenizer there first")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, path
+    model_dir, tok_dir = os.path.join(path, model), os.path.join(path, tokenizer)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ValueError(
+            f"{key} {path!r} holds no config.json, nor {model}/config.json of a pipeline folder; give the text "
+            "encoder's folder"
+        )
+    return model_dir, tok_dir if os.path.isdir(tok_dir) else model_dir
+
+
 @torch.no_grad()
-def encode_captions(encoder, tokenizer, captions: list[str], *, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captions -> (embeddings (B, max_length, D), attention mask (B, max_length)), padded to max_length."""
+def encode_captions(
+    encoder, tokenizer, captions: list[str], *, max_length: int, use_mask: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Captions -> (embeddings (B, max_length, D), attention mask (B, max_length)), padded to max_length.
+
+    `use_mask=False` runs the encoder over the padding too and returns no mask, as FluxPipeline does (its
+    transformer attends to all `max_length` tokens)."""
     tokens = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     device = next(encoder.parameters()).device
-    mask_BL = tokens.attention_mask.to(device)
+    mask_BL = tokens.attention_mask.to(device) if use_mask else None
     emb_BLD = encoder(input_ids=tokens.input_ids.to(device), attention_mask=mask_BL).last_hidden_state
     return emb_BLD, mask_BL
+
+
+@torch.no_grad()
+def encode_pooled(encoder, tokenizer, captions: list[str], *, max_length: int = 77) -> torch.Tensor:
+    """Captions -> CLIP's pooled text embedding (B, D), exactly as FluxPipeline._get_clip_prompt_embeds: padded to
+    `max_length`, no attention mask, the `pooler_output` (the hidden state at the end-of-text token)."""
+    tokens = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    device = next(encoder.parameters()).device
+    return encoder(tokens.input_ids.to(device), output_hidden_states=False).pooler_output

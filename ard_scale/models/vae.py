@@ -1,11 +1,14 @@
 """Between pixels and the teacher's space: a diffusers `AutoencoderKL`, or nothing for a pixel-space teacher.
 
 Only real images (the GAN stage's reals) and decoding for evaluation need it; trajectories never leave latent space.
-Images are (B, 3, H, W) in [-1, 1] as the data loaders yield them; latents are scaled by the VAE's scaling factor.
+Images are (B, 3, H, W) in [-1, 1] as the data loaders yield them; latents are (posterior mean − shift) · scale with
+the VAE's shift and scaling factors (shift 0 for SD's VAE; FLUX.1's: 0.1159 and 0.3611), as the diffusers pipelines
+encode and decode.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -34,10 +37,13 @@ class LatentCodec(nn.Module):
     Encoding takes the posterior mean (deterministic: the same image gives the same latent on every rank and
     after a resume)."""
 
-    def __init__(self, vae: nn.Module, scaling_factor: float | None = None):
+    def __init__(self, vae: nn.Module, scaling_factor: float | None = None, shift_factor: float | None = None):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
         self.scaling_factor = float(scaling_factor if scaling_factor is not None else vae.config.scaling_factor)
+        if shift_factor is None:
+            shift_factor = getattr(vae.config, "shift_factor", None) or 0.0
+        self.shift_factor = float(shift_factor)
 
     @property
     def downsample(self) -> int:
@@ -51,12 +57,12 @@ class LatentCodec(nn.Module):
     def encode(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode(images_BCHW.to(dtype)).latent_dist
-        return posterior.mean * self.scaling_factor
+        return (posterior.mean - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents_BCHW: torch.Tensor) -> torch.Tensor:
         dtype = next(self.vae.parameters()).dtype
-        return self.vae.decode(latents_BCHW.to(dtype) / self.scaling_factor).sample.clamp(-1, 1)
+        return self.vae.decode(latents_BCHW.to(dtype) / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
 
 
 class PixelCodec(nn.Module):
@@ -80,8 +86,42 @@ class PixelCodec(nn.Module):
         return x_BCHW.clamp(-1, 1)
 
 
+def _vae_folder(path: str | Path) -> Path:
+    path = Path(path)
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"vae.path {path} is not a diffusers AutoencoderKL folder (no config.json, nor vae/config.json); "
+            "give the VAE's local folder"
+        )
+    return folder
+
+
+def vae_downsample(*, size: str | None, path: str | Path | None, missing: int | None = None) -> int:
+    """Pixels per latent side of the recipe's VAE (1 without one), read from its config, no weights loaded.
+    `missing`: the value to assume when `path` is not on this machine (the planner's case), instead of an error."""
+    if size is None and path is None:
+        return 1
+    if path is not None and missing is not None and not (Path(path) / "config.json").is_file():
+        if not (Path(path) / "vae" / "config.json").is_file():
+            return missing
+    if path is not None:
+        blocks = json.loads((_vae_folder(path) / "config.json").read_text())["block_out_channels"]
+    elif size in SIZES:
+        blocks = SIZES[size]["block_out_channels"]
+    else:
+        raise ValueError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
+    return 2 ** (len(blocks) - 1)
+
+
 def build_codec(
-    *, size: str | None, path: str | Path | None, scaling_factor: float | None, channels: int, seed: int = 0
+    *,
+    size: str | None,
+    path: str | Path | None,
+    scaling_factor: float | None,
+    channels: int,
+    seed: int = 0,
+    shift_factor: float | None = None,
 ) -> LatentCodec | PixelCodec:
     """The recipe's `vae` section as a codec: a named random-weight size, a local AutoencoderKL folder, or (both
     null) pixels. `channels` is the teacher's input channel count, checked against the VAE's latents."""
@@ -90,20 +130,13 @@ def build_codec(
     if size is None and path is None:
         return PixelCodec(channels)
     if path is not None:
-        path = Path(path)
-        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        if not (folder / "config.json").is_file():
-            raise ValueError(
-                f"vae.path {path} is not a diffusers AutoencoderKL folder (no config.json, nor vae/config.json); "
-                "give the VAE's local folder"
-            )
-        vae = AutoencoderKL.from_pretrained(folder)
+        vae = AutoencoderKL.from_pretrained(_vae_folder(path))
     else:
         if size not in SIZES:
             raise ValueError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
         torch.manual_seed(seed)
         vae = AutoencoderKL(**SIZES[size])
-    codec = LatentCodec(vae, scaling_factor)
+    codec = LatentCodec(vae, scaling_factor, shift_factor)
     if codec.latent_channels != channels:
         raise ValueError(
             f"the VAE makes {codec.latent_channels}-channel latents but the teacher takes {channels} channels; "

@@ -25,16 +25,39 @@ from ard_scale.models.condition import Condition
 from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher, load_teacher
-from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec
+from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec, vae_downsample
 from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
+
+
+def latent_side(cfg: RootConfig) -> int:
+    """Side of the teacher's states at `data.resolution`: pixels over the VAE's downsampling (1 in pixel space)."""
+    return cfg.data.resolution // vae_downsample(size=cfg.vae.size, path=cfg.vae.path)
+
+
+def latent_shape(cfg: RootConfig, teacher: Teacher) -> tuple[int, int, int]:
+    """(C, H, W) of the trajectory states of this recipe's teacher, refused unless the teacher takes that size."""
+    side = latent_side(cfg)
+    teacher.spec.check_latent_side(teacher.model, side)
+    return (teacher.in_channels, side, side)
 
 
 def build_schedule(cfg: RootConfig, patch_size: int = 2) -> Schedule:
     """The recipe's schedule (one builder for the trainer, the planner, evaluation and the dumper): with
     `diffusion.dynamic_shift` its shift follows the image token count at `data.resolution`."""
-    has_vae = cfg.vae.path is not None or cfg.vae.size is not None
-    side = cfg.data.resolution // 8 if has_vae else cfg.data.resolution
-    return schedule_for_recipe(cfg.diffusion, side, patch_size)
+    return schedule_for_recipe(cfg.diffusion, latent_side(cfg), patch_size)
+
+
+def build_codec_for(cfg: RootConfig, teacher: Teacher) -> LatentCodec | PixelCodec:
+    """The recipe's `vae` section as a codec for `teacher`'s states."""
+    v = cfg.vae
+    return build_codec(
+        size=v.size,
+        path=v.path,
+        scaling_factor=v.scaling_factor,
+        shift_factor=v.shift_factor,
+        channels=teacher.in_channels,
+        seed=cfg.train.seed,
+    )
 
 
 def build_teacher_model(cfg: RootConfig) -> Teacher:
@@ -44,45 +67,63 @@ def build_teacher_model(cfg: RootConfig) -> Teacher:
     return build_teacher(t.family, t.size, seed=cfg.train.seed, **get_family(t.family).size_overrides(t.num_classes))
 
 
+def embedded_guidance(cfg: RootConfig, teacher: Teacher) -> float | None:
+    """The guidance value a guidance-distilled teacher embeds (`diffusion.guidance_scale`), None for others."""
+    if teacher.spec.guidance == "embedded" and teacher.distilled_guidance:
+        return float(cfg.diffusion.guidance_scale)
+    return None
+
+
 class Conditioner:
     """Batch -> (condition, null condition) for the teacher's family, on the run's device.
 
-    DiT: the batch's class labels; null = class `num_classes`. PixArt: precomputed T5 embeddings from the shards
-    (`t5_emb`, `t5_mask`) or the T5 encoder run on the captions; null = the empty caption's embedding, encoded once
-    (with precomputed embeddings and no evaluation of prompts, `for_eval` or `eval.every`, the encoder is loaded for
-    that alone and then dropped)."""
+    Class-conditional families: the batch's labels; null = class `num_classes`. Text families: T5 token embeddings
+    (precomputed in the shards as `t5_emb`/`t5_mask`, or the encoder run on the captions; without the mask where the
+    family attends to padding) and, for a family that lists a 'clip' encoder, CLIP's pooled embedding (`pooled_emb`
+    in the shards, or the encoder). Guidance (`family.guidance`): 'cfg' — the null condition is the empty caption's
+    embedding, encoded once (with precomputed embeddings and no evaluation of prompts, `for_eval` or `eval.every`,
+    the encoders are loaded for that alone and then dropped); 'embedded' — every condition carries
+    `diffusion.guidance_scale` as its guidance value and there is no null condition (`cfg_scale` is 1)."""
 
     def __init__(self, cfg: RootConfig, teacher: Teacher, device: torch.device | str = "cpu", *, for_eval=False):
+        spec = teacher.spec
         self.kind, self.teacher, self.device = teacher.condition_kind, teacher, torch.device(device)
         self.encoder = self.tokenizer = self.null = None
-        tec = cfg.text_encoder
-        self.max_length = tec.max_length
+        self.pooled_encoder = self.pooled_tokenizer = None
+        tec, pec = cfg.text_encoder, cfg.pooled_encoder
+        self.max_length, self.pooled_max_length, self.use_mask = tec.max_length, pec.max_length, spec.text_mask
+        self.cfg_scale = 1.0 if spec.guidance == "embedded" else float(cfg.diffusion.guidance_scale)
+        self.guidance = embedded_guidance(cfg, teacher)
+        self.needs_pooled = "clip" in spec.text_encoders
         if self.kind != "text":
             return
-        missing = [e for e in teacher.spec.text_encoders if e not in ("t5",)]
-        if missing:
-            raise ValueError(
-                f"training a {teacher.family} teacher needs its {' and '.join(missing)} text encoder(s) beside T5 "
-                "(FLUX.1: the pooled CLIP-L embedding), which the trainer does not run yet; the family, its student "
-                "and the planner are complete (python -m ard_scale.plan RECIPE), training is the open part of issue 12"
-            )
         keep = for_eval or cfg.eval.every is not None or not tec.use_precomputed
-        if not keep and cfg.diffusion.guidance_scale == 1:
+        if not keep and self.cfg_scale == 1:
             return
-        from ard_scale.models.text_encoder import build_t5, load_t5
+        from ard_scale.models.text_encoder import build_clip, build_t5, load_clip, load_t5
 
         self.encoder, self.tokenizer = load_t5(tec.path) if tec.path is not None else build_t5(tec.size)
         self.encoder.to(self.device)
-        self.null = self._encode([""])  # (1, max_length, D), (1, max_length)
+        if self.needs_pooled:
+            if pec.path is None and pec.size is None:
+                raise ValueError(
+                    f"a {teacher.family} teacher reads CLIP's pooled text embedding: set pooled_encoder.path (the "
+                    "pipeline's text_encoder/ and tokenizer/) or pooled_encoder.size"
+                )
+            loaded = load_clip(pec.path) if pec.path is not None else build_clip(pec.size)
+            self.pooled_encoder, self.pooled_tokenizer = loaded
+            self.pooled_encoder.to(self.device)
+        if self.cfg_scale != 1:
+            self.null = self._encode([""])
         if not keep:
-            self.encoder = self.tokenizer = None
+            self.encoder = self.tokenizer = self.pooled_encoder = self.pooled_tokenizer = None
 
-    def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition]:
-        """The batch's condition and null condition, on the run's device."""
+    def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
+        """The batch's condition and null condition (None when guidance needs none), on the run's device."""
         cond, null = self._conditions(batch)
-        return cond.to(self.device), null.to(self.device)
+        return cond.to(self.device), None if null is None else null.to(self.device)
 
-    def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition]:
+    def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
         if self.kind == "labels":
             if "labels" not in batch:
                 raise ValueError(
@@ -91,29 +132,50 @@ class Conditioner:
                 )
             labels = batch["labels"].long()
             return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
-        if "t5_emb" in batch:
-            text, mask = batch["t5_emb"].float(), batch["t5_mask"]
+        if "t5_emb" in batch and (not self.needs_pooled or "pooled_emb" in batch):
+            text = batch["t5_emb"].float()
+            mask = batch["t5_mask"] if self.use_mask else None
+            pooled = batch["pooled_emb"].float() if self.needs_pooled else None
         elif self.encoder is None:
+            wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
             raise ValueError(
-                "text_encoder.use_precomputed is set but the shards carry no t5_emb; "
-                "run launchers/precompute_text.py on them or set text_encoder.use_precomputed=false"
+                f"text_encoder.use_precomputed is set but the shards carry no {wanted}; run "
+                "launchers/precompute_text.py on them (with --pooled-encoder for a family that reads CLIP's pooled "
+                "embedding) or set text_encoder.use_precomputed=false"
             )
         else:
-            text, mask = self._encode(batch["captions"])
+            cond = self._encode(batch["captions"])
+            text, mask, pooled = cond.text, cond.text_mask, cond.pooled
         B, L = text.shape[:2]
-        if self.null is None:  # guidance 1: the null condition is never evaluated
-            return Condition(text=text, text_mask=mask), Condition(text=torch.zeros_like(text), text_mask=mask)
-        null_text, null_mask = self.null  # pad/crop to the batch's token count
-        null_text = torch.nn.functional.pad(null_text, (0, 0, 0, max(0, L - null_text.shape[1])))[:, :L]
-        null_mask = torch.nn.functional.pad(null_mask, (0, max(0, L - null_mask.shape[1])))[:, :L]
-        null = Condition(text=null_text.expand(B, -1, -1), text_mask=null_mask.expand(B, -1))
-        return Condition(text=text, text_mask=mask), null
+        cond = Condition(text=text, text_mask=mask, pooled=pooled, guidance=self._guidance(B))
+        if self.null is None:  # no CFG: the null condition is never evaluated
+            return cond, None
+        null = self.null  # pad/crop to the batch's token count
+        null_text = torch.nn.functional.pad(null.text, (0, 0, 0, max(0, L - null.text.shape[1])))[:, :L]
+        null_mask = None
+        if null.text_mask is not None:
+            null_mask = torch.nn.functional.pad(null.text_mask, (0, max(0, L - null.text_mask.shape[1])))[:, :L]
+            null_mask = null_mask.expand(B, -1)
+        null_pooled = None if null.pooled is None else null.pooled.expand(B, -1)
+        return cond, Condition(text=null_text.expand(B, -1, -1), text_mask=null_mask, pooled=null_pooled)
+
+    def _guidance(self, batch_size: int) -> torch.Tensor | None:
+        return None if self.guidance is None else torch.full((batch_size,), self.guidance)
 
     @torch.no_grad()
-    def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        from ard_scale.models.text_encoder import encode_captions
+    def _encode(self, captions: list[str]) -> Condition:
+        """Captions -> their condition (text, mask where the family reads one, pooled where it needs one)."""
+        from ard_scale.models.text_encoder import encode_captions, encode_pooled
 
-        return encode_captions(self.encoder, self.tokenizer, captions, max_length=self.max_length)
+        text, mask = encode_captions(
+            self.encoder, self.tokenizer, captions, max_length=self.max_length, use_mask=self.use_mask
+        )
+        pooled = None
+        if self.needs_pooled:
+            pooled = encode_pooled(
+                self.pooled_encoder, self.pooled_tokenizer, captions, max_length=self.pooled_max_length
+            )
+        return Condition(text=text, text_mask=mask, pooled=pooled, guidance=self._guidance(len(captions)))
 
 
 @dataclass
@@ -132,14 +194,11 @@ class Run:
     conditioner: Conditioner
     codec: LatentCodec | PixelCodec  # images <-> the teacher's states (replicated; GAN reals, eval decoding)
     trajectories: Any  # the step's trajectory source (ard_scale/trainer/trajectories.py); its state is per rank
+    latent_shape: tuple[int, int, int]  # (C, H, W) of a trajectory state at data.resolution
 
     @property
     def student(self) -> ARDStudent:
         return self.engine.module
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.teacher.in_channels, self.teacher.sample_size, self.teacher.sample_size)
 
 
 def ds_scheduler(cfg: RootConfig) -> dict | None:
@@ -167,8 +226,10 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     tr, zero = cfg.train, cfg.zero
     torch.manual_seed(tr.seed)  # identical student initialisation on every rank
     teacher = build_teacher_model(cfg)
+    shape = latent_shape(cfg, teacher)
     schedule = build_schedule(cfg, teacher.patch_size)
-    student = ARDStudent(teacher, cfg.student, schedule)
+    guidance = embedded_guidance(cfg, teacher)
+    student = ARDStudent(teacher, cfg.student, schedule, latent_shape=shape, guidance=guidance)
     student.activation_checkpointing = tr.activation_checkpointing
     if fresh and cfg.gan.enabled and cfg.gan.init_from is not None:
         load_student_weights(student, cfg.gan.init_from, use_ema=cfg.gan.init_from_ema)
@@ -206,7 +267,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             loader.condition_kind(),
             path=cfg.data.trajectory_path,
             student_times=schedule.grid(cfg.student.num_steps).tolist(),
-            latent_shape=(teacher.in_channels, teacher.sample_size, teacher.sample_size),
+            latent_shape=shape,
             family=teacher.family,
         )
     else:
@@ -222,12 +283,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
         loader=loader,
         loss_fn=RegressionLoss(cfg.student.num_steps, tr.loss_weights),
         conditioner=Conditioner(cfg, teacher, engine.device),
-        codec=build_codec(
-            size=cfg.vae.size,
-            path=cfg.vae.path,
-            scaling_factor=cfg.vae.scaling_factor,
-            channels=teacher.in_channels,
-            seed=tr.seed,
-        ),
+        codec=build_codec_for(cfg, teacher),
         trajectories=build_trajectory_source(tr.trajectory_source, tr.replay_times),
+        latent_shape=shape,
     )

@@ -51,6 +51,7 @@ from ard_scale.evaluation.generate import ConditionFn, conditional_generate_fn
 from ard_scale.evaluation.grids import comparison_grid, save_png
 from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import Teacher
+from ard_scale.trainer.build import latent_shape
 
 EVAL_SEED = 2**62  # noise of evaluation sample i is drawn from EVAL_SEED + i: far from the training seeds
 
@@ -67,6 +68,7 @@ class EvalSetup:
     schedule: Schedule
     decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> [-1, 1] pixels
     noise_shape: tuple[int, int, int]
+    cfg_scale: float  # classifier-free guidance of the teacher's sampler (1: none, e.g. a guidance-embedding teacher)
     device: torch.device
     cache_dir: Path
     teacher_description: dict
@@ -93,7 +95,7 @@ class EvalSetup:
     def teacher_sample(self, noise: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The teacher's full guided sampler (the recipe's solver, S·K steps) from `noise`: its final state."""
         cfg, d = self.cfg, self.cfg.diffusion
-        guided = d.guidance_scale != 1
+        guided = self.cfg_scale != 1
         gather = (
             (lambda: gather_once(self.teacher_denoise))
             if cfg.zero.gather_teacher_once and cfg.zero.teacher_stage == 3
@@ -106,7 +108,7 @@ class EvalSetup:
             latent_shape=self.noise_shape,
             noise=noise,
             null_cond=self.null_for(noise.shape[0]) if guided else None,
-            guidance_scale=d.guidance_scale,
+            guidance_scale=self.cfg_scale,
             num_student_steps=cfg.student.num_steps,
             substeps=d.substeps,
             solver=d.solver,
@@ -243,7 +245,8 @@ def build_eval_setup(
         teacher_denoise=teacher_denoise,
         schedule=schedule,
         decode=codec.decode,
-        noise_shape=(teacher.in_channels, teacher.sample_size, teacher.sample_size),
+        noise_shape=latent_shape(cfg, teacher),
+        cfg_scale=conditioner.cfg_scale,
         device=device,
         cache_dir=cache_dir,
         teacher_description=teacher_description,

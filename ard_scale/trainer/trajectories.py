@@ -72,8 +72,8 @@ class OnlineTrajectories:
             cond,
             latent_shape=run.latent_shape,
             seeds=seeds,
-            null_cond=null if d.guidance_scale != 1 else None,
-            guidance_scale=d.guidance_scale,
+            null_cond=null,
+            guidance_scale=run.conditioner.cfg_scale,  # 1 for a guidance-embedding teacher: cond carries the value
             num_student_steps=cfg.student.num_steps,
             substeps=d.substeps,
             solver=d.solver,

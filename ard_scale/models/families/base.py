@@ -36,6 +36,13 @@ class Family:
     default_sizes: ClassVar[dict[int, str]] = {}  # resolution in pixels -> the named size the planner falls back to
     description: ClassVar[str] = ""
     joint_attention: ClassVar[bool] = False  # text tokens take part in self-attention (MMDiT): one copy per group
+    # 'cfg': diffusion.guidance_scale is classifier-free guidance (a null-condition pass per solver step).
+    # 'embedded': it is the value a guidance-distilled network embeds (FLUX.1-dev; see `distilled_guidance`): no
+    # null condition, no second pass, and the student is conditioned on the same value.
+    guidance: ClassVar[Literal["cfg", "embedded"]] = "cfg"
+    # True: the teacher reads the T5 attention mask (PixArt). False: it attends to all max_length tokens, and the
+    # encoder runs without a mask, as FluxPipeline does.
+    text_mask: ClassVar[bool] = True
 
     # -- building ------------------------------------------------------------------------------------------------
     @classmethod
@@ -64,6 +71,16 @@ class Family:
     @classmethod
     def sample_size(cls, model: nn.Module) -> int:
         return model.config.sample_size
+
+    @classmethod
+    def check_latent_side(cls, model: nn.Module, side: int) -> None:
+        """Raise unless the network takes side×side latents (a fixed positional embedding: its own sample size)."""
+        if side != cls.sample_size(model):
+            raise ValueError(
+                f"data.resolution gives {side}×{side} latents, but this {cls.name} teacher takes "
+                f"{cls.sample_size(model)}×{cls.sample_size(model)} (its positional embedding is fixed); set "
+                "data.resolution to the teacher's resolution (latent side × the VAE's downsampling)"
+            )
 
     @classmethod
     def blocks(cls, model: nn.Module) -> list[nn.Module]:

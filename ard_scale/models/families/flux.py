@@ -149,6 +149,8 @@ class FluxFamily(Family):
     condition_kind = "text"
     text_encoders = ("t5", "clip")
     joint_attention = True
+    guidance = "embedded"
+    text_mask = False
     description = "FLUX.1 flow-matching MMDiT (T5 tokens + pooled CLIP, distilled guidance)"
     default_sizes = {1024: "flux_1_dev"}
     sizes = {
@@ -203,6 +205,14 @@ class FluxFamily(Family):
     @classmethod
     def sample_size(cls, model):
         return 128  # FLUX.1's native 1024px: 128×128 latents
+
+    @classmethod
+    def check_latent_side(cls, model, side):
+        if side % PACK:
+            raise ValueError(
+                f"data.resolution gives {side}×{side} latents, which FLUX cannot pack into {PACK}×{PACK} patches; use "
+                f"a resolution that is a multiple of {PACK} × the VAE's downsampling (FLUX.1's VAE: 16 px)"
+            )
 
     @classmethod
     def blocks(cls, model):

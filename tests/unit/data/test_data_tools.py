@@ -92,3 +92,26 @@ def test_bundled_digits_in_both_formats(mds_env):
     assert {k: v[0] for k, v in by_format["webdataset"].items()} == {k: v[0] for k, v in by_format["mds"].items()}
     assert torch.equal(by_format["webdataset"]["digits-0007"][1], by_format["mds"]["digits-0007"][1])
     assert sorted({label for label, _ in by_format["mds"].values()}) == list(range(10))
+
+
+def test_precompute_text_for_flux_writes_unmasked_t5_and_the_pooled_clip_embedding(tmp_path, tiny_t5, mds_env):
+    from ard_scale.models.text_encoder import build_clip, encode_captions, encode_pooled, load_t5
+
+    clip, clip_tokenizer = build_clip("debug")
+    clip.save_pretrained(tmp_path / "pipe" / "text_encoder")  # a pipeline folder: text_encoder/ + tokenizer/
+    clip_tokenizer.save_pretrained(tmp_path / "pipe" / "tokenizer")
+    make_image_folder(str(tmp_path / "img"), 3)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "webdataset"])
+    written = load_launcher("precompute_text").main([str(tmp_path / "built" / "webdataset"), str(tmp_path / "out"),
+                                                     "--t5", tiny_t5, "--family", "flux", "--format", "webdataset",
+                                                     "--pooled-encoder", str(tmp_path / "pipe"), "--max-length", "24",
+                                                     "--pooled-max-length", "16"])  # fmt: skip
+    assert written == 3
+    (batch,) = read("mds", tmp_path / "out")
+    encoder, tokenizer = load_t5(tiny_t5)
+    emb, mask = encode_captions(encoder, tokenizer, batch["captions"], max_length=24, use_mask=False)
+    masked, _ = encode_captions(encoder, tokenizer, batch["captions"], max_length=24)
+    assert mask is None and bool((batch["t5_mask"] == 1).all())
+    assert torch.allclose(batch["t5_emb"], emb, atol=2e-3) and not torch.allclose(batch["t5_emb"], masked, atol=2e-3)
+    pooled = encode_pooled(clip, clip_tokenizer, batch["captions"], max_length=16)
+    assert batch["pooled_emb"].shape == (3, 16) and torch.allclose(batch["pooled_emb"], pooled, atol=2e-3)
