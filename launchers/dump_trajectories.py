@@ -49,6 +49,11 @@ def schedule_from(teacher_path: Path, objective: str | None):
     if objective is None and cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text())
         if "FlowMatch" in cfg["_class_name"]:
+            if cfg.get("use_dynamic_shifting"):
+                raise ValueError(
+                    f"{cfg_file} shifts its grid with the resolution (use_dynamic_shifting): give the recipe "
+                    "(its diffusion and data sections build the schedule) as the first argument"
+                )
             return FlowSchedule(shift=cfg.get("shift", 1.0))
         return VPSchedule(
             num_train_timesteps=cfg.get("num_train_timesteps", 1000),
@@ -116,7 +121,7 @@ def null_caption(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"guidance != 1 needs the null caption's T5 embedding: {path} does not exist; pass --null-caption FILE "
             '(a torch dict {"t5_emb": (L, C), "t5_mask": (L,)}, as launchers/fit_teacher.py writes) or --guidance 1'
         )
-    null = torch.load(path)
+    null = torch.load(path, map_location="cpu", weights_only=True)
     return null["t5_emb"].float(), null["t5_mask"].long()
 
 
@@ -135,7 +140,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--guided-channels", type=int)
     parser.add_argument("--record", choices=("noisy", "x0"))
-    parser.add_argument("--objective", choices=("epsilon", "v_prediction", "flow"), help="default: the folder's")
+    parser.add_argument(
+        "--objective",
+        choices=("epsilon", "v_prediction", "flow"),
+        help="without a recipe (default: the folder's scheduler); with one, the recipe builds the trainer's schedule",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
@@ -156,7 +165,20 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     teacher = load_teacher(args.teacher).to(device)
-    schedule = schedule_from(Path(args.teacher), args.objective)
+    if "clip" in teacher.spec.text_encoders:
+        raise ValueError(
+            f"a {teacher.family} teacher reads CLIP's pooled embedding, which offline dumps do not store; train it "
+            "with train.trajectory_source online or replay"
+        )
+    shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
+    if args.recipe is not None:  # the trainer's own builders: the same grid (shifts included) and state shape
+        from ard_scale.config import load_config
+        from ard_scale.trainer.build import build_schedule, latent_shape
+
+        cfg = load_config(args.recipe)
+        schedule, shape = build_schedule(cfg, teacher.patch_size), latent_shape(cfg, teacher)
+    else:
+        schedule = schedule_from(Path(args.teacher), args.objective)
     student_grid = schedule.grid(args.steps)
     teacher_grid = uniform_teacher_grid(schedule, args.steps, args.substeps)
     captions = stream = null = None
@@ -170,14 +192,13 @@ def main(argv=None) -> dict:
         if args.guidance != 1:
             null = null_caption(args.null_caption or args.teacher / "null_caption.pt")
     elif args.captions is not None:
-        captions = torch.load(args.captions).float()
+        captions = torch.load(args.captions, map_location="cpu", weights_only=True).float()
         num_conditions = captions.shape[0] - 1
     else:
         raise ValueError(
             "a text teacher needs caption embeddings: pass --data SHARDS (MDS caption shards with T5 embeddings) "
             "or --captions FILE ((n+1, L, C), last row the null caption)"
         )
-    shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
     columns = {"seed": "int64", "label": "int64", "caption_index": "int64", "states": "ndarray:float32"}
     if stream is not None:
         columns.update(key="str", t5_emb="ndarray:float32", t5_mask="ndarray:uint8")
