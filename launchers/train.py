@@ -4,6 +4,12 @@
     torchrun --nproc_per_node 2 launchers/train.py recipes/tiny_cpu.yaml train.max_steps=10
 
 Rerunning the same command with the same checkpoint.run_dir resumes from the newest complete checkpoint.
+
+SIGTERM, SIGINT or SIGUSR1 to the ranks: each saves the step it reached and exits 0, and torchrun then exits 0. A
+SIGTERM to the torchrun agent itself is forwarded to the ranks (same clean stop), but torch's agent then re-raises it
+and exits 1 with a SignalException traceback whatever the ranks returned (torch/distributed/elastic/agent/server/
+api.py, SimpleElasticAgent.run); it also SIGKILLs ranks still running after --shutdown_timeout (30 s by default), so
+give it more than a checkpoint save takes.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict, student_architecture
-from ard_scale.checkpoint.safe_load import safe_load, verify_dir
+from ard_scale.checkpoint.safe_load import read_meta, safe_load, verify_dir
 from ard_scale.config.ard import ARDConfig
 from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
@@ -63,7 +63,7 @@ def full_ema_state_dict(run_dir: str | Path, tag: str, shapes: dict[str, torch.S
     ema_full = _client_state(tag_dir).get("ema_full")
     if ema_full is not None:
         return {k: v.float() for k, v in ema_full.items()}
-    world = json.loads((tag_dir / META).read_text())["world_size"]
+    world = read_meta(tag_dir)["world_size"]
     states = [safe_load(rank_file(tag_dir, r)) for r in range(world)]
     emas = [s.get("ema") if isinstance(s, dict) else None for s in states]
     if any(e is None for e in emas):
@@ -97,14 +97,14 @@ def student_state_dict(
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     tag = _resolve_tag(ckpt_dir, tag)
-    meta_path = ckpt_dir / tag / META
-    if not meta_path.is_file():
+    if not (ckpt_dir / tag / META).is_file():
         raise ValueError(f"{ckpt_dir / tag} is not a complete checkpoint (no {META})")
-    arch = json.loads(meta_path.read_text())["student"]
+    # Sizes and checksums first, then no planted objects (DeepSpeed's reader unpickles with weights_only=False). A
+    # checkpoint named here is never swapped for another: a damaged one is an error.
+    verify_dir(ckpt_dir / tag)
+    arch = read_meta(ckpt_dir / tag).get("student")
     if arch is None:
         raise ValueError(f"{ckpt_dir / tag} does not hold an ARD student (its {META} has no student architecture)")
-
-    verify_dir(ckpt_dir / tag)  # DeepSpeed's reader unpickles with weights_only=False: refuse planted objects first
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     weights = "raw"
     if use_ema:

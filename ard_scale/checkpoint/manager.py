@@ -6,13 +6,18 @@ Layout of a run directory:
     RUN_DIR/checkpoints/step_00001000/         DeepSpeed's files (engine.save_checkpoint) plus
         rank_00000.pt … rank_0000{W-1}.pt      each rank's own `rank_state` (data position, RNG, EMA shard)
         config.yaml                            the resolved recipe the checkpoint was written under
-        ard_checkpoint.json                    step, world size, config hash, student architecture; written last,
-                                               after every rank finished: its presence marks the tag complete
+        ard_checkpoint.json                    step, world size, config hash, student architecture, and the size
+                                               and CRC-32 of every other file; written last, after every rank
+                                               finished: its presence marks the tag complete
     RUN_DIR/checkpoints/step_00001000_universal/   (optional) `to_universal`: loads on any number of ranks
 
 Two kinds of state: `client_state` is global and small (step, samples seen, scheduler-like counters) and goes into
 DeepSpeed's own files; `rank_state` is per rank (data loader position, RNG states, EMA shard) and goes into
 `rank_{r:05d}.pt`. The frozen teacher and T5 are never saved: `save` refuses an engine without an optimizer.
+
+Loading checks the tag first (`safe_load.tag_problems`: sizes, checksums, readable marker and recipe, no planted
+objects), split over the ranks and gathered, so every rank takes the same decision. A damaged `latest` makes the
+resume fall back to the newest older intact checkpoint, with a warning naming what was skipped and why.
 """
 
 from __future__ import annotations
@@ -30,12 +35,10 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from ard_scale.checkpoint.safe_load import safe_load, verify_dir
+from ard_scale.checkpoint.safe_load import CONFIG, META, file_digest, read_meta, safe_load, tag_problems, verify_dir
 from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
 
 LATEST = "latest"
-META = "ard_checkpoint.json"
-CONFIG = "config.yaml"
 UNIVERSAL_SUFFIX = "_universal"
 _TAG_RE = re.compile(r"^step_(\d{8,})$")
 _CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
@@ -63,6 +66,27 @@ def _rank_world() -> tuple[int, int]:
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _gather(obj: Any) -> list:
+    """`obj` of every rank, in rank order, on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _own_files(tag_dir: Path, rank: int) -> list[Path]:
+    """The files of `tag_dir` this rank wrote (ZeRO names its shards *_rank_{r}_*; rank 0 writes the mp_rank_ ones),
+    so it can flush and checksum them while they are still in its page cache."""
+    own = re.compile(rf"(^|_)rank_{rank}_")
+    mine = rank_file(tag_dir, rank).name
+    return sorted(
+        p
+        for p in tag_dir.iterdir()
+        if p.is_file() and (p.name == mine or own.search(p.name) or (rank == 0 and p.name.startswith("mp_rank_")))
+    )
 
 
 def _fsync_path(path: Path) -> None:
@@ -142,9 +166,8 @@ class CheckpointManager:
         return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
     def meta(self, tag: str) -> dict | None:
-        """The tag's `ard_checkpoint.json` (present only once every rank finished), or None."""
-        path = self.dir / tag / META
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        """The tag's `ard_checkpoint.json` (present only once every rank finished), or None. Unreadable: ValueError."""
+        return read_meta(self.dir / tag) if (self.dir / tag / META).is_file() else None
 
     def complete_tags(self) -> list[str]:
         """Complete step tags, oldest first."""
@@ -157,7 +180,10 @@ class CheckpointManager:
         """`ds_config` plus `checkpoint.load_universal=true` when the latest checkpoint was written by a different
         number of ranks and has a universal conversion (`to_universal`). Call before building the student engine."""
         tag = self.latest_tag()
-        meta = self.meta(tag) if tag else None
+        try:
+            meta = self.meta(tag) if tag else None
+        except ValueError:
+            meta = None  # damaged: load_latest falls back to an older checkpoint
         if meta is None or meta["world_size"] == _rank_world()[1]:
             return ds_config
         if not (self.dir / (tag + UNIVERSAL_SUFFIX)).is_dir():
@@ -193,10 +219,15 @@ class CheckpointManager:
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
         self._write_rank_state(tag_dir, rank, rank_state)
         _barrier()  # every rank's files are on disk (each fsynced its own)
+        digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
 
         if rank == 0:
             dump_yaml(self.config, tag_dir / CONFIG)
             _fsync_path(tag_dir / CONFIG)
+            files = {name: d for per_rank in digests for name, d in per_rank.items()}
+            for p in sorted(tag_dir.iterdir()):  # anything no rank claimed (and the config just written)
+                if p.is_file() and p.name not in files and p.name != META:
+                    files[p.name] = file_digest(p)
             meta = {
                 "step": step,
                 "world_size": world,
@@ -204,6 +235,7 @@ class CheckpointManager:
                 "config_hash": self.config_hash,
                 "time": time.time(),
                 "student": student_architecture(engine.module),
+                "files": dict(sorted(files.items())),
             }
             atomic_write_text(tag_dir / META, json.dumps(meta, indent=1))
             atomic_write_text(self.dir / LATEST, tag)
@@ -217,10 +249,8 @@ class CheckpointManager:
             torch.save(rank_state, f)
             f.flush()
             os.fsync(f.fileno())
-        # DeepSpeed does not fsync: flush this rank's own shard files (ZeRO names them *_rank_{r}_*).
-        own = re.compile(rf"(^|_)rank_{rank}_")
-        for p in tag_dir.iterdir():
-            if p.is_file() and (own.search(p.name) or (rank == 0 and p.name.startswith("mp_rank_"))):
+        for p in _own_files(tag_dir, rank):  # DeepSpeed does not fsync: flush this rank's own shard files
+            if p.name != path.name:
                 _fsync_path(p)
 
     def _apply_retention(self) -> None:
@@ -256,21 +286,56 @@ class CheckpointManager:
             "checkpoint.run_dir"
         )
 
+    def tag_problems(self, tag: str) -> list[str]:
+        """What is wrong with checkpoint `tag` ([] = intact), the same list on every rank. Collective: the files are
+        split over the ranks (each byte read once) and the findings gathered."""
+        rank, world = _rank_world()
+        try:
+            local = tag_problems(self.dir / tag, rank, world)
+        except Exception as e:  # never skip the gather below: the other ranks would wait in it forever
+            local = [f"{self.dir / tag}: could not be checked on rank {rank}: {type(e).__name__}: {e}"]
+        return sorted({p for per_rank in _gather(local) for p in per_rank})
+
+    def _intact_tag(self, tag: str) -> str:
+        """`tag` if intact, else the newest older intact complete checkpoint, with a warning naming what was skipped
+        and why; `latest` is moved to it so that the next save of a skipped step replaces the damaged folder. No
+        intact one: ValueError listing every problem. Collective."""
+        candidates = [tag] + [t for t in reversed(self.complete_tags()) if step_of(t) < (step_of(tag) or 0)]
+        skipped = []
+        for candidate in candidates:
+            problems = self.tag_problems(candidate)
+            if not problems:
+                break
+            skipped.append(f"{candidate} ({'; '.join(problems)})")
+        else:
+            raise ValueError(
+                f"no intact checkpoint to resume in {self.dir}: " + " | ".join(skipped) + ". Restore the damaged "
+                f"files, or move {self.dir} away to start the run over"
+            )
+        if skipped:
+            warnings.warn(
+                f"resuming from {candidate} in {self.dir}: skipped damaged or incomplete checkpoint(s) "
+                + " | ".join(skipped),
+                stacklevel=3,
+            )
+            if _rank_world()[0] == 0:
+                atomic_write_text(self.dir / LATEST, candidate)
+            _barrier()  # every rank reads the new `latest` from here on (e.g. the universal EMA reassembly)
+        return candidate
+
     def load_latest(self, engine) -> tuple[dict, dict | None] | None:
-        """Resume the student `engine` from the newest complete checkpoint. Collective: every rank calls it.
+        """Resume the student `engine` from the newest complete, intact checkpoint. Collective: every rank calls it.
 
         Returns None for a fresh run, else (client_state, rank_state). rank_state is this rank's own; it is None
         when loading a universal checkpoint (the per-rank layout changed: rebuild data position and RNG from
-        client_state, and the EMA with `ard_scale.checkpoint.export.full_ema_state_dict`)."""
+        client_state, and the EMA with `ard_scale.checkpoint.export.full_ema_state_dict`). This is the automatic
+        resume of a run from its own `latest`, so a damaged one falls back (with a warning) to an older one;
+        loading a named checkpoint elsewhere (export, gan.init_from, to_universal) refuses a damaged one."""
         tag = self.latest_tag()
         if tag is None:
             return None
+        tag = self._intact_tag(tag)
         meta = self.meta(tag)
-        if meta is None:
-            raise ValueError(
-                f"{self.dir / LATEST} names {tag}, which has no {META} (incomplete or damaged); point `latest` at a "
-                f"complete tag among {self.complete_tags()} or delete it to start over"
-            )
         self.check_recipe(tag)
         rank, world = _rank_world()
         universal = bool(getattr(engine, "load_universal_checkpoint", lambda: False)())
@@ -281,6 +346,7 @@ class CheckpointManager:
                     f"the engine loads universal checkpoints but {self.dir / load_tag} does not exist; convert with "
                     f"`python -m ard_scale.checkpoint.universal {self.run_dir}` first"
                 )
+            verify_dir(self.dir / load_tag, checksums=False)  # its marker is its source's: planted objects only
         else:
             load_tag = tag
             if meta["world_size"] != world or not rank_file(self.dir / tag, rank).is_file():
@@ -291,7 +357,6 @@ class CheckpointManager:
                     "(ard_scale.checkpoint.to_universal) and build the engine with "
                     "CheckpointManager.resume_ds_config(ds_config), which sets checkpoint.load_universal=true"
                 )
-        verify_dir(self.dir / load_tag)  # DeepSpeed unpickles with weights_only=False: refuse planted objects first
         load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {self.dir / load_tag}")

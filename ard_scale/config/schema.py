@@ -279,7 +279,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Decay after warm-up, to 0 at max_steps ('constant' keeps the peak)."""
     warmup_steps: int = 0
-    """Linear learning-rate warm-up from 0."""
+    """Linear learning-rate warm-up from 0 (over at least 2 steps once a schedule is active: DeepSpeed's floor)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)

@@ -202,22 +202,42 @@ class Run:
 
 
 def ds_scheduler(cfg: RootConfig) -> dict | None:
+    """DeepSpeed's scheduler section for `train.lr_schedule`/`warmup_steps`: linear warm-up from 0 and decay to 0.
+
+    DeepSpeed's defaults are not what the schema promises (a logarithmic warm-up; WarmupCosineLR ends at 1e-4·lr), so
+    every parameter is set. DeepSpeed advances the schedule after each optimizer step: with n steps done and i = n-1,
+    the next update runs at (T = max_steps; W* = max(2, warmup_steps), DeepSpeed's floor, so a decay without
+    warm-up still warms up over 2 steps)
+      n = 0              0
+      warm-up (i < W*)   lr·i/W*
+      constant           lr
+      linear             lr·(T-1-i)/(T-1-W*)  (total_num_steps=T-1, so that it is 0 at n = T)
+      cosine             lr·(1+cos(π·(i-W*+1)/(T-W*)))/2  (0 at n = T)
+    tests/unit/trainer/test_lr_schedule.py checks these against DeepSpeed's classes."""
     tr = cfg.train
     if tr.lr_schedule == "constant" and tr.warmup_steps == 0:
         return None
+    warmup = max(tr.warmup_steps, 2)  # DeepSpeed's own floor, made visible
     if tr.lr_schedule == "constant":
+        params = {"warmup_min_lr": 0.0, "warmup_max_lr": tr.lr, "warmup_num_steps": warmup, "warmup_type": "linear"}
+        return {"type": "WarmupLR", "params": params}
+    if tr.lr_schedule == "linear":
         params = {
+            "total_num_steps": tr.max_steps - 1,
             "warmup_min_lr": 0.0,
             "warmup_max_lr": tr.lr,
-            "warmup_num_steps": tr.warmup_steps,
+            "warmup_num_steps": warmup,
             "warmup_type": "linear",
         }
-        return {"type": "WarmupLR", "params": params}
-    kind = "WarmupCosineLR" if tr.lr_schedule == "cosine" else "WarmupDecayLR"
-    params = {"total_num_steps": tr.max_steps, "warmup_num_steps": max(tr.warmup_steps, 1)}
-    if kind == "WarmupDecayLR":
-        params.update(warmup_min_lr=0.0, warmup_max_lr=tr.lr, warmup_type="linear")
-    return {"type": kind, "params": params}
+        return {"type": "WarmupDecayLR", "params": params}
+    params = {
+        "total_num_steps": tr.max_steps,
+        "warmup_min_ratio": 0.0,
+        "warmup_num_steps": warmup,
+        "cos_min_ratio": 0.0,
+        "warmup_type": "linear",
+    }
+    return {"type": "WarmupCosineLR", "params": params}
 
 
 def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=None, fresh: bool = True) -> Run:

@@ -10,6 +10,7 @@ Three launches share one run directory (module fixture):
 
 import importlib.util
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from ard_scale.checkpoint.export import export_student, load_exported_student
 from ard_scale.checkpoint.manager import META, CheckpointManager
+from ard_scale.checkpoint.safe_load import verify_dir
 from ard_scale.checkpoint.universal import to_universal
 from ard_scale.config import load_config, to_dict
 from ard_scale.models.condition import Condition
@@ -139,3 +141,68 @@ def test_universal_checkpoint_resumes_on_one_rank_without_a_jump(run):
     assert sorted(one) == [7, 8]
     for step in (7, 8):  # same global batch; only the 1e-4 per-rank input noise and reduction order differ
         assert one[step] == pytest.approx(run["a"][step], rel=1e-4), (step, one[step], run["a"][step])
+
+
+# -- issue 16 item 2: damaged checkpoints are errors naming the file; the automatic resume falls back -------------
+
+
+def flip_bytes(path: Path, count: int = 64) -> None:
+    """Flip `count` bytes in the middle of `path` (tensor data: today's loaders read different numbers silently)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + count] = bytes(b ^ 0xFF for b in data[mid : mid + count])
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
+@pytest.fixture
+def copy_of_run(run, tmp_path):
+    """The shared run's directory copied, so a test can damage it (latest = step 6, step 5 intact before it)."""
+    dst = tmp_path / "run"
+    shutil.copytree(run["run_dir"], dst, ignore=shutil.ignore_patterns("*_universal", "latest_universal"))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("victim", "damage", "what"),
+    [
+        ("zero_pp_rank_0_mp_rank_00_optim_states.pt", flip_bytes, "crc32"),
+        ("rank_00000.pt", flip_bytes, "crc32"),
+        ("rank_00001.pt", truncate, "bytes, the marker recorded"),
+    ],
+)
+def test_damaged_file_is_an_error_naming_it(copy_of_run, victim, damage, what):
+    tag_dir = copy_of_run / "checkpoints" / "step_00000006"
+    damage(tag_dir / victim)
+    with pytest.raises(ValueError, match=rf"{victim}: .*{what}"):
+        verify_dir(tag_dir)
+    with pytest.raises(ValueError, match=victim):  # a checkpoint asked for by name is never swapped for another
+        export_student(copy_of_run, copy_of_run / "export", tag="step_00000006", use_ema=False)
+
+
+def test_garbage_marker_and_recipe_are_clear_errors(copy_of_run):
+    ckpt = copy_of_run / "checkpoints"
+    (ckpt / "step_00000006" / META).write_text('{"step": 6, "world_si')
+    (ckpt / "step_00000005" / "config.yaml").write_text("train: [lr: {\n")
+    mgr = CheckpointManager(copy_of_run, keep_last=2, config_dict=to_dict(load_config(RECIPE)))
+    with pytest.raises(ValueError, match="no intact checkpoint") as e:
+        mgr.load_latest(NeverLoads())  # nothing intact to fall back to: DeepSpeed is never asked
+    msg = str(e.value)
+    assert f"step_00000006/{META} is not readable JSON" in msg
+    assert "step_00000005/config.yaml: 14 bytes, the marker recorded" in msg
+
+
+def test_automatic_resume_falls_back_to_the_previous_intact_checkpoint(run, copy_of_run):
+    truncate(copy_of_run / "checkpoints" / "step_00000006" / "rank_00001.pt")  # only rank 1 checks this file
+    out = run["tmp"] / "fallback.jsonl"
+    d = launch(2, "--run-dir", str(copy_of_run), "--out", str(out), "--steps", "6", "--resume", "--save-at", "6")
+    assert d.returncode == 0, d.stderr[-4000:]
+    assert "resuming from step_00000005" in d.stderr and "rank_00001.pt" in d.stderr  # the warning says what and why
+    resumed = losses(out)
+    assert resumed == {6: run["a"][6]}  # continued from step 5 exactly as the uninterrupted launch A did
+    # The damaged step 6 was replaced by the new save of step 6 (not skipped as "already saved"), and is intact.
+    assert (copy_of_run / "checkpoints" / "latest").read_text() == "step_00000006"
+    verify_dir(copy_of_run / "checkpoints" / "step_00000006")

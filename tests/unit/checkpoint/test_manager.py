@@ -5,6 +5,7 @@ The real DeepSpeed ZeRO-3 behaviour on 2 ranks is tested in tests/distributed/te
 import json
 import os
 import random
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,47 @@ def test_rank_state_with_rng_loads_weights_only_and_restores_every_generator(tmp
     assert got[0] == expected[0]
     np.testing.assert_array_equal(got[1], expected[1])
     assert torch.equal(got[2], expected[2])
+
+
+# -- issue 16 item 2: the marker's sizes and checksums; falling back from a damaged `latest` --
+
+
+def test_marker_records_size_and_checksum_of_every_file(tmp_path, cfg):
+    mgr = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg)
+    mgr.save(FakeEngine(), 1, {"step": 1}, {"cursor": 3})
+    tag_dir = tmp_path / "checkpoints" / "step_00000001"
+    files = json.loads((tag_dir / META).read_text())["files"]
+    assert set(files) == {p.name for p in tag_dir.iterdir()} - {META}
+    assert set(files) == {"config.yaml", "rank_00000.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"}
+    for name, d in files.items():
+        assert d["size"] == (tag_dir / name).stat().st_size
+        assert d["crc32"] == f"{zlib.crc32((tag_dir / name).read_bytes()):08x}"
+
+
+def test_damaged_latest_falls_back_with_a_warning_and_the_next_save_replaces_it(tmp_path, cfg):
+    mgr, engine = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg), FakeEngine()
+    for step in (1, 2):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    victim = rank_file(tmp_path / "checkpoints" / "step_00000002", 0)
+    data = bytearray(victim.read_bytes())
+    data[-30] ^= 0x01  # one bit
+    victim.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"resuming from step_00000001.*step_00000002.*rank_00000\.pt: crc32"):
+        assert mgr.load_latest(engine) == ({"step": 1}, {"cursor": 1})
+    assert mgr.latest_tag() == "step_00000001"  # else the re-save of step 2 would be skipped as "already saved"
+    mgr.save(engine, 2, {"step": 2}, {"cursor": 2})
+    assert mgr.latest_tag() == "step_00000002" and mgr.load_latest(engine) == ({"step": 2}, {"cursor": 2})
+
+
+def test_marker_without_checksums_loads_with_a_warning_and_its_recipe_is_still_read(tmp_path, cfg):
+    mgr, engine = CheckpointManager(tmp_path, keep_last=1, config_dict=cfg), FakeEngine()
+    mgr.save(engine, 1, {"step": 1}, {"cursor": 3})
+    tag_dir = tmp_path / "checkpoints" / "step_00000001"
+    meta = json.loads((tag_dir / META).read_text())
+    del meta["files"]  # what ard_scale wrote before checksums
+    (tag_dir / META).write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="cannot be verified"):
+        assert mgr.load_latest(engine) == ({"step": 1}, {"cursor": 3})
+    (tag_dir / "config.yaml").write_text("train: [lr: {\n")
+    with pytest.warns(UserWarning, match="cannot be verified"), pytest.raises(ValueError, match=r"config\.yaml: "):
+        mgr.load_latest(engine)

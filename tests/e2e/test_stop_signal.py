@@ -1,0 +1,57 @@
+"""A signal-requested stop under torchrun (issue 16 item 7b): every rank saves the step it reached and exits 0, so the
+torchrun agent exits 0 too.
+
+What torch does when the *agent* itself gets SIGTERM (torch 2.14, torch/distributed/elastic/agent/server/api.py,
+`SimpleElasticAgent.run`): it forwards SIGTERM to every rank ("Sending process N closing signal SIGTERM"), waits up to
+--shutdown_timeout (30 s by default) for them, then re-raises its SignalException, so the agent always exits 1 with
+that traceback, whatever its ranks returned. The ranks see exactly the SIGTERM this test sends them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ard_scale.checkpoint.safe_load import verify_dir
+from ard_scale.utils.launch import ROOT, launch_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_sigterm_to_every_rank_checkpoints_and_torchrun_exits_0(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "launchers/train.py", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={run_dir}", "train.max_steps=1000",
+           "checkpoint.every=1000"]  # fmt: skip
+    with open(tmp_path / "stderr", "w") as err:
+        agent = subprocess.Popen(cmd, env=launch_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 300
+            metrics = run_dir / "metrics.jsonl"
+            while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+                assert agent.poll() is None and time.monotonic() < deadline, "the run ended or never got to step 2"
+                time.sleep(0.2)  # polling for a file the run writes, not synchronisation
+            ranks = children(agent.pid)
+            assert len(ranks) == 2, ranks
+            for pid in ranks:  # what the agent does with its own SIGTERM, and what Slurm's step signal does
+                os.kill(pid, signal.SIGTERM)
+            rc = agent.wait(timeout=300)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+    stderr = (tmp_path / "stderr").read_text()
+    assert rc == 0, stderr[-4000:]
+    assert "Traceback" not in stderr, stderr[-4000:]
+    last = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert 2 <= last < 1000
+    tag = f"step_{last:08d}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == tag  # the step it stopped at was saved
+    verify_dir(run_dir / "checkpoints" / tag)
