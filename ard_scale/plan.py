@@ -492,7 +492,9 @@ def format_plan(p: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ard_scale.plan", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ard_scale.plan", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.batch_size=8")
     parser.add_argument("--gpus", type=int, required=True)

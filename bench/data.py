@@ -58,7 +58,9 @@ def time_loader(fmt: str, path: str, resolution: int, num: int) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--num-images", type=int, default=48)
     parser.add_argument("--resolution", type=int, default=1024)

@@ -33,7 +33,9 @@ MODELS = (
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--steps", type=int, default=4, help="S")
     parser.add_argument("--causal-layers", type=int, default=6, help="N for the ARD row")

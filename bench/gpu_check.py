@@ -335,7 +335,9 @@ def flux_invariants(device, gpu: bool, batch: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--cpu", action="store_true", help="CPU at debug size (28 blocks of width 32, L=16)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--batch", type=int, default=None, help="training batch (default 16 GPU, 2 CPU)")

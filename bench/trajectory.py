@@ -34,7 +34,9 @@ from ard_scale.models.teachers import build_teacher  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--width", type=int, default=256, help="D = heads x 64")

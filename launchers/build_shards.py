@@ -31,7 +31,9 @@ def parse_size(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("source")
     parser.add_argument("out_dir")
     parser.add_argument("--formats", nargs="+", default=["webdataset", "mds"], choices=["webdataset", "mds"])

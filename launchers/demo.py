@@ -105,7 +105,9 @@ def save_side_by_side(left: torch.Tensor, right: torch.Tensor, path: Path) -> No
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides for recipes/demo_digits.yaml")
     parser.add_argument("--nproc", type=int, default=2, help="training ranks")
     args = parser.parse_args(argv)

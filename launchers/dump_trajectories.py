@@ -126,7 +126,9 @@ def null_caption(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying defaults")
     parser.add_argument("--teacher", type=Path, help="local diffusers teacher folder")
     parser.add_argument("--out", type=Path, required=True)

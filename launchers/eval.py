@@ -132,7 +132,9 @@ def student_evaluate(run_dir: Path, cfg, evaluate_sample: Callable, *, work_dir:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
     parser.add_argument("--poll-seconds", type=float, default=60.0)

@@ -1,10 +1,13 @@
-"""Export a run's newest complete checkpoint as a diffusers-format ARD student folder.
+"""Export a run's newest complete checkpoint as an ARD pipeline folder (or the bare student).
 
-    python launchers/export.py RUN_DIR [--out DIR] [--tag step_00001000] [--raw]
+    python launchers/export.py RUN_DIR [--out DIR] [--tag step_00001000] [--raw] [--link] [--student-only]
 
-Writes the backbone as the teacher's diffusers class (head 0 as its final layer), `ard_heads.safetensors` and
-`ard_config.json` (see ard_scale/checkpoint/export.py). Weights: the EMA when the checkpoint has one, else (and with
---raw) the raw student rebuilt from the ZeRO shards. Sample from it with launchers/sample.py.
+Default: a pipeline folder (model_index.json, transformer/, scheduler/, text encoders, VAE, recipe.yaml; see
+ard_scale/pipeline.py) that `ARDPipeline.from_pretrained(DIR)` and launchers/sample.py load. --link symlinks the
+encoders and VAE to the folders the recipe named instead of copying them. --student-only writes the student folder
+alone: the backbone as the teacher's diffusers class (head 0 as its final layer), `ard_heads.safetensors` and
+`ard_config.json` (ard_scale/checkpoint/export.py). Weights: the EMA when the checkpoint has one, else (and with
+--raw) the raw student rebuilt from the ZeRO shards.
 """
 
 from __future__ import annotations
@@ -16,22 +19,32 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("run_dir", type=Path, help="the run's checkpoint.run_dir")
     parser.add_argument("--out", type=Path, default=None, help="export folder (default: RUN_DIR/export/<tag>)")
     parser.add_argument("--tag", default=None, help="checkpoint tag (default: the one `latest` names)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights even if an EMA exists")
+    parser.add_argument("--link", action="store_true", help="symlink encoders and VAE instead of copying them")
+    parser.add_argument("--student-only", action="store_true", help="the student folder alone, no pipeline")
     args = parser.parse_args(argv)
 
-    from ard_scale.checkpoint.export import _resolve_tag, export_student
+    from ard_scale.checkpoint.export import export_student, resolve_tag
+    from ard_scale.pipeline import export_pipeline
 
     try:
-        tag = _resolve_tag(args.run_dir / "checkpoints", args.tag)
-        out = export_student(args.run_dir, args.out or args.run_dir / "export" / tag, tag=tag, use_ema=not args.raw)
+        tag = resolve_tag(args.run_dir / "checkpoints", args.tag)
+        out = args.out or args.run_dir / "export" / tag
+        if args.student_only:
+            out = export_student(args.run_dir, out, tag=tag, use_ema=not args.raw)
+        else:
+            out = export_pipeline(args.run_dir, out, tag=tag, use_ema=not args.raw, link=args.link)
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(out)
+    return out
 
 
 if __name__ == "__main__":

@@ -246,7 +246,9 @@ def recipe_defaults(path: Path | None) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying family/size/objective defaults")
     parser.add_argument("--out", type=Path, required=True, help="output folder (diffusers layout)")
     parser.add_argument("--family", choices=("dit", "pixart"))

@@ -33,7 +33,9 @@ def _batches(iterable, size):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("shards", help="a built shard set (folder)")
     parser.add_argument("out_dir")
     parser.add_argument("--t5", required=True, help="local folder with the T5 encoder and tokenizer")

@@ -1,19 +1,22 @@
-"""Sample a PNG grid from an exported ARD student with its KV-cached S-step sampler.
+"""Sample images from an exported ARD student: one PNG per sample and a labelled grid.
 
-    python launchers/sample.py EXPORT_DIR --labels 1 2 3 [--out grid.png] [--seed 0]          # class-conditional
-    python launchers/sample.py EXPORT_DIR --prompts-embeddings emb.pt [--out grid.png]        # text-to-image
+    python launchers/sample.py PIPELINE_DIR --prompt "a red circle on white" [--prompt ...] [--out DIR] [--seed 0]
+    python launchers/sample.py PIPELINE_DIR --prompts-file prompts.txt        # one prompt per line
+    python launchers/sample.py PIPELINE_DIR --class-labels 1 2 3              # class-conditional students
 
---prompts-embeddings: a torch file holding T5 embeddings (B, L, C) or a dict {"text": (B, L, C), "text_mask": (B, L),
-"pooled": (B, C_pool)} ("pooled": CLIP's pooled embedding, for FLUX.1). A guidance-distilled student (FLUX.1-dev) is
-conditioned on the guidance value recorded in its export. Decoding is kept simple: pixel-space students (1 or 3
-channels) are shown as images ([-1, 1] -> [0, 255]); latent students show latent channels 0..2, each image
-normalised to [0, 255].
+PIPELINE_DIR is a folder written by launchers/export.py (ard_scale.pipeline.ARDPipeline: the KV-cached S-step
+sampler, the recipe's text encoders, decoding through the VAE). Sample i starts from noise seeded `seed + i`, so a
+prompt's image does not depend on the others in the batch. Writes OUT/sample_000.png … and OUT/grid.png (the prompt
+or class under each image).
+
+A bare student folder (export.py --student-only) has no text encoder or VAE: give --prompts-embeddings FILE (a
+torch file with T5 embeddings (B, L, C), or a dict {"text", "text_mask", "pooled"}) or --class-labels; its latents
+are shown as channels 0..2, min-max normalised.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -23,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def to_uint8(x_BCHW: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) samples -> (B, H, W, 3) uint8 images."""
+def latents_to_uint8(x_BCHW: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) states of a bare student -> (B, H, W, 3) uint8: pixels as they are, latents min-max'd."""
     if x_BCHW.shape[1] in (1, 3):  # pixel space
         img = (x_BCHW.clamp(-1, 1) + 1) / 2
     else:  # latents: channels 0..2, per-image min-max
@@ -36,50 +39,110 @@ def to_uint8(x_BCHW: torch.Tensor) -> np.ndarray:
     return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def grid(images_BHWC: np.ndarray, ncol: int) -> np.ndarray:
-    B, H, W, C = images_BHWC.shape
-    nrow = math.ceil(B / ncol)
-    out = np.zeros((nrow * H, ncol * W, C), dtype=np.uint8)
-    for i, img in enumerate(images_BHWC):
+def labelled_grid(images_BHWC: np.ndarray, labels: list[str], ncol: int, *, tile: int = 128, gap: int = 4):
+    """The images upscaled (nearest) to at least `tile` px, `gap` px apart, each label written under its image."""
+    from PIL import Image, ImageDraw
+
+    B, H, W, _ = images_BHWC.shape
+    scale = max(1, -(-tile // max(H, W)))
+    h, w, text_h = H * scale, W * scale, 14
+    ncol = max(1, min(ncol, B))
+    nrow = -(-B // ncol)
+    grid = Image.new("RGB", (ncol * (w + gap) + gap, nrow * (h + text_h + gap) + gap), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (img, label) in enumerate(zip(images_BHWC, labels, strict=True)):
         r, c = divmod(i, ncol)
-        out[r * H : (r + 1) * H, c * W : (c + 1) * W] = img
-    return out
+        x, y = gap + c * (w + gap), gap + r * (h + text_h + gap)
+        grid.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (x, y))
+        chars = max(4, w // 6)
+        draw.text((x, y + h + 1), label if len(label) <= chars else label[: chars - 1] + "…", fill="black")
+    return grid
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def read_prompts(path: Path) -> list[str]:
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompt (one per line)")
+    return prompts
+
+
+def main(argv=None) -> list[Path]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("export_dir", type=Path, help="a folder written by launchers/export.py")
     cond_arg = parser.add_mutually_exclusive_group(required=True)
-    cond_arg.add_argument("--labels", type=int, nargs="+", help="class labels, one sample each")
-    cond_arg.add_argument("--prompts-embeddings", type=Path, help="torch file of T5 embeddings (see above)")
-    parser.add_argument("--out", type=Path, default=Path("samples.png"))
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    cond_arg.add_argument("--prompt", action="append", help="a text prompt (repeat for more)")
+    cond_arg.add_argument("--prompts-file", type=Path, help="a text file, one prompt per line")
+    cond_arg.add_argument("--class-labels", "--labels", type=int, nargs="+", help="class labels, one sample each")
+    cond_arg.add_argument("--prompts-embeddings", type=Path, help="bare student folders: T5 embeddings (see above)")
+    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
+    parser.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     parser.add_argument("--ncol", type=int, default=8, help="images per grid row")
-    parser.add_argument("--save-tensor", type=Path, default=None, help="also torch.save the raw samples here")
+    parser.add_argument("--save-tensor", type=Path, default=None, help="also torch.save the final states here")
     args = parser.parse_args(argv)
 
+    try:
+        states, images, labels = _sample(args)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if args.save_tensor is not None:
+        torch.save(states, args.save_tensor)
+    args.out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(args.out / f"sample_{i:03d}.png")
+        Image.fromarray(img).save(paths[-1])
+    labelled_grid(images, labels, args.ncol).save(args.out / "grid.png")
+    print(f"{len(paths)} samples and grid.png in {args.out}")
+    return paths
+
+
+def _noise(shape: tuple[int, ...], n: int, seed: int) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
+
+
+def _sample(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    from ard_scale.pipeline import MODEL_INDEX, ARDPipeline
+
+    if (args.export_dir / MODEL_INDEX).is_file():
+        if args.prompts_embeddings is not None:
+            raise ValueError("--prompts-embeddings is for bare student folders; give --prompt to a pipeline")
+        pipe = ARDPipeline.from_pretrained(args.export_dir)
+        prompts = args.prompt or (read_prompts(args.prompts_file) if args.prompts_file else None)
+        n = len(prompts) if prompts else len(args.class_labels)
+        noise = _noise(pipe._latent_shape(None, None), n, args.seed)
+        out = pipe(prompts, class_labels=args.class_labels, latents=noise, output_type="pt")
+        images = (out.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        labels = prompts if prompts else [f"class {c}" for c in args.class_labels]
+        return out.latents, images, labels
+    return _sample_bare_student(args)
+
+
+def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     from ard_scale.checkpoint.export import load_exported_student, sample_noise
     from ard_scale.models.condition import Condition
 
-    try:
-        student = load_exported_student(args.export_dir)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    if args.labels is not None:
-        cond = Condition(labels=torch.tensor(args.labels))
-    else:
+    student = load_exported_student(args.export_dir)
+    if args.class_labels is not None:
+        cond, labels = Condition(labels=torch.tensor(args.class_labels)), [f"class {c}" for c in args.class_labels]
+    elif args.prompts_embeddings is not None:
         emb = torch.load(args.prompts_embeddings, map_location="cpu", weights_only=True)
         emb = emb if isinstance(emb, dict) else {"text": emb}
-        guidance = None if student.guidance is None else torch.full((len(emb["text"]),), student.guidance)
+        n = len(emb["text"])
+        guidance = None if student.guidance is None else torch.full((n,), student.guidance)
         cond = Condition(text=emb["text"], text_mask=emb.get("text_mask"), pooled=emb.get("pooled"), guidance=guidance)
-    x = student.sample(sample_noise(student, cond.batch_size, args.seed), cond)  # KV-cached, S network passes
-    if args.save_tensor is not None:
-        torch.save(x, args.save_tensor)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid(to_uint8(x), min(args.ncol, len(x)))).save(args.out)
-    print(args.out)
+        labels = [f"embedding {i}" for i in range(n)]
+    else:
+        raise ValueError(
+            f"{args.export_dir} is a bare student folder (no {'model_index.json'}): it has no text encoder; give "
+            "--prompts-embeddings, or export a pipeline (launchers/export.py without --student-only)"
+        )
+    shape = tuple(sample_noise(student, 1, args.seed).shape[1:])
+    x = student.sample(_noise(shape, cond.batch_size, args.seed), cond)  # KV-cached, S network passes
+    return x, latents_to_uint8(x), labels
 
 
 if __name__ == "__main__":

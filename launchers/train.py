@@ -15,24 +15,31 @@ give it more than a checkpoint save takes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ard_scale.config import ConfigError, load_config  # noqa: E402
+from ard_scale.config.paths import check_paths  # noqa: E402
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("recipe", type=Path)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+        check_paths(cfg, source=str(args.recipe))
+    except ConfigError as e:  # every rank stops; one prints (no traceback per rank)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     from ard_scale.trainer.loop import train
 
     train(cfg)

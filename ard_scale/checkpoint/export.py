@@ -37,7 +37,7 @@ HEADS_FILE = "ard_heads.safetensors"
 ARD_CONFIG_FILE = "ard_config.json"
 
 
-def _resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
+def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
     if tag is not None:
         return tag
     latest = ckpt_dir / LATEST
@@ -96,7 +96,7 @@ def student_state_dict(
 
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    tag = _resolve_tag(ckpt_dir, tag)
+    tag = resolve_tag(ckpt_dir, tag)
     if not (ckpt_dir / tag / META).is_file():
         raise ValueError(f"{ckpt_dir / tag} is not a complete checkpoint (no {META})")
     # Sizes and checksums first, then no planted objects (DeepSpeed's reader unpickles with weights_only=False). A

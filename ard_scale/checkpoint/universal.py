@@ -57,7 +57,9 @@ def to_universal(run_dir: str | Path, tag: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("run_dir", help="the run's checkpoint.run_dir")
     parser.add_argument("--tag", default=None, help="checkpoint tag to convert (default: the one `latest` names)")
     args = parser.parse_args(argv)

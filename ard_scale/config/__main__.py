@@ -1,6 +1,7 @@
 """Check a recipe without launching anything: `python -m ard_scale.config RECIPE [key=value ...]`.
 
-Prints the resolved config as YAML and its hash, or the list of problems (exit status 2).
+Prints the resolved config as YAML and its hash, or the list of problems — invalid values and every local path the
+recipe names that does not exist here — (exit status 2).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 import yaml
 
 from ard_scale.config.loader import ConfigError, to_dict
+from ard_scale.config.paths import check_paths
 from ard_scale.config.schema import config_hash, load_config
 
 
@@ -20,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     try:
         cfg = load_config(argv[0], argv[1:])
+        check_paths(cfg, source=argv[0])
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2

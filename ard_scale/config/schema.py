@@ -411,6 +411,11 @@ class GANConfig:
     """A run directory (e.g. the regression stage's) whose latest checkpoint initialises the student."""
     init_from_ema: bool = True
     """Initialise from that checkpoint's EMA weights (else its raw weights)."""
+    divergence_factor: float | None = 3.0
+    """Watchdog: warn once when the regression loss (smoothed over ~10 steps) exceeds this factor times its value when
+    the GAN term switched on; null = off."""
+    stop_on_divergence: bool = False
+    """With the watchdog firing: save a checkpoint and stop with an error instead of only warning."""
 
     def problems(self) -> list[str]:
         out = []
@@ -428,6 +433,8 @@ class GANConfig:
         _positive(out, "d_lr", self.d_lr)
         _positive(out, "r1_weight", self.r1_weight, allow_zero=True)
         _positive(out, "r1_sigma", self.r1_sigma)
+        if self.divergence_factor is not None and not (1 < self.divergence_factor < math.inf):
+            out.append(f"divergence_factor: must be a finite number > 1 (or null = off), got {self.divergence_factor}")
         _positive(out, "head_hidden", self.head_hidden)
         if not all(0 <= b < 1 for b in self.d_betas):
             out.append(f"d_betas: each must be in [0, 1), got {list(self.d_betas)}")

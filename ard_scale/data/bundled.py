@@ -23,6 +23,24 @@ NUM_SAMPLES = 1797
 SHARD_BYTES = 1 << 20
 
 
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_ROOT = os.path.dirname(BUNDLED_DIR)
+
+
+def resolve_data_path(path: str | None) -> str | None:
+    """A recipe's data path with the `bundled:` prefix resolved inside the installed package (`bundled:digits/mds`
+    -> .../ard_scale/data/bundled/digits/mds), so recipes on the bundled data work from any working directory; other
+    paths unchanged."""
+    if path is None or not path.startswith(BUNDLED_PREFIX):
+        return path
+    name = path[len(BUNDLED_PREFIX) :].strip("/")
+    resolved = os.path.join(BUNDLED_ROOT, name)
+    if not name or not os.path.exists(resolved):
+        available = ", ".join(f"bundled:digits/{f}" for f in ("webdataset", "mds"))
+        raise ValueError(f"{path!r} names no bundled data set; available: {available}")
+    return resolved
+
+
 def bundled_digits_path(format: str) -> str:
     """Path to pass as `DataConfig.path` for the bundled digits in `format` ('webdataset' or 'mds')."""
     if format not in ("webdataset", "mds"):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import torch
 
+from ard_scale.data.bundled import resolve_data_path
 from ard_scale.data.config import DataConfig
 from ard_scale.data.samples import collate
 from ard_scale.data.transforms import bucket_table
@@ -156,6 +158,7 @@ class WebdatasetLoader:
 
 def build_loader(config: DataConfig, *, rank: int, world_size: int):
     """The loader for `config.format` on this rank: iterate for batches; state_dict/load_state_dict; num_skipped."""
+    config = dataclasses.replace(config, path=resolve_data_path(config.path))
     if config.format == "webdataset":
         return WebdatasetLoader(config, rank=rank, world_size=world_size)
     from ard_scale.data.mds import MDSLoader

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from PIL import Image
 
+from ard_scale.data.bundled import resolve_data_path
 from ard_scale.data.samples import IMAGE_EXTENSIONS
 
 
@@ -81,6 +82,7 @@ def iter_source(source: str, skipped: Counter) -> Iterator[dict]:
 
 def iter_shard_set(path: str, format: str) -> Iterator[dict]:
     """Raw samples (key, image bytes, caption, label) of a built local shard set, in storage order."""
+    path = resolve_data_path(path)
     if format == "mds":
         from streaming.base.format import reader_from_json
 

@@ -262,7 +262,9 @@ def reference_description(cfg: RootConfig) -> dict:
     if cfg.data.path is None:
         raise ValueError("FID needs reference statistics: give eval.fid_reference_path (an .npz) or data.path")
     return {
-        "data": str(Path(cfg.data.path).resolve()) if "://" not in cfg.data.path else cfg.data.path,
+        "data": cfg.data.path
+        if "://" in cfg.data.path or cfg.data.path.startswith("bundled:")
+        else str(Path(cfg.data.path).resolve()),
         "format": cfg.data.format,
         "resolution": cfg.data.resolution,
         "num_images": cfg.eval.fid_reference_num_images,

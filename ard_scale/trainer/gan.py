@@ -75,6 +75,45 @@ class GANStage:
         self.heads.load_state_dict(state)
 
 
+class DivergenceWatch:
+    """The GAN stage's watchdog: the regression loss, smoothed (EMA, `smoothing`), against its smoothed value at the
+    step the GAN term switched on. Past `factor` times that value it reports once (the metrics it reads are already
+    averaged over ranks, so every rank decides the same). Its state goes into the checkpoint: a resume neither
+    forgets the reference nor repeats the warning."""
+
+    def __init__(self, factor: float | None, smoothing: float = 0.9):
+        self.factor, self.smoothing = factor, smoothing
+        self.smoothed: float | None = None
+        self.reference: float | None = None
+        self.fired_at: int | None = None
+
+    def update(self, step: int, loss: float, gan_weight: float) -> str | None:
+        """The warning text the first time the loss diverges, else None."""
+        if self.factor is None or loss != loss or loss in (float("inf"), float("-inf")):
+            return None
+        self.smoothed = loss if self.smoothed is None else self.smoothing * self.smoothed + (1 - self.smoothing) * loss
+        if self.reference is None:
+            if gan_weight > 0:  # this step's loss was computed before the GAN term's first update
+                self.reference = self.smoothed
+            return None
+        if self.fired_at is not None or self.smoothed <= self.factor * self.reference:
+            return None
+        self.fired_at = step
+        return (
+            f"the GAN stage is pulling the student off its teacher: at step {step} the regression loss (smoothed) is "
+            f"{self.smoothed:.4g}, {self.smoothed / self.reference:.1f}× its {self.reference:.4g} when the GAN term "
+            f"switched on (gan.divergence_factor={self.factor}; gan_weight now {gan_weight:.3g}). Lower "
+            "gan.adaptive_lambda (or gan.weight), lower gan.d_lr, lengthen gan.warmup_steps, or start the GAN stage "
+            "from a better-trained regression run; gan.stop_on_divergence=true stops here with a checkpoint"
+        )
+
+    def state_dict(self) -> dict:
+        return {"smoothed": self.smoothed, "reference": self.reference, "fired_at": self.fired_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.smoothed, self.reference, self.fired_at = state["smoothed"], state["reference"], state["fired_at"]
+
+
 def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int]]:
     """The feature function of the configured backbone and its block indices."""
     depth = run.teacher.depth  # the student's backbone is a copy of the teacher's: the same blocks

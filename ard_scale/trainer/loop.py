@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.trainer.build import build_run
 from ard_scale.trainer.evaluate import LoopEvaluation
-from ard_scale.trainer.gan import build_gan, gan_step
+from ard_scale.trainer.gan import DivergenceWatch, build_gan, gan_step
 from ard_scale.trainer.step import any_rank, regression_step
 
 
@@ -96,6 +97,7 @@ class MetricsLog:
 def train(cfg: RootConfig) -> list[float]:
     """Run (or resume) the recipe to `train.max_steps`. Returns the losses of the steps run in this process."""
     stop = StopSignal()  # first: a pre-emption signal during start-up must not be lost
+    quiet_library_warnings()
     rank, world = init_distributed()
     global_batch = cfg.data.batch_size * world * cfg.train.grad_accum  # samples per optimizer step
     if cfg.train.global_batch_size is not None and cfg.train.global_batch_size != global_batch:
@@ -116,14 +118,18 @@ def train(cfg: RootConfig) -> list[float]:
     )
     run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config, fresh=ckpt.latest_tag() is None)
     gan = build_gan(run) if cfg.gan.enabled else None
+    watch = DivergenceWatch(cfg.gan.divergence_factor) if gan is not None else None
     ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
     start, samples_seen, nan_skips = 0, 0, 0
     resumed = ckpt.load_latest(run.engine)
     if resumed is not None:
         client, rank_state = resumed
         start, samples_seen, nan_skips = client["step"], client["samples_seen"], client["nan_skips"]
+        say(rank, f"resumed from step {start} ({ckpt.dir / ckpt.latest_tag()}, {samples_seen} samples seen)")
         if gan is not None and "gan" in client:  # heads + their optimizer: the same on every rank
             gan.load_state_dict(client["gan"])
+        if watch is not None and "gan_watch" in client:
+            watch.load_state_dict(client["gan_watch"])
         if rank_state is not None:  # same world size: this rank's exact data position and RNG
             run.loader.load_state_dict(rank_state["data"])
             set_rng_state(rank_state["rng"])
@@ -181,12 +187,17 @@ def train(cfg: RootConfig) -> list[float]:
                 }
             )
         evaluation.maybe_run(step)
+        diverged = False
+        if watch is not None and (message := watch.update(step, metrics["loss"], metrics["gan_weight"])):
+            diverged = cfg.gan.stop_on_divergence
+            if rank == 0:
+                warnings.warn(message, stacklevel=1)
         too_many_nan = consecutive_nan >= cfg.train.max_consecutive_nan
         stopping = any_rank(stop.received)
-        if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan:
+        if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan or diverged:
             client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
             if gan is not None:
-                client["gan"] = gan.state_dict()
+                client["gan"], client["gan_watch"] = gan.state_dict(), watch.state_dict()
             rank_state = {
                 "data": run.loader.state_dict(),
                 "rng": rng_state(),
@@ -200,11 +211,48 @@ def train(cfg: RootConfig) -> list[float]:
                 f"the loss was NaN/Inf for {consecutive_nan} steps in a row (up to step {step}); a checkpoint was "
                 f"saved in {run_dir}. Lower train.lr, check the data and teacher, or raise train.max_consecutive_nan"
             )
+        if diverged:
+            raise RuntimeError(
+                f"gan.stop_on_divergence: stopped at step {step} with a checkpoint in {run_dir} (see the warning "
+                "above for the numbers and what to change)"
+            )
         if stopping:
+            say(rank, f"stop signal: checkpoint at step {step} saved in {ckpt.dir}; rerun the same command to resume")
             break
     bar.close()
     log.close()
+    say(rank, summary(cfg, run_dir, ckpt, step))
     return losses
+
+
+def say(rank: int, message: str) -> None:
+    """One line from rank 0 (the run's own news, beside the metrics file)."""
+    if rank == 0:
+        print(f"[ard_scale] {message}", file=sys.stderr, flush=True)
+
+
+def summary(cfg: RootConfig, run_dir: Path, ckpt: CheckpointManager, step: int) -> str:
+    """Where a run's outputs are, and the command that exports it."""
+    lines = [
+        f"run at step {step} of {cfg.train.max_steps}: {run_dir}",
+        f"  checkpoints  {ckpt.dir} (latest: {ckpt.latest_tag()})",
+        f"  metrics      {run_dir / 'metrics.jsonl'}",
+    ]
+    if cfg.eval.every is not None:
+        lines.append(f"  eval grids   {run_dir / 'eval' / 'grids'}")
+    if cfg.log.tensorboard:
+        lines.append(f"  tensorboard  tensorboard --logdir {run_dir / 'tensorboard'}")
+    lines.append(f"  export       python launchers/export.py {run_dir}   (then ARDPipeline.from_pretrained)")
+    return "\n".join(lines)
+
+
+def quiet_library_warnings() -> None:
+    """DeepSpeed's ZeRO-3 calls two deprecated torch collectives on every step (119 FutureWarnings in 30 steps over
+    the progress bar): ignored, since they are DeepSpeed's calls, not ours (our own are fixed at the source). Not
+    "once": every `warnings.catch_warnings` in torch or DeepSpeed clears the once-registry, so they came back."""
+    for name in ("reduce_scatter_tensor", "all_gather_into_tensor"):
+        message = rf"`torch\.distributed\.{name}` is deprecated"
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 def _max_mem_gb() -> float:

@@ -128,9 +128,28 @@ def test_export_then_sample_reproduces_the_in_training_sampler(run, tmp_path):
     sample_launcher = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sample_launcher)
 
-    png, raw = tmp_path / "grid.png", tmp_path / "grid.pt"
-    sample_launcher.main([str(out), "--labels", "1", "2", "3", "--out", str(png), "--save-tensor", str(raw)])
-    assert png.stat().st_size > 0 and torch.load(raw).shape == ref["out"].shape
+    folder, raw = tmp_path / "samples", tmp_path / "grid.pt"
+    sample_launcher.main([str(out), "--class-labels", "1", "2", "3", "--out", str(folder), "--save-tensor", str(raw)])
+    written = sorted(p.name for p in folder.iterdir())
+    assert written == ["grid.png", "sample_000.png", "sample_001.png", "sample_002.png"]
+    assert torch.load(raw).shape == (3, *ref["out"].shape[1:])
+
+
+def test_the_exported_pipeline_samples_class_labels_as_the_in_training_sampler(run, tmp_path):
+    from PIL import Image
+
+    from ard_scale.pipeline import ARDPipeline, export_pipeline
+
+    ref = torch.load(run["tmp"] / "sample.pt")
+    folder = export_pipeline(run["run_dir"], tmp_path / "pipe", use_ema=False)
+    assert {"model_index.json", "recipe.yaml", "transformer", "scheduler", "vae"} <= {p.name for p in folder.iterdir()}
+    pipe = ARDPipeline.from_pretrained(folder)
+    out = pipe(class_labels=ref["labels"], latents=ref["noise"], output_type="latent")
+    torch.testing.assert_close(out.latents, ref["out"], rtol=1e-5, atol=1e-6)
+    images = pipe(class_labels=[1, 2], generator=torch.Generator().manual_seed(0)).images  # decoded by the VAE
+    assert len(images) == 2 and isinstance(images[0], Image.Image) and images[0].size == (32, 32)
+    with pytest.raises(ValueError, match="class-conditional: pass class_labels"):
+        pipe("a prompt")
 
 
 def test_universal_checkpoint_resumes_on_one_rank_without_a_jump(run):

@@ -23,6 +23,7 @@ def train(run_dir: Path, *overrides: str, launcher: str = "torchrun"):
     args = ("launchers/train.py", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={run_dir}", *overrides)
     proc = torchrun(2, *args, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "pulling the student off its teacher" not in proc.stderr  # the divergence watchdog stays quiet
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -75,3 +76,23 @@ def test_gan_without_real_images_is_a_clear_error():
     with pytest.raises(ValueError, match="has no checkpoints/ folder"):
         teacher = build_teacher("dit", "debug", num_embeds_ada_norm=10)
         load_student_weights(ARDStudent(teacher, ARDConfig(num_steps=4, num_causal_layers=2), VPSchedule()), "/nope")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_the_divergence_watchdog_warns_once_and_stops_with_a_checkpoint(tmp_path):
+    """A GAN weight of 1e4 at lr 2e-2 drives the regression loss up ~5x within a few steps: the watchdog names the
+    numbers and the settings to change, and with gan.stop_on_divergence the run saves and stops there."""
+    run_dir = tmp_path / "diverging"
+    args = ("launchers/train.py", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={run_dir}", "train.max_steps=12",
+            "gan.enabled=true", "gan.warmup_steps=1", "gan.adaptive=false", "gan.weight=1e4", "train.lr=2e-2",
+            "gan.stop_on_divergence=true", "checkpoint.every=100")  # fmt: skip
+    proc = torchrun(2, *args)
+    assert proc.returncode != 0
+    assert proc.stderr.count("the GAN stage is pulling the student off its teacher") == 1  # rank 0, once
+    assert "gan.adaptive_lambda" in proc.stderr and "gan.d_lr" in proc.stderr
+    logged = metrics(run_dir)
+    fired = logged[-1]["step"]
+    assert fired < 12 and f"stopped at step {fired} with a checkpoint" in proc.stderr
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{fired:08d}"
+    assert logged[-1]["loss"] > 3 * logged[0]["loss"]  # it did diverge from the warm-up step's loss

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def test_resume_continues_the_loss_sequence_bit_identically(tmp_path):
         assert proc.returncode == 0, proc.stderr[-4000:]
     resumed = train(split, "train.max_steps=6")  # the same command with a later end: resumes from step 3
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed.stderr.count("[ard_scale] resumed from step 3 (") == 1  # rank 0 says it, once
+    assert f"checkpoints  {split / 'checkpoints'} (latest: step_00000006)" in resumed.stderr  # the end-of-run summary
+    assert "FutureWarning" not in resumed.stderr  # DeepSpeed's per-step deprecation warnings are filtered
 
     uninterrupted, pieces = metrics(full), metrics(split)
     assert [m["step"] for m in pieces] == [1, 2, 3, 4, 5, 6]
@@ -86,3 +90,34 @@ def test_nan_losses_are_skipped_then_stop_with_a_checkpoint_and_a_clear_error(tm
     stopped_at = logged[-1]["step"]
     assert stopped_at < 12
     assert (run_dir / "checkpoints" / "latest").read_text().strip().endswith(f"{stopped_at:08d}")
+
+
+def test_every_missing_path_of_a_recipe_is_one_error_printed_once_before_anything_is_built(tmp_path):
+    proc = train(
+        tmp_path / "run",
+        "data.path=/nowhere/shards",
+        "teacher.path=/nowhere/teacher",
+        "teacher.size=null",
+        "vae.size=null",
+        "vae.path=/nowhere/vae",
+    )
+    assert proc.returncode != 0
+    # no traceback from the ranks (torchrun's agent adds its own ChildFailedError summary for any failed rank)
+    assert re.search(r'File "[^"]*(ard_scale|launchers)/', proc.stderr) is None, proc.stderr[-3000:]
+    assert proc.stderr.count("invalid config") == 1  # one rank prints; no per-rank repeats
+    for key in ("data.path: '/nowhere/shards'", "teacher.path: '/nowhere/teacher'", "vae.path: '/nowhere/vae'"):
+        assert key in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing was built or written
+
+
+def test_the_bundled_recipe_checks_out_from_any_working_directory(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ard_scale.config", str(ROOT / "recipes" / "tiny_cpu.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bundled:digits/webdataset" in proc.stdout

@@ -83,3 +83,38 @@ def test_flux_export_samples_as_the_checkpoint_student(runs, tmp_path):
     # trained: the student no longer samples as its initialisation (the teacher's weights) does
     init = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size)).eval()
     assert (init.sample(noise, cond) - x).abs().max() > 1e-4
+
+
+def test_flux_pipeline_from_a_prompt_equals_the_checkpoint_student_and_the_sample_launcher_writes_it(runs, tmp_path):
+    import importlib.util
+
+    from ard_scale.pipeline import ARDPipeline, export_pipeline
+    from ard_scale.trainer.build import build_codec_for
+
+    cfg = load_config(RECIPE, [f"checkpoint.run_dir={runs['full']}", *REPLAY])
+    folder = export_pipeline(runs["full"], tmp_path / "pipe", use_ema=False)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert {"text_encoder", "pooled_text_encoder", "vae", "scheduler", "transformer"} <= index.keys()
+    assert index["ard"]["guidance_scale"] == 3.5 and index["ard"]["guidance"] == "embedded"
+    pipe = ARDPipeline.from_pretrained(folder)
+
+    teacher = build_teacher_model(cfg)
+    reference = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size)).eval()
+    reference.load_state_dict(student_state_dict(runs["full"], use_ema=False)[0], strict=True)
+    cond, _ = Conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    out = pipe("a handwritten digit two", latents=noise, output_type="pt")
+    expected = reference.sample(noise, cond)
+    torch.testing.assert_close(out.latents, expected, rtol=1e-5, atol=1e-6)
+    decoded = (build_codec_for(cfg, teacher).decode(expected) + 1) / 2  # the trainer's VAE and shift factor
+    torch.testing.assert_close(out.images, decoded.expand(-1, 3, -1, -1), rtol=1e-5, atol=1e-5)
+
+    spec = importlib.util.spec_from_file_location("ard_sample_launcher", ROOT / "launchers" / "sample.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    paths = launcher.main([str(folder), "--prompt", "a one", "--prompt", "a two", "--out", str(tmp_path / "s")])
+    assert [p.name for p in paths] == ["sample_000.png", "sample_001.png"]
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "s" / "grid.png")
+    assert grid.size == (2 * 128 + 3 * 4, 128 + 14 + 2 * 4)  # 32 px upscaled to 128, gaps, a caption line

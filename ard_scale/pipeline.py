@@ -1,0 +1,242 @@
+"""A trained ARD student as a pipeline you call with a prompt (or class labels): export it, load it, sample.
+
+    from ard_scale.pipeline import ARDPipeline
+    pipe = ARDPipeline.from_pretrained("runs/my_run/pipeline")
+    images = pipe(["a red circle on white"], generator=torch.Generator().manual_seed(0)).images  # PIL images
+
+`export_pipeline(run_dir, out_dir)` (launchers/export.py) writes a diffusers-style folder:
+
+    model_index.json          the components, the S-step sampler's settings (guidance it was distilled at, steps)
+    transformer/              the student: the teacher-class backbone + ard_heads + ard_config.json (export_student)
+    scheduler/                the teacher's noise schedule as a diffusers scheduler config (for reference and tools)
+    text_encoder/             T5 and its tokenizer (text-to-image families)
+    pooled_text_encoder/      CLIP's text tower and tokenizer (families that read a pooled embedding, FLUX.1)
+    vae/                      the AutoencoderKL (latent-space teachers)
+    recipe.yaml               the training recipe, its encoder and VAE paths pointing at the folders above
+
+Prompts are encoded by the trainer's own `Conditioner` built from `recipe.yaml`, the VAE is the trainer's codec and
+the sampler is the student's KV-cached `sample`, so a pipeline's output equals the in-training sampler's for the
+same noise and prompt. The encoders and VAE are copied (re-saved) or, with `link=True`, symlinked to the folders
+the recipe named (weights given as named random sizes are always saved).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
+from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
+from ard_scale.models.condition import Condition
+from ard_scale.models.student import ARDStudent
+from ard_scale.models.teachers import Teacher
+from ard_scale.models.vae import LatentCodec
+from ard_scale.trainer.build import Conditioner, build_codec_for
+
+MODEL_INDEX = "model_index.json"
+RECIPE = "recipe.yaml"
+FORMAT_VERSION = 1
+
+
+def _save_or_link(model, tokenizer, source: str | None, dest: Path, link: bool) -> None:
+    if link and source is not None:
+        os.symlink(Path(source).resolve(), dest, target_is_directory=True)
+        return
+    model.save_pretrained(dest)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(dest)
+
+
+def _scheduler_config(cfg: RootConfig) -> tuple[str, dict]:
+    """The recipe's schedule as a diffusers scheduler (class name, kwargs): what tools that read pipeline folders
+    expect; ard_scale's sampler itself uses the schedule in transformer/ard_config.json."""
+    d = cfg.diffusion
+    if d.schedule == "flow":
+        kwargs = {"num_train_timesteps": 1000, "shift": d.shift}
+        if d.dynamic_shift:
+            kwargs.update(
+                use_dynamic_shifting=True, base_shift=d.base_shift, max_shift=d.max_shift,
+                base_image_seq_len=d.base_seq_len, max_image_seq_len=d.max_seq_len,
+            )  # fmt: skip
+        return "FlowMatchEulerDiscreteScheduler", kwargs
+    return "DDIMScheduler", {
+        "num_train_timesteps": d.num_train_timesteps,
+        "beta_start": d.beta_start,
+        "beta_end": d.beta_end,
+        "beta_schedule": "linear",
+        "prediction_type": d.prediction_type,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+    }
+
+
+def export_pipeline(
+    run_dir: str | Path, out_dir: str | Path, *, tag: str | None = None, use_ema: bool = True, link: bool = False
+) -> Path:
+    """Write checkpoint `tag` (default: latest) of `run_dir` as a pipeline folder (see the module docstring)."""
+    import diffusers
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    tag = resolve_tag(run_dir / "checkpoints", tag)
+    recipe_file = run_dir / "checkpoints" / tag / "config.yaml"
+    if not recipe_file.is_file():
+        raise ValueError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
+    cfg = load_config(recipe_file)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the pipeline")
+    student_dir = export_student(run_dir, out_dir / "transformer", tag=tag, use_ema=use_ema)
+    student = load_exported_student(student_dir)
+    teacher = Teacher(student.backbone)
+
+    recipe = to_dict(cfg)
+    components = {"transformer": ["ard_scale", "ARDStudent"]}
+    conditioner = Conditioner(cfg, teacher, for_eval=True)
+    if conditioner.encoder is not None:
+        _save_or_link(conditioner.encoder, conditioner.tokenizer, cfg.text_encoder.path, out_dir / "text_encoder", link)
+        recipe["text_encoder"].update(path="text_encoder", size=None, use_precomputed=False)
+        components["text_encoder"] = ["transformers", type(conditioner.encoder).__name__]
+    if conditioner.pooled_encoder is not None:
+        _save_or_link(
+            conditioner.pooled_encoder, conditioner.pooled_tokenizer, cfg.pooled_encoder.path,
+            out_dir / "pooled_text_encoder", link,
+        )  # fmt: skip
+        recipe["pooled_encoder"].update(path="pooled_text_encoder", size=None)
+        components["pooled_text_encoder"] = ["transformers", type(conditioner.pooled_encoder).__name__]
+    codec = build_codec_for(cfg, teacher)
+    if isinstance(codec, LatentCodec):
+        vae_source = None if cfg.vae.path is None else _vae_source(cfg.vae.path)
+        _save_or_link(codec.vae, None, vae_source, out_dir / "vae", link)
+        recipe["vae"].update(path="vae", size=None)
+        components["vae"] = ["diffusers", type(codec.vae).__name__]
+    recipe["teacher"].update(path="transformer", size=None)
+
+    scheduler_class, scheduler_kwargs = _scheduler_config(cfg)
+    getattr(diffusers, scheduler_class)(**scheduler_kwargs).save_pretrained(out_dir / "scheduler")
+    components["scheduler"] = ["diffusers", scheduler_class]
+    dump_yaml(
+        recipe, out_dir / RECIPE, header=f"the recipe of {run_dir}/checkpoints/{tag}, paths relative to this folder"
+    )
+    index = {
+        "_class_name": "ARDPipeline",
+        "_ard_format_version": FORMAT_VERSION,
+        **components,
+        "ard": {
+            "family": teacher.family,
+            "num_inference_steps": student.num_steps,
+            "guidance_scale": cfg.diffusion.guidance_scale,  # the teacher's guidance the student was distilled at
+            "guidance": teacher.spec.guidance,  # 'cfg': baked into the student; 'embedded': its conditions carry it
+            "resolution": cfg.data.resolution,
+            "latent_shape": list(student.latent_shape) if student.latent_shape else None,
+            "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": "ema" if use_ema else "raw"},
+        },
+    }
+    (out_dir / MODEL_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return out_dir
+
+
+def _vae_source(path: str) -> str:
+    p = Path(path)
+    return str(p / "vae") if (p / "vae" / "config.json").is_file() else str(p)
+
+
+@dataclass
+class ARDPipelineOutput:
+    images: list | torch.Tensor  # PIL images, or (B, 3, H, W) in [0, 1] with output_type="pt"
+    latents: torch.Tensor  # the student's final states (B, C, h, w)
+
+
+class ARDPipeline:
+    """The exported student's S-step sampler with its text encoders and VAE (see the module docstring)."""
+
+    def __init__(self, student: ARDStudent, conditioner: Conditioner, codec, cfg: RootConfig, index: dict):
+        self.student, self.conditioner, self.codec, self.cfg, self.index = student, conditioner, codec, cfg, index
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype = torch.float32) -> ARDPipeline:
+        folder = Path(folder)
+        index_file = folder / MODEL_INDEX
+        if not index_file.is_file() or not (folder / RECIPE).is_file():
+            raise ValueError(
+                f"{folder} is not an ARD pipeline folder (no {MODEL_INDEX} or {RECIPE}); write one with "
+                "launchers/export.py RUN_DIR --out FOLDER"
+            )
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        overrides = [f"teacher.path={folder / 'transformer'}"]
+        for key, sub in (("text_encoder", "text_encoder"), ("pooled_encoder", "pooled_text_encoder"), ("vae", "vae")):
+            if (folder / sub).exists():
+                overrides.append(f"{key}.path={folder / sub}")
+        cfg = load_config(folder / RECIPE, overrides)
+        student = load_exported_student(folder / "transformer", dtype=dtype)
+        teacher = Teacher(student.backbone)
+        return cls(student, Conditioner(cfg, teacher, for_eval=True), build_codec_for(cfg, teacher), cfg, index)
+
+    def to(self, device: str | torch.device) -> ARDPipeline:
+        self.device = torch.device(device)
+        self.student.to(self.device)
+        self.codec.to(self.device)
+        self.conditioner = Conditioner(self.cfg, Teacher(self.student.backbone), self.device, for_eval=True)
+        return self
+
+    def _latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:
+        side = getattr(self.student.backbone.config, "sample_size", None)  # exports older than `sampling`
+        C, h, w = self.student.latent_shape or (self.student.in_channels, side, side)
+        down = getattr(self.codec, "downsample", 1)
+        if height is not None or width is not None:
+            h, w = (height or h * down) // down, (width or w * down) // down
+            if h != w:
+                raise ValueError(f"height and width must be equal (square latents), got {height}×{width}")
+            self.student.family.check_latent_side(self.student.backbone, h)
+        return C, h, w
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        class_labels: list[int] | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+    ) -> ARDPipelineOutput:
+        """Images for `prompt` (text families) or `class_labels` (class-conditional ones): the student's S network
+        passes from noise drawn on the CPU with `generator` (or the given `latents`), decoded with the VAE.
+        output_type: 'pil' (list of PIL images), 'pt' ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding)."""
+        cond = self._condition(prompt, class_labels)
+        if latents is None:
+            latents = torch.randn(cond.batch_size, *self._latent_shape(height, width), generator=generator)
+        x = self.student.sample(latents.to(self.device), cond.to(self.device))
+        if output_type == "latent":
+            return ARDPipelineOutput(images=x, latents=x)
+        images = (self.codec.decode(x).float().clamp(-1, 1) + 1) / 2
+        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        if output_type == "pt":
+            return ARDPipelineOutput(images=images.cpu(), latents=x)
+        if output_type != "pil":
+            raise ValueError(f"output_type must be 'pil', 'pt' or 'latent', got {output_type!r}")
+        from PIL import Image
+
+        arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return ARDPipelineOutput(images=[Image.fromarray(a) for a in arrays], latents=x)
+
+    def _condition(self, prompt, class_labels) -> Condition:
+        kind = self.conditioner.kind
+        if kind == "labels":
+            if class_labels is None or prompt is not None:
+                raise ValueError("this student is class-conditional: pass class_labels=[...] (no prompt)")
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+            num_classes = self.student.family.num_classes(self.student.backbone)
+            if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(f"class_labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+            return Condition(labels=labels)
+        if prompt is None or class_labels is not None:
+            raise ValueError("this student is text-conditional: pass prompt='...' or a list of prompts (no labels)")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return self.conditioner({"captions": prompts})[0]
