@@ -61,6 +61,14 @@ class WebdatasetLoader:
         """Stream position where iteration ends (None: forever)."""
         return None if self.config.num_epochs is None else self.config.num_epochs * self.plan.num_per_epoch
 
+    def max_batches(self) -> int | None:
+        """An upper bound on the batches this rank yields (None: it streams forever); skipped samples make it fewer.
+        One bucket: full batches, then one short batch at the end; with buckets, each may end on a short one."""
+        if self.stop is None:
+            return None
+        num_buckets = len(self.table) if self.table is not None else 1
+        return min(self.stop, self.stop // self.config.batch_size + num_buckets)
+
     def _dataloader(self, done: set[int]) -> torch.utils.data.DataLoader:
         chunks = WdsChunks(
             self.plan,
