@@ -125,12 +125,14 @@ class WebdatasetLoader:
                         f"webdataset shard {url!r} has no valid sample (all {stats[0]} read on rank {self.rank} "
                         f"were skipped: {dict(skips.counts)}); rebuild or remove it"
                     )
-        # Finite run: flush partial buckets in the order their oldest sample arrived.
-        for bucket in sorted(buffers.values(), key=lambda b: b[0][0]):
+        # Finite run: flush partial buckets in the order their oldest sample arrived; the state (and skip counter)
+        # as of each flushed batch includes everything read before it.
+        for shape, bucket in sorted(buffers.items(), key=lambda item: item[1][0][0]):
+            del buffers[shape]
             done.update(p for p, _ in bucket)
+            snapshot(self.stop)
             self.num_samples_yielded += len(bucket)
             yield collate([s for _, s in bucket])
-        buffers.clear()
         snapshot(self.stop)
 
     def state_dict(self) -> dict:
