@@ -102,6 +102,8 @@ def caption_conditions(path: str, batch_size: int):
     while True:
         index = 0
         for batch in build_loader(config, rank=0, world_size=1):
+            if not batch["keys"]:  # every sample of this MDS batch was corrupt (skipped and counted)
+                continue
             if "t5_emb" not in batch:
                 raise ValueError(
                     f"the shards at {path} carry no T5 embeddings (t5_emb/t5_mask); precompute them with "

@@ -159,7 +159,7 @@ def shard_batches(path: str, fmt: str, batch_size: int, resolution: int, seed: i
     config = DataConfig(
         format=fmt, path=str(path), batch_size=batch_size, resolution=resolution, num_workers=0, seed=seed
     )
-    return iter(build_loader(config, rank=0, world_size=1))
+    return (batch for batch in build_loader(config, rank=0, world_size=1) if batch["keys"])  # MDS: all-bad is empty
 
 
 def to_channels(images_B3HW: torch.Tensor, channels: int) -> torch.Tensor:

@@ -42,7 +42,10 @@ def main(argv=None) -> None:
         sys.exit(2)
     from ard_scale.trainer.loop import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except ConfigError as e:  # found once the data is open, e.g. train.max_steps beyond data.num_epochs
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
+
+from ard_scale.config.loader import Range
 
 MaskKind = Literal["diagonal", "window", "first", "causal"]
 MASK_KINDS: tuple[str, ...] = ("diagonal", "window", "first", "causal")
@@ -29,6 +31,13 @@ class ARDConfig:
     output: OutputKind = "solver"
     """'solver': heads predict the teacher's native target and the next state is one DDIM/Euler step;
     'direct': heads output the next state itself."""
+
+    # read by the recipe loader (problems() below also serves models built from code)
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "num_steps": Range(1, 1000),
+        "num_causal_layers": Range(0, 1000),
+        "window": Range(1, 1000),
+    }
 
     def problems(self) -> list[str]:
         """Every inconsistency in this section, as 'key: what is wrong (valid choices)' lines."""

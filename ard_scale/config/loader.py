@@ -6,10 +6,15 @@ values outside a `Literal`'s choices, missing required fields, and each section'
 and raised together as one `ConfigError` whose lines each start with the dotted key path.
 
 Supported field types: int, float, bool, str, Literal[...], X | None, list[X], tuple[X, ...], tuple[X, Y],
-and nested dataclasses. A section may define `problems() -> list[str]` returning 'field: what is wrong' lines
-(relative to the section); the root's lines carry full dotted paths. Cross-field checks run on every section whose
-fields could all be read (unknown keys aside): one with a wrong type or a missing required field cannot be judged
-as a whole, nor can the root when any section could not be read.
+and nested dataclasses. Every number is range-checked as it is read, by type: floats must be finite, and ints and
+floats lie in the section's `BOUNDS[field]` (a `Range`, applied to each number of a list or tuple too) or else in
+DEFAULT_RANGES; strings must not be empty. A value out of range is a problem like a wrong type, so the section's
+`problems()` and the root's cross-section checks never see it (they may divide by a batch size).
+
+A section may define `problems() -> list[str]` returning 'field: what is wrong' lines (relative to the section);
+the root's lines carry full dotted paths. Cross-field checks run on every section whose fields could all be read
+(unknown keys aside): one with a wrong type, a value out of range or a missing required field cannot be judged as a
+whole, nor can the root when any section could not be read.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import re
 import types
 import typing
@@ -45,6 +51,42 @@ class ConfigError(ValueError):
         lines = [f"invalid config {source}: {n} problem{'s' if n != 1 else ''}"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field (or of each number of a list/tuple field), checked while the field is read."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    """`lo` itself is excluded (e.g. a learning rate must be > 0)."""
+    hi_open: bool = False
+    """`hi` itself is excluded (e.g. an EMA decay must be < 1)."""
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+# Fields without their own bound: every int in this tree is a count, size, index or seed, and no float needs to be
+# negative or astronomically large; a section's BOUNDS narrows or widens these per field.
+DEFAULT_RANGES: dict[type, Range] = {int: Range(0, 2**31 - 1), float: Range(0, 1e6)}
+
+
+def _check_range(tp: type, value: float, path: str, bounds: Range | None, problems: list[str]) -> bool:
+    if tp is float and not math.isfinite(value):
+        problems.append(f"{path}: must be a finite number, got {value}")
+        return False
+    bounds = bounds or DEFAULT_RANGES[tp]
+    if value not in bounds:
+        problems.append(f"{path}: {value!r} is out of range; must be in {bounds}")
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------- YAML reading
@@ -177,8 +219,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
-    """Check `value` against `tp`; returns the converted value, or _MISSING after appending a problem."""
+def _convert(tp: Any, value: Any, path: str, problems: list[str], bounds: Range | None = None) -> Any:
+    """Check `value` against `tp` (and numbers against `bounds`, else DEFAULT_RANGES); returns the converted value,
+    or _MISSING after appending a problem."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
@@ -194,7 +237,7 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
             inner: list[str] = []
-            out = _convert(rest[0], value, path, inner)
+            out = _convert(rest[0], value, path, inner, bounds)
             if len(inner) == 1 and inner[0].startswith(f"{path}: expected "):  # name the null alternative too
                 inner = [f"{path}: expected {_type_name(tp)}, got {_describe(value)}"]
             problems += inner
@@ -210,7 +253,7 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         item_types = [args[0]] * len(value) if origin is list or args[-1] is Ellipsis else list(args)
         n_before = len(problems)
         pairs = enumerate(zip(item_types, value, strict=True))
-        items = [_convert(t, v, f"{path}[{i}]", problems) for i, (t, v) in pairs]
+        items = [_convert(t, v, f"{path}[{i}]", problems, bounds) for i, (t, v) in pairs]
         if len(problems) > n_before:
             return _MISSING
         return items if origin is list else tuple(items)
@@ -219,13 +262,19 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return value if _check_range(int, value, path, bounds, problems) else _MISSING
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            number = float(value)
+        if number is not None:
+            return number if _check_range(float, number, path, bounds, problems) else _MISSING
     elif tp is str:
+        if isinstance(value, str) and not value.strip():
+            problems.append(f"{path}: empty string; give a value (or null where the field allows it)")
+            return _MISSING
         if isinstance(value, str):
             return value
     else:
@@ -246,6 +295,7 @@ def _build(cls: type[T], data: Any, path: str, problems: list[str]) -> T | objec
         problems.append(f"{path or 'recipe'}: expected a mapping of {cls.__name__} fields, got {_describe(data)}")
         return _MISSING
     hints = _type_hints(cls)
+    bounds = getattr(cls, "BOUNDS", {})
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
     for key in data:
@@ -257,7 +307,7 @@ def _build(cls: type[T], data: Any, path: str, problems: list[str]) -> T | objec
     for f in fields:
         tp = hints[f.name]
         if f.name in data:
-            value = _convert(tp, data[f.name], prefix + f.name, problems)
+            value = _convert(tp, data[f.name], prefix + f.name, problems, bounds.get(f.name))
         elif dataclasses.is_dataclass(tp):  # a missing section is built from its defaults
             value = _build(tp, {}, prefix + f.name, problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

@@ -8,15 +8,19 @@ Checks that need a built model (e.g. student.num_causal_layers <= teacher depth)
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ard_scale.config import loader
 from ard_scale.config.ard import ARDConfig
+from ard_scale.config.loader import Range
+
+STEPS = Range(1, 10**9)  # step counts and intervals
+SEED = Range(0, 2**32 - 1)  # numpy's seed range (torch takes up to 2**64 - 1)
+BATCH = Range(1, 2**16)  # samples per rank per micro-step
 
 
 class ConfigWarning(UserWarning):
@@ -61,6 +65,8 @@ class TeacherConfig:
     num_classes: int | None = None
     """Classes of a class-conditional ('dit') teacher, e.g. 1000 for ImageNet; must be null for 'pixart'."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {"num_classes": Range(1, 2**20)}
+
     def problems(self) -> list[str]:
         out = []
         if (self.size is None) == (self.path is None):
@@ -72,7 +78,6 @@ class TeacherConfig:
             out.append(f"num_classes: required for family {self.family!r} (e.g. 1000 for ImageNet)")
         elif spec.condition_kind == "text" and self.num_classes is not None:
             out.append(f"num_classes: must be null for family {self.family!r} (it is text-conditioned)")
-        _positive(out, "num_classes", self.num_classes)
         return out
 
 
@@ -91,11 +96,12 @@ class TextEncoderConfig:
     use_precomputed: bool = False
     """Read T5 embeddings stored in the data shards instead of running the encoder."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 8192)}
+
     def problems(self) -> list[str]:
         out = []
         if self.size is not None and self.path is not None:
             out.append("size/path: set at most one (a named size for random weights, or a local folder)")
-        _positive(out, "max_length", self.max_length)
         return out
 
 
@@ -103,6 +109,8 @@ class TextEncoderConfig:
 class PooledEncoderConfig:
     """The frozen CLIP text tower whose pooled embedding a teacher reads beside its T5 tokens (FLUX.1: CLIP-L, the
     pipeline's `text_encoder`); unused by families that list no 'clip' text encoder."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 8192)}
 
     size: str | None = None
     """Named architecture built with random weights ('debug': a tiny CLIP text model on byte ids); at most one of
@@ -135,13 +143,15 @@ class VAEConfig:
     """Latent shift, latents = (posterior mean − shift) · scale; null = the VAE config's `shift_factor` (FLUX.1's
     VAE: 0.1159), or 0 where it has none."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "scaling_factor": Range(0, 100, lo_open=True),  # SD 0.18, SD3 1.53
+        "shift_factor": Range(-100, 100),  # FLUX.1 0.1159, SD3 0.0609
+    }
+
     def problems(self) -> list[str]:
         out = []
         if self.size is not None and self.path is not None:
             out.append("size/path: set at most one (a named size for random weights, or a local folder)")
-        _positive(out, "scaling_factor", self.scaling_factor)
-        if self.shift_factor is not None and not math.isfinite(self.shift_factor):
-            out.append(f"shift_factor: {self.shift_factor} is not a finite number")
         return out
 
 
@@ -185,21 +195,28 @@ class DiffusionConfig:
     max_seq_len: int = 4096
     """Image tokens at which μ = max_shift (FLUX.1: 4096)."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "num_train_timesteps": Range(1, 10**5),
+        "beta_start": Range(0, 1, lo_open=True, hi_open=True),
+        "beta_end": Range(0, 1, lo_open=True, hi_open=True),
+        "substeps": Range(1, 10**4),
+        "guidance_scale": Range(0, 100),
+        "guide_first_channels": Range(1, 4096),  # against the latent's channels: at build time
+        "shift": Range(0, 1000, lo_open=True),
+        "base_shift": Range(-20, 20),  # μ, a log-shift
+        "max_shift": Range(-20, 20),
+        "base_seq_len": Range(1, 2**24),
+        "max_seq_len": Range(1, 2**24),
+    }
+
     def problems(self) -> list[str]:
         out = []
         if self.schedule == "vp" and self.prediction_type == "flow":
             out.append("prediction_type: 'flow' needs schedule 'flow' (for 'vp' choose 'epsilon' or 'v_prediction')")
         if self.schedule == "flow" and self.prediction_type != "flow":
             out.append(f"prediction_type: {self.prediction_type!r} needs schedule 'vp' (for 'flow' choose 'flow')")
-        _positive(out, "num_train_timesteps", self.num_train_timesteps)
-        _positive(out, "beta_start", self.beta_start)
-        _positive(out, "beta_end", self.beta_end)
-        if self.beta_start >= self.beta_end or self.beta_end >= 1:
-            out.append(f"beta_start/beta_end: need beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        _positive(out, "substeps", self.substeps)
-        _positive(out, "guidance_scale", self.guidance_scale, allow_zero=True)
-        _positive(out, "guide_first_channels", self.guide_first_channels)
-        _positive(out, "shift", self.shift)
+        if self.beta_start >= self.beta_end:
+            out.append(f"beta_start/beta_end: need beta_start < beta_end, got {self.beta_start}, {self.beta_end}")
         if self.schedule != "flow" and (self.shift != 1.0 or self.dynamic_shift):
             out.append("shift/dynamic_shift: time shifts apply to schedule 'flow' only")
         if self.dynamic_shift and self.base_seq_len >= self.max_seq_len:
@@ -246,21 +263,22 @@ class DataConfig:
     local_world_size: int | None = None
     """MDS: ranks per node (null = LOCAL_WORLD_SIZE, else world size)."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "resolution": Range(8, 16384),
+        "batch_size": BATCH,
+        "num_workers": Range(0, 1024),
+        "prefetch_factor": Range(1, 1024),
+        "seed": SEED,
+        "num_epochs": Range(1, 10**6),
+        "chunk_size": Range(1, 2**16),
+        "num_canonical_nodes": Range(1, 2**20),
+        "local_world_size": Range(1, 1024),
+    }
+
     def problems(self) -> list[str]:
         out = []
-        for name in ("path", "trajectory_path", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None and not value.strip():
-                out.append(f"{name}: empty string; give a location or null")
-        if self.resolution < 8 or self.resolution % 8:
-            out.append(f"resolution: must be a positive multiple of 8, got {self.resolution}")
-        _positive(out, "batch_size", self.batch_size)
-        _positive(out, "num_workers", self.num_workers, allow_zero=True)
-        _positive(out, "prefetch_factor", self.prefetch_factor)
-        _positive(out, "num_epochs", self.num_epochs)
-        _positive(out, "chunk_size", self.chunk_size)
-        _positive(out, "num_canonical_nodes", self.num_canonical_nodes)
-        _positive(out, "local_world_size", self.local_world_size)
+        if self.resolution % 8:
+            out.append(f"resolution: must be a multiple of 8, got {self.resolution}")
         return out
 
 
@@ -304,26 +322,29 @@ class TrainConfig:
     max_consecutive_nan: int = 10
     """Non-finite-loss steps in a row that are skipped before the run saves a checkpoint and stops."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "max_steps": STEPS,
+        "grad_accum": Range(1, 2**16),
+        "global_batch_size": Range(1, 2**31 - 1),
+        "lr": Range(0, 1, lo_open=True),  # AdamW: the update is about lr per step, whatever the gradient scale
+        "warmup_steps": Range(0, 10**9),
+        "weight_decay": Range(0, 10),
+        "betas": Range(0, 1, hi_open=True),
+        "grad_clip": Range(0, 1e6, lo_open=True),
+        "ema_decay": Range(0, 1, hi_open=True),
+        "seed": Range(0, 2**24 - 1),  # noise seeds are seed·2**40 + position, and torch's must stay below 2**64
+        "replay_times": Range(0, 10**6),  # >= 1 needed with trajectory_source replay only: problems()
+        "max_consecutive_nan": Range(1, 10**6),
+    }
+
     def problems(self) -> list[str]:
         out = []
-        _positive(out, "max_steps", self.max_steps)
-        _positive(out, "grad_accum", self.grad_accum)
-        _positive(out, "global_batch_size", self.global_batch_size)
-        _positive(out, "lr", self.lr)
-        _positive(out, "warmup_steps", self.warmup_steps, allow_zero=True)
-        _positive(out, "weight_decay", self.weight_decay, allow_zero=True)
-        if not all(0 <= b < 1 for b in self.betas):
-            out.append(f"betas: each must be in [0, 1), got {list(self.betas)}")
-        _positive(out, "grad_clip", self.grad_clip)
-        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
-            out.append(f"ema_decay: must be in [0, 1) (or null for no EMA), got {self.ema_decay}")
         if self.trajectory_source == "replay" and self.replay_times < 1:
             out.append(f"replay_times: must be >= 1 with trajectory_source 'replay', got {self.replay_times}")
         if self.loss_weights is not None and (
             any(not w >= 0 for w in self.loss_weights) or sum(self.loss_weights) <= 0
         ):
             out.append(f"loss_weights: need weights >= 0 with a positive sum, got {self.loss_weights}")
-        _positive(out, "max_consecutive_nan", self.max_consecutive_nan)
         return out
 
 
@@ -366,13 +387,7 @@ class CheckpointConfig:
     """Resume a checkpoint written under a different training-defining config (see config_hash) instead of
     refusing it."""
 
-    def problems(self) -> list[str]:
-        out = []
-        if not self.run_dir.strip():
-            out.append("run_dir: empty; give a directory")
-        _positive(out, "every", self.every)
-        _positive(out, "keep_last", self.keep_last)
-        return out
+    BOUNDS: ClassVar[dict[str, Range]] = {"every": STEPS, "keep_last": Range(1, 10**6)}
 
 
 @dataclass(kw_only=True)
@@ -417,27 +432,27 @@ class GANConfig:
     stop_on_divergence: bool = False
     """With the watchdog firing: save a checkpoint and stop with an error instead of only warning."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "warmup_steps": Range(0, 10**9),
+        "adaptive_lambda": Range(0, 1e6),
+        "adaptive_max": Range(0, 1e9, lo_open=True),
+        "weight": Range(0, 1e6),
+        "d_lr": Range(0, 1, lo_open=True),
+        "d_betas": Range(0, 1, hi_open=True),
+        "divergence_factor": Range(1, 1e6, lo_open=True),
+        "head_hidden": Range(1, 2**16),
+        "r1_weight": Range(0, 1e6),
+        "r1_sigma": Range(0, 100, lo_open=True),
+        "layers": Range(0, 10**4),
+    }
+
     def problems(self) -> list[str]:
         out = []
         if self.layers is not None:
             if not self.layers:
                 out.append("layers: empty list; give block indices or null for every block")
-            if any(i < 0 for i in self.layers):
-                out.append(f"layers: block indices must be >= 0, got {self.layers}")
             if len(set(self.layers)) != len(self.layers):
                 out.append(f"layers: repeated block index in {self.layers}")
-        _positive(out, "warmup_steps", self.warmup_steps, allow_zero=True)
-        _positive(out, "adaptive_lambda", self.adaptive_lambda, allow_zero=True)
-        _positive(out, "adaptive_max", self.adaptive_max)
-        _positive(out, "weight", self.weight, allow_zero=True)
-        _positive(out, "d_lr", self.d_lr)
-        _positive(out, "r1_weight", self.r1_weight, allow_zero=True)
-        _positive(out, "r1_sigma", self.r1_sigma)
-        if self.divergence_factor is not None and not (1 < self.divergence_factor < math.inf):
-            out.append(f"divergence_factor: must be a finite number > 1 (or null = off), got {self.divergence_factor}")
-        _positive(out, "head_hidden", self.head_hidden)
-        if not all(0 <= b < 1 for b in self.d_betas):
-            out.append(f"d_betas: each must be in [0, 1), got {list(self.d_betas)}")
         return out
 
 
@@ -472,16 +487,16 @@ class EvalConfig:
     """Where FID reference statistics and the teacher's metrics are cached, keyed on what defines them (share it
     between runs of a recipe); null = RUN_DIR/eval/cache."""
 
+    BOUNDS: ClassVar[dict[str, Range]] = {
+        "every": STEPS,
+        "num_samples": Range(1, 10**7),
+        "batch_size": BATCH,
+        "fid_reference_num_images": Range(2, 10**8),  # a covariance needs 2 images
+        "grid_size": Range(0, 4096),
+    }
+
     def problems(self) -> list[str]:
         out = []
-        _positive(out, "every", self.every)
-        _positive(out, "num_samples", self.num_samples)
-        _positive(out, "batch_size", self.batch_size)
-        _positive(out, "grid_size", self.grid_size, allow_zero=True)
-        if self.fid_reference_num_images < 2:
-            out.append(f"fid_reference_num_images: {self.fid_reference_num_images} < 2; a covariance needs 2 images")
-        if self.clip_model is not None and not self.clip_model.strip():
-            out.append("clip_model: empty; give an open_clip architecture name (e.g. 'ViT-L-14') or null")
         if self.clip_model is not None and self.clip_path is None:
             out.append("clip_model: set without clip_path; give the local checkpoint file in clip_path")
         return out
@@ -498,10 +513,7 @@ class LogConfig:
     progress_bar: bool = True
     """Rank-0 progress bar (step, loss, samples/s, ETA)."""
 
-    def problems(self) -> list[str]:
-        out = []
-        _positive(out, "every", self.every)
-        return out
+    BOUNDS: ClassVar[dict[str, Range]] = {"every": STEPS}
 
 
 @dataclass(kw_only=True)

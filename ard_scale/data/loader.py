@@ -63,6 +63,14 @@ class WebdatasetLoader:
         """Stream position where iteration ends (None: forever)."""
         return None if self.config.num_epochs is None else self.config.num_epochs * self.plan.num_per_epoch
 
+    def max_batches(self) -> int | None:
+        """An upper bound on the batches this rank yields (None: it streams forever); skipped samples make it fewer.
+        One bucket: full batches, then one short batch at the end; with buckets, each may end on a short one."""
+        if self.stop is None:
+            return None
+        num_buckets = len(self.table) if self.table is not None else 1
+        return min(self.stop, self.stop // self.config.batch_size + num_buckets)
+
     def _dataloader(self, done: set[int]) -> torch.utils.data.DataLoader:
         chunks = WdsChunks(
             self.plan,
@@ -119,12 +127,14 @@ class WebdatasetLoader:
                         f"webdataset shard {url!r} has no valid sample (all {stats[0]} read on rank {self.rank} "
                         f"were skipped: {dict(skips.counts)}); rebuild or remove it"
                     )
-        # Finite run: flush partial buckets in the order their oldest sample arrived.
-        for bucket in sorted(buffers.values(), key=lambda b: b[0][0]):
+        # Finite run: flush partial buckets in the order their oldest sample arrived; the state (and skip counter)
+        # as of each flushed batch includes everything read before it.
+        for shape, bucket in sorted(buffers.items(), key=lambda item: item[1][0][0]):
+            del buffers[shape]
             done.update(p for p, _ in bucket)
+            snapshot(self.stop)
             self.num_samples_yielded += len(bucket)
             yield collate([s for _, s in bucket])
-        buffers.clear()
         snapshot(self.stop)
 
     def state_dict(self) -> dict:

@@ -10,6 +10,7 @@ streaming reads; torch.distributed is never touched.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -53,10 +54,11 @@ class DecodingStreamingDataset(StreamingDataset):
             raise  # a shard that cannot be fetched is not one bad sample
         except Exception as e:  # a corrupt shard body shows up as arbitrary decode errors
             return {"bad": f"unreadable MDS sample ({type(e).__name__})", "shard": shard_name}
+        label = raw.get("label")  # -1: the writer's mark for a sample without a class label
         try:
             sample = decode_sample(
                 raw.get("key", str(sample_id)), raw.get("image"), raw.get("caption"),
-                resolution=self.resolution, table=None, label=raw.get("label"),
+                resolution=self.resolution, table=None, label=None if label is None or label == -1 else label,
                 t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"), pooled_emb=raw.get("pooled_emb"),
             )  # fmt: skip
         except BadSample as e:
@@ -83,8 +85,12 @@ class _RawCountingLoader(StreamingDataLoader):
 
 
 class MDSLoader:
-    """Batches from MDS shards for one rank. A batch is short by the number of corrupt samples in it; a batch
-    with no valid sample is not yielded."""
+    """Batches from MDS shards for one rank. A batch is short by the number of corrupt samples in it, and a batch
+    with no valid sample is yielded empty (`keys == []`, `images` None): streaming's ranks must step in lockstep,
+    so every rank yields exactly one batch per streaming batch. A rank that dropped an all-bad batch would reach
+    the end of its epoch steps earlier than the others and sleep in streaming's next-epoch barrier (it waits for
+    every local rank) while they wait for it in a training collective: the hang of issue 16 item 3. The trainer
+    redraws on every rank when any rank's batch is empty."""
 
     def __init__(self, config: DataConfig, *, rank: int, world_size: int):
         if config.buckets:
@@ -146,9 +152,8 @@ class MDSLoader:
                     good_per_shard[shard] = good_per_shard.get(shard, 0) + good
                 batch.pop("num_raw")
                 self._resume = self.dataloader.state_dict()
-                if batch["keys"]:
-                    self.num_samples_yielded += len(batch["keys"])
-                    yield batch
+                self.num_samples_yielded += len(batch["keys"])
+                yield batch  # also when empty: see the class docstring
             all_bad = sorted(shard for shard, good in good_per_shard.items() if not good)
             if all_bad:
                 raise ValueError(
@@ -156,6 +161,14 @@ class MDSLoader:
                     f"(skipped: {dict(self.skips.counts)}); rebuild or remove them"
                 )
             self.epoch += 1
+
+    def max_batches(self) -> int | None:
+        """An upper bound on the batches this rank yields (None: it streams forever): streaming gives every rank
+        ceil(epoch size / ranks) samples an epoch, and each worker may end its share with a short batch."""
+        if self.config.num_epochs is None:
+            return None
+        per_epoch = math.ceil(len(self.dataset) / self.config.batch_size) + max(self.config.num_workers - 1, 0)
+        return self.config.num_epochs * per_epoch
 
     def state_dict(self) -> dict:
         """Streaming's state (identical on every rank) plus this rank's skip counter, as of the last batch."""

@@ -72,6 +72,8 @@ def guided_model(
         out = denoise(torch.cat([x, x]), torch.cat([t, t]), both)[:, :c]
         out_c, out_u = out.chunk(2)
         guided = out_u + w * (out_c - out_u)
+        if guided_channels is not None and not 1 <= guided_channels <= c:
+            raise ValueError(f"guided_channels={guided_channels} must be in [1, {c}] (the state's channels)")
         if guided_channels is not None and guided_channels < c:
             guided = torch.cat([guided[:, :guided_channels], out_c[:, guided_channels:]], dim=1)
         return guided

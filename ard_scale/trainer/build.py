@@ -26,6 +26,7 @@ from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher, load_teacher
 from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec, vae_downsample
+from ard_scale.trainer.checks import check_channel_options, check_labels
 from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
 
 
@@ -131,6 +132,7 @@ class Conditioner:
                     "write them with launchers/build_shards.py (a `label` per sample)"
                 )
             labels = batch["labels"].long()
+            check_labels(labels, batch.get("keys"), self.teacher.num_classes)
             return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
         if "t5_emb" in batch and (not self.needs_pooled or "pooled_emb" in batch):
             text = batch["t5_emb"].float()
@@ -247,6 +249,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     torch.manual_seed(tr.seed)  # identical student initialisation on every rank
     teacher = build_teacher_model(cfg)
     shape = latent_shape(cfg, teacher)
+    check_channel_options(cfg, teacher)
     schedule = build_schedule(cfg, teacher.patch_size)
     guidance = embedded_guidance(cfg, teacher)
     student = ARDStudent(teacher, cfg.student, schedule, latent_shape=shape, guidance=guidance)

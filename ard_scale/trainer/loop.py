@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import sys
@@ -16,9 +17,9 @@ from tqdm import tqdm
 
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import CheckpointManager
-from ard_scale.config import RootConfig, dump_yaml, to_dict
+from ard_scale.config import ConfigError, RootConfig, dump_yaml, to_dict
 from ard_scale.data.loader import SkipCounter
-from ard_scale.distributed.collectives import sum_counts_over_ranks
+from ard_scale.distributed.collectives import sum_counts_over_ranks, sum_over_ranks
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.trainer.build import build_run
@@ -78,8 +79,9 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
+        record = strict_json(record)  # metrics.jsonl stays JSON: a non-finite number is written as null
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self.writer is not None:
             step = record.get("step")
             for key, value in record.items():
@@ -121,6 +123,8 @@ def train(cfg: RootConfig) -> list[float]:
     watch = DivergenceWatch(cfg.gan.divergence_factor) if gan is not None else None
     ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
     start, samples_seen, nan_skips = 0, 0, 0
+    dropped = SkipCounter()  # this rank's valid samples left out because another rank's micro-batch had none
+    data_restarts = False
     resumed = ckpt.load_latest(run.engine)
     if resumed is not None:
         client, rank_state = resumed
@@ -132,12 +136,14 @@ def train(cfg: RootConfig) -> list[float]:
             watch.load_state_dict(client["gan_watch"])
         if rank_state is not None:  # same world size: this rank's exact data position and RNG
             run.loader.load_state_dict(rank_state["data"])
+            dropped = SkipCounter(rank_state.get("dropped"))
             set_rng_state(rank_state["rng"])
             if "trajectories" in rank_state:  # e.g. the replay cache, mid-cycle
                 run.trajectories.load_state_dict(rank_state["trajectories"])
             if ema is not None:
                 ema.load_state_dict(rank_state["ema"])
         else:  # universal checkpoint on a new world size: per-rank positions do not map onto the new ranks
+            data_restarts = True
             warnings.warn(
                 f"resumed step {start} on {world} ranks from a universal checkpoint: model and optimizer continue, "
                 "the data stream restarts its epoch (noise seeds stay keyed on the step)",
@@ -153,12 +159,39 @@ def train(cfg: RootConfig) -> list[float]:
     evaluation = LoopEvaluation(run, ema, log.write)  # eval.every: metrics on all ranks, EMA swapped in
     losses, consecutive_nan = [], 0
 
+    check_reachable(cfg, getattr(run.loader, "max_batches", lambda: None)(), rank, world, start if data_restarts else 0)
     batches = iter(run.loader)
     bar = tqdm(total=cfg.train.max_steps, initial=start, disable=rank != 0 or not cfg.log.progress_bar, unit="step")
-    step = start
+    step = saved_step = start
+
+    def save() -> None:  # collective
+        client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
+        if gan is not None:
+            client["gan"], client["gan_watch"] = gan.state_dict(), watch.state_dict()
+        rank_state = {
+            "data": run.loader.state_dict(),
+            "dropped": dict(dropped.counts),
+            "rng": rng_state(),
+            "trajectories": run.trajectories.state_dict(),
+        }
+        if ema is not None:
+            rank_state["ema"] = ema.state_dict()
+        ckpt.save(run.engine, step, client, rank_state)
+
     while step < cfg.train.max_steps:
         t0 = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
+        drawn = draw_micro_batches(batches, cfg.train.grad_accum, dropped)  # collective
+        if drawn is None:  # some rank's finite data ended: every rank stops here, at the same step
+            if step > saved_step:
+                save()
+            say(
+                rank,
+                f"data ran out at step {step} after {cfg.data.num_epochs} epoch(s) (data.num_epochs="
+                f"{cfg.data.num_epochs}), before train.max_steps={cfg.train.max_steps}; "
+                + (f"checkpoint of step {step} in {run_dir}" if step > 0 else "nothing was trained"),
+            )
+            break
+        micro_batches, step_samples = drawn
         if gan is not None:
             metrics = gan_step(run, gan, micro_batches[0], step)
         else:
@@ -166,15 +199,17 @@ def train(cfg: RootConfig) -> list[float]:
         if ema is not None and not metrics["nan"]:
             ema.update()
         step += 1
-        samples_seen += global_batch
+        samples_seen += step_samples  # real samples over all ranks (short and dropped batches are not counted)
+        metrics["nan"] = metrics["nan"] or not all_finite(metrics)  # a non-finite metric is a NaN-skipped step
         consecutive_nan = consecutive_nan + 1 if metrics["nan"] else 0
         nan_skips += metrics["nan"]
         losses.append(metrics["loss"])
-        samples_per_s = global_batch / (time.perf_counter() - t0)
+        samples_per_s = step_samples / (time.perf_counter() - t0)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_per_s=f"{samples_per_s:.1f}")
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
-            skipped = sum_counts_over_ranks(dict(getattr(run.loader, "skips", SkipCounter()).counts))  # collective
+            skipped = getattr(run.loader, "skips", SkipCounter()).counts + dropped.counts
+            skipped = sum_counts_over_ranks(dict(skipped))  # collective
             log.write(
                 {
                     **metrics,
@@ -195,17 +230,8 @@ def train(cfg: RootConfig) -> list[float]:
         too_many_nan = consecutive_nan >= cfg.train.max_consecutive_nan
         stopping = any_rank(stop.received)
         if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan or diverged:
-            client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
-            if gan is not None:
-                client["gan"], client["gan_watch"] = gan.state_dict(), watch.state_dict()
-            rank_state = {
-                "data": run.loader.state_dict(),
-                "rng": rng_state(),
-                "trajectories": run.trajectories.state_dict(),
-            }
-            if ema is not None:
-                rank_state["ema"] = ema.state_dict()
-            ckpt.save(run.engine, step, client, rank_state)
+            save()
+            saved_step = step
         if too_many_nan:
             raise FloatingPointError(
                 f"the loss was NaN/Inf for {consecutive_nan} steps in a row (up to step {step}); a checkpoint was "
@@ -253,6 +279,73 @@ def quiet_library_warnings() -> None:
     for name in ("reduce_scatter_tensor", "all_gather_into_tensor"):
         message = rf"`torch\.distributed\.{name}` is deprecated"
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
+def draw_micro_batches(batches, grad_accum: int, dropped: SkipCounter) -> tuple[list[dict], int] | None:
+    """The step's `grad_accum` micro-batches and their number of samples summed over ranks, or None on every rank
+    once any rank's data has ended. Collective (one small all-reduce per micro-batch): every rank draws the same
+    number of batches, so ranks stay in lockstep whatever their data does. A micro-batch with no valid sample on any
+    rank (an all-corrupt MDS batch) is drawn again on every rank; the other ranks' samples of that draw are counted
+    in `dropped`."""
+    micro: list[dict] = []
+    total = 0
+    while len(micro) < grad_accum:
+        batch = next(batches, None)
+        n = 0 if batch is None else num_samples(batch)
+        agreed = sum_over_ranks({"ended": batch is None, "empty": batch is not None and n == 0, "samples": n})
+        if agreed["ended"]:
+            return None
+        if agreed["empty"]:
+            if n:
+                dropped.counts["dropped: another rank's micro-batch had no valid sample"] += n
+            continue
+        micro.append(batch)
+        total += agreed["samples"]
+    return micro, total
+
+
+def num_samples(batch: dict) -> int:
+    """Samples in a batch: image batches carry `keys`, offline trajectory batches `seeds`."""
+    return len(batch["keys"]) if "keys" in batch else len(batch["seeds"])
+
+
+def check_reachable(cfg: RootConfig, max_batches: int | None, rank: int, world: int, start: int = 0) -> None:
+    """ConfigError on every rank when train.max_steps cannot be reached: `max_batches` is this rank's upper bound on
+    the batches its finite data yields (None: unbounded), `start` the steps already taken on a stream that restarts.
+    Collective."""
+    mine = -1 if max_batches is None else max_batches
+    everyone = sum_over_ranks({f"{i:06d}": mine if i == rank else 0 for i in range(world)}).values()
+    if min(everyone) < 0:  # a stream without end
+        return
+    reachable = start + min(everyone) // cfg.train.grad_accum
+    if reachable < cfg.train.max_steps:
+        raise ConfigError(
+            "(the data)",
+            [
+                f"train.max_steps: {cfg.train.max_steps} steps cannot be reached: data.num_epochs="
+                f"{cfg.data.num_epochs} of data.path={cfg.data.path!r} gives at most {reachable} steps of "
+                f"data.batch_size={cfg.data.batch_size} × train.grad_accum={cfg.train.grad_accum} on {world} ranks; "
+                "lower train.max_steps, raise data.num_epochs, or set it to null (stream forever)"
+            ],
+        )
+
+
+def all_finite(record: dict) -> bool:
+    """No NaN or ±Inf among a record's numbers (also inside lists)."""
+    values = [v for value in record.values() for v in (value if isinstance(value, list) else [value])]
+    return all(math.isfinite(v) for v in values if isinstance(v, float))
+
+
+def strict_json(value):
+    """`value` with every non-finite float replaced by None: json.dumps writes NaN/Infinity otherwise, which is
+    not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _max_mem_gb() -> float:

@@ -32,7 +32,10 @@ def train(run_dir: Path, *overrides: str, world: int = 2) -> subprocess.Complete
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    def refuse(constant):
+        raise ValueError(f"{constant} in metrics.jsonl is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -72,21 +75,25 @@ def test_a_malformed_recipe_is_one_clear_error(tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_nan_losses_are_skipped_then_stop_with_a_checkpoint_and_a_clear_error(tmp_path):
-    """An absurd learning rate drives the loss to Inf/NaN: those steps are skipped and counted, and after
-    train.max_consecutive_nan in a row the run saves a checkpoint and stops with an error that says so."""
+    """The largest learning rate the config allows, unclipped, drives the loss to Inf/NaN: those steps are skipped
+    and counted, metrics.jsonl stays strict JSON (non-finite numbers as null), and after train.max_consecutive_nan
+    in a row the run saves a checkpoint and stops with an error that says so. (train.lr=1e30 is a ConfigError.)"""
     run_dir = tmp_path / "nan"
     proc = train(
         run_dir,
         "train.max_steps=12",
-        "train.lr=1e30",
+        "train.lr=1.0",
         "train.grad_clip=null",
         "train.max_consecutive_nan=2",
         "checkpoint.every=100",
     )
     assert proc.returncode != 0
     assert "NaN/Inf for 2 steps in a row" in proc.stderr
-    logged = metrics(run_dir)
+    logged = metrics(run_dir)  # parse_constant refuses NaN/Infinity: strict JSON
     assert logged[-1]["nan_skips"] >= 2 and logged[-1]["nan"]
+    # here the gradient norm overflows while the loss is still finite: logged as null (was Infinity, not JSON), and
+    # that step counts as NaN-skipped
+    assert any(m["loss"] is not None and m["grad_norm"] is None and m["nan"] for m in logged), logged
     stopped_at = logged[-1]["step"]
     assert stopped_at < 12
     assert (run_dir / "checkpoints" / "latest").read_text().strip().endswith(f"{stopped_at:08d}")

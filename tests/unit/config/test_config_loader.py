@@ -87,7 +87,7 @@ def test_every_class_of_error_is_reported_together_with_its_key_path(tmp_path):
     data["train"]["lr"] = "fast"  # wrong type
     data["zero"] = {"stage": 4}  # not a Literal choice
     del data["data"]["batch_size"]  # missing required field
-    data["student"] = {"window": 0}  # a section's own problems()
+    data["student"] = {"window": 0}  # out of the field's bounds
     data["gan"] = "yes"  # a section that is not a mapping
     data["teacher"]["num_classes"] = True  # bool is not an int
     data["eval"] = {"every": [1]}  # list for an optional int
@@ -99,7 +99,7 @@ def test_every_class_of_error_is_reported_together_with_its_key_path(tmp_path):
         "train.lr": "expected float, got str 'fast'",
         "zero.stage": "choose one of 0, 1, 2, 3",
         "data.batch_size": "required",
-        "student.window": "must be >= 1",
+        "student.window": "0 is out of range; must be in [1, 1000]",
         "gan": "expected a mapping",
         "teacher.num_classes": "expected int or null, got bool",
         "eval.every": "got list",

@@ -1,0 +1,36 @@
+"""Checks of a recipe against what only the built teacher or the data can tell (issue 16 item 6): channel options
+against the teacher's latent, class labels against teacher.num_classes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ard_scale.config import ConfigError, RootConfig
+
+if TYPE_CHECKING:
+    from ard_scale.models.teachers import Teacher
+
+
+def check_labels(labels: torch.Tensor, keys: list[str] | None, num_classes: int) -> None:
+    """Class labels must index the teacher's embedding: 0 <= label < teacher.num_classes (index num_classes is the
+    null class), else an error naming the label, its sample and num_classes (was an IndexError in the embedding)."""
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        sample = f" (sample {keys[i]!r})" if keys else ""
+        raise ValueError(
+            f"class label {int(labels[i])}{sample} is outside teacher.num_classes={num_classes} (labels must be in "
+            f"[0, {num_classes - 1}]); set teacher.num_classes to the data's number of classes or fix the shards"
+        )
+
+
+def check_channel_options(cfg: RootConfig, teacher: Teacher) -> None:
+    """Channel options the recipe can only judge against the built teacher's latent."""
+    k, c = cfg.diffusion.guide_first_channels, teacher.in_channels
+    if k is not None and k > c:
+        raise ConfigError(
+            "(the teacher)",
+            [f"diffusion.guide_first_channels: {k} > the teacher's {c} latent channels; give 1..{c} or null (all)"],
+        )
