@@ -39,26 +39,6 @@ def latents_to_uint8(x_BCHW: torch.Tensor) -> np.ndarray:
     return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def labelled_grid(images_BHWC: np.ndarray, labels: list[str], ncol: int, *, tile: int = 128, gap: int = 4):
-    """The images upscaled (nearest) to at least `tile` px, `gap` px apart, each label written under its image."""
-    from PIL import Image, ImageDraw
-
-    B, H, W, _ = images_BHWC.shape
-    scale = max(1, -(-tile // max(H, W)))
-    h, w, text_h = H * scale, W * scale, 14
-    ncol = max(1, min(ncol, B))
-    nrow = -(-B // ncol)
-    grid = Image.new("RGB", (ncol * (w + gap) + gap, nrow * (h + text_h + gap) + gap), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, (img, label) in enumerate(zip(images_BHWC, labels, strict=True)):
-        r, c = divmod(i, ncol)
-        x, y = gap + c * (w + gap), gap + r * (h + text_h + gap)
-        grid.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (x, y))
-        chars = max(4, w // 6)
-        draw.text((x, y + h + 1), label if len(label) <= chars else label[: chars - 1] + "…", fill="black")
-    return grid
-
-
 def read_prompts(path: Path) -> list[str]:
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
@@ -95,7 +75,14 @@ def main(argv=None) -> list[Path]:
     for i, img in enumerate(images):
         paths.append(args.out / f"sample_{i:03d}.png")
         Image.fromarray(img).save(paths[-1])
-    labelled_grid(images, labels, args.ncol).save(args.out / "grid.png")
+    from ard_scale.evaluation.grids import labelled_grid, save_png
+
+    ncol = max(1, min(args.ncol, len(images)))
+    rows = [images[i : i + ncol] for i in range(0, len(images), ncol)]
+    rows[-1] = np.concatenate([rows[-1], np.full((ncol - len(rows[-1]), *images.shape[1:]), 255, np.uint8)])
+    cols = [labels[i : i + ncol] + [""] * (ncol - len(labels[i : i + ncol])) for i in range(0, len(labels), ncol)]
+    parts = [labelled_grid([row], col) for row, col in zip(rows, cols, strict=True)]
+    save_png(args.out / "grid.png", np.concatenate(parts, axis=0))
     print(f"{len(paths)} samples and grid.png in {args.out}")
     return paths
 

@@ -51,6 +51,42 @@ def write_teacher_student_grid(
     return grid
 
 
+def labelled_grid(
+    rows: list[np.ndarray],
+    column_labels: list[str] | None = None,
+    row_labels: list[str] | None = None,
+    *,
+    tile: int = 128,
+    gap: int = 4,
+) -> np.ndarray:
+    """uint8 (H', W', 3) image a person can read: rows of equally shaped uint8 (B, H, W, 3) images, each tile
+    upscaled (nearest) to at least `tile` px, `gap` px of white between tiles, a label under each column's tiles
+    (prompt or class) and a label above each row ("teacher: 24 calls")."""
+    from PIL import Image, ImageDraw
+
+    B, H, W, _ = rows[0].shape
+    if any(r.shape != rows[0].shape for r in rows):
+        raise ValueError(f"grid rows differ in shape: {[r.shape for r in rows]}")
+    scale = max(1, -(-tile // max(H, W)))
+    h, w, text = H * scale, W * scale, 14
+    top = text if row_labels else 0
+    bottom = text if column_labels else 0
+    canvas = Image.new("RGB", (B * (w + gap) + gap, len(rows) * (top + h + bottom + gap) + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    chars = max(4, w // 6)
+    for r, row in enumerate(rows):
+        y = gap + r * (top + h + bottom + gap)
+        if row_labels:
+            draw.text((gap, y), row_labels[r], fill="black")
+        for c, img in enumerate(row):
+            x = gap + c * (w + gap)
+            canvas.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (x, y + top))
+            if column_labels:
+                label = column_labels[c] if len(column_labels[c]) <= chars else column_labels[c][: chars - 1] + "…"
+                draw.text((x, y + top + h + 1), label, fill="black")
+    return np.asarray(canvas)
+
+
 def save_png(path: str | os.PathLike, image_HW3: np.ndarray) -> None:
     """Write a uint8 image atomically (a reader sees the old file or the whole new one)."""
     from PIL import Image

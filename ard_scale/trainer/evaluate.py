@@ -48,7 +48,7 @@ from ard_scale.evaluation.eval_set import (
 )
 from ard_scale.evaluation.evaluator import Evaluator, GenerateFn, dist_gather, generate_all
 from ard_scale.evaluation.generate import ConditionFn, conditional_generate_fn
-from ard_scale.evaluation.grids import comparison_grid, save_png
+from ard_scale.evaluation.grids import labelled_grid, save_png, to_uint8_hwc
 from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import Teacher
 from ard_scale.trainer.build import latent_shape
@@ -116,6 +116,16 @@ class EvalSetup:
             gather=gather,
         )
         return traj.final
+
+    def grid_labels(self, num: int) -> list[str]:
+        """What sample i of the grid shows: its prompt, or its class."""
+        cond, captions = self.condition_for(torch.arange(num))
+        return list(captions) if captions is not None else [f"class {int(c)}" for c in cond.labels]
+
+    def row_labels(self) -> list[str]:
+        d, S = self.cfg.diffusion, self.cfg.student.num_steps
+        teacher_calls = d.substeps * S * (2 if self.cfg_scale != 1 else 1)
+        return [f"teacher: {teacher_calls} calls", f"student: {S} calls"]
 
     def run(self, sample) -> dict[str, float]:
         """The metrics of `sample`'s images (collective: every rank calls it); {} when no metric has its weights."""
@@ -367,7 +377,8 @@ class LoopEvaluation:
         record["eval/ema"] = float(self.use_ema)
         record["eval/seconds"] = time.perf_counter() - t0
         if self.run.rank == 0 and grid is not None:
-            rows = [self.teacher_grid * 2 - 1, grid * 2 - 1]  # teacher row over student row, same noise and condition
-            save_png(self.run_dir / "eval" / "grids" / f"{tag_of(step)}.png", comparison_grid(rows))
+            rows = [to_uint8_hwc(self.teacher_grid * 2 - 1), to_uint8_hwc(grid * 2 - 1)]  # same noise and condition
+            image = labelled_grid(rows, self.setup.grid_labels(len(grid)), self.setup.row_labels())
+            save_png(self.run_dir / "eval" / "grids" / f"{tag_of(step)}.png", image)
         self.write(record)
         return record

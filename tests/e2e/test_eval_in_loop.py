@@ -72,7 +72,9 @@ def test_eval_leaves_training_bit_identical_and_writes_grids_without_weights(tmp
     assert "in-loop evaluation skips FID (eval.fid_inception_path is null" in proc.stderr
     assert proc.stderr.count("in-loop evaluation skips") == 1  # said once, by rank 0
     first, last = grid(evaluated, 2), grid(evaluated, 4)
-    assert first.shape == (2 * 34 + 2, 2 * 34 + 2, 3)  # teacher row over student row, 2 samples of 32 px
+    # teacher row over student row, 2 samples of 32 px upscaled to 128, 4 px gaps, a label above each row and under
+    # each column
+    assert first.shape == (2 * (14 + 128 + 14 + 4) + 4, 2 * (128 + 4) + 4, 3)
     half = first.shape[0] // 2
     assert np.array_equal(first[:half], last[:half])  # the teacher row: same noise, same teacher
     assert not np.array_equal(first[half:], last[half:])  # the student (its EMA) moved between evaluations
