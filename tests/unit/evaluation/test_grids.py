@@ -43,7 +43,8 @@ def test_the_labelled_grid_upscales_spaces_and_labels_its_tiles():
     plain = labelled_grid([black, white], tile=64, gap=4)
     assert plain.shape == (2 * (64 + 4) + 4, 3 * (64 + 4) + 4, 3)  # 8 px tiles upscaled 8x, 4 px gaps
     assert (plain[4:68, 4:68] == 0).all() and (plain[4:68, 68:72] == 255).all()  # a tile, then a white gap
-    labelled = labelled_grid([black, white], ["a one", "a two", "a three"], ["teacher: 24 calls", "student: 4"], tile=64)
+    columns, rows = ["a one", "a two", "a three"], ["teacher: 24 calls", "student: 4 calls"]
+    labelled = labelled_grid([black, white], columns, rows, tile=64)
     assert labelled.shape == (2 * (14 + 64 + 14 + 4) + 4, plain.shape[1], 3)
     assert (labelled[4 + 14 : 4 + 14 + 64, 4:68] == 0).all()  # the row label's line sits above the tile
     caption = labelled[4 + 14 + 64 + 1 : 4 + 14 + 64 + 14, 4:68]
