@@ -49,6 +49,7 @@ from ard_scale.evaluation.eval_set import (
 from ard_scale.evaluation.evaluator import Evaluator, GenerateFn, dist_gather, generate_all
 from ard_scale.evaluation.generate import ConditionFn, conditional_generate_fn
 from ard_scale.evaluation.grids import labelled_grid, save_png, to_uint8_hwc
+from ard_scale.evaluation.plots import plot_metrics
 from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import Teacher
 from ard_scale.trainer.build import latent_shape
@@ -381,4 +382,6 @@ class LoopEvaluation:
             image = labelled_grid(rows, self.setup.grid_labels(len(grid)), self.setup.row_labels())
             save_png(self.run_dir / "eval" / "grids" / f"{tag_of(step)}.png", image)
         self.write(record)
+        if self.run.rank == 0:
+            plot_metrics(self.run_dir)
         return record

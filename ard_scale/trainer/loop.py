@@ -22,6 +22,7 @@ from ard_scale.data.loader import SkipCounter
 from ard_scale.distributed.collectives import sum_counts_over_ranks, sum_over_ranks
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
+from ard_scale.evaluation.plots import plot_metrics
 from ard_scale.trainer.build import build_run
 from ard_scale.trainer.evaluate import LoopEvaluation
 from ard_scale.trainer.gan import DivergenceWatch, build_gan, gan_step
@@ -247,6 +248,8 @@ def train(cfg: RootConfig) -> list[float]:
             break
     bar.close()
     log.close()
+    if rank == 0:
+        plot_metrics(run_dir)
     say(rank, summary(cfg, run_dir, ckpt, step))
     return losses
 
@@ -262,7 +265,7 @@ def summary(cfg: RootConfig, run_dir: Path, ckpt: CheckpointManager, step: int) 
     lines = [
         f"run at step {step} of {cfg.train.max_steps}: {run_dir}",
         f"  checkpoints  {ckpt.dir} (latest: {ckpt.latest_tag()})",
-        f"  metrics      {run_dir / 'metrics.jsonl'}",
+        f"  metrics      {run_dir / 'metrics.jsonl'} (drawn: {run_dir / 'metrics.png'})",
     ]
     if cfg.eval.every is not None:
         lines.append(f"  eval grids   {run_dir / 'eval' / 'grids'}")

@@ -55,7 +55,7 @@ def test_resume_continues_the_loss_sequence_bit_identically(tmp_path):
     assert [m["loss"] for m in pieces] == [m["loss"] for m in uninterrupted]  # bit-identical, fp32, 2 ranks
     assert all(REQUIRED <= m.keys() for m in uninterrupted)
     assert all(m["nan_skips"] == 0 and m["skipped_samples"] == 0 for m in uninterrupted)
-    assert (full / "config.yaml").is_file()
+    assert (full / "config.yaml").is_file() and (full / "metrics.png").is_file()  # drawn at the end of the run
 
 
 def test_a_malformed_recipe_is_one_clear_error(tmp_path):
