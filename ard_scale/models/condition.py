@@ -79,6 +79,17 @@ class Condition:
         return Condition(**out)
 
 
+@dataclass
+class EncodedText:
+    """One text encoder's output for a batch of captions, or the combination a family makes of several
+    (`Family.assemble_condition`): token embeddings (B, L, D), their mask (B, L) where the encoder ran with one, and a
+    pooled embedding (B, D_pool) where the encoder gives one (CLIP)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+
 def _device_of(args, kwargs, v):
     for a in (*args, kwargs.get("device")):
         if isinstance(a, (str, torch.device)):

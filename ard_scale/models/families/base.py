@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from ard_scale.models.condition import Condition
+from ard_scale.models.condition import Condition, EncodedText
 
 ConditionKind = Literal["labels", "text"]
 
@@ -32,7 +32,15 @@ class Family:
     model_class: ClassVar[type]
     sizes: ClassVar[dict[str, dict]]
     condition_kind: ClassVar[ConditionKind]
-    text_encoders: ClassVar[tuple[str, ...]] = ()  # e.g. ("t5",) or ("t5", "clip")
+    # The frozen encoders a caption goes through, by slot: 't5' (recipe section text_encoder), 'clip'
+    # (pooled_encoder), 'clip_2' (pooled_encoder_2); `assemble_condition` combines their outputs.
+    text_encoders: ClassVar[tuple[str, ...]] = ()  # e.g. ("t5",), ("t5", "clip") or ("t5", "clip", "clip_2")
+    # True: the CLIP towers are CLIPTextModelWithProjection and their pooled output is the projected `text_embeds`
+    # (SD3). False: CLIPTextModel's `pooler_output` (FLUX.1).
+    clip_projection: ClassVar[bool] = False
+    # Whether launchers/precompute_text.py's columns (t5_emb, t5_mask, pooled_emb) are everything the condition
+    # needs, so that text_encoder.use_precomputed can replace the encoders.
+    precomputed_text: ClassVar[bool] = True
     default_sizes: ClassVar[dict[int, str]] = {}  # resolution in pixels -> the named size the planner falls back to
     description: ClassVar[str] = ""
     joint_attention: ClassVar[bool] = False  # text tokens take part in self-attention (MMDiT): one copy per group
@@ -115,6 +123,15 @@ class Family:
         raise ValueError(
             f"a {cls.name} teacher's null condition is the empty caption's text embedding; encode '' instead"
         )
+
+    @classmethod
+    def assemble_condition(cls, encoded: dict[str, EncodedText]) -> EncodedText:
+        """The condition's text (tokens, mask) and pooled embedding from each encoder slot's output on the same
+        captions, as the teacher's own pipeline combines them. Default: the T5 tokens and mask; the 'clip' slot's
+        pooled embedding where the family lists one."""
+        t5 = encoded["t5"]
+        pooled = encoded["clip"].pooled if "clip" in encoded else None
+        return EncodedText(tokens=t5.tokens, mask=t5.mask, pooled=pooled)
 
     @classmethod
     def example_condition(cls, model: nn.Module, batch: int, device, text_tokens: int, dtype=None) -> Condition:
