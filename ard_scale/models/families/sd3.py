@@ -41,9 +41,6 @@ from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
 from ard_scale.models.families.flux import AttentionPlan
 
-# qk_norm kinds applied per head over head_dim, as JointAttnProcessor2_0 applies them (and so do we)
-SUPPORTED_QK_NORMS = (None, "rms_norm", "layer_norm", "fp32_layer_norm")
-
 
 class SD3Head(nn.Module):
     """SD3's final layer: `norm_out` (adaLN-continuous on the time+pooled embedding) then `proj_out` (attribute names
@@ -195,9 +192,8 @@ class SD3Family(Family):
     # -- building --------------------------------------------------------------------------------------------------
     @classmethod
     def check_model(cls, model):
+        # qk-norms need no check: ours applies `norm_q`/`norm_k` exactly where JointAttnProcessor2_0 does
         c, problems = model.config, []
-        if c.qk_norm not in SUPPORTED_QK_NORMS:
-            problems.append(f"qk_norm={c.qk_norm!r} (supported: {', '.join(map(str, SUPPORTED_QK_NORMS))})")
         if c.pos_embed_max_size is None or model.pos_embed.pos_embed is None:
             problems.append("a positional embedding without pos_embed_max_size cropping")
         if getattr(model, "image_proj", None) is not None:
