@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     family = get_family(args.family)
+    if not family.precomputed_text:
+        parser.error(
+            f"--family {args.family} conditions on more than T5 tokens and a pooled embedding (SD3: CLIP token "
+            "embeddings too), which this launcher does not write; train it with text_encoder.use_precomputed=false"
+        )
     if "clip" in family.text_encoders and args.pooled_encoder is None:
         parser.error(f"--family {args.family} reads CLIP's pooled embedding too: give --pooled-encoder")
     try:

@@ -107,8 +107,15 @@ class TextEncoderConfig:
 
 @dataclass(kw_only=True)
 class PooledEncoderConfig:
-    """The frozen CLIP text tower whose pooled embedding a teacher reads beside its T5 tokens (FLUX.1: CLIP-L, the
-    pipeline's `text_encoder`); unused by families that list no 'clip' text encoder."""
+    """A frozen CLIP text tower a teacher reads beside its T5 tokens: `pooled_encoder` is the family's 'clip' slot
+    (FLUX.1: CLIP-L's pooled embedding; SD3: CLIP-L, the pipeline's `text_encoder`), `pooled_encoder_2` its 'clip_2'
+    slot (SD3: CLIP-G, the pipeline's `text_encoder_2`); unused by families that do not list the slot.
+
+    Why one section per encoder slot rather than a list of encoders: each frozen encoder of a teacher pipeline is one
+    typed section, with its own path, size and token count, named after the slot the family's `text_encoders` lists,
+    so recipes stay flat dotted keys (`pooled_encoder_2.path=...`) that the strict loader checks, FLUX recipes are
+    unchanged, and the family alone says how the slots' outputs combine (`Family.assemble_condition`). A teacher
+    with another kind of encoder (Qwen-Image's Qwen2.5-VL) adds its own typed section and slot the same way."""
 
     BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 8192)}
 
@@ -117,9 +124,10 @@ class PooledEncoderConfig:
     size/path."""
     path: str | None = None
     """Local folder with the CLIP text model and its tokenizer, or a diffusers pipeline folder holding
-    `text_encoder/` and `tokenizer/`; both null only with text_encoder.use_precomputed (shards with `pooled_emb`)."""
+    `text_encoder/` and `tokenizer/` (for pooled_encoder_2: `text_encoder_2/` and `tokenizer_2/`); both null only
+    with text_encoder.use_precomputed (shards with `pooled_emb`) where the family allows it."""
     max_length: int = 77
-    """Tokens per caption (CLIP: 77); longer captions are truncated."""
+    """Tokens per caption (CLIP: 77; SD3 pads both towers to 77); longer captions are truncated."""
 
     def problems(self) -> list[str]:
         out = []
@@ -525,7 +533,9 @@ class RootConfig:
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     """T5 encoder of a text-to-image teacher."""
     pooled_encoder: PooledEncoderConfig = field(default_factory=PooledEncoderConfig)
-    """CLIP text tower of a teacher that reads a pooled text embedding (FLUX.1)."""
+    """CLIP text tower of a teacher that reads a pooled text embedding (FLUX.1; SD3's CLIP-L)."""
+    pooled_encoder_2: PooledEncoderConfig = field(default_factory=PooledEncoderConfig)
+    """Second CLIP text tower of a teacher that reads two (SD3: CLIP-G)."""
     vae: VAEConfig = field(default_factory=VAEConfig)
     """Autoencoder of a latent-space teacher."""
     student: ARDConfig = field(default_factory=ARDConfig)
@@ -580,6 +590,19 @@ class RootConfig:
                     "text_encoder/ and tokenizer/), or pooled_encoder.size, or text_encoder.use_precomputed=true with "
                     "shards written by launchers/precompute_text.py --pooled-encoder"
                 )
+        pe2 = self.pooled_encoder_2
+        if spec is not None and "clip_2" in spec.text_encoders and pe2.path is None and pe2.size is None:
+            out.append(
+                f"pooled_encoder_2.path: family {t.family!r} reads a second CLIP text encoder (SD3: CLIP-G): set "
+                "pooled_encoder_2.path to the pipeline folder (its text_encoder_2/ and tokenizer_2/) or "
+                "pooled_encoder_2.size"
+            )
+        if spec is not None and text_family and te.use_precomputed and not spec.precomputed_text:
+            out.append(
+                f"text_encoder.use_precomputed: family {t.family!r} conditions on more than the precomputed t5_emb and "
+                "pooled_emb columns (SD3: CLIP token embeddings too), which launchers/precompute_text.py does not "
+                "write; set text_encoder.use_precomputed=false"
+            )
         if spec is not None and "clip" in spec.text_encoders and tr.trajectory_source == "offline":
             out.append(
                 f"train.trajectory_source: offline dumps store T5 embeddings only, and family {t.family!r} also needs "
@@ -632,6 +655,9 @@ class RootConfig:
         pe = self.pooled_encoder
         if spec is not None and "clip" not in spec.text_encoders and (pe.path is not None or pe.size is not None):
             out.append(f"pooled_encoder is ignored: family {self.teacher.family!r} reads no pooled text embedding")
+        pe2 = self.pooled_encoder_2
+        if spec is not None and "clip_2" not in spec.text_encoders and (pe2.path is not None or pe2.size is not None):
+            out.append(f"pooled_encoder_2 is ignored: family {self.teacher.family!r} reads no second CLIP encoder")
         if self.train.trajectory_source != "replay" and self.train.replay_times != 1:
             out.append(f"train.replay_times is ignored with trajectory_source {self.train.trajectory_source!r}")
         if self.zero.gather_teacher_once and self.zero.teacher_stage == 0:

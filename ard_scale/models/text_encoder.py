@@ -1,12 +1,24 @@
 """Frozen text encoders loaded from local folders (weights are never downloaded here), or named random-weight sizes:
-T5 (token embeddings: PixArt, FLUX.1) and CLIP's text tower (the pooled embedding FLUX.1 modulates with)."""
+T5 (token embeddings: PixArt, FLUX.1, SD3) and CLIP's text tower (the pooled embedding FLUX.1 modulates with; SD3's
+CLIP-L and CLIP-G, with projection, give pooled and penultimate token embeddings)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
-from transformers import AutoTokenizer, ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import (
+    AutoTokenizer,
+    ByT5Tokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+)
+
+from ard_scale.models.condition import EncodedText
 
 # Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
 # byte-level ByT5 tokenizer, which needs no vocabulary file.
@@ -16,18 +28,20 @@ SIZES: dict[str, dict] = {
 
 # Named CLIP text-tower sizes: CLIPTextConfig keyword arguments. `debug` meets the debug FLUX teacher
 # (pooled_projection_dim=16) and reads ByT5's byte ids: its end-of-text id is ByT5's `</s>` (1), so the pooled
-# output is taken at the first `</s>`, as CLIP pools at its own end-of-text token.
+# output is taken at the first `</s>`, as CLIP pools at its own end-of-text token. `debug_narrow` is SD3's second
+# debug tower: with `debug` its token embeddings are 16 + 8 = 24 wide, the debug T5's width that SD3 pads them to.
+_CLIP_BYTES = dict(vocab_size=384, max_position_embeddings=77, pad_token_id=0, bos_token_id=0, eos_token_id=1)
 CLIP_SIZES: dict[str, dict] = {
     "debug": dict(
-        vocab_size=384,
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=77,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=1,
+        projection_dim=16,
+        **_CLIP_BYTES,
+    ),
+    "debug_narrow": dict(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, projection_dim=8, **_CLIP_BYTES
     ),
 }
 
@@ -58,27 +72,51 @@ def load_t5(path: str, *, dtype: torch.dtype = torch.float32, device: str | torc
     return encoder.to(device).eval().requires_grad_(False), tokenizer
 
 
-def build_clip(size: str, *, seed: int = 0):
-    """(CLIP text model, tokenizer) of a named size with random weights."""
+def _clip_class(projection: bool) -> type:
+    return CLIPTextModelWithProjection if projection else CLIPTextModel
+
+
+def build_clip(size: str, *, seed: int = 0, projection: bool = False, key: str = "pooled_encoder"):
+    """(CLIP text model, tokenizer) of a named size with random weights; `projection`: CLIPTextModelWithProjection
+    (SD3's towers), else CLIPTextModel (FLUX.1's)."""
     if size not in CLIP_SIZES:
-        raise ValueError(f"unknown pooled_encoder.size {size!r}; choose one of {', '.join(CLIP_SIZES)} or give a path")
+        raise ValueError(f"unknown {key}.size {size!r}; choose one of {', '.join(CLIP_SIZES)} or give a path")
     torch.manual_seed(seed)
-    encoder = CLIPTextModel(CLIPTextConfig(**CLIP_SIZES[size]))
+    encoder = _clip_class(projection)(CLIPTextConfig(**CLIP_SIZES[size]))
     return encoder.eval().requires_grad_(False), ByT5Tokenizer(
         model_max_length=CLIP_SIZES[size]["max_position_embeddings"]
     )
 
 
-def load_clip(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """(CLIP text model, tokenizer) from a local folder (a pipeline's `text_encoder` folder and its tokenizer: give
-    the folder holding both, or the pipeline folder with `text_encoder/` and `tokenizer/`)."""
-    model_dir, tok_dir = _pipeline_parts(path, "text_encoder", "tokenizer", key="pooled_encoder.path")
+def load_clip(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    projection: bool = False,
+    subfolders: tuple[str, str] = ("text_encoder", "tokenizer"),
+    key: str = "pooled_encoder",
+):
+    """(CLIP text model, tokenizer) from a local folder (a pipeline's text encoder folder and its tokenizer: give
+    the folder holding both, or the pipeline folder with `subfolders`, e.g. SD3's `text_encoder_2/`, `tokenizer_2/`).
+    `projection`: the folder must hold a CLIPTextModelWithProjection (SD3), whose projected embedding is the pooled
+    one; a folder of the other class is refused rather than loaded with missing or unused weights."""
+    model_dir, tok_dir = _pipeline_parts(path, *subfolders, key=f"{key}.path")
+    cls = _clip_class(projection)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        architectures = json.load(f).get("architectures") or [cls.__name__]
+    if cls.__name__ not in architectures:
+        raise ValueError(
+            f"{key}.path {path!r} holds a {', '.join(architectures)}, but this family reads a {cls.__name__} "
+            f"({'its projected text_embeds' if projection else 'its pooler_output'}); give the teacher pipeline's own "
+            "text encoder"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        encoder = CLIPTextModel.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
+        encoder = cls.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
     except OSError as e:
         raise ValueError(
-            f"pooled_encoder.path {path!r}: cannot load a CLIP text model and its tokenizer ({e}); save both with "
+            f"{key}.path {path!r}: cannot load a CLIP text model and its tokenizer ({e}); save both with "
             "save_pretrained"
         ) from e
     return encoder.to(device).eval().requires_grad_(False), tokenizer
@@ -121,3 +159,15 @@ def encode_pooled(encoder, tokenizer, captions: list[str], *, max_length: int = 
     tokens = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     device = next(encoder.parameters()).device
     return encoder(tokens.input_ids.to(device), output_hidden_states=False).pooler_output
+
+
+@torch.no_grad()
+def encode_clip(encoder, tokenizer, captions: list[str], *, max_length: int = 77) -> EncodedText:
+    """Captions -> CLIP's penultimate hidden states (B, max_length, D) as tokens and its pooled embedding, exactly as
+    StableDiffusion3Pipeline._get_clip_prompt_embeds (padded to `max_length`, no attention mask, `hidden_states[-2]`):
+    the projected `text_embeds` of a CLIPTextModelWithProjection, else the `pooler_output` (as `encode_pooled`)."""
+    tokens = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    device = next(encoder.parameters()).device
+    out = encoder(tokens.input_ids.to(device), output_hidden_states=True)
+    pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+    return EncodedText(tokens=out.hidden_states[-2], pooled=pooled)

@@ -78,21 +78,25 @@ def embedded_guidance(cfg: RootConfig, teacher: Teacher) -> float | None:
 class Conditioner:
     """Batch -> (condition, null condition) for the teacher's family, on the run's device.
 
-    Class-conditional families: the batch's labels; null = class `num_classes`. Text families: T5 token embeddings
-    (precomputed in the shards as `t5_emb`/`t5_mask`, or the encoder run on the captions; without the mask where the
-    family attends to padding) and, for a family that lists a 'clip' encoder, CLIP's pooled embedding (`pooled_emb`
-    in the shards, or the encoder). Guidance (`family.guidance`): 'cfg' — the null condition is the empty caption's
-    embedding, encoded once (with precomputed embeddings and no evaluation of prompts, `for_eval` or `eval.every`,
-    the encoders are loaded for that alone and then dropped); 'embedded' — every condition carries
-    `diffusion.guidance_scale` as its guidance value and there is no null condition (`cfg_scale` is 1)."""
+    Class-conditional families: the batch's labels; null = class `num_classes`. Text families: the encoders the
+    family lists by slot (`family.text_encoders`: 't5' = text_encoder, 'clip' = pooled_encoder, 'clip_2' =
+    pooled_encoder_2) run on the captions, and the family combines their outputs (`family.assemble_condition`: T5
+    tokens + CLIP's pooled embedding for FLUX.1; CLIP-L ‖ CLIP-G tokens padded and prepended to T5's, pooled CLIP-L ‖
+    CLIP-G for SD3); or T5 embeddings precomputed in the shards (`t5_emb`/`t5_mask`, with `pooled_emb` where a 'clip'
+    slot is listed; without the mask where the family attends to padding). Guidance (`family.guidance`): 'cfg' —
+    the null condition is the empty caption's condition, encoded once (with precomputed embeddings and no evaluation
+    of prompts, `for_eval` or `eval.every`, the encoders are loaded for that alone and then dropped); 'embedded' —
+    every condition carries `diffusion.guidance_scale` as its guidance value and there is no null condition
+    (`cfg_scale` is 1)."""
 
     def __init__(self, cfg: RootConfig, teacher: Teacher, device: torch.device | str = "cpu", *, for_eval=False):
         spec = teacher.spec
-        self.kind, self.teacher, self.device = teacher.condition_kind, teacher, torch.device(device)
+        self.kind, self.teacher, self.spec, self.device = teacher.condition_kind, teacher, spec, torch.device(device)
         self.encoder = self.tokenizer = self.null = None
-        self.pooled_encoder = self.pooled_tokenizer = None
-        tec, pec = cfg.text_encoder, cfg.pooled_encoder
-        self.max_length, self.pooled_max_length, self.use_mask = tec.max_length, pec.max_length, spec.text_mask
+        self.pooled_encoder = self.pooled_tokenizer = self.pooled_encoder_2 = self.pooled_tokenizer_2 = None
+        tec, pec, pec2 = cfg.text_encoder, cfg.pooled_encoder, cfg.pooled_encoder_2
+        self.max_length, self.use_mask = tec.max_length, spec.text_mask
+        self.pooled_max_length, self.pooled_max_length_2 = pec.max_length, pec2.max_length
         self.cfg_scale = 1.0 if spec.guidance == "embedded" else float(cfg.diffusion.guidance_scale)
         self.guidance = embedded_guidance(cfg, teacher)
         self.needs_pooled = "clip" in spec.text_encoders
@@ -101,7 +105,7 @@ class Conditioner:
         keep = for_eval or cfg.eval.every is not None or not tec.use_precomputed
         if not keep and self.cfg_scale == 1:
             return
-        from ard_scale.models.text_encoder import build_clip, build_t5, load_clip, load_t5
+        from ard_scale.models.text_encoder import build_t5, load_t5
 
         self.encoder, self.tokenizer = load_t5(tec.path) if tec.path is not None else build_t5(tec.size)
         self.encoder.to(self.device)
@@ -111,13 +115,33 @@ class Conditioner:
                     f"a {teacher.family} teacher reads CLIP's pooled text embedding: set pooled_encoder.path (the "
                     "pipeline's text_encoder/ and tokenizer/) or pooled_encoder.size"
                 )
-            loaded = load_clip(pec.path) if pec.path is not None else build_clip(pec.size)
-            self.pooled_encoder, self.pooled_tokenizer = loaded
-            self.pooled_encoder.to(self.device)
+            self.pooled_encoder, self.pooled_tokenizer = self._clip(pec, "pooled_encoder", 0)
+        if "clip_2" in spec.text_encoders:
+            if pec2.path is None and pec2.size is None:
+                raise ValueError(
+                    f"a {teacher.family} teacher reads a second CLIP text encoder: set pooled_encoder_2.path (the "
+                    "pipeline's text_encoder_2/ and tokenizer_2/) or pooled_encoder_2.size"
+                )
+            self.pooled_encoder_2, self.pooled_tokenizer_2 = self._clip(pec2, "pooled_encoder_2", 1)
         if self.cfg_scale != 1:
             self.null = self._encode([""])
         if not keep:
             self.encoder = self.tokenizer = self.pooled_encoder = self.pooled_tokenizer = None
+            self.pooled_encoder_2 = self.pooled_tokenizer_2 = None
+
+    def _clip(self, section, key: str, seed: int):
+        """(encoder, tokenizer) of one CLIP slot: a folder (or the pipeline folder's text_encoder[_2]/ and
+        tokenizer[_2]/), or a named size (the second slot seeded apart from the first)."""
+        from ard_scale.models.text_encoder import build_clip, load_clip
+
+        projection = self.spec.clip_projection
+        if section.path is not None:
+            suffix = key[len("pooled_encoder") :]  # '' or '_2', as the pipeline folder numbers its encoders
+            subfolders = (f"text_encoder{suffix}", f"tokenizer{suffix}")
+            encoder, tokenizer = load_clip(section.path, projection=projection, subfolders=subfolders, key=key)
+        else:
+            encoder, tokenizer = build_clip(section.size, seed=seed, projection=projection, key=key)
+        return encoder.to(self.device), tokenizer
 
     def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
         """The batch's condition and null condition (None when guidance needs none), on the run's device."""
@@ -134,7 +158,8 @@ class Conditioner:
             labels = batch["labels"].long()
             check_labels(labels, batch.get("keys"), self.teacher.num_classes)
             return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
-        if "t5_emb" in batch and (not self.needs_pooled or "pooled_emb" in batch):
+        precomputed = self.spec.precomputed_text and "t5_emb" in batch
+        if precomputed and (not self.needs_pooled or "pooled_emb" in batch):
             text = batch["t5_emb"].float()
             mask = batch["t5_mask"] if self.use_mask else None
             pooled = batch["pooled_emb"].float() if self.needs_pooled else None
@@ -166,18 +191,24 @@ class Conditioner:
 
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> Condition:
-        """Captions -> their condition (text, mask where the family reads one, pooled where it needs one)."""
-        from ard_scale.models.text_encoder import encode_captions, encode_pooled
+        """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
+        from ard_scale.models.condition import EncodedText
+        from ard_scale.models.text_encoder import encode_captions, encode_clip
 
         text, mask = encode_captions(
             self.encoder, self.tokenizer, captions, max_length=self.max_length, use_mask=self.use_mask
         )
-        pooled = None
-        if self.needs_pooled:
-            pooled = encode_pooled(
+        encoded = {"t5": EncodedText(tokens=text, mask=mask)}
+        if self.pooled_encoder is not None:
+            encoded["clip"] = encode_clip(
                 self.pooled_encoder, self.pooled_tokenizer, captions, max_length=self.pooled_max_length
             )
-        return Condition(text=text, text_mask=mask, pooled=pooled, guidance=self._guidance(len(captions)))
+        if self.pooled_encoder_2 is not None:
+            encoded["clip_2"] = encode_clip(
+                self.pooled_encoder_2, self.pooled_tokenizer_2, captions, max_length=self.pooled_max_length_2
+            )
+        out = self.spec.assemble_condition(encoded)
+        return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))
 
 
 @dataclass

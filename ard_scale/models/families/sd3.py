@@ -260,6 +260,12 @@ class SD3Family(Family):
         """StableDiffusion3Pipeline.encode_prompt: CLIP-L ‖ CLIP-G penultimate hidden states (channels), zero-padded
         to T5's width, then the T5 tokens after them (sequence); pooled = CLIP-L ‖ CLIP-G projected embeddings."""
         t5, clip_l, clip_g = encoded["t5"], encoded["clip"], encoded["clip_2"]
+        if clip_l.tokens.shape[1] != clip_g.tokens.shape[1]:
+            raise ValueError(
+                f"SD3 concatenates CLIP-L's and CLIP-G's token embeddings channel-wise, but they have "
+                f"{clip_l.tokens.shape[1]} and {clip_g.tokens.shape[1]} tokens: set pooled_encoder.max_length and "
+                "pooled_encoder_2.max_length equal (StableDiffusion3Pipeline: 77 both)"
+            )
         clip = torch.cat([clip_l.tokens, clip_g.tokens], -1)
         if clip.shape[-1] > t5.tokens.shape[-1]:
             raise ValueError(
