@@ -44,4 +44,5 @@ def student_flops(family: str, size: str, cfg: ARDConfig, *, batch: int = 1, tex
         "train_forward_gflops": training / batch / 1e9,
         "teacher_gflops": one_step / batch / 1e9,
         "image_tokens": (side // teacher.patch_size) ** 2,
+        "text_tokens": None if cond.text is None else cond.text.shape[1],  # SD3: its 77 CLIP tokens included
     }
