@@ -115,3 +115,12 @@ def test_precompute_text_for_flux_writes_unmasked_t5_and_the_pooled_clip_embeddi
     assert torch.allclose(batch["t5_emb"], emb, atol=2e-3) and not torch.allclose(batch["t5_emb"], masked, atol=2e-3)
     pooled = encode_pooled(clip, clip_tokenizer, batch["captions"], max_length=16)
     assert batch["pooled_emb"].shape == (3, 16) and torch.allclose(batch["pooled_emb"], pooled, atol=2e-3)
+
+
+def test_precompute_text_refuses_a_family_whose_condition_it_cannot_write(tmp_path, tiny_t5, capsys):
+    """SD3 conditions on CLIP token embeddings too, which the launcher does not write: an error, not partial shards."""
+    with pytest.raises(SystemExit):
+        load_launcher("precompute_text").main([str(tmp_path / "shards"), str(tmp_path / "out"), "--t5", tiny_t5,
+                                               "--family", "sd3", "--pooled-encoder", str(tmp_path)])  # fmt: skip
+    assert "--family sd3 conditions on more than T5 tokens" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
