@@ -11,6 +11,7 @@
     scheduler/                the teacher's noise schedule as a diffusers scheduler config (for reference and tools)
     text_encoder/             T5 and its tokenizer (text-to-image families)
     pooled_text_encoder/      CLIP's text tower and tokenizer (families that read a pooled embedding, FLUX.1)
+    pooled_text_encoder_2/    the second CLIP tower and tokenizer (families that read two, SD3's CLIP-G)
     vae/                      the AutoencoderKL (latent-space teachers)
     recipe.yaml               the training recipe, its encoder and VAE paths pointing at the folders above
 
@@ -107,6 +108,13 @@ def export_pipeline(
         )  # fmt: skip
         recipe["pooled_encoder"].update(path="pooled_text_encoder", size=None)
         components["pooled_text_encoder"] = ["transformers", type(conditioner.pooled_encoder).__name__]
+    if conditioner.pooled_encoder_2 is not None:  # SD3's CLIP-G
+        _save_or_link(
+            conditioner.pooled_encoder_2, conditioner.pooled_tokenizer_2, cfg.pooled_encoder_2.path,
+            out_dir / "pooled_text_encoder_2", link,
+        )  # fmt: skip
+        recipe["pooled_encoder_2"].update(path="pooled_text_encoder_2", size=None)
+        components["pooled_text_encoder_2"] = ["transformers", type(conditioner.pooled_encoder_2).__name__]
     codec = build_codec_for(cfg, teacher)
     if isinstance(codec, LatentCodec):
         vae_source = None if cfg.vae.path is None else _vae_source(cfg.vae.path)
@@ -168,7 +176,13 @@ class ARDPipeline:
             )
         index = json.loads(index_file.read_text(encoding="utf-8"))
         overrides = [f"teacher.path={folder / 'transformer'}"]
-        for key, sub in (("text_encoder", "text_encoder"), ("pooled_encoder", "pooled_text_encoder"), ("vae", "vae")):
+        parts = (
+            ("text_encoder", "text_encoder"),
+            ("pooled_encoder", "pooled_text_encoder"),
+            ("pooled_encoder_2", "pooled_text_encoder_2"),
+            ("vae", "vae"),
+        )
+        for key, sub in parts:
             if (folder / sub).exists():
                 overrides.append(f"{key}.path={folder / sub}")
         cfg = load_config(folder / RECIPE, overrides)

@@ -37,6 +37,7 @@ def missing_paths(cfg) -> list[str]:
     need("teacher.path", cfg.teacher.path, "a local diffusers model or pipeline folder")
     need("text_encoder.path", cfg.text_encoder.path, "the T5 encoder and its tokenizer")
     need("pooled_encoder.path", cfg.pooled_encoder.path, "the CLIP text encoder and its tokenizer")
+    need("pooled_encoder_2.path", cfg.pooled_encoder_2.path, "the second CLIP text encoder and its tokenizer")
     need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder")
     if cfg.train.trajectory_source != "offline" or cfg.gan.enabled:
         need("data.path", cfg.data.path, "built image shards: launchers/build_shards.py")

@@ -72,3 +72,24 @@ def test_sd3_export_samples_as_the_checkpoint_student(runs, tmp_path):
     # trained: the student no longer samples as its initialisation (the teacher's weights) does
     init = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size)).eval()
     assert (init.sample(noise, cond) - x).abs().max() > 1e-4
+
+
+def test_sd3_pipeline_from_a_prompt_equals_the_checkpoint_student(runs, tmp_path):
+    """The exported pipeline folder carries both CLIP towers and T5, and a prompt samples as the checkpoint does."""
+    from ard_scale.pipeline import ARDPipeline, export_pipeline
+
+    cfg = load_config(RECIPE, [f"checkpoint.run_dir={runs['full']}", *REPLAY])
+    folder = export_pipeline(runs["full"], tmp_path / "pipe", use_ema=False)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert {"text_encoder", "pooled_text_encoder", "pooled_text_encoder_2", "vae", "scheduler"} <= index.keys()
+    assert index["pooled_text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
+    assert index["ard"]["guidance"] == "cfg" and index["ard"]["guidance_scale"] == 4.5
+    pipe = ARDPipeline.from_pretrained(folder)
+
+    teacher = build_teacher_model(cfg)
+    reference = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size)).eval()
+    reference.load_state_dict(student_state_dict(runs["full"], use_ema=False)[0], strict=True)
+    cond, _ = Conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    out = pipe("a handwritten digit two", latents=noise, output_type="pt")
+    torch.testing.assert_close(out.latents, reference.sample(noise, cond), rtol=1e-5, atol=1e-6)

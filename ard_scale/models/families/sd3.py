@@ -201,7 +201,8 @@ class SD3Family(Family):
         for i, block in enumerate(model.transformer_blocks):
             for name, attn in _attentions(block):
                 proc = type(attn.processor).__name__
-                if not isinstance(attn.processor, JointAttnProcessor2_0):
+                # a student's backbone (wrapped as a Teacher by exports) runs ours, 'grouped' outside the student
+                if not isinstance(attn.processor, (JointAttnProcessor2_0, ARDSD3AttnProcessor)):
                     problems.append(f"transformer_blocks.{i}.{name} runs {proc} (supported: JointAttnProcessor2_0)")
                 if getattr(attn, "fused_projections", False):
                     problems.append(f"transformer_blocks.{i}.{name} has fused qkv projections (unfuse them)")
