@@ -135,7 +135,7 @@ class SD3Family(Family):
     joint_attention = True
     guidance = "cfg"
     text_mask = False
-    description = "Stable Diffusion 3/3.5 flow-matching MMDiT (CLIP-L + CLIG-G + T5 tokens, pooled CLIP, CFG)"
+    description = "Stable Diffusion 3/3.5 flow-matching MMDiT (CLIP-L + CLIP-G + T5 tokens, pooled CLIP, CFG)"
     default_sizes = {1024: "sd35_large"}
     sizes = {
         # 4 latent channels, 4 joint blocks (the lowest 2 dual-attention, the last context_pre_only), qk RMS-norm;
