@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -268,7 +269,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default 1: fastest for debug-size models)")
     parser.add_argument("--sample-steps", type=int, default=24, help="DDIM/Euler steps for the sample grid")
     parser.add_argument("--guidance", type=float, default=1.5, help="guidance scale for the sample grid")
     args = parser.parse_args(argv)
@@ -281,8 +282,13 @@ def main(argv=None) -> dict:
     if args.text_encoder is not None and (kind != "text" or data_path is None):
         warnings.warn("--text-encoder is ignored: it encodes the shard captions of a pixart teacher", stacklevel=1)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or 1
+    torch.set_num_threads(threads)
+    print(
+        f"fit_teacher: {threads} CPU thread(s)"
+        + ("" if args.threads else " (debug-size models run fastest on one; --threads N for more)"),
+        flush=True,
+    )
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     overrides = {}
@@ -315,8 +321,7 @@ def main(argv=None) -> dict:
         out_channels=2 * args.channels,
         sample_size=args.resolution,
         num_layers=args.layers,
-        num_attention_heads=max(1, args.width // 32),
-        attention_head_dim=min(32, args.width),
+        **get_family(family).width_overrides(args.width),
     )
     overrides.update(get_family(family).size_overrides(args.num_classes if data_path is not None else NUM_CLASSES))
     teacher = build_teacher(family, size, seed=args.seed, **overrides)
@@ -328,7 +333,8 @@ def main(argv=None) -> dict:
     opt = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=0.0)
 
     losses, t0 = [], time.perf_counter()
-    for step in range(args.steps):
+    bar = tqdm(range(args.steps), desc="fit_teacher", unit="step", mininterval=2.0, file=sys.stderr)
+    for step in bar:
         x0, cond = next_batch()
         lr = args.lr * min(1.0, (step + 1) / 100)  # linear warm-up
         for group in opt.param_groups:
@@ -342,9 +348,8 @@ def main(argv=None) -> dict:
             for p_ema, p in zip(ema.parameters(), teacher.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - args.ema)
         losses.append(loss.item())
-        if step % 250 == 0 or step == args.steps - 1:
-            recent = sum(losses[-250:]) / len(losses[-250:])
-            print(f"step {step:5d}  loss {recent:.4f}  {time.perf_counter() - t0:6.1f}s", flush=True)
+        if step % 25 == 0 or step == args.steps - 1:
+            bar.set_postfix(loss=f"{sum(losses[-250:]) / len(losses[-250:]):.4f}")
     train_s = time.perf_counter() - t0
 
     per_class = 8

@@ -59,6 +59,12 @@ class Family:
         return {}
 
     @classmethod
+    def width_overrides(cls, width: int) -> dict:
+        """Keyword overrides of the diffusers class for a transformer `width` wide (heads of 32), e.g. for
+        launchers/fit_teacher.py; a family whose other widths must match (PixArt's cross-attention) adds them."""
+        return {"num_attention_heads": max(1, width // 32), "attention_head_dim": min(32, width)}
+
+    @classmethod
     def check_model(cls, model: nn.Module) -> None:
         """Raise for a model of this class that the family does not support (with the reason and the fix)."""
 

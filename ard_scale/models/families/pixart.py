@@ -68,6 +68,11 @@ class PixArtFamily(AdaLNFamily):
     }
 
     @classmethod
+    def width_overrides(cls, width):
+        out = super().width_overrides(width)  # cross-attention projects captions to the blocks' own width
+        return {**out, "cross_attention_dim": out["num_attention_heads"] * out["attention_head_dim"]}
+
+    @classmethod
     def check_model(cls, model):
         if model.config.use_additional_conditions:
             raise ValueError(

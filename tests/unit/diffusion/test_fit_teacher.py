@@ -167,3 +167,18 @@ def test_fit_on_shards_without_the_family_condition_is_an_error(tmp_path, tiny_t
     wds = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset", "--steps", "1"]
     with pytest.raises(ValueError, match="no T5 embeddings"):
         fit.main([*wds, "--family", "pixart", "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("family", ["dit", "pixart"])
+def test_fit_teacher_defaults_work_for_every_family(tmp_path, family, capsys):
+    """Only --out, --family and a short run: the default width (64) meets the family's other widths (PixArt's
+    cross-attention followed it; it crashed inside diffusers at 32), and the thread choice is said."""
+    argv = ["--out", str(tmp_path / "t"), "--family", family, "--steps", "2", "--sample-steps", "2"]
+    result = _fit_teacher().main(argv)
+    assert result["family"] == family
+    teacher = load_teacher(tmp_path / "t")
+    c = teacher.config
+    assert c.num_attention_heads * c.attention_head_dim == 64
+    if family == "pixart":
+        assert c.cross_attention_dim == 64
+    assert "1 CPU thread(s)" in capsys.readouterr().out
