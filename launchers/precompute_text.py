@@ -3,6 +3,10 @@
     python launchers/precompute_text.py SHARDS OUT_DIR --t5 /models/t5-v1_1-xxl [--format mds] [--max-length 120]
     python launchers/precompute_text.py SHARDS OUT_DIR --family flux --t5 /models/flux.1-dev/text_encoder_2 \\
         --pooled-encoder /models/flux.1-dev --max-length 512
+    python launchers/precompute_text.py SHARDS OUT_DIR --recipe recipes/flux_1024.yaml   # family, encoders, lengths
+
+--recipe supplies every option it names (teacher.family, text_encoder.path / max_length, pooled_encoder.path /
+max_length); options given on the command line win.
 
 Reads a built shard set (webdataset or MDS) in storage order and writes MDS shards with its columns plus
 t5_emb (max_length, D) float16 and t5_mask (max_length,) uint8, and with --pooled-encoder pooled_emb (D_pool,)
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from itertools import islice
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -38,20 +43,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("shards", help="a built shard set (folder)")
     parser.add_argument("out_dir")
-    parser.add_argument("--t5", required=True, help="local folder with the T5 encoder and tokenizer")
+    parser.add_argument("--recipe", type=Path, help="a recipe supplying the defaults below")
+    parser.add_argument("--t5", help="local folder with the T5 encoder and tokenizer")
     text_families = [n for n, f in FAMILIES.items() if f.condition_kind == "text"]
-    parser.add_argument("--family", choices=text_families, default="pixart", help="the teacher family (default pixart)")
+    parser.add_argument("--family", choices=text_families, help="the teacher family (default pixart)")
     parser.add_argument(
         "--pooled-encoder", default=None, help="CLIP text encoder folder (or pipeline folder) for pooled_emb"
     )
-    parser.add_argument("--pooled-max-length", type=int, default=77, help="CLIP tokens per caption")
+    parser.add_argument("--pooled-max-length", type=int, help="CLIP tokens per caption (default 77)")
     parser.add_argument("--format", choices=["webdataset", "mds"], default="mds", help="format of SHARDS")
-    parser.add_argument("--max-length", type=int, default=120, help="tokens per caption (PixArt-Σ uses 300)")
+    parser.add_argument("--max-length", type=int, help="T5 tokens per caption (default 120; PixArt-Σ uses 300)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=256 << 20, help="bytes per output shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    defaults = {"family": "pixart", "max_length": 120, "pooled_max_length": 77}
+    if args.recipe is not None:
+        from ard_scale.config import ConfigError, load_config
 
+        try:
+            cfg = load_config(args.recipe)
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
+        defaults.update(
+            family=cfg.teacher.family, t5=cfg.text_encoder.path, max_length=cfg.text_encoder.max_length,
+            pooled_encoder=cfg.pooled_encoder.path, pooled_max_length=cfg.pooled_encoder.max_length,
+        )  # fmt: skip
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.t5 is None:
+        parser.error("give --t5 FOLDER (or a --recipe with text_encoder.path)")
     family = get_family(args.family)
     if not family.precomputed_text:
         parser.error(

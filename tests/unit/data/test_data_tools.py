@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,25 @@ def test_precompute_text_refuses_a_family_whose_condition_it_cannot_write(tmp_pa
                                                "--family", "sd3", "--pooled-encoder", str(tmp_path)])  # fmt: skip
     assert "--family sd3 conditions on more than T5 tokens" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_precompute_text_takes_family_encoders_and_lengths_from_a_recipe(tmp_path, tiny_t5, mds_env):
+    from ard_scale.models.text_encoder import build_clip
+
+    clip, clip_tokenizer = build_clip("debug")
+    clip.save_pretrained(tmp_path / "clip")
+    clip_tokenizer.save_pretrained(tmp_path / "clip")
+    recipe = tmp_path / "recipe.yaml"
+    text = (Path("recipes/tiny_flux_cpu.yaml")).read_text()
+    text = text.replace(
+        "text_encoder:\n  size: debug\n  max_length: 8", f"text_encoder:\n  path: {tiny_t5}\n  max_length: 12"
+    )
+    text = text.replace("pooled_encoder:\n  size: debug", f"pooled_encoder:\n  path: {tmp_path / 'clip'}")
+    recipe.write_text(text)
+    make_image_folder(str(tmp_path / "img"), 2)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "webdataset"])
+    load_launcher("precompute_text").main([str(tmp_path / "built" / "webdataset"), str(tmp_path / "out"),
+                                           "--recipe", str(recipe), "--format", "webdataset"])  # fmt: skip
+    (batch,) = read("mds", tmp_path / "out")
+    assert batch["t5_emb"].shape == (2, 12, 16)  # the recipe's max_length, its T5 folder
+    assert batch["pooled_emb"].shape == (2, 16) and bool((batch["t5_mask"] == 1).all())  # flux: pooled, no mask

@@ -1,0 +1,54 @@
+"""Debug-size model folders for walking the text-to-image path without downloading weights.
+
+    python -m ard_scale.assets DIR [--seed 0]
+
+Writes DIR/t5 (a tiny T5 encoder + byte-level tokenizer), DIR/clip (a tiny CLIP text tower + tokenizer), DIR/vae
+(the debug AutoencoderKL: 32 px images <-> 4×8×8 latents) and DIR/pixart, DIR/flux (random debug teachers, diffusers
+folders), each loadable by the recipe keys that take a path: text_encoder.path, pooled_encoder.path, vae.path,
+teacher.path. They are the same architectures as the recipes' `size: debug`, saved, so every path-based step
+(precompute_text.py, dump_trajectories.py, export) can be tried on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def write_debug_assets(out: str | Path, *, seed: int = 0) -> dict[str, Path]:
+    """The folders named in the module docstring; returns {name: folder}."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from ard_scale.models.teachers import build_teacher
+    from ard_scale.models.text_encoder import build_clip, build_t5
+    from ard_scale.models.vae import SIZES as VAE_SIZES
+
+    out = Path(out)
+    folders = {name: out / name for name in ("t5", "clip", "vae", "pixart", "flux")}
+    for name, build in (("t5", build_t5), ("clip", build_clip)):
+        model, tokenizer = build("debug", seed=seed)
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    torch.manual_seed(seed)
+    AutoencoderKL(**VAE_SIZES["debug"]).save_pretrained(folders["vae"])
+    for family in ("pixart", "flux"):
+        build_teacher(family, "debug", seed=seed).model.save_pretrained(folders[family])
+    return folders
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(
+        prog="python -m ard_scale.assets", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
+    parser.add_argument("out", type=Path, help="folder to write the debug models into")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    folders = write_debug_assets(args.out, seed=args.seed)
+    for name, folder in folders.items():
+        print(f"{name:7s} {folder}")
+    return folders
+
+
+if __name__ == "__main__":
+    main()
