@@ -12,7 +12,6 @@ from ard_scale.checkpoint.export import load_student_weights
 from ard_scale.config import RootConfig
 from ard_scale.data import DataConfig as ReaderConfig
 from ard_scale.data import build_loader
-from ard_scale.data.trajectories import trajectory_loader
 from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
 from ard_scale.distributed.engines import (
     build_frozen_engine,
@@ -313,6 +312,8 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     names = {f.name for f in dataclasses.fields(ReaderConfig)}
     reader_cfg = ReaderConfig(**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names})
     if tr.trajectory_source == "offline":
+        from ard_scale.data.trajectories import trajectory_loader  # mosaicml-streaming: only offline runs import it
+
         reader_cfg = dataclasses.replace(reader_cfg, format="mds", path=cfg.data.trajectory_path)
         loader = trajectory_loader(reader_cfg, rank=rank, world_size=world_size)
         check_offline_dump(
