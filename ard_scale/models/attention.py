@@ -100,3 +100,38 @@ def cached_attention(attn: nn.Module, x_B1LD: torch.Tensor, *, cache: KVCache, v
     keys = torch.cat([cache.keys[i] for i in visible], dim=2)
     values = torch.cat([cache.values[i] for i in visible], dim=2)
     return project_out(attn, F.scaled_dot_product_attention(q, keys, values))[:, None]
+
+
+class AttentionPlan:
+    """What the installed processors of a joint-attention family (FLUX, SD3) do in the current forward, set by the
+    student before it runs the blocks; `attend` is their attention over (B·G, H, L, d) queries/keys/values.
+
+    mode 'grouped': each of the B·G sequences attends to itself (the teacher's attention).
+    mode 'masked':  sequences are G groups per sample; group g sees the groups `mask_GG[g]` allows.
+    mode 'cached':  one new group per sample; it appends its keys/values to its layer's cache (under `key`) and
+                    attends to the cached groups listed in `visible` (indices 0..g, g included)."""
+
+    def __init__(self):
+        self.mode, self.groups, self.mask_GG, self.visible = "grouped", 1, None, None
+        self.caches: dict = {}
+
+    def attend(self, key, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.mode == "grouped":
+            return F.scaled_dot_product_attention(q, k, v)
+        if self.mode == "masked":
+            BG, H, L, d = q.shape
+            G = self.groups
+            B = BG // G
+
+            def fold(t):  # (B·G, H, L, d) -> (B, H, G·L, d)
+                return t.view(B, G, H, L, d).transpose(1, 2).reshape(B, H, G * L, d)
+
+            mask = token_mask(self.mask_GG.to(q.device), L)
+            o = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=mask)
+            return o.view(B, H, G, L, d).transpose(1, 2).reshape(BG, H, L, d)
+        keys, values = self.caches.setdefault(key, ([], []))
+        keys.append(k)
+        values.append(v)
+        ks = torch.cat([keys[i] for i in self.visible], dim=2)
+        vs = torch.cat([values[i] for i in self.visible], dim=2)
+        return F.scaled_dot_product_attention(q, ks, vs)

@@ -24,13 +24,12 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ard_scale.models.attention import token_mask
+from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.condition import Condition
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
@@ -74,19 +73,6 @@ class FluxHead(nn.Module):
         return self.proj_out(self.norm_out(x_BLD, temb_BD))
 
 
-class AttentionPlan:
-    """What the installed processors do in the current forward (set by the student before it runs the blocks).
-
-    mode 'grouped': each of the B·G sequences attends to itself (the teacher's attention).
-    mode 'masked':  sequences are G groups per sample; group g sees the groups `mask_GG[g]` allows.
-    mode 'cached':  one new group per sample; it appends its keys/values to its layer's cache and attends to the
-                    cached groups listed in `visible` (indices 0..g, g included)."""
-
-    def __init__(self):
-        self.mode, self.groups, self.mask_GG, self.visible = "grouped", 1, None, None
-        self.caches: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-
-
 class ARDJointAttnProcessor:
     """FluxAttnProcessor's computation (projections, qk RMS-norms, text+image concatenation, RoPE) with the
     attention itself taken from the student's `AttentionPlan`. Holds no parameters."""
@@ -116,26 +102,7 @@ class ARDJointAttnProcessor:
         return attn.to_out[1](attn.to_out[0](image.contiguous())), attn.to_add_out(text.contiguous())
 
     def _attend(self, q, k, v):
-        plan = self.plan
-        if plan.mode == "grouped":
-            return F.scaled_dot_product_attention(q, k, v)
-        if plan.mode == "masked":
-            BG, H, L, d = q.shape
-            G = plan.groups
-            B = BG // G
-
-            def fold(t):  # (B·G, H, L, d) -> (B, H, G·L, d)
-                return t.view(B, G, H, L, d).transpose(1, 2).reshape(B, H, G * L, d)
-
-            mask = token_mask(plan.mask_GG.to(q.device), L)
-            o = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=mask)
-            return o.view(B, H, G, L, d).transpose(1, 2).reshape(BG, H, L, d)
-        keys, values = plan.caches.setdefault(self.layer, ([], []))
-        keys.append(k)
-        values.append(v)
-        ks = torch.cat([keys[i] for i in plan.visible], dim=2)
-        vs = torch.cat([values[i] for i in plan.visible], dim=2)
-        return F.scaled_dot_product_attention(q, ks, vs)
+        return self.plan.attend(self.layer, q, k, v)
 
 
 def _blocks(model) -> list[nn.Module]:

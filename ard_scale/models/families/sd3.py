@@ -35,11 +35,10 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ard_scale.models.attention import token_mask
+from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.condition import Condition, EncodedText
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
-from ard_scale.models.families.flux import AttentionPlan
 
 
 class SD3Head(nn.Module):
@@ -96,26 +95,7 @@ class ARDSD3AttnProcessor:
         return image, text
 
     def _attend(self, q, k, v):
-        plan = self.plan
-        if plan.mode == "grouped":
-            return F.scaled_dot_product_attention(q, k, v)
-        if plan.mode == "masked":
-            BG, H, L, d = q.shape
-            G = plan.groups
-            B = BG // G
-
-            def fold(t):  # (B·G, H, L, d) -> (B, H, G·L, d)
-                return t.view(B, G, H, L, d).transpose(1, 2).reshape(B, H, G * L, d)
-
-            mask = token_mask(plan.mask_GG.to(q.device), L)
-            o = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=mask)
-            return o.view(B, H, G, L, d).transpose(1, 2).reshape(BG, H, L, d)
-        keys, values = plan.caches.setdefault(self.key, ([], []))
-        keys.append(k)
-        values.append(v)
-        ks = torch.cat([keys[i] for i in plan.visible], dim=2)
-        vs = torch.cat([values[i] for i in plan.visible], dim=2)
-        return F.scaled_dot_product_attention(q, ks, vs)
+        return self.plan.attend(self.key, q, k, v)
 
 
 def _attentions(block) -> list[tuple[str, nn.Module]]:
