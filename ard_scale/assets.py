@@ -3,10 +3,10 @@
     python -m ard_scale.assets DIR [--seed 0]
 
 Writes DIR/t5 (a tiny T5 encoder + byte-level tokenizer), DIR/clip (a tiny CLIP text tower + tokenizer), DIR/vae
-(the debug AutoencoderKL: 32 px images <-> 4×8×8 latents) and DIR/pixart, DIR/flux (random debug teachers, diffusers
-folders), each loadable by the recipe keys that take a path: text_encoder.path, pooled_encoder.path, vae.path,
-teacher.path. They are the same architectures as the recipes' `size: debug`, saved, so every path-based step
-(precompute_text.py, dump_trajectories.py, export) can be tried on a laptop.
+(the debug AutoencoderKL: 32 px images <-> 4×8×8 latents) and DIR/<family> for every text-to-image family (random
+debug teachers as diffusers folders: pixart, flux, …), each loadable by the recipe keys that take a path:
+text_encoder.path, pooled_encoder.path, vae.path, teacher.path. They are the recipes' `size: debug` architectures,
+saved, so every path-based step (precompute_text.py, dump_trajectories.py, export) can be tried on a laptop.
 """
 
 from __future__ import annotations
@@ -20,19 +20,21 @@ def write_debug_assets(out: str | Path, *, seed: int = 0) -> dict[str, Path]:
     import torch
     from diffusers import AutoencoderKL
 
+    from ard_scale.models.families import FAMILIES
     from ard_scale.models.teachers import build_teacher
     from ard_scale.models.text_encoder import build_clip, build_t5
     from ard_scale.models.vae import SIZES as VAE_SIZES
 
     out = Path(out)
-    folders = {name: out / name for name in ("t5", "clip", "vae", "pixart", "flux")}
+    families = [name for name, family in FAMILIES.items() if family.condition_kind == "text"]
+    folders = {name: out / name for name in ("t5", "clip", "vae", *families)}
     for name, build in (("t5", build_t5), ("clip", build_clip)):
         model, tokenizer = build("debug", seed=seed)
         model.save_pretrained(folders[name])
         tokenizer.save_pretrained(folders[name])
     torch.manual_seed(seed)
     AutoencoderKL(**VAE_SIZES["debug"]).save_pretrained(folders["vae"])
-    for family in ("pixart", "flux"):
+    for family in families:
         build_teacher(family, "debug", seed=seed).model.save_pretrained(folders[family])
     return folders
 

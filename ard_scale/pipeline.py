@@ -40,6 +40,12 @@ from ard_scale.models.vae import LatentCodec
 from ard_scale.trainer.build import Conditioner, build_codec_for
 
 MODEL_INDEX = "model_index.json"
+# (recipe section, pipeline subfolder, Conditioner attribute; its tokenizer is the same name with "tokenizer")
+ENCODER_FOLDERS = (
+    ("text_encoder", "text_encoder", "encoder"),
+    ("pooled_encoder", "pooled_text_encoder", "pooled_encoder"),
+    ("pooled_encoder_2", "pooled_text_encoder_2", "pooled_encoder_2"),  # SD3's CLIP-G
+)
 RECIPE = "recipe.yaml"
 FORMAT_VERSION = 1
 
@@ -97,24 +103,15 @@ def export_pipeline(
     recipe = to_dict(cfg)
     components = {"transformer": ["ard_scale", "ARDStudent"]}
     conditioner = Conditioner(cfg, teacher, for_eval=True)
-    if conditioner.encoder is not None:
-        _save_or_link(conditioner.encoder, conditioner.tokenizer, cfg.text_encoder.path, out_dir / "text_encoder", link)
-        recipe["text_encoder"].update(path="text_encoder", size=None, use_precomputed=False)
-        components["text_encoder"] = ["transformers", type(conditioner.encoder).__name__]
-    if conditioner.pooled_encoder is not None:
-        _save_or_link(
-            conditioner.pooled_encoder, conditioner.pooled_tokenizer, cfg.pooled_encoder.path,
-            out_dir / "pooled_text_encoder", link,
-        )  # fmt: skip
-        recipe["pooled_encoder"].update(path="pooled_text_encoder", size=None)
-        components["pooled_text_encoder"] = ["transformers", type(conditioner.pooled_encoder).__name__]
-    if conditioner.pooled_encoder_2 is not None:  # SD3's CLIP-G
-        _save_or_link(
-            conditioner.pooled_encoder_2, conditioner.pooled_tokenizer_2, cfg.pooled_encoder_2.path,
-            out_dir / "pooled_text_encoder_2", link,
-        )  # fmt: skip
-        recipe["pooled_encoder_2"].update(path="pooled_text_encoder_2", size=None)
-        components["pooled_text_encoder_2"] = ["transformers", type(conditioner.pooled_encoder_2).__name__]
+    for section, folder, attr in ENCODER_FOLDERS:
+        encoder = getattr(conditioner, attr)
+        if encoder is None:
+            continue
+        tokenizer = getattr(conditioner, attr.replace("encoder", "tokenizer"))
+        _save_or_link(encoder, tokenizer, getattr(cfg, section).path, out_dir / folder, link)
+        recipe[section].update(path=folder, size=None)
+        components[folder] = ["transformers", type(encoder).__name__]
+    recipe["text_encoder"]["use_precomputed"] = False
     codec = build_codec_for(cfg, teacher)
     if isinstance(codec, LatentCodec):
         vae_source = None if cfg.vae.path is None else _vae_source(cfg.vae.path)
@@ -176,13 +173,7 @@ class ARDPipeline:
             )
         index = json.loads(index_file.read_text(encoding="utf-8"))
         overrides = [f"teacher.path={folder / 'transformer'}"]
-        parts = (
-            ("text_encoder", "text_encoder"),
-            ("pooled_encoder", "pooled_text_encoder"),
-            ("pooled_encoder_2", "pooled_text_encoder_2"),
-            ("vae", "vae"),
-        )
-        for key, sub in parts:
+        for key, sub in [*((section, sub) for section, sub, _ in ENCODER_FOLDERS), ("vae", "vae")]:
             if (folder / sub).exists():
                 overrides.append(f"{key}.path={folder / sub}")
         cfg = load_config(folder / RECIPE, overrides)
