@@ -124,6 +124,35 @@ def student_architecture(module: torch.nn.Module) -> dict | None:
     }
 
 
+def _lora_layout(arch: dict | None) -> dict:
+    """The LoRA settings that decide a student's trainable state (share_teacher does not: it moves memory only)."""
+    lora = dict(((arch or {}).get("ard") or {}).get("lora") or {"rank": 0})
+    lora.pop("share_teacher", None)
+    return lora if lora.get("rank", 0) > 0 else {"rank": 0}
+
+
+def check_student_kind(saved: dict | None, module: torch.nn.Module, where: Path | str) -> None:
+    """Raise unless the student of a checkpoint (its meta's `student`) has the trainable state `module` has: a LoRA
+    checkpoint is refused for a full student and vice versa, and so are other adapter settings."""
+    ours = student_architecture(module)
+    if saved is None or ours is None:
+        return
+    theirs, mine = _lora_layout(saved), _lora_layout(ours)
+    if theirs == mine:
+        return
+
+    def kind(lora):
+        settings = ", ".join(f"{k}={v!r}" for k, v in lora.items())
+        return f"a LoRA student ({settings})" if lora["rank"] else "a full student"
+
+    keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+    raise ValueError(
+        f"checkpoint {where} holds {kind(theirs)}, but this recipe builds {kind(mine)}; differing student.lora keys: "
+        f"{', '.join(keys)}. Use the recipe's student.lora settings of that run (see its config.yaml), or start a "
+        "new run in another checkpoint.run_dir"
+    )
+
+
 def schedule_to_dict(schedule) -> dict:
     from dataclasses import asdict
 
@@ -216,7 +245,10 @@ class CheckpointManager:
         _barrier()
 
         client = {**client_state, "ard_step": step, "ard_config_hash": self.config_hash, "ard_world_size": world}
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
+        # Trainable state only: a LoRA student's frozen base (the teacher's weights) is rebuilt from the recipe.
+        engine.save_checkpoint(
+            str(self.dir), tag=tag, client_state=client, save_latest=False, exclude_frozen_parameters=True
+        )
         self._write_rank_state(tag_dir, rank, rank_state)
         _barrier()  # every rank's files are on disk (each fsynced its own)
         digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
@@ -357,6 +389,7 @@ class CheckpointManager:
                     "(ard_scale.checkpoint.to_universal) and build the engine with "
                     "CheckpointManager.resume_ds_config(ds_config), which sets checkpoint.load_universal=true"
                 )
+        check_student_kind(meta.get("student"), engine.module, self.dir / tag)
         load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {self.dir / load_tag}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ard_scale.config.loader import Range
@@ -11,6 +11,48 @@ MaskKind = Literal["diagonal", "window", "first", "causal"]
 MASK_KINDS: tuple[str, ...] = ("diagonal", "window", "first", "causal")
 OutputKind = Literal["solver", "direct"]
 OUTPUT_KINDS: tuple[str, ...] = ("solver", "direct")
+
+
+@dataclass(kw_only=True)
+class LoRAConfig:
+    """A LoRA student (`rank` > 0): the backbone's base weights stay the teacher's, frozen; low-rank adapters on the
+    target projections, the S heads (and any `train_also` parameters) train. With `share_teacher` the student and the
+    teacher hold one copy of the base weights (ard_scale/models/lora.py)."""
+
+    rank: int = 0
+    """r of every adapter; 0 = no LoRA (the full student: every backbone weight trains)."""
+    alpha: float | None = None
+    """Adapter scale numerator (scale = alpha / rank); null = rank (scale 1)."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input (training only)."""
+    targets: list[str] | None = None
+    """Module-name suffixes inside the transformer blocks that get adapters (e.g. attn.to_q, ff.net.2); null = the
+    family's default (its attention and MLP projections)."""
+    train_also: list[str] = field(default_factory=list)
+    """Backbone parameter-name substrings that train in full as well (e.g. 'norm' for norms and modulation)."""
+    share_teacher: bool = True
+    """One copy of the base weights serves teacher and student (the teacher runs them without the adapters, as its
+    own diffusers module); false = a separate teacher copy (same numbers, more memory)."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {"rank": Range(0, 65536), "dropout": Range(0, 1, hi_open=True)}
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha if self.alpha is not None else self.rank) / max(self.rank, 1)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.rank < 0:
+            out.append(f"lora.rank: must be >= 0 (0 = no LoRA), got {self.rank}")
+        if not 0 <= self.dropout < 1:
+            out.append(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if self.targets is not None and not self.targets:
+            out.append("lora.targets: an empty list adapts nothing; give module-name suffixes or null for the default")
+        return out
 
 
 @dataclass(kw_only=True)
@@ -31,6 +73,8 @@ class ARDConfig:
     output: OutputKind = "solver"
     """'solver': heads predict the teacher's native target and the next state is one DDIM/Euler step;
     'direct': heads output the next state itself."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """A LoRA student sharing the teacher's frozen weights (rank 0 = off; see LoRAConfig)."""
 
     # read by the recipe loader (problems() below also serves models built from code)
     BOUNDS: ClassVar[dict[str, Range]] = {
@@ -39,9 +83,13 @@ class ARDConfig:
         "window": Range(1, 1000),
     }
 
+    def __post_init__(self):
+        if isinstance(self.lora, dict):  # from an export's ard_config.json
+            self.lora = LoRAConfig(**self.lora)
+
     def problems(self) -> list[str]:
         """Every inconsistency in this section, as 'key: what is wrong (valid choices)' lines."""
-        out = []
+        out = list(self.lora.problems())
         if self.num_steps < 1:
             out.append(f"num_steps: must be >= 1, got {self.num_steps}")
         if self.num_causal_layers < 0:

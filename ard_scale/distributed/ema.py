@@ -42,8 +42,9 @@ class ZeroEMA:
         self.module = _unwrap(module)
         self.decay = float(decay)
         self.num_updates = 0
-        # Parameters by their first name (shared parameters appear once), in module order.
-        self.params: dict[str, nn.Parameter] = dict(self.module.named_parameters())
+        # Trainable parameters by their first name (shared parameters appear once), in module order; frozen ones
+        # (a LoRA student's base weights) never change, so they are not averaged.
+        self.params: dict[str, nn.Parameter] = {n: p for n, p in self.module.named_parameters() if p.requires_grad}
         self.zero3 = any(_is_zero3(p) for p in self.params.values())
         if self.zero3 and not all(_is_zero3(p) for p in self.params.values()):
             raise ValueError("the module mixes ZeRO-3 partitioned and plain parameters; wrap all of it in one engine")

@@ -107,9 +107,11 @@ def build_frozen_engine(module: torch.nn.Module, config: dict):
 
 
 def gather_once(engine) -> contextlib.AbstractContextManager:
-    """Materialise all of a ZeRO-3 engine's parameters for the duration of the block (read-only)."""
+    """Materialise all of a ZeRO-3 model's parameters for the duration of the block (read-only): a frozen engine's,
+    or a module's whose parameters another engine partitions (the teacher inside a LoRA student's engine)."""
     import deepspeed
 
-    if engine.zero_optimization_stage() != 3:
+    params = list(getattr(engine, "module", engine).parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
         return contextlib.nullcontext()
-    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

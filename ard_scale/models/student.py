@@ -23,6 +23,7 @@ from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.schedules import Schedule, first_order_step
 from ard_scale.models.attention import group_mask
 from ard_scale.models.condition import Condition
+from ard_scale.models.lora import add_adapters, target_names, trainable_state_only
 from ard_scale.models.teachers import Teacher
 
 
@@ -51,18 +52,43 @@ class ARDStudent(nn.Module):
         self.family = teacher.spec
         self.in_channels, self.out_channels = teacher.in_channels, teacher.out_channels
         self.patch_size = teacher.patch_size
-        self.backbone = copy.deepcopy(teacher.model).requires_grad_(True).train()
+        lora = cfg.lora
+        share = lora.enabled and lora.share_teacher
+        # Shared (ard_scale/models/lora.py): a structural copy whose parameters and buffers are the teacher's own
+        # objects (nothing is copied); the teacher module is registered after the backbone, so shared parameters are
+        # named by the backbone, and the teacher role runs that module unmodified.
+        memo = {id(t): t for t in (*teacher.model.parameters(), *teacher.model.buffers())} if share else None
+        self.backbone = copy.deepcopy(teacher.model, memo).requires_grad_(not lora.enabled).train()
+        if share:
+            self.teacher_model = teacher.model
         self.num_blocks = teacher.depth
         head = self.family.prepare_student(self)
+        if lora.enabled:  # the heads train in full: their own weights, never the (maybe shared) teacher's
+            head = copy.deepcopy(head).requires_grad_(True)
         self.heads = nn.ModuleList(
             [head] + [copy.deepcopy(head) for _ in range(0 if cfg.shared_head else cfg.num_steps - 1)]
         )
+        if lora.enabled:
+            suffixes = lora.targets if lora.targets is not None else self.family.lora_targets
+            add_adapters(self.backbone, lora, target_names(self.family.named_blocks(self.backbone), suffixes))
+            trainable_state_only(self)
         with torch.device("cpu"):  # structure, not weights: stays on CPU even when the model is built on meta
             self.grid = schedule.grid(cfg.num_steps)  # (S+1,) float64: τ_S … τ_1 and the clean end
             self.history_mask = group_mask(cfg.num_steps, cfg.mask, cfg.window)  # (S, S) bool
         self.activation_checkpointing = False
 
     # -- helpers -----------------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> ARDStudent:
+        super().train(mode)
+        if hasattr(self, "teacher_model"):  # the shared teacher stays the frozen teacher (eval mode) in either role
+            self.teacher_model.eval()
+        return self
+
+    @property
+    def shares_teacher(self) -> bool:
+        """Whether the teacher's base weights live in this module (a LoRA student with share_teacher)."""
+        return hasattr(self, "teacher_model")
+
     @property
     def num_steps(self) -> int:
         return self.cfg.num_steps

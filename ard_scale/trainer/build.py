@@ -304,7 +304,9 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     if adapt_ds_config is not None:
         ds_cfg = adapt_ds_config(ds_cfg)
     engine, _ = build_student_engine(student, ds_cfg)
-    if zero.teacher_stage == 3:
+    if student.shares_teacher:  # a LoRA student holding the teacher's weights: the student engine partitions them
+        teacher_engine = teacher
+    elif zero.teacher_stage == 3:
         teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=micro, precision=tr.precision))
     else:
         teacher_engine = teacher.to(engine.device)  # replicated: every rank holds it whole on its device

@@ -52,6 +52,13 @@ class Family:
     # encoder runs without a mask, as FluxPipeline does.
     text_mask: ClassVar[bool] = True
 
+    # Module-name suffixes inside a block that a LoRA student adapts by default (student.lora.targets: null): the
+    # attention projections (self, cross and MMDiT text-stream ones) and the MLP's, as diffusers names them.
+    lora_targets: ClassVar[tuple[str, ...]] = (
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    )
+
     # -- building ------------------------------------------------------------------------------------------------
     @classmethod
     def size_overrides(cls, num_classes: int | None) -> dict:
@@ -100,6 +107,12 @@ class Family:
     def blocks(cls, model: nn.Module) -> list[nn.Module]:
         """The transformer blocks in input-to-output order (N counts from the first)."""
         return list(model.transformer_blocks)
+
+    @classmethod
+    def named_blocks(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(name within the model, block) for every block of `blocks`, e.g. for LoRA targets."""
+        names = {id(m): n for n, m in model.named_modules()}
+        return [(names[id(b)], b) for b in cls.blocks(model)]
 
     @classmethod
     def depth(cls, model: nn.Module) -> int:

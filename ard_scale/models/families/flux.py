@@ -118,6 +118,7 @@ class FluxFamily(Family):
     joint_attention = True
     guidance = "embedded"
     text_mask = False
+    lora_targets = (*Family.lora_targets, "proj_mlp", "proj_out")  # single-stream blocks: fused MLP in, out
     description = "FLUX.1 flow-matching MMDiT (T5 tokens + pooled CLIP, distilled guidance)"
     default_sizes = {1024: "flux_1_dev"}
     sizes = {

@@ -1,0 +1,117 @@
+"""The LoRA student (issue 14): one copy of the teacher's weights serves teacher and student.
+
+An ARD student differs from its teacher by weight-free structure (the history mask, the per-group time
+embedding) and S heads. A LoRA student keeps the backbone's base weights the teacher's, frozen, adds low-rank
+adapters (peft) on the blocks' projections, and trains the adapters and the heads (and any `train_also` parameters).
+
+With `share_teacher` the base weights exist once: the student's backbone is a structural copy of the teacher's
+module whose parameters *are* the teacher's `Parameter` objects (a deep copy with the teacher's tensors in its
+memo); the adapters wrap those layers in the backbone only. The teacher role is the teacher's own, unmodified
+diffusers module — no adapter toggling, no prepared attention processors, its own final layer — so its output is
+the plain teacher's bit for bit, whatever the adapters have learned. The student registers the teacher module as a
+submodule (`ARDStudent.teacher_model`), so a ZeRO-3 engine partitions every shared parameter once and fetches it
+for either role through the same hooks.
+
+The student's `state_dict` holds its trainable parameters only (`trainable_state_only`): checkpoints, EMA and
+exports of the trainable state never carry the 12B frozen base, which is rebuilt from the recipe's teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ard_scale.config.ard import LoRAConfig
+
+ADAPTER = "default"  # peft's adapter name; exports use diffusers' key layout without it
+
+
+def target_names(blocks: Iterable[tuple[str, nn.Module]], suffixes: Iterable[str]) -> list[str]:
+    """Full names (relative to the backbone) of the nn.Linear modules inside `blocks` ((prefix, block) pairs) whose
+    name within the block is one of `suffixes` or ends with '.' + one of them."""
+    suffixes = tuple(suffixes)
+    out = []
+    for prefix, block in blocks:
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear) and any(name == s or name.endswith("." + s) for s in suffixes):
+                out.append(f"{prefix}.{name}")
+    return out
+
+
+def add_adapters(backbone: nn.Module, cfg: LoRAConfig, names: list[str]) -> None:
+    """LoRA adapters (A random, B zero: the student starts as the full-copy student) on the Linear modules `names`
+    of `backbone`, in place. Everything else in the backbone is frozen except parameters whose name contains a
+    `cfg.train_also` substring."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if not names:
+        raise ValueError(
+            f"student.lora.targets {cfg.targets!r} match no Linear layer in the teacher's blocks; give suffixes of "
+            "module names inside a block (e.g. attn.to_q, ff.net.2) or null for the family's default"
+        )
+    config = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
+        lora_dropout=cfg.dropout,
+        target_modules=names,
+        init_lora_weights=True,
+    )
+    inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(".lora_" in name or any(s in name for s in cfg.train_also))
+
+
+def is_adapter_key(key: str) -> bool:
+    return ".lora_A." in key or ".lora_B." in key
+
+
+def trainable_state_only(student: nn.Module) -> None:
+    """Make `student.state_dict()` hold its trainable parameters only, and `load_state_dict` accept exactly those
+    (a missing trainable key stays an error; frozen ones are rebuilt from the recipe's teacher)."""
+
+    def trainable() -> set[str]:
+        return {n for n, p in student.named_parameters(remove_duplicate=False) if p.requires_grad}
+
+    def drop_frozen(module, state, prefix, local_metadata):
+        keep = {prefix + n for n in trainable()}
+        for key in [k for k in state if k.startswith(prefix) and k not in keep]:
+            del state[key]
+        return state
+
+    def allow_frozen_missing(module, incompatible):
+        keep = trainable()
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k in keep]
+
+    student._register_state_dict_hook(drop_frozen)
+    student.register_load_state_dict_post_hook(allow_frozen_missing)
+
+
+@torch.no_grad()
+def merged_backbone_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights with every adapter merged in (W + scale·B·A), keyed as the plain diffusers module
+    (no `base_layer.`, no adapter keys). The backbone itself is left unchanged."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in backbone.named_modules():
+        if isinstance(module, LoraLayer):
+            base = module.get_base_layer()
+            delta = module.get_delta_weight(ADAPTER)
+            merged[f"{name}.weight"] = (base.weight + delta.to(base.weight.dtype)).detach().clone()
+    out = {}
+    for key, value in backbone.state_dict().items():
+        if is_adapter_key(key):
+            continue
+        key = key.replace(".base_layer.", ".")
+        out[key] = merged.get(key, value)
+    return out
+
+
+def adapter_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights in diffusers' LoRA layout (`<module>.lora_A.weight`, no adapter name)."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(backbone, adapter_name=ADAPTER)
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
