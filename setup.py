@@ -16,7 +16,7 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "train": ["deepspeed", "mosaicml-streaming", "webdataset", "tqdm", "pillow", "tensorboard"],
+        "train": ["deepspeed", "mosaicml-streaming", "webdataset", "tqdm", "pillow", "tensorboard", "peft"],
         "eval": ["open-clip-torch", "torchmetrics", "torch-fidelity"],  # torch-fidelity: the FID Inception
         "dev": ["pytest", "ruff", "scikit-learn"],
     },

@@ -9,6 +9,14 @@ An export folder holds:
   shape (C, H, W) it was trained on and the embedded guidance value of a guidance-distilled teacher, null for
   others), and where the weights came from (run, tag, `ema` or `raw`).
 
+A LoRA student (student.lora.rank > 0) exports either merged — the folder above, its adapters merged into the
+backbone, a plain full student (`ard.lora.rank` 0, the adapter settings under `source.lora`) — or, with
+`adapter_only`, as its trainable state alone: `pytorch_lora_weights.safetensors` (diffusers' LoRA layout,
+`transformer.<module>.lora_A.weight`, with the adapter config in its `lora_adapter_metadata`, as
+`load_lora_adapter(..., prefix="transformer")` reads it), `ard_heads.safetensors`, `ard_trained.safetensors` (any
+`train_also` parameters) and `ard_config.json` naming the base teacher (`base`: the recipe's teacher section).
+A LoRA checkpoint holds no base weights: exporting it rebuilds its recipe's teacher (or the `teacher` given).
+
 Weights: the EMA when the checkpoint has one — `client_state["ema_full"]` (a full state dict keyed like the
 student's `state_dict()`), or else the per-rank `rank_state["ema"]` written by `ZeroEMA.state_dict()`, whose shards
 are reassembled here — otherwise (or with `use_ema=False`) the raw weights rebuilt by DeepSpeed's
@@ -20,6 +28,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -27,14 +36,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict, student_architecture
-from ard_scale.checkpoint.safe_load import read_meta, safe_load, verify_dir
+from ard_scale.checkpoint.safe_load import CONFIG, read_meta, safe_load, verify_dir
+from ard_scale.config import to_dict
 from ard_scale.config.ard import ARDConfig
 from ard_scale.models.families import get_family
+from ard_scale.models.lora import adapter_config, adapter_state, merged_backbone_state
 from ard_scale.models.student import ARDStudent
-from ard_scale.models.teachers import Teacher, load_teacher
+from ard_scale.models.teachers import Teacher, load_teacher, teacher_from_config
 
 HEADS_FILE = "ard_heads.safetensors"
 ARD_CONFIG_FILE = "ard_config.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+TRAINED_FILE = "ard_trained.safetensors"
+LORA_PREFIX = "transformer"  # the key prefix diffusers' pipelines give a transformer's LoRA weights
 
 
 def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
@@ -118,47 +132,166 @@ def student_state_dict(
     return state, arch, tag, weights
 
 
-def export_student(run_dir: str | Path, out_dir: str | Path, *, tag: str | None = None, use_ema: bool = True) -> Path:
-    """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring)."""
+def _student_of(teacher: Teacher, arch: dict, ard: dict | None = None) -> ARDStudent:
+    sampling = arch.get("sampling") or {}
+    return ARDStudent(
+        teacher,
+        ARDConfig(**(ard if ard is not None else arch["ard"])),
+        schedule_from_dict(arch["schedule"]),
+        latent_shape=sampling.get("latent_shape"),
+        guidance=sampling.get("guidance"),
+    )
+
+
+def _recipe_teacher(tag_dir: Path):
+    """The `teacher` section and seed of the recipe a checkpoint was written with."""
+    from ard_scale.config import load_config
+
+    cfg = load_config(tag_dir / CONFIG)
+    return cfg.teacher, cfg.train.seed
+
+
+def lora_checkpoint_student(
+    run_dir: Path, tag: str, arch: dict, state: dict, *, teacher: str | Path | None = None
+) -> ARDStudent:
+    """A LoRA checkpoint's student: the base weights of its recipe's teacher (or of the teacher folder given) and the
+    checkpoint's trainable state (adapters, heads, train_also parameters)."""
+    tag_dir = Path(run_dir) / "checkpoints" / tag
+    section, seed = _recipe_teacher(tag_dir)
+    try:
+        base = (
+            load_teacher(teacher, family=arch["family"]) if teacher is not None else teacher_from_config(section, seed)
+        )
+    except (ValueError, OSError) as e:
+        raise ValueError(
+            f"{tag_dir} holds a LoRA student, whose checkpoint has no base weights: they are the teacher's "
+            f"(its recipe's teacher.path={section.path!r}), which could not be loaded ({e}). Pass the teacher's "
+            "folder (launchers/export.py --teacher DIR)"
+        ) from e
+    student = _student_of(base, arch)
+    try:
+        student.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the trainable state in {tag_dir} does not fit that teacher's LoRA student: {e}") from e
+    return student
+
+
+def write_adapters(student: ARDStudent, out_dir: Path) -> None:
+    """A LoRA student's adapters in diffusers' layout (LORA_FILE, with its `lora_adapter_metadata`) and any
+    `train_also` parameters (TRAINED_FILE); the heads and ard_config.json are written by the caller."""
+    adapters = {f"{LORA_PREFIX}.{k}": v for k, v in adapter_state(student.backbone).items()}
+    metadata = {f"{LORA_PREFIX}.{k}": v for k, v in adapter_config(student.backbone).items()}
+    header = {"format": "pt", "lora_adapter_metadata": json.dumps(metadata, sort_keys=True)}
+    save_file(adapters, str(out_dir / LORA_FILE), metadata=header)
+    trained = {
+        k: v.detach().contiguous().clone()
+        for k, v in student.state_dict().items()  # trainable state only
+        if k.startswith("backbone.") and ".lora_" not in k
+    }
+    if trained:
+        save_file(trained, str(out_dir / TRAINED_FILE))
+
+
+def export_student(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    tag: str | None = None,
+    use_ema: bool = True,
+    adapter_only: bool = False,
+    teacher: str | Path | None = None,
+) -> Path:
+    """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring).
+    `adapter_only` (LoRA students): the trainable state and a reference to the base teacher instead of a full
+    backbone. `teacher`: a LoRA student's base teacher folder, if not its recipe's."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     state, arch, tag, weights = student_state_dict(run_dir, tag=tag, use_ema=use_ema)
-    model_cls = get_family(arch["family"]).model_class
-    backbone = model_cls.from_config(arch["backbone_config"])
-    backbone.load_state_dict(_teacher_class_state(state), strict=True)
+    lora = ARDConfig(**arch["ard"]).lora
+    if adapter_only and not lora.enabled:
+        raise ValueError(
+            f"{run_dir}/checkpoints/{tag} holds a full student (no student.lora): export it without "
+            "adapter_only (--lora-adapter)"
+        )
+    source = {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights}
+    ard = arch["ard"]
+    if lora.enabled:
+        student = lora_checkpoint_student(run_dir, tag, arch, state, teacher=teacher)
+        merged = {f"backbone.{k}": v for k, v in merged_backbone_state(student.backbone).items()}
+        state = {**merged, **{k: v for k, v in state.items() if not k.startswith("backbone.")}}  # + the heads
+        source["lora"] = to_dict(lora)
+        if not adapter_only:
+            ard = {**arch["ard"], "lora": {"rank": 0}}  # merged: a plain full student
     out_dir.mkdir(parents=True, exist_ok=True)
-    backbone.save_pretrained(out_dir, safe_serialization=True)
+    if adapter_only:
+        section, seed = _recipe_teacher(run_dir / "checkpoints" / tag)
+        source["base"] = {**to_dict(section), "seed": seed} if teacher is None else {"path": str(teacher)}
+        write_adapters(student, out_dir)
+    else:
+        model_cls = get_family(arch["family"]).model_class
+        backbone = model_cls.from_config(arch["backbone_config"])
+        backbone.load_state_dict(_teacher_class_state(state), strict=True)
+        backbone.save_pretrained(out_dir, safe_serialization=True)
     heads = {k: v.detach().contiguous().clone() for k, v in state.items() if k.startswith("heads.")}
     save_file(heads, str(out_dir / HEADS_FILE))
     ard_config = {
         "format_version": 1,
         "family": arch["family"],
-        "ard": arch["ard"],
+        "ard": ard,
         "schedule": arch["schedule"],
         "sampling": arch.get("sampling") or {"latent_shape": None, "guidance": None},
-        "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights},
+        "source": source,
     }
     (out_dir / ARD_CONFIG_FILE).write_text(json.dumps(ard_config, indent=1), encoding="utf-8")
     return out_dir
 
 
-def load_exported_student(path: str | Path, *, dtype: torch.dtype = torch.float32) -> ARDStudent:
-    """An `ARDStudent` (eval mode, CPU) from an export folder; sample with `student.sample(noise, cond)`."""
+def load_exported_student(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, teacher: str | Path | None = None
+) -> ARDStudent:
+    """An `ARDStudent` (eval mode, CPU) from an export folder; sample with `student.sample(noise, cond)`. An
+    adapter-only export is applied to its base teacher: the one its ard_config.json names, or the folder `teacher`."""
     path = Path(path)
     cfg_file = path / ARD_CONFIG_FILE
     if not cfg_file.is_file():
         raise ValueError(f"{path} is not an ARD export folder: it has no {ARD_CONFIG_FILE} (run launchers/export.py)")
     ard_config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    teacher: Teacher = load_teacher(path, dtype=dtype)
-    sampling = ard_config.get("sampling") or {}
-    student = ARDStudent(
-        teacher,
-        ARDConfig(**ard_config["ard"]),
-        schedule_from_dict(ard_config["schedule"]),
-        latent_shape=sampling.get("latent_shape"),
-        guidance=sampling.get("guidance"),
-    )
+    arch = {"ard": ard_config["ard"], "schedule": ard_config["schedule"], "sampling": ard_config.get("sampling")}
+    if (path / LORA_FILE).is_file():
+        return _load_adapter_export(path, ard_config, arch, dtype, teacher)
+    student = _student_of(load_teacher(path, dtype=dtype), arch)
     heads = {k.removeprefix("heads."): v.to(dtype) for k, v in load_file(str(path / HEADS_FILE)).items()}
     student.heads.load_state_dict(heads, strict=True)
+    return student.eval().requires_grad_(False)
+
+
+def _load_adapter_export(path: Path, ard_config: dict, arch: dict, dtype, teacher) -> ARDStudent:
+    from ard_scale.config.schema import TeacherConfig
+
+    base = ard_config["source"].get("base") or {}
+    if teacher is None and base.get("family") is None:
+        raise ValueError(
+            f"{path} is an adapter-only export of a student whose base teacher it does not name; pass "
+            "teacher=DIR (the teacher folder it was trained from)"
+        )
+    try:
+        if teacher is not None:
+            model = load_teacher(teacher, dtype=dtype, family=ard_config["family"])
+        else:
+            section = TeacherConfig(**{k: v for k, v in base.items() if k != "seed"})
+            model = teacher_from_config(section, base.get("seed", 0))
+    except (ValueError, OSError) as e:
+        raise ValueError(
+            f"{path} holds LoRA adapters for the teacher {teacher or base.get('path') or base.get('size')!r}, which "
+            f"could not be loaded ({e}); pass teacher=DIR (launchers/sample.py --teacher DIR)"
+        ) from e
+    student = _student_of(model.to(dtype), arch)
+    adapters = load_file(str(path / LORA_FILE))  # diffusers' keys: transformer.<module>.lora_A.weight
+    state = {"backbone." + re.sub(r"\.(lora_[AB])\.", r".\1.default.", k.removeprefix(LORA_PREFIX + ".")): v
+             for k, v in adapters.items()}  # fmt: skip
+    state.update({k: v for k, v in load_file(str(path / HEADS_FILE)).items()})
+    if (path / TRAINED_FILE).is_file():
+        state.update(load_file(str(path / TRAINED_FILE)))
+    student.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
     return student.eval().requires_grad_(False)
 
 

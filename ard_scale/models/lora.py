@@ -115,3 +115,9 @@ def adapter_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
 
     state = get_peft_model_state_dict(backbone, adapter_name=ADAPTER)
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def adapter_config(backbone: nn.Module) -> dict:
+    """The adapters' peft LoraConfig as a JSON-able dict (diffusers' `lora_adapter_metadata` layout)."""
+    config = backbone.peft_config[ADAPTER].to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}

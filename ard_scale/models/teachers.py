@@ -183,3 +183,12 @@ def load_teacher(path: str | Path, *, dtype: torch.dtype = torch.float32, family
         )
     model = spec.model_class.from_pretrained(model_folder(path), torch_dtype=dtype)
     return Teacher(model).eval().requires_grad_(False)
+
+
+def teacher_from_config(section, seed: int | None = 0) -> Teacher:
+    """The teacher a recipe's `teacher` section names: its local folder, or its named size with random weights
+    drawn from `seed` (the recipe's train.seed, so every rank and every rebuild gets the same ones)."""
+    if section.path is not None:
+        return load_teacher(section.path, family=section.family)
+    spec = get_family(section.family)
+    return build_teacher(section.family, section.size, seed=seed, **spec.size_overrides(section.num_classes))

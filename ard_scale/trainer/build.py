@@ -21,9 +21,8 @@ from ard_scale.distributed.engines import (
 )
 from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.condition import Condition
-from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
-from ard_scale.models.teachers import Teacher, build_teacher, load_teacher
+from ard_scale.models.teachers import Teacher, teacher_from_config
 from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec, vae_downsample
 from ard_scale.trainer.checks import check_channel_options, check_labels
 from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
@@ -61,10 +60,7 @@ def build_codec_for(cfg: RootConfig, teacher: Teacher) -> LatentCodec | PixelCod
 
 
 def build_teacher_model(cfg: RootConfig) -> Teacher:
-    t = cfg.teacher
-    if t.path is not None:
-        return load_teacher(t.path, family=t.family)
-    return build_teacher(t.family, t.size, seed=cfg.train.seed, **get_family(t.family).size_overrides(t.num_classes))
+    return teacher_from_config(cfg.teacher, cfg.train.seed)
 
 
 def embedded_guidance(cfg: RootConfig, teacher: Teacher) -> float | None:

@@ -1,0 +1,92 @@
+"""A LoRA student sharing the teacher's weights, trained end to end on 2 ranks (real DeepSpeed ZeRO-3 on gloo, fp32):
+the shared run's losses equal a run with a separate teacher copy, through a resume; its checkpoints hold only the
+trainable state; merged and adapter-only exports sample as the checkpoint's student (issue 14)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ard_scale.checkpoint.export import (
+    export_student,
+    load_exported_student,
+    lora_checkpoint_student,
+    sample_noise,
+    student_state_dict,
+)
+from ard_scale.models.student import ARDStudent
+from ard_scale.trainer.build import build_teacher_model
+from ard_scale.utils.launch import torchrun
+
+RECIPE = "recipes/tiny_cpu.yaml"
+LORA = ("student.lora.rank=4", "student.lora.alpha=8")
+REPLAY = ("train.trajectory_source=replay", "train.replay_times=4")  # one fixed batch: the loss must fall
+
+
+def train(run_dir: Path, *overrides: str):
+    return torchrun(2, "launchers/train.py", RECIPE, f"checkpoint.run_dir={run_dir}", *LORA, *REPLAY, *overrides)
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    separate, shared = tmp / "separate", tmp / "shared"
+    for proc in (
+        train(separate, "train.max_steps=4", "student.lora.share_teacher=false"),
+        train(shared, "train.max_steps=2"),
+        train(shared, "train.max_steps=4"),  # resumes at step 2
+    ):
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return {"separate": separate, "shared": shared}
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+def test_sharing_changes_memory_not_numbers_through_a_resume(runs):
+    separate, shared = losses(runs["separate"]), losses(runs["shared"])
+    assert len(shared) == 4 and shared == separate  # bit-identical: shared weights, and the resume at step 2
+    assert shared[-1] < 0.9 * shared[0], shared  # the adapters and heads learn
+
+
+def test_checkpoints_hold_only_the_trainable_state(runs):
+    state, arch, _, weights = student_state_dict(runs["shared"], use_ema=False)
+    assert arch["ard"]["lora"]["rank"] == 4 and weights == "raw"
+    assert state and all(".lora_" in k or k.startswith("heads.") for k in state)
+    ema, *_ = student_state_dict(runs["shared"], use_ema=True)
+    assert ema.keys() == state.keys() and any(not torch.equal(ema[k], state[k]) for k in state)
+
+
+def test_merged_and_adapter_exports_sample_as_the_checkpoint_student(runs, tmp_path):
+    state, arch, tag, _ = student_state_dict(runs["shared"], use_ema=False)
+    reference = lora_checkpoint_student(runs["shared"], tag, arch, state).eval()
+    merged = load_exported_student(export_student(runs["shared"], tmp_path / "merged", use_ema=False))
+    adapter_dir = export_student(runs["shared"], tmp_path / "adapter", use_ema=False, adapter_only=True)
+    adapter = load_exported_student(adapter_dir)
+    assert merged.cfg.lora.rank == 0 and adapter.cfg.lora.rank == 4  # merged: a plain full student
+    assert not (adapter_dir / "diffusion_pytorch_model.safetensors").exists()  # no base weights in the adapter folder
+
+    labels = torch.tensor([3, 7])
+    from ard_scale.models.condition import Condition
+
+    cond = Condition(labels=labels)
+    noise = sample_noise(reference, 2, seed=4)
+    want = reference.sample(noise, cond)
+    torch.testing.assert_close(merged.sample(noise, cond), want, rtol=1e-4, atol=1e-5)  # W+BA: other rounding
+    torch.testing.assert_close(adapter.sample(noise, cond), want, rtol=0, atol=0)
+    # trained: the student no longer samples as its initialisation does
+    cfg = json.loads((adapter_dir / "ard_config.json").read_text())
+    init = ARDStudent(build_teacher_model_from(runs["shared"], tag), merged.cfg, reference.schedule).eval()
+    assert cfg["source"]["base"]["size"] == "debug"
+    assert (init.sample(noise, cond) - want).abs().max() > 1e-4
+
+
+def build_teacher_model_from(run_dir: Path, tag: str):
+    from ard_scale.config import load_config
+
+    return build_teacher_model(load_config(run_dir / "checkpoints" / tag / "config.yaml"))

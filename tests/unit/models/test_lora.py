@@ -1,0 +1,141 @@
+"""The LoRA student (issue 14): sharing the teacher's weights changes memory, never numbers."""
+
+import copy
+
+import pytest
+import torch
+from model_helpers import make_condition
+
+from ard_scale.config.ard import ARDConfig, LoRAConfig
+from ard_scale.diffusion.schedules import VPSchedule
+from ard_scale.models.lora import merged_backbone_state
+from ard_scale.models.student import ARDStudent
+
+S, B = 3, 2
+
+
+def lora_student(teacher, share=True, rank=4, **lora):
+    cfg = ARDConfig(num_steps=S, num_causal_layers=1, lora=LoRAConfig(rank=rank, share_teacher=share, **lora))
+    torch.manual_seed(0)  # the adapters' A matrices are random: the same draws for every copy
+    return ARDStudent(teacher, cfg, VPSchedule())
+
+
+def states_for(student, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, S, student.in_channels, 8, 8, generator=g)
+
+
+def train_steps(student, family, steps=3):
+    """A few Adam steps of the student on a stand-in loss with a large step size, so every adapter moves."""
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    cond = make_condition(family, B)
+    for i in range(steps):
+        out = student(states_for(student, i), cond)
+        loss = (out - 1).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses = [loss.item()]
+    return losses
+
+
+def test_the_teacher_role_is_the_plain_teacher_bit_for_bit_after_training(teacher, family):
+    plain = copy.deepcopy(teacher)
+    student = lora_student(teacher)
+    assert student.shares_teacher and student.teacher_model is teacher.model
+    train_steps(student, family)
+    moved = [n for n, p in student.named_parameters() if ".lora_B." in n and p.abs().sum() > 0]
+    assert moved, "the adapters did not train: the test would not see a leak into the teacher"
+    cond = make_condition(family, B)
+    x = states_for(student)[:, 0]
+    t = torch.full((B,), 0.4 if teacher.spec.name in ("flux", "sd3") else 400.0)
+    with torch.no_grad():
+        assert torch.equal(teacher(x, t, cond), plain(x, t, cond))
+    for (name, p), q in zip(teacher.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_shared_weights_are_one_tensor_and_only_adapters_and_heads_train(teacher):
+    student = lora_student(teacher)
+    teacher_ids = {id(p) for p in teacher.model.parameters()}
+    named = dict(student.named_parameters())  # shared parameters appear once, under the backbone's name
+    assert teacher_ids <= {id(p) for p in named.values()}
+    in_backbone = {n.replace(".base_layer.", ".") for n, _ in student.backbone.named_parameters()}
+    own = [n.removeprefix("teacher_model.") for n in named if n.startswith("teacher_model.")]
+    assert own and not set(own) & in_backbone  # only the teacher's final layer, which the student's heads replace
+    # The shared student holds the separate student's tensors plus the teacher's final layer, and no second base.
+    separate = sum(p.numel() for p in lora_student(teacher, share=False).parameters())
+    final_layer = sum(named["teacher_model." + n].numel() for n in own)
+    assert sum(p.numel() for p in named.values()) == separate + final_layer
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("heads.") for n in trainable)
+    assert any(n.startswith("heads.") for n in trainable)
+    assert set(student.state_dict()) == trainable  # checkpoints and exports carry the trainable state only
+
+
+def test_a_zero_initialised_lora_student_is_the_full_copy_student(teacher, family):
+    full = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=1), VPSchedule()).eval()
+    student = lora_student(teacher).eval()
+    cond, states = make_condition(family, B), states_for(full)
+    with torch.no_grad():
+        assert torch.equal(student(states, cond), full(states, cond))
+
+
+def test_shared_and_separate_lora_students_train_to_the_same_numbers(teacher, family):
+    a, b = lora_student(teacher, share=True), lora_student(copy.deepcopy(teacher), share=False)
+    la, lb = train_steps(a, family), train_steps(b, family)
+    assert la == lb
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_the_merged_backbone_is_the_adapted_backbone(teacher, family):
+    student = lora_student(teacher, alpha=8.0)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(std=0.1)
+    merged = merged_backbone_state(student.backbone)
+    assert not any(".lora_" in k or ".base_layer." in k for k in merged)
+    plain = copy.deepcopy(student)
+    plain.cfg = ARDConfig(num_steps=S, num_causal_layers=1)
+    from ard_scale.models.teachers import Teacher
+
+    rebuilt = ARDStudent(Teacher(copy.deepcopy(teacher.model)), plain.cfg, VPSchedule())
+    missing, unexpected = rebuilt.backbone.load_state_dict(merged, strict=False)
+    assert not unexpected and not missing
+    rebuilt.heads.load_state_dict(student.heads.state_dict())
+    cond, states = make_condition(family, B), states_for(student)
+    with torch.no_grad():
+        want, got = student.eval()(states, cond), rebuilt.eval()(states, cond)
+        assert ((got - want).norm() / want.norm()) < 1e-5
+        delta = (student(states, cond) - lora_student(teacher).eval()(states, cond)).norm()
+        assert delta > 1e-3 * want.norm()  # the adapters matter: a merge that dropped them would fail above
+
+
+def test_loading_requires_every_trainable_key(teacher):
+    student = lora_student(teacher)
+    state = student.state_dict()
+    student.load_state_dict(state)  # frozen base keys are not required
+    key = next(k for k in state if ".lora_A." in k)
+    del state[key]
+    with pytest.raises(RuntimeError, match="Missing key"):
+        student.load_state_dict(state)
+
+
+def test_the_shared_teacher_stays_in_eval_mode(teacher):
+    student = lora_student(teacher).train()
+    assert student.backbone.training and not teacher.model.training
+
+
+def test_bad_lora_settings_are_named():
+    assert any("lora.rank" in p for p in ARDConfig(lora=LoRAConfig(rank=-1)).problems())
+    assert any("lora.targets" in p for p in ARDConfig(lora=LoRAConfig(rank=2, targets=[])).problems())
+
+
+def test_targets_that_match_nothing_are_an_error(teacher):
+    with pytest.raises(ValueError, match="match no Linear layer"):
+        lora_student(teacher, targets=["no_such_layer"])
