@@ -83,9 +83,16 @@ def _scheduler_config(cfg: RootConfig) -> tuple[str, dict]:
 
 
 def export_pipeline(
-    run_dir: str | Path, out_dir: str | Path, *, tag: str | None = None, use_ema: bool = True, link: bool = False
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    tag: str | None = None,
+    use_ema: bool = True,
+    link: bool = False,
+    teacher: str | Path | None = None,
 ) -> Path:
-    """Write checkpoint `tag` (default: latest) of `run_dir` as a pipeline folder (see the module docstring)."""
+    """Write checkpoint `tag` (default: latest) of `run_dir` as a pipeline folder (see the module docstring). A LoRA
+    student is merged into a plain full student; `teacher`: its base teacher folder, if not its recipe's."""
     import diffusers
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -96,7 +103,7 @@ def export_pipeline(
     cfg = load_config(recipe_file)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the pipeline")
-    student_dir = export_student(run_dir, out_dir / "transformer", tag=tag, use_ema=use_ema)
+    student_dir = export_student(run_dir, out_dir / "transformer", tag=tag, use_ema=use_ema, teacher=teacher)
     student = load_exported_student(student_dir)
     teacher = Teacher(student.backbone)
 

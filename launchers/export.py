@@ -1,6 +1,7 @@
 """Export a run's newest complete checkpoint as an ARD pipeline folder (or the bare student).
 
     python launchers/export.py RUN_DIR [--out DIR] [--tag step_00001000] [--raw] [--link] [--student-only]
+                                       [--lora-adapter [--teacher DIR]]
 
 Default: a pipeline folder (model_index.json, transformer/, scheduler/, text encoders, VAE, recipe.yaml; see
 ard_scale/pipeline.py) that `ARDPipeline.from_pretrained(DIR)` and launchers/sample.py load. --link symlinks the
@@ -8,6 +9,12 @@ encoders and VAE to the folders the recipe named instead of copying them. --stud
 alone: the backbone as the teacher's diffusers class (head 0 as its final layer), `ard_heads.safetensors` and
 `ard_config.json` (ard_scale/checkpoint/export.py). Weights: the EMA when the checkpoint has one, else (and with
 --raw) the raw student rebuilt from the ZeRO shards.
+
+A LoRA student (student.lora.rank > 0) exports merged by default (a plain full student, as above). --lora-adapter
+writes its trainable state alone: `pytorch_lora_weights.safetensors` in diffusers' LoRA layout (load it into the
+teacher with `load_lora_adapter(folder, prefix="transformer")`), the heads and `ard_config.json` naming the base
+teacher; `load_exported_student(folder)` and launchers/sample.py apply it to that teacher. A LoRA checkpoint has no
+base weights: --teacher DIR names the teacher folder if the recipe's teacher.path has moved.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--raw", action="store_true", help="export the raw weights even if an EMA exists")
     parser.add_argument("--link", action="store_true", help="symlink encoders and VAE instead of copying them")
     parser.add_argument("--student-only", action="store_true", help="the student folder alone, no pipeline")
+    parser.add_argument("--lora-adapter", action="store_true", help="a LoRA student's adapters + heads only")
+    parser.add_argument("--teacher", type=Path, default=None, help="a LoRA student's base teacher folder")
     args = parser.parse_args(argv)
 
     from ard_scale.checkpoint.export import export_student, resolve_tag
@@ -37,10 +46,14 @@ def main(argv=None) -> Path:
     try:
         tag = resolve_tag(args.run_dir / "checkpoints", args.tag)
         out = args.out or args.run_dir / "export" / tag
-        if args.student_only:
-            out = export_student(args.run_dir, out, tag=tag, use_ema=not args.raw)
+        if args.student_only or args.lora_adapter:
+            out = export_student(
+                args.run_dir, out, tag=tag, use_ema=not args.raw, adapter_only=args.lora_adapter, teacher=args.teacher
+            )
         else:
-            out = export_pipeline(args.run_dir, out, tag=tag, use_ema=not args.raw, link=args.link)
+            out = export_pipeline(
+                args.run_dir, out, tag=tag, use_ema=not args.raw, link=args.link, teacher=args.teacher
+            )
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(out)

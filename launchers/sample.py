@@ -57,6 +57,7 @@ def main(argv=None) -> list[Path]:
     cond_arg.add_argument("--class-labels", "--labels", type=int, nargs="+", help="class labels, one sample each")
     cond_arg.add_argument("--prompts-embeddings", type=Path, help="bare student folders: T5 embeddings (see above)")
     parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
+    parser.add_argument("--teacher", type=Path, default=None, help="a LoRA adapter export's base teacher folder")
     parser.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     parser.add_argument("--ncol", type=int, default=8, help="images per grid row")
     parser.add_argument("--save-tensor", type=Path, default=None, help="also torch.save the final states here")
@@ -112,7 +113,7 @@ def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     from ard_scale.checkpoint.export import load_exported_student, sample_noise
     from ard_scale.models.condition import Condition
 
-    student = load_exported_student(args.export_dir)
+    student = load_exported_student(args.export_dir, teacher=args.teacher)  # --teacher: an adapter export's base
     if args.class_labels is not None:
         cond, labels = Condition(labels=torch.tensor(args.class_labels)), [f"class {c}" for c in args.class_labels]
     elif args.prompts_embeddings is not None:

@@ -664,6 +664,12 @@ class RootConfig:
             out.append("zero.gather_teacher_once is ignored: zero.teacher_stage 0 keeps the teacher whole")
         if self.diffusion.guide_first_channels is not None and self.diffusion.guidance_scale == 1:
             out.append("diffusion.guide_first_channels is ignored: guidance_scale 1 means no guidance")
+        lora = self.student.lora
+        if lora.enabled and lora.share_teacher and self.zero.teacher_stage != self.zero.stage:
+            out.append(
+                f"zero.teacher_stage {self.zero.teacher_stage} is ignored: a LoRA student with share_teacher holds the "
+                f"teacher's weights in its own engine, at zero.stage {self.zero.stage}"
+            )
         if self.student.mask != "window" and self.student.window != ARDConfig().window:
             out.append(f"student.window is ignored with student.mask {self.student.mask!r}")
         return out
@@ -684,6 +690,7 @@ NOT_HASHED: tuple[str, ...] = (
     "zero.gather_teacher_once",
     "zero.offload_optimizer",
     "zero.offload_params",
+    "student.lora.share_teacher",  # one copy of the base weights or two: the same numbers, other memory
 )
 
 

@@ -55,8 +55,18 @@ class Family:
     # Module-name suffixes inside a block that a LoRA student adapts by default (student.lora.targets: null): the
     # attention projections (self, cross and MMDiT text-stream ones) and the MLP's, as diffusers names them.
     lora_targets: ClassVar[tuple[str, ...]] = (
-        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
     )
 
     # -- building ------------------------------------------------------------------------------------------------

@@ -139,3 +139,46 @@ def test_bad_lora_settings_are_named():
 def test_targets_that_match_nothing_are_an_error(teacher):
     with pytest.raises(ValueError, match="match no Linear layer"):
         lora_student(teacher, targets=["no_such_layer"])
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_the_adapter_file_loads_into_the_diffusers_model_as_the_merged_weights(family, tmp_path):
+    """The adapter-only export is diffusers' LoRA layout: `load_lora_adapter(prefix="transformer")` on the plain
+    teacher class gives the merged backbone."""
+    from ard_scale.checkpoint.export import LORA_FILE, write_adapters
+    from ard_scale.models.teachers import build_teacher
+
+    teacher = build_teacher(family, "debug", seed=1)
+    student = lora_student(teacher, alpha=8.0)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(std=0.1)
+    write_adapters(student, tmp_path)
+    loaded = copy.deepcopy(teacher.model)
+    # the folder, as pipelines load it (given the file itself, diffusers 0.38 skips the metadata and so the alpha)
+    loaded.load_lora_adapter(str(tmp_path), weight_name=LORA_FILE, prefix="transformer", adapter_name="ard")
+    merged = copy.deepcopy(teacher.model)
+    merged_state = merged_backbone_state(student.backbone)
+    merged.load_state_dict({**merged.state_dict(), **merged_state})
+    cond = make_condition(family, B)
+    x = states_for(student)[:, 0]
+    t = torch.full((B,), 0.6)
+    with torch.no_grad():
+        want, got = teacher.spec.denoise(merged, x, t, cond), teacher.spec.denoise(loaded, x, t, cond)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert (want - teacher(x, t, cond)).abs().max() > 1e-3  # the adapters change the network
+
+
+def test_a_lora_checkpoint_is_refused_for_a_full_recipe_and_vice_versa(teacher):
+    from ard_scale.checkpoint.manager import check_student_kind, student_architecture
+
+    full = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=1), VPSchedule())
+    lora, separate = lora_student(teacher), lora_student(teacher, share=False)
+    check_student_kind(student_architecture(lora), separate, "ckpt")  # share_teacher moves memory only
+    with pytest.raises(ValueError, match=r"holds a LoRA student \(rank=4.*builds a full student.*lora keys: .*rank"):
+        check_student_kind(student_architecture(lora), full, "ckpt")
+    with pytest.raises(ValueError, match="holds a full student, but this recipe builds a LoRA student"):
+        check_student_kind(student_architecture(full), lora, "ckpt")
+    with pytest.raises(ValueError, match="lora keys: rank. Use"):
+        check_student_kind(student_architecture(lora), lora_student(teacher, rank=2), "ckpt")
