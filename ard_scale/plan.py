@@ -317,22 +317,34 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
         ids = torch.zeros(B + 1, cfg.text_encoder.max_length, dtype=torch.long, device="meta")  # + the empty caption
         t5_ws, t5_flops = inference_pass(t5.encoder.block, lambda: t5(input_ids=ids))
 
-    # Weights, gradients, optimizer state.
+    # Weights, gradients, optimizer state. A LoRA student trains its adapters and heads only; its frozen base is
+    # held at the student's stage — and with share_teacher it *is* the teacher's weights, held once.
     n_student, n_teacher = _num_params(student), _num_params(teacher)
+    n_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    shared = student.shares_teacher
+    teacher_stage = z.stage if shared else z.teacher_stage
     n_t5 = _num_params(t5) if t5 is not None else 0
+    trained = trained_memory(n_trainable, z.stage, gpus, precision, z.offload_optimizer, z.offload_params)
+    frozen_base = frozen_memory(n_student - n_trainable, z.stage, gpus, precision)
     models = {
         "student": {
             "num_params": n_student,
+            "trainable_params": n_trainable,
             "zero_stage": z.stage,
-            **trained_memory(n_student, z.stage, gpus, precision, z.offload_optimizer, z.offload_params),
+            **{k: trained[k] + frozen_base[k] for k in trained},
             "activations": student_act_used,
             "activations_no_checkpointing": student_act["no_checkpointing"],
             "activations_checkpointing": student_act["checkpointing"],
         },
         "teacher": {
             "num_params": n_teacher,
-            "zero_stage": z.teacher_stage,
-            **frozen_memory(n_teacher, z.teacher_stage, gpus, precision),
+            "zero_stage": teacher_stage,
+            **(
+                {"params": 0, "grads": 0, "optimizer": 0}
+                if shared
+                else frozen_memory(n_teacher, teacher_stage, gpus, precision)
+            ),
+            "shared_with_student": shared,
             "activations": teacher_ws,
             "source": teacher_source,
         },
@@ -364,8 +376,9 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     full_teacher = n_teacher * weight_b
     # Under teacher ZeRO-3 without gather-once, a solver step gathers a block at a time (plus one prefetched).
     largest_teacher_block = max(_num_params(b) for b in teacher.model.transformer_blocks) * weight_b
-    gathered_per_step = 2 * largest_teacher_block if z.teacher_stage == 3 else 0
-    gathered_once = full_teacher - models["teacher"]["params"] if z.teacher_stage == 3 else 0
+    gathered_per_step = 2 * largest_teacher_block if teacher_stage == 3 else 0
+    teacher_partition = full_teacher / gpus if shared else models["teacher"]["params"]
+    gathered_once = full_teacher - teacher_partition if teacher_stage == 3 else 0
     t5_gathered = (
         2 * max(_num_params(b) for b in t5.encoder.block) * weight_b if t5 is not None and z.teacher_stage == 3 else 0
     )
@@ -462,6 +475,15 @@ def format_plan(p: dict) -> str:
             f"{m['grads'] / GB:>9.3f}{m['optimizer'] / GB:>9.3f}{m['activations'] / GB:>9.2f}"
         )
     s = p["models"]["student"]
+    if s["trainable_params"] != s["num_params"]:
+        lines.append(
+            f"LoRA student: {s['trainable_params'] / 1e6:.1f} M trainable of {s['num_params'] / 1e6:.1f} M"
+            + (
+                "; the teacher's weights are the student's frozen base (held once)"
+                if p["models"]["teacher"]["shared_with_student"]
+                else ""
+            )
+        )
     lines += [
         f"student activations: {s['activations_no_checkpointing'] / GB:.2f} GB without checkpointing, "
         f"{s['activations_checkpointing'] / GB:.2f} GB with",

@@ -106,3 +106,22 @@ def test_gan_stage_adds_the_replicated_heads_and_the_feature_passes():
     assert f["gan_feature_passes"] == 6 * (f["student_forward_per_sample"] // S) * cfg.data.batch_size
     assert f["total"] == base["flops"]["total"] + f["gan_feature_passes"]
     assert p["phases"]["student_fwd_bwd"] > base["phases"]["student_fwd_bwd"]
+
+
+def test_a_shared_lora_student_holds_the_teacher_once_and_trains_only_its_adapters_and_heads():
+    """ImageNet DiT-XL/2 at 8 GPUs, ZeRO-3, bf16: the LoRA-shared student's frozen base is the teacher's weights (teacher row
+    0 bytes), and only the trainable parameters carry gradients and AdamW state."""
+    zero3 = ["zero.stage=3", "zero.teacher_stage=3"]
+    full = plan(load_config("recipes/imagenet_256.yaml", zero3), 8)
+    lora = plan(load_config("recipes/imagenet_256.yaml", [*zero3, "student.lora.rank=16"]), 8)
+    s, t = lora["models"]["student"], lora["models"]["teacher"]
+    assert t["shared_with_student"] and t["params"] == 0 and not full["models"]["teacher"]["shared_with_student"]
+    n, n_train = s["num_params"], s["trainable_params"]
+    d, blocks = 1152, 28  # rank 16 on q, k, v, out (d→d) and the MLP (d→4d, 4d→d) of every block
+    adapters = blocks * 16 * (4 * 2 * d + (d + 4 * d) + (4 * d + d))
+    head = 1152 * 2 * 1152 + 2 * 1152 + 1152 * 32 + 32
+    assert n_train == adapters + 4 * head
+    assert n == full["models"]["teacher"]["num_params"] + adapters + 4 * head  # base + adapters + S heads (own)
+    assert s["params"] == n * 2 / 8  # bf16 weights, all partitioned (ZeRO-3)
+    assert s["grads"] == n_train * 2 / 8 and s["optimizer"] == n_train * 12 / 8
+    assert lora["persistent_bytes"] < 0.3 * full["persistent_bytes"]
