@@ -109,8 +109,8 @@ def test_gan_stage_adds_the_replicated_heads_and_the_feature_passes():
 
 
 def test_a_shared_lora_student_holds_the_teacher_once_and_trains_only_its_adapters_and_heads():
-    """ImageNet DiT-XL/2 at 8 GPUs, ZeRO-3, bf16: the LoRA-shared student's frozen base is the teacher's weights (teacher row
-    0 bytes), and only the trainable parameters carry gradients and AdamW state."""
+    """ImageNet DiT-XL/2 at 8 GPUs, ZeRO-3, bf16: the LoRA-shared student's frozen base is the teacher's weights
+    (teacher row 0 bytes), and only the trainable parameters carry gradients and AdamW state."""
     zero3 = ["zero.stage=3", "zero.teacher_stage=3"]
     full = plan(load_config("recipes/imagenet_256.yaml", zero3), 8)
     lora = plan(load_config("recipes/imagenet_256.yaml", [*zero3, "student.lora.rank=16"]), 8)
