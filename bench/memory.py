@@ -127,8 +127,16 @@ def main(argv=None) -> dict:
             sys.exit(f"bench/memory.py: the 2-rank run failed:\n{proc.stderr[-3000:]}")
         per_variant = json.loads(Path(out).read_text())
     result = {
-        "config": {"family": "dit", "width": args.width, "depth": args.depth, "lora_rank": args.rank, "ranks": 2,
-                   "zero_stage": 3, "precision": "fp32", "S": 4},  # fmt: skip
+        "config": {
+            "family": "dit",
+            "width": args.width,
+            "depth": args.depth,
+            "lora_rank": args.rank,
+            "ranks": 2,
+            "zero_stage": 3,
+            "precision": "fp32",
+            "S": 4,
+        },  # fmt: skip
         "bytes_per_rank": per_variant,
         "lora_shared_over_full": per_variant["lora_shared"]["total"] / per_variant["full"]["total"],
         "lora_shared_over_lora_separate": per_variant["lora_shared"]["total"] / per_variant["lora_separate"]["total"],
