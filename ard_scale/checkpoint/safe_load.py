@@ -6,9 +6,9 @@ naming the file instead of loading different tensors or crashing inside a reader
 existed (no "files" key) still load, with a warning that they cannot be verified.
 
 Unpickling: everything ard_scale writes is tensors and plain containers, so it loads with `weights_only=True`.
-DeepSpeed's own files need two of its classes besides (found by loading real ZeRO-3 checkpoints of deepspeed 0.19.8);
-they are allowlisted here and nothing else. DeepSpeed itself loads its files with `weights_only=False`, so every
-`*.pt` of a tag is read with the safe loader before `engine.load_checkpoint` touches it.
+DeepSpeed's own files need four of its classes besides (found by loading real ZeRO 2 and 3 checkpoints of deepspeed
+0.19.8); they are allowlisted here and nothing else. DeepSpeed itself loads its files with `weights_only=False`, so
+every `*.pt` of a tag is read with the safe loader before `engine.load_checkpoint` touches it.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ def _deepspeed_globals() -> list:
     try:
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
     except ImportError:  # exporting without deepspeed installed: only ard_scale's own files can be read
         return []
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+    # fragment_address: ZeRO 1/2 optimizer states map each parameter to its slice of the flat partition with it
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
 def safe_load(path: str | Path, map_location="cpu"):
@@ -45,9 +47,11 @@ def safe_load(path: str | Path, map_location="cpu"):
         with torch.serialization.safe_globals(_deepspeed_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[-1])  # names the class
         raise ValueError(
             f"refusing to load checkpoint file {path}: it is not a plain tensor checkpoint ard_scale or DeepSpeed "
-            f"writes (damaged, or it holds objects that would run code when unpickled): {str(e).splitlines()[-1][:300]}"
+            f"writes (damaged, or it holds objects that would run code when unpickled): {reason[:300]}"
         ) from e
 
 

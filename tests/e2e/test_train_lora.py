@@ -35,14 +35,16 @@ def losses(run_dir: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
-    separate, shared = tmp / "separate", tmp / "shared"
+    separate, shared, gan = tmp / "separate", tmp / "shared", tmp / "gan"
     for proc in (
         train(separate, "train.max_steps=4", "student.lora.share_teacher=false"),
         train(shared, "train.max_steps=2"),
         train(shared, "train.max_steps=4"),  # resumes at step 2
+        # the GAN stage on the shared module (student features through the adapters), at ZeRO 2
+        train(gan, "train.max_steps=3", "zero.stage=2", "gan.enabled=true", "gan.warmup_steps=1"),
     ):
         assert proc.returncode == 0, proc.stderr[-4000:]
-    return {"separate": separate, "shared": shared}
+    return {"separate": separate, "shared": shared, "gan": gan}
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -52,6 +54,15 @@ def test_sharing_changes_memory_not_numbers_through_a_resume(runs):
     separate, shared = losses(runs["separate"]), losses(runs["shared"])
     assert len(shared) == 4 and shared == separate  # bit-identical: shared weights, and the resume at step 2
     assert shared[-1] < 0.9 * shared[0], shared  # the adapters and heads learn
+
+
+def test_the_gan_stage_trains_the_shared_lora_student_at_zero_2(runs):
+    rows = [json.loads(line) for line in (runs["gan"] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    on = [r for r in rows if r.get("gan_weight", 0) > 0]
+    assert on and all(torch.isfinite(torch.tensor([r["loss_g"], r["loss_d"], r["loss"]])).all() for r in on)
+    state, arch, *_ = student_state_dict(runs["gan"], use_ema=False)
+    assert arch["ard"]["lora"]["rank"] == 4 and all(".lora_" in k or k.startswith("heads.") for k in state)
 
 
 def test_checkpoints_hold_only_the_trainable_state(runs):

@@ -34,8 +34,9 @@ class FakeEngine:
     def load_universal_checkpoint(self):
         return False
 
-    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest, exclude_frozen_parameters=False):
         assert save_latest is False
+        assert exclude_frozen_parameters  # a LoRA student's frozen base is never written
         d = f"{save_dir}/{tag}"
         os.makedirs(d, exist_ok=True)
         torch.save(dict(client_state), f"{d}/zero_pp_rank_0_mp_rank_00_model_states.pt")
