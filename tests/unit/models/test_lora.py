@@ -25,18 +25,18 @@ def states_for(student, seed=0):
     return torch.randn(B, S, student.in_channels, 8, 8, generator=g)
 
 
-def train_steps(student, family, steps=3):
+def train_steps(student, family, steps=2):
     """A few Adam steps of the student on a stand-in loss with a large step size, so every adapter moves."""
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-2)
-    cond = make_condition(family, B)
+    cond, losses = make_condition(family, B), []
     for i in range(steps):
         out = student(states_for(student, i), cond)
         loss = (out - 1).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses = [loss.item()]
+        losses.append(loss.item())
     return losses
 
 
