@@ -119,9 +119,11 @@ class Conditioner:
                     f"a {teacher.family} teacher reads Qwen2.5-VL's hidden states: set qwen_encoder.path (the "
                     "pipeline's text_encoder/ and tokenizer/) or qwen_encoder.size"
                 )
-            loaded = load_qwen(qec.path) if qec.path is not None else build_qwen(qec.size)
+            # in the run's precision (QwenImagePipeline runs it in bf16): 8.3B parameters on every rank
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+            loaded = load_qwen(qec.path, dtype=dtype) if qec.path is not None else build_qwen(qec.size)
             self.qwen_encoder, self.qwen_tokenizer = loaded
-            self.qwen_encoder.to(self.device)
+            self.qwen_encoder.to(device=self.device, dtype=dtype)
         if self.needs_pooled:
             if pec.path is None and pec.size is None:
                 raise ValueError(
