@@ -2,11 +2,13 @@
 
     python -m ard_scale.assets DIR [--seed 0]
 
-Writes DIR/t5 (a tiny T5 encoder + byte-level tokenizer), DIR/clip (a tiny CLIP text tower + tokenizer), DIR/vae
-(the debug AutoencoderKL: 32 px images <-> 4×8×8 latents) and DIR/<family> for every text-to-image family (random
-debug teachers as diffusers folders: pixart, flux, …), each loadable by the recipe keys that take a path:
-text_encoder.path, pooled_encoder.path, vae.path, teacher.path. They are the recipes' `size: debug` architectures,
-saved, so every path-based step (precompute_text.py, dump_trajectories.py, export) can be tried on a laptop.
+Writes DIR/t5 (a tiny T5 encoder + byte-level tokenizer), DIR/clip (a tiny CLIP text tower + tokenizer), DIR/qwen
+(a tiny Qwen2.5-VL + its tiny Qwen2 tokenizer), DIR/vae (the debug AutoencoderKL: 32 px images <-> 4×8×8 latents),
+DIR/vae_qwen_image (the debug AutoencoderKLQwenImage, the same shapes) and DIR/<family> for every text-to-image family
+(random debug teachers as diffusers folders: pixart, flux, qwen_image, …), each loadable by the recipe keys that take a
+path: text_encoder.path, pooled_encoder.path, qwen_encoder.path, vae.path, teacher.path. They are the recipes' `size:
+debug` (`debug_qwen_image`) architectures, saved, so every path-based step (precompute_text.py, dump_trajectories.py,
+export) can be tried on a laptop.
 """
 
 from __future__ import annotations
@@ -17,23 +19,21 @@ from pathlib import Path
 
 def write_debug_assets(out: str | Path, *, seed: int = 0) -> dict[str, Path]:
     """The folders named in the module docstring; returns {name: folder}."""
-    import torch
-    from diffusers import AutoencoderKL
-
     from ard_scale.models.families import FAMILIES
     from ard_scale.models.teachers import build_teacher
-    from ard_scale.models.text_encoder import build_clip, build_t5
-    from ard_scale.models.vae import SIZES as VAE_SIZES
+    from ard_scale.models.text_encoder import build_clip, build_qwen, build_t5
+    from ard_scale.models.vae import build_codec
 
     out = Path(out)
     families = [name for name, family in FAMILIES.items() if family.condition_kind == "text"]
-    folders = {name: out / name for name in ("t5", "clip", "vae", *families)}
-    for name, build in (("t5", build_t5), ("clip", build_clip)):
+    folders = {name: out / name for name in ("t5", "clip", "qwen", "vae", "vae_qwen_image", *families)}
+    for name, build in (("t5", build_t5), ("clip", build_clip), ("qwen", build_qwen)):
         model, tokenizer = build("debug", seed=seed)
         model.save_pretrained(folders[name])
         tokenizer.save_pretrained(folders[name])
-    torch.manual_seed(seed)
-    AutoencoderKL(**VAE_SIZES["debug"]).save_pretrained(folders["vae"])
+    for name, size in (("vae", "debug"), ("vae_qwen_image", "debug_qwen_image")):
+        codec = build_codec(size=size, path=None, scaling_factor=None, channels=4, seed=seed)
+        codec.vae.save_pretrained(folders[name])
     for family in families:
         build_teacher(family, "debug", seed=seed).model.save_pretrained(folders[family])
     return folders

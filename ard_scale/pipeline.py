@@ -12,7 +12,8 @@
     text_encoder/             T5 and its tokenizer (text-to-image families)
     pooled_text_encoder/      CLIP's text tower and tokenizer (families that read a pooled embedding, FLUX.1)
     pooled_text_encoder_2/    the second CLIP tower and tokenizer (families that read two, SD3's CLIP-G)
-    vae/                      the AutoencoderKL (latent-space teachers)
+    qwen_text_encoder/        Qwen2.5-VL and its tokenizer (Qwen-Image)
+    vae/                      the AutoencoderKL or AutoencoderKLQwenImage (latent-space teachers)
     recipe.yaml               the training recipe, its encoder and VAE paths pointing at the folders above
 
 Prompts are encoded by the trainer's own `Conditioner` built from `recipe.yaml`, the VAE is the trainer's codec and
@@ -36,7 +37,7 @@ from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
-from ard_scale.models.vae import LatentCodec
+from ard_scale.models.vae import FrameLatentCodec, LatentCodec
 from ard_scale.trainer.build import Conditioner, build_codec_for
 
 MODEL_INDEX = "model_index.json"
@@ -45,6 +46,7 @@ ENCODER_FOLDERS = (
     ("text_encoder", "text_encoder", "encoder"),
     ("pooled_encoder", "pooled_text_encoder", "pooled_encoder"),
     ("pooled_encoder_2", "pooled_text_encoder_2", "pooled_encoder_2"),  # SD3's CLIP-G
+    ("qwen_encoder", "qwen_text_encoder", "qwen_encoder"),  # Qwen-Image's Qwen2.5-VL
 )
 RECIPE = "recipe.yaml"
 FORMAT_VERSION = 1
@@ -120,7 +122,7 @@ def export_pipeline(
         components[folder] = ["transformers", type(encoder).__name__]
     recipe["text_encoder"]["use_precomputed"] = False
     codec = build_codec_for(cfg, teacher)
-    if isinstance(codec, LatentCodec):
+    if isinstance(codec, (LatentCodec, FrameLatentCodec)):
         vae_source = None if cfg.vae.path is None else _vae_source(cfg.vae.path)
         _save_or_link(codec.vae, None, vae_source, out_dir / "vae", link)
         recipe["vae"].update(path="vae", size=None)

@@ -6,7 +6,8 @@ Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
 - parameters, gradients and optimizer state, ZeRO-paper accounting: mixed precision (bf16/fp16) keeps 2-byte weights
   and gradients plus 12 bytes of AdamW state per trainable parameter (fp32 master, two fp32 moments); fp32 keeps
   4 + 4 + 8. Stage 1 partitions the optimizer state, 2 also the gradients, 3 also the weights; the frozen teacher
-  and T5 have weights only (teacher_stage 0 replicates them, 3 partitions them).
+  and T5 have weights only (teacher_stage 0 replicates them, 3 partitions them); Qwen-Image's Qwen2.5-VL is held
+  whole on every rank (zero_stage 0), in the run's precision, as the Conditioner holds it.
 - activations: the student's are the bytes autograd saves for backward, counted with saved-tensor hooks during a
   meta forward at the recipe's micro batch (unique storages, weights excluded). SDPA is counted as the fused
   (flash / memory-efficient) kernels save it — q, k, v, output, fp32 log-sum-exp and, for the masked layers, the
@@ -64,6 +65,27 @@ T5_XXL = dict(
     use_cache=False,
 )
 T5_DEBUG = dict(d_model=24, d_ff=48, num_layers=2, num_heads=2, d_kv=12, vocab_size=384, feed_forward_proj="gated-gelu")
+# Qwen-Image's text encoder: Qwen2.5-VL-7B-Instruct (Qwen2_5_VLConfig text_config / vision_config).
+QWEN25_VL_7B = dict(
+    text_config=dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        tie_word_embeddings=False,
+    ),
+    vision_config=dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        fullatt_block_indexes=[7, 15, 23, 31],
+    ),  # fmt: skip
+)
 
 
 # -- meta-device models ------------------------------------------------------------------------------------------
@@ -116,6 +138,42 @@ def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
     with torch.device("meta"):
         model = T5EncoderModel(config)
     return model.eval().requires_grad_(False), source
+
+
+def meta_qwen_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
+    """Qwen2.5-VL on meta when the family reads it (Qwen-Image), from qwen_encoder.path's config where it is here."""
+    if "qwen" not in get_family(cfg.teacher.family).text_encoders:
+        return None, "none"
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from ard_scale.models.text_encoder import QWEN_SIZES
+
+    qe = cfg.qwen_encoder
+    config_file = _config_file(qe.path, "text_encoder")
+    if config_file is not None:
+        config, source = Qwen2_5_VLConfig.from_json_file(config_file), str(config_file)
+    elif qe.size in QWEN_SIZES:
+        config, source = Qwen2_5_VLConfig(**QWEN_SIZES[qe.size]), f"named size {qe.size!r}"
+    else:
+        config = Qwen2_5_VLConfig(**QWEN25_VL_7B)
+        source = f"Qwen2.5-VL-7B-Instruct (qwen_encoder.path {qe.path} not found here)"
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    return model.eval().requires_grad_(False), source
+
+
+def qwen_encode_cost(model: nn.Module, batch: int, tokens: int, dtype) -> tuple[int, int]:
+    """(working set bytes, FLOPs) of one encoder pass over `batch` captions of `tokens` tokens, derived rather than
+    counted (Qwen2.5-VL's rotary embedding does not run on meta): 2 FLOPs per decoder weight per token (no LM head,
+    `encode_qwen` stops at the hidden states) + causal attention, and a decoder layer's largest outputs (q, k, v, o,
+    the gated MLP's three intermediates) as the working set."""
+    c = model.config.text_config
+    layers = model.model.language_model.layers
+    per_layer = sum(p.numel() for p in layers[0].parameters())
+    attention = 2 * 2 * tokens * tokens * c.hidden_size // 2  # QKᵀ and PV over the causal half
+    flops = batch * c.num_hidden_layers * (2 * per_layer * tokens + attention)
+    working = batch * tokens * (4 * c.hidden_size + 3 * c.intermediate_size) * dtype.itemsize
+    return working, flops
 
 
 def latent_side(cfg: RootConfig) -> int:
@@ -296,6 +354,7 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     # a guidance-distilled teacher (FLUX.1-dev) embeds the scale: one forward per solver evaluation, no CFG pass
     guided = cfg.diffusion.guidance_scale != 1 and teacher.spec.guidance == "cfg"
     t5, t5_source = meta_text_encoder(cfg)
+    qwen, qwen_source = meta_qwen_encoder(cfg)
     with torch.device("meta"):
         student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size))
     teacher.to(dtype)
@@ -316,6 +375,11 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     if t5 is not None:
         ids = torch.zeros(B + 1, cfg.text_encoder.max_length, dtype=torch.long, device="meta")  # + the empty caption
         t5_ws, t5_flops = inference_pass(t5.encoder.block, lambda: t5(input_ids=ids))
+    qwen_ws = qwen_flops = 0
+    if qwen is not None:  # + the null caption; the template's 34 head tokens run through the encoder too
+        from ard_scale.models.text_encoder import QWEN_TEMPLATE_TOKENS
+
+        qwen_ws, qwen_flops = qwen_encode_cost(qwen, B + 1, cfg.qwen_encoder.max_length + QWEN_TEMPLATE_TOKENS, dtype)
 
     # Weights, gradients, optimizer state. A LoRA student trains its adapters and heads only; its frozen base is
     # held at the student's stage — and with share_teacher it *is* the teacher's weights, held once.
@@ -357,6 +421,15 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
             "activations": t5_ws,
             "source": t5_source,
         }
+    if qwen is not None:  # the Conditioner holds it whole on every rank, in the run's precision
+        n_qwen = _num_params(qwen)
+        models["qwen2.5-vl"] = {
+            "num_params": n_qwen,
+            "zero_stage": 0,
+            **frozen_memory(n_qwen, 0, gpus, precision),
+            "activations": qwen_ws,
+            "source": qwen_source,
+        }
     gan = cfg.gan
     if gan.enabled:  # replicated fp32 heads with their own AdamW: weights + grads + 2 moments, on every GPU
         heads = teacher.depth if gan.layers is None else len(gan.layers)
@@ -389,9 +462,12 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
         "student_fwd_bwd": student_act_used + gan_features,
         "teacher_trajectory": teacher_ws + (gathered_once if z.gather_teacher_once else gathered_per_step),
         "t5_encode": t5_ws + t5_gathered,
+        "qwen_encode": qwen_ws,
     }
     peak = persistent + max(phases.values())
-    peak_gather_once = persistent + max(phases["student_fwd_bwd"], phases["t5_encode"], teacher_ws + gathered_once)
+    peak_gather_once = persistent + max(
+        phases["student_fwd_bwd"], phases["t5_encode"], phases["qwen_encode"], teacher_ws + gathered_once
+    )
 
     # FLOPs per sample, counted in the passes above (every op's count is linear in the batch).
     teacher_fwd, student_fwd = teacher_flops // batch_t, student_flops // B
@@ -408,6 +484,7 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
         "student_forward_per_sample": student_fwd,
         "student_fwd_bwd": student_passes * student_fwd * samples,
         "t5_encode": t5_fwd * samples * trajectory_share,
+        "qwen_encode": qwen_flops // (B + 1) * samples * trajectory_share,
     }
     if gan.enabled:
         # Feature passes per sample: generator forward + backward to the input (~3 forwards), discriminator phase on
@@ -417,11 +494,16 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     else:
         flops["gan_feature_passes"] = 0
     flops["total"] = (
-        flops["teacher_trajectory"] + flops["student_fwd_bwd"] + flops["t5_encode"] + flops["gan_feature_passes"]
+        flops["teacher_trajectory"]
+        + flops["student_fwd_bwd"]
+        + flops["t5_encode"]
+        + flops["qwen_encode"]
+        + flops["gan_feature_passes"]
     )
     flops["teacher_over_student"] = flops["teacher_trajectory"] / flops["student_fwd_bwd"]
 
     notes = [f"teacher: {teacher_source}"] + ([f"t5: {t5_source}"] if t5 is not None else [])
+    notes += [f"qwen2.5-vl: {qwen_source} (its encode FLOPs and working set are derived, not counted)"] if qwen else []
     tb = cfg.train.global_batch_size
     global_batch = B * gpus * cfg.train.grad_accum
     if tb is not None and tb != global_batch:
@@ -505,6 +587,8 @@ def format_plan(p: dict) -> str:
     ]
     if f["t5_encode"]:
         lines.append(f"  T5 encode          {f['t5_encode'] / 1e12:10.2f} TFLOP")
+    if f["qwen_encode"]:
+        lines.append(f"  Qwen2.5-VL encode  {f['qwen_encode'] / 1e12:10.2f} TFLOP")
     if f["gan_feature_passes"]:
         lines.append(f"  GAN feature passes {f['gan_feature_passes'] / 1e12:10.2f} TFLOP")
     lines.append(

@@ -3,14 +3,15 @@
     python bench/flops.py --json out.json
 
 For each of dit_xl_2_256, pixart_sigma_1024 (300 T5 tokens), flux_1_dev at 1024px (512 T5 tokens, 4096 packed
-image tokens) and sd35_large at 1024px (77 CLIP + 256 T5 tokens, StableDiffusion3Pipeline's defaults; 4096 image
-tokens of patch 2) with S=4: GFLOPs per sample of S-step sampling and of one teacher-forced training forward at N=0
-and at each N of `--causal-layers` (default 6; FLUX, SD3.5: 2, 4, 6), and the overheads over N=0. The paper reports
-~1.1 % for DiT-XL/2 sampling. What is counted: every matmul and SDPA the student runs (torch's FLOP counter on meta);
-masked SDPA at its full (S·L)² cost. For the joint-attention teachers (FLUX, SD3.5), `text_copy_pct` is the share of
-each group's tokens that are its own copy of the text (L_txt / (L_txt + L_img)), and `teacher_steps_ratio` the N=0
-training forward over S teacher forwards (1.0: the per-group text copy costs exactly what the teacher spends on its
-text tokens each step).
+image tokens), sd35_large at 1024px (77 CLIP + 256 T5 tokens, StableDiffusion3Pipeline's defaults; 4096 image
+tokens of patch 2) and qwen_image at 1024px (512 Qwen2.5-VL tokens, QwenImagePipeline's max_sequence_length, every
+caption padded to it; 4096 packed image tokens) with S=4: GFLOPs per sample of S-step sampling and of one
+teacher-forced training forward at N=0 and at each N of `--causal-layers` (default 6; FLUX, SD3.5, Qwen-Image: 2, 4,
+6), and the overheads over N=0. The paper reports ~1.1 % for DiT-XL/2 sampling. What is counted: every matmul and SDPA
+the student runs (torch's FLOP counter on meta); masked SDPA at its full (S·L)² cost. For the joint-attention teachers
+(FLUX, SD3.5, Qwen-Image), `text_copy_pct` is the share of each group's tokens that are its own copy of the text
+(L_txt / (L_txt + L_img)), and `teacher_steps_ratio` the N=0 training forward over S teacher forwards (1.0: the
+per-group text copy costs exactly what the teacher spends on its text tokens each step).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MODELS = (
     ("pixart", "pixart_sigma_1024", 300, None),
     ("flux", "flux_1_dev", 512, (2, 4, 6)),
     ("sd3", "sd35_large", 256, (2, 4, 6)),  # text tokens: T5's; the family prepends its 77 CLIP tokens
+    ("qwen_image", "qwen_image", 512, (2, 4, 6)),  # Qwen2.5-VL tokens: QwenImagePipeline's max_sequence_length
 )
 
 

@@ -271,6 +271,7 @@ def main(argv=None) -> dict:
                 solver=args.solver,
                 record=args.record,
                 guided_channels=args.guided_channels,
+                guide=teacher.spec.guide,
                 student_grid=student_grid,
                 teacher_grid=teacher_grid,
                 latent_shape=shape,

@@ -138,6 +138,30 @@ class PooledEncoderConfig:
 
 
 @dataclass(kw_only=True)
+class QwenEncoderConfig:
+    """The frozen Qwen2.5-VL of Qwen-Image (the family's 'qwen' slot): its language model's last hidden states under
+    QwenImagePipeline's prompt template are the caption's tokens (with their mask); unused by other families."""
+
+    BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 1024)}
+
+    size: str | None = None
+    """Named architecture built with random weights ('debug': a tiny Qwen2.5-VL with a tiny byte-level Qwen2
+    tokenizer); at most one of size/path."""
+    path: str | None = None
+    """Local folder with Qwen2_5_VLForConditionalGeneration and its tokenizer, or a QwenImagePipeline folder holding
+    `text_encoder/` and `tokenizer/`."""
+    max_length: int = 512
+    """Caption tokens kept after the template (QwenImagePipeline's max_sequence_length: 512 by default, at most
+    1024); every caption is padded to it, with a mask."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.size is not None and self.path is not None:
+            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
+        return out
+
+
+@dataclass(kw_only=True)
 class VAEConfig:
     """The autoencoder between pixels and the teacher's latent space (only for real images and decoding)."""
 
@@ -536,6 +560,8 @@ class RootConfig:
     """CLIP text tower of a teacher that reads a pooled text embedding (FLUX.1; SD3's CLIP-L)."""
     pooled_encoder_2: PooledEncoderConfig = field(default_factory=PooledEncoderConfig)
     """Second CLIP text tower of a teacher that reads two (SD3: CLIP-G)."""
+    qwen_encoder: QwenEncoderConfig = field(default_factory=QwenEncoderConfig)
+    """Qwen2.5-VL of a teacher that reads its hidden states (Qwen-Image)."""
     vae: VAEConfig = field(default_factory=VAEConfig)
     """Autoencoder of a latent-space teacher."""
     student: ARDConfig = field(default_factory=ARDConfig)
@@ -564,13 +590,14 @@ class RootConfig:
         te = self.text_encoder
         spec = family_spec(t.family)
         text_family = spec is not None and spec.condition_kind == "text"
-        if text_family and te.path is None and te.size is None and not te.use_precomputed:
+        reads_t5 = spec is not None and "t5" in spec.text_encoders
+        if reads_t5 and te.path is None and te.size is None and not te.use_precomputed:
             out.append(
                 f"text_encoder.path: family {t.family!r} needs captions encoded: set text_encoder.path to a local T5 "
                 "folder (or text_encoder.size) or text_encoder.use_precomputed=true"
             )
         if (
-            text_family
+            reads_t5
             and spec.guidance == "cfg"
             and te.use_precomputed
             and te.path is None
@@ -580,6 +607,12 @@ class RootConfig:
             out.append(
                 "text_encoder.path: guidance needs the empty caption's T5 embedding, which precomputed shards do not "
                 "hold; give text_encoder.path (the encoder runs once, for the empty caption) or guidance_scale 1"
+            )
+        qe = self.qwen_encoder
+        if spec is not None and "qwen" in spec.text_encoders and qe.path is None and qe.size is None:
+            out.append(
+                f"qwen_encoder.path: family {t.family!r} reads Qwen2.5-VL's hidden states: set qwen_encoder.path to "
+                "the pipeline folder (its text_encoder/ and tokenizer/) or qwen_encoder.size"
             )
         pe = self.pooled_encoder
         if spec is not None and "clip" in spec.text_encoders and pe.path is None and pe.size is None:
@@ -599,14 +632,14 @@ class RootConfig:
             )
         if spec is not None and text_family and te.use_precomputed and not spec.precomputed_text:
             out.append(
-                f"text_encoder.use_precomputed: family {t.family!r} conditions on more than the precomputed t5_emb and "
-                "pooled_emb columns (SD3: CLIP token embeddings too), which launchers/precompute_text.py does not "
-                "write; set text_encoder.use_precomputed=false"
+                f"text_encoder.use_precomputed: family {t.family!r} conditions on more than the precomputed t5_emb "
+                "and pooled_emb columns (SD3: CLIP token embeddings too) or on others (Qwen-Image: Qwen2.5-VL hidden "
+                "states), which launchers/precompute_text.py does not write; set text_encoder.use_precomputed=false"
             )
-        if spec is not None and "clip" in spec.text_encoders and tr.trajectory_source == "offline":
+        if text_family and set(spec.text_encoders) != {"t5"} and tr.trajectory_source == "offline":
             out.append(
-                f"train.trajectory_source: offline dumps store T5 embeddings only, and family {t.family!r} also needs "
-                "the pooled CLIP embedding; use 'online' or 'replay'"
+                f"train.trajectory_source: offline dumps store T5 embeddings only, and family {t.family!r} reads "
+                f"{' + '.join(spec.text_encoders)}; use 'online' or 'replay'"
             )
         if spec is not None and spec.condition_kind == "labels" and self.text_encoder.use_precomputed:
             out.append(
@@ -646,8 +679,11 @@ class RootConfig:
         """Settings that have no effect because of another setting (a warning, not an error)."""
         out = []
         spec = family_spec(self.teacher.family)
-        if spec is not None and not spec.text_encoders and (self.text_encoder.path or self.text_encoder.size):
-            out.append(f"text_encoder.path/size is ignored: family {self.teacher.family!r} has no text encoder")
+        if spec is not None and "t5" not in spec.text_encoders and (self.text_encoder.path or self.text_encoder.size):
+            out.append(f"text_encoder.path/size is ignored: family {self.teacher.family!r} reads no T5 encoder")
+        qe = self.qwen_encoder
+        if spec is not None and "qwen" not in spec.text_encoders and (qe.path is not None or qe.size is not None):
+            out.append(f"qwen_encoder is ignored: family {self.teacher.family!r} reads no Qwen2.5-VL")
         if self.vae.path is None and self.vae.size is None and self.vae.scaling_factor is not None:
             out.append("vae.scaling_factor is ignored: no VAE (pixel space)")
         if self.vae.path is None and self.vae.size is None and self.vae.shift_factor is not None:

@@ -27,6 +27,8 @@ from ard_scale.models.condition import Condition
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Condition], torch.Tensor]
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), t_model (B,)) -> ODE output (B,C,H,W)
+# (conditional output, null output, scale) -> guided output, e.g. a family's `guide` (Qwen-Image rescales the norm)
+Guide = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 SOLVERS = ("ddim", "euler", "heun", "dpm++2m")
 NUM_EVALS_PER_STEP = {"ddim": 1, "euler": 1, "heun": 2, "dpm++2m": 1}
@@ -44,12 +46,15 @@ def guided_model(
     guidance_scale: float = 1.0,
     *,
     guided_channels: int | None = None,
+    guide: Guide | None = None,
 ) -> Model:
     """Classifier-free guidance: out_u + w·(out_c − out_u), conditional and unconditional halves in ONE batched forward.
 
     guidance_scale == 1 runs the conditional half only. `guided_channels=k` guides only the first k latent channels
     and keeps the conditional prediction for the rest (facebookresearch/DiT's `forward_with_cfg` uses k = 3;
-    diffusers' DiTPipeline and PixArt pipelines guide all channels, the default None). Note diffusers pipelines skip
+    diffusers' DiTPipeline and PixArt pipelines guide all channels, the default None). `guide(out_c, out_u, w)`
+    replaces the formula where the teacher's pipeline combines the halves otherwise (a family's `Family.guide`:
+    QwenImagePipeline rescales the result to the conditional prediction's norm). Note diffusers pipelines skip
     guidance for scale <= 1; here any scale != 1 is applied as written.
     """
     if guidance_scale != 1.0 and null_cond is None:
@@ -71,7 +76,7 @@ def guided_model(
         c = x.shape[1]
         out = denoise(torch.cat([x, x]), torch.cat([t, t]), both)[:, :c]
         out_c, out_u = out.chunk(2)
-        guided = out_u + w * (out_c - out_u)
+        guided = out_u + w * (out_c - out_u) if guide is None else guide(out_c, out_u, w)
         if guided_channels is not None and not 1 <= guided_channels <= c:
             raise ValueError(f"guided_channels={guided_channels} must be in [1, {c}] (the state's channels)")
         if guided_channels is not None and guided_channels < c:

@@ -89,6 +89,7 @@ def teacher_trajectory(
     solver: str = "ddim",
     record: Record = "noisy",
     guided_channels: int | None = None,
+    guide=None,
     student_grid: torch.Tensor | None = None,
     teacher_grid: torch.Tensor | None = None,
     gather: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -106,6 +107,8 @@ def teacher_trajectory(
     solver:           one of `solvers.SOLVERS` ('ddim', 'euler', 'heun', 'dpm++2m').
     record:           'noisy' (states only, the paper's target) or 'x0' (also the teacher's x̂0 at each τ_s).
     guided_channels:  guide only the first k latent channels (facebookresearch/DiT: 3); None = all (diffusers).
+    guide:            `guide(out_c, out_u, w)`, the teacher family's CFG combination (`Family.guide`; None = the
+                      plain formula): Qwen-Image's pipeline rescales it to the conditional prediction's norm.
     student_grid:     explicit student times (default `schedule.grid(S)`).
     teacher_grid:     explicit teacher grid (e.g. from `diffusers_grid`); must contain every student time.
     gather:           context-manager factory entered once around the whole solver loop (the distributed layer
@@ -144,7 +147,7 @@ def teacher_trajectory(
         raise ValueError(f"{x.shape[0]} seeds/noise samples but a condition batch of {cond.batch_size}")
     cond = cond.to(x.device)
     null_cond = None if null_cond is None else null_cond.to(x.device)
-    model = guided_model(denoise, cond, null_cond, guidance_scale, guided_channels=guided_channels)
+    model = guided_model(denoise, cond, null_cond, guidance_scale, guided_channels=guided_channels, guide=guide)
 
     slot = {i: k for k, i in enumerate(record_at)}
     states = x.new_empty((x.shape[0], len(record_at), *x.shape[1:]))
@@ -172,7 +175,9 @@ def diffusers_grid(scheduler) -> tuple[Schedule, torch.Tensor, str]:
     Supported: linear betas; DDIM with η=0, clip_sample=False, set_alpha_to_one=True and 'leading' spacing (DDIM
     steps from t to t − T//N, which is the next listed timestep only for 'leading'); DPM-Solver++ 2M (midpoint,
     final_sigmas_type='zero', no Karras/exponential/beta/flow sigmas); FlowMatchEulerDiscreteScheduler (SD3: its
-    shifted sigmas are the grid, Euler; no dynamic shifting or stochastic sampling). Anything else raises.
+    shifted sigmas are the grid, Euler; dynamic shifting (give `mu` to `set_timesteps`, as FluxPipeline and
+    QwenImagePipeline do) and Qwen-Image's `shift_terminal` stretch are already in those sigmas, so the returned
+    schedule's own `shift` is then unused: pass the grid explicitly; no stochastic sampling). Anything else raises.
     """
     cfg = scheduler.config
     name = type(scheduler).__name__
@@ -234,8 +239,7 @@ def diffusers_grid(scheduler) -> tuple[Schedule, torch.Tensor, str]:
 
 def _flow_match_grid(scheduler) -> tuple[FlowSchedule, torch.Tensor, str]:
     cfg = scheduler.config
-    flags = (
-        "use_dynamic_shifting",
+    flags = (  # dynamic shifting and shift_terminal act on the sigmas set_timesteps has made: they are the grid
         "use_karras_sigmas",
         "use_exponential_sigmas",
         "use_beta_sigmas",
@@ -243,8 +247,6 @@ def _flow_match_grid(scheduler) -> tuple[FlowSchedule, torch.Tensor, str]:
         "invert_sigmas",
     )
     problems = [f"{flag}=True (need False)" for flag in flags if getattr(cfg, flag, False)]
-    if getattr(cfg, "shift_terminal", None):
-        problems.append(f"shift_terminal={cfg.shift_terminal} (need None)")
     if problems:
         raise ValueError("FlowMatchEulerDiscreteScheduler config cannot be reproduced: " + "; ".join(problems))
     return FlowSchedule(shift=cfg.shift), scheduler.sigmas.to(torch.float64), "euler"

@@ -103,21 +103,23 @@ def cached_attention(attn: nn.Module, x_B1LD: torch.Tensor, *, cache: KVCache, v
 
 
 class AttentionPlan:
-    """What the installed processors of a joint-attention family (FLUX, SD3) do in the current forward, set by the
-    student before it runs the blocks; `attend` is their attention over (B·G, H, L, d) queries/keys/values.
+    """What the installed processors of a joint-attention family (FLUX, SD3, Qwen-Image) do in the current forward,
+    set by the student before it runs the blocks; `attend` is their attention over (B·G, H, L, d) queries/keys/values.
 
     mode 'grouped': each of the B·G sequences attends to itself (the teacher's attention).
     mode 'masked':  sequences are G groups per sample; group g sees the groups `mask_GG[g]` allows.
     mode 'cached':  one new group per sample; it appends its keys/values to its layer's cache (under `key`) and
-                    attends to the cached groups listed in `visible` (indices 0..g, g included)."""
+                    attends to the cached groups listed in `visible` (indices 0..g, g included).
+    `key_mask` (B·G, L) bool, optional: the keys each sequence may attend to at all (False = padding, e.g. Qwen-Image's
+    text padding); it is combined with the group mask, and cached with each group's keys."""
 
     def __init__(self):
         self.mode, self.groups, self.mask_GG, self.visible = "grouped", 1, None, None
         self.caches: dict = {}
 
-    def attend(self, key, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, key, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask=None) -> torch.Tensor:
         if self.mode == "grouped":
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_keys(key_mask))
         if self.mode == "masked":
             BG, H, L, d = q.shape
             G = self.groups
@@ -127,11 +129,26 @@ class AttentionPlan:
                 return t.view(B, G, H, L, d).transpose(1, 2).reshape(B, H, G * L, d)
 
             mask = token_mask(self.mask_GG.to(q.device), L)
+            if key_mask is not None:  # (B·G, L) -> (B, 1, 1, G·L), and-ed with the (G·L, G·L) group mask
+                mask = mask & key_mask.reshape(B, 1, 1, G * L)
             o = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=mask)
             return o.view(B, H, G, L, d).transpose(1, 2).reshape(BG, H, L, d)
-        keys, values = self.caches.setdefault(key, ([], []))
+        keys, values, masks = self.caches.setdefault(key, ([], [], []))
         keys.append(k)
         values.append(v)
+        masks.append(key_mask)
         ks = torch.cat([keys[i] for i in self.visible], dim=2)
         vs = torch.cat([values[i] for i in self.visible], dim=2)
-        return F.scaled_dot_product_attention(q, ks, vs)
+        km = None
+        if any(masks[i] is not None for i in self.visible):
+            km = torch.cat([_all_keys(masks[i], keys[i]) for i in self.visible], dim=1)
+        return F.scaled_dot_product_attention(q, ks, vs, attn_mask=_keys(km))
+
+
+def _keys(key_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(N, L) key mask -> the (N, 1, 1, L) boolean SDPA mask, or None."""
+    return None if key_mask is None else key_mask[:, None, None, :]
+
+
+def _all_keys(key_mask: torch.Tensor | None, k: torch.Tensor) -> torch.Tensor:
+    return torch.ones(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device) if key_mask is None else key_mask

@@ -3,7 +3,8 @@
 Only real images (the GAN stage's reals) and decoding for evaluation need it; trajectories never leave latent space.
 Images are (B, 3, H, W) in [-1, 1] as the data loaders yield them; latents are (posterior mean − shift) · scale with
 the VAE's shift and scaling factors (shift 0 for SD's VAE; FLUX.1's: 0.1159 and 0.3611), as the diffusers pipelines
-encode and decode.
+encode and decode. Qwen-Image's `AutoencoderKLQwenImage` is a video VAE: an image is one frame (B, C, 1, H, W) and
+its latents are normalised per channel with the config's `latents_mean` / `latents_std` (`FrameLatentCodec`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,20 @@ SIZES: dict[str, dict] = {
         norm_num_groups=8,
         sample_size=32,
     ),
+    # AutoencoderKLQwenImage: 4× (2 down stages, the second also temporal, as Qwen-Image's), 4 latent channels with
+    # per-channel mean and std, so 32 px images meet the debug Qwen-Image teacher's 8×8×4 latents.
+    "debug_qwen_image": dict(
+        _class_name="AutoencoderKLQwenImage",
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[1.5, 0.8, 2.0, 1.1],
+    ),
 }
+FRAME_VAE = "AutoencoderKLQwenImage"  # the video VAE class whose images are single frames
 
 
 class LatentCodec(nn.Module):
@@ -63,6 +77,47 @@ class LatentCodec(nn.Module):
     def decode(self, latents_BCHW: torch.Tensor) -> torch.Tensor:
         dtype = next(self.vae.parameters()).dtype
         return self.vae.decode(latents_BCHW.to(dtype) / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
+
+
+class FrameLatentCodec(nn.Module):
+    """`AutoencoderKLQwenImage` (Qwen-Image's video VAE) on images as single frames (B, C, 1, H, W). Latents are the
+    posterior mean normalised per channel exactly as the Qwen-Image pipelines do it: (mean − latents_mean) · (1 /
+    latents_std) to encode (QwenImageEditPipeline's argmax latents), latents / (1 / latents_std) + latents_mean to
+    decode (QwenImagePipeline)."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        c = vae.config
+        self.register_buffer("latents_mean", torch.tensor(c.latents_mean).view(1, c.z_dim, 1, 1), persistent=False)
+        self.register_buffer("latents_std", torch.tensor(c.latents_std).view(1, c.z_dim, 1, 1), persistent=False)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** len(self.vae.config.temperal_downsample)  # QwenImagePipeline's vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1 / std) in `like`'s dtype, computed as the pipelines compute them."""
+        mean, std = self.latents_mean.to(like.dtype), self.latents_std.to(like.dtype)
+        return mean, 1.0 / std
+
+    @torch.no_grad()
+    def encode(self, images_BCHW: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(images_BCHW.to(dtype)[:, :, None]).latent_dist
+        m = posterior.mean[:, :, 0]
+        mean, inv_std = self._stats(m)
+        return (m - mean) * inv_std
+
+    @torch.no_grad()
+    def decode(self, latents_BCHW: torch.Tensor) -> torch.Tensor:
+        x = latents_BCHW.to(next(self.vae.parameters()).dtype)
+        mean, inv_std = self._stats(x)
+        return self.vae.decode((x / inv_std + mean)[:, :, None]).sample[:, :, 0].clamp(-1, 1)
 
 
 class PixelCodec(nn.Module):
@@ -106,12 +161,14 @@ def vae_downsample(*, size: str | None, path: str | Path | None, missing: int | 
         if not (Path(path) / "vae" / "config.json").is_file():
             return missing
     if path is not None:
-        blocks = json.loads((_vae_folder(path) / "config.json").read_text())["block_out_channels"]
+        config = json.loads((_vae_folder(path) / "config.json").read_text())
     elif size in SIZES:
-        blocks = SIZES[size]["block_out_channels"]
+        config = SIZES[size]
     else:
         raise ValueError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
-    return 2 ** (len(blocks) - 1)
+    if config.get("_class_name") == FRAME_VAE:
+        return 2 ** len(config["temperal_downsample"])
+    return 2 ** (len(config["block_out_channels"]) - 1)
 
 
 def build_codec(
@@ -122,21 +179,35 @@ def build_codec(
     channels: int,
     seed: int = 0,
     shift_factor: float | None = None,
-) -> LatentCodec | PixelCodec:
-    """The recipe's `vae` section as a codec: a named random-weight size, a local AutoencoderKL folder, or (both
-    null) pixels. `channels` is the teacher's input channel count, checked against the VAE's latents."""
-    from diffusers import AutoencoderKL
+) -> LatentCodec | FrameLatentCodec | PixelCodec:
+    """The recipe's `vae` section as a codec: a named random-weight size, a local AutoencoderKL (or
+    AutoencoderKLQwenImage) folder, or (both null) pixels. `channels` is the teacher's input channel count, checked
+    against the VAE's latents."""
+    import diffusers
 
     if size is None and path is None:
         return PixelCodec(channels)
     if path is not None:
-        vae = AutoencoderKL.from_pretrained(_vae_folder(path))
+        folder = _vae_folder(path)
+        class_name = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
+        if class_name not in ("AutoencoderKL", FRAME_VAE):
+            raise ValueError(f"vae.path {path} holds a {class_name}; ard_scale reads AutoencoderKL or {FRAME_VAE}")
+        vae = getattr(diffusers, class_name).from_pretrained(folder)
     else:
         if size not in SIZES:
             raise ValueError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
         torch.manual_seed(seed)
-        vae = AutoencoderKL(**SIZES[size])
-    codec = LatentCodec(vae, scaling_factor, shift_factor)
+        kwargs = dict(SIZES[size])
+        vae = getattr(diffusers, kwargs.pop("_class_name", "AutoencoderKL"))(**kwargs)
+    if type(vae).__name__ == FRAME_VAE:
+        if scaling_factor is not None or shift_factor is not None:
+            raise ValueError(
+                f"vae.scaling_factor / vae.shift_factor do not apply to {FRAME_VAE}: its latents are normalised by the "
+                "config's latents_mean and latents_std; set both to null"
+            )
+        codec = FrameLatentCodec(vae)
+    else:
+        codec = LatentCodec(vae, scaling_factor, shift_factor)
     if codec.latent_channels != channels:
         raise ValueError(
             f"the VAE makes {codec.latent_channels}-channel latents but the teacher takes {channels} channels; "

@@ -23,7 +23,7 @@ from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config
-from ard_scale.models.vae import LatentCodec, PixelCodec, build_codec, vae_downsample
+from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
 from ard_scale.trainer.checks import check_channel_options, check_labels
 from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
 
@@ -46,7 +46,7 @@ def build_schedule(cfg: RootConfig, patch_size: int = 2) -> Schedule:
     return schedule_for_recipe(cfg.diffusion, latent_side(cfg), patch_size)
 
 
-def build_codec_for(cfg: RootConfig, teacher: Teacher) -> LatentCodec | PixelCodec:
+def build_codec_for(cfg: RootConfig, teacher: Teacher) -> LatentCodec | FrameLatentCodec | PixelCodec:
     """The recipe's `vae` section as a codec for `teacher`'s states."""
     v = cfg.vae
     return build_codec(
@@ -75,11 +75,13 @@ class Conditioner:
 
     Class-conditional families: the batch's labels; null = class `num_classes`. Text families: the encoders the
     family lists by slot (`family.text_encoders`: 't5' = text_encoder, 'clip' = pooled_encoder, 'clip_2' =
-    pooled_encoder_2) run on the captions, and the family combines their outputs (`family.assemble_condition`: T5
-    tokens + CLIP's pooled embedding for FLUX.1; CLIP-L ‖ CLIP-G tokens padded and prepended to T5's, pooled CLIP-L ‖
-    CLIP-G for SD3); or T5 embeddings precomputed in the shards (`t5_emb`/`t5_mask`, with `pooled_emb` where a 'clip'
-    slot is listed; without the mask where the family attends to padding). Guidance (`family.guidance`): 'cfg' —
-    the null condition is the empty caption's condition, encoded once (with precomputed embeddings and no evaluation
+    pooled_encoder_2, 'qwen' = qwen_encoder) run on the captions, and the family combines their outputs
+    (`family.assemble_condition`: T5 tokens + CLIP's pooled embedding for FLUX.1; CLIP-L ‖ CLIP-G tokens padded and
+    prepended to T5's, pooled CLIP-L ‖ CLIP-G for SD3; Qwen2.5-VL's hidden states and mask for Qwen-Image); or T5
+    embeddings precomputed in the shards (`t5_emb`/`t5_mask`, with `pooled_emb` where a 'clip' slot is listed; without
+    the mask where the family attends to padding). Guidance (`family.guidance`): 'cfg' — the null condition is the
+    condition of the family's `null_caption` (the empty caption; Qwen-Image's " "), encoded once (with precomputed
+    embeddings and no evaluation
     of prompts, `for_eval` or `eval.every`, the encoders are loaded for that alone and then dropped); 'embedded' —
     every condition carries `diffusion.guidance_scale` as its guidance value and there is no null condition
     (`cfg_scale` is 1)."""
@@ -89,8 +91,10 @@ class Conditioner:
         self.kind, self.teacher, self.spec, self.device = teacher.condition_kind, teacher, spec, torch.device(device)
         self.encoder = self.tokenizer = self.null = None
         self.pooled_encoder = self.pooled_tokenizer = self.pooled_encoder_2 = self.pooled_tokenizer_2 = None
-        tec, pec, pec2 = cfg.text_encoder, cfg.pooled_encoder, cfg.pooled_encoder_2
+        self.qwen_encoder = self.qwen_tokenizer = None
+        tec, pec, pec2, qec = cfg.text_encoder, cfg.pooled_encoder, cfg.pooled_encoder_2, cfg.qwen_encoder
         self.max_length, self.use_mask = tec.max_length, spec.text_mask
+        self.qwen_max_length = qec.max_length
         self.pooled_max_length, self.pooled_max_length_2 = pec.max_length, pec2.max_length
         self.cfg_scale = 1.0 if spec.guidance == "embedded" else float(cfg.diffusion.guidance_scale)
         self.guidance = embedded_guidance(cfg, teacher)
@@ -100,10 +104,22 @@ class Conditioner:
         keep = for_eval or cfg.eval.every is not None or not tec.use_precomputed
         if not keep and self.cfg_scale == 1:
             return
-        from ard_scale.models.text_encoder import build_t5, load_t5
+        from ard_scale.models.text_encoder import build_qwen, build_t5, load_qwen, load_t5
 
-        self.encoder, self.tokenizer = load_t5(tec.path) if tec.path is not None else build_t5(tec.size)
-        self.encoder.to(self.device)
+        if "t5" in spec.text_encoders:
+            self.encoder, self.tokenizer = load_t5(tec.path) if tec.path is not None else build_t5(tec.size)
+            self.encoder.to(self.device)
+        if "qwen" in spec.text_encoders:
+            if qec.path is None and qec.size is None:
+                raise ValueError(
+                    f"a {teacher.family} teacher reads Qwen2.5-VL's hidden states: set qwen_encoder.path (the "
+                    "pipeline's text_encoder/ and tokenizer/) or qwen_encoder.size"
+                )
+            # in the run's precision (QwenImagePipeline runs it in bf16): 8.3B parameters on every rank
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+            loaded = load_qwen(qec.path, dtype=dtype) if qec.path is not None else build_qwen(qec.size)
+            self.qwen_encoder, self.qwen_tokenizer = loaded
+            self.qwen_encoder.to(device=self.device, dtype=dtype)
         if self.needs_pooled:
             if pec.path is None and pec.size is None:
                 raise ValueError(
@@ -119,10 +135,15 @@ class Conditioner:
                 )
             self.pooled_encoder_2, self.pooled_tokenizer_2 = self._clip(pec2, "pooled_encoder_2", 1)
         if self.cfg_scale != 1:
-            self.null = self._encode([""])
+            self.null = self._encode([spec.null_caption])
         if not keep:
             self.encoder = self.tokenizer = self.pooled_encoder = self.pooled_tokenizer = None
-            self.pooled_encoder_2 = self.pooled_tokenizer_2 = None
+            self.pooled_encoder_2 = self.pooled_tokenizer_2 = self.qwen_encoder = self.qwen_tokenizer = None
+
+    @property
+    def can_encode(self) -> bool:
+        """Whether captions can be encoded here (the family's encoders are loaded)."""
+        return self.encoder is not None or self.qwen_encoder is not None
 
     def _clip(self, section, key: str, seed: int):
         """(encoder, tokenizer) of one CLIP slot: a folder (or the pipeline folder's text_encoder[_2]/ and
@@ -158,7 +179,7 @@ class Conditioner:
             text = batch["t5_emb"].float()
             mask = batch["t5_mask"] if self.use_mask else None
             pooled = batch["pooled_emb"].float() if self.needs_pooled else None
-        elif self.encoder is None:
+        elif not self.can_encode:
             wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
             raise ValueError(
                 f"text_encoder.use_precomputed is set but the shards carry no {wanted}; run "
@@ -188,12 +209,18 @@ class Conditioner:
     def _encode(self, captions: list[str]) -> Condition:
         """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
         from ard_scale.models.condition import EncodedText
-        from ard_scale.models.text_encoder import encode_captions, encode_clip
+        from ard_scale.models.text_encoder import encode_captions, encode_clip, encode_qwen
 
-        text, mask = encode_captions(
-            self.encoder, self.tokenizer, captions, max_length=self.max_length, use_mask=self.use_mask
-        )
-        encoded = {"t5": EncodedText(tokens=text, mask=mask)}
+        encoded = {}
+        if self.encoder is not None:
+            text, mask = encode_captions(
+                self.encoder, self.tokenizer, captions, max_length=self.max_length, use_mask=self.use_mask
+            )
+            encoded["t5"] = EncodedText(tokens=text, mask=mask)
+        if self.qwen_encoder is not None:
+            encoded["qwen"] = encode_qwen(
+                self.qwen_encoder, self.qwen_tokenizer, captions, max_length=self.qwen_max_length
+            )
         if self.pooled_encoder is not None:
             encoded["clip"] = encode_clip(
                 self.pooled_encoder, self.pooled_tokenizer, captions, max_length=self.pooled_max_length
@@ -220,7 +247,8 @@ class Run:
     loader: Any  # the stream a step draws from: images + conditions, or offline trajectories (trajectory_source)
     loss_fn: RegressionLoss
     conditioner: Conditioner
-    codec: LatentCodec | PixelCodec  # images <-> the teacher's states (replicated; GAN reals, eval decoding)
+    # images <-> the teacher's states (replicated; GAN reals, eval decoding)
+    codec: LatentCodec | FrameLatentCodec | PixelCodec
     trajectories: Any  # the step's trajectory source (ard_scale/trainer/trajectories.py); its state is per rank
     latent_shape: tuple[int, int, int]  # (C, H, W) of a trajectory state at data.resolution
 

@@ -73,6 +73,7 @@ class EvalSetup:
     device: torch.device
     cache_dir: Path
     teacher_description: dict
+    guide: Any = None  # the teacher family's CFG combination (`Family.guide`)
     skipped: list[str] = field(default_factory=list)
     rank: int = 0
     world_size: int = 1
@@ -114,6 +115,7 @@ class EvalSetup:
             substeps=d.substeps,
             solver=d.solver,
             guided_channels=d.guide_first_channels,
+            guide=self.guide,
             gather=gather,
         )
         return traj.final
@@ -177,7 +179,7 @@ def build_eval_setup(
 
     # the evaluation set: sample i is class i mod K, or prompt i mod P
     if text:
-        if getattr(conditioner, "encoder", None) is None:
+        if not getattr(conditioner, "can_encode", False):
             raise ValueError(
                 "evaluating a text-to-image student encodes its prompts with T5, but text_encoder.use_precomputed "
                 "leaves no encoder: give text_encoder.path, or set eval.every=null"
@@ -192,7 +194,7 @@ def build_eval_setup(
             return conditioner({"captions": captions})[0], captions
 
         def null_for(batch_size: int) -> Condition:
-            return conditioner({"captions": [""] * batch_size})[0]
+            return conditioner({"captions": [teacher.spec.null_caption] * batch_size})[0]
 
         eval_set = {"prompts": cache_key({"prompts": prompts}), "num_prompts": len(prompts)}
     else:
@@ -261,6 +263,7 @@ def build_eval_setup(
         device=device,
         cache_dir=cache_dir,
         teacher_description=teacher_description,
+        guide=teacher.spec.guide,
         skipped=skipped,
         rank=rank,
         world_size=world_size,

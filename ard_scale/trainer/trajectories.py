@@ -79,6 +79,7 @@ class OnlineTrajectories:
             solver=d.solver,
             record=d.record,
             guided_channels=d.guide_first_channels,
+            guide=run.teacher.spec.guide,  # the family's CFG combination (Qwen-Image rescales the norm)
             gather=gather,
             device=run.engine.device,  # noise drawn on the CPU from its seed, then moved: the same on any device
         )

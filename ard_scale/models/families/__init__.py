@@ -23,6 +23,6 @@ def family_of_class(class_name: str) -> type[Family] | None:
     return next((f for f in FAMILIES.values() if f.model_class.__name__ == class_name), None)
 
 
-from ard_scale.models.families import dit, flux, pixart, sd3  # noqa: E402,F401  (registers them)
+from ard_scale.models.families import dit, flux, pixart, qwen_image, sd3  # noqa: E402,F401  (registers them)
 
 __all__ = ["FAMILIES", "Family", "family_of_class", "get_family", "register"]

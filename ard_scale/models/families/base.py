@@ -48,6 +48,8 @@ class Family:
     # 'embedded': it is the value a guidance-distilled network embeds (FLUX.1-dev; see `distilled_guidance`): no
     # null condition, no second pass, and the student is conditioned on the same value.
     guidance: ClassVar[Literal["cfg", "embedded"]] = "cfg"
+    # The caption whose condition is the null condition of CFG (the pipeline's default or model-card negative prompt).
+    null_caption: ClassVar[str] = ""
     # True: the teacher reads the T5 attention mask (PixArt). False: it attends to all max_length tokens, and the
     # encoder runs without a mask, as FluxPipeline does.
     text_mask: ClassVar[bool] = True
@@ -173,6 +175,12 @@ class Family:
             raise ValueError(f"a class-conditional ({cls.name}) {who} needs class labels, got a text condition")
         if cls.condition_kind == "text" and cond.text is None:
             raise ValueError(f"a text-to-image ({cls.name}) {who} needs text embeddings, got class labels")
+
+    @classmethod
+    def guide(cls, out_c: torch.Tensor, out_u: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance of the conditional and null predictions (B, C, H, W), as the family's pipeline
+        combines them: out_u + w·(out_c − out_u) by default."""
+        return out_u + scale * (out_c - out_u)
 
     # -- the teacher -----------------------------------------------------------------------------------------------
     @classmethod

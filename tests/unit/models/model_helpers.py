@@ -4,7 +4,7 @@ import torch
 
 from ard_scale.models.condition import Condition
 
-FAMILIES = ("dit", "pixart", "flux", "sd3")
+FAMILIES = ("dit", "pixart", "flux", "sd3", "qwen_image")
 
 
 def make_condition(family: str, batch: int, seed: int = 0) -> Condition:
@@ -19,6 +19,7 @@ def make_condition(family: str, batch: int, seed: int = 0) -> Condition:
         )
     if family == "sd3":  # CLIP + T5 tokens (SD3 attends to all of them), pooled CLIP-L ‖ CLIP-G, true CFG
         return Condition(text=torch.randn(batch, 6, 24, generator=g), pooled=torch.randn(batch, 24, generator=g))
+    # PixArt (T5) and Qwen-Image (Qwen2.5-VL hidden states): tokens with their mask
     mask = torch.ones(batch, 6, dtype=torch.long)
     mask[0, 4:] = 0  # padded caption: the mask must be honoured
     return Condition(text=torch.randn(batch, 6, 24, generator=g), text_mask=mask)

@@ -127,8 +127,9 @@ def test_the_student_backbone_carries_the_generator_gradient_to_its_input_only(t
     x0 = x0_hat_of(student)
     x_t = add_noise(student.schedule, x0, noise.t_fake, noise.noise_fake)
     (-disc(student.features(x_t, noise.t_fake, cond, layers), cond).mean()).backward()
-    shared = student.backbone.transformer_blocks[1].ff.net[0].proj.weight.grad
-    assert not torch.allclose(shared, reference["backbone.transformer_blocks.1.ff.net.0.proj.weight"], rtol=1e-3)
+    mlp = "img_mlp" if family == "qwen_image" else "ff"  # Qwen-Image's image-stream MLP
+    shared = getattr(student.backbone.transformer_blocks[1], mlp).net[0].proj.weight.grad
+    assert not torch.allclose(shared, reference[f"backbone.transformer_blocks.1.{mlp}.net.0.proj.weight"], rtol=1e-3)
 
 
 def test_the_discriminator_loss_leaves_the_backbone_without_gradients(teacher, family):
