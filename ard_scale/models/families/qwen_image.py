@@ -116,6 +116,7 @@ class QwenImageFamily(Family):
     joint_attention = True
     guidance = "cfg"
     text_mask = True
+    lora_targets = (*Family.lora_targets, "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2")
     description = "Qwen-Image flow-matching MMDiT (Qwen2.5-VL hidden states with mask, true CFG with norm rescaling)"
     default_sizes = {1024: "qwen_image"}
     sizes = {

@@ -141,7 +141,7 @@ def test_targets_that_match_nothing_are_an_error(teacher):
         lora_student(teacher, targets=["no_such_layer"])
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "qwen_image"])
 def test_the_adapter_file_loads_into_the_diffusers_model_as_the_merged_weights(family, tmp_path):
     """The adapter-only export is diffusers' LoRA layout: `load_lora_adapter(prefix="transformer")` on the plain
     teacher class gives the merged backbone."""
