@@ -6,7 +6,9 @@ Writes DIR/t5 (a tiny T5 encoder + byte-level tokenizer), DIR/clip (a tiny CLIP 
 (the debug AutoencoderKL: 32 px images <-> 4×8×8 latents) and DIR/<family> for every text-to-image family (random
 debug teachers as diffusers folders: pixart, flux, …), each loadable by the recipe keys that take a path:
 text_encoder.path, pooled_encoder.path, vae.path, teacher.path. They are the recipes' `size: debug` architectures,
-saved, so every path-based step (precompute_text.py, dump_trajectories.py, export) can be tried on a laptop.
+saved, so every path-based step (precompute_text.py, dump_trajectories.py, export) can be tried on a laptop. With
+`--images N` it also writes DIR/images: the first N bundled digits as a folder of PNGs and .txt captions ("a
+handwritten digit seven"), the layout launchers/build_shards.py reads, to stand in for your own data.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import argparse
 from pathlib import Path
 
 
-def write_debug_assets(out: str | Path, *, seed: int = 0) -> dict[str, Path]:
-    """The folders named in the module docstring; returns {name: folder}."""
+def write_debug_assets(out: str | Path, *, seed: int = 0, num_images: int = 0) -> dict[str, Path]:
+    """The folders named in the module docstring (DIR/images with `num_images` > 0); returns {name: folder}."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -36,6 +38,11 @@ def write_debug_assets(out: str | Path, *, seed: int = 0) -> dict[str, Path]:
     AutoencoderKL(**VAE_SIZES["debug"]).save_pretrained(folders["vae"])
     for family in families:
         build_teacher(family, "debug", seed=seed).model.save_pretrained(folders[family])
+    if num_images:
+        from ard_scale.data.bundled import write_digit_folder
+
+        folders["images"] = out / "images"
+        write_digit_folder(str(folders["images"]), num_images)
     return folders
 
 
@@ -45,8 +52,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     )
     parser.add_argument("out", type=Path, help="folder to write the debug models into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=0, help="also write N digits as an image + caption folder")
     args = parser.parse_args(argv)
-    folders = write_debug_assets(args.out, seed=args.seed)
+    folders = write_debug_assets(args.out, seed=args.seed, num_images=args.images)
     for name, folder in folders.items():
         print(f"{name:7s} {folder}")
     return folders
