@@ -18,8 +18,10 @@ Objectives (`--objective`): VP 'epsilon' / 'v_prediction' (DDPM linear betas, t 
 loss ‖out − ε‖² or ‖out − (α·ε − σ·x0)‖², Ho et al. 2020 eq. 14 / Salimans & Ho 2022 §4) or 'flow'
 (x_t = (1−t)·x0 + t·ε, t ~ U(0, 1), loss ‖out − (ε − x0)‖², Lipman et al. 2023 eq. 23). Learned-sigma channels get no
 loss (the ODE ignores them). Conditions are dropped to the null condition 10 % of the time so CFG works. `dit`
-conditions on the class; `pixart` on the digits on a fixed random 4-token "caption embedding" per class (a stand-in
-for T5, which has no weights here; saved as captions.pt).
+conditions on the class; the text families (`pixart`, `flux`, `sd3`) on the digits on a fixed random 4-token
+"caption embedding" per class, with a random pooled embedding where the family takes one (a stand-in for T5 and CLIP,
+which have no weights here; saved as captions.pt, a dict of 'text' [, 'pooled']); FLUX's distilled guidance embedding
+gets `--guidance`. On shards: `dit` and `pixart` only.
 
 Writes OUT/transformer (diffusers `save_pretrained`, loads with `ard_scale.models.teachers.load_teacher`),
 OUT/scheduler, OUT/fit.json (loss curve, sample class accuracy) and OUT/samples.png (one row per class, sampled
@@ -48,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory  # noqa: E402
 from ard_scale.models.condition import Condition  # noqa: E402
-from ard_scale.models.families import get_family  # noqa: E402
+from ard_scale.models.families import FAMILIES, get_family  # noqa: E402
 from ard_scale.models.teachers import Teacher, build_teacher  # noqa: E402
 
 NUM_CLASSES = 10
@@ -67,20 +69,31 @@ def load_digits(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Conditioner:
-    """Class labels -> the family's Condition; index NUM_CLASSES is the null condition."""
+    """Class labels -> the family's Condition; index NUM_CLASSES is the null condition. Text families get a fixed
+    random "caption" per class in the shapes of the family's condition (T5 tokens, and a pooled embedding where the
+    family takes one); a guidance-distilled teacher (FLUX.1-dev) also gets `guidance` as its embedded value."""
 
-    def __init__(self, family: str, caption_channels: int | None, seed: int = 0):
-        self.kind = get_family(family).condition_kind
+    def __init__(self, teacher: Teacher, seed: int = 0, guidance: float | None = None):
+        self.kind = teacher.spec.condition_kind
+        self.text_mask = teacher.spec.text_mask  # FLUX and SD3 attend to every token: no mask
+        self.guidance = guidance if teacher.spec.guidance == "embedded" and teacher.distilled_guidance else None
+        self.captions: dict[str, torch.Tensor] = {}
         if self.kind == "text":
             g = torch.Generator().manual_seed(seed)
-            self.captions = torch.randn(NUM_CLASSES + 1, CAPTION_TOKENS, caption_channels, generator=g)
+            example = teacher.spec.example_condition(teacher.model, NUM_CLASSES + 1, "cpu", CAPTION_TOKENS)
+            for name in ("text", "pooled"):
+                value = getattr(example, name)
+                if value is not None:
+                    self.captions[name] = torch.randn(value.shape, generator=g)
 
     def __call__(self, labels: torch.Tensor) -> Condition:
         if self.kind == "labels":
             return Condition(labels=labels)
-        return Condition(
-            text=self.captions[labels], text_mask=torch.ones(len(labels), CAPTION_TOKENS, dtype=torch.long)
-        )
+        text = self.captions["text"][labels]
+        mask = torch.ones(text.shape[:2], dtype=torch.long) if self.text_mask else None
+        guidance = None if self.guidance is None else torch.full((len(labels),), float(self.guidance))
+        pooled = self.captions["pooled"][labels] if "pooled" in self.captions else None
+        return Condition(text=text, text_mask=mask, pooled=pooled, guidance=guidance)
 
 
 class ShardConditioner:
@@ -191,6 +204,8 @@ def diffusion_loss(teacher: Teacher, schedule, x0: torch.Tensor, cond: Condition
 def sample_classes(teacher, schedule, conditioner, shape, per_class: int, guidance: float, steps: int):
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
     null = conditioner(torch.full_like(labels, NUM_CLASSES))
+    if conditioner.guidance is not None:  # guidance-distilled: the value is embedded in the condition, no null pass
+        null, guidance = None, 1.0
     return sample(teacher, schedule, conditioner(labels), null, shape, guidance, steps), labels
 
 
@@ -252,7 +267,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying family/size/objective defaults")
     parser.add_argument("--out", type=Path, required=True, help="output folder (diffusers layout)")
-    parser.add_argument("--family", choices=("dit", "pixart"))
+    parser.add_argument("--family", choices=sorted(FAMILIES))
     parser.add_argument("--size", help="named teacher size (default debug)")
     parser.add_argument("--objective", choices=("epsilon", "v_prediction", "flow"))
     parser.add_argument("--resolution", type=int, default=8, help="pixel resolution trained at")
@@ -271,7 +286,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default 1: fastest for debug-size models)")
     parser.add_argument("--sample-steps", type=int, default=24, help="DDIM/Euler steps for the sample grid")
-    parser.add_argument("--guidance", type=float, default=1.5, help="guidance scale for the sample grid")
+    parser.add_argument(
+        "--guidance", type=float, default=1.5, help="guidance scale for the sample grid (FLUX: the embedded value)"
+    )
     args = parser.parse_args(argv)
     defaults = {"family": "dit", "size": "debug", "objective": "epsilon", **recipe_defaults(args.recipe)}
     family, size, objective = (getattr(args, k) or defaults[k] for k in ("family", "size", "objective"))
@@ -279,6 +296,11 @@ def main(argv=None) -> dict:
     data_path, data_format = args.data or defaults.get("data"), args.data_format or defaults.get("data_format")
     if data_path is not None and data_format is None:
         parser.error(f"give --data-format webdataset|mds for --data {data_path}")
+    if data_path is not None and get_family(family).text_encoders not in ((), ("t5",)):
+        parser.error(
+            f"--family {family} fits on the in-memory digits only (its condition needs pooled CLIP embeddings the "
+            "shard path does not build); leave out --data, or fit a dit/pixart teacher on shards"
+        )
     if args.text_encoder is not None and (kind != "text" or data_path is None):
         warnings.warn("--text-encoder is ignored: it encodes the shard captions of a pixart teacher", stacklevel=1)
 
@@ -295,7 +317,7 @@ def main(argv=None) -> dict:
     if data_path is None:
         images, labels = load_digits(args.resolution)
         images = images.expand(-1, args.channels, -1, -1)
-        conditioner = None  # built with the teacher (it needs caption_channels)
+        conditioner = None  # built with the teacher (it needs the condition's shapes)
 
         def next_batch() -> tuple[torch.Tensor, Condition]:
             idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
@@ -317,10 +339,8 @@ def main(argv=None) -> dict:
             return to_channels(batch["images"], args.channels), conditioner.drop(conditioner(batch), gen)
 
     overrides.update(
-        in_channels=args.channels,
-        out_channels=2 * args.channels,
-        sample_size=args.resolution,
         num_layers=args.layers,
+        **get_family(family).pixel_overrides(args.channels, args.resolution),
         **get_family(family).width_overrides(args.width),
     )
     overrides.update(get_family(family).size_overrides(args.num_classes if data_path is not None else NUM_CLASSES))
@@ -329,7 +349,7 @@ def main(argv=None) -> dict:
     ema = copy.deepcopy(teacher).requires_grad_(False).eval()
     schedule = FlowSchedule() if objective == "flow" else VPSchedule(prediction_type=objective)
     if data_path is None:
-        conditioner = Conditioner(family, teacher.config.get("caption_channels"), seed=args.seed)
+        conditioner = Conditioner(teacher, seed=args.seed, guidance=args.guidance)
     opt = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=0.0)
 
     losses, t0 = [], time.perf_counter()

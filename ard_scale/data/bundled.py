@@ -53,15 +53,17 @@ def caption_for(label: int) -> str:
     return f"a handwritten digit {NUMBER_WORDS[label]}"
 
 
-def write_digit_folder(folder: str) -> int:
-    """Write the digits as PNG + .txt caption + .json label into `folder` (build_shards' folder layout)."""
+def write_digit_folder(folder: str, num: int | None = None) -> int:
+    """Write the first `num` (default all) digits as PNG + .txt caption + .json label into `folder` (build_shards'
+    folder layout); returns how many."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     os.makedirs(folder, exist_ok=True)
-    for index, (image_8x8, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+    pairs = list(zip(digits.images, digits.target, strict=True))[:num]
+    for index, (image_8x8, label) in enumerate(pairs):
         pixels = np.clip(np.round(image_8x8 * (255 / 16)), 0, 255).astype(np.uint8)
         image = Image.fromarray(pixels, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
         stem = os.path.join(folder, f"digits-{index:04d}")
@@ -70,7 +72,7 @@ def write_digit_folder(folder: str) -> int:
             f.write(caption_for(int(label)))
         with open(stem + ".json", "w") as f:
             json.dump({"label": int(label)}, f)
-    return len(digits.images)
+    return len(pairs)
 
 
 def build_digits(out_dir: str = BUNDLED_DIR) -> dict[str, int]:

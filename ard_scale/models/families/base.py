@@ -84,6 +84,12 @@ class Family:
         return {"num_attention_heads": max(1, width // 32), "attention_head_dim": min(32, width)}
 
     @classmethod
+    def pixel_overrides(cls, channels: int, resolution: int) -> dict:
+        """Keyword overrides of the diffusers class for a pixel-space teacher of `channels` channels at `resolution`
+        px (launchers/fit_teacher.py): the adaLN DiTs predict learned-sigma channels beside their target."""
+        return {"in_channels": channels, "out_channels": 2 * channels, "sample_size": resolution}
+
+    @classmethod
     def check_model(cls, model: nn.Module) -> None:
         """Raise for a model of this class that the family does not support (with the reason and the fix)."""
 

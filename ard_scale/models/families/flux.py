@@ -149,6 +149,17 @@ class FluxFamily(Family):
         ),
     }
 
+    # -- building --------------------------------------------------------------------------------------------------
+    @classmethod
+    def width_overrides(cls, width):
+        out = super().width_overrides(width)  # RoPE's (text, row, column) axes must add up to the head width
+        d = out["attention_head_dim"]
+        return {**out, "axes_dims_rope": (d - 2 * (3 * d // 8), 3 * d // 8, 3 * d // 8)}
+
+    @classmethod
+    def pixel_overrides(cls, channels, resolution):
+        return {"in_channels": channels * PACK * PACK}  # 2×2-packed tokens; no sample_size, no learned sigma
+
     # -- shape facts ---------------------------------------------------------------------------------------------
     @classmethod
     def check_model(cls, model):

@@ -171,6 +171,17 @@ class SD3Family(Family):
 
     # -- building --------------------------------------------------------------------------------------------------
     @classmethod
+    def width_overrides(cls, width):
+        out = super().width_overrides(width)  # the caption projection feeds the blocks' own width
+        return {**out, "caption_projection_dim": out["num_attention_heads"] * out["attention_head_dim"]}
+
+    @classmethod
+    def pixel_overrides(cls, channels, resolution):
+        # no learned sigma; the cropped positional table must cover the resolution / patch_size patches per side
+        table = max(16, resolution // 2)
+        return dict(in_channels=channels, out_channels=channels, sample_size=resolution, pos_embed_max_size=table)
+
+    @classmethod
     def check_model(cls, model):
         # qk-norms need no check: ours applies `norm_q`/`norm_k` exactly where JointAttnProcessor2_0 does
         c, problems = model.config, []

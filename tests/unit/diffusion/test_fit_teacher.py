@@ -12,6 +12,7 @@ from caption_shards import write_caption_shards, write_tiny_t5
 from ard_scale.data import bundled_digits_path
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.models.condition import Condition
+from ard_scale.models.families import FAMILIES
 from ard_scale.models.teachers import build_teacher, load_teacher
 
 LAUNCHER = Path(__file__).resolve().parents[3] / "launchers" / "fit_teacher.py"
@@ -52,9 +53,10 @@ def test_fit_teacher_writes_a_loadable_folder(tmp_path, family, objective):
     assert teacher.family == family and teacher.in_channels == 1 and teacher.sample_size == 8
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     assert (out / "samples.png").is_file() and 0.0 <= json.loads((out / "fit.json").read_text())["sample_accuracy"]
-    conditioner = fit.Conditioner(family, teacher.config.get("caption_channels"))
+    conditioner = fit.Conditioner(teacher)
     if family == "pixart":
         conditioner.captions = torch.load(out / "captions.pt")
+        assert set(conditioner.captions) == {"text"}
     cond = conditioner(torch.tensor([3, 10]))
     assert isinstance(cond, Condition)
     assert teacher(torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), cond).shape == (2, 2, 8, 8)
@@ -169,16 +171,35 @@ def test_fit_on_shards_without_the_family_condition_is_an_error(tmp_path, tiny_t
         fit.main([*wds, "--family", "pixart", "--out", str(tmp_path / "o")])
 
 
-@pytest.mark.parametrize("family", ["dit", "pixart"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fit_teacher_defaults_work_for_every_family(tmp_path, family, capsys):
     """Only --out, --family and a short run: the default width (64) meets the family's other widths (PixArt's
-    cross-attention followed it; it crashed inside diffusers at 32), and the thread choice is said."""
+    cross-attention followed it; it crashed inside diffusers at 32; FLUX's RoPE axes and SD3's caption projection
+    follow it too), the pixel-space shapes are the family's own (FLUX packs 2×2, no learned sigma for the MMDiTs),
+    the saved teacher runs on its saved condition, and the thread choice is said."""
+    fit = _fit_teacher()
     argv = ["--out", str(tmp_path / "t"), "--family", family, "--steps", "2", "--sample-steps", "2"]
-    result = _fit_teacher().main(argv)
+    result = fit.main(argv)
     assert result["family"] == family
     teacher = load_teacher(tmp_path / "t")
     c = teacher.config
     assert c.num_attention_heads * c.attention_head_dim == 64
+    assert (teacher.family, teacher.in_channels) == (family, 1)
     if family == "pixart":
         assert c.cross_attention_dim == 64
+    if family == "flux":
+        assert sum(c.axes_dims_rope) == c.attention_head_dim and c.in_channels == 4
+    if family == "sd3":
+        assert c.caption_projection_dim == 64
+    conditioner = fit.Conditioner(teacher, guidance=1.5)
+    if teacher.spec.condition_kind == "text":
+        conditioner.captions = torch.load(tmp_path / "t" / "captions.pt")
+    out = teacher(torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), conditioner(torch.tensor([3, 10])))
+    assert teacher.split_output(out).shape == (2, 1, 8, 8)
     assert "1 CPU thread(s)" in capsys.readouterr().out
+
+
+def test_fit_teacher_on_shards_refuses_a_family_that_needs_pooled_clip(tmp_path):
+    data = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset"]
+    with pytest.raises(SystemExit):
+        _fit_teacher().main([*data, "--family", "flux", "--steps", "1", "--out", str(tmp_path / "o")])
