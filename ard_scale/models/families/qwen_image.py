@@ -152,6 +152,11 @@ class QwenImageFamily(Family):
         return {"num_attention_heads": heads, "attention_head_dim": head_dim, "axes_dims_rope": _rope_axes(head_dim)}
 
     @classmethod
+    def pixel_overrides(cls, channels, resolution):
+        # 2×2-packed tokens in, `channels` per packed pixel out (no learned sigma, no sample_size)
+        return {"in_channels": channels * PACK * PACK, "out_channels": channels}
+
+    @classmethod
     def check_model(cls, model):
         c, problems = model.config, []
         if c.patch_size != PACK or c.in_channels != PACK * PACK * model.out_channels:
