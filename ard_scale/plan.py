@@ -6,8 +6,8 @@ Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
 - parameters, gradients and optimizer state, ZeRO-paper accounting: mixed precision (bf16/fp16) keeps 2-byte weights
   and gradients plus 12 bytes of AdamW state per trainable parameter (fp32 master, two fp32 moments); fp32 keeps
   4 + 4 + 8. Stage 1 partitions the optimizer state, 2 also the gradients, 3 also the weights; the frozen teacher
-  and T5 have weights only (teacher_stage 0 replicates them, 3 partitions them); Qwen-Image's Qwen2.5-VL is held
-  whole on every rank (zero_stage 0), in the run's precision, as the Conditioner holds it.
+  and the text encoders (T5, Qwen-Image's Qwen2.5-VL) have weights only (teacher_stage 0 replicates them, 3
+  partitions them: the trainer holds the encoders in frozen ZeRO-3 engines too).
 - activations: the student's are the bytes autograd saves for backward, counted with saved-tensor hooks during a
   meta forward at the recipe's micro batch (unique storages, weights excluded). SDPA is counted as the fused
   (flash / memory-efficient) kernels save it — q, k, v, output, fp32 log-sum-exp and, for the masked layers, the
@@ -421,12 +421,12 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
             "activations": t5_ws,
             "source": t5_source,
         }
-    if qwen is not None:  # the Conditioner holds it whole on every rank, in the run's precision
+    if qwen is not None:  # in the run's precision, partitioned at teacher_stage 3 like T5
         n_qwen = _num_params(qwen)
         models["qwen2.5-vl"] = {
             "num_params": n_qwen,
-            "zero_stage": 0,
-            **frozen_memory(n_qwen, 0, gpus, precision),
+            "zero_stage": z.teacher_stage,
+            **frozen_memory(n_qwen, z.teacher_stage, gpus, precision),
             "activations": qwen_ws,
             "source": qwen_source,
         }
@@ -455,6 +455,8 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     t5_gathered = (
         2 * max(_num_params(b) for b in t5.encoder.block) * weight_b if t5 is not None and z.teacher_stage == 3 else 0
     )
+    qwen_layers = [m for m in qwen.modules() if type(m).__name__.endswith("DecoderLayer")] if qwen is not None else []
+    qwen_gathered = 2 * max(map(_num_params, qwen_layers)) * weight_b if qwen_layers and z.teacher_stage == 3 else 0
     # The GAN generator phase keeps the graph of one feature pass (one state: about 1/S of the student's S-state
     # forward) beside the student's own until its backward.
     gan_features = student_act["no_checkpointing"] // S if gan.enabled else 0
@@ -462,7 +464,7 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
         "student_fwd_bwd": student_act_used + gan_features,
         "teacher_trajectory": teacher_ws + (gathered_once if z.gather_teacher_once else gathered_per_step),
         "t5_encode": t5_ws + t5_gathered,
-        "qwen_encode": qwen_ws,
+        "qwen_encode": qwen_ws + qwen_gathered,
     }
     peak = persistent + max(phases.values())
     peak_gather_once = persistent + max(

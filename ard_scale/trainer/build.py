@@ -140,6 +140,16 @@ class Conditioner:
             self.encoder = self.tokenizer = self.pooled_encoder = self.pooled_tokenizer = None
             self.pooled_encoder_2 = self.pooled_tokenizer_2 = self.qwen_encoder = self.qwen_tokenizer = None
 
+    ENCODERS = ("encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encoder")
+
+    def partition(self, wrap) -> None:
+        """Replace each loaded text encoder by `wrap(encoder)`: the trainer holds them in frozen ZeRO-3 engines
+        (`zero.teacher_stage` 3), whose hooks gather each layer's weights as it runs, so every rank keeps 1/N of
+        them. Encoding is then collective: every rank must encode the same number of times, as the step does."""
+        for attr in self.ENCODERS:
+            if getattr(self, attr) is not None:
+                setattr(self, attr, wrap(getattr(self, attr)))
+
     @property
     def can_encode(self) -> bool:
         """Whether captions can be encoded here (the family's encoders are loaded)."""
@@ -296,6 +306,14 @@ def ds_scheduler(cfg: RootConfig) -> dict | None:
     return {"type": "WarmupCosineLR", "params": params}
 
 
+def _frozen_zero3(module: torch.nn.Module, micro_batch: int) -> torch.nn.Module:
+    """`module` partitioned in a frozen ZeRO-3 engine, in the dtype it was loaded in (T5 and CLIP fp32, Qwen2.5-VL the
+    run's precision); called directly, its ZeRO-3 hooks gather each submodule's weights for its forward."""
+    dtype = next(module.parameters()).dtype
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return build_frozen_engine(module, frozen_ds_config(micro_batch=micro_batch, precision=precision)).module
+
+
 def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=None, fresh: bool = True) -> Run:
     """`adapt_ds_config(ds_config) -> ds_config` lets the checkpoint manager switch on universal loading. `fresh`:
     the run has no checkpoint of its own, so `gan.init_from` (if set) initialises the student."""
@@ -335,6 +353,10 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     else:
         teacher_engine = teacher.to(engine.device)  # replicated: every rank holds it whole on its device
 
+    conditioner = Conditioner(cfg, teacher, engine.device)
+    if zero.teacher_stage == 3:  # the frozen text encoders are partitioned like the teacher (in their own dtype)
+        conditioner.partition(lambda encoder: _frozen_zero3(encoder, micro))
+
     names = {f.name for f in dataclasses.fields(ReaderConfig)}
     reader_cfg = ReaderConfig(**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names})
     if tr.trajectory_source == "offline":
@@ -363,7 +385,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
         engine=engine,
         loader=loader,
         loss_fn=RegressionLoss(cfg.student.num_steps, tr.loss_weights),
-        conditioner=Conditioner(cfg, teacher, engine.device),
+        conditioner=conditioner,
         codec=build_codec_for(cfg, teacher),
         trajectories=build_trajectory_source(tr.trajectory_source, tr.replay_times),
         latent_shape=shape,

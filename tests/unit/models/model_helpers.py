@@ -23,3 +23,13 @@ def make_condition(family: str, batch: int, seed: int = 0) -> Condition:
     mask = torch.ones(batch, 6, dtype=torch.long)
     mask[0, 4:] = 0  # padded caption: the mask must be honoured
     return Condition(text=torch.randn(batch, 6, 24, generator=g), text_mask=mask)
+
+
+def small_side(teacher, want: int = 16) -> int:
+    """A latent side the teacher takes that keeps a test cheap: `want` where the family accepts any side (FLUX and
+    Qwen-Image default to 128, i.e. 4096 packed tokens), else its fixed sample size."""
+    try:
+        teacher.spec.check_latent_side(teacher.model, want)
+    except ValueError:
+        return teacher.sample_size
+    return want

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from model_helpers import make_condition
+from model_helpers import make_condition, small_side
 
 from ard_scale.config.ard import ARDConfig
 from ard_scale.config.schema import GANConfig
@@ -93,7 +93,8 @@ def test_the_student_backbone_carries_the_generator_gradient_to_its_input_only(t
     student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule())
     disc = make_disc(family, num_heads=2).eval().requires_grad_(False)
     cond = make_condition(family, B)
-    shape = (B, teacher.in_channels, teacher.sample_size, teacher.sample_size)
+    side = small_side(teacher)
+    shape = (B, teacher.in_channels, side, side)
     states = torch.randn(B, S, *shape[1:])
     noise = GANNoise.draw(0, 3, 0, shape, student.schedule.t_max, "cpu")
     layers = [1, 3]

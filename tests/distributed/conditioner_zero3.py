@@ -1,0 +1,50 @@
+"""2-rank worker: build_run's text encoders are partitioned (frozen ZeRO-3 engines at zero.teacher_stage 3) and encode
+captions exactly as the same encoders held whole. argv: OUT RECIPE."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from ard_scale.config import load_config  # noqa: E402
+from ard_scale.distributed.engines import init_distributed  # noqa: E402
+from ard_scale.trainer.build import Conditioner, build_run  # noqa: E402
+
+
+def main(out: str, recipe: str) -> None:
+    torch.set_num_threads(1)
+    rank, world = init_distributed()
+    cfg = load_config(recipe, ["zero.teacher_stage=3", "eval.every=null"])
+    run = build_run(cfg, rank, world)
+    whole = Conditioner(cfg, run.teacher, "cpu")
+    captions = {"captions": [f"a handwritten digit {rank}", "a one, written small"]}  # other captions per rank
+    got, got_null = run.conditioner(captions)
+    want, want_null = whole(captions)
+    encoders = {a: getattr(run.conditioner, a) for a in Conditioner.ENCODERS if getattr(run.conditioner, a) is not None}
+    result = {
+        "encoders": sorted(encoders),
+        "partitioned": {
+            a: all(
+                hasattr(p, "ds_tensor") and p.ds_tensor.numel() <= (p.ds_numel + world - 1) // world
+                for p in m.parameters()
+            )
+            for a, m in encoders.items()
+        },
+        "local_numel": {a: sum(p.ds_tensor.numel() for p in m.parameters()) for a, m in encoders.items()},
+        "full_numel": {a: sum(p.ds_numel for p in m.parameters()) for a, m in encoders.items()},
+        "equal": all(
+            torch.equal(x, y)
+            for x, y in [(got.text, want.text), (got_null.text, want_null.text)]
+            + ([(got.pooled, want.pooled)] if want.pooled is not None else [])
+            + ([(got.text_mask, want.text_mask)] if want.text_mask is not None else [])
+        ),
+    }
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,32 @@
+"""The trainer's frozen text encoders under ZeRO-3 (real DeepSpeed, 2 ranks on gloo): each rank holds about half of
+every encoder's weights, and the captions encode exactly as with the encoders held whole."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ard_scale.utils.launch import torchrun
+
+SCRIPT = Path(__file__).with_name("conditioner_zero3.py")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "recipe, encoders",
+    [
+        ("recipes/tiny_sd3_cpu.yaml", ["encoder", "pooled_encoder", "pooled_encoder_2"]),  # T5 + CLIP-L + CLIP-G
+        ("recipes/tiny_qwen_image_cpu.yaml", ["qwen_encoder"]),  # Qwen2.5-VL
+    ],
+)
+def test_text_encoders_are_partitioned_and_encode_as_whole_ones(tmp_path, recipe, encoders):
+    out = tmp_path / "out.json"
+    proc = torchrun(2, SCRIPT, out, recipe)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["encoders"] == sorted(encoders)
+    assert all(r["partitioned"].values()), r["partitioned"]
+    for name in encoders:  # half of each parameter (ZeRO-3 pads a partition by less than one element per rank)
+        assert r["local_numel"][name] < 0.51 * r["full_numel"][name]
+    assert r["equal"]
