@@ -1,5 +1,5 @@
 """Per-rank model-state memory of a full ARD student + separate frozen teacher vs a LoRA student sharing the
-teacher's weights (issue 14), measured side by side in one 2-rank ZeRO-3 run (real DeepSpeed, gloo, CPU, fp32).
+teacher's weights, measured side by side in one 2-rank ZeRO-3 run (real DeepSpeed, gloo, CPU, fp32).
 
     python bench/memory.py --json out.json [--width 256] [--depth 8] [--rank 8]
 

@@ -89,7 +89,7 @@ class MDSLoader:
     with no valid sample is yielded empty (`keys == []`, `images` None): streaming's ranks must step in lockstep,
     so every rank yields exactly one batch per streaming batch. A rank that dropped an all-bad batch would reach
     the end of its epoch steps earlier than the others and sleep in streaming's next-epoch barrier (it waits for
-    every local rank) while they wait for it in a training collective: the hang of issue 16 item 3. The trainer
+    every local rank) while they wait for it in a training collective: a deadlock. The trainer
     redraws on every rank when any rank's batch is empty."""
 
     def __init__(self, config: DataConfig, *, rank: int, world_size: int):

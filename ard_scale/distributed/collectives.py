@@ -1,5 +1,5 @@
 """Small collectives over all ranks (flags and counters), on the device the process group's backend reduces:
-NCCL reduces CUDA tensors only, gloo CPU ones. Every caller of a small all-reduce goes through here (issue 16)."""
+NCCL reduces CUDA tensors only, gloo CPU ones. Every caller of a small all-reduce goes through here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ZeRO-aware exponential moving average of the student (DESIGN.md §2, issue 5 "Engines").
+"""ZeRO-aware exponential moving average of the student (DESIGN.md §2).
 
 The EMA is kept in fp32 *per partition*, where the optimizer keeps the weights, and is never gathered to update:
 - ZeRO-3: each rank averages only its own shard of every parameter (the 1-D `param.ds_tensor` layout, padding

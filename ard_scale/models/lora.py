@@ -1,4 +1,4 @@
-"""The LoRA student (issue 14): one copy of the teacher's weights serves teacher and student.
+"""The LoRA student: one copy of the teacher's weights serves teacher and student.
 
 An ARD student differs from its teacher by weight-free structure (the history mask, the per-group time
 embedding) and S heads. A LoRA student keeps the backbone's base weights the teacher's, frozen, adds low-rank

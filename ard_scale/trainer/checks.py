@@ -1,4 +1,4 @@
-"""Checks of a recipe against what only the built teacher or the data can tell (issue 16 item 6): channel options
+"""Checks of a recipe against what only the built teacher or the data can tell: channel options
 against the teacher's latent, class labels against teacher.num_classes."""
 
 from __future__ import annotations

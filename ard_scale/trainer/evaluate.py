@@ -1,4 +1,4 @@
-"""Evaluation of a run: the recipe's metrics on the student's S-step samples beside the teacher's own (issue 7).
+"""Evaluation of a run: the recipe's metrics on the student's S-step samples beside the teacher's own.
 
 `EvalSetup` is built once from the recipe — metrics (FID against reference statistics, CLIP score), the evaluation
 set (classes, or prompts from eval.prompts_path / the data's captions), fixed noise, the teacher's full sampler and

@@ -1,5 +1,5 @@
 """2-rank worker: build_run's text encoders are partitioned (frozen ZeRO-3 engines at zero.teacher_stage 3) and encode
-captions exactly as the same encoders held whole. argv: OUT RECIPE."""
+captions exactly as the same encoders held whole. argv: OUT RECIPE [RECIPE ...] (one launch for several)."""
 
 import json
 import sys
@@ -14,9 +14,15 @@ from ard_scale.distributed.engines import init_distributed  # noqa: E402
 from ard_scale.trainer.build import Conditioner, build_run  # noqa: E402
 
 
-def main(out: str, recipe: str) -> None:
+def main(out: str, *recipes: str) -> None:
     torch.set_num_threads(1)
     rank, world = init_distributed()
+    results = {recipe: check(recipe, rank, world) for recipe in recipes}
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+
+
+def check(recipe: str, rank: int, world: int) -> dict:
     cfg = load_config(recipe, ["zero.teacher_stage=3", "eval.every=null"])
     run = build_run(cfg, rank, world)
     whole = Conditioner(cfg, run.teacher, "cpu")
@@ -42,8 +48,7 @@ def main(out: str, recipe: str) -> None:
             + ([(got.text_mask, want.text_mask)] if want.text_mask is not None else [])
         ),
     }
-    if rank == 0:
-        Path(out).write_text(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def test_universal_checkpoint_resumes_on_one_rank_without_a_jump(run):
         assert one[step] == pytest.approx(run["a"][step], rel=1e-4), (step, one[step], run["a"][step])
 
 
-# -- issue 16 item 2: damaged checkpoints are errors naming the file; the automatic resume falls back -------------
+# -- damaged checkpoints are errors naming the file; the automatic resume falls back -------------
 
 
 def flip_bytes(path: Path, count: int = 64) -> None:

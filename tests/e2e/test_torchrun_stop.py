@@ -1,4 +1,4 @@
-"""A signal-requested stop under torchrun (issue 16 item 7b): every rank saves the step it reached and exits 0, so the
+"""A signal-requested stop under torchrun: every rank saves the step it reached and exits 0, so the
 torchrun agent exits 0 too.
 
 What torch does when the *agent* itself gets SIGTERM (torch 2.14, torch/distributed/elastic/agent/server/api.py,

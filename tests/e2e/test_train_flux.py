@@ -1,6 +1,6 @@
 """The debug FLUX.1 recipe trained end to end on 2 ranks (real DeepSpeed ZeRO-3 on gloo, fp32): the pooled CLIP and T5
 encoders, the distilled guidance embedding, the VAE shift, dynamic shift; loss falls, resume is bit-identical, and
-the export samples as the checkpoint's student does (issue 12 §3 test 5)."""
+the export samples as the checkpoint's student does."""
 
 import json
 from pathlib import Path

@@ -1,6 +1,6 @@
 """A LoRA student sharing the teacher's weights, trained end to end on 2 ranks (real DeepSpeed ZeRO-3 on gloo, fp32):
 the shared run's losses equal a run with a separate teacher copy, through a resume; its checkpoints hold only the
-trainable state; merged and adapter-only exports sample as the checkpoint's student (issue 14)."""
+trainable state; merged and adapter-only exports sample as the checkpoint's student."""
 
 import json
 from pathlib import Path

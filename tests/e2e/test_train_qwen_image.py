@@ -1,7 +1,7 @@
 """The debug Qwen-Image recipe trained end to end on 2 ranks (real DeepSpeed ZeRO-3 on gloo, fp32): Qwen2.5-VL
 encoding the captions as QwenImagePipeline (template, dropped head, padding mask), true CFG with the norm rescaling
 and " " as the negative prompt, the dynamic shift, the lowest 2 dual-stream blocks under the history mask; loss
-falls, resume is bit-identical, and the export samples as the checkpoint's student does (issue 13, Qwen-Image)."""
+falls, resume is bit-identical, and the export samples as the checkpoint's student does."""
 
 import json
 from pathlib import Path

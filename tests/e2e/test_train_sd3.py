@@ -1,7 +1,7 @@
 """The debug SD3.5 recipe trained end to end on 2 ranks (real DeepSpeed ZeRO-3 on gloo, fp32): T5 and both CLIP
 towers encoding the captions as StableDiffusion3Pipeline, true CFG with the empty prompt, static shift 3.0, the
 dual-attention blocks under the history mask; loss falls, resume is bit-identical, and the export samples as the
-checkpoint's student does (issue 13, SD3.5)."""
+checkpoint's student does."""
 
 import json
 from pathlib import Path

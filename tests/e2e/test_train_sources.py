@@ -47,8 +47,6 @@ def test_replay_calls_the_teacher_every_r_steps_and_resumes_mid_cycle_bit_identi
     train(split, *REPLAY, "train.max_steps=5")  # step 4 must replay step 3's trajectories from the checkpoint
     full, pieces = metrics(replay_run), metrics(split)
     assert [m["teacher_batches"] for m in full] == [1, 0, 1, 0, 1]  # one teacher solve per micro-batch per cycle
-    fresh, reused = [m["teacher_s"] for m in full[0::2]], [m["teacher_s"] for m in full[1::2]]
-    assert max(reused) < 0.1 * min(fresh)  # a cache lookup, not an ODE solve
     assert [m["step"] for m in pieces] == [1, 2, 3, 4, 5]
     assert [m["loss"] for m in pieces] == [m["loss"] for m in full]  # bit-identical through the mid-cycle stop
     assert [m["teacher_batches"] for m in pieces] == [1, 0, 1, 0, 1]  # the resumed run solved nothing at step 4

@@ -1,6 +1,6 @@
 """The README's "Distil your own text-to-image teacher" walkthrough, run as written: its fenced commands, recipe and
 Python are read out of README.md and run in order (`my_t2i` moved to a temporary folder), so the README cannot
-drift from what works (issue 15). Debug sizes, 2 ranks (real DeepSpeed ZeRO-3 on gloo).
+drift from what works. Debug sizes, 2 ranks (real DeepSpeed ZeRO-3 on gloo).
 
 The GAN stage there runs on the defaults (only the warm-up shortened): the regression loss 30 GAN steps after the
 GAN term switched on must stay under 2× its value then, and the divergence watchdog must stay quiet."""

@@ -1,5 +1,5 @@
 """launchers/demo.py's demo.png: one column per class with its label, teacher and student rows in pairs on the same
-noise with their network calls, tiles upscaled from the teacher's 8 px to 128 px with white gaps (issue 15)."""
+noise with their network calls, tiles upscaled from the teacher's 8 px to 128 px with white gaps."""
 
 import importlib.util
 from pathlib import Path

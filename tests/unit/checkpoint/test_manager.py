@@ -121,7 +121,7 @@ def test_full_ema_reassembles_zero3_shards_and_prefers_ema_full(tmp_path, cfg):
     assert torch.equal(full_ema_state_dict(tmp_path, "step_00000001", {"w": full.shape})["w"], -full)
 
 
-# -- issue 16 item 1: a planted pickle in any checkpoint file is refused naming the file, and never runs --
+# -- a planted pickle in any checkpoint file is refused naming the file, and never runs --
 
 
 class Payload:
@@ -168,7 +168,7 @@ def test_rank_state_with_rng_loads_weights_only_and_restores_every_generator(tmp
     assert torch.equal(got[2], expected[2])
 
 
-# -- issue 16 item 2: the marker's sizes and checksums; falling back from a damaged `latest` --
+# -- the marker's sizes and checksums; falling back from a damaged `latest` --
 
 
 def test_marker_records_size_and_checksum_of_every_file(tmp_path, cfg):

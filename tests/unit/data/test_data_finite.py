@@ -1,4 +1,4 @@
-"""Finite data (issue 16 item 5): each loader's bound on the batches it yields, and the state after the last,
+"""Finite data: each loader's bound on the batches it yields, and the state after the last,
 short batch of a finite webdataset stream (its skip counter includes what was skipped before it)."""
 
 import pytest

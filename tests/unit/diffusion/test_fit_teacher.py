@@ -52,7 +52,8 @@ def test_fit_teacher_writes_a_loadable_folder(tmp_path, family, objective):
     teacher = load_teacher(out)
     assert teacher.family == family and teacher.in_channels == 1 and teacher.sample_size == 8
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
-    assert (out / "samples.png").is_file() and 0.0 <= json.loads((out / "fit.json").read_text())["sample_accuracy"]
+    accuracy = json.loads((out / "fit.json").read_text())["sample_accuracy"]
+    assert (out / "samples.png").is_file() and isinstance(accuracy, float)  # its meaning: the test below
     conditioner = fit.Conditioner(teacher)
     if family == "pixart":
         conditioner.captions = torch.load(out / "captions.pt")
@@ -203,3 +204,18 @@ def test_fit_teacher_on_shards_refuses_a_family_that_needs_pooled_clip(tmp_path)
     data = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset"]
     with pytest.raises(SystemExit):
         _fit_teacher().main([*data, "--family", "flux", "--steps", "1", "--out", str(tmp_path / "o")])
+
+
+def test_sample_accuracy_is_the_5nn_class_agreement_with_the_real_digits():
+    """The fit's quality number: real digits as 'samples' are put in their own class, wrong labels are not."""
+    fit = _fit_teacher()
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(fit.NUM_CLASSES, 1, 8, 8, generator=g)  # ten well-separated classes
+    real_labels = torch.arange(fit.NUM_CLASSES).repeat_interleave(6)
+    real = prototypes[real_labels] + 0.05 * torch.randn(len(real_labels), 1, 8, 8, generator=g)
+    samples = prototypes + 0.05 * torch.randn(fit.NUM_CLASSES, 1, 8, 8, generator=g)
+    labels = torch.arange(fit.NUM_CLASSES)
+    assert fit.sample_accuracy(samples, labels, real, real_labels) == 1.0
+    assert fit.sample_accuracy(samples, (labels + 1) % fit.NUM_CLASSES, real, real_labels) == 0.0
+    half = torch.where(labels < 5, labels, (labels + 1) % fit.NUM_CLASSES)
+    assert fit.sample_accuracy(samples, half, real, real_labels) == 0.5

@@ -1,4 +1,4 @@
-"""The LoRA student (issue 14): sharing the teacher's weights changes memory, never numbers."""
+"""The LoRA student: sharing the teacher's weights changes memory, never numbers."""
 
 import copy
 

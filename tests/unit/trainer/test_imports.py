@@ -1,5 +1,5 @@
 """A webdataset run does not import mosaicml-streaming: the trainer, the pipeline and the webdataset loader load it
-only for MDS data or offline trajectories (issue 17 item 3)."""
+only for MDS data or offline trajectories."""
 
 import subprocess
 import sys
