@@ -21,18 +21,16 @@ model time is 1000·σ, divided back here exactly as FluxPipeline does.
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.condition import Condition
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
+from ard_scale.models.families.joint import JointAttentionFamily
 
 PACK = 2  # latent pixels per token side
 
@@ -110,12 +108,11 @@ def _blocks(model) -> list[nn.Module]:
 
 
 @register
-class FluxFamily(Family):
+class FluxFamily(JointAttentionFamily):
     name = "flux"
     model_class = FluxTransformer2DModel
     condition_kind = "text"
     text_encoders = ("t5", "clip")
-    joint_attention = True
     guidance = "embedded"
     text_mask = False
     lora_targets = (*Family.lora_targets, "proj_mlp", "proj_out")  # single-stream blocks: fused MLP in, out
@@ -312,51 +309,5 @@ class FluxFamily(Family):
         return head
 
     @classmethod
-    def _blocks_over_groups(cls, student, img, txt, temb, rope, mode_of):
-        plan = student.attention_plan
-        for i, block in enumerate(_blocks(student.backbone)):
-            run = partial(cls._run_block, block, plan=plan, mode=mode_of(i))
-            if student.activation_checkpointing and torch.is_grad_enabled():
-                img, txt = checkpoint(run, img, txt, temb, rope, use_reentrant=False)
-            else:
-                img, txt = run(img, txt, temb, rope)
-        plan.mode = "grouped"
-        return img
-
-    @classmethod
-    def student_forward(cls, student, states, cond):
-        B, S, C, H, W = states.shape
-        t_N = student.schedule.model_time(student.grid[:S].repeat(B)).to(states.device)
-        img, txt, temb, rope = cls._inputs(student.backbone, states.flatten(0, 1), t_N, cond, S)
-        plan = student.attention_plan
-        plan.groups, plan.mask_GG = S, student.history_mask[:S, :S]
-        img = cls._blocks_over_groups(
-            student, img, txt, temb, rope, lambda i: "masked" if student.uses_mask(i) else "grouped"
-        )
-        img_BSLD, temb_BSD = img.unflatten(0, (B, S)), temb.unflatten(0, (B, S))
-        out = torch.stack([student.head(s)(img_BSLD[:, s], temb_BSD[:, s]) for s in range(S)], 1)
-        return unpack(out.flatten(0, 1), H, W).unflatten(0, (B, S))
-
-    @classmethod
-    def student_features(cls, student, x_t, t, cond, layers):
-        # one group through the backbone: exactly the teacher's feature pass on the student's weights
-        return cls.features(student.backbone, x_t, student.schedule.model_time(t).to(x_t.device), cond, layers)
-
-    @classmethod
-    def student_sample(cls, student, noise, cond):
-        B, _, H, W = noise.shape
-        plan = student.attention_plan
-        plan.caches = {}
-        x, states = noise, [noise]
-        try:
-            for g in range(student.num_steps):
-                t_B = student.schedule.model_time(student.grid[g].repeat(B)).to(noise.device)
-                img, txt, temb, rope = cls._inputs(student.backbone, x, t_B, cond, 1)
-                plan.visible = student.history_mask[g].nonzero().flatten().tolist()
-                img = cls._blocks_over_groups(student, img, txt, temb, rope, lambda i: "cached")
-                out = unpack(student.head(g)(img, temb), H, W).to(noise.dtype)
-                x = student.next_state(x, out, g)
-                states.append(x)
-        finally:
-            plan.caches, plan.visible = {}, None
-        return states
+    def _latents(cls, student, tokens, H, W):
+        return unpack(tokens, H, W)

@@ -24,8 +24,6 @@ rescaling (`guide`), the null condition the model card's negative prompt " ".
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from diffusers import QwenImageTransformer2DModel
 from diffusers.models.transformers.transformer_qwenimage import (
@@ -33,13 +31,13 @@ from diffusers.models.transformers.transformer_qwenimage import (
     apply_rotary_emb_qwen,
 )
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.condition import Condition, EncodedText
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
 from ard_scale.models.families.flux import PACK, pack, unpack
+from ard_scale.models.families.joint import JointAttentionFamily
 
 # the RoPE table of QwenEmbedRope has 4096 positions per axis; text positions follow the image's largest half-side
 ROPE_POSITIONS = 4096
@@ -106,14 +104,13 @@ def _rope_axes(head_dim: int) -> tuple[int, int, int]:
 
 
 @register
-class QwenImageFamily(Family):
+class QwenImageFamily(JointAttentionFamily):
     name = "qwen_image"
     model_class = QwenImageTransformer2DModel
     condition_kind = "text"
     text_encoders = ("qwen",)  # Qwen2.5-VL's last hidden states (recipe section qwen_encoder)
     precomputed_text = False  # launchers/precompute_text.py runs T5 only
     null_caption = " "  # Qwen-Image's model card: negative_prompt=" " turns true CFG on
-    joint_attention = True
     guidance = "cfg"
     text_mask = True
     lora_targets = (*Family.lora_targets, "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2")
@@ -340,51 +337,5 @@ class QwenImageFamily(Family):
         return head
 
     @classmethod
-    def _blocks_over_groups(cls, student, img, txt, temb, rope, mask, mode_of):
-        plan = student.attention_plan
-        for i, block in enumerate(student.backbone.transformer_blocks):
-            run = partial(cls._run_block, block, plan=plan, mode=mode_of(i))
-            if student.activation_checkpointing and torch.is_grad_enabled():
-                img, txt = checkpoint(run, img, txt, temb, rope, mask, use_reentrant=False)
-            else:
-                img, txt = run(img, txt, temb, rope, mask)
-        plan.mode = "grouped"
-        return img
-
-    @classmethod
-    def student_forward(cls, student, states, cond):
-        B, S, C, H, W = states.shape
-        t_N = student.schedule.model_time(student.grid[:S].repeat(B)).to(states.device)
-        img, txt, temb, rope, mask = cls._inputs(student.backbone, states.flatten(0, 1), t_N, cond, S)
-        plan = student.attention_plan
-        plan.groups, plan.mask_GG = S, student.history_mask[:S, :S]
-        img = cls._blocks_over_groups(
-            student, img, txt, temb, rope, mask, lambda i: "masked" if student.uses_mask(i) else "grouped"
-        )
-        img_BSLD, temb_BSD = img.unflatten(0, (B, S)), temb.unflatten(0, (B, S))
-        out = torch.stack([student.head(s)(img_BSLD[:, s], temb_BSD[:, s]) for s in range(S)], 1)
-        return unpack(out.flatten(0, 1), H, W).unflatten(0, (B, S))
-
-    @classmethod
-    def student_features(cls, student, x_t, t, cond, layers):
-        # one group through the backbone: exactly the teacher's feature pass on the student's weights
-        return cls.features(student.backbone, x_t, student.schedule.model_time(t).to(x_t.device), cond, layers)
-
-    @classmethod
-    def student_sample(cls, student, noise, cond):
-        B, _, H, W = noise.shape
-        plan = student.attention_plan
-        plan.caches = {}
-        x, states = noise, [noise]
-        try:
-            for g in range(student.num_steps):
-                t_B = student.schedule.model_time(student.grid[g].repeat(B)).to(noise.device)
-                img, txt, temb, rope, mask = cls._inputs(student.backbone, x, t_B, cond, 1)
-                plan.visible = student.history_mask[g].nonzero().flatten().tolist()
-                img = cls._blocks_over_groups(student, img, txt, temb, rope, mask, lambda i: "cached")
-                out = unpack(student.head(g)(img, temb), H, W).to(noise.dtype)
-                x = student.next_state(x, out, g)
-                states.append(x)
-        finally:
-            plan.caches, plan.visible = {}, None
-        return states
+    def _latents(cls, student, tokens, H, W):
+        return unpack(tokens, H, W)

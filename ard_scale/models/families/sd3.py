@@ -26,19 +26,16 @@ with the empty prompt's embeddings as the null condition, as the pipeline's defa
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.condition import Condition, EncodedText
 from ard_scale.models.families import register
-from ard_scale.models.families.base import Family
+from ard_scale.models.families.joint import JointAttentionFamily
 
 
 class SD3Head(nn.Module):
@@ -104,7 +101,7 @@ def _attentions(block) -> list[tuple[str, nn.Module]]:
 
 
 @register
-class SD3Family(Family):
+class SD3Family(JointAttentionFamily):
     name = "sd3"
     model_class = SD3Transformer2DModel
     condition_kind = "text"
@@ -112,7 +109,6 @@ class SD3Family(Family):
     text_encoders = ("t5", "clip", "clip_2")
     clip_projection = True
     precomputed_text = False  # launchers/precompute_text.py writes no CLIP token embeddings
-    joint_attention = True
     guidance = "cfg"
     text_mask = False
     description = "Stable Diffusion 3/3.5 flow-matching MMDiT (CLIP-L + CLIP-G + T5 tokens, pooled CLIP, CFG)"
@@ -326,52 +322,5 @@ class SD3Family(Family):
         return head
 
     @classmethod
-    def _blocks_over_groups(cls, student, img, txt, temb, mode_of):
-        plan = student.attention_plan
-        for i, block in enumerate(student.backbone.transformer_blocks):
-            run = partial(cls._run_block, block, plan=plan, mode=mode_of(i))
-            if student.activation_checkpointing and torch.is_grad_enabled():
-                img, txt = checkpoint(run, img, txt, temb, use_reentrant=False)
-            else:
-                img, txt = run(img, txt, temb)
-        plan.mode = "grouped"
-        return img
-
-    @classmethod
-    def student_forward(cls, student, states, cond):
-        B, S, C, H, W = states.shape
-        p = student.patch_size
-        t_N = student.schedule.model_time(student.grid[:S].repeat(B)).to(states.device)
-        img, txt, temb = cls._inputs(student.backbone, states.flatten(0, 1), t_N, cond, S)
-        plan = student.attention_plan
-        plan.groups, plan.mask_GG = S, student.history_mask[:S, :S]
-        img = cls._blocks_over_groups(
-            student, img, txt, temb, lambda i: "masked" if student.uses_mask(i) else "grouped"
-        )
-        img_BSLD, temb_BSD = img.unflatten(0, (B, S)), temb.unflatten(0, (B, S))
-        out = torch.stack([student.head(s)(img_BSLD[:, s], temb_BSD[:, s]) for s in range(S)], 1)
-        return unpatchify(out.flatten(0, 1), H, W, p).unflatten(0, (B, S))
-
-    @classmethod
-    def student_features(cls, student, x_t, t, cond, layers):
-        # one group through the backbone: exactly the teacher's feature pass on the student's weights
-        return cls.features(student.backbone, x_t, student.schedule.model_time(t).to(x_t.device), cond, layers)
-
-    @classmethod
-    def student_sample(cls, student, noise, cond):
-        B, _, H, W = noise.shape
-        plan = student.attention_plan
-        plan.caches = {}
-        x, states = noise, [noise]
-        try:
-            for g in range(student.num_steps):
-                t_B = student.schedule.model_time(student.grid[g].repeat(B)).to(noise.device)
-                img, txt, temb = cls._inputs(student.backbone, x, t_B, cond, 1)
-                plan.visible = student.history_mask[g].nonzero().flatten().tolist()
-                img = cls._blocks_over_groups(student, img, txt, temb, lambda i: "cached")
-                out = unpatchify(student.head(g)(img, temb), H, W, student.patch_size).to(noise.dtype)
-                x = student.next_state(x, out, g)
-                states.append(x)
-        finally:
-            plan.caches, plan.visible = {}, None
-        return states
+    def _latents(cls, student, tokens, H, W):
+        return unpatchify(tokens, H, W, student.patch_size)
