@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_runs import REPLAY, losses, straight_and_resumed
 
 from ard_scale.checkpoint.export import export_student, load_exported_student, sample_noise, student_state_dict
 from ard_scale.config import load_config
@@ -18,32 +19,14 @@ from ard_scale.trainer.build import (
     embedded_guidance,
     latent_shape,
 )
-from ard_scale.utils.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = "recipes/tiny_flux_cpu.yaml"
-# replay: steps 1-4 train on the trajectories solved at step 1, so the loss of one fixed batch is followed (it must
-# fall), and the resume at step 2 restores the replay cache (FLUX conditions: T5 tokens, pooled CLIP, guidance)
-REPLAY = ("train.trajectory_source=replay", "train.replay_times=4")
-
-
-def train(run_dir: Path, *overrides: str):
-    return torchrun(2, "launchers/train.py", RECIPE, f"checkpoint.run_dir={run_dir}", *REPLAY, *overrides)
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("flux")
-    full, split = tmp / "full", tmp / "split"
-    for proc in (train(full, "train.max_steps=4"), train(split, "train.max_steps=2")):
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    resumed = train(split, "train.max_steps=4")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    return {"tmp": tmp, "full": full, "split": split}
+    return straight_and_resumed(RECIPE, tmp_path_factory.mktemp("flux"))
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

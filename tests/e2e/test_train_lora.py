@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import recipe_runs
 import torch
+from recipe_runs import REPLAY, losses
 
 from ard_scale.checkpoint.export import (
     export_student,
@@ -17,19 +19,13 @@ from ard_scale.checkpoint.export import (
 )
 from ard_scale.models.student import ARDStudent
 from ard_scale.trainer.build import build_teacher_model
-from ard_scale.utils.launch import torchrun
 
 RECIPE = "recipes/tiny_cpu.yaml"
 LORA = ("student.lora.rank=4", "student.lora.alpha=8")
-REPLAY = ("train.trajectory_source=replay", "train.replay_times=4")  # one fixed batch: the loss must fall
 
 
 def train(run_dir: Path, *overrides: str):
-    return torchrun(2, "launchers/train.py", RECIPE, f"checkpoint.run_dir={run_dir}", *LORA, *REPLAY, *overrides)
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return recipe_runs.train(RECIPE, run_dir, *LORA, *REPLAY, *overrides)  # replay: one fixed batch, the loss must fall
 
 
 @pytest.fixture(scope="module")
