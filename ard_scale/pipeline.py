@@ -34,7 +34,7 @@ import torch
 
 from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
-from ard_scale.models.condition import Condition
+from ard_scale.diffusion.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec

@@ -41,9 +41,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ard_scale.config import RootConfig, load_config
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import schedule_for_recipe
 from ard_scale.diffusion.solvers import NUM_EVALS_PER_STEP
-from ard_scale.models.condition import Condition
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent

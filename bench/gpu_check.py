@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sampler import sample_recompute  # noqa: E402  (bench/sampler.py)
 
 from ard_scale.config.ard import ARDConfig  # noqa: E402
+from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule, first_order_step  # noqa: E402
-from ard_scale.models.condition import Condition  # noqa: E402
 from ard_scale.models.student import ARDStudent  # noqa: E402
 from ard_scale.models.teachers import build_teacher  # noqa: E402
 

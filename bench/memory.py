@@ -63,6 +63,7 @@ def _variant(name: str, width: int, depth: int, rank: int) -> dict[str, int]:
     import torch
 
     from ard_scale.config.ard import ARDConfig, LoRAConfig
+    from ard_scale.diffusion.condition import Condition
     from ard_scale.diffusion.schedules import VPSchedule
     from ard_scale.distributed.engines import (
         build_frozen_engine,
@@ -70,7 +71,6 @@ def _variant(name: str, width: int, depth: int, rank: int) -> dict[str, int]:
         frozen_ds_config,
         student_ds_config,
     )
-    from ard_scale.models.condition import Condition
     from ard_scale.models.families import get_family
     from ard_scale.models.student import ARDStudent
     from ard_scale.models.teachers import build_teacher

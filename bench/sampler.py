@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ard_scale.config.ard import ARDConfig  # noqa: E402
+from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import VPSchedule  # noqa: E402
-from ard_scale.models.condition import Condition  # noqa: E402
 from ard_scale.models.student import ARDStudent  # noqa: E402
 from ard_scale.models.teachers import build_teacher  # noqa: E402
 

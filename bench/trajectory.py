@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline  # noqa: E402
 
+from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.trajectory import diffusers_grid, draw_noise, teacher_trajectory  # noqa: E402
-from ard_scale.models.condition import Condition  # noqa: E402
 from ard_scale.models.teachers import build_teacher  # noqa: E402
 
 

@@ -52,9 +52,9 @@ def compare(cfg, run_dir: Path) -> dict:
     from fit_teacher import load_digits, sample_accuracy
 
     from ard_scale.checkpoint.export import export_student, load_exported_student
+    from ard_scale.diffusion.condition import Condition
     from ard_scale.diffusion.trajectory import teacher_trajectory
     from ard_scale.evaluation.grids import save_png
-    from ard_scale.models.condition import Condition
     from ard_scale.models.teachers import load_teacher
 
     export_dir = run_dir / "export"

@@ -36,10 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.solvers import SOLVERS  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory, uniform_teacher_grid  # noqa: E402
-from ard_scale.models.condition import Condition  # noqa: E402
 from ard_scale.models.teachers import load_teacher  # noqa: E402
 
 

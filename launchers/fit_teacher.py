@@ -47,9 +47,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory  # noqa: E402
-from ard_scale.models.condition import Condition  # noqa: E402
 from ard_scale.models.families import FAMILIES, get_family  # noqa: E402
 from ard_scale.models.teachers import Teacher, build_teacher  # noqa: E402
 

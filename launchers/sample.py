@@ -111,7 +111,7 @@ def _sample(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
 
 def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     from ard_scale.checkpoint.export import load_exported_student, sample_noise
-    from ard_scale.models.condition import Condition
+    from ard_scale.diffusion.condition import Condition
 
     student = load_exported_student(args.export_dir, teacher=args.teacher)  # --teacher: an adapter export's base
     if args.class_labels is not None:

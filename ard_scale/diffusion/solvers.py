@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, Schedule
-from ard_scale.models.condition import Condition
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Condition], torch.Tensor]
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), t_model (B,)) -> ODE output (B,C,H,W)

@@ -25,9 +25,9 @@ from typing import Literal
 
 import torch
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import CLEAN_T, FlowSchedule, Schedule, VPSchedule, check_close_grid
 from ard_scale.diffusion.solvers import Denoiser, check_solver, guided_model, solve
-from ard_scale.models.condition import Condition
 
 Record = Literal["noisy", "x0"]
 

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.evaluation.evaluator import GenerateFn
 from ard_scale.evaluation.grids import fixed_noise
-from ard_scale.models.condition import Condition
 
 # sample(noise (B, C, H, W), condition) -> final state (B, C, H, W): pixels in [-1, 1], or latents to decode
 Sample = Callable[[torch.Tensor, Condition], torch.Tensor]

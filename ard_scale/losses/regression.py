@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ard_scale.models.condition import Condition
+from ard_scale.diffusion.condition import Condition
 
 
 class RegressionLoss:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ard_scale.models.condition import Condition
+from ard_scale.diffusion.condition import Condition
 
 
 class DiscriminatorHead(nn.Module):

@@ -10,8 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ard_scale.config.ard import ARDConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import VPSchedule
-from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher
 

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ard_scale.config.ard import ARDConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule, first_order_step
 from ard_scale.models.attention import group_mask
-from ard_scale.models.condition import Condition
 from ard_scale.models.lora import add_adapters, target_names, trainable_state_only
 from ard_scale.models.teachers import Teacher
 

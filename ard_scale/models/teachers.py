@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ard_scale.models.condition import Condition
+from ard_scale.diffusion.condition import Condition
 from ard_scale.models.families import FAMILIES, Family, family_of_class, get_family
 
 MODEL_CLASSES: dict[str, type] = {name: fam.model_class for name, fam in FAMILIES.items()}

@@ -20,7 +20,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from ard_scale.models.condition import EncodedText
+from ard_scale.diffusion.condition import EncodedText
 
 # Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
 # byte-level ByT5 tokenizer, which needs no vocabulary file.

@@ -12,6 +12,7 @@ from ard_scale.checkpoint.export import load_student_weights
 from ard_scale.config import RootConfig
 from ard_scale.data import DataConfig as ReaderConfig
 from ard_scale.data import build_loader
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
 from ard_scale.distributed.engines import (
     build_frozen_engine,
@@ -20,7 +21,6 @@ from ard_scale.distributed.engines import (
     student_ds_config,
 )
 from ard_scale.losses.regression import RegressionLoss
-from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
@@ -218,7 +218,7 @@ class Conditioner:
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> Condition:
         """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
-        from ard_scale.models.condition import EncodedText
+        from ard_scale.diffusion.condition import EncodedText
         from ard_scale.models.text_encoder import encode_captions, encode_clip, encode_qwen
 
         encoded = {}

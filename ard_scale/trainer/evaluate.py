@@ -33,6 +33,7 @@ import torch
 
 from ard_scale.checkpoint.manager import tag_of
 from ard_scale.config import RootConfig, to_dict
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.collectives import all_ranks
@@ -50,7 +51,6 @@ from ard_scale.evaluation.evaluator import Evaluator, GenerateFn, dist_gather, g
 from ard_scale.evaluation.generate import ConditionFn, conditional_generate_fn
 from ard_scale.evaluation.grids import labelled_grid, save_png, to_uint8_hwc
 from ard_scale.evaluation.plots import plot_metrics
-from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import Teacher
 from ard_scale.trainer.build import latent_shape
 

@@ -39,11 +39,11 @@ import torch
 import torch.distributed as dist
 
 from ard_scale.config.schema import GANConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import add_noise
 from ard_scale.distributed.engines import replicated_grad_norm
 from ard_scale.distributed.replicated import ReplicatedModule
 from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_loss, generator_loss
-from ard_scale.models.condition import Condition
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.trainer.build import Run
 from ard_scale.trainer.step import any_rank, mean_over_ranks, teacher_states

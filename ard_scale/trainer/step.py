@@ -8,9 +8,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.distributed.collectives import any_rank
 from ard_scale.distributed.engines import replicated_grad_norm
-from ard_scale.models.condition import Condition
 from ard_scale.trainer.build import Run
 from ard_scale.trainer.trajectories import sample_seeds
 

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import gather_once
-from ard_scale.models.condition import Condition
 from ard_scale.models.families import get_family
 
 if TYPE_CHECKING:

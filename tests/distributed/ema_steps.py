@@ -12,10 +12,10 @@ import sys
 import torch
 
 from ard_scale.config.ard import ARDConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import VPSchedule
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import build_student_engine, init_distributed, student_ds_config
-from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher
 

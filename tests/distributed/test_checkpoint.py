@@ -22,7 +22,7 @@ from ard_scale.checkpoint.manager import META, CheckpointManager
 from ard_scale.checkpoint.safe_load import verify_dir
 from ard_scale.checkpoint.universal import to_universal
 from ard_scale.config import load_config, to_dict
-from ard_scale.models.condition import Condition
+from ard_scale.diffusion.condition import Condition
 from ard_scale.utils.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ard_scale.config import load_config
+from ard_scale.diffusion.condition import Condition
 from ard_scale.losses.gan import adaptive_weight
 from ard_scale.losses.regression import RegressionLoss
-from ard_scale.models.condition import Condition
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
 from ard_scale.trainer.build import build_schedule, build_teacher_model

@@ -7,6 +7,7 @@ import sys
 import torch
 
 from ard_scale.config.ard import ARDConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import VPSchedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import (
@@ -18,7 +19,6 @@ from ard_scale.distributed.engines import (
     student_ds_config,
 )
 from ard_scale.losses.regression import RegressionLoss
-from ard_scale.models.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher
 

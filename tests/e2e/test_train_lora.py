@@ -79,7 +79,7 @@ def test_merged_and_adapter_exports_sample_as_the_checkpoint_student(runs, tmp_p
     assert not (adapter_dir / "diffusion_pytorch_model.safetensors").exists()  # no base weights in the adapter folder
 
     labels = torch.tensor([3, 7])
-    from ard_scale.models.condition import Condition
+    from ard_scale.diffusion.condition import Condition
 
     cond = Condition(labels=labels)
     noise = sample_noise(reference, 2, seed=4)

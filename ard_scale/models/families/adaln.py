@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.models.attention import (
     KVCache,
     cached_attention,
@@ -27,7 +28,6 @@ from ard_scale.models.attention import (
     masked_attention,
     token_mask,
 )
-from ard_scale.models.condition import Condition
 from ard_scale.models.families.base import Family
 
 

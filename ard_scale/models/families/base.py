@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from ard_scale.models.condition import Condition, EncodedText
+from ard_scale.diffusion.condition import Condition, EncodedText
 
 ConditionKind = Literal["labels", "text"]
 

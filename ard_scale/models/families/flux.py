@@ -26,8 +26,8 @@ from diffusers import FluxTransformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.models.attention import AttentionPlan
-from ard_scale.models.condition import Condition
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
 from ard_scale.models.families.joint import JointAttentionFamily

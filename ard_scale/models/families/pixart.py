@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from diffusers import PixArtTransformer2DModel
 from torch import nn
 
-from ard_scale.models.condition import Condition
+from ard_scale.diffusion.condition import Condition
 from ard_scale.models.families import register
 from ard_scale.models.families.adaln import AdaLNFamily, Context, caption_bias
 

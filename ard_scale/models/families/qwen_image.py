@@ -32,8 +32,8 @@ from diffusers.models.transformers.transformer_qwenimage import (
 )
 from torch import nn
 
+from ard_scale.diffusion.condition import Condition, EncodedText
 from ard_scale.models.attention import AttentionPlan
-from ard_scale.models.condition import Condition, EncodedText
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
 from ard_scale.models.families.flux import PACK, pack, unpack

@@ -32,8 +32,8 @@ from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 from torch import nn
 
+from ard_scale.diffusion.condition import Condition, EncodedText
 from ard_scale.models.attention import AttentionPlan
-from ard_scale.models.condition import Condition, EncodedText
 from ard_scale.models.families import register
 from ard_scale.models.families.joint import JointAttentionFamily
 

@@ -10,9 +10,9 @@ import torch
 from caption_shards import write_caption_shards, write_tiny_t5
 from streaming.base.format import reader_from_json
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import VPSchedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
-from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import build_teacher, load_teacher
 
 LAUNCHER = Path(__file__).resolve().parents[3] / "launchers" / "dump_trajectories.py"

@@ -10,8 +10,8 @@ import torch
 from caption_shards import write_caption_shards, write_tiny_t5
 
 from ard_scale.data import bundled_digits_path
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
-from ard_scale.models.condition import Condition
 from ard_scale.models.families import FAMILIES
 from ard_scale.models.teachers import build_teacher, load_teacher
 

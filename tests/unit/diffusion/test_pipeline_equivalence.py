@@ -18,8 +18,8 @@ from diffusers import (
     PixArtSigmaPipeline,
 )
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.trajectory import diffusers_grid, draw_noise, teacher_trajectory
-from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import build_teacher
 
 SEEDS = [3, 7, 11]

@@ -5,10 +5,10 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler
 from diffusion_analytic import GaussianDenoiser
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.diffusion.solvers import SOLVERS, guided_model, solve
 from ard_scale.diffusion.trajectory import diffusers_grid
-from ard_scale.models.condition import Condition
 
 SCHEDULES = {
     "vp-eps": VPSchedule(),

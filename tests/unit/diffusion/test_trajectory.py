@@ -7,9 +7,9 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusion_analytic import GaussianDenoiser
 
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.diffusion.trajectory import diffusers_grid, draw_noise, teacher_trajectory
-from ard_scale.models.condition import Condition
 from ard_scale.models.teachers import build_teacher
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ard_scale.data import bundled_digits_path
+from ard_scale.diffusion.condition import Condition
 from ard_scale.evaluation.eval_set import (
     cache_key,
     data_captions,
@@ -20,7 +21,6 @@ from ard_scale.evaluation.eval_set import (
 from ard_scale.evaluation.evaluator import generate_all
 from ard_scale.evaluation.fid import FID, ReferenceStats
 from ard_scale.evaluation.generate import prompt_generate_fn
-from ard_scale.models.condition import Condition
 
 DIGITS = bundled_digits_path("webdataset")
 

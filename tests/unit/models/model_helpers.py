@@ -2,7 +2,7 @@
 
 import torch
 
-from ard_scale.models.condition import Condition
+from ard_scale.diffusion.condition import Condition
 
 FAMILIES = ("dit", "pixart", "flux", "sd3", "qwen_image")
 

@@ -8,9 +8,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from model_helpers import make_condition
 
 from ard_scale.config.ard import ARDConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, dynamic_shift
 from ard_scale.diffusion.trajectory import draw_noise, teacher_trajectory
-from ard_scale.models.condition import Condition
 from ard_scale.models.families.flux import pack, unpack
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher, load_teacher

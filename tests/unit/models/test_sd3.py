@@ -11,9 +11,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from model_helpers import make_condition
 
 from ard_scale.config.ard import ARDConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule
 from ard_scale.diffusion.trajectory import diffusers_grid, draw_noise, teacher_trajectory
-from ard_scale.models.condition import Condition
 from ard_scale.models.families.sd3 import ARDSD3AttnProcessor
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher, load_teacher

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ard_scale.config import ConfigError, load_config
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.solvers import guided_model
-from ard_scale.models.condition import Condition
 from ard_scale.trainer.build import Conditioner, build_teacher_model
 from ard_scale.trainer.checks import check_channel_options
 from ard_scale.trainer.loop import MetricsLog, all_finite, check_reachable
