@@ -38,16 +38,17 @@ from ard_scale.diffusion.condition import Condition
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec
-from ard_scale.trainer.build import Conditioner, build_codec_for
+from ard_scale.trainer.build import build_codec_for, build_conditioner
+from ard_scale.trainer.conditioning import SLOTS, Conditioner
 
 MODEL_INDEX = "model_index.json"
-# (recipe section, pipeline subfolder, Conditioner attribute; its tokenizer is the same name with "tokenizer")
-ENCODER_FOLDERS = (
-    ("text_encoder", "text_encoder", "encoder"),
-    ("pooled_encoder", "pooled_text_encoder", "pooled_encoder"),
-    ("pooled_encoder_2", "pooled_text_encoder_2", "pooled_encoder_2"),  # SD3's CLIP-G
-    ("qwen_encoder", "qwen_text_encoder", "qwen_encoder"),  # Qwen-Image's Qwen2.5-VL
-)
+# Conditioner slot -> pipeline subfolder (the recipe section is SLOTS[slot][0])
+ENCODER_FOLDERS = {
+    "t5": "text_encoder",
+    "clip": "pooled_text_encoder",
+    "clip_2": "pooled_text_encoder_2",  # SD3's CLIP-G
+    "qwen": "qwen_text_encoder",  # Qwen-Image's Qwen2.5-VL
+}
 RECIPE = "recipe.yaml"
 FORMAT_VERSION = 1
 
@@ -111,15 +112,12 @@ def export_pipeline(
 
     recipe = to_dict(cfg)
     components = {"transformer": ["ard_scale", "ARDStudent"]}
-    conditioner = Conditioner(cfg, teacher, for_eval=True)
-    for section, folder, attr in ENCODER_FOLDERS:
-        encoder = getattr(conditioner, attr)
-        if encoder is None:
-            continue
-        tokenizer = getattr(conditioner, attr.replace("encoder", "tokenizer"))
-        _save_or_link(encoder, tokenizer, getattr(cfg, section).path, out_dir / folder, link)
+    conditioner = build_conditioner(cfg, teacher, for_eval=True)
+    for slot, encoder in conditioner.encoders.items():
+        section, folder = SLOTS[slot][0], ENCODER_FOLDERS[slot]
+        _save_or_link(encoder.model, encoder.tokenizer, getattr(cfg, section).path, out_dir / folder, link)
         recipe[section].update(path=folder, size=None)
-        components[folder] = ["transformers", type(encoder).__name__]
+        components[folder] = ["transformers", type(encoder.model).__name__]
     recipe["text_encoder"]["use_precomputed"] = False
     codec = build_codec_for(cfg, teacher)
     if isinstance(codec, (LatentCodec, FrameLatentCodec)):
@@ -182,19 +180,20 @@ class ARDPipeline:
             )
         index = json.loads(index_file.read_text(encoding="utf-8"))
         overrides = [f"teacher.path={folder / 'transformer'}"]
-        for key, sub in [*((section, sub) for section, sub, _ in ENCODER_FOLDERS), ("vae", "vae")]:
+        folders = [(SLOTS[slot][0], sub) for slot, sub in ENCODER_FOLDERS.items()] + [("vae", "vae")]
+        for key, sub in folders:
             if (folder / sub).exists():
                 overrides.append(f"{key}.path={folder / sub}")
         cfg = load_config(folder / RECIPE, overrides)
         student = load_exported_student(folder / "transformer", dtype=dtype)
         teacher = Teacher(student.backbone)
-        return cls(student, Conditioner(cfg, teacher, for_eval=True), build_codec_for(cfg, teacher), cfg, index)
+        return cls(student, build_conditioner(cfg, teacher, for_eval=True), build_codec_for(cfg, teacher), cfg, index)
 
     def to(self, device: str | torch.device) -> ARDPipeline:
         self.device = torch.device(device)
         self.student.to(self.device)
         self.codec.to(self.device)
-        self.conditioner = Conditioner(self.cfg, Teacher(self.student.backbone), self.device, for_eval=True)
+        self.conditioner = build_conditioner(self.cfg, Teacher(self.student.backbone), self.device, for_eval=True)
         return self
 
     def _latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ard_scale.data.config import DataConfig  # noqa: E402
+from ard_scale.config.data import DataConfig  # noqa: E402
 from ard_scale.data.loader import build_loader  # noqa: E402
 from ard_scale.data.transforms import load_image  # noqa: E402
 from ard_scale.data.writers import write_shards  # noqa: E402

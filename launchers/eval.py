@@ -179,7 +179,7 @@ def main(argv=None) -> None:
 
 def build_setup(cfg, run_dir: Path, device: str):
     """The recipe's evaluation in this process: the teacher (its full sampler), T5, VAE and metrics, no DeepSpeed."""
-    from ard_scale.trainer.build import Conditioner, build_codec_for, build_schedule, build_teacher_model
+    from ard_scale.trainer.build import build_codec_for, build_conditioner, build_schedule, build_teacher_model
     from ard_scale.trainer.evaluate import build_eval_setup
 
     teacher = build_teacher_model(cfg).to(device).eval().requires_grad_(False)
@@ -189,7 +189,7 @@ def build_setup(cfg, run_dir: Path, device: str):
         teacher=teacher,
         teacher_denoise=teacher,
         schedule=build_schedule(cfg, teacher.patch_size),
-        conditioner=Conditioner(cfg, teacher, device, for_eval=True),
+        conditioner=build_conditioner(cfg, teacher, device, for_eval=True),
         codec=codec,
         run_dir=run_dir,
         device=device,

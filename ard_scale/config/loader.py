@@ -76,6 +76,9 @@ class Range:
 # Fields without their own bound: every int in this tree is a count, size, index or seed, and no float needs to be
 # negative or astronomically large; a section's BOUNDS narrows or widens these per field.
 DEFAULT_RANGES: dict[type, Range] = {int: Range(0, 2**31 - 1), float: Range(0, 1e6)}
+STEPS = Range(1, 10**9)  # step counts and intervals
+SEED = Range(0, 2**32 - 1)  # numpy's seed range (torch takes up to 2**64 - 1)
+BATCH = Range(1, 2**16)  # samples per rank per micro-step
 
 
 def _check_range(tp: type, value: float, path: str, bounds: Range | None, problems: list[str]) -> bool:
@@ -334,6 +337,17 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>") -> T:
     if problems:
         raise ConfigError(source, problems)
     return obj
+
+
+def check(section: T, path: str) -> T:
+    """Check a section built in code (not read from a recipe) as a recipe's would be: types, choices, bounds and
+    its `problems()`, with `path` the section's dotted key (e.g. 'data'); raises ConfigError, else returns it."""
+    problems: list[str] = []
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.init}
+    _build(type(section), values, path, problems)
+    if problems:
+        raise ConfigError(f"{type(section).__name__} given in code", problems)
+    return section
 
 
 def load(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:

@@ -9,8 +9,9 @@ The trainer builds one loader per rank and iterates it:
     loader.num_skipped            # corrupt samples skipped so far (loader.skips.counts by reason)
 """
 
-from ard_scale.data.config import DataConfig
-from ard_scale.data.loader import SkipCounter, WebdatasetLoader, build_loader
+from ard_scale.config.data import DataConfig
+from ard_scale.data.loader import WebdatasetLoader, build_loader
+from ard_scale.data.samples import SkipCounter
 from ard_scale.data.transforms import ASPECT_RATIO_1024, bucket_table
 
 

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 
 import torch
 
+from ard_scale.config.data import DataConfig, check_readable
 from ard_scale.data.bundled import resolve_data_path
-from ard_scale.data.config import DataConfig
-from ard_scale.data.samples import collate
+from ard_scale.data.samples import SkipCounter, collate
 from ard_scale.data.transforms import bucket_table
 from ard_scale.data.wds import RankPlan, WdsChunks, list_shards
 
 
 def _identity(chunk: dict) -> dict:
     return chunk
-
-
-class SkipCounter:
-    """Skipped (corrupt or incomplete) samples by reason; `total` is what the trainer logs."""
-
-    def __init__(self, counts: dict[str, int] | None = None):
-        self.counts = Counter(counts or {})
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def add(self, reason: str) -> None:
-        self.counts[reason] += 1
 
 
 class WebdatasetLoader:
@@ -168,7 +153,7 @@ class WebdatasetLoader:
 
 def build_loader(config: DataConfig, *, rank: int, world_size: int):
     """The loader for `config.format` on this rank: iterate for batches; state_dict/load_state_dict; num_skipped."""
-    config = dataclasses.replace(config, path=resolve_data_path(config.path))
+    config = dataclasses.replace(check_readable(config), path=resolve_data_path(config.path))
     if config.format == "webdataset":
         return WebdatasetLoader(config, rank=rank, world_size=world_size)
     from ard_scale.data.mds import MDSLoader

@@ -16,9 +16,8 @@ from typing import Any
 
 from streaming import StreamingDataLoader, StreamingDataset
 
-from ard_scale.data.config import DataConfig
-from ard_scale.data.loader import SkipCounter
-from ard_scale.data.samples import BadSample, collate, decode_sample
+from ard_scale.config.data import DataConfig
+from ard_scale.data.samples import BadSample, SkipCounter, collate, decode_sample
 
 # + optional label: int, t5_emb/t5_mask/pooled_emb: ndarray
 COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}

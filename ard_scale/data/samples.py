@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import torch
@@ -83,3 +84,17 @@ def collate(samples: list[dict]) -> dict:
     if all("pooled_emb" in s for s in samples):
         batch["pooled_emb"] = torch.stack([s["pooled_emb"] for s in samples])  # (B, D)
     return batch
+
+
+class SkipCounter:
+    """Skipped (corrupt or incomplete) samples by reason; `total` is what the trainer logs."""
+
+    def __init__(self, counts: dict[str, int] | None = None):
+        self.counts = Counter(counts or {})
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] += 1

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 
-from ard_scale.data.config import DataConfig
+from ard_scale.config.data import DataConfig, check_readable
 from ard_scale.data.mds import _export_world
 
 
@@ -39,12 +39,12 @@ def _collate(items: list[dict]) -> dict[str, Any]:
 
 
 class TrajectoryLoader:
-    """Batches of offline trajectories for one rank. `config.path` is the dump folder (data.trajectory_path); the
-    other fields as for the image MDS reader (batch_size, shuffle, seed, num_workers, num_canonical_nodes)."""
+    """Batches of offline trajectories for one rank. `config.trajectory_path` is the dump folder; the other fields
+    as for the image MDS reader (batch_size, shuffle, seed, num_workers, num_canonical_nodes)."""
 
     def __init__(self, config: DataConfig, *, rank: int, world_size: int):
         self.config, self.rank, self.world_size = config, rank, world_size
-        root = Path(config.path)
+        root = Path(config.trajectory_path)
         meta_file = root / "meta.json"
         if not meta_file.is_file():
             raise ValueError(
@@ -121,9 +121,9 @@ class TrajectoryLoader:
 
 def trajectory_loader(config: DataConfig, *, rank: int, world_size: int) -> TrajectoryLoader:
     """The offline trajectory stream of this rank (see TrajectoryLoader)."""
-    if not os.path.isdir(config.path):
+    if not os.path.isdir(check_readable(config, "trajectory_path").trajectory_path):
         raise ValueError(
-            f"data.trajectory_path {config.path!r} is not a local folder; offline trajectories are read from a local "
-            "dump of launchers/dump_trajectories.py"
+            f"data.trajectory_path {config.trajectory_path!r} is not a local folder; offline trajectories are read "
+            "from a local dump of launchers/dump_trajectories.py"
         )
     return TrajectoryLoader(config, rank=rank, world_size=world_size)

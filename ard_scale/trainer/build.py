@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,9 +9,7 @@ import torch
 
 from ard_scale.checkpoint.export import load_student_weights
 from ard_scale.config import RootConfig
-from ard_scale.data import DataConfig as ReaderConfig
 from ard_scale.data import build_loader
-from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
 from ard_scale.distributed.engines import (
     build_frozen_engine,
@@ -24,7 +21,8 @@ from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
-from ard_scale.trainer.checks import check_channel_options, check_labels
+from ard_scale.trainer.checks import check_channel_options
+from ard_scale.trainer.conditioning import Conditioner
 from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
 
 
@@ -70,177 +68,22 @@ def embedded_guidance(cfg: RootConfig, teacher: Teacher) -> float | None:
     return None
 
 
-class Conditioner:
-    """Batch -> (condition, null condition) for the teacher's family, on the run's device.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision
 
-    Class-conditional families: the batch's labels; null = class `num_classes`. Text families: the encoders the
-    family lists by slot (`family.text_encoders`: 't5' = text_encoder, 'clip' = pooled_encoder, 'clip_2' =
-    pooled_encoder_2, 'qwen' = qwen_encoder) run on the captions, and the family combines their outputs
-    (`family.assemble_condition`: T5 tokens + CLIP's pooled embedding for FLUX.1; CLIP-L ‖ CLIP-G tokens padded and
-    prepended to T5's, pooled CLIP-L ‖ CLIP-G for SD3; Qwen2.5-VL's hidden states and mask for Qwen-Image); or T5
-    embeddings precomputed in the shards (`t5_emb`/`t5_mask`, with `pooled_emb` where a 'clip' slot is listed; without
-    the mask where the family attends to padding). Guidance (`family.guidance`): 'cfg' — the null condition is the
-    condition of the family's `null_caption` (the empty caption; Qwen-Image's " "), encoded once (with precomputed
-    embeddings and no evaluation
-    of prompts, `for_eval` or `eval.every`, the encoders are loaded for that alone and then dropped); 'embedded' —
-    every condition carries `diffusion.guidance_scale` as its guidance value and there is no null condition
-    (`cfg_scale` is 1)."""
 
-    def __init__(self, cfg: RootConfig, teacher: Teacher, device: torch.device | str = "cpu", *, for_eval=False):
-        spec = teacher.spec
-        self.kind, self.teacher, self.spec, self.device = teacher.condition_kind, teacher, spec, torch.device(device)
-        self.encoder = self.tokenizer = self.null = None
-        self.pooled_encoder = self.pooled_tokenizer = self.pooled_encoder_2 = self.pooled_tokenizer_2 = None
-        self.qwen_encoder = self.qwen_tokenizer = None
-        tec, pec, pec2, qec = cfg.text_encoder, cfg.pooled_encoder, cfg.pooled_encoder_2, cfg.qwen_encoder
-        self.max_length, self.use_mask = tec.max_length, spec.text_mask
-        self.qwen_max_length = qec.max_length
-        self.pooled_max_length, self.pooled_max_length_2 = pec.max_length, pec2.max_length
-        self.cfg_scale = 1.0 if spec.guidance == "embedded" else float(cfg.diffusion.guidance_scale)
-        self.guidance = embedded_guidance(cfg, teacher)
-        self.needs_pooled = "clip" in spec.text_encoders
-        if self.kind != "text":
-            return
-        keep = for_eval or cfg.eval.every is not None or not tec.use_precomputed
-        if not keep and self.cfg_scale == 1:
-            return
-        from ard_scale.models.text_encoder import build_qwen, build_t5, load_qwen, load_t5
-
-        if "t5" in spec.text_encoders:
-            self.encoder, self.tokenizer = load_t5(tec.path) if tec.path is not None else build_t5(tec.size)
-            self.encoder.to(self.device)
-        if "qwen" in spec.text_encoders:
-            if qec.path is None and qec.size is None:
-                raise ValueError(
-                    f"a {teacher.family} teacher reads Qwen2.5-VL's hidden states: set qwen_encoder.path (the "
-                    "pipeline's text_encoder/ and tokenizer/) or qwen_encoder.size"
-                )
-            # in the run's precision (QwenImagePipeline runs it in bf16): 8.3B parameters on every rank
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
-            loaded = load_qwen(qec.path, dtype=dtype) if qec.path is not None else build_qwen(qec.size)
-            self.qwen_encoder, self.qwen_tokenizer = loaded
-            self.qwen_encoder.to(device=self.device, dtype=dtype)
-        if self.needs_pooled:
-            if pec.path is None and pec.size is None:
-                raise ValueError(
-                    f"a {teacher.family} teacher reads CLIP's pooled text embedding: set pooled_encoder.path (the "
-                    "pipeline's text_encoder/ and tokenizer/) or pooled_encoder.size"
-                )
-            self.pooled_encoder, self.pooled_tokenizer = self._clip(pec, "pooled_encoder", 0)
-        if "clip_2" in spec.text_encoders:
-            if pec2.path is None and pec2.size is None:
-                raise ValueError(
-                    f"a {teacher.family} teacher reads a second CLIP text encoder: set pooled_encoder_2.path (the "
-                    "pipeline's text_encoder_2/ and tokenizer_2/) or pooled_encoder_2.size"
-                )
-            self.pooled_encoder_2, self.pooled_tokenizer_2 = self._clip(pec2, "pooled_encoder_2", 1)
-        if self.cfg_scale != 1:
-            self.null = self._encode([spec.null_caption])
-        if not keep:
-            self.encoder = self.tokenizer = self.pooled_encoder = self.pooled_tokenizer = None
-            self.pooled_encoder_2 = self.pooled_tokenizer_2 = self.qwen_encoder = self.qwen_tokenizer = None
-
-    ENCODERS = ("encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encoder")
-
-    def partition(self, wrap) -> None:
-        """Replace each loaded text encoder by `wrap(encoder)`: the trainer holds them in frozen ZeRO-3 engines
-        (`zero.teacher_stage` 3), whose hooks gather each layer's weights as it runs, so every rank keeps 1/N of
-        them. Encoding is then collective: every rank must encode the same number of times, as the step does."""
-        for attr in self.ENCODERS:
-            if getattr(self, attr) is not None:
-                setattr(self, attr, wrap(getattr(self, attr)))
-
-    @property
-    def can_encode(self) -> bool:
-        """Whether captions can be encoded here (the family's encoders are loaded)."""
-        return self.encoder is not None or self.qwen_encoder is not None
-
-    def _clip(self, section, key: str, seed: int):
-        """(encoder, tokenizer) of one CLIP slot: a folder (or the pipeline folder's text_encoder[_2]/ and
-        tokenizer[_2]/), or a named size (the second slot seeded apart from the first)."""
-        from ard_scale.models.text_encoder import build_clip, load_clip
-
-        projection = self.spec.clip_projection
-        if section.path is not None:
-            suffix = key[len("pooled_encoder") :]  # '' or '_2', as the pipeline folder numbers its encoders
-            subfolders = (f"text_encoder{suffix}", f"tokenizer{suffix}")
-            encoder, tokenizer = load_clip(section.path, projection=projection, subfolders=subfolders, key=key)
-        else:
-            encoder, tokenizer = build_clip(section.size, seed=seed, projection=projection, key=key)
-        return encoder.to(self.device), tokenizer
-
-    def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
-        """The batch's condition and null condition (None when guidance needs none), on the run's device."""
-        cond, null = self._conditions(batch)
-        return cond.to(self.device), None if null is None else null.to(self.device)
-
-    def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
-        if self.kind == "labels":
-            if "labels" not in batch:
-                raise ValueError(
-                    "the class-conditional teacher needs class labels, but the data shards carry none; "
-                    "write them with launchers/build_shards.py (a `label` per sample)"
-                )
-            labels = batch["labels"].long()
-            check_labels(labels, batch.get("keys"), self.teacher.num_classes)
-            return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
-        precomputed = self.spec.precomputed_text and "t5_emb" in batch
-        if precomputed and (not self.needs_pooled or "pooled_emb" in batch):
-            text = batch["t5_emb"].float()
-            mask = batch["t5_mask"] if self.use_mask else None
-            pooled = batch["pooled_emb"].float() if self.needs_pooled else None
-        elif not self.can_encode:
-            wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
-            raise ValueError(
-                f"text_encoder.use_precomputed is set but the shards carry no {wanted}; run "
-                "launchers/precompute_text.py on them (with --pooled-encoder for a family that reads CLIP's pooled "
-                "embedding) or set text_encoder.use_precomputed=false"
-            )
-        else:
-            cond = self._encode(batch["captions"])
-            text, mask, pooled = cond.text, cond.text_mask, cond.pooled
-        B, L = text.shape[:2]
-        cond = Condition(text=text, text_mask=mask, pooled=pooled, guidance=self._guidance(B))
-        if self.null is None:  # no CFG: the null condition is never evaluated
-            return cond, None
-        null = self.null  # pad/crop to the batch's token count
-        null_text = torch.nn.functional.pad(null.text, (0, 0, 0, max(0, L - null.text.shape[1])))[:, :L]
-        null_mask = None
-        if null.text_mask is not None:
-            null_mask = torch.nn.functional.pad(null.text_mask, (0, max(0, L - null.text_mask.shape[1])))[:, :L]
-            null_mask = null_mask.expand(B, -1)
-        null_pooled = None if null.pooled is None else null.pooled.expand(B, -1)
-        return cond, Condition(text=null_text.expand(B, -1, -1), text_mask=null_mask, pooled=null_pooled)
-
-    def _guidance(self, batch_size: int) -> torch.Tensor | None:
-        return None if self.guidance is None else torch.full((batch_size,), self.guidance)
-
-    @torch.no_grad()
-    def _encode(self, captions: list[str]) -> Condition:
-        """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
-        from ard_scale.diffusion.condition import EncodedText
-        from ard_scale.models.text_encoder import encode_captions, encode_clip, encode_qwen
-
-        encoded = {}
-        if self.encoder is not None:
-            text, mask = encode_captions(
-                self.encoder, self.tokenizer, captions, max_length=self.max_length, use_mask=self.use_mask
-            )
-            encoded["t5"] = EncodedText(tokens=text, mask=mask)
-        if self.qwen_encoder is not None:
-            encoded["qwen"] = encode_qwen(
-                self.qwen_encoder, self.qwen_tokenizer, captions, max_length=self.qwen_max_length
-            )
-        if self.pooled_encoder is not None:
-            encoded["clip"] = encode_clip(
-                self.pooled_encoder, self.pooled_tokenizer, captions, max_length=self.pooled_max_length
-            )
-        if self.pooled_encoder_2 is not None:
-            encoded["clip_2"] = encode_clip(
-                self.pooled_encoder_2, self.pooled_tokenizer_2, captions, max_length=self.pooled_max_length_2
-            )
-        out = self.spec.assemble_condition(encoded)
-        return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))
+def build_conditioner(cfg: RootConfig, teacher: Teacher, device="cpu", *, for_eval: bool = False) -> Conditioner:
+    """The recipe's Conditioner: its text encoder sections and guidance. The encoders are kept after encoding the
+    null caption unless the shards carry the embeddings and nothing is evaluated (`for_eval`, `eval.every`)."""
+    keep = for_eval or cfg.eval.every is not None or not cfg.text_encoder.use_precomputed
+    sections = {"t5": cfg.text_encoder, "clip": cfg.pooled_encoder, "clip_2": cfg.pooled_encoder_2}
+    return Conditioner(
+        teacher,
+        {**sections, "qwen": cfg.qwen_encoder},
+        guidance_scale=cfg.diffusion.guidance_scale,
+        keep_encoders=keep,
+        qwen_dtype=PRECISIONS[cfg.train.precision],
+        device=device,
+    )
 
 
 @dataclass
@@ -353,17 +196,14 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     else:
         teacher_engine = teacher.to(engine.device)  # replicated: every rank holds it whole on its device
 
-    conditioner = Conditioner(cfg, teacher, engine.device)
+    conditioner = build_conditioner(cfg, teacher, engine.device)
     if zero.teacher_stage == 3:  # the frozen text encoders are partitioned like the teacher (in their own dtype)
         conditioner.partition(lambda encoder: _frozen_zero3(encoder, micro))
 
-    names = {f.name for f in dataclasses.fields(ReaderConfig)}
-    reader_cfg = ReaderConfig(**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names})
     if tr.trajectory_source == "offline":
         from ard_scale.data.trajectories import trajectory_loader  # mosaicml-streaming: only offline runs import it
 
-        reader_cfg = dataclasses.replace(reader_cfg, format="mds", path=cfg.data.trajectory_path)
-        loader = trajectory_loader(reader_cfg, rank=rank, world_size=world_size)
+        loader = trajectory_loader(cfg.data, rank=rank, world_size=world_size)
         check_offline_dump(
             loader.meta,
             loader.sample_shape(),
@@ -374,7 +214,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             family=teacher.family,
         )
     else:
-        loader = build_loader(reader_cfg, rank=rank, world_size=world_size)
+        loader = build_loader(cfg.data, rank=rank, world_size=world_size)
     return Run(
         cfg=cfg,
         rank=rank,

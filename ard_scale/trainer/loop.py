@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import CheckpointManager
 from ard_scale.config import ConfigError, RootConfig, dump_yaml, to_dict
-from ard_scale.data.loader import SkipCounter
+from ard_scale.data.samples import SkipCounter
 from ard_scale.distributed.collectives import sum_counts_over_ranks, sum_over_ranks
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ard_scale.config import load_config  # noqa: E402
 from ard_scale.distributed.engines import init_distributed  # noqa: E402
-from ard_scale.trainer.build import Conditioner, build_run  # noqa: E402
+from ard_scale.trainer.build import build_conditioner, build_run  # noqa: E402
 
 
 def main(out: str, *recipes: str) -> None:
@@ -25,11 +25,11 @@ def main(out: str, *recipes: str) -> None:
 def check(recipe: str, rank: int, world: int) -> dict:
     cfg = load_config(recipe, ["zero.teacher_stage=3", "eval.every=null"])
     run = build_run(cfg, rank, world)
-    whole = Conditioner(cfg, run.teacher, "cpu")
+    whole = build_conditioner(cfg, run.teacher, "cpu")
     captions = {"captions": [f"a handwritten digit {rank}", "a one, written small"]}  # other captions per rank
     got, got_null = run.conditioner(captions)
     want, want_null = whole(captions)
-    encoders = {a: getattr(run.conditioner, a) for a in Conditioner.ENCODERS if getattr(run.conditioner, a) is not None}
+    encoders = {slot: encoder.model for slot, encoder in run.conditioner.encoders.items()}
     result = {
         "encoders": sorted(encoders),
         "partitioned": {

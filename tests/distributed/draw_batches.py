@@ -7,7 +7,7 @@ import sys
 
 import torch.distributed as dist
 
-from ard_scale.data.loader import SkipCounter
+from ard_scale.data.samples import SkipCounter
 from ard_scale.trainer.loop import draw_micro_batches
 
 dist.init_process_group("gloo")

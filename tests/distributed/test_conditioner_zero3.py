@@ -12,8 +12,8 @@ SCRIPT = Path(__file__).with_name("conditioner_zero3.py")
 
 
 RECIPES = {  # recipe -> the encoders it loads
-    "recipes/tiny_sd3_cpu.yaml": ["encoder", "pooled_encoder", "pooled_encoder_2"],  # T5 + CLIP-L + CLIP-G
-    "recipes/tiny_qwen_image_cpu.yaml": ["qwen_encoder"],  # Qwen2.5-VL
+    "recipes/tiny_sd3_cpu.yaml": ["t5", "clip", "clip_2"],  # T5 + CLIP-L + CLIP-G
+    "recipes/tiny_qwen_image_cpu.yaml": ["qwen"],  # Qwen2.5-VL
 }
 
 

@@ -20,7 +20,7 @@ NUM_SAMPLES, BATCH, WORLD, STOPS = 48, 4, 2, (3, 7)  # 6 batches per rank per ep
 
 
 def config(fmt, path):
-    from ard_scale.data.config import DataConfig
+    from ard_scale.config.data import DataConfig
 
     return DataConfig(format=fmt, path=path, batch_size=BATCH, resolution=16, num_workers=2, num_epochs=2,
                       chunk_size=3, num_canonical_nodes=1, seed=7)  # fmt: skip

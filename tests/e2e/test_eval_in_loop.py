@@ -30,7 +30,7 @@ def one_process_teacher_metrics(overrides: list[str], cache_dir: Path) -> tuple[
     """The teacher's metrics for the recipe computed here, in one process, into `cache_dir`; (values, cache file)."""
     from ard_scale.config import load_config
     from ard_scale.models.vae import build_codec
-    from ard_scale.trainer.build import Conditioner, build_schedule, build_teacher_model
+    from ard_scale.trainer.build import build_conditioner, build_schedule, build_teacher_model
     from ard_scale.trainer.evaluate import build_eval_setup
 
     cfg = load_config(ROOT / "recipes" / "tiny_cpu.yaml", [*overrides, f"eval.cache_dir={cache_dir}"])
@@ -40,7 +40,7 @@ def one_process_teacher_metrics(overrides: list[str], cache_dir: Path) -> tuple[
         teacher=teacher,
         teacher_denoise=teacher,
         schedule=build_schedule(cfg),
-        conditioner=Conditioner(cfg, teacher),
+        conditioner=build_conditioner(cfg, teacher),
         codec=build_codec(size=cfg.vae.size, path=None, scaling_factor=None, channels=teacher.in_channels),
         run_dir=Path(cfg.checkpoint.run_dir),
     )

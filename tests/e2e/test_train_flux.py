@@ -13,7 +13,7 @@ from ard_scale.checkpoint.export import export_student, load_exported_student, s
 from ard_scale.config import load_config
 from ard_scale.models.student import ARDStudent
 from ard_scale.trainer.build import (
-    Conditioner,
+    build_conditioner,
     build_schedule,
     build_teacher_model,
     embedded_guidance,
@@ -56,7 +56,7 @@ def test_flux_export_samples_as_the_checkpoint_student(runs, tmp_path):
     state, *_ = student_state_dict(runs["full"], use_ema=False)
     reference.load_state_dict(state, strict=True)
 
-    conditioner = Conditioner(cfg, teacher, for_eval=True)
+    conditioner = build_conditioner(cfg, teacher, for_eval=True)
     cond, null = conditioner({"captions": ["a handwritten digit seven", "a handwritten digit one"]})
     assert null is None and cond.pooled.shape == (2, 16) and cond.guidance.tolist() == [3.5, 3.5]
     noise = sample_noise(exported, 2, seed=3)
@@ -84,7 +84,7 @@ def test_flux_pipeline_from_a_prompt_equals_the_checkpoint_student_and_the_sampl
     teacher = build_teacher_model(cfg)
     reference = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size)).eval()
     reference.load_state_dict(student_state_dict(runs["full"], use_ema=False)[0], strict=True)
-    cond, _ = Conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
+    cond, _ = build_conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     out = pipe("a handwritten digit two", latents=noise, output_type="pt")
     expected = reference.sample(noise, cond)

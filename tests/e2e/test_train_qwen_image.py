@@ -12,7 +12,13 @@ from recipe_runs import REPLAY, losses, straight_and_resumed
 from ard_scale.checkpoint.export import export_student, load_exported_student, sample_noise, student_state_dict
 from ard_scale.config import load_config
 from ard_scale.models.student import ARDStudent
-from ard_scale.trainer.build import Conditioner, build_codec_for, build_schedule, build_teacher_model, latent_shape
+from ard_scale.trainer.build import (
+    build_codec_for,
+    build_conditioner,
+    build_schedule,
+    build_teacher_model,
+    latent_shape,
+)
 
 RECIPE = "recipes/tiny_qwen_image_cpu.yaml"
 
@@ -45,7 +51,7 @@ def test_qwen_image_export_samples_as_the_checkpoint_student(runs, tmp_path):
     state, *_ = student_state_dict(runs["full"], use_ema=False)
     reference.load_state_dict(state, strict=True)
 
-    cond, null = Conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit seven", "a one"]})
+    cond, null = build_conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit seven", "a one"]})
     assert cond.text.shape == (2, 16, 24) and cond.pooled is None and null is not None
     assert cond.text_mask.sum(1).tolist() != [16, 16]  # padded captions: the mask is live
     noise = sample_noise(exported, 2, seed=3)
@@ -74,7 +80,7 @@ def test_qwen_image_pipeline_from_a_prompt_equals_the_checkpoint_student(runs, t
     teacher = build_teacher_model(cfg)
     reference = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size)).eval()
     reference.load_state_dict(student_state_dict(runs["full"], use_ema=False)[0], strict=True)
-    cond, _ = Conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
+    cond, _ = build_conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     out = pipe("a handwritten digit two", latents=noise, output_type="pt")
     torch.testing.assert_close(out.latents, reference.sample(noise, cond), rtol=1e-5, atol=1e-6)

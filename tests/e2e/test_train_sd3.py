@@ -12,7 +12,7 @@ from recipe_runs import REPLAY, losses, straight_and_resumed
 from ard_scale.checkpoint.export import export_student, load_exported_student, sample_noise, student_state_dict
 from ard_scale.config import load_config
 from ard_scale.models.student import ARDStudent
-from ard_scale.trainer.build import Conditioner, build_schedule, build_teacher_model, latent_shape
+from ard_scale.trainer.build import build_conditioner, build_schedule, build_teacher_model, latent_shape
 
 RECIPE = "recipes/tiny_sd3_cpu.yaml"
 
@@ -45,7 +45,7 @@ def test_sd3_export_samples_as_the_checkpoint_student(runs, tmp_path):
     state, *_ = student_state_dict(runs["full"], use_ema=False)
     reference.load_state_dict(state, strict=True)
 
-    cond, null = Conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit seven", "a one"]})
+    cond, null = build_conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit seven", "a one"]})
     assert cond.text.shape == (2, 16 + 8, 24) and cond.pooled.shape == (2, 24) and null is not None
     noise = sample_noise(exported, 2, seed=3)
     assert noise.shape == (2, 4, 8, 8)
@@ -71,7 +71,7 @@ def test_sd3_pipeline_from_a_prompt_equals_the_checkpoint_student(runs, tmp_path
     teacher = build_teacher_model(cfg)
     reference = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size)).eval()
     reference.load_state_dict(student_state_dict(runs["full"], use_ema=False)[0], strict=True)
-    cond, _ = Conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
+    cond, _ = build_conditioner(cfg, teacher, for_eval=True)({"captions": ["a handwritten digit two"]})
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     out = pipe("a handwritten digit two", latents=noise, output_type="pt")
     torch.testing.assert_close(out.latents, reference.sample(noise, cond), rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@ from ard_scale.config import load_config
 from ard_scale.config.paths import missing_paths
 from ard_scale.models.teachers import build_teacher
 from ard_scale.models.text_encoder import build_clip, build_qwen, encode_pooled, encode_qwen
-from ard_scale.trainer.build import Conditioner, build_codec_for, build_teacher_model
+from ard_scale.trainer.build import build_codec_for, build_conditioner, build_teacher_model
 
 
 def test_debug_assets_load_through_the_recipe_paths_and_equal_the_named_sizes(tmp_path):
@@ -25,7 +25,7 @@ def test_debug_assets_load_through_the_recipe_paths_and_equal_the_named_sizes(tm
     for (name, p), q in zip(teacher.model.state_dict().items(), reference.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     captions = ["a handwritten digit seven"]
-    cond, _ = Conditioner(cfg, teacher)({"captions": captions})
+    cond, _ = build_conditioner(cfg, teacher)({"captions": captions})
     clip, tokenizer = build_clip("debug", seed=0)
     torch.testing.assert_close(cond.pooled, encode_pooled(clip, tokenizer, captions, max_length=16))
     assert cond.text.shape == (1, 8, 24)
@@ -44,7 +44,7 @@ def test_debug_assets_load_through_the_recipe_paths_and_equal_the_named_sizes(tm
     reference = build_teacher("qwen_image", "debug", seed=0)
     for (name, p), q in zip(teacher.model.state_dict().items(), reference.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
-    cond, _ = Conditioner(cfg, teacher)({"captions": captions})
+    cond, _ = build_conditioner(cfg, teacher)({"captions": captions})
     qwen, qwen_tokenizer = build_qwen("debug", seed=0)
     ref = encode_qwen(qwen, qwen_tokenizer, captions, max_length=16)
     assert torch.equal(cond.text, ref.tokens) and torch.equal(cond.text_mask, ref.mask)

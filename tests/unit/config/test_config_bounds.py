@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from ard_scale.config import ConfigError, RootConfig, config_from_dict, load_config, to_dict
+from ard_scale.config.data import check_readable
 from ard_scale.config.loader import DEFAULT_RANGES, Range
-from ard_scale.data.config import DataConfig as ReaderConfig
 from ard_scale.diffusion.schedules import schedule_for_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[3] / "recipes").glob("*.yaml"))
@@ -81,9 +81,8 @@ def usable(cfg: RootConfig) -> None:
     grid = schedule.grid(cfg.student.num_steps)
     assert torch.isfinite(torch.as_tensor(grid)).all()
     cfg.student.validate()
-    reader = {f.name for f in dataclasses.fields(ReaderConfig)}
     if cfg.data.path is not None:
-        ReaderConfig(**{k: v for k, v in dataclasses.asdict(cfg.data).items() if k in reader})
+        check_readable(cfg.data)  # the readers take the section as it is
     assert cfg.data.batch_size * cfg.train.grad_accum >= 1
 
 

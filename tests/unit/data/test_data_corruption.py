@@ -5,7 +5,7 @@ import os
 import pytest
 from data_helpers import good_members, image_bytes, write_index, write_tar
 
-from ard_scale.data.config import DataConfig
+from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
 from ard_scale.data.writers import MDSWriterAdapter
 

@@ -4,7 +4,7 @@ short batch of a finite webdataset stream (its skip counter includes what was sk
 import pytest
 from data_helpers import good_members, write_tar
 
-from ard_scale.data.config import DataConfig
+from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
 from ard_scale.data.writers import MDSWriterAdapter
 

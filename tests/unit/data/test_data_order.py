@@ -6,7 +6,7 @@ import json
 import pytest
 from data_helpers import good_members, write_tar
 
-from ard_scale.data.config import DataConfig
+from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
 
 SHARD_SIZES = (3, 4, 5, 6, 7)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from data_helpers import make_image_folder
 
-from ard_scale.data.config import DataConfig
+from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
 from ard_scale.data.transforms import load_image
 

@@ -9,8 +9,8 @@ import torch
 from data_helpers import make_image_folder
 from test_data_roundtrip import load_launcher
 
+from ard_scale.config.data import DataConfig
 from ard_scale.data.bundled import NUM_SAMPLES, bundled_digits_path, caption_for
-from ard_scale.data.config import DataConfig
 from ard_scale.data.loader import build_loader
 
 

@@ -4,7 +4,9 @@ import torch
 from data_helpers import image_bytes
 from PIL import Image
 
-from ard_scale.data.config import DataConfig
+from ard_scale.config import ConfigError
+from ard_scale.config.data import DataConfig, check_readable
+from ard_scale.data.loader import build_loader
 from ard_scale.data.transforms import ASPECT_RATIO_1024, bucket_table, load_image, nearest_bucket, resize_center_crop
 
 
@@ -44,9 +46,16 @@ def test_load_image_buckets_and_errors():
 
 
 def test_data_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="data.format='zip'"):
-        DataConfig(format="zip", path="x", batch_size=2)
-    with pytest.raises(ValueError, match="data.resolution=30"):
-        DataConfig(format="mds", path="x", batch_size=2, resolution=30)
+    """The readers check a data section built in code as load_config checks a recipe's, naming the key."""
+    base = dict(format="mds", path="x", batch_size=2, resolution=16)
+    assert check_readable(DataConfig(**base)).path == "x"
+    with pytest.raises(ConfigError, match="data.format: 'zip' is not a valid choice"):
+        build_loader(DataConfig(**{**base, "format": "zip"}), rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="data.resolution: must be a multiple of 8, got 30"):
+        build_loader(DataConfig(**{**base, "resolution": 30}), rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="data.batch_size: 0 is out of range"):
+        build_loader(DataConfig(**{**base, "batch_size": 0}), rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="data.path: required to read shards"):
+        build_loader(DataConfig(**{**base, "path": None}), rank=0, world_size=1)
     with pytest.raises(TypeError):
-        DataConfig("mds", "x", 2)  # keyword-only
+        DataConfig("mds", "x", 2, 16)  # keyword-only

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ard_scale.data.config import DataConfig
+from ard_scale.config.data import DataConfig
 from ard_scale.data.trajectories import trajectory_loader
 from ard_scale.diffusion.schedules import VPSchedule
 from ard_scale.models.teachers import build_teacher
@@ -32,7 +32,7 @@ def dump(tmp_path_factory) -> Path:
 
 
 def _config(path: Path, **kw) -> DataConfig:
-    return DataConfig(format="mds", path=str(path), batch_size=3, resolution=8, num_workers=0, seed=5, **kw)
+    return DataConfig(format="mds", trajectory_path=str(path), batch_size=3, resolution=8, num_workers=0, seed=5, **kw)
 
 
 def test_offline_trajectories_carry_their_condition_and_resume_exactly(dump, mds_env):

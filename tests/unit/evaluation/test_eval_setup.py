@@ -14,7 +14,7 @@ from ard_scale.config import load_config
 from ard_scale.evaluation.eval_set import cache_key
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.vae import build_codec
-from ard_scale.trainer.build import Conditioner, build_schedule, build_teacher_model
+from ard_scale.trainer.build import build_conditioner, build_schedule, build_teacher_model
 from ard_scale.trainer.evaluate import build_eval_setup, reference_description
 
 
@@ -44,7 +44,7 @@ def setup_for(run_dir, *overrides):
         calls.append(1)
         return teacher(*args, **kwargs)
 
-    conditioner = Conditioner(cfg, teacher)
+    conditioner = build_conditioner(cfg, teacher)
     setup = build_eval_setup(
         cfg,
         teacher=teacher,

@@ -6,18 +6,19 @@ import torch
 from ard_scale.config import ConfigError, load_config
 from ard_scale.models.teachers import build_teacher
 from ard_scale.models.text_encoder import encode_captions
-from ard_scale.trainer.build import Conditioner
+from ard_scale.trainer.build import build_conditioner
 
 PIXART = ["teacher.family=pixart", "teacher.num_classes=null", "text_encoder.size=debug", "text_encoder.max_length=8"]
 
 
 def test_captions_are_encoded_and_the_null_caption_is_the_encoded_empty_string():
     cfg = load_config("recipes/tiny_cpu.yaml", PIXART)
-    conditioner = Conditioner(cfg, build_teacher("pixart", "debug"))
+    conditioner = build_conditioner(cfg, build_teacher("pixart", "debug"))
     captions = ["a seven", "a handwritten zero, slanted"]
     cond, null = conditioner({"captions": captions})
-    text, mask = encode_captions(conditioner.encoder, conditioner.tokenizer, captions, max_length=8)
-    empty, empty_mask = encode_captions(conditioner.encoder, conditioner.tokenizer, ["", ""], max_length=8)
+    t5 = conditioner.encoders["t5"]
+    text, mask = encode_captions(t5.model, t5.tokenizer, captions, max_length=8)
+    empty, empty_mask = encode_captions(t5.model, t5.tokenizer, ["", ""], max_length=8)
     torch.testing.assert_close(cond.text, text)
     assert torch.equal(cond.text_mask, mask)
     torch.testing.assert_close(null.text, empty)  # encoded once, expanded per batch: the same numbers
@@ -27,8 +28,8 @@ def test_captions_are_encoded_and_the_null_caption_is_the_encoded_empty_string()
 
 def test_precomputed_embeddings_load_the_encoder_only_for_the_null_caption():
     cfg = load_config("recipes/tiny_cpu.yaml", [*PIXART, "text_encoder.use_precomputed=true"])
-    conditioner = Conditioner(cfg, build_teacher("pixart", "debug"))
-    assert conditioner.encoder is None and conditioner.null is not None  # dropped after the empty caption
+    conditioner = build_conditioner(cfg, build_teacher("pixart", "debug"))
+    assert not conditioner.encoders and conditioner.null is not None  # dropped after the empty caption
     batch = {"t5_emb": torch.randn(2, 8, 24), "t5_mask": torch.ones(2, 8, dtype=torch.long), "captions": ["", ""]}
     cond, null = conditioner(batch)
     assert torch.equal(cond.text, batch["t5_emb"])
@@ -36,7 +37,7 @@ def test_precomputed_embeddings_load_the_encoder_only_for_the_null_caption():
     with pytest.raises(ValueError, match="shards carry no t5_emb"):
         conditioner({"captions": ["a one"]})
     # evaluation encodes prompts: then the encoder stays
-    assert Conditioner(cfg, build_teacher("pixart", "debug"), for_eval=True).encoder is not None
+    assert build_conditioner(cfg, build_teacher("pixart", "debug"), for_eval=True).encoders["t5"].model is not None
 
 
 def test_precomputed_embeddings_with_guidance_and_no_encoder_is_a_config_error():

@@ -10,7 +10,7 @@ from diffusers import FluxPipeline
 
 from ard_scale.config import ConfigError, load_config
 from ard_scale.models.teachers import build_teacher
-from ard_scale.trainer.build import Conditioner, latent_shape
+from ard_scale.trainer.build import build_conditioner, latent_shape
 
 RECIPE = "recipes/tiny_flux_cpu.yaml"
 CAPTIONS = ["a handwritten digit seven", "a zero"]
@@ -19,12 +19,12 @@ CAPTIONS = ["a handwritten digit seven", "a zero"]
 def test_captions_are_encoded_as_flux_pipeline_encodes_its_prompt():
     cfg = load_config(RECIPE, ["pooled_encoder.max_length=77"])  # FluxPipeline pads CLIP to the tokenizer's 77
     teacher = build_teacher("flux", "debug")
-    conditioner = Conditioner(cfg, teacher)
+    conditioner = build_conditioner(cfg, teacher)
     cond, null = conditioner({"captions": CAPTIONS})
     pipe = FluxPipeline(
         scheduler=None, vae=None, transformer=None,
-        text_encoder=conditioner.pooled_encoder, tokenizer=conditioner.pooled_tokenizer,
-        text_encoder_2=conditioner.encoder, tokenizer_2=conditioner.tokenizer,
+        text_encoder=conditioner.encoders["clip"].model, tokenizer=conditioner.encoders["clip"].tokenizer,
+        text_encoder_2=conditioner.encoders["t5"].model, tokenizer_2=conditioner.encoders["t5"].tokenizer,
     )  # fmt: skip
     text, pooled, _ = pipe.encode_prompt(CAPTIONS, None, device="cpu", max_sequence_length=cfg.text_encoder.max_length)
     assert torch.equal(cond.text, text) and torch.equal(cond.pooled, pooled)
@@ -37,8 +37,8 @@ def test_captions_are_encoded_as_flux_pipeline_encodes_its_prompt():
 
 def test_precomputed_shards_need_the_pooled_embedding_too():
     cfg = load_config(RECIPE, ["text_encoder.use_precomputed=true", "text_encoder.size=null"])
-    conditioner = Conditioner(cfg, build_teacher("flux", "debug"))
-    assert conditioner.encoder is None  # guidance is embedded: no empty caption to encode
+    conditioner = build_conditioner(cfg, build_teacher("flux", "debug"))
+    assert not conditioner.encoders  # guidance is embedded: no empty caption to encode
     emb = {"t5_emb": torch.randn(2, 8, 24), "t5_mask": torch.ones(2, 8, dtype=torch.long)}
     cond, _ = conditioner({**emb, "pooled_emb": torch.randn(2, 16)})
     assert torch.equal(cond.text, emb["t5_emb"]) and cond.text_mask is None and cond.pooled.shape == (2, 16)

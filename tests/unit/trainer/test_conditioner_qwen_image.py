@@ -10,7 +10,7 @@ from diffusers import QwenImagePipeline
 from ard_scale.config import ConfigError, load_config
 from ard_scale.models.teachers import build_teacher
 from ard_scale.models.text_encoder import QWEN_TEMPLATE, QWEN_TEMPLATE_TOKENS, build_qwen, encode_qwen
-from ard_scale.trainer.build import Conditioner, latent_shape
+from ard_scale.trainer.build import build_conditioner, latent_shape
 
 RECIPE = "recipes/tiny_qwen_image_cpu.yaml"
 CAPTIONS = ["a handwritten digit seven", "a zero"]
@@ -20,7 +20,7 @@ MAX = 40  # longer than either caption's tokens: nothing is cut
 def _pipeline(conditioner):
     return QwenImagePipeline(
         transformer=None, scheduler=None, vae=None,
-        text_encoder=conditioner.qwen_encoder, tokenizer=conditioner.qwen_tokenizer,
+        text_encoder=conditioner.encoders["qwen"].model, tokenizer=conditioner.encoders["qwen"].tokenizer,
     )  # fmt: skip
 
 
@@ -34,14 +34,14 @@ def _check_equal(cond_text, cond_mask, text, mask):
 
 def test_captions_and_the_null_are_encoded_as_qwen_image_pipeline_encodes_its_prompt():
     cfg = load_config(RECIPE, [f"qwen_encoder.max_length={MAX}"])
-    conditioner = Conditioner(cfg, build_teacher("qwen_image", "debug"))
+    conditioner = build_conditioner(cfg, build_teacher("qwen_image", "debug"))
     cond, null = conditioner({"captions": CAPTIONS})
     pipe = _pipeline(conditioner)
     text, mask = pipe.encode_prompt(CAPTIONS, device="cpu", max_sequence_length=MAX)
     assert cond.text.shape == (2, MAX, 24) and mask is not None  # the two captions differ in length
     _check_equal(cond.text, cond.text_mask, text, mask)
     # the tokens kept are the caption's and the template's tail: the template's 34-token head is dropped
-    tok = conditioner.qwen_tokenizer
+    tok = conditioner.encoders["qwen"].tokenizer
     lengths = [len(tok(QWEN_TEMPLATE.format(c)).input_ids) - QWEN_TEMPLATE_TOKENS for c in CAPTIONS]
     assert cond.text_mask.sum(1).tolist() == lengths
     # the null condition: the negative prompt " " (Qwen-Image's model card), encoded alone as the pipeline does
@@ -49,7 +49,7 @@ def test_captions_and_the_null_are_encoded_as_qwen_image_pipeline_encodes_its_pr
     _check_equal(null.text[:1], null.text_mask[:1], neg_text, neg_mask)
     assert torch.equal(null.text[0], null.text[1]) and conditioner.cfg_scale == 4.0 and cond.pooled is None
     # cutting at max_sequence_length as the pipeline does
-    short = encode_qwen(conditioner.qwen_encoder, tok, CAPTIONS, max_length=5)
+    short = encode_qwen(conditioner.encoders["qwen"].model, tok, CAPTIONS, max_length=5)
     text5, mask5 = pipe.encode_prompt(CAPTIONS, device="cpu", max_sequence_length=5)
     _check_equal(short.tokens, short.mask, text5, mask5)
     # each part is live: another caption changes the embedding
@@ -79,7 +79,7 @@ def test_the_encoder_loads_from_a_pipeline_folder_and_the_wrong_class_is_refused
     encoder.save_pretrained(tmp_path / "qwen" / "text_encoder")
     tokenizer.save_pretrained(tmp_path / "qwen" / "tokenizer")
     cfg = load_config(RECIPE, ["qwen_encoder.size=null", f"qwen_encoder.path={tmp_path / 'qwen'}"])
-    conditioner = Conditioner(cfg, build_teacher("qwen_image", "debug"))
+    conditioner = build_conditioner(cfg, build_teacher("qwen_image", "debug"))
     cond, _ = conditioner({"captions": CAPTIONS})
     ref = encode_qwen(encoder, tokenizer, CAPTIONS, max_length=cfg.qwen_encoder.max_length)
     assert torch.equal(cond.text, ref.tokens) and torch.equal(cond.text_mask, ref.mask)
@@ -89,5 +89,5 @@ def test_the_encoder_loads_from_a_pipeline_folder_and_the_wrong_class_is_refused
     t5.save_pretrained(tmp_path / "t5")
     t5_tok.save_pretrained(tmp_path / "t5")
     with pytest.raises(ValueError, match="holds a T5EncoderModel, but Qwen-Image reads a Qwen2_5_VL"):
-        Conditioner(load_config(RECIPE, ["qwen_encoder.size=null", f"qwen_encoder.path={tmp_path / 't5'}"]),
+        build_conditioner(load_config(RECIPE, ["qwen_encoder.size=null", f"qwen_encoder.path={tmp_path / 't5'}"]),
                     build_teacher("qwen_image", "debug"))  # fmt: skip

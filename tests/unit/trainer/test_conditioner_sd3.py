@@ -10,7 +10,7 @@ from diffusers import StableDiffusion3Pipeline
 from ard_scale.config import ConfigError, load_config
 from ard_scale.models.teachers import build_teacher
 from ard_scale.models.text_encoder import build_clip
-from ard_scale.trainer.build import Conditioner, latent_shape
+from ard_scale.trainer.build import build_conditioner, latent_shape
 
 RECIPE = "recipes/tiny_sd3_cpu.yaml"
 CAPTIONS = ["a handwritten digit seven", "a zero"]
@@ -20,15 +20,15 @@ CLIP77 = ["pooled_encoder.max_length=77", "pooled_encoder_2.max_length=77"]  # t
 def _pipeline(conditioner):
     return StableDiffusion3Pipeline(
         transformer=None, scheduler=None, vae=None,
-        text_encoder=conditioner.pooled_encoder, tokenizer=conditioner.pooled_tokenizer,
-        text_encoder_2=conditioner.pooled_encoder_2, tokenizer_2=conditioner.pooled_tokenizer_2,
-        text_encoder_3=conditioner.encoder, tokenizer_3=conditioner.tokenizer,
+        text_encoder=conditioner.encoders["clip"].model, tokenizer=conditioner.encoders["clip"].tokenizer,
+        text_encoder_2=conditioner.encoders["clip_2"].model, tokenizer_2=conditioner.encoders["clip_2"].tokenizer,
+        text_encoder_3=conditioner.encoders["t5"].model, tokenizer_3=conditioner.encoders["t5"].tokenizer,
     )  # fmt: skip
 
 
 def test_captions_and_the_null_are_encoded_as_stable_diffusion_3_pipeline_encodes_its_prompt():
     cfg = load_config(RECIPE, CLIP77)
-    conditioner = Conditioner(cfg, build_teacher("sd3", "debug"))
+    conditioner = build_conditioner(cfg, build_teacher("sd3", "debug"))
     cond, null = conditioner({"captions": CAPTIONS})
     text, neg_text, pooled, neg_pooled = _pipeline(conditioner).encode_prompt(
         CAPTIONS, None, None, device="cpu", max_sequence_length=cfg.text_encoder.max_length
@@ -67,7 +67,7 @@ def test_the_recipe_names_what_sd3_needs():
         load_config("recipes/tiny_flux_cpu.yaml", ["pooled_encoder_2.size=debug"])
     cfg = load_config(RECIPE, ["pooled_encoder.max_length=77"])  # 77 CLIP-L tokens but 16 CLIP-G
     with pytest.raises(ValueError, match="pooled_encoder.max_length and pooled_encoder_2.max_length"):
-        Conditioner(cfg, build_teacher("sd3", "debug"))
+        build_conditioner(cfg, build_teacher("sd3", "debug"))
     teacher = build_teacher("sd3", "debug")
     assert latent_shape(load_config(RECIPE), teacher) == (4, 8, 8)
     with pytest.raises(ValueError, match="at most patch_size × pos_embed_max_size = 32"):
@@ -82,10 +82,10 @@ def test_a_pipeline_folder_gives_both_clip_towers_and_the_wrong_class_is_refused
         tokenizer.save_pretrained(pipe / f"tokenizer{sub}")
     folders = [f"pooled_encoder.path={pipe}", f"pooled_encoder_2.path={pipe}", "pooled_encoder.size=null"]
     cfg = load_config(RECIPE, [*folders, "pooled_encoder_2.size=null"])
-    from_folder = Conditioner(cfg, build_teacher("sd3", "debug"))({"captions": CAPTIONS})[0]
-    from_sizes = Conditioner(load_config(RECIPE), build_teacher("sd3", "debug"))({"captions": CAPTIONS})[0]
+    from_folder = build_conditioner(cfg, build_teacher("sd3", "debug"))({"captions": CAPTIONS})[0]
+    from_sizes = build_conditioner(load_config(RECIPE), build_teacher("sd3", "debug"))({"captions": CAPTIONS})[0]
     assert torch.equal(from_folder.text, from_sizes.text) and torch.equal(from_folder.pooled, from_sizes.pooled)
     plain, tokenizer = build_clip("debug", projection=False)  # a FLUX-style CLIPTextModel: no projection
     plain.save_pretrained(pipe / "text_encoder")
     with pytest.raises(ValueError, match="holds a CLIPTextModel, but this family reads a CLIPTextModelWithProjection"):
-        Conditioner(cfg, build_teacher("sd3", "debug"))
+        build_conditioner(cfg, build_teacher("sd3", "debug"))

@@ -10,7 +10,7 @@ import torch
 from ard_scale.config import ConfigError, load_config
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.solvers import guided_model
-from ard_scale.trainer.build import Conditioner, build_teacher_model
+from ard_scale.trainer.build import build_conditioner, build_teacher_model
 from ard_scale.trainer.checks import check_channel_options
 from ard_scale.trainer.loop import MetricsLog, all_finite, check_reachable
 
@@ -20,7 +20,7 @@ RECIPE = "recipes/tiny_cpu.yaml"
 def test_a_label_beyond_num_classes_is_an_error_at_the_first_batch_naming_both():
     cfg = load_config(RECIPE, ["teacher.num_classes=3"])  # the bundled digits have 10 classes
     teacher = build_teacher_model(cfg)
-    conditioner = Conditioner(cfg, teacher)
+    conditioner = build_conditioner(cfg, teacher)
     cond, _ = conditioner({"labels": torch.tensor([0, 2]), "keys": ["a", "b"], "captions": ["", ""]})
     teacher.model(torch.randn(2, 4, 4, 4), torch.tensor([1, 1]), class_labels=cond.labels)  # in range: runs
     with pytest.raises(ValueError, match=r"class label 7 \(sample 'c'\) is outside teacher.num_classes=3"):

@@ -1,0 +1,185 @@
+"""Batch -> (condition, null condition) for the teacher's family: class labels, or captions through the family's
+text encoders (or the embeddings precomputed in the shards), with the family's guidance.
+
+`Conditioner` takes the teacher, the encoder section of each slot it may read and its guidance settings; the
+trainer's `build_conditioner` (trainer/build.py) maps a recipe onto them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ard_scale.diffusion.condition import Condition, EncodedText
+from ard_scale.models.teachers import Teacher
+from ard_scale.trainer.checks import check_labels
+
+# Text encoder slots a family may list (`family.text_encoders`), in the order they load and encode: the recipe
+# section each reads, what the teacher reads from it and where its `path` points (for a missing section's error).
+SLOTS = {
+    "t5": ("text_encoder", "T5's token embeddings", "a folder with the T5 encoder and its tokenizer"),
+    "qwen": ("qwen_encoder", "Qwen2.5-VL's hidden states", "the pipeline's text_encoder/ and tokenizer/"),
+    "clip": ("pooled_encoder", "CLIP's pooled text embedding", "the pipeline's text_encoder/ and tokenizer/"),
+    "clip_2": ("pooled_encoder_2", "a second CLIP text encoder", "the pipeline's text_encoder_2/ and tokenizer_2/"),
+}
+
+
+@dataclass
+class LoadedEncoder:
+    """One slot's frozen text encoder, its tokenizer and the token count it pads captions to."""
+
+    model: nn.Module
+    tokenizer: Any
+    max_length: int
+
+
+def load_encoder(slot: str, section, *, family: str, clip_projection: bool, dtype: torch.dtype) -> LoadedEncoder:
+    """The encoder of `slot` from its recipe section (`path`: a local folder, or a pipeline folder's numbered
+    text_encoder*/tokenizer*; else `size`: random weights, each CLIP slot seeded apart)."""
+    from ard_scale.models.text_encoder import build_clip, build_qwen, build_t5, load_clip, load_qwen, load_t5
+
+    key, reads, where = SLOTS[slot]
+    if section.path is None and section.size is None:
+        raise ValueError(f"a {family} teacher reads {reads}: set {key}.path ({where}) or {key}.size")
+    if slot == "t5":
+        model, tokenizer = load_t5(section.path) if section.path is not None else build_t5(section.size)
+    elif slot == "qwen":  # in the run's precision (QwenImagePipeline runs it in bf16): 8.3B parameters
+        loaded = load_qwen(section.path, dtype=dtype) if section.path is not None else build_qwen(section.size)
+        model, tokenizer = loaded[0].to(dtype=dtype), loaded[1]
+    elif section.path is not None:
+        suffix = key[len("pooled_encoder") :]  # '' or '_2', as the pipeline folder numbers its encoders
+        subfolders = (f"text_encoder{suffix}", f"tokenizer{suffix}")
+        model, tokenizer = load_clip(section.path, projection=clip_projection, subfolders=subfolders, key=key)
+    else:
+        seed = 0 if slot == "clip" else 1
+        model, tokenizer = build_clip(section.size, seed=seed, projection=clip_projection, key=key)
+    return LoadedEncoder(model, tokenizer, section.max_length)
+
+
+def encode_slot(slot: str, encoder: LoadedEncoder, captions: list[str], *, use_mask: bool) -> EncodedText:
+    from ard_scale.models.text_encoder import encode_captions, encode_clip, encode_qwen
+
+    if slot == "t5":
+        text, mask = encode_captions(
+            encoder.model, encoder.tokenizer, captions, max_length=encoder.max_length, use_mask=use_mask
+        )
+        return EncodedText(tokens=text, mask=mask)
+    encode = encode_qwen if slot == "qwen" else encode_clip
+    return encode(encoder.model, encoder.tokenizer, captions, max_length=encoder.max_length)
+
+
+class Conditioner:
+    """Batch -> (condition, null condition) for the teacher's family, on `device`.
+
+    Class-conditional families: the batch's labels; null = class `num_classes`. Text families: the encoders the
+    family lists by slot (`family.text_encoders`; `sections` maps each slot — 't5', 'clip', 'clip_2', 'qwen' — to
+    its recipe section: text_encoder, pooled_encoder, pooled_encoder_2, qwen_encoder) run on the captions, and the
+    family combines their outputs (`family.assemble_condition`: T5 tokens + CLIP's pooled embedding for FLUX.1;
+    CLIP-L ‖ CLIP-G tokens padded and prepended to T5's, pooled CLIP-L ‖ CLIP-G for SD3; Qwen2.5-VL's hidden states
+    and mask for Qwen-Image); or T5 embeddings precomputed in the shards (`t5_emb`/`t5_mask`, with `pooled_emb`
+    where a 'clip' slot is listed; without the mask where the family attends to padding).
+
+    Guidance (`family.guidance`): 'cfg' — the null condition is the condition of the family's `null_caption` (the
+    empty caption; Qwen-Image's " "), encoded once; 'embedded' — every condition carries `guidance_scale` as its
+    guidance value and there is no null condition (`cfg_scale` is 1). With `keep_encoders` false (precomputed
+    embeddings, nothing to evaluate) the encoders are loaded only to encode the null caption, then dropped.
+    `qwen_dtype`: Qwen2.5-VL's dtype (T5 and CLIP run in fp32)."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        sections: dict[str, Any],
+        *,
+        guidance_scale: float,
+        keep_encoders: bool = True,
+        qwen_dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        spec = teacher.spec
+        self.kind, self.teacher, self.spec, self.device = teacher.condition_kind, teacher, spec, torch.device(device)
+        self.use_mask, self.needs_pooled = spec.text_mask, "clip" in spec.text_encoders
+        self.cfg_scale = 1.0 if spec.guidance == "embedded" else float(guidance_scale)
+        embedded = spec.guidance == "embedded" and teacher.distilled_guidance
+        self.guidance = float(guidance_scale) if embedded else None
+        self.encoders: dict[str, LoadedEncoder] = {}
+        self.null: Condition | None = None
+        if self.kind != "text" or (not keep_encoders and self.cfg_scale == 1):
+            return
+        for slot in (s for s in SLOTS if s in spec.text_encoders):
+            encoder = load_encoder(
+                slot, sections[slot], family=teacher.family, clip_projection=spec.clip_projection, dtype=qwen_dtype
+            )
+            encoder.model.to(self.device)
+            self.encoders[slot] = encoder
+        if self.cfg_scale != 1:
+            self.null = self._encode([spec.null_caption])
+        if not keep_encoders:
+            self.encoders = {}
+
+    def partition(self, wrap) -> None:
+        """Replace each loaded text encoder by `wrap(encoder)`: the trainer holds them in frozen ZeRO-3 engines
+        (`zero.teacher_stage` 3), whose hooks gather each layer's weights as it runs, so every rank keeps 1/N of
+        them. Encoding is then collective: every rank must encode the same number of times, as the step does."""
+        for encoder in self.encoders.values():
+            encoder.model = wrap(encoder.model)
+
+    @property
+    def can_encode(self) -> bool:
+        """Whether captions can be encoded here (the family's encoders are loaded)."""
+        return bool(self.encoders)
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
+        """The batch's condition and null condition (None when guidance needs none), on the run's device."""
+        cond, null = self._conditions(batch)
+        return cond.to(self.device), None if null is None else null.to(self.device)
+
+    def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
+        if self.kind == "labels":
+            if "labels" not in batch:
+                raise ValueError(
+                    "the class-conditional teacher needs class labels, but the data shards carry none; "
+                    "write them with launchers/build_shards.py (a `label` per sample)"
+                )
+            labels = batch["labels"].long()
+            check_labels(labels, batch.get("keys"), self.teacher.num_classes)
+            return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
+        precomputed = self.spec.precomputed_text and "t5_emb" in batch
+        if precomputed and (not self.needs_pooled or "pooled_emb" in batch):
+            text = batch["t5_emb"].float()
+            mask = batch["t5_mask"] if self.use_mask else None
+            pooled = batch["pooled_emb"].float() if self.needs_pooled else None
+        elif not self.can_encode:
+            wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
+            raise ValueError(
+                f"text_encoder.use_precomputed is set but the shards carry no {wanted}; run "
+                "launchers/precompute_text.py on them (with --pooled-encoder for a family that reads CLIP's pooled "
+                "embedding) or set text_encoder.use_precomputed=false"
+            )
+        else:
+            cond = self._encode(batch["captions"])
+            text, mask, pooled = cond.text, cond.text_mask, cond.pooled
+        B, L = text.shape[:2]
+        cond = Condition(text=text, text_mask=mask, pooled=pooled, guidance=self._guidance(B))
+        if self.null is None:  # no CFG: the null condition is never evaluated
+            return cond, None
+        null = self.null  # pad/crop to the batch's token count
+        null_text = torch.nn.functional.pad(null.text, (0, 0, 0, max(0, L - null.text.shape[1])))[:, :L]
+        null_mask = None
+        if null.text_mask is not None:
+            null_mask = torch.nn.functional.pad(null.text_mask, (0, max(0, L - null.text_mask.shape[1])))[:, :L]
+            null_mask = null_mask.expand(B, -1)
+        null_pooled = None if null.pooled is None else null.pooled.expand(B, -1)
+        return cond, Condition(text=null_text.expand(B, -1, -1), text_mask=null_mask, pooled=null_pooled)
+
+    def _guidance(self, batch_size: int) -> torch.Tensor | None:
+        return None if self.guidance is None else torch.full((batch_size,), self.guidance)
+
+    @torch.no_grad()
+    def _encode(self, captions: list[str]) -> Condition:
+        """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
+        encoded = {slot: encode_slot(slot, e, captions, use_mask=self.use_mask) for slot, e in self.encoders.items()}
+        out = self.spec.assemble_condition(encoded)
+        return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))
