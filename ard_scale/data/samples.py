@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -98,3 +100,17 @@ class SkipCounter:
 
     def add(self, reason: str) -> None:
         self.counts[reason] += 1
+
+
+class BatchStream(Protocol):
+    """What every reader gives the trainer (webdataset, MDS, offline trajectories): batches, an exact resumable
+    position per rank and the corrupt samples skipped so far."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    @property
+    def num_skipped(self) -> int: ...

@@ -1,10 +1,11 @@
-"""FID (Heusel et al. 2017) with torchmetrics' `FrechetInceptionDistance` and the standard FID Inception weights.
+"""FID (Heusel et al. 2017) on the standard FID Inception features, with the Fréchet distance computed here.
 
 Features: torch-fidelity's Inception-v3 port of the TF graph (`pt_inception-2015-12-05-*.pth`, the weights
-pytorch-fid, torch-fidelity and torchmetrics all use), read from a local file — nothing is downloaded. Images reach
-it as uint8, so numbers match FID computed from saved PNGs. The distance is torchmetrics' (float64 sums,
-d² = |μ1-μ2|² + Tr(Σ1 + Σ2 - 2 (Σ1 Σ2)^½)); the tests check it against scipy's `sqrtm` formula as pytorch-fid
-writes it.
+pytorch-fid, torch-fidelity and torchmetrics all use, through torchmetrics' public `NoTrainInceptionV3`), read from
+a local file — nothing is downloaded. Images reach it as uint8, so numbers match FID computed from saved PNGs. The
+generated side is kept as float64 sufficient statistics (Σf, Σffᵀ, n) that ranks sum; the distance is
+d² = |μ1-μ2|² + Tr(Σ1) + Tr(Σ2) - 2 Tr((Σ1 Σ2)^½), the trace of the square root from the eigenvalues of Σ1 Σ2
+(`frechet_distance`); the tests check it against scipy's `sqrtm` formula as pytorch-fid writes it.
 
 Reference statistics are the real-data side: computed once from a set of images, or loaded from an `.npz` with `mu`
 and `sigma` as published suites ship them, and cached as such an `.npz`.
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 INCEPTION_FEATURES = 2048
 
@@ -104,39 +104,46 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """d² between Gaussians N(mu1, sigma1) and N(mu2, sigma2), in float64: |μ1-μ2|² + Tr(Σ1) + Tr(Σ2) -
+    2 Σ √λ_i(Σ1 Σ2). Σ1 Σ2 is similar to the PSD Σ1^½ Σ2 Σ1^½, so its eigenvalues are real and >= 0 up to round-off
+    (their real part, clamped at 0, is taken)."""
+    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(x, dtype=torch.float64) for x in (mu1, mu2, sigma1, sigma2))
+    eigenvalues = torch.linalg.eigvals(sigma1 @ sigma2).real.clamp(min=0)
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * eigenvalues.sqrt().sum())
+
+
 class FID:
     """FID of generated images against fixed reference statistics.
 
     `feature_extractor` maps uint8 (B, 3, H, W) to (B, F) features and has an int attribute `num_features` (the
     Inception from `inception_feature_extractor`, or a tiny random network in tests). Each rank `update`s with its
     own images; `compute(gather)` sums the per-rank sufficient statistics with `gather` (concatenate along dim 0
-    across ranks; identity on one process) and returns the distance. torchmetrics' own process-group sync is off
-    so the caller decides how ranks talk.
+    across ranks; identity on one process) and returns the distance.
     """
 
     def __init__(self, feature_extractor: torch.nn.Module, reference: ReferenceStats | None = None) -> None:
-        if not hasattr(feature_extractor, "num_features"):
-            feature_extractor.num_features = INCEPTION_FEATURES  # torchmetrics reads it instead of a 299px probe
-        self.num_features = int(feature_extractor.num_features)
-        self.metric = FrechetInceptionDistance(
-            feature=feature_extractor, reset_real_features=False, sync_on_compute=False
-        )
-        self.metric.eval()
+        self.extractor = feature_extractor.eval().requires_grad_(False)
+        self.num_features = int(getattr(feature_extractor, "num_features", INCEPTION_FEATURES))
+        self.reference: ReferenceStats | None = None
+        self._device = next(iter(feature_extractor.parameters()), torch.empty(0)).device
+        self.reset()
         if reference is not None:
             self.set_reference(reference)
 
     @property
     def device(self) -> torch.device:
-        return self.metric.real_features_sum.device
+        return self._device
 
     def to(self, device: torch.device | str) -> FID:
-        self.metric.to(device)
+        self._device = torch.device(device)
+        self.extractor.to(self._device)
         return self
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, F) features of float [0, 1] or uint8 images."""
-        return self.metric.inception(to_uint8(images).to(self.device)).reshape(images.shape[0], -1)
+        return self.extractor(to_uint8(images).to(self.device)).reshape(images.shape[0], -1)
 
     def reference_from_images(self, batches: Iterable[torch.Tensor]) -> ReferenceStats:
         """Reference statistics of a set of images (batches of float [0, 1] or uint8 (B, 3, H, W))."""
@@ -146,37 +153,31 @@ class FID:
         f = self.num_features
         if reference.mu.shape != (f,) or reference.sigma.shape != (f, f):
             raise ValueError(f"reference stats mu {reference.mu.shape}, sigma {reference.sigma.shape}; expected ({f},)")
-        # torchmetrics keeps sums; pick any n >= 2 whose sums reproduce mu and sigma exactly in its compute().
-        m = self.metric
-        n = 2
-        mu = torch.as_tensor(reference.mu, dtype=torch.float64, device=self.device)
-        sigma = torch.as_tensor(reference.sigma, dtype=torch.float64, device=self.device)
-        m.real_features_sum = mu * n
-        m.real_features_cov_sum = sigma * (n - 1) + n * torch.outer(mu, mu)
-        m.real_features_num_samples = torch.tensor(n, device=self.device)
+        self.reference = reference
 
     def reset(self) -> None:
         """Forget the generated side (the reference stays)."""
-        self.metric.reset()
+        f = self.num_features
+        self.sum = torch.zeros(f, dtype=torch.float64)
+        self.outer_sum = torch.zeros(f, f, dtype=torch.float64)
+        self.count = torch.zeros((), dtype=torch.float64)
 
     @torch.no_grad()
     def update(self, images: torch.Tensor) -> None:
         """Add generated images (float [0, 1] or uint8 (B, 3, H, W)) of this rank."""
-        self.metric.update(to_uint8(images).to(self.device), real=False)
+        features = self.features(images).double().cpu()
+        self.sum += features.sum(0)
+        self.outer_sum += features.T @ features
+        self.count += features.shape[0]
 
     def compute(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-        m = self.metric
-        if int(m.real_features_num_samples) < 2:
+        if self.reference is None:
             raise RuntimeError("FID has no reference statistics: call set_reference first")
-        local = (m.fake_features_sum, m.fake_features_cov_sum, m.fake_features_num_samples)
-        if gather is not None:  # sum the sufficient statistics over ranks; this rank's own are restored below
-            m.fake_features_sum = gather(local[0][None]).sum(0)
-            m.fake_features_cov_sum = gather(local[1][None]).sum(0)
-            m.fake_features_num_samples = gather(local[2].reshape(1)).sum(0)
-        m._computed = None  # states were assigned by hand: never return a cached value
-        m.orig_dtype = torch.float64  # torchmetrics casts the result to the features' dtype; keep float64
-        try:
-            return float(m.compute())
-        finally:
-            m.fake_features_sum, m.fake_features_cov_sum, m.fake_features_num_samples = local
-            m._computed = None
+        total, outer, n = self.sum, self.outer_sum, self.count
+        if gather is not None:  # sum the sufficient statistics over ranks (on the extractor's device for NCCL)
+            total, outer, n = (gather(x.to(self.device)[None]).sum(0).cpu() for x in (total, outer, n))
+        if n < 2:
+            raise RuntimeError(f"FID needs at least 2 generated images, got {int(n)}")
+        mu = total / n
+        sigma = (outer - n * torch.outer(mu, mu)) / (n - 1)
+        return frechet_distance(mu, sigma, self.reference.mu, self.reference.sigma)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ard_scale.checkpoint.export import load_student_weights
 from ard_scale.config import RootConfig
 from ard_scale.data import build_loader
+from ard_scale.data.samples import BatchStream
 from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
 from ard_scale.distributed.engines import (
     build_frozen_engine,
@@ -23,7 +24,10 @@ from ard_scale.models.teachers import Teacher, teacher_from_config
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
 from ard_scale.trainer.checks import check_channel_options
 from ard_scale.trainer.conditioning import Conditioner
-from ard_scale.trainer.trajectories import build_trajectory_source, check_offline_dump
+from ard_scale.trainer.trajectories import NoiseSeeds, TrajectorySource, build_trajectory_source, check_offline_dump
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 
 def latent_side(cfg: RootConfig) -> int:
@@ -95,14 +99,14 @@ class Run:
     world_size: int
     schedule: Schedule
     teacher: Teacher
-    teacher_engine: Any  # a frozen DeepSpeed engine (or the Teacher itself at teacher_stage 0)
-    engine: Any  # the student's DeepSpeed engine
-    loader: Any  # the stream a step draws from: images + conditions, or offline trajectories (trajectory_source)
+    teacher_engine: DeepSpeedEngine | Teacher  # a frozen engine, or the Teacher itself (teacher_stage 0, LoRA-shared)
+    engine: DeepSpeedEngine  # the student's
+    loader: BatchStream  # what a step draws: images + conditions, or offline trajectories (trajectory_source)
     loss_fn: RegressionLoss
     conditioner: Conditioner
     # images <-> the teacher's states (replicated; GAN reals, eval decoding)
     codec: LatentCodec | FrameLatentCodec | PixelCodec
-    trajectories: Any  # the step's trajectory source (ard_scale/trainer/trajectories.py); its state is per rank
+    trajectories: TrajectorySource  # the step's (ard_scale/trainer/trajectories.py); its state is per rank
     latent_shape: tuple[int, int, int]  # (C, H, W) of a trajectory state at data.resolution
 
     @property
@@ -227,6 +231,19 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
         loss_fn=RegressionLoss(cfg.student.num_steps, tr.loss_weights),
         conditioner=conditioner,
         codec=build_codec_for(cfg, teacher),
-        trajectories=build_trajectory_source(tr.trajectory_source, tr.replay_times),
+        trajectories=build_trajectory_source(
+            tr.trajectory_source,
+            teacher_engine,
+            schedule,
+            conditioner,
+            seeds=NoiseSeeds(tr.seed, rank, world_size, tr.grad_accum),
+            latent_shape=shape,
+            num_student_steps=cfg.student.num_steps,
+            diffusion=cfg.diffusion,
+            guide=teacher.spec.guide,
+            gather_teacher_once=zero.gather_teacher_once,
+            replay_times=tr.replay_times,
+            device=engine.device,
+        ),
         latent_shape=shape,
     )

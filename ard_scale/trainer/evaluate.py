@@ -33,6 +33,7 @@ import torch
 
 from ard_scale.checkpoint.manager import tag_of
 from ard_scale.config import RootConfig, to_dict
+from ard_scale.config.schema import DiffusionConfig, EvalConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
@@ -58,22 +59,60 @@ EVAL_SEED = 2**62  # noise of evaluation sample i is drawn from EVAL_SEED + i: f
 
 
 @dataclass
+class TeacherSampler:
+    """The teacher's full guided sampler: `diffusion`'s solver over the S·K-step grid of `num_student_steps`, with
+    CFG at `cfg_scale` against `null_for(batch size)` (1: none, e.g. a guidance-embedding teacher) combined by the
+    family's `guide`; `gather_once` fetches a ZeRO-3 teacher's weights once per batch."""
+
+    denoise: Any  # the teacher (or its frozen engine)
+    schedule: Schedule
+    null_for: Callable[[int], Condition]
+    cfg_scale: float
+    num_student_steps: int
+    diffusion: DiffusionConfig
+    noise_shape: tuple[int, int, int]
+    guide: Any = None
+    gather_once: bool = False
+
+    @property
+    def calls(self) -> int:
+        """Teacher forwards per sample."""
+        return self.diffusion.substeps * self.num_student_steps * (2 if self.cfg_scale != 1 else 1)
+
+    def __call__(self, noise: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The final state of the teacher's sampler from `noise`."""
+        d, guided = self.diffusion, self.cfg_scale != 1
+        gather = (lambda: gather_once(self.denoise)) if self.gather_once else contextlib.nullcontext
+        traj = teacher_trajectory(
+            self.denoise,
+            self.schedule,
+            cond,
+            latent_shape=self.noise_shape,
+            noise=noise,
+            null_cond=self.null_for(noise.shape[0]) if guided else None,
+            guidance_scale=self.cfg_scale,
+            num_student_steps=self.num_student_steps,
+            substeps=d.substeps,
+            solver=d.solver,
+            guided_channels=d.guide_first_channels,
+            guide=self.guide,
+            gather=gather,
+        )
+        return traj.final
+
+
+@dataclass
 class EvalSetup:
     """Everything generating and scoring need, built once (`build_eval_setup`)."""
 
-    cfg: RootConfig
+    settings: EvalConfig  # the recipe's eval section
     evaluator: Evaluator
     condition_for: ConditionFn  # global sample indices -> (condition, captions or None)
-    null_for: Callable[[int], Condition]  # batch size -> the null condition (CFG of the teacher)
-    teacher_denoise: Any  # the teacher (or its frozen engine)
-    schedule: Schedule
+    teacher_sample: TeacherSampler
     decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> [-1, 1] pixels
-    noise_shape: tuple[int, int, int]
-    cfg_scale: float  # classifier-free guidance of the teacher's sampler (1: none, e.g. a guidance-embedding teacher)
     device: torch.device
     cache_dir: Path
     teacher_description: dict
-    guide: Any = None  # the teacher family's CFG combination (`Family.guide`)
     skipped: list[str] = field(default_factory=list)
     rank: int = 0
     world_size: int = 1
@@ -87,38 +126,12 @@ class EvalSetup:
         """Images of the evaluation set from `sample(noise, condition)` (the student's S-step sampler, say)."""
         return conditional_generate_fn(
             sample,
-            noise_shape=self.noise_shape,
+            noise_shape=self.teacher_sample.noise_shape,
             condition_for=self.condition_for,
             decode=self.decode,
             seed=EVAL_SEED,
             device=self.device,
         )
-
-    def teacher_sample(self, noise: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """The teacher's full guided sampler (the recipe's solver, S·K steps) from `noise`: its final state."""
-        cfg, d = self.cfg, self.cfg.diffusion
-        guided = self.cfg_scale != 1
-        gather = (
-            (lambda: gather_once(self.teacher_denoise))
-            if cfg.zero.gather_teacher_once and cfg.zero.teacher_stage == 3
-            else contextlib.nullcontext
-        )
-        traj = teacher_trajectory(
-            self.teacher_denoise,
-            self.schedule,
-            cond,
-            latent_shape=self.noise_shape,
-            noise=noise,
-            null_cond=self.null_for(noise.shape[0]) if guided else None,
-            guidance_scale=self.cfg_scale,
-            num_student_steps=cfg.student.num_steps,
-            substeps=d.substeps,
-            solver=d.solver,
-            guided_channels=d.guide_first_channels,
-            guide=self.guide,
-            gather=gather,
-        )
-        return traj.final
 
     def grid_labels(self, num: int) -> list[str]:
         """What sample i of the grid shows: its prompt, or its class."""
@@ -126,9 +139,8 @@ class EvalSetup:
         return list(captions) if captions is not None else [f"class {int(c)}" for c in cond.labels]
 
     def row_labels(self) -> list[str]:
-        d, S = self.cfg.diffusion, self.cfg.student.num_steps
-        teacher_calls = d.substeps * S * (2 if self.cfg_scale != 1 else 1)
-        return [f"teacher: {teacher_calls} calls", f"student: {S} calls"]
+        sampler = self.teacher_sample
+        return [f"teacher: {sampler.calls} calls", f"student: {sampler.num_student_steps} calls"]
 
     def run(self, sample) -> dict[str, float]:
         """The metrics of `sample`'s images (collective: every rank calls it); {} when no metric has its weights."""
@@ -138,7 +150,7 @@ class EvalSetup:
 
     def grid_images(self, sample) -> torch.Tensor:
         """The first eval.grid_size images of `sample` (num, 3, H, W) in [0, 1] on every rank (collective)."""
-        ev = self.cfg.eval
+        ev = self.settings
         return generate_all(
             self.generate_fn(sample), ev.grid_size, ev.batch_size, rank=self.rank, world_size=self.world_size,
             gather=self.gather,
@@ -250,20 +262,26 @@ def build_eval_setup(
         "clip": clip_id,
     }
     evaluator = Evaluator(ev, fid=fid, clip=clip, rank=rank, world_size=world_size, gather=gather)
+    teacher_sample = TeacherSampler(
+        teacher_denoise,
+        schedule,
+        null_for,
+        conditioner.cfg_scale,
+        cfg.student.num_steps,
+        cfg.diffusion,
+        latent_shape(cfg, teacher),
+        guide=teacher.spec.guide,
+        gather_once=cfg.zero.gather_teacher_once and cfg.zero.teacher_stage == 3,
+    )
     return EvalSetup(
-        cfg=cfg,
+        settings=ev,
         evaluator=evaluator,
         condition_for=condition_for,
-        null_for=null_for,
-        teacher_denoise=teacher_denoise,
-        schedule=schedule,
+        teacher_sample=teacher_sample,
         decode=codec.decode,
-        noise_shape=latent_shape(cfg, teacher),
-        cfg_scale=conditioner.cfg_scale,
         device=device,
         cache_dir=cache_dir,
         teacher_description=teacher_description,
-        guide=teacher.spec.guide,
         skipped=skipped,
         rank=rank,
         world_size=world_size,
@@ -369,7 +387,7 @@ class LoopEvaluation:
             try:
                 with swap:
                     values = self.setup.run(student.sample)
-                    grid = self.setup.grid_images(student.sample) if self.run.cfg.eval.grid_size else None
+                    grid = self.setup.grid_images(student.sample) if self.setup.settings.grid_size else None
                 if self.teacher_values is None:  # the teacher's, once (cached across runs of the recipe)
                     self.teacher_values = self.setup.teacher_metrics()
                 if grid is not None and self.teacher_grid is None:

@@ -12,15 +12,14 @@ from ard_scale.diffusion.condition import Condition
 from ard_scale.distributed.collectives import any_rank
 from ard_scale.distributed.engines import replicated_grad_norm
 from ard_scale.trainer.build import Run
-from ard_scale.trainer.trajectories import sample_seeds
 
-__all__ = ["any_rank", "mean_over_ranks", "regression_step", "sample_seeds", "teacher_states"]
+__all__ = ["any_rank", "mean_over_ranks", "regression_step", "teacher_states"]
 
 
 def teacher_states(run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
     """The batch's teacher trajectory states (B, S+1, C, H, W) and its condition, from `train.trajectory_source`
     (online, replay or offline: ard_scale/trainer/trajectories.py). `micro`: the micro-batch within the step."""
-    return run.trajectories(run, batch, step, micro)
+    return run.trajectories(batch, step, micro)
 
 
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:

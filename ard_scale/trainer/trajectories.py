@@ -1,11 +1,11 @@
 """Where a training step gets its teacher trajectories: `train.trajectory_source` (DESIGN.md §1, §2).
 
-Every source is called as `source(run, batch, step, micro) -> (states (B, S+1, C, H, W), condition)` by
+Every source is called as `source(batch, step, micro) -> (states (B, S+1, C, H, W), condition)` by
 `ard_scale.trainer.step.teacher_states`, once per micro-batch (`micro` = 0 … train.grad_accum-1), on every rank, in
 the same order, and counts the micro-batches the teacher solved in `num_solved`.
 
 online   The teacher solves the batch's trajectories every step. Noise seeds are keyed on (step, rank, micro,
-         index): see `sample_seeds`.
+         index): see `NoiseSeeds`.
 
 replay   R = train.replay_times. The steps c … c+R-1 with c % R == 0 form a cycle. At the cycle's first step the
          teacher solves trajectories for that step's micro-batches exactly as `online` does (same conditions, same
@@ -32,56 +32,93 @@ offline  Trajectories written by launchers/dump_trajectories.py, read with their
 from __future__ import annotations
 
 import contextlib
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import torch
 
+from ard_scale.config.schema import DiffusionConfig
 from ard_scale.diffusion.condition import Condition
+from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import gather_once
 from ard_scale.models.families import get_family
 
-if TYPE_CHECKING:
-    from ard_scale.trainer.build import Run
+
+class TrajectorySource(Protocol):
+    """`source(batch, step, micro) -> (states (B, S+1, C, H, W), condition)`; its per-rank resume state; the
+    micro-batches the teacher solved so far."""
+
+    num_solved: int
+
+    def __call__(self, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
-def sample_seeds(run: Run, step: int, batch_size: int, micro: int = 0) -> list[int]:
+@dataclass(frozen=True)
+class NoiseSeeds:
     """Noise seeds keyed on the training position (global step, rank, micro-batch, index): a resumed run draws the
     same noise, and no two samples of a run share one. Micro-batches of one step are numbered after the rank, so
     grad_accum=2 with batch B draws the same seeds, in the same per-rank order, as grad_accum=1 with batch 2B."""
-    accum = run.cfg.train.grad_accum
-    first = ((step * run.world_size + run.rank) * accum + micro) * batch_size
-    return [run.cfg.train.seed * 2**40 + first + i for i in range(batch_size)]
+
+    seed: int  # train.seed
+    rank: int
+    world_size: int
+    grad_accum: int
+
+    def __call__(self, step: int, batch_size: int, micro: int = 0) -> list[int]:
+        first = ((step * self.world_size + self.rank) * self.grad_accum + micro) * batch_size
+        return [self.seed * 2**40 + first + i for i in range(batch_size)]
 
 
 class OnlineTrajectories:
-    """The teacher's ODE on every call."""
+    """The teacher's ODE on every call: `teacher` (the frozen engine, or the Teacher itself) solves the batch's
+    conditions from `conditioner` on `schedule` at the student's `num_student_steps`, with `diffusion`'s solver
+    settings and the family's CFG combination `guide`, from the noise of `seeds`; `gather_teacher_once` fetches a
+    ZeRO-3 teacher's weights once per trajectory batch. States land on `device`."""
 
-    def __init__(self):
+    def __init__(
+        self,
+        teacher,
+        schedule: Schedule,
+        conditioner,
+        *,
+        seeds: NoiseSeeds,
+        latent_shape: tuple[int, int, int],
+        num_student_steps: int,
+        diffusion: DiffusionConfig,
+        guide=None,
+        gather_teacher_once: bool = False,
+        device: torch.device | str = "cpu",
+    ):
+        self.teacher, self.schedule, self.conditioner, self.seeds = teacher, schedule, conditioner, seeds
+        self.latent_shape, self.num_student_steps, self.diffusion = latent_shape, num_student_steps, diffusion
+        self.guide, self.gather_teacher_once, self.device = guide, gather_teacher_once, device
         self.num_solved = 0
 
-    def __call__(self, run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
-        cfg, d = run.cfg, run.cfg.diffusion
-        cond, null = run.conditioner(batch)
-        seeds = sample_seeds(run, step, cond.batch_size, micro)
-        gather = (lambda: gather_once(run.teacher_engine)) if cfg.zero.gather_teacher_once else contextlib.nullcontext
+    def __call__(self, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
+        d = self.diffusion
+        cond, null = self.conditioner(batch)
+        gather = (lambda: gather_once(self.teacher)) if self.gather_teacher_once else contextlib.nullcontext
         traj = teacher_trajectory(
-            run.teacher_engine,
-            run.schedule,
+            self.teacher,
+            self.schedule,
             cond,
-            latent_shape=run.latent_shape,
-            seeds=seeds,
+            latent_shape=self.latent_shape,
+            seeds=self.seeds(step, cond.batch_size, micro),
             null_cond=null,
-            guidance_scale=run.conditioner.cfg_scale,  # 1 for a guidance-embedding teacher: cond carries the value
-            num_student_steps=cfg.student.num_steps,
+            guidance_scale=self.conditioner.cfg_scale,  # 1 for a guidance-embedding teacher: cond carries the value
+            num_student_steps=self.num_student_steps,
             substeps=d.substeps,
             solver=d.solver,
             record=d.record,
             guided_channels=d.guide_first_channels,
-            guide=run.teacher.spec.guide,  # the family's CFG combination (Qwen-Image rescales the norm)
+            guide=self.guide,  # the family's CFG combination (Qwen-Image rescales the norm)
             gather=gather,
-            device=run.engine.device,  # noise drawn on the CPU from its seed, then moved: the same on any device
+            device=self.device,  # noise drawn on the CPU from its seed, then moved: the same on any device
         )
         self.num_solved += 1
         return traj.states, cond
@@ -100,18 +137,18 @@ def _cond_to_dict(cond: Condition) -> dict[str, torch.Tensor | None]:
 class ReplayTrajectories(OnlineTrajectories):
     """Each solved trajectory trains `replay_times` consecutive steps (see the module docstring)."""
 
-    def __init__(self, replay_times: int):
-        super().__init__()
+    def __init__(self, *args, replay_times: int, **kwargs):
+        super().__init__(*args, **kwargs)
         self.replay_times = replay_times
         self.cycle_start: int | None = None
         self.cache: dict[int, tuple[torch.Tensor, Condition]] = {}  # micro-batch -> (states, condition)
 
-    def __call__(self, run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
+    def __call__(self, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
         start = step - step % self.replay_times
         if self.cycle_start is not None and self.cycle_start < start <= step:  # a new cycle began
             self.cycle_start, self.cache = None, {}
         if micro not in self.cache:  # a cycle's first step, or a resume without the cache (new world size)
-            self.cache[micro] = super().__call__(run, batch, step, micro)
+            self.cache[micro] = super().__call__(batch, step, micro)
             if self.cycle_start is None:
                 self.cycle_start = step
         return self.cache[micro]
@@ -134,16 +171,19 @@ class ReplayTrajectories(OnlineTrajectories):
 
 
 class OfflineTrajectories:
-    """States and their condition, stored with the batch by the trajectory loader."""
+    """States and their condition, stored with the batch by the trajectory loader; moved to `device`."""
 
     num_solved = 0
 
-    def __call__(self, run: Run, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = device
+
+    def __call__(self, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
         if "labels" in batch:
             cond = Condition(labels=batch["labels"].long())
         else:  # the caption's T5 embedding, stored with the trajectory (no encoder or null caption needed)
             cond = Condition(text=batch["t5_emb"].float(), text_mask=batch["t5_mask"])
-        return batch["states"].float().to(run.engine.device), cond.to(run.engine.device)
+        return batch["states"].float().to(self.device), cond.to(self.device)
 
     def state_dict(self) -> dict:
         return {}
@@ -152,14 +192,15 @@ class OfflineTrajectories:
         pass
 
 
-def build_trajectory_source(source: str, replay_times: int):
-    """The source for `train.trajectory_source` (online | replay | offline)."""
+def build_trajectory_source(source: str, *args, replay_times: int = 1, device="cpu", **kwargs):
+    """The source for `train.trajectory_source` (online | replay | offline); `args`/`kwargs` those of
+    OnlineTrajectories (unused offline)."""
     if source == "online":
-        return OnlineTrajectories()
+        return OnlineTrajectories(*args, device=device, **kwargs)
     if source == "replay":
-        return ReplayTrajectories(replay_times)
+        return ReplayTrajectories(*args, replay_times=replay_times, device=device, **kwargs)
     if source == "offline":
-        return OfflineTrajectories()
+        return OfflineTrajectories(device)
     raise ValueError(f"train.trajectory_source: unknown {source!r}; choose 'online', 'replay' or 'offline'")
 
 

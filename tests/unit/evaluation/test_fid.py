@@ -1,4 +1,4 @@
-"""FID: self-distance ~0, moving the distribution raises it, torchmetrics' distance equals scipy's sqrtm formula
+"""FID: self-distance ~0, moving the distribution raises it, our Fréchet distance equals scipy's sqrtm formula
 (pytorch-fid's, written out here) on the same features, reference stats cached, errors name the path."""
 
 import numpy as np
@@ -41,6 +41,17 @@ def test_self_distance_is_zero_and_shift_raises_it(tiny_features):
     assert shifted > 10 * max(same_dist, 1e-4), (same_dist, shifted)
 
 
+def test_frechet_distance_matches_scipy_on_random_gaussians():
+    from ard_scale.evaluation.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 12)), rng.normal(size=(40, 12)) @ rng.normal(size=(12, 12)) + 0.5
+    stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (a, b)]
+    expected = pytorch_fid_distance(*stats[0], *stats[1])
+    assert frechet_distance(*stats[0], *stats[1]) == pytest.approx(expected, rel=1e-8)
+    assert abs(frechet_distance(*stats[0], *stats[0])) < 1e-8
+
+
 def test_matches_independent_implementation_on_same_features(tiny_features):
     ext = tiny_features
     fid = FID(ext)
@@ -67,8 +78,8 @@ def test_gather_sums_rank_statistics(tiny_features):
     states = {}
 
     def gather(t):  # stands for all_gather + cat: this rank's tensor and the other rank's same state
-        other = ranks[1].metric
-        for name in ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples"):
+        other = ranks[1]
+        for name in ("sum", "outer_sum", "count"):
             if t.numel() == getattr(other, name).numel():
                 states[name] = True
                 return torch.cat([t, getattr(other, name).reshape(t.shape)])
