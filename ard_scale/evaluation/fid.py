@@ -108,7 +108,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """d² between Gaussians N(mu1, sigma1) and N(mu2, sigma2), in float64: |μ1-μ2|² + Tr(Σ1) + Tr(Σ2) -
     2 Σ √λ_i(Σ1 Σ2). Σ1 Σ2 is similar to the PSD Σ1^½ Σ2 Σ1^½, so its eigenvalues are real and >= 0 up to round-off
     (their real part, clamped at 0, is taken)."""
-    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(x, dtype=torch.float64) for x in (mu1, mu2, sigma1, sigma2))
+    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(x, dtype=torch.float64).cpu() for x in (mu1, mu2, sigma1, sigma2))
     eigenvalues = torch.linalg.eigvals(sigma1 @ sigma2).real.clamp(min=0)
     return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * eigenvalues.sqrt().sum())
 
@@ -138,6 +138,7 @@ class FID:
     def to(self, device: torch.device | str) -> FID:
         self._device = torch.device(device)
         self.extractor.to(self._device)
+        self.sum, self.outer_sum, self.count = (x.to(self._device) for x in (self.sum, self.outer_sum, self.count))
         return self
 
     @torch.no_grad()
@@ -157,15 +158,13 @@ class FID:
 
     def reset(self) -> None:
         """Forget the generated side (the reference stays)."""
-        f = self.num_features
-        self.sum = torch.zeros(f, dtype=torch.float64)
-        self.outer_sum = torch.zeros(f, f, dtype=torch.float64)
-        self.count = torch.zeros((), dtype=torch.float64)
+        f, on = self.num_features, {"dtype": torch.float64, "device": self.device}  # summed where the features are
+        self.sum, self.outer_sum, self.count = torch.zeros(f, **on), torch.zeros(f, f, **on), torch.zeros((), **on)
 
     @torch.no_grad()
     def update(self, images: torch.Tensor) -> None:
         """Add generated images (float [0, 1] or uint8 (B, 3, H, W)) of this rank."""
-        features = self.features(images).double().cpu()
+        features = self.features(images).double()
         self.sum += features.sum(0)
         self.outer_sum += features.T @ features
         self.count += features.shape[0]
@@ -174,8 +173,8 @@ class FID:
         if self.reference is None:
             raise RuntimeError("FID has no reference statistics: call set_reference first")
         total, outer, n = self.sum, self.outer_sum, self.count
-        if gather is not None:  # sum the sufficient statistics over ranks (on the extractor's device for NCCL)
-            total, outer, n = (gather(x.to(self.device)[None]).sum(0).cpu() for x in (total, outer, n))
+        if gather is not None:  # sum the sufficient statistics over ranks (on the extractor's device, as NCCL needs)
+            total, outer, n = (gather(x[None]).sum(0) for x in (total, outer, n))
         if n < 2:
             raise RuntimeError(f"FID needs at least 2 generated images, got {int(n)}")
         mu = total / n

@@ -23,7 +23,7 @@ from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
 from ard_scale.trainer.checks import check_channel_options
-from ard_scale.trainer.conditioning import Conditioner
+from ard_scale.trainer.conditioning import SLOTS, Conditioner, distilled_guidance
 from ard_scale.trainer.trajectories import NoiseSeeds, TrajectorySource, build_trajectory_source, check_offline_dump
 
 if TYPE_CHECKING:
@@ -67,9 +67,7 @@ def build_teacher_model(cfg: RootConfig) -> Teacher:
 
 def embedded_guidance(cfg: RootConfig, teacher: Teacher) -> float | None:
     """The guidance value a guidance-distilled teacher embeds (`diffusion.guidance_scale`), None for others."""
-    if teacher.spec.guidance == "embedded" and teacher.distilled_guidance:
-        return float(cfg.diffusion.guidance_scale)
-    return None
+    return distilled_guidance(teacher, cfg.diffusion.guidance_scale)
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision
@@ -79,10 +77,9 @@ def build_conditioner(cfg: RootConfig, teacher: Teacher, device="cpu", *, for_ev
     """The recipe's Conditioner: its text encoder sections and guidance. The encoders are kept after encoding the
     null caption unless the shards carry the embeddings and nothing is evaluated (`for_eval`, `eval.every`)."""
     keep = for_eval or cfg.eval.every is not None or not cfg.text_encoder.use_precomputed
-    sections = {"t5": cfg.text_encoder, "clip": cfg.pooled_encoder, "clip_2": cfg.pooled_encoder_2}
     return Conditioner(
         teacher,
-        {**sections, "qwen": cfg.qwen_encoder},
+        {slot: getattr(cfg, section) for slot, (section, _, _) in SLOTS.items()},
         guidance_scale=cfg.diffusion.guidance_scale,
         keep_encoders=keep,
         qwen_dtype=PRECISIONS[cfg.train.precision],

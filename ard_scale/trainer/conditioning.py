@@ -27,6 +27,13 @@ SLOTS = {
 }
 
 
+def distilled_guidance(teacher: Teacher, guidance_scale: float) -> float | None:
+    """The guidance value a guidance-distilled teacher (FLUX.1-dev) embeds in its condition, None for others."""
+    if teacher.spec.guidance == "embedded" and teacher.distilled_guidance:
+        return float(guidance_scale)
+    return None
+
+
 @dataclass
 class LoadedEncoder:
     """One slot's frozen text encoder, its tokenizer and the token count it pads captions to."""
@@ -102,8 +109,7 @@ class Conditioner:
         self.kind, self.teacher, self.spec, self.device = teacher.condition_kind, teacher, spec, torch.device(device)
         self.use_mask, self.needs_pooled = spec.text_mask, "clip" in spec.text_encoders
         self.cfg_scale = 1.0 if spec.guidance == "embedded" else float(guidance_scale)
-        embedded = spec.guidance == "embedded" and teacher.distilled_guidance
-        self.guidance = float(guidance_scale) if embedded else None
+        self.guidance = distilled_guidance(teacher, guidance_scale)
         self.encoders: dict[str, LoadedEncoder] = {}
         self.null: Condition | None = None
         if self.kind != "text" or (not keep_encoders and self.cfg_scale == 1):
