@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from ard_scale.config import ConfigError, load_config  # noqa: E402
 from ard_scale.utils.launch import torchrun  # noqa: E402
+from ard_scale.utils.noise import eval_seeds  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "demo_digits.yaml"
 PER_CLASS = 8
@@ -70,7 +71,7 @@ def compare(cfg, run_dir: Path) -> dict:
         student.schedule,
         cond,
         latent_shape=shape,
-        seeds=range(len(labels)),
+        seeds=eval_seeds(len(labels)),  # never the noise of a training batch
         null_cond=teacher.null_condition(len(labels)),
         guidance_scale=d.guidance_scale,
         num_student_steps=cfg.student.num_steps,

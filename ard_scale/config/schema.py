@@ -18,6 +18,7 @@ from ard_scale.config import loader
 from ard_scale.config.ard import ARDConfig
 from ard_scale.config.data import DataConfig
 from ard_scale.config.loader import BATCH, STEPS, Range
+from ard_scale.utils.noise import MAX_KEY
 
 
 class ConfigWarning(UserWarning):
@@ -278,7 +279,7 @@ class TrainConfig:
     ema_decay: float | None = 0.9999
     """Decay of the student's EMA (per ZeRO partition); null = no EMA."""
     seed: int = 0
-    """Seed of initialisation and of per-step noise (keyed on global step and rank)."""
+    """Seed of initialisation and of per-step noise (keyed on global step and rank), 0 .. 2**22-1."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Compute precision of student and teacher (master weights stay fp32)."""
     activation_checkpointing: bool = False
@@ -303,7 +304,7 @@ class TrainConfig:
         "betas": Range(0, 1, hi_open=True),
         "grad_clip": Range(0, 1e6, lo_open=True),
         "ema_decay": Range(0, 1, hi_open=True),
-        "seed": Range(0, 2**24 - 1),  # noise seeds are seed·2**40 + position, and torch's must stay below 2**64
+        "seed": Range(0, MAX_KEY),  # a 22-bit key of the noise streams (ard_scale/utils/noise.py)
         "replay_times": Range(0, 10**6),  # >= 1 needed with trajectory_source replay only: problems()
         "max_consecutive_nan": Range(1, 10**6),
     }
@@ -599,6 +600,13 @@ class RootConfig:
             out.append(
                 "train.grad_accum: gan.enabled trains on one micro-batch per step; set train.grad_accum=1 (and raise "
                 "data.batch_size instead)"
+            )
+        if self.gan.enabled and self.gan.warmup_steps >= tr.max_steps:
+            out.append(
+                f"gan.warmup_steps: {self.gan.warmup_steps} warm-up steps with the GAN weight at 0 in a run of "
+                f"train.max_steps={tr.max_steps}: the adversarial loss would never switch on and the GAN stage would "
+                "be plain regression; lower gan.warmup_steps (a few steps for a short run from gan.init_from) or "
+                "raise train.max_steps"
             )
         if self.gan.enabled and tr.trajectory_source == "offline":
             out.append(

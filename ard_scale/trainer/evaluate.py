@@ -54,8 +54,9 @@ from ard_scale.evaluation.grids import labelled_grid, save_png, to_uint8_hwc
 from ard_scale.evaluation.plots import plot_metrics
 from ard_scale.models.teachers import Teacher
 from ard_scale.trainer.build import latent_shape
+from ard_scale.utils.noise import eval_seeds
 
-EVAL_SEED = 2**62  # noise of evaluation sample i is drawn from EVAL_SEED + i: far from the training seeds
+EVAL_SEED = eval_seeds(1)[0]  # evaluation sample i draws its noise from EVAL_SEED + i (the EVAL noise stream)
 
 
 @dataclass

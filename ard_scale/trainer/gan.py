@@ -29,7 +29,6 @@ start from a regression run's checkpoint (`gan.init_from`).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +46,9 @@ from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.trainer.build import Run
 from ard_scale.trainer.step import any_rank, mean_over_ranks, teacher_states
+from ard_scale.utils.noise import Stream, noise_seed
+
+RANK_BITS = 16  # the GAN stream's index is (step << RANK_BITS) | rank
 
 Features = Callable[[torch.Tensor, torch.Tensor, Condition], list[torch.Tensor]]
 
@@ -153,7 +155,7 @@ def build_gan(run: Run, cfg: GANConfig | None = None) -> GANStage:
 # -- the pieces of a step (pure functions of their inputs: the tests run them on one rank without ZeRO) -------------
 @dataclass
 class GANNoise:
-    """The step's draws, keyed on (seed, step, rank) like the trajectory noise."""
+    """The step's draws, keyed on (seed, step, rank) in the GAN noise stream (disjoint from the trajectories')."""
 
     t_fake: torch.Tensor
     noise_fake: torch.Tensor
@@ -163,8 +165,9 @@ class GANNoise:
 
     @staticmethod
     def draw(seed: int, step: int, rank: int, shape: tuple[int, ...], t_max: float, device) -> GANNoise:
-        key = int(hashlib.sha256(f"ard_scale/gan/{seed}/{step}/{rank}".encode()).hexdigest()[:15], 16)
-        g = torch.Generator().manual_seed(key)
+        if not 0 <= rank < 2**RANK_BITS:
+            raise ValueError(f"rank {rank}: the GAN noise stream keys at most {2**RANK_BITS} ranks")
+        g = torch.Generator().manual_seed(noise_seed(Stream.GAN, seed, (step << RANK_BITS) | rank))
         B = shape[0]
         draws = [
             torch.rand(B, generator=g, dtype=torch.float64) * t_max,

@@ -43,6 +43,7 @@ from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import gather_once
 from ard_scale.models.families import get_family
+from ard_scale.utils.noise import Stream, noise_seed
 
 
 class TrajectorySource(Protocol):
@@ -71,7 +72,7 @@ class NoiseSeeds:
 
     def __call__(self, step: int, batch_size: int, micro: int = 0) -> list[int]:
         first = ((step * self.world_size + self.rank) * self.grad_accum + micro) * batch_size
-        return [self.seed * 2**40 + first + i for i in range(batch_size)]
+        return [noise_seed(Stream.TRAIN, self.seed, first + i) for i in range(batch_size)]
 
 
 class OnlineTrajectories:

@@ -73,6 +73,9 @@ def test_gan_without_real_images_is_a_clear_error():
             "recipes/tiny_cpu.yaml",
             ["gan.enabled=true", "train.trajectory_source=offline", "data.trajectory_path=/x", "data.path=null"],
         )
+    with pytest.raises(ConfigError, match="gan.warmup_steps: 3000 warm-up steps .* train.max_steps=4: the adversarial"):
+        load_config("recipes/tiny_cpu.yaml", ["gan.enabled=true"])  # tiny_cpu runs 4 steps
+    assert load_config("recipes/tiny_cpu.yaml", ["gan.enabled=true", "gan.warmup_steps=3"]).gan.warmup_steps == 3
     with pytest.raises(ValueError, match="has no checkpoints/ folder"):
         teacher = build_teacher("dit", "debug", num_embeds_ada_norm=10)
         load_student_weights(ARDStudent(teacher, ARDConfig(num_steps=4, num_causal_layers=2), VPSchedule()), "/nope")

@@ -92,7 +92,9 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
 
 
 def test_gan_stage_adds_the_replicated_heads_and_the_feature_passes():
-    cfg = load_config("recipes/tiny_cpu.yaml", ["gan.enabled=true", "gan.layers=[1,3]", "gan.r1_weight=0.1"])
+    cfg = load_config(
+        "recipes/tiny_cpu.yaml", ["gan.enabled=true", "gan.warmup_steps=1", "gan.layers=[1,3]", "gan.r1_weight=0.1"]
+    )
     base = plan(load_config("recipes/tiny_cpu.yaml"), 2)
     p = plan(cfg, 2)
     heads = Discriminator(num_heads=2, dim=32, hidden=cfg.gan.head_hidden, cond_dim=cfg.gan.head_hidden, num_classes=10)

@@ -21,6 +21,7 @@ from ard_scale.config import ConfigError, RootConfig, config_from_dict, load_con
 from ard_scale.config.data import check_readable
 from ard_scale.config.loader import DEFAULT_RANGES, Range
 from ard_scale.diffusion.schedules import schedule_for_recipe
+from ard_scale.utils.noise import MAX_INDEX, Stream, noise_seed
 
 RECIPES = sorted((Path(__file__).resolve().parents[3] / "recipes").glob("*.yaml"))
 MUTATIONS = [0, -1, math.inf, -math.inf, math.nan, 1e30, 10**30, "", "   "]
@@ -75,7 +76,8 @@ def usable(cfg: RootConfig) -> None:
     json.dumps(to_dict(cfg), allow_nan=False)  # nothing non-finite anywhere
     np.random.default_rng([cfg.data.seed, 0])  # the webdataset order
     np.random.RandomState(cfg.data.seed)  # numpy's legacy seed range
-    torch.Generator().manual_seed(cfg.train.seed * 2**40 + 2**40 - 1)  # the largest noise seed (sample_seeds)
+    for stream in Stream:  # the largest noise seed of each stream is a valid torch seed
+        torch.Generator().manual_seed(noise_seed(stream, cfg.train.seed, MAX_INDEX))
     side = cfg.data.resolution // 8 if (cfg.vae.path or cfg.vae.size) else cfg.data.resolution
     schedule = schedule_for_recipe(cfg.diffusion, side, 2)
     grid = schedule.grid(cfg.student.num_steps)

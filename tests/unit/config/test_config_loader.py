@@ -62,6 +62,7 @@ def test_override_values_are_parsed_as_yaml(tmp_path):
         p,
         [
             "gan.enabled=true",  # bool, and a section the YAML does not have
+            "gan.warmup_steps=2",
             "train.precision=bf16",
             "train.lr=1e-4",  # YAML 1.1 reads this as a string; float fields accept it
             "train.betas=[0.5, 0.9]",  # a list becomes the tuple field
