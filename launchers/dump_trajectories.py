@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ard_scale.config import RootConfig, load_config  # noqa: E402
 from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.solvers import SOLVERS  # noqa: E402
@@ -68,26 +69,23 @@ def schedule_from(teacher_path: Path, objective: str | None):
     raise ValueError(f"unknown prediction type {objective!r}; choose 'epsilon', 'v_prediction' or 'flow'")
 
 
-def recipe_defaults(path: Path | None) -> dict:
-    if path is None:
+def recipe_defaults(cfg: RootConfig | None) -> dict:
+    """The dump's settings a loaded (validated) recipe gives: the trainer's teacher, student grid and solver."""
+    if cfg is None:
         return {}
-    import yaml
-
-    raw = yaml.safe_load(path.read_text()) or {}
-    teacher, diffusion, student = raw.get("teacher", {}), raw.get("diffusion", {}), raw.get("student", {})
+    d = cfg.diffusion
     out = {
-        "teacher": teacher.get("path"),
-        "steps": student.get("num_steps"),
-        "substeps": diffusion.get("substeps"),
-        "solver": diffusion.get("solver"),
-        "guidance": diffusion.get("guidance_scale"),
-        "guided_channels": diffusion.get("guide_first_channels"),
-        "record": diffusion.get("record"),
-        "objective": "flow" if diffusion.get("schedule") == "flow" else diffusion.get("prediction_type"),
+        "teacher": cfg.teacher.path,
+        "steps": cfg.student.num_steps,
+        "substeps": d.substeps,
+        "solver": d.solver,
+        "guidance": d.guidance_scale,
+        "guided_channels": d.guide_first_channels,
+        "record": d.record,
+        "objective": "flow" if d.schedule == "flow" else d.prediction_type,
     }
-    data = raw.get("data", {})
-    if data.get("format") == "mds":  # caption conditions come from MDS shards only (they carry the T5 embeddings)
-        out["data"] = data.get("path")
+    if cfg.data.format == "mds":  # caption conditions come from MDS shards only (they carry the T5 embeddings)
+        out["data"] = cfg.data.path
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -154,7 +152,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    rec = recipe_defaults(args.recipe)
+    cfg = load_config(args.recipe) if args.recipe is not None else None  # checked as the trainer checks it
+    rec = recipe_defaults(cfg)
     defaults = {"steps": 4, "substeps": 6, "solver": "ddim", "guidance": 1.0, "record": "noisy", **rec}
     for key, value in defaults.items():
         if getattr(args, key.replace("-", "_"), None) is None:
@@ -175,11 +174,9 @@ def main(argv=None) -> dict:
             "with train.trajectory_source online or replay"
         )
     shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
-    if args.recipe is not None:  # the trainer's own builders: the same grid (shifts included) and state shape
-        from ard_scale.config import load_config
+    if cfg is not None:  # the trainer's own builders: the same grid (shifts included) and state shape
         from ard_scale.trainer.build import build_schedule, latent_shape
 
-        cfg = load_config(args.recipe)
         schedule, shape = build_schedule(cfg, teacher.patch_size), latent_shape(cfg, teacher)
     else:
         schedule = schedule_from(Path(args.teacher), args.objective)

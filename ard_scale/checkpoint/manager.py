@@ -15,6 +15,10 @@ Two kinds of state: `client_state` is global and small (step, samples seen, sche
 DeepSpeed's own files; `rank_state` is per rank (data loader position, RNG states, EMA shard) and goes into
 `rank_{r:05d}.pt`. The frozen teacher and T5 are never saved: `save` refuses an engine without an optimizer.
 
+The trainer does not assemble those dicts itself: it registers each stateful piece once (`track(name, obj,
+per_rank=...)`, anything with `state_dict`/`load_state_dict`), then `save_tracked(engine, step)` writes them all and
+`resume(engine)` restores them all, so saving and loading cannot drift apart.
+
 Loading checks the tag first (`safe_load.tag_problems`: sizes, checksums, readable marker and recipe, no planted
 objects), split over the ranks and gathered, so every rank takes the same decision. A damaged `latest` makes the
 resume fall back to the newest older intact checkpoint, with a warning naming what was skipped and why.
@@ -28,8 +32,9 @@ import re
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -172,6 +177,28 @@ def schedule_from_dict(d: dict):
     return {"vp": VPSchedule, "flow": FlowSchedule}[kind](**d)
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Tracked:
+    obj: Stateful
+    per_rank: bool  # this rank's own (rank file) rather than the same on every rank (DeepSpeed's client state)
+    optional: bool  # a checkpoint without it leaves the object as built (a stage added under allow_recipe_change)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What `resume` loaded: the tag, and whether the per-rank pieces were restored too (False: a universal
+    checkpoint on a new number of ranks, where only the global pieces and the engine carry over)."""
+
+    tag: str
+    same_world: bool
+
+
 class CheckpointManager:
     """The one owner of persistence. Every rank constructs it with the same arguments and calls `save` and
     `load_latest` together (both are collective)."""
@@ -187,6 +214,8 @@ class CheckpointManager:
         self.config = to_dict(config_dict)
         self.config_hash = config_hash(self.config)
         self.allow_recipe_change = allow_recipe_change
+        self.tracked: dict[str, Tracked] = {}
+        self.loaded_tag: str | None = None  # the tag load_latest resumed (after any fall-back)
 
     # -- reading the directory ---------------------------------------------------------------------------------------
     def latest_tag(self) -> str | None:
@@ -218,6 +247,41 @@ class CheckpointManager:
         if not (self.dir / (tag + UNIVERSAL_SUFFIX)).is_dir():
             return ds_config  # load_latest raises the error that says how to convert
         return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
+
+    # -- the registry of stateful pieces -----------------------------------------------------------------------------
+    def track(self, name: str, obj: Stateful, *, per_rank: bool = False, optional: bool = False) -> None:
+        """Save `obj.state_dict()` under `name` at every `save_tracked`, and load it back in `resume`. `per_rank`:
+        the state is this rank's own (data position, RNG, EMA shard); otherwise it is the same on every rank."""
+        if name in self.tracked or name in _CLIENT_KEYS:
+            raise ValueError(f"checkpoint state name {name!r} is taken; track each piece once under its own name")
+        self.tracked[name] = Tracked(obj, per_rank, optional)
+
+    def save_tracked(self, engine, step: int) -> None:
+        """`save` with the state of every tracked piece. Collective."""
+        client = {n: t.obj.state_dict() for n, t in self.tracked.items() if not t.per_rank}
+        rank_state = {n: t.obj.state_dict() for n, t in self.tracked.items() if t.per_rank}
+        self.save(engine, step, client, rank_state)
+
+    def resume(self, engine) -> Resumed | None:
+        """`load_latest`, then every tracked piece from what it returned; None for a fresh run. A checkpoint that
+        lacks a required piece is refused before anything is loaded into the pieces. Collective."""
+        loaded = self.load_latest(engine)
+        if loaded is None:
+            return None
+        client, rank_state = loaded
+        sources = {n: rank_state if t.per_rank else client for n, t in self.tracked.items()}
+        missing = [n for n, src in sources.items() if src is not None and n not in src and not self.tracked[n].optional]
+        if missing:
+            raise ValueError(
+                f"checkpoint {self.dir / self.loaded_tag} holds no state for {', '.join(missing)} (it has "
+                f"{', '.join(sorted(client))} and per rank {', '.join(sorted(rank_state or {}))}): it was written by "
+                "another version of ard_scale or another kind of run. Resume it with the version that wrote it, or "
+                "start a new run in another checkpoint.run_dir"
+            )
+        for name, src in sources.items():
+            if src is not None and name in src:
+                self.tracked[name].obj.load_state_dict(src[name])
+        return Resumed(self.loaded_tag, same_world=rank_state is not None)
 
     # -- saving ------------------------------------------------------------------------------------------------------
     def save(self, engine, step: int, client_state: dict, rank_state: dict) -> None:
@@ -366,7 +430,7 @@ class CheckpointManager:
         tag = self.latest_tag()
         if tag is None:
             return None
-        tag = self._intact_tag(tag)
+        tag = self.loaded_tag = self._intact_tag(tag)
         meta = self.meta(tag)
         self.check_recipe(tag)
         rank, world = _rank_world()

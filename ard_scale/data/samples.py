@@ -101,6 +101,12 @@ class SkipCounter:
     def add(self, reason: str) -> None:
         self.counts[reason] += 1
 
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.counts = Counter(state)
+
 
 class BatchStream(Protocol):
     """What every reader gives the trainer (webdataset, MDS, offline trajectories): batches, an exact resumable
@@ -112,5 +118,11 @@ class BatchStream(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    skips: SkipCounter
+    """The samples skipped so far, by reason."""
+
     @property
     def num_skipped(self) -> int: ...
+
+    def max_batches(self) -> int | None:
+        """An upper bound on the batches this rank yields; None when it streams forever."""

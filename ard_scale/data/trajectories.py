@@ -13,6 +13,7 @@ was solved for — `labels` (B,) long (class-conditional dumps) or `t5_emb` (B, 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from streaming import Stream, StreamingDataLoader, StreamingDataset
 
 from ard_scale.config.data import DataConfig, check_readable
 from ard_scale.data.mds import _export_world
+from ard_scale.data.samples import SkipCounter
 
 
 def _collate(items: list[dict]) -> dict[str, Any]:
@@ -71,6 +73,7 @@ class TrajectoryLoader:
         self.epoch = 0
         self.num_samples_yielded = 0
         self._resume: dict | None = None
+        self.skips = SkipCounter()  # stays empty: the dump wrote every trajectory whole
 
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one stored trajectory, (S+1, C, H, W)."""
@@ -85,7 +88,14 @@ class TrajectoryLoader:
     @property
     def num_skipped(self) -> int:
         """Trajectories are never skipped (the dump wrote them); kept for the loop's metrics."""
-        return 0
+        return self.skips.total
+
+    def max_batches(self) -> int | None:
+        """An upper bound on the batches this rank yields (None: it streams forever), as for the MDS reader."""
+        if self.config.num_epochs is None:
+            return None
+        per_epoch = math.ceil(len(self.dataset) / self.config.batch_size) + max(self.config.num_workers - 1, 0)
+        return self.config.num_epochs * per_epoch
 
     def __iter__(self):
         while self.config.num_epochs is None or self.epoch < self.config.num_epochs:

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,18 +47,45 @@ class StopSignal:
         self.received = True
 
 
-def rng_state() -> dict:
-    """Tensors and plain containers only, so the rank file loads with torch.load(weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
+class ProcessRNG:
+    """This process's torch, numpy and Python RNG states as one checkpointed piece. Tensors and plain containers
+    only, so the rank file loads with torch.load(weights_only=True)."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+        return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+@dataclass
+class Progress:
+    """The run's counters: optimizer steps taken, real samples seen over all ranks, NaN-skipped steps, and (not
+    saved) the current streak of NaN steps."""
+
+    step: int = 0
+    samples_seen: int = 0
+    nan_skips: int = 0
+    nan_streak: int = 0
+
+    def record(self, metrics: dict, step_samples: int) -> None:
+        """Count one optimizer step; a non-finite metric marks it NaN-skipped (metrics["nan"])."""
+        metrics["nan"] = metrics["nan"] or not all_finite(metrics)
+        self.step += 1
+        self.samples_seen += step_samples  # short and dropped batches are not counted
+        self.nan_skips += metrics["nan"]
+        self.nan_streak = self.nan_streak + 1 if metrics["nan"] else 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "samples_seen": self.samples_seen, "nan_skips": self.nan_skips}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.samples_seen, self.nan_skips = state["step"], state["samples_seen"], state["nan_skips"]
 
 
 class MetricsLog:
@@ -102,6 +130,94 @@ def train(cfg: RootConfig) -> list[float]:
     stop = StopSignal()  # first: a pre-emption signal during start-up must not be lost
     quiet_library_warnings()
     rank, world = init_distributed()
+    check_global_batch(cfg, world)
+    ckpt = open_run_dir(cfg, rank)
+    run_dir, ck = ckpt.run_dir, cfg.checkpoint
+    run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config, fresh=ckpt.latest_tag() is None)
+    gan = build_gan(run) if cfg.gan.enabled else None
+    watch = DivergenceWatch(cfg.gan.divergence_factor) if gan is not None else None
+    ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    progress = Progress()
+    dropped = SkipCounter()  # this rank's valid samples left out because another rank's micro-batch had none
+    track_state(ckpt, run, progress, dropped, gan, watch, ema)
+    resumed = ckpt.resume(run.engine)
+    if resumed is not None:
+        say(rank, f"resumed from step {progress.step} ({ckpt.dir / resumed.tag}, {progress.samples_seen} samples)")
+        if not resumed.same_world:
+            continue_on_new_world(ckpt, run, ema, progress.step, world)
+    tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, tensorboard_dir=tensorboard_dir)
+    evaluation = LoopEvaluation(run, ema, log.write)  # eval.every: metrics on all ranks, EMA swapped in
+    restarted = resumed is not None and not resumed.same_world  # the data stream restarted its epoch
+    check_reachable(cfg, run.loader.max_batches(), rank, world, progress.step if restarted else 0)
+    batches, losses = iter(run.loader), []
+    bar = tqdm(total=cfg.train.max_steps, initial=progress.step, disable=rank != 0 or not cfg.log.progress_bar)
+    saved_step = progress.step
+    while progress.step < cfg.train.max_steps:
+        t0 = time.perf_counter()
+        drawn = draw_micro_batches(batches, cfg.train.grad_accum, dropped)  # collective
+        if drawn is None:  # some rank's finite data ended: every rank stops here, at the same step
+            if progress.step > saved_step:
+                ckpt.save_tracked(run.engine, progress.step)
+            say(rank, data_ended(cfg, run_dir, progress.step))
+            break
+        micro_batches, step_samples = drawn
+        metrics = optimizer_step(run, gan, ema, micro_batches, progress.step)
+        progress.record(metrics, step_samples)
+        losses.append(metrics["loss"])
+        samples_per_s = step_samples / (time.perf_counter() - t0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_per_s=f"{samples_per_s:.1f}")
+        if progress.step % cfg.log.every == 0 or progress.step == cfg.train.max_steps:
+            log.write(step_record(run, dropped, progress, metrics, samples_per_s))  # collective
+        evaluation.maybe_run(progress.step)
+        diverged = watch is not None and watch_divergence(cfg, watch, progress.step, metrics, rank)
+        too_many_nan = progress.nan_streak >= cfg.train.max_consecutive_nan
+        stopping = any_rank(stop.received)
+        due = progress.step % ck.every == 0 or progress.step == cfg.train.max_steps
+        if due or stopping or too_many_nan or diverged:
+            ckpt.save_tracked(run.engine, progress.step)
+            saved_step = progress.step
+        raise_if_unhealthy(progress, run_dir, too_many_nan=too_many_nan, diverged=diverged)
+        if stopping:
+            say(
+                rank, f"stop signal: checkpoint of step {progress.step} in {ckpt.dir}; rerun the same command to resume"
+            )
+            break
+    bar.close()
+    log.close()
+    if rank == 0:
+        plot_metrics(run_dir)
+    say(rank, summary(cfg, run_dir, ckpt, progress.step))
+    return losses
+
+
+def open_run_dir(cfg: RootConfig, rank: int) -> CheckpointManager:
+    """checkpoint.run_dir, created, with the resolved recipe in config.yaml (rank 0), and its checkpoint manager."""
+    ck = cfg.checkpoint
+    run_dir = Path(ck.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        dump_yaml(cfg, run_dir / "config.yaml")
+    return CheckpointManager(
+        run_dir, keep_last=ck.keep_last, config_dict=to_dict(cfg), allow_recipe_change=ck.allow_recipe_change
+    )
+
+
+def optimizer_step(run, gan, ema, micro_batches: list[dict], step: int) -> dict:
+    """One optimizer step of the student (the GAN stage's, or regression over the micro-batches), then the EMA
+    unless the step was NaN-skipped. Returns the step's metrics."""
+    if gan is not None:
+        metrics = gan_step(run, gan, micro_batches[0], step)
+    else:
+        metrics = regression_step(run, micro_batches, step)
+    if ema is not None and not metrics["nan"]:
+        ema.update()
+    return metrics
+
+
+def check_global_batch(cfg: RootConfig, world: int) -> None:
+    """train.global_batch_size, when given, must be what data.batch_size × ranks × grad_accum makes."""
     global_batch = cfg.data.batch_size * world * cfg.train.grad_accum  # samples per optimizer step
     if cfg.train.global_batch_size is not None and cfg.train.global_batch_size != global_batch:
         raise ValueError(
@@ -109,149 +225,82 @@ def train(cfg: RootConfig) -> list[float]:
             f"{cfg.data.batch_size} × {world} × {cfg.train.grad_accum} = {global_batch}; override data.batch_size or "
             "train.grad_accum for this number of ranks"
         )
-    run_dir = Path(cfg.checkpoint.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        dump_yaml(cfg, run_dir / "config.yaml")
-    ckpt = CheckpointManager(
-        run_dir,
-        keep_last=cfg.checkpoint.keep_last,
-        config_dict=to_dict(cfg),
-        allow_recipe_change=cfg.checkpoint.allow_recipe_change,
+
+
+def track_state(ckpt: CheckpointManager, run, progress: Progress, dropped: SkipCounter, gan, watch, ema) -> None:
+    """Register every piece a resume must restore. Global: the counters and the GAN heads with their optimizer (the
+    same on every rank); per rank: the data position, the dropped-sample counts, the RNGs, the trajectory source
+    (e.g. the replay cache mid-cycle) and the EMA shard. The student engine itself is DeepSpeed's."""
+    ckpt.track("progress", progress)
+    if gan is not None:  # optional: a regression checkpoint resumed as a GAN stage (allow_recipe_change)
+        ckpt.track("gan", gan, optional=True)
+        ckpt.track("gan_watch", watch, optional=True)
+    ckpt.track("data", run.loader, per_rank=True)
+    ckpt.track("dropped", dropped, per_rank=True)
+    ckpt.track("rng", ProcessRNG(), per_rank=True)
+    ckpt.track("trajectories", run.trajectories, per_rank=True)
+    if ema is not None:
+        ckpt.track("ema", ema, per_rank=True)
+
+
+def continue_on_new_world(ckpt: CheckpointManager, run, ema, step: int, world: int) -> None:
+    """After a universal checkpoint on a new number of ranks: model and optimizer continued, the per-rank pieces
+    could not (their positions do not map onto the new ranks); the EMA is reassembled from the old ranks' shards."""
+    warnings.warn(
+        f"resumed step {step} on {world} ranks from a universal checkpoint: model and optimizer continue, the data "
+        "stream restarts its epoch (noise seeds stay keyed on the step)",
+        stacklevel=2,
     )
-    run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config, fresh=ckpt.latest_tag() is None)
-    gan = build_gan(run) if cfg.gan.enabled else None
-    watch = DivergenceWatch(cfg.gan.divergence_factor) if gan is not None else None
-    ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
-    start, samples_seen, nan_skips = 0, 0, 0
-    dropped = SkipCounter()  # this rank's valid samples left out because another rank's micro-batch had none
-    data_restarts = False
-    resumed = ckpt.load_latest(run.engine)
-    if resumed is not None:
-        client, rank_state = resumed
-        start, samples_seen, nan_skips = client["step"], client["samples_seen"], client["nan_skips"]
-        say(rank, f"resumed from step {start} ({ckpt.dir / ckpt.latest_tag()}, {samples_seen} samples seen)")
-        if gan is not None and "gan" in client:  # heads + their optimizer: the same on every rank
-            gan.load_state_dict(client["gan"])
-        if watch is not None and "gan_watch" in client:
-            watch.load_state_dict(client["gan_watch"])
-        if rank_state is not None:  # same world size: this rank's exact data position and RNG
-            run.loader.load_state_dict(rank_state["data"])
-            dropped = SkipCounter(rank_state.get("dropped"))
-            set_rng_state(rank_state["rng"])
-            if "trajectories" in rank_state:  # e.g. the replay cache, mid-cycle
-                run.trajectories.load_state_dict(rank_state["trajectories"])
-            if ema is not None:
-                ema.load_state_dict(rank_state["ema"])
-        else:  # universal checkpoint on a new world size: per-rank positions do not map onto the new ranks
-            data_restarts = True
-            warnings.warn(
-                f"resumed step {start} on {world} ranks from a universal checkpoint: model and optimizer continue, "
-                "the data stream restarts its epoch (noise seeds stay keyed on the step)",
-                stacklevel=1,
-            )
-            if ema is not None:  # reassemble the old ranks' EMA shards into full weights, then re-shard
-                shapes = {n: getattr(p, "ds_shape", p.shape) for n, p in run.student.named_parameters()}
-                full = full_ema_state_dict(run_dir, ckpt.latest_tag(), shapes)
-                if full is not None:
-                    ema.load_full_state_dict(full)
-    tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, tensorboard_dir=tensorboard_dir)
-    evaluation = LoopEvaluation(run, ema, log.write)  # eval.every: metrics on all ranks, EMA swapped in
-    losses, consecutive_nan = [], 0
+    if ema is not None:  # reassemble the old ranks' EMA shards into full weights, then re-shard
+        shapes = {n: getattr(p, "ds_shape", p.shape) for n, p in run.student.named_parameters()}
+        full = full_ema_state_dict(ckpt.run_dir, ckpt.loaded_tag, shapes)
+        if full is not None:
+            ema.load_full_state_dict(full)
 
-    check_reachable(cfg, getattr(run.loader, "max_batches", lambda: None)(), rank, world, start if data_restarts else 0)
-    batches = iter(run.loader)
-    bar = tqdm(total=cfg.train.max_steps, initial=start, disable=rank != 0 or not cfg.log.progress_bar, unit="step")
-    step = saved_step = start
 
-    def save() -> None:  # collective
-        client = {"step": step, "samples_seen": samples_seen, "nan_skips": nan_skips}
-        if gan is not None:
-            client["gan"], client["gan_watch"] = gan.state_dict(), watch.state_dict()
-        rank_state = {
-            "data": run.loader.state_dict(),
-            "dropped": dict(dropped.counts),
-            "rng": rng_state(),
-            "trajectories": run.trajectories.state_dict(),
-        }
-        if ema is not None:
-            rank_state["ema"] = ema.state_dict()
-        ckpt.save(run.engine, step, client, rank_state)
+def step_record(run, dropped: SkipCounter, progress: Progress, metrics: dict, samples_per_s: float) -> dict:
+    """The metrics.jsonl line of a logged step; the skip counts are summed over ranks (collective)."""
+    skipped = sum_counts_over_ranks(dict(run.loader.skips.counts + dropped.counts))
+    return {
+        **metrics,
+        "samples_per_s": samples_per_s,
+        "max_mem_gb": _max_mem_gb(),
+        "skipped_samples": sum(skipped.values()),  # over all ranks
+        **{f"skipped_samples/{reason}": n for reason, n in skipped.items()},
+        "nan_skips": progress.nan_skips,
+        "samples_seen": progress.samples_seen,
+    }
 
-    while step < cfg.train.max_steps:
-        t0 = time.perf_counter()
-        drawn = draw_micro_batches(batches, cfg.train.grad_accum, dropped)  # collective
-        if drawn is None:  # some rank's finite data ended: every rank stops here, at the same step
-            if step > saved_step:
-                save()
-            say(
-                rank,
-                f"data ran out at step {step} after {cfg.data.num_epochs} epoch(s) (data.num_epochs="
-                f"{cfg.data.num_epochs}), before train.max_steps={cfg.train.max_steps}; "
-                + (f"checkpoint of step {step} in {run_dir}" if step > 0 else "nothing was trained"),
-            )
-            break
-        micro_batches, step_samples = drawn
-        if gan is not None:
-            metrics = gan_step(run, gan, micro_batches[0], step)
-        else:
-            metrics = regression_step(run, micro_batches, step)
-        if ema is not None and not metrics["nan"]:
-            ema.update()
-        step += 1
-        samples_seen += step_samples  # real samples over all ranks (short and dropped batches are not counted)
-        metrics["nan"] = metrics["nan"] or not all_finite(metrics)  # a non-finite metric is a NaN-skipped step
-        consecutive_nan = consecutive_nan + 1 if metrics["nan"] else 0
-        nan_skips += metrics["nan"]
-        losses.append(metrics["loss"])
-        samples_per_s = step_samples / (time.perf_counter() - t0)
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_per_s=f"{samples_per_s:.1f}")
-        if step % cfg.log.every == 0 or step == cfg.train.max_steps:
-            skipped = getattr(run.loader, "skips", SkipCounter()).counts + dropped.counts
-            skipped = sum_counts_over_ranks(dict(skipped))  # collective
-            log.write(
-                {
-                    **metrics,
-                    "samples_per_s": samples_per_s,
-                    "max_mem_gb": _max_mem_gb(),
-                    "skipped_samples": sum(skipped.values()),  # over all ranks
-                    **{f"skipped_samples/{reason}": n for reason, n in skipped.items()},
-                    "nan_skips": nan_skips,
-                    "samples_seen": samples_seen,
-                }
-            )
-        evaluation.maybe_run(step)
-        diverged = False
-        if watch is not None and (message := watch.update(step, metrics["loss"], metrics["gan_weight"])):
-            diverged = cfg.gan.stop_on_divergence
-            if rank == 0:
-                warnings.warn(message, stacklevel=1)
-        too_many_nan = consecutive_nan >= cfg.train.max_consecutive_nan
-        stopping = any_rank(stop.received)
-        if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or stopping or too_many_nan or diverged:
-            save()
-            saved_step = step
-        if too_many_nan:
-            raise FloatingPointError(
-                f"the loss was NaN/Inf for {consecutive_nan} steps in a row (up to step {step}); a checkpoint was "
-                f"saved in {run_dir}. Lower train.lr, check the data and teacher, or raise train.max_consecutive_nan"
-            )
-        if diverged:
-            raise RuntimeError(
-                f"gan.stop_on_divergence: stopped at step {step} with a checkpoint in {run_dir} (see the warning "
-                "above for the numbers and what to change)"
-            )
-        if stopping:
-            say(rank, f"stop signal: checkpoint at step {step} saved in {ckpt.dir}; rerun the same command to resume")
-            break
-    bar.close()
-    log.close()
-    if rank == 0:
-        plot_metrics(run_dir)
-    say(rank, summary(cfg, run_dir, ckpt, step))
-    return losses
+
+def watch_divergence(cfg: RootConfig, watch: DivergenceWatch, step: int, metrics: dict, rank: int) -> bool:
+    """Feed the GAN watchdog; True when it fired and gan.stop_on_divergence asks to stop (it warns either way)."""
+    message = watch.update(step, metrics["loss"], metrics["gan_weight"])
+    if message and rank == 0:
+        warnings.warn(message, stacklevel=2)
+    return bool(message) and cfg.gan.stop_on_divergence
+
+
+def raise_if_unhealthy(progress: Progress, run_dir: Path, *, too_many_nan: bool, diverged: bool) -> None:
+    """After the checkpoint of the step was saved: stop with the error that names the cause and the fix."""
+    step = progress.step
+    if too_many_nan:
+        raise FloatingPointError(
+            f"the loss was NaN/Inf for {progress.nan_streak} steps in a row (up to step {step}); a checkpoint was "
+            f"saved in {run_dir}. Lower train.lr, check the data and teacher, or raise train.max_consecutive_nan"
+        )
+    if diverged:
+        raise RuntimeError(
+            f"gan.stop_on_divergence: stopped at step {step} with a checkpoint in {run_dir} (see the warning "
+            "above for the numbers and what to change)"
+        )
+
+
+def data_ended(cfg: RootConfig, run_dir: Path, step: int) -> str:
+    return (
+        f"data ran out at step {step} after {cfg.data.num_epochs} epoch(s) (data.num_epochs={cfg.data.num_epochs}), "
+        f"before train.max_steps={cfg.train.max_steps}; "
+        + (f"checkpoint of step {step} in {run_dir}" if step > 0 else "nothing was trained")
+    )
 
 
 def say(rank: int, message: str) -> None:

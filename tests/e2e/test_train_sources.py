@@ -97,6 +97,20 @@ def test_grad_accum_with_activation_checkpointing_matches_the_full_batch_then_re
     # loss (step 1), well above every trained one.
     assert max(resumed) < logged[0]["loss"] * 0.8
     assert 0.5 * min(before) < sum(resumed) / len(resumed) < 1.5 * max(before)
+    # The optimizer state carried over: AdamW's second moment two steps on is v8 = β2²·v6 + (1-β2)(β2·g7² + g8²)
+    # >= β2²·v6 for every element, which an optimizer restarted on 1 rank (v8 from g7, g8 only) breaks.
+    to_universal(run_dir)  # the 1-rank step-8 checkpoint, per parameter as step 6's
+    v6, v8 = (second_moments(run_dir / "checkpoints" / f"step_{s:08d}_universal") for s in (6, 8))
+    assert v6.keys() == v8.keys() and len(v6) > 10 and all(v.abs().sum() > 0 for v in v6.values())
+    beta2 = 0.999  # train.betas[1], the recipe's default
+    below = {n: int((v8[n] < beta2**2 * v6[n] * (1 - 1e-5)).sum()) for n in v6}
+    assert sum(below.values()) == 0, {n: k for n, k in below.items() if k}
+
+
+def second_moments(universal: Path) -> dict[str, torch.Tensor]:
+    """AdamW's exp_avg_sq of every parameter of a universal checkpoint (one folder per parameter)."""
+    saved = {f.parent.name: torch.load(f, weights_only=False) for f in (universal / "zero").glob("*/exp_avg_sq.pt")}
+    return {name: (x["param"] if isinstance(x, dict) else x).float() for name, x in saved.items()}
 
 
 def _dump_launcher():

@@ -16,7 +16,7 @@ from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import META, CheckpointManager, rank_file
 from ard_scale.checkpoint.safe_load import safe_load
 from ard_scale.config import load_config, to_dict
-from ard_scale.trainer.loop import rng_state, set_rng_state
+from ard_scale.trainer.loop import ProcessRNG
 
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "tiny_cpu.yaml"
 
@@ -141,7 +141,7 @@ def plant(path: Path, marker: Path) -> None:
 @pytest.mark.parametrize("victim", ["rank", "deepspeed"])
 def test_planted_pickle_is_refused_naming_the_file_and_never_runs(tmp_path, cfg, victim):
     mgr, engine = CheckpointManager(tmp_path / "run", keep_last=2, config_dict=cfg), FakeEngine()
-    mgr.save(engine, 1, {"step": 1}, {"data": {"cursor": 3}, "rng": rng_state()})
+    mgr.save(engine, 1, {"step": 1}, {"data": {"cursor": 3}, "rng": ProcessRNG().state_dict()})
     tag_dir = tmp_path / "run" / "checkpoints" / "step_00000001"
     target = rank_file(tag_dir, 0) if victim == "rank" else tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"
     marker = tmp_path / "pwned"
@@ -158,10 +158,10 @@ def test_rank_state_with_rng_loads_weights_only_and_restores_every_generator(tmp
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.randn(3)  # leave a cached gaussian and a mid-stream position
     path = tmp_path / "rank_00000.pt"
-    torch.save({"rng": rng_state()}, path)
+    torch.save({"rng": ProcessRNG().state_dict()}, path)
     expected = (random.random(), np.random.randn(4), torch.randn(4))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    set_rng_state(safe_load(path)["rng"])
+    ProcessRNG().load_state_dict(safe_load(path)["rng"])
     got = (random.random(), np.random.randn(4), torch.randn(4))
     assert got[0] == expected[0]
     np.testing.assert_array_equal(got[1], expected[1])
@@ -210,3 +210,59 @@ def test_marker_without_checksums_loads_with_a_warning_and_its_recipe_is_still_r
     (tag_dir / "config.yaml").write_text("train: [lr: {\n")
     with pytest.warns(UserWarning, match="cannot be verified"), pytest.raises(ValueError, match=r"config\.yaml: "):
         mgr.load_latest(engine)
+
+
+class Counter:
+    """A stateful piece: any object with state_dict / load_state_dict."""
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+def test_tracked_pieces_round_trip_through_save_and_resume(tmp_path, cfg):
+    """Global pieces go to the client state, per-rank ones to the rank file; resume restores each from its own."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg), FakeEngine()
+    pieces = {"progress": Counter(7), "data": Counter(70), "rng": ProcessRNG()}
+    mgr.track("progress", pieces["progress"])
+    mgr.track("data", pieces["data"], per_rank=True)
+    mgr.track("rng", pieces["rng"], per_rank=True)
+    assert mgr.resume(engine) is None  # fresh run: nothing touched
+    torch.manual_seed(5)
+    mgr.save_tracked(engine, 3)
+    expected = torch.rand(4)  # what the RNG draws next after the save
+    client, rank_state = mgr.load_latest(engine)
+    assert client == {"progress": {"value": 7}} and set(rank_state) == {"data", "rng"}
+    assert rank_state["data"] == {"value": 70}
+
+    again = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg)
+    progress, data = Counter(), Counter()
+    again.track("progress", progress)
+    again.track("data", data, per_rank=True)
+    again.track("rng", ProcessRNG(), per_rank=True)
+    torch.manual_seed(99)
+    resumed = again.resume(engine)
+    assert resumed is not None and resumed.tag == "step_00000003" and resumed.same_world
+    assert (progress.value, data.value) == (7, 70)
+    assert torch.equal(torch.rand(4), expected)  # the RNG continues where the saved run was
+    with pytest.raises(ValueError, match="'data' is taken"):
+        again.track("data", Counter(), per_rank=True)
+
+
+def test_resume_refuses_a_checkpoint_without_a_required_piece(tmp_path, cfg):
+    mgr, engine = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg), FakeEngine()
+    mgr.track("progress", Counter(4))
+    mgr.save_tracked(engine, 4)
+    later = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg)
+    progress, heads, ema = Counter(), Counter(11), Counter(12)
+    later.track("progress", progress)
+    later.track("gan", heads, optional=True)  # optional: stays as built
+    later.track("ema", ema, per_rank=True)  # required: refused, and nothing was loaded
+    with pytest.raises(ValueError, match=r"holds no state for ema .*start a new run"):
+        later.resume(engine)
+    assert (progress.value, heads.value, ema.value) == (0, 11, 12)
