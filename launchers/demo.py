@@ -50,9 +50,10 @@ def distil(overrides: list[str], nproc: int) -> None:
 @torch.no_grad()
 def compare(cfg, run_dir: Path) -> dict:
     """Teacher vs exported student on the same noise, per class; writes demo.png and demo.json."""
-    from fit_teacher import load_digits, sample_accuracy
+    from fit_teacher import sample_accuracy
 
     from ard_scale.checkpoint.export import export_student, load_exported_student
+    from ard_scale.data.bundled import load_digits
     from ard_scale.diffusion.condition import Condition
     from ard_scale.diffusion.trajectory import teacher_trajectory
     from ard_scale.evaluation.grids import save_png

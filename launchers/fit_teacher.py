@@ -3,16 +3,18 @@
     python launchers/fit_teacher.py [RECIPE] --out runs/teacher_digits [--steps N] [--family dit] [--objective flow]
     python launchers/fit_teacher.py --data SHARDS --data-format mds --family pixart --resolution 16 --out ...
 
-Data, by default: scikit-learn's 8x8 handwritten digits (1,797 real images, 10 classes) held in memory as a tensor,
-pixel space (1 channel, [-1, 1]), optionally resized with `--resolution`. With `--data PATH --data-format
-webdataset|mds` (or `data.path`/`data.format` in RECIPE): batches of an image–class or image–caption shard set from
-`ard_scale.data.build_loader` at `--resolution`, pixel space with `--channels` channels (1: the mean over RGB).
-`dit` takes the shards' class labels (`--num-classes` of them); `pixart` takes the T5 embeddings the shards carry
-(t5_emb/t5_mask, see launchers/precompute_text.py) or encodes the captions with `--text-encoder PATH`; its null
+Data, by default: the bundled digits (scikit-learn's 1,797 8x8 handwritten digits, 10 classes, as
+`ard_scale.data.bundled.load_digits` decodes them from the bundled shards at `--resolution`: the images a run on
+`bundled:digits/*` trains on and takes as GAN reals), held in memory, pixel space (1 channel, [-1, 1]). With
+`--data PATH --data-format webdataset|mds` (or `data.path`/`data.format` in RECIPE): batches of an image–class or
+image–caption shard set from `ard_scale.data.build_loader` at `--resolution`, pixel space with `--channels` channels
+(1: the mean over RGB). `dit` takes the shards' class labels (`--num-classes` of them); `pixart` takes the T5
+embeddings the shards carry (t5_emb/t5_mask, see launchers/precompute_text.py) or encodes the captions with
+`--text-encoder PATH`, both through the trainer's Conditioner (ard_scale/trainer/conditioning.py); its null
 condition is the empty caption's embedding with `--text-encoder`, else a zero embedding with one valid token (written
-as OUT/null_caption.pt either way, for launchers/dump_trajectories.py). RECIPE (optional) supplies defaults for
-`teacher.family`, `teacher.size`, `diffusion.schedule`, `diffusion.prediction_type`, `data.path`, `data.format`;
-flags override it.
+as OUT/null_caption.pt either way, for launchers/dump_trajectories.py). RECIPE (optional; loaded and checked as the
+trainer loads it) supplies defaults for `teacher.family`, `teacher.size`, `diffusion.schedule`,
+`diffusion.prediction_type`, `data.path`, `data.format`, `data.resolution`; flags override it.
 
 Objectives (`--objective`): VP 'epsilon' / 'v_prediction' (DDPM linear betas, t uniform over the 1000 steps;
 loss ‖out − ε‖² or ‖out − (α·ε − σ·x0)‖², Ho et al. 2020 eq. 14 / Salimans & Ho 2022 §4) or 'flow'
@@ -47,28 +49,21 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ard_scale.config import RootConfig, load_config  # noqa: E402
+from ard_scale.config.schema import TextEncoderConfig  # noqa: E402
+from ard_scale.data.bundled import load_digits  # noqa: E402
 from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory  # noqa: E402
 from ard_scale.models.families import FAMILIES, get_family  # noqa: E402
 from ard_scale.models.teachers import Teacher, build_teacher  # noqa: E402
+from ard_scale.trainer.conditioning import Conditioner  # noqa: E402
 
 NUM_CLASSES = 10
 CAPTION_TOKENS = 4
 
 
-def load_digits(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, R, R) digits in [-1, 1] and (N,) labels."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
-    if resolution != 8:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    return x, torch.tensor(d.target, dtype=torch.long)
-
-
-class Conditioner:
+class ClassConditioner:
     """Class labels -> the family's Condition; index NUM_CLASSES is the null condition. Text families get a fixed
     random "caption" per class in the shapes of the family's condition (T5 tokens, and a pooled embedding where the
     family takes one); a guidance-distilled teacher (FLUX.1-dev) also gets `guidance` as its embedded value."""
@@ -96,74 +91,45 @@ class Conditioner:
         return Condition(text=text, text_mask=mask, pooled=pooled, guidance=guidance)
 
 
-class ShardConditioner:
-    """A shard batch -> the family's Condition: class labels (dit) or T5 embeddings (pixart; from the shards' t5_emb/
-    t5_mask, or the captions encoded with a local T5). The null condition is fixed on the first text batch."""
+def shard_conditioner(teacher: Teacher, text_encoder: str | None, max_length: int, guidance: float) -> Conditioner:
+    """The trainer's Conditioner on shard batches: class labels (dit), or the shards' T5 embeddings (t5_emb/t5_mask),
+    or the captions encoded with a local T5 (pixart); with a T5, its null condition is the empty caption's."""
+    sections = {"t5": TextEncoderConfig(path=text_encoder, max_length=max_length)}
+    cfg_scale = guidance if text_encoder is not None else 1.0  # no encoder: no empty caption to encode
+    return Conditioner(teacher, sections, guidance_scale=cfg_scale, keep_encoders=text_encoder is not None)
 
-    def __init__(self, family: str, data_path: str, num_classes: int, text_encoder: str | None, max_length: int):
-        kind = get_family(family).condition_kind
-        self.kind, self.data_path, self.num_classes, self.max_length = kind, data_path, num_classes, max_length
-        self.t5 = None
-        if kind == "text" and text_encoder is not None:
-            from ard_scale.models.text_encoder import load_t5
 
-            self.t5 = load_t5(text_encoder)
-        self.null_text_LC: torch.Tensor | None = None
-        self.null_mask_L: torch.Tensor | None = None
+def zero_null(cond: Condition) -> Condition:
+    """Without an encoder for the empty caption: a zero embedding with one valid token (an all-masked attention row is
+    undefined), in the batch's shapes."""
+    B, L, C = cond.text.shape
+    mask = F.one_hot(torch.tensor(0), L).long().expand(B, -1)
+    return Condition(text=torch.zeros(B, L, C), text_mask=mask)
 
-    def __call__(self, batch: dict) -> Condition:
-        if self.kind == "labels":
-            labels = batch.get("labels")
-            if labels is None or (labels < 0).any():
-                raise ValueError(
-                    f"the shards at {self.data_path} carry no class label for some samples; a dit teacher needs "
-                    "image–class shards (a 'label' per sample, see launchers/build_shards.py), or use --family pixart"
-                )
-            if (labels >= self.num_classes).any():
-                raise ValueError(f"class label {int(labels.max())} in the shards >= --num-classes {self.num_classes}")
-            return Condition(labels=labels.long())
-        if self.t5 is not None:
-            from ard_scale.models.text_encoder import encode_captions
 
-            text_BLC, mask_BL = encode_captions(*self.t5, list(batch["captions"]), max_length=self.max_length)
-        elif "t5_emb" in batch:
-            text_BLC, mask_BL = batch["t5_emb"], batch["t5_mask"]
-        else:
-            raise ValueError(
-                f"the shards at {self.data_path} carry no T5 embeddings (t5_emb/t5_mask) for a pixart teacher: "
-                "precompute them with launchers/precompute_text.py or pass --text-encoder PATH (a local T5 folder)"
-            )
-        text_BLC, mask_BL = text_BLC.float(), mask_BL.long()
-        if self.null_text_LC is None:
-            self.null_text_LC, self.null_mask_L = self._null(*text_BLC.shape[1:])
-        return Condition(text=text_BLC, text_mask=mask_BL)
+def drop_to_null(cond: Condition, null: Condition, gen: torch.Generator) -> Condition:
+    """CFG dropout: 10 % of text conditions become the null condition (DiT's label embedding drops its own)."""
+    if cond.text is None:
+        return cond
+    drop_B = torch.rand(cond.batch_size, generator=gen) < 0.1
+    return Condition(
+        text=torch.where(drop_B[:, None, None], null.text, cond.text),
+        text_mask=torch.where(drop_B[:, None], null.text_mask, cond.text_mask),
+    )
 
-    def _null(self, length: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.t5 is not None:
-            from ard_scale.models.text_encoder import encode_captions
 
-            text, mask = encode_captions(*self.t5, [""], max_length=length)
-            return text[0].float(), mask[0].long()
-        # no encoder for the empty caption: a zero embedding with one valid token (all-masked attention is undefined)
-        return torch.zeros(length, channels), F.one_hot(torch.tensor(0), length).long()
-
-    def null(self, batch_size: int) -> Condition:
-        if self.kind == "labels":
-            return Condition(labels=torch.full((batch_size,), self.num_classes, dtype=torch.long))
-        return Condition(
-            text=self.null_text_LC.expand(batch_size, -1, -1), text_mask=self.null_mask_L.expand(batch_size, -1)
+def caption_channels(batch: dict, text_encoder: str | None, data_path: str) -> int:
+    """The T5 width a pixart teacher on shards reads: the shards' embeddings', else the local T5's."""
+    if "t5_emb" in batch:
+        return int(batch["t5_emb"].shape[-1])
+    if text_encoder is None:
+        raise ValueError(
+            f"the shards at {data_path} carry no T5 embeddings (t5_emb/t5_mask) for a pixart teacher: "
+            "precompute them with launchers/precompute_text.py or pass --text-encoder PATH (a local T5 folder)"
         )
+    from transformers import AutoConfig
 
-    def drop(self, cond: Condition, gen: torch.Generator) -> Condition:
-        """CFG dropout: 10 % of text conditions become the null condition (DiT's label embedding drops its own)."""
-        if self.kind == "labels":
-            return cond
-        drop_B = torch.rand(cond.batch_size, generator=gen) < 0.1
-        null = self.null(cond.batch_size)
-        return Condition(
-            text=torch.where(drop_B[:, None, None], null.text, cond.text),
-            text_mask=torch.where(drop_B[:, None], null.text_mask, cond.text_mask),
-        )
+    return int(AutoConfig.from_pretrained(text_encoder).d_model)
 
 
 def shard_batches(path: str, fmt: str, batch_size: int, resolution: int, seed: int):
@@ -245,19 +211,15 @@ def save_grid(samples: torch.Tensor, per_class: int, path: Path, num_rows: int =
     image.resize((per_class * 32, num_rows * 32), Image.NEAREST).save(path)
 
 
-def recipe_defaults(path: Path | None) -> dict:
-    if path is None:
+def recipe_defaults(cfg: RootConfig | None) -> dict:
+    """The fit's settings a loaded (validated) recipe gives: its teacher family and size, the objective of its
+    diffusion section and its data."""
+    if cfg is None:
         return {}
-    import yaml
-
-    raw = yaml.safe_load(path.read_text()) or {}
-    teacher, diffusion, data = raw.get("teacher", {}), raw.get("diffusion", {}), raw.get("data", {})
-    out = {"family": teacher.get("family"), "size": teacher.get("size")}
-    out.update(data=data.get("path"), data_format=data.get("format"))
-    if diffusion.get("schedule") == "flow":
-        out["objective"] = "flow"
-    elif diffusion.get("prediction_type") in ("epsilon", "v_prediction"):
-        out["objective"] = diffusion["prediction_type"]
+    d = cfg.diffusion
+    out = {"family": cfg.teacher.family, "size": cfg.teacher.size, "resolution": cfg.data.resolution}
+    out["objective"] = "flow" if d.schedule == "flow" else d.prediction_type
+    out.update(data=cfg.data.path, data_format=cfg.data.format)
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -270,7 +232,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--family", choices=sorted(FAMILIES))
     parser.add_argument("--size", help="named teacher size (default debug)")
     parser.add_argument("--objective", choices=("epsilon", "v_prediction", "flow"))
-    parser.add_argument("--resolution", type=int, default=8, help="pixel resolution trained at")
+    parser.add_argument("--resolution", type=int, help="pixel resolution trained at (default: the recipe's, else 8)")
     parser.add_argument("--data", help="a shard set (folder) to train on instead of the in-memory digits")
     parser.add_argument("--data-format", choices=("webdataset", "mds"), help="format of --data")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=1, help="image channels (1: mean over RGB)")
@@ -290,8 +252,10 @@ def main(argv=None) -> dict:
         "--guidance", type=float, default=1.5, help="guidance scale for the sample grid (FLUX: the embedded value)"
     )
     args = parser.parse_args(argv)
-    defaults = {"family": "dit", "size": "debug", "objective": "epsilon", **recipe_defaults(args.recipe)}
+    cfg = load_config(args.recipe) if args.recipe is not None else None  # checked as the trainer checks it
+    defaults = {"family": "dit", "size": "debug", "objective": "epsilon", "resolution": 8, **recipe_defaults(cfg)}
     family, size, objective = (getattr(args, k) or defaults[k] for k in ("family", "size", "objective"))
+    args.resolution = args.resolution or defaults["resolution"]
     kind = get_family(family).condition_kind
     data_path, data_format = args.data or defaults.get("data"), args.data_format or defaults.get("data_format")
     if data_path is not None and data_format is None:
@@ -328,15 +292,15 @@ def main(argv=None) -> dict:
     else:
         stream = shard_batches(data_path, data_format, args.batch_size, args.resolution, args.seed)
         first = next(stream)
-        conditioner = ShardConditioner(family, data_path, args.num_classes, args.text_encoder, args.max_length)
-        first_cond = conditioner(first)
         if kind == "text":
-            overrides["caption_channels"] = first_cond.text.shape[-1]
+            overrides["caption_channels"] = caption_channels(first, args.text_encoder, data_path)
         stream = itertools.chain([first], stream)
+        conditioner = None  # the trainer's, built with the teacher
 
         def next_batch() -> tuple[torch.Tensor, Condition]:
             batch = next(stream)
-            return to_channels(batch["images"], args.channels), conditioner.drop(conditioner(batch), gen)
+            cond, null = conditioner(batch)
+            return to_channels(batch["images"], args.channels), drop_to_null(cond, null or zero_null(cond), gen)
 
     overrides.update(
         num_layers=args.layers,
@@ -349,7 +313,12 @@ def main(argv=None) -> dict:
     ema = copy.deepcopy(teacher).requires_grad_(False).eval()
     schedule = FlowSchedule() if objective == "flow" else VPSchedule(prediction_type=objective)
     if data_path is None:
-        conditioner = Conditioner(teacher, seed=args.seed, guidance=args.guidance)
+        conditioner = ClassConditioner(teacher, seed=args.seed, guidance=args.guidance)
+    else:
+        conditioner = shard_conditioner(teacher, args.text_encoder, args.max_length, args.guidance)
+        first_cond, first_null = conditioner(first)
+        if kind == "text":
+            first_null = first_null or zero_null(first_cond)
     opt = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=0.0)
 
     losses, t0 = [], time.perf_counter()
@@ -382,17 +351,15 @@ def main(argv=None) -> dict:
         acc, num_rows = sample_accuracy(samples, sample_labels, images, labels), NUM_CLASSES
     else:  # one row per condition of the first batch (at most 8)
         num_rows = min(8, first_cond.batch_size)
-        cond = select(first_cond, torch.arange(num_rows).repeat_interleave(per_class))
-        null = conditioner.null(cond.batch_size)
+        rows = torch.arange(num_rows).repeat_interleave(per_class)
+        cond, null = select(first_cond, rows), select(first_null, rows)
         samples = sample(ema, schedule, cond, null, shape, args.guidance, args.sample_steps)
         acc = None
     ema.model.save_pretrained(args.out / "transformer")
     if kind == "text" and data_path is None:
         torch.save(conditioner.captions, args.out / "captions.pt")
     elif kind == "text":
-        torch.save(
-            {"t5_emb": conditioner.null_text_LC, "t5_mask": conditioner.null_mask_L}, args.out / "null_caption.pt"
-        )
+        torch.save({"t5_emb": first_null.text[0], "t5_mask": first_null.text_mask[0]}, args.out / "null_caption.pt")
     _scheduler_for(schedule).save_pretrained(args.out / "scheduler")
     save_grid(samples, per_class, args.out / "samples.png", num_rows)
     result = {

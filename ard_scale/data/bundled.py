@@ -16,6 +16,8 @@ import sys
 import tempfile
 from collections import Counter
 
+import torch
+
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "digits")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_SIZE = 32
@@ -46,6 +48,31 @@ def bundled_digits_path(format: str) -> str:
     if format not in ("webdataset", "mds"):
         raise ValueError(f"format={format!r}: the bundled digits exist as 'webdataset' and 'mds'")
     return os.path.join(BUNDLED_DIR, format)
+
+
+def load_digits(resolution: int, format: str = "webdataset") -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1,797 bundled digits as the data loader delivers them at `resolution`: (N, 1, R, R) in [-1, 1] (the
+    grayscale PNG's one channel) and (N,) class labels, in storage order. The same decode and resize a run on
+    `bundled:digits/*` reads, so a teacher fitted on these, the GAN stage's reals and an evaluation's reference set are
+    one distribution (the digits resampled 8 -> 32 -> R differ from sklearn's 8x8 arrays)."""
+    from ard_scale.data import DataConfig, build_loader  # the loader resolves `bundled:` paths through this module
+
+    config = DataConfig(
+        format=format,
+        path=bundled_digits_path(format),
+        batch_size=256,
+        resolution=resolution,
+        num_workers=0,
+        shuffle=False,
+        num_epochs=1,
+    )
+    keys, images, labels = [], [], []
+    for batch in build_loader(config, rank=0, world_size=1):
+        keys += batch["keys"]
+        images.append(batch["images"][:, :1])
+        labels.append(batch["labels"])
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return torch.cat(images)[order], torch.cat(labels)[order].long()
 
 
 def caption_for(label: int) -> str:

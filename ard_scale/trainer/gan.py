@@ -58,6 +58,7 @@ class GANStage:
     cfg: GANConfig
     heads: ReplicatedModule  # .module is the Discriminator
     features: Features  # (x_t, t, cond) -> hidden states of the chosen backbone blocks
+    seed: int  # train.seed: the key of the stage's noise stream
 
     @property
     def disc(self) -> Discriminator:
@@ -138,16 +139,16 @@ def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int]]:
     return features, layers
 
 
-def build_gan(run: Run, cfg: GANConfig | None = None) -> GANStage:
-    """The heads (replicated, own optimizer) and the feature function for `cfg` (default: the run's `gan`)."""
-    cfg = cfg or run.cfg.gan
+def build_gan(run: Run, cfg: GANConfig, *, seed: int, grad_clip: float) -> GANStage:
+    """The heads (replicated, own optimizer, clipped at `grad_clip`) and the feature function for `cfg`; `seed` keys
+    the heads' initialisation and the stage's noise."""
     features, layers = backbone_features(run, cfg)
-    torch.manual_seed(run.cfg.train.seed + 1)  # the heads' initialisation (then broadcast from rank 0 anyway)
+    torch.manual_seed(seed + 1)  # the heads' initialisation (then broadcast from rank 0 anyway)
     disc = Discriminator.for_teacher(run.teacher, num_heads=len(layers), hidden=cfg.head_hidden)
     disc.to(run.engine.device)
-    heads = ReplicatedModule(disc, lr=cfg.d_lr, betas=cfg.d_betas, grad_clip=run.cfg.train.grad_clip)
+    heads = ReplicatedModule(disc, lr=cfg.d_lr, betas=cfg.d_betas, grad_clip=grad_clip)
     run.codec.to(run.engine.device)
-    stage = GANStage(cfg=cfg, heads=heads, features=features)
+    stage = GANStage(cfg=cfg, heads=heads, features=features, seed=seed)
     stage.freeze()
     return stage
 
@@ -240,8 +241,8 @@ def real_latents(run: Run, batch: dict[str, Any], device) -> torch.Tensor:
     images = batch.get("images")
     if images is None:
         raise ValueError(
-            f"the GAN stage needs real images but the batch from {run.cfg.data.path} has none; give image shards "
-            "in data.path (the GAN reals) or disable gan.enabled"
+            "the GAN stage needs real images but this batch has none (trajectory or text-only data?); give image "
+            "shards in data.path (the GAN reals) or disable gan.enabled"
         )
     latents = run.codec.encode(images.to(device))
     if tuple(latents.shape[1:]) != run.latent_shape:
@@ -314,7 +315,7 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
     states, cond = teacher_states(run, batch, step)
     t1 = time.perf_counter()
     reals = real_latents(run, batch, states.device)
-    noise = GANNoise.draw(run.cfg.train.seed, step, run.rank, tuple(reals.shape), run.schedule.t_max, states.device)
+    noise = GANNoise.draw(gan.seed, step, run.rank, tuple(reals.shape), run.schedule.t_max, states.device)
 
     g = generator_phase(run, gan, states, cond, noise, step)
     nan = any_rank(not (torch.isfinite(g.total).item() and torch.isfinite(g.loss_g).item()))

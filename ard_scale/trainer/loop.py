@@ -134,7 +134,7 @@ def train(cfg: RootConfig) -> list[float]:
     ckpt = open_run_dir(cfg, rank)
     run_dir, ck = ckpt.run_dir, cfg.checkpoint
     run = build_run(cfg, rank, world, adapt_ds_config=ckpt.resume_ds_config, fresh=ckpt.latest_tag() is None)
-    gan = build_gan(run) if cfg.gan.enabled else None
+    gan = build_gan(run, cfg.gan, seed=cfg.train.seed, grad_clip=cfg.train.grad_clip) if cfg.gan.enabled else None
     watch = DivergenceWatch(cfg.gan.divergence_factor) if gan is not None else None
     ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
     progress = Progress()

@@ -37,7 +37,9 @@ def main(out_dir: str) -> None:
     run = build_run(cfg, rank, world)
     batches = iter(run.loader)
     for step, backbone in enumerate(["student", "teacher"]):
-        gan = build_gan(run, dataclasses.replace(cfg.gan, backbone=backbone))
+        gan = build_gan(
+            run, dataclasses.replace(cfg.gan, backbone=backbone), seed=cfg.train.seed, grad_clip=cfg.train.grad_clip
+        )
         batch = next(batches)
         states, cond = teacher_states(run, batch, step)
         reals = real_latents(run, batch, states.device)

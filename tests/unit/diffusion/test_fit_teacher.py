@@ -9,13 +9,16 @@ import pytest
 import torch
 from caption_shards import write_caption_shards, write_tiny_t5
 
-from ard_scale.data import bundled_digits_path
+from ard_scale.config import load_config
+from ard_scale.data import DataConfig, build_loader, bundled_digits_path
+from ard_scale.data.bundled import load_digits
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
 from ard_scale.models.families import FAMILIES
 from ard_scale.models.teachers import build_teacher, load_teacher
 
 LAUNCHER = Path(__file__).resolve().parents[3] / "launchers" / "fit_teacher.py"
+RECIPES = LAUNCHER.parents[1] / "recipes"
 
 
 def _fit_teacher():
@@ -54,7 +57,7 @@ def test_fit_teacher_writes_a_loadable_folder(tmp_path, family, objective):
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     accuracy = json.loads((out / "fit.json").read_text())["sample_accuracy"]
     assert (out / "samples.png").is_file() and isinstance(accuracy, float)  # its meaning: the test below
-    conditioner = fit.Conditioner(teacher)
+    conditioner = fit.ClassConditioner(teacher)
     if family == "pixart":
         conditioner.captions = torch.load(out / "captions.pt")
         assert set(conditioner.captions) == {"text"}
@@ -63,11 +66,29 @@ def test_fit_teacher_writes_a_loadable_folder(tmp_path, family, objective):
     assert teacher(torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), cond).shape == (2, 2, 8, 8)
 
 
-def test_recipe_supplies_defaults(tmp_path):
+def test_recipe_supplies_defaults():
+    """The recipe is loaded (and checked) by the config system, with its overrides, not read as raw YAML."""
     fit = _fit_teacher()
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("teacher: {family: pixart, size: debug}\ndiffusion: {schedule: flow, prediction_type: flow}\n")
-    assert fit.recipe_defaults(recipe) == {"family": "pixart", "size": "debug", "objective": "flow"}
+    recipe = RECIPES / "tiny_t2i_cpu.yaml"
+    expected = {"family": "pixart", "size": "debug", "objective": "epsilon", "resolution": 32}
+    expected.update(data="bundled:digits/webdataset", data_format="webdataset")
+    assert fit.recipe_defaults(load_config(recipe)) == expected
+    flow = load_config(recipe, ["diffusion.schedule=flow", "diffusion.prediction_type=flow", "data.resolution=16"])
+    defaults = fit.recipe_defaults(flow)
+    assert (defaults["objective"], defaults["resolution"]) == ("flow", 16)
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "mds"])
+def test_in_memory_digits_are_the_images_a_run_reads(fmt, mds_env):
+    """The teacher's digits, the GAN stage's reals and the demo's reference set are one distribution: what the
+    training loader decodes from the bundled shards (not sklearn's 8x8 arrays, which differ from them after the
+    8 -> 32 -> 8 resampling)."""
+    images, labels = load_digits(8, fmt)
+    assert images.shape == (1797, 1, 8, 8) and labels.shape == (1797,)
+    config = DataConfig(format=fmt, path=bundled_digits_path(fmt), batch_size=64, resolution=8, num_workers=0, seed=3)
+    batch = next(iter(build_loader(config, rank=0, world_size=1)))  # shuffled
+    index = torch.tensor([int(k.rsplit("-", 1)[1]) for k in batch["keys"]])
+    assert torch.equal(images[index], batch["images"][:, :1]) and torch.equal(labels[index], batch["labels"].long())
 
 
 # a 1-layer width-32 teacher trained fast enough (no EMA) that a few dozen steps visibly lower the loss
@@ -165,7 +186,7 @@ def test_fit_on_shards_without_the_family_condition_is_an_error(tmp_path, tiny_t
     fit = _fit_teacher()
     write_caption_shards(str(tmp_path / "shards"), tiny_t5, num_samples=4, with_label=False)
     mds = ["--data", str(tmp_path / "shards"), "--data-format", "mds", "--steps", "1", "--out", str(tmp_path / "o")]
-    with pytest.raises(ValueError, match="no class label"):
+    with pytest.raises(ValueError, match="needs class labels, but the data shards carry none"):
         fit.main([*mds, "--family", "dit"])
     wds = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset", "--steps", "1"]
     with pytest.raises(ValueError, match="no T5 embeddings"):
@@ -192,7 +213,7 @@ def test_fit_teacher_defaults_work_for_every_family(tmp_path, family, capsys):
         assert sum(c.axes_dims_rope) == c.attention_head_dim and c.in_channels == 4
     if family == "sd3":
         assert c.caption_projection_dim == 64
-    conditioner = fit.Conditioner(teacher, guidance=1.5)
+    conditioner = fit.ClassConditioner(teacher, guidance=1.5)
     if teacher.spec.condition_kind == "text":
         conditioner.captions = torch.load(tmp_path / "t" / "captions.pt")
     out = teacher(torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), conditioner(torch.tensor([3, 10])))
