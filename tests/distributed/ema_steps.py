@@ -1,6 +1,7 @@
-"""Run by torchrun from test_ema.py: a ZeroEMA of a DeepSpeed student engine (ZeRO stage from argv) next to a
-plain-tensor EMA of the gathered parameters, a per-rank save/load round trip, and `swapped_in` against a plain
-(unpartitioned) student loaded with the EMA weights. Each rank writes what it measured as JSON (OUT.rank<r>.json).
+"""Run by torchrun from test_ema.py: a ZeroEMA of a DeepSpeed student engine (each ZeRO stage given on the command
+line, in turn) next to a plain-tensor EMA of the gathered parameters, a per-rank save/load round trip, and
+`swapped_in` against a plain (unpartitioned) student loaded with the EMA weights. Each rank writes what it measured
+as JSON (OUT.stage<s>.rank<r>.json).
 
 ZeRO-3 keeps parameters below `stage3_param_persistence_threshold` gathered between steps; the threshold is set so
 the debug model has both kinds (biases and norms persistent, matrices partitioned)."""
@@ -53,8 +54,7 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def main(out_path: str, stage: int) -> None:
-    rank, world = init_distributed()
+def ema_report(stage: int, rank: int, out_path: str) -> dict:
     torch.manual_seed(0)
     teacher = build_teacher("dit", "debug", seed=1)
     student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule())
@@ -131,9 +131,17 @@ def main(out_path: str, stage: int) -> None:
         reference[name] = DECAY * reference[name] + (1 - DECAY) * p
     report["after_swap_full_vs_reference"] = max_diff(ema.full_state_dict(), reference)
 
-    with open(f"{out_path}.rank{rank}.json", "w") as f:
-        json.dump(report, f)
+    return report
+
+
+def main(out_path: str, *stages: int) -> None:
+    """One report per ZeRO stage, in turn in this process (a fresh student and engine each): OUT.stageN.rankR.json."""
+    rank, _ = init_distributed()
+    for stage in stages:
+        report = ema_report(stage, rank, f"{out_path}.stage{stage}")
+        with open(f"{out_path}.stage{stage}.rank{rank}.json", "w") as f:
+            json.dump(report, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], *map(int, sys.argv[2:]))

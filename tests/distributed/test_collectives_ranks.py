@@ -1,4 +1,4 @@
-"""Issue 16 item 4: the skip counters logged to metrics.jsonl are sums over ranks by reason, so rank 1's skips show
+"""The skip counters logged to metrics.jsonl are sums over ranks by reason, so rank 1's skips show
 on rank 0 (which writes the log); the small collectives give every rank the same answer. 2 ranks, gloo."""
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 16 items 3 and 5 at the trainer's data boundary: ranks whose streams differ (an all-corrupt micro-batch on
+"""Ranks whose streams differ (an all-corrupt micro-batch on
 one rank, finite data that ends earlier on one rank) still draw in lockstep, redraw together and stop together at
 the same step, and the step's sample count is the sum of real samples. 2 ranks, gloo, no DeepSpeed."""
 

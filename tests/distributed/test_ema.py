@@ -19,17 +19,23 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ema_steps.py")
 
 
-def run(stage: int, out: Path, world: int = 2) -> list[dict]:
-    proc = torchrun(world, SCRIPT, out, stage, timeout=900)
+STAGES = (3, 2)
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> dict[int, list[dict]]:
+    """Both ZeRO stages in one 2-rank launch: {stage: [rank 0's report, rank 1's]}."""
+    out = tmp_path_factory.mktemp("ema") / "ema"
+    proc = torchrun(2, SCRIPT, out, *STAGES, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(world)]
+    return {s: [json.loads(Path(f"{out}.stage{s}.rank{r}.json").read_text()) for r in range(2)] for s in STAGES}
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage", [3, 2])
-def test_zero_ema_matches_plain_ema_round_trips_and_swaps(tmp_path, stage):
-    for report in run(stage, tmp_path / "ema"):
+@pytest.mark.parametrize("stage", STAGES)
+def test_zero_ema_matches_plain_ema_round_trips_and_swaps(reports, stage):
+    for report in reports[stage]:
         assert report["zero3"] == (stage == 3)
         if stage == 3:  # the debug student has both persistent and partitioned parameters
             assert report["persistent"] > 0 and report["partitioned"] > 0

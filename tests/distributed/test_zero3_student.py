@@ -14,18 +14,27 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("zero3_train_steps.py")
 
 
-def run(world: int, family: str, out: Path) -> dict:
-    proc = torchrun(world, SCRIPT, out, family)
+FAMILIES = ("dit", "pixart")
+
+
+def run(world: int, out: Path) -> dict:
+    proc = torchrun(world, SCRIPT, out, *FAMILIES)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[dict, dict]:
+    """Every family on 1 rank, then on 2 ranks: two launches."""
+    tmp = tmp_path_factory.mktemp("zero3")
+    return run(1, tmp / "one.json"), run(2, tmp / "two.json")
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("family", ["dit", "pixart"])
-def test_zero3_student_and_teacher_engines_train_like_plain_pytorch(tmp_path, family):
-    one = run(1, family, tmp_path / "one.json")
-    two = run(2, family, tmp_path / "two.json")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero3_student_and_teacher_engines_train_like_plain_pytorch(runs, family):
+    one, two = (r[family] for r in runs)
     assert one["losses"][0] == pytest.approx(one["reference_first_loss"], rel=1e-6)
     assert two["losses"][0] == pytest.approx(one["losses"][0], rel=1e-6)
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)  # same math, different reduction order

@@ -1,5 +1,6 @@
 """Run by torchrun from test_zero3_student.py: a few ARD regression steps with a ZeRO-3 student engine and a frozen
-ZeRO-3 teacher engine generating guided trajectories on the fly (gathered once per batch). Writes losses as JSON."""
+ZeRO-3 teacher engine generating guided trajectories on the fly (gathered once per batch), for each family named on
+the command line in turn (one launch for all of them). Writes {family: losses} as JSON."""
 
 import json
 import sys
@@ -25,8 +26,7 @@ from ard_scale.models.teachers import build_teacher
 GLOBAL_BATCH, STEPS, S = 4, 6, 4
 
 
-def main(out_path: str, family: str) -> None:
-    rank, world = init_distributed()
+def train_steps(family: str, rank: int, world: int) -> dict:
     micro = GLOBAL_BATCH // world
     torch.manual_seed(0)
     teacher = build_teacher(family, "debug", seed=1)
@@ -78,10 +78,16 @@ def main(out_path: str, family: str) -> None:
         mean = loss.detach().clone()
         torch.distributed.all_reduce(mean)
         losses.append(mean.item() / world)
+    return {"losses": losses, "reference_first_loss": reference}
+
+
+def main(out_path: str, *families: str) -> None:
+    rank, world = init_distributed()
+    results = {family: train_steps(family, rank, world) for family in families}
     if rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"losses": losses, "reference_first_loss": reference}, f)
+            json.dump(results, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -2,6 +2,7 @@
 no __init__.py)."""
 
 import json
+import shutil
 from pathlib import Path
 
 from ard_scale.utils.launch import torchrun
@@ -20,11 +21,27 @@ def losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def resume_copy(source: Path, step: int, dest: Path) -> Path:
+    """A run directory at `dest` holding `source`'s checkpoint of `step` as its latest and the metrics up to it: what
+    a run of the same recipe stopped after `step` holds (the same save), without a second launch to make it."""
+    tag = f"step_{step:08d}"
+    (dest / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source / "checkpoints" / tag, dest / "checkpoints" / tag)
+    (dest / "checkpoints" / "latest").write_text(tag)
+    lines = (source / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (dest / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
+    return dest
+
+
 def straight_and_resumed(recipe: str, tmp: Path, *overrides: str) -> dict[str, Path]:
-    """Two replay runs of 4 steps: `full` straight through, `split` stopped after step 2 and resumed."""
-    full, split = tmp / "full", tmp / "split"
-    steps = [(full, "train.max_steps=4"), (split, "train.max_steps=2"), (split, "train.max_steps=4")]
-    for run_dir, max_steps in steps:
-        proc = train(recipe, run_dir, *REPLAY, *overrides, max_steps)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    """Two replay runs of 4 steps: `full` straight through (saving at steps 2 and 4), and `split` resumed at step 2
+    from a copy of full's step-2 checkpoint, which must then repeat full's steps 3 and 4 bit for bit."""
+    full = tmp / "full"
+    saves = ("checkpoint.every=2", "checkpoint.keep_last=2")
+    proc = train(recipe, full, *REPLAY, *overrides, *saves, "train.max_steps=4")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    split = resume_copy(full, 2, tmp / "split")
+    proc = train(recipe, split, *REPLAY, *overrides, *saves, "train.max_steps=4")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resumed from step 2 " in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
     return {"tmp": tmp, "full": full, "split": split}

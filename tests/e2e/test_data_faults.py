@@ -1,4 +1,4 @@
-"""Issue 16 items 3 and 5, end to end on 2 ranks (launchers/train.py, real DeepSpeed ZeRO-3 on gloo): a corrupt MDS
+"""End to end on 2 ranks (launchers/train.py, real DeepSpeed ZeRO-3 on gloo): a corrupt MDS
 shard is skipped and counted and the run ends (it hung), and finite data stops every rank at the same step with a
 checkpoint and a message (it ended in a bare StopIteration). The bound on a run is the subprocess timeout."""
 

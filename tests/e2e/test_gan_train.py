@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from recipe_runs import resume_copy
 
 from ard_scale.checkpoint.export import load_student_weights
 from ard_scale.config import ConfigError, load_config
@@ -24,6 +25,7 @@ def train(run_dir: Path, *overrides: str, launcher: str = "torchrun"):
     proc = torchrun(2, *args, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "pulling the student off its teacher" not in proc.stderr  # the divergence watchdog stays quiet
+    return proc
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -36,9 +38,10 @@ def test_gan_stage_starts_from_a_regression_run_and_resumes_bit_identically(tmp_
     regression, full, split = tmp_path / "regression", tmp_path / "full", tmp_path / "split"
     train(regression, "train.max_steps=2")
     init = f"gan.init_from={regression}"
-    train(full, *GAN, init, "train.max_steps=3")
-    train(split, *GAN, init, "train.max_steps=2")
-    train(split, *GAN, init, "train.max_steps=3")  # resumes from its own step-2 checkpoint, not from init_from
+    train(full, *GAN, init, "train.max_steps=3", "checkpoint.every=2")
+    resume_copy(full, 2, split)  # what a GAN run stopped after step 2 holds
+    resumed = train(split, *GAN, init, "train.max_steps=3", "checkpoint.every=2")
+    assert "resumed from step 2 " in resumed.stderr  # from its own step-2 checkpoint, not from init_from
     # ZeRO stage 0 (replicated teacher), started by DeepSpeed's own launcher: the same numbers. The adaptive weight's
     # gradients never run a backward into the engine's (DeepSpeed-hooked) output, which ZeRO 0 refuses and ZeRO 1-2
     # answer by reducing an empty bucket.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_runs import resume_copy
 
 from ard_scale.checkpoint.universal import to_universal
 from ard_scale.utils.launch import torchrun
@@ -31,20 +32,23 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 REPLAY = ("train.trajectory_source=replay", "train.replay_times=2")
+REPLAY_RUN = (*REPLAY, "log.tensorboard=true", "checkpoint.every=3")
 
 
 @pytest.fixture(scope="module")
 def replay_run(tmp_path_factory) -> Path:
-    """5 uninterrupted steps with replay R=2 and TensorBoard on; step 1 is also the plain online run's step 1."""
+    """5 uninterrupted steps with replay R=2 and TensorBoard on, saving after step 3; step 1 is also the plain online
+    run's step 1."""
     run_dir = tmp_path_factory.mktemp("replay") / "full"
-    train(run_dir, *REPLAY, "train.max_steps=5", "log.tensorboard=true")
+    train(run_dir, *REPLAY_RUN, "train.max_steps=5")
     return run_dir
 
 
 def test_replay_calls_the_teacher_every_r_steps_and_resumes_mid_cycle_bit_identically(replay_run, tmp_path):
-    split = tmp_path / "split"
-    train(split, *REPLAY, "train.max_steps=3")  # stops after step 3, the first step of the cycle {3, 4}
-    train(split, *REPLAY, "train.max_steps=5")  # step 4 must replay step 3's trajectories from the checkpoint
+    # the step-3 checkpoint, as a run stopped after step 3 (the first step of the cycle {3, 4}) holds it
+    split = resume_copy(replay_run, 3, tmp_path / "split")
+    proc = train(split, *REPLAY_RUN, "train.max_steps=5")  # step 4 must replay step 3's trajectories from it
+    assert "resumed from step 3 " in proc.stderr
     full, pieces = metrics(replay_run), metrics(split)
     assert [m["teacher_batches"] for m in full] == [1, 0, 1, 0, 1]  # one teacher solve per micro-batch per cycle
     assert [m["step"] for m in pieces] == [1, 2, 3, 4, 5]

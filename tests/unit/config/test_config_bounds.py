@@ -1,4 +1,4 @@
-"""Issue 16 item 6: every numeric, string and typed field of every recipe, mutated to 0, -1, inf, nan, 1e30, 10**30,
+"""Every numeric, string and typed field of every recipe, mutated to 0, -1, inf, nan, 1e30, 10**30,
 "" and a value of the wrong type, is either a ConfigError naming that key or a config that is usable (strict JSON,
 seeds that numpy and torch take, a schedule that builds, data settings the reader accepts). Config loading only:
 deterministic and fast. Also: the checks never divide by an unchecked value."""

@@ -1,4 +1,4 @@
-"""Issue 16 item 8: small collectives put their tensor where the backend reduces it (CUDA under NCCL, CPU under
+"""Small collectives put their tensor where the backend reduces it (CUDA under NCCL, CPU under
 gloo), and are the same answers without a process group."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 16 items 5 and 6 at the trainer: class labels beyond teacher.num_classes, channel options beyond the
+"""Class labels beyond teacher.num_classes, channel options beyond the
 latent's channels, metrics.jsonl kept strict JSON, and the reachability check of train.max_steps (one process)."""
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 16 item 7: Ctrl-C (SIGINT) is a clean stop like SIGTERM and SIGUSR1: it sets the flag the loop checkpoints
+"""Ctrl-C (SIGINT) is a clean stop like SIGTERM and SIGUSR1: it sets the flag the loop checkpoints
 on, instead of raising KeyboardInterrupt wherever the process happens to be."""
 
 import os
