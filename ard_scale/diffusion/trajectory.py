@@ -28,6 +28,7 @@ import torch
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import CLEAN_T, FlowSchedule, Schedule, VPSchedule, check_close_grid
 from ard_scale.diffusion.solvers import Denoiser, check_solver, guided_model, solve
+from ard_scale.utils.noise import Draws
 
 Record = Literal["noisy", "x0"]
 
@@ -55,11 +56,11 @@ class Trajectory:
 def draw_noise(
     seeds: Sequence[int] | torch.Tensor, shape_CHW: Sequence[int], *, device=None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """(B, C, H, W) N(0, I) noise, sample b drawn on the CPU from its own `torch.Generator` seeded with seeds[b], so a
-    sample's noise does not depend on the batch it is in nor on the device. Same numbers as diffusers' `randn_tensor`
-    with a list of CPU generators."""
+    """(B, C, H, W) N(0, I) noise, sample b drawn on the CPU from its own seed (`ard_scale.utils.noise.Draws`), so a
+    sample's noise does not depend on the batch it is in nor on the device. For seeds below 2**32, the same numbers
+    as diffusers' `randn_tensor` with a list of CPU generators; above, all 64 bits of the seed count."""
     seeds = [int(s) for s in (seeds.tolist() if torch.is_tensor(seeds) else seeds)]
-    noise = [torch.randn((1, *shape_CHW), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+    noise = [Draws(s).normal((1, *shape_CHW)) for s in seeds]
     return torch.cat(noise).to(device=device, dtype=dtype)
 
 

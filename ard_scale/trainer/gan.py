@@ -46,7 +46,7 @@ from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.trainer.build import Run
 from ard_scale.trainer.step import any_rank, mean_over_ranks, teacher_states
-from ard_scale.utils.noise import Stream, noise_seed
+from ard_scale.utils.noise import Draws, Stream, noise_seed
 
 RANK_BITS = 16  # the GAN stream's index is (step << RANK_BITS) | rank
 
@@ -168,15 +168,9 @@ class GANNoise:
     def draw(seed: int, step: int, rank: int, shape: tuple[int, ...], t_max: float, device) -> GANNoise:
         if not 0 <= rank < 2**RANK_BITS:
             raise ValueError(f"rank {rank}: the GAN noise stream keys at most {2**RANK_BITS} ranks")
-        g = torch.Generator().manual_seed(noise_seed(Stream.GAN, seed, (step << RANK_BITS) | rank))
+        g = Draws(noise_seed(Stream.GAN, seed, (step << RANK_BITS) | rank))
         B = shape[0]
-        draws = [
-            torch.rand(B, generator=g, dtype=torch.float64) * t_max,
-            torch.randn(shape, generator=g),
-            torch.rand(B, generator=g, dtype=torch.float64) * t_max,
-            torch.randn(shape, generator=g),
-            torch.randn(shape, generator=g),
-        ]
+        draws = [g.uniform((B,)) * t_max, g.normal(shape), g.uniform((B,)) * t_max, g.normal(shape), g.normal(shape)]
         return GANNoise(*(d.to(device) for d in draws))
 
 

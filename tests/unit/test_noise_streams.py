@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from ard_scale.config import ConfigError, load_config
+from ard_scale.diffusion.trajectory import draw_noise
+from ard_scale.evaluation.grids import fixed_noise
 from ard_scale.trainer.gan import GANNoise
 from ard_scale.trainer.trajectories import NoiseSeeds
-from ard_scale.utils.noise import MAX_INDEX, MAX_KEY, Stream, eval_seeds, noise_seed, stream_of
+from ard_scale.utils.noise import MAX_INDEX, MAX_KEY, TORCH_SEEDS, Draws, Stream, eval_seeds, noise_seed, stream_of
 
 
 def test_training_seeds_keep_their_layout():
@@ -46,9 +48,29 @@ def test_gan_draws_are_their_own_stream():
     a, b, c = (GANNoise.draw(0, step, rank, shape, 1.0, "cpu") for step, rank in [(3, 0), (3, 1), (4, 0)])
     assert not torch.equal(a.noise_fake, b.noise_fake) and not torch.equal(a.noise_fake, c.noise_fake)
     assert torch.equal(a.noise_fake, GANNoise.draw(0, 3, 0, shape, 1.0, "cpu").noise_fake)
-    key = noise_seed(Stream.GAN, 0, 3 << 16)
-    g = torch.Generator().manual_seed(key)
-    torch.rand(2, generator=g, dtype=torch.float64)
-    assert torch.equal(a.noise_fake, torch.randn(shape, generator=g))
+    g = Draws(noise_seed(Stream.GAN, 0, 3 << 16))
+    g.uniform((2,))
+    assert torch.equal(a.noise_fake, g.normal(shape))
+    assert not torch.equal(a.noise_fake, GANNoise.draw(1, 3, 0, shape, 1.0, "cpu").noise_fake)  # the run's seed counts
     with pytest.raises(ValueError, match="ranks"):
         GANNoise.draw(0, 0, 2**16, shape, 1.0, "cpu")
+
+
+def test_the_noise_itself_differs_not_only_the_seeds():
+    """torch's CPU generator keys on a seed's low 32 bits: with it, evaluation sample i, and position i of a run with
+    any train.seed, drew the noise of train.seed 0's position i. Every bit of a seed must count."""
+    shape = (1, 4, 4)
+    train_0 = draw_noise(NoiseSeeds(seed=0, rank=0, world_size=1, grad_accum=1)(0, 4), shape)
+    train_1 = draw_noise(NoiseSeeds(seed=1, rank=0, world_size=1, grad_accum=1)(0, 4), shape)
+    evaluation = draw_noise(eval_seeds(4), shape)
+    assert torch.equal(fixed_noise(4, shape, eval_seeds(1)[0]), evaluation)  # the in-loop evaluation's noise
+    for a, b in [(train_0, train_1), (train_0, evaluation), (train_1, evaluation)]:
+        assert not torch.isclose(a, b).any()
+    # seeds below 2**32 keep torch's numbers: diffusers' per-sample CPU generators draw the same noise
+    seeds = [0, 7, TORCH_SEEDS - 1]
+    expected = torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
+    assert torch.equal(draw_noise(seeds, shape), expected)
+    assert not torch.equal(Draws(TORCH_SEEDS).normal(shape), Draws(0).normal(shape))
+    assert torch.equal(Draws(2**64 - 1).normal(shape), Draws(2**64 - 1).normal(shape))  # deterministic
+    with pytest.raises(ValueError, match="outside"):
+        Draws(2**64)
