@@ -15,6 +15,7 @@ import torch
 
 from ard_scale.config.ard import ATTENTION_KINDS
 
+RECOMPILE_LIMIT = 64  # distinct shapes the compiled kernel serves in one process
 _compiled = None  # torch.compile(flex_attention), created on first use (compiling is per shape, on the first call)
 
 
@@ -92,4 +93,7 @@ def history_attention(
         def score_mod(score, b, h, q_idx, kv_idx):
             return torch.where(keep[b, kv_idx], score, -float("inf"))
 
-    return _flex_attention()(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    # compiled once per shape (dynamic=False): training, prefix recomputes and key-mask variants are more shapes than
+    # dynamo's default 8 recompiles, after which it would silently fall back to the eager (dense) flex_attention
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return _flex_attention()(q, k, v, score_mod=score_mod, block_mask=block_mask)
