@@ -268,9 +268,21 @@ def step_part(device, args, peak_tflops: float | None) -> dict:
         t3 = time.perf_counter()
         return {"teacher_s": t1 - t0, "student_s": t2 - t1, "optimizer_s": t3 - t2, "loss": loss.item()}
 
+    while True:  # the largest batch from --step-batch down that fits
+        try:
+            one_step(0)
+            break
+        except torch.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            free(device)
+            if B == 1:
+                raise
+            print(f"   step batch {B}: out of memory, trying {B // 2}")
+            B = B // 2
+            cond, null = random_condition(teacher, B, device, T, 1), random_condition(teacher, B, device, T, 2)
     for i in range(args.warmup):
-        one_step(i)
-    rows = [one_step(args.warmup + i) for i in range(args.rounds)]
+        one_step(1 + i)
+    rows = [one_step(1 + args.warmup + i) for i in range(args.rounds)]
     med = {k: statistics.median(r[k] for r in rows) for k in ("teacher_s", "student_s", "optimizer_s")}
     total = sum(med.values())
     L = (side // teacher.patch_size) ** 2
@@ -326,7 +338,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2 CUDA, 1 debug)")
     parser.add_argument("--step-batch", type=int, default=None, help="batch of the step part (default 8, debug 2)")
     parser.add_argument("--substeps", type=int, default=None, help="K teacher steps per student step (6, debug 1)")
-    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the step part")
+    parser.add_argument(
+        "--no-checkpointing",
+        dest="checkpointing",
+        action="store_false",
+        help="no activation checkpointing in the step part (on by default: 8 x 4 x 4096 tokens need it on 80 GB)",
+    )
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     unknown = sorted(set(parts) - set(PARTS))
@@ -343,6 +360,7 @@ def main(argv=None) -> int:
 
     result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "debug": args.debug}
     result["torch"] = torch.__version__
+    result["command"] = "python bench/train_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
     failed = []
 
     def section(name, fn):
