@@ -7,7 +7,9 @@ Part of `bench/gpu_check.sh`, which also runs the DeepSpeed trainer on one GPU. 
 1. environment (torch, GPU, memory, package versions);
 2. DESIGN.md invariant 2 (KV-cached sampling == full-sequence forward on the sampled trajectory) and invariant 3
    (N=0, `solver`, teacher-copied heads == the teacher's own S-step DDIM sampler at guidance 1), fp32, TF32 off;
-3. speed, measured side by side (warm-up, then rounds in rotated order, medians): training forward+backward in
+3. history attention: FlexAttention (block-sparse) == SDPA with the dense mask, every mask kind, forward and
+   gradients in bf16 on CUDA (forward at debug size on CPU);
+4. speed, measured side by side (warm-up, then rounds in rotated order, medians): training forward+backward in
    bf16 autocast (B x S states) and KV-cached S-step sampling, ARD N=6 over the N=0 baseline, plus recomputing the
    history without a cache; absolute ms and peak memory per variant; the counted FLOP ratios for comparison.
 Each section reports its own failure and the rest still run; the exit status is 1 if any failed.
@@ -334,6 +336,55 @@ def flux_invariants(device, gpu: bool, batch: int) -> dict:
     return {"size": size, "overrides": overrides, **out}
 
 
+def flex_check(device, gpu: bool) -> dict:
+    """History attention with FlexAttention (block-sparse) against SDPA with the dense mask, for every mask kind and
+    with a key padding mask: on CUDA forward and gradients in bf16 at DiT-XL/2 256 and PixArt-Σ 1024 shapes (fp32
+    reference), on the CPU the forward at debug size in fp32 (FlexAttention has no CPU backward)."""
+    import torch.nn.functional as F
+
+    from ard_scale.config.ard import MASK_KINDS
+    from ard_scale.models.attention import group_mask, token_mask
+    from ard_scale.models.flex import history_attention
+
+    shapes = (
+        {"dit_xl_2_256": (8, 16, 256, 72), "pixart_sigma_1024": (1, 16, 4096, 72)} if gpu else {"debug": (2, 2, 40, 16)}
+    )
+    dtype = torch.bfloat16 if gpu else torch.float32
+    out, worst = {}, 0.0
+    for name, (B, H, L, d) in shapes.items():
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(B, H, 4 * L, d, generator=g).to(device, dtype) for _ in range(3))
+        keep = torch.ones(B, 4 * L, dtype=torch.bool, device=device)
+        keep[0, 3:L] = False
+        for mask in MASK_KINDS:
+            for padded in (False, True):
+                mask_SS, km = group_mask(4, mask, 2), keep if padded else None
+                ins = [t.clone().requires_grad_(gpu) for t in (q, k, v)]
+                ref_ins = [t.detach().float().requires_grad_(gpu) for t in (q, k, v)]
+                o = history_attention(*ins, mask_SS, km)
+                dense = token_mask(mask_SS.to(device), L)
+                dense = dense if km is None else dense & km[:, None, None, :]
+                r = F.scaled_dot_product_attention(*ref_ins, attn_mask=dense)
+                row = {"forward_rel_err": rel_err(o.float(), r)}
+                if gpu:
+                    grad = torch.randn_like(r)
+                    (o.float() * grad).sum().backward()
+                    (r * grad).sum().backward()
+                    row["grad_rel_err"] = max(
+                        rel_err(a.grad.float(), b.grad) for a, b in zip(ins, ref_ins, strict=True)
+                    )
+                out[f"{name}/{mask}{'/padded' if padded else ''}"] = row
+                worst = max(worst, *row.values())
+    limit = 3e-2 if gpu else TOLERANCE
+    print(
+        f"   flex vs dense sdpa, {len(out)} cases ({dtype}): worst rel err {worst:.2e} -> "
+        f"{'PASS' if worst <= limit else 'FAIL'} (<= {limit})"
+    )
+    if worst > limit:
+        raise AssertionError(f"flex differs from the dense SDPA reference: worst rel err {worst:.2e} > {limit}")
+    return {"cases": out, "worst_rel_err": worst, "limit": limit}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -378,6 +429,7 @@ def main(argv=None) -> int:
     gc.collect()
     if gpu:
         torch.cuda.empty_cache()
+    check.section("flex", lambda: flex_check(device, gpu))
     check.section("speed", lambda: speed(teacher, schedule, device, args, num_classes))
     if args.flops:
         check.section("flops", lambda: flop_ratios(size, overrides, args.causal_layers))

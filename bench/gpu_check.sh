@@ -4,15 +4,20 @@
 #   bash bench/gpu_check.sh            # CUDA: DiT-XL/2 256px invariants 2+3, ARD N=6 vs N=0 speed, 1-GPU DeepSpeed
 #   bash bench/gpu_check.sh --cpu      # CPU: the same at debug size (gloo), a few minutes
 #
-# 1-3: bench/gpu_check.py (environment; invariants 2 and 3 in fp32 with TF32 off; training fwd+bwd and KV-cached
+# 1-3: bench/gpu_check.py (environment; invariants 2 and 3 in fp32 with TF32 off; flex == dense SDPA history
+#      attention, forward and gradients; training fwd+bwd and KV-cached
 #      sampling of ARD N=6 over N=0, interleaved, medians, peak memory).
-# 4:   the real trainer under torchrun on one process (nccl on CUDA, gloo on CPU): recipes/tiny_cpu.yaml for 6 steps,
+# 4:   bench/train_step.py (issue 18): student fwd+bwd ARD N=6 / N=0 with flex and with sdpa history attention at
+#      PixArt-Σ 1024 and DiT-XL/2 256, a whole regression step (teacher / student / optimizer, tokens/s, MFU against
+#      the measured bf16 matmul peak), and the teacher trajectory vs the diffusers loop; --debug sizes on CPU.
+# 5:   the real trainer under torchrun on one process (nccl on CUDA, gloo on CPU): recipes/tiny_cpu.yaml for 6 steps,
 #      then the same command to 10 steps resumes from the checkpoint; once in bf16, once in fp32. Losses from
 #      metrics.jsonl.
 # On a machine without the pinned packages, install the wheels first (the list: bench/results/gpu_check_h200.txt):
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site bash bench/gpu_check.sh
 # Env: PYTHON (default python3), OUT (where gpu_check.json and metrics_*.jsonl go; default a temp folder),
-#      SKIP_PY=1 / SKIP_DS=1 to run one part only. Exit status 1 if any part failed; every part runs regardless.
+#      SKIP_PY=1 / SKIP_STEP=1 / SKIP_DS=1 to skip a part (STEP_TIMEOUT, default 300 s, bounds part 4).
+#      Exit status 1 if any part failed; every part runs regardless.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu
@@ -45,6 +50,14 @@ if [[ -z "${SKIP_PY:-}" ]]; then
     args=(--json "$OUTDIR/gpu_check.json")
     [[ $MODE == cpu ]] && args+=(--cpu)
     $PY bench/gpu_check.py "${args[@]}" || { echo "!! gpu_check.py exited $?"; status=1; }
+fi
+
+if [[ -z "${SKIP_STEP:-}" ]]; then
+    echo
+    echo "== bench/train_step.py: student flex vs sdpa (PixArt-Σ 1024, DiT-XL/2 256), a whole step, teacher trajectory"
+    args=(--json "$OUTDIR/train_step.json")
+    [[ $MODE == cpu ]] && args+=(--debug)
+    timeout "${STEP_TIMEOUT:-300}" $PY bench/train_step.py "${args[@]}" || { echo "!! train_step.py exited $?"; status=1; }
 fi
 
 if [[ -z "${SKIP_DS:-}" ]]; then

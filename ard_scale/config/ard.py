@@ -11,6 +11,8 @@ MaskKind = Literal["diagonal", "window", "first", "causal"]
 MASK_KINDS: tuple[str, ...] = ("diagonal", "window", "first", "causal")
 OutputKind = Literal["solver", "direct"]
 OUTPUT_KINDS: tuple[str, ...] = ("solver", "direct")
+AttentionKind = Literal["flex", "sdpa", "auto"]
+ATTENTION_KINDS: tuple[str, ...] = ("flex", "sdpa", "auto")
 
 
 @dataclass(kw_only=True)
@@ -73,6 +75,10 @@ class ARDConfig:
     output: OutputKind = "solver"
     """'solver': heads predict the teacher's native target and the next state is one DDIM/Euler step;
     'direct': heads output the next state itself."""
+    attention: AttentionKind = "auto"
+    """Kernel of the history attention in the lowest N blocks: 'flex' (FlexAttention with a block-sparse mask: skips
+    the blocks the mask rules out; CUDA for training, it has no backward on CPU), 'sdpa' (dense boolean mask, the
+    reference) or 'auto' (flex on CUDA, sdpa elsewhere). The same numbers either way: not part of the config hash."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """A LoRA student sharing the teacher's frozen weights (rank 0 = off; see LoRAConfig)."""
 
@@ -98,6 +104,8 @@ class ARDConfig:
             out.append(f"mask: unknown {self.mask!r} (choose one of {', '.join(MASK_KINDS)})")
         if self.window < 1:
             out.append(f"window: must be >= 1 (a group always sees itself), got {self.window}")
+        if self.attention not in ATTENTION_KINDS:
+            out.append(f"attention: unknown {self.attention!r} (choose one of {', '.join(ATTENTION_KINDS)})")
         if self.output not in OUTPUT_KINDS:
             out.append(f"output: unknown {self.output!r} (choose one of {', '.join(OUTPUT_KINDS)})")
         return out

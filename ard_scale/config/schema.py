@@ -677,6 +677,7 @@ NOT_HASHED: tuple[str, ...] = (
     "zero.offload_optimizer",
     "zero.offload_params",
     "student.lora.share_teacher",  # one copy of the base weights or two: the same numbers, other memory
+    "student.attention",  # flex or sdpa history attention: the same numbers (to rounding), another kernel
 )
 
 

@@ -3,7 +3,9 @@
 Three ways to run it, all with the teacher's weights (`to_q`, `to_k`, `to_v`, `to_out`):
 - `grouped_attention`: block-diagonal layers (and the 'diagonal' mask) as batched per-group attention — the
   (B, S·L) sequence is folded to (B·S, L) so no mask is materialised and no cross-group work is done;
-- `masked_attention`: the lowest N layers under a history mask, SDPA with a boolean (S·L, S·L) block mask;
+- `masked_attention`: the lowest N layers under a history mask: FlexAttention with a block-sparse BlockMask
+  (ard_scale.models.flex, `student.attention: flex`), or SDPA with a dense boolean (S·L, S·L) mask (`sdpa`, the
+  reference and the fallback);
 - `cached_attention`: one new group at sampling time against a KV cache of the groups its mask lets it see.
 """
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ard_scale.config.ard import MaskKind
+from ard_scale.models.flex import history_attention
 
 
 def group_mask(num_groups: int, kind: MaskKind, window: int = 2, device=None) -> torch.Tensor:
@@ -74,11 +77,24 @@ def grouped_attention(attn: nn.Module, x_BSLD: torch.Tensor) -> torch.Tensor:
     return project_out(attn, F.scaled_dot_product_attention(q, k, v)).view(B, S, L, D)
 
 
-def masked_attention(attn: nn.Module, x_BSLD: torch.Tensor, *, mask_NN: torch.Tensor) -> torch.Tensor:
-    """Attention over all S·L tokens under a boolean token mask (True = may attend)."""
+def masked_attention(
+    attn: nn.Module,
+    x_BSLD: torch.Tensor,
+    *,
+    mask_SS: torch.Tensor,
+    history: str = "sdpa",
+    mask_NN: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention over all S·L tokens under the (S, S) group mask: `history` 'flex' (block-sparse) or 'sdpa' (dense
+    boolean token mask, `mask_NN` if given, else expanded from `mask_SS`)."""
     B, S, L, D = x_BSLD.shape
     q, k, v = project_qkv(attn, x_BSLD.reshape(B, S * L, D))
-    return project_out(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=mask_NN)).view(B, S, L, D)
+    if history == "flex":
+        o = history_attention(q, k, v, mask_SS)
+    else:
+        mask_NN = token_mask(mask_SS.to(q.device), L) if mask_NN is None else mask_NN
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_NN)
+    return project_out(attn, o).view(B, S, L, D)
 
 
 class KVCache:
@@ -107,7 +123,8 @@ class AttentionPlan:
     set by the student before it runs the blocks; `attend` is their attention over (B·G, H, L, d) queries/keys/values.
 
     mode 'grouped': each of the B·G sequences attends to itself (the teacher's attention).
-    mode 'masked':  sequences are G groups per sample; group g sees the groups `mask_GG[g]` allows.
+    mode 'masked':  sequences are G groups per sample; group g sees the groups `mask_GG[g]` allows, computed by
+                    `history`: 'flex' (block-sparse FlexAttention) or 'sdpa' (dense boolean mask, the reference).
     mode 'cached':  one new group per sample; it appends its keys/values to its layer's cache (under `key`) and
                     attends to the cached groups listed in `visible` (indices 0..g, g included).
     `key_mask` (B·G, L) bool, optional: the keys each sequence may attend to at all (False = padding, e.g. Qwen-Image's
@@ -115,6 +132,7 @@ class AttentionPlan:
 
     def __init__(self):
         self.mode, self.groups, self.mask_GG, self.visible = "grouped", 1, None, None
+        self.history = "sdpa"
         self.caches: dict = {}
 
     def attend(self, key, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask=None) -> torch.Tensor:
@@ -128,6 +146,10 @@ class AttentionPlan:
             def fold(t):  # (B·G, H, L, d) -> (B, H, G·L, d)
                 return t.view(B, G, H, L, d).transpose(1, 2).reshape(B, H, G * L, d)
 
+            if self.history == "flex":
+                keep = None if key_mask is None else key_mask.reshape(B, G * L)
+                o = history_attention(fold(q), fold(k), fold(v), self.mask_GG, keep)
+                return o.view(B, H, G, L, d).transpose(1, 2).reshape(BG, H, L, d)
             mask = token_mask(self.mask_GG.to(q.device), L)
             if key_mask is not None:  # (B·G, L) -> (B, 1, 1, G·L), and-ed with the (G·L, G·L) group mask
                 mask = mask & key_mask.reshape(B, 1, 1, G * L)

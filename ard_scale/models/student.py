@@ -23,6 +23,7 @@ from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule, first_order_step
 from ard_scale.models.attention import group_mask
+from ard_scale.models.flex import resolve_attention
 from ard_scale.models.lora import add_adapters, target_names, trainable_state_only
 from ard_scale.models.teachers import Teacher
 
@@ -103,6 +104,11 @@ class ARDStudent(nn.Module):
     def uses_mask(self, layer: int) -> bool:
         """Whether block `layer` attends across groups under the history mask (else block-diagonally)."""
         return layer < self.cfg.num_causal_layers and self.cfg.mask != "diagonal"
+
+    def history_kernel(self, device) -> str:
+        """How the lowest N blocks attend across groups on `device`: 'flex' (block-sparse) or 'sdpa' (dense mask),
+        from `student.attention` (ard_scale.models.flex.resolve_attention)."""
+        return resolve_attention(self.cfg.attention, device)
 
     def _check_states(self, states: torch.Tensor, prefix: bool = False) -> None:
         S, C, p = self.num_steps, self.in_channels, self.patch_size

@@ -22,7 +22,7 @@ from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
-from ard_scale.trainer.checks import check_channel_options
+from ard_scale.trainer.checks import check_attention, check_channel_options
 from ard_scale.trainer.conditioning import SLOTS, Conditioner, distilled_guidance
 from ard_scale.trainer.trajectories import NoiseSeeds, TrajectorySource, build_trajectory_source, check_offline_dump
 
@@ -190,6 +190,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     if adapt_ds_config is not None:
         ds_cfg = adapt_ds_config(ds_cfg)
     engine, _ = build_student_engine(student, ds_cfg)
+    check_attention(cfg, engine.device)
     if student.shares_teacher:  # a LoRA student holding the teacher's weights: the student engine partitions them
         teacher_engine = teacher
     elif zero.teacher_stage == 3:

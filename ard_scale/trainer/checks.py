@@ -34,3 +34,16 @@ def check_channel_options(cfg: RootConfig, teacher: Teacher) -> None:
             "(the teacher)",
             [f"diffusion.guide_first_channels: {k} > the teacher's {c} latent channels; give 1..{c} or null (all)"],
         )
+
+
+def check_attention(cfg: RootConfig, device) -> None:
+    """`student.attention: flex` trains only where FlexAttention has a backward (CUDA; torch 2.14 has none on CPU)."""
+    device = torch.device(device)
+    if cfg.student.attention == "flex" and device.type != "cuda" and cfg.student.num_causal_layers:
+        raise ConfigError(
+            "(the device)",
+            [
+                f"student.attention: 'flex' cannot train on {device.type} (FlexAttention has no backward there); "
+                "set student.attention: sdpa, or auto (flex on CUDA, sdpa elsewhere)"
+            ],
+        )

@@ -113,11 +113,15 @@ class AdaLNFamily(Family):
         x_BSLD = cls._embed(student, states.flatten(0, 1)).unflatten(0, (B, S))
         L, D = x_BSLD.shape[2], x_BSLD.shape[3]
         ctx = cls._context(student, student.grid[:S].repeat(B).to(states.device), cond, S, x_BSLD.dtype)
-        uses_mask = student.cfg.num_causal_layers
-        mask_NN = token_mask(student.history_mask[:S, :S].to(states.device), L) if uses_mask else None
+        mask_SS = student.history_mask[:S, :S]
+        history = student.history_kernel(states.device)
+        # the dense token mask (SDPA) is expanded once per forward, not per block; flex caches its BlockMask
+        dense = history == "sdpa" and student.cfg.num_causal_layers
+        mask_NN = token_mask(mask_SS.to(states.device), L) if dense else None
+        history_attend = partial(masked_attention, mask_SS=mask_SS, history=history, mask_NN=mask_NN)
 
         for i in range(student.depth):
-            attend = partial(masked_attention, mask_NN=mask_NN) if student.uses_mask(i) else grouped_attention
+            attend = history_attend if student.uses_mask(i) else grouped_attention
             if student.activation_checkpointing and torch.is_grad_enabled():
                 x_BSLD = checkpoint(partial(cls._block, student), i, x_BSLD, ctx, attend, use_reentrant=False)
             else:

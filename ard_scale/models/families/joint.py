@@ -45,6 +45,7 @@ class JointAttentionFamily(Family):
         img, txt, temb, *extras = cls._inputs(student.backbone, states.flatten(0, 1), t_N, cond, S)
         plan = student.attention_plan
         plan.groups, plan.mask_GG = S, student.history_mask[:S, :S]
+        plan.history = student.history_kernel(states.device)
         img = cls._blocks_over_groups(
             student, img, txt, temb, extras, lambda i: "masked" if student.uses_mask(i) else "grouped"
         )
