@@ -465,6 +465,8 @@ def parse(argv=None) -> tuple[Settings, argparse.Namespace]:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, list):
             parser.add_argument(flag, nargs="+", type=type(value[0]), default=value)
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         elif isinstance(value, dict):
             parser.add_argument(flag, type=json.loads, default=value, help="JSON object of GANConfig fields")
         else:
