@@ -51,7 +51,9 @@ def test_figures_are_deterministic_for_fixed_seeds(tiny_result):
 
 
 def test_mask_variants_are_trained_beside_the_default():
-    result = fidelity.run(tiny("--masks", "causal", "diagonal", "--gan-steps", "0", "--seeds", "0"), log=lambda *_: None)
+    result = fidelity.run(
+        tiny("--masks", "causal", "diagonal", "--gan-steps", "0", "--seeds", "0"), log=lambda *_: None
+    )
     assert set(result["students"]) == {"N0", "N1_causal", "N1_diagonal"}
     assert result["gan"] == [] and result["gan_fd_minus_r_fd"] is None
 
