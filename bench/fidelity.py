@@ -39,7 +39,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,6 +101,7 @@ class Settings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     gan_steps: int = 100
     gan: dict = field(default_factory=dict)  # GANConfig overrides for the R+G arm (warmup_steps is always 0)
+    gan_sweep: list[dict] = field(default_factory=list)  # extra R+G arms on the first seed, each {field: value}
     samples: int = 1000
     eval_batch: int = 250
     device: str = "cpu"
@@ -391,18 +392,28 @@ def run(s: Settings, log=print) -> dict:
                 ard_students[seed] = student
             log(f"seed {seed} {name}: {sc}  [{time.perf_counter() - t_start:.0f}s]")
 
-    gan_rows = []
+    gan_rows, sweep_rows = [], []
     if s.gan_steps > 0 and ard_students:
+
+        def evaluate(student):
+            return score(student_samples(student, s, noise, ev_labels), ev_labels, teacher_final, classifier, reference)
+
         for seed, student in ard_students.items():
-            r_cont, rg = copy.deepcopy(student), copy.deepcopy(student)
+            r_cont = copy.deepcopy(student)
             train_regression(r_cont, pool, s, seed, s.gan_steps, start=s.train_steps)
-            gan_log = train_gan(rg, teacher, schedule, pool, data, s, seed, start=s.train_steps)
-            r_sc = score(student_samples(r_cont, s, noise, ev_labels), ev_labels, teacher_final, classifier, reference)
-            g_sc = score(student_samples(rg, s, noise, ev_labels), ev_labels, teacher_final, classifier, reference)
-            trace = {k: [row[k] for row in gan_log[:: max(1, len(gan_log) // 10)]] for k in gan_log[0]}
-            gan_rows.append({"seed": seed, "r": r_sc, "rg": g_sc, "fd_minus": g_sc["fd"] - r_sc["fd"], "trace": trace})
-            log(f"seed {seed} GAN: R {r_sc}  R+G {g_sc}  weight {trace['weight'][-1]:.3g}  "
-                f"[{time.perf_counter() - t_start:.0f}s]")  # fmt: skip
+            r_sc = evaluate(r_cont)
+            arms = [{}] + (s.gan_sweep if seed == s.seeds[0] else [])
+            for arm in arms:  # {} = the run's own GAN settings; then one changed factor per arm
+                rg = copy.deepcopy(student)
+                gan_log = train_gan(rg, teacher, schedule, pool, data, replace(s, gan={**s.gan, **arm}), seed,
+                                    start=s.train_steps)  # fmt: skip
+                g_sc = evaluate(rg)
+                trace = {k: [row[k] for row in gan_log[:: max(1, len(gan_log) // 10)]] for k in gan_log[0]}
+                row = {"seed": seed, "gan": arm, "r": r_sc, "rg": g_sc, "fd_minus": g_sc["fd"] - r_sc["fd"],
+                       "trace": trace}  # fmt: skip
+                (sweep_rows if arm else gan_rows).append(row)
+                log(f"seed {seed} GAN {arm or 'run settings'}: R {r_sc}  R+G {g_sc}  weight {trace['weight'][-1]:.3g} "
+                    f"loss_d {trace['loss_d'][-1]:.3g}  [{time.perf_counter() - t_start:.0f}s]")  # fmt: skip
 
     base = {row["seed"]: row["degradation_fd"] for row in students["N0"]}
     ratios = {name: [base[row["seed"]] / row["degradation_fd"] if row["degradation_fd"] else math.inf
@@ -421,6 +432,7 @@ def run(s: Settings, log=print) -> dict:
         "baseline_degradation_over_seed_spread": spread(list(base.values()))["median"]
         / max(1e-12, spread(list(base.values()))["std"]),
         "gan": gan_rows,
+        "gan_sweep": sweep_rows,
         "gan_fd_minus_r_fd": statistics.median([row["fd_minus"] for row in gan_rows]) if gan_rows else None,
         "seconds": time.perf_counter() - t_start,
     }
@@ -463,7 +475,9 @@ def parse(argv=None) -> tuple[Settings, argparse.Namespace]:
     defaults = Settings()
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(value, list):
+        if name == "gan_sweep":
+            parser.add_argument(flag, type=json.loads, default=value, help="JSON list of GANConfig overrides")
+        elif isinstance(value, list):
             parser.add_argument(flag, nargs="+", type=type(value[0]), default=value)
         elif isinstance(value, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)

@@ -29,7 +29,8 @@ def tiny_result():
 
 
 def test_runs_end_to_end_and_writes_json_and_plot(tmp_path):
-    out = fidelity.main([*TINY, "--json", str(tmp_path / "f.json"), "--plot", str(tmp_path / "fidelity.png")])
+    sweep = ["--gan-sweep", '[{"adaptive_lambda": 1.0}]']
+    out = fidelity.main([*TINY, *sweep, "--json", str(tmp_path / "f.json"), "--plot", str(tmp_path / "fidelity.png")])
     saved = json.loads((tmp_path / "f.json").read_text())
     assert set(saved["students"]) == {"N0", "N1_causal"}
     assert [row["seed"] for row in saved["students"]["N0"]] == [0, 1]
@@ -37,6 +38,7 @@ def test_runs_end_to_end_and_writes_json_and_plot(tmp_path):
     for key in ("degradation_ratio", "gan_fd_minus_r_fd"):
         assert isinstance(saved[key], float) and not math.isnan(saved[key])
     assert saved["gan_fd_minus_r_fd"] == out["gan_fd_minus_r_fd"]
+    assert [(row["seed"], row["gan"]) for row in saved["gan_sweep"]] == [(0, {"adaptive_lambda": 1.0})]
     assert (tmp_path / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
