@@ -84,9 +84,9 @@ class Settings:
 
     resolution: int = 16
     copies: int = 8  # augmented copies of each training digit
-    width: int = 32
+    width: int = 64
     layers: int = 4
-    teacher_steps: int = 2000
+    teacher_steps: int = 3000
     teacher_lr: float = 1e-3
     classifier_steps: int = 600
     student_steps: int = 4  # S
@@ -320,7 +320,7 @@ def student_samples(student, s: Settings, noise: torch.Tensor, labels: torch.Ten
 @torch.no_grad()
 def score(samples, labels, teacher_samples, classifier, reference) -> dict[str, float]:
     """MSE to the teacher's samples from the same noise, Fréchet distance to the held-out reals in classifier
-    features, class accuracy."""
+    features (and to the teacher's samples: how far the distribution moved from the teacher's), class accuracy."""
     device = next(classifier.parameters()).device
     feats, logits = [], []
     for i in range(0, len(samples), 500):
@@ -328,9 +328,11 @@ def score(samples, labels, teacher_samples, classifier, reference) -> dict[str, 
         feats.append(f.cpu())
         logits.append(classifier.out(f).cpu())
     mu, sigma = gaussian(torch.cat(feats))
+    teacher_mu, teacher_sigma = gaussian(classifier.features(teacher_samples.to(device)))
     return {
         "mse": float((samples.float() - teacher_samples.float()).pow(2).mean()),
         "fd": frechet_distance(mu, sigma, *reference),
+        "fd_to_teacher": frechet_distance(mu, sigma, teacher_mu, teacher_sigma),
         "accuracy": float((torch.cat(logits).argmax(1) == labels).float().mean()),
     }
 
@@ -386,6 +388,7 @@ def run(s: Settings, log=print) -> dict:
             sc = score(student_samples(student, s, noise, ev_labels), ev_labels, teacher_final, classifier, reference)
             sc |= {"seed": seed, "final_loss": sum(losses[-20:]) / len(losses[-20:])}
             sc["degradation_fd"] = sc["fd"] - teacher_scores["fd"]
+            sc["degradation_fd_to_teacher"] = sc["fd_to_teacher"]
             sc["degradation_accuracy"] = teacher_scores["accuracy"] - sc["accuracy"]
             students[name].append(sc)
             if name == ard_name:
@@ -425,6 +428,7 @@ def run(s: Settings, log=print) -> dict:
         "teacher": {**teacher_scores, **teacher_info},
         "students": students,
         "degradation_fd": {name: spread([row["degradation_fd"] for row in rows]) for name, rows in students.items()},
+        "fd_to_teacher": {name: spread([row["fd_to_teacher"] for row in rows]) for name, rows in students.items()},
         "mse_to_teacher": {name: spread([row["mse"] for row in rows]) for name, rows in students.items()},
         "degradation_ratio": statistics.median(ratios[ard_name]) if ard_name in ratios else None,
         "degradation_ratio_per_seed": ratios.get(ard_name),
