@@ -418,9 +418,16 @@ def run(s: Settings, log=print) -> dict:
                 log(f"seed {seed} GAN {arm or 'run settings'}: R {r_sc}  R+G {g_sc}  weight {trace['weight'][-1]:.3g} "
                     f"loss_d {trace['loss_d'][-1]:.3g}  [{time.perf_counter() - t_start:.0f}s]")  # fmt: skip
 
-    base = {row["seed"]: row["degradation_fd"] for row in students["N0"]}
-    ratios = {name: [base[row["seed"]] / row["degradation_fd"] if row["degradation_fd"] else math.inf
-                     for row in rows] for name, rows in students.items() if name != "N0"}  # fmt: skip
+    def ratios_of(key: str) -> dict[str, list[float]]:  # per variant, per seed: N=0's degradation over the variant's
+        base = {row["seed"]: row[key] for row in students["N0"]}
+        return {
+            name: [base[row["seed"]] / row[key] if row[key] else math.inf for row in rows]
+            for name, rows in students.items()
+            if name != "N0"
+        }
+
+    ratios, baseline = ratios_of("degradation_fd"), [row["degradation_fd"] for row in students["N0"]]
+    other_ratios = {key: ratios_of(key).get(ard_name) for key in ("degradation_fd_to_teacher", "mse")}
     result = {
         "settings": asdict(s),
         "classifier_heldout_accuracy": held_acc,
@@ -433,8 +440,16 @@ def run(s: Settings, log=print) -> dict:
         "degradation_ratio": statistics.median(ratios[ard_name]) if ard_name in ratios else None,
         "degradation_ratio_per_seed": ratios.get(ard_name),
         "degradation_ratio_by_variant": {name: spread(v) for name, v in ratios.items()},
-        "baseline_degradation_over_seed_spread": spread(list(base.values()))["median"]
-        / max(1e-12, spread(list(base.values()))["std"]),
+        "degradation_ratio_fd_to_teacher_per_seed": other_ratios["degradation_fd_to_teacher"],
+        "degradation_ratio_mse_per_seed": other_ratios["mse"],
+        "baseline_degradation_over_seed_spread": {
+            key: spread(v)["median"] / max(1e-12, spread(v)["std"])
+            for key, v in (
+                ("fd", baseline),
+                ("fd_to_teacher", [row["fd_to_teacher"] for row in students["N0"]]),
+                ("mse", [row["mse"] for row in students["N0"]]),
+            )
+        },
         "gan": gan_rows,
         "gan_sweep": sweep_rows,
         "gan_fd_minus_r_fd": statistics.median([row["fd_minus"] for row in gan_rows]) if gan_rows else None,
