@@ -459,22 +459,30 @@ def run(s: Settings, log=print) -> dict:
 
 
 def plot(result: dict, path: str | Path) -> None:
+    """Degradation (FD to the reals, MSE to the teacher) per student per seed, and R vs R+G per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     names = list(result["students"])
-    for i, name in enumerate(names):
-        rows = result["students"][name]
-        axes[0].scatter([i] * len(rows), [r["degradation_fd"] for r in rows], label=name)
-        for r in rows:
-            axes[0].annotate(str(r["seed"]), (i, r["degradation_fd"]), xytext=(4, 0), textcoords="offset points")
-    axes[0].axhline(0, color="gray", lw=0.5)
-    axes[0].set_xticks(range(len(names)), names)
-    axes[0].set_ylabel("FD(student) − FD(teacher)")
+    panels = (
+        ("degradation_fd", "FD(student) − FD(teacher), to held-out reals"),
+        ("mse", "MSE to the teacher's sample"),
+    )
+    for ax, (key, label) in zip(axes[:2], panels, strict=True):
+        for i, name in enumerate(names):
+            rows = result["students"][name]
+            ax.scatter([i] * len(rows), [r[key] for r in rows], label=name)
+            for r in rows:
+                ax.annotate(str(r["seed"]), (i, r[key]), xytext=(4, 0), textcoords="offset points")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel(label)
     axes[0].set_title(f"degradation per student per seed (ratio N0/ARD {result['degradation_ratio']:.2f})")
+    axes[1].set_title("distance to the teacher, same noise")
+    axes = [axes[0], axes[2]]
     if result["gan"]:
         seeds = [row["seed"] for row in result["gan"]]
         axes[1].plot(seeds, [row["r"]["fd"] for row in result["gan"]], "o-", label="R continued")
