@@ -276,7 +276,10 @@ def train_gan(student, teacher, schedule, pool, data, s: Settings, seed: int, st
     torch.manual_seed(seed + 1)
     disc = Discriminator.for_teacher(teacher, num_heads=len(layers), hidden=cfg.head_hidden).to(s.device)
     gan = GANStage(
-        cfg=cfg, heads=ReplicatedModule(disc, lr=cfg.d_lr, betas=cfg.d_betas, grad_clip=1.0), features=features
+        cfg=cfg,
+        heads=ReplicatedModule(disc, lr=cfg.d_lr, betas=cfg.d_betas, grad_clip=1.0),
+        features=features,
+        seed=seed,
     )
     opt = torch.optim.AdamW(student.parameters(), lr=s.lr, weight_decay=0.0)
     states, labels = pool
