@@ -69,7 +69,7 @@ from ard_scale.trainer.gan import (  # noqa: E402
     generator_phase,
 )
 from ard_scale.utils.noise import Stream, eval_seeds, noise_seed  # noqa: E402
-from launchers.fit_teacher import diffusion_loss  # noqa: E402
+from launchers.fit_teacher import fit_step  # noqa: E402
 
 NUM_CLASSES = 10
 # torch.Generator("cpu").manual_seed keeps only the low 32 bits of a seed, so noise_seed(Stream.EVAL, 0, i) and
@@ -200,18 +200,10 @@ def get_teacher(data: dict, s: Settings, schedule: VPSchedule):
     t0, losses = time.perf_counter(), []
     for step in range(s.teacher_steps):
         idx = torch.randint(0, len(x), (64,), generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = s.teacher_lr * min(1.0, (step + 1) / 100)
+        lr = s.teacher_lr * min(1.0, (step + 1) / 100)
         # DiT's label embedding drops 10 % of the labels to the null class in train mode (CFG training).
-        loss = diffusion_loss(teacher, schedule, x[idx].to(s.device), Condition(labels=y[idx].to(s.device)), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), teacher.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - 0.995)
-        losses.append(loss.item())
+        x0, cond = x[idx].to(s.device), Condition(labels=y[idx].to(s.device))
+        losses.append(fit_step(teacher, ema, opt, schedule, x0, cond, gen, lr=lr, ema_decay=0.995))
     if s.teacher_path:
         ema.model.save_pretrained(s.teacher_path)
     tail = losses[-100:]

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trajectory as trajectory_bench  # noqa: E402  (bench/trajectory.py)
+from gpu_check import interleaved, sync, timed  # noqa: E402  (bench/gpu_check.py: the same timing)
 
 from ard_scale.config.ard import ARDConfig  # noqa: E402
 from ard_scale.diffusion.condition import Condition  # noqa: E402
@@ -55,33 +56,6 @@ MODELS = {
     "pixart_sigma_1024": ("pixart", "pixart_sigma_1024", {"num_layers": 8, "sample_size": 16}, (300, 6), (8, 4, 2, 1)),
     "dit_xl_2_256": ("dit", "dit_xl_2_256", {"num_layers": 8}, (0, 0), (64, 32, 16, 8)),
 }
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def interleaved(variants: dict, device, rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per variant; every round runs all variants, the order rotated round by round."""
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
-    times = {k: [] for k in variants}
-    order = list(variants)
-    for r in range(rounds):
-        k = r % len(order)
-        for name in order[k:] + order[:k]:
-            times[name].append(timed(variants[name], device))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def free(device) -> None:

@@ -166,6 +166,22 @@ def diffusion_loss(teacher: Teacher, schedule, x0: torch.Tensor, cond: Condition
     return F.mse_loss(out, target)
 
 
+def fit_step(teacher: Teacher, ema: Teacher, opt, schedule, x0, cond: Condition, gen, *, lr: float, ema_decay: float):
+    """One AdamW step of the standard objective at `lr` (gradients clipped at norm 1), then the EMA update of `ema`.
+    Returns the step's loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = diffusion_loss(teacher, schedule, x0, cond, gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), teacher.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - ema_decay)
+    return loss.item()
+
+
 @torch.no_grad()
 def sample_classes(teacher, schedule, conditioner, shape, per_class: int, guidance: float, steps: int):
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
@@ -326,17 +342,7 @@ def main(argv=None) -> dict:
     for step in bar:
         x0, cond = next_batch()
         lr = args.lr * min(1.0, (step + 1) / 100)  # linear warm-up
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = diffusion_loss(teacher, schedule, x0, cond, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), teacher.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - args.ema)
-        losses.append(loss.item())
+        losses.append(fit_step(teacher, ema, opt, schedule, x0, cond, gen, lr=lr, ema_decay=args.ema))
         if step % 25 == 0 or step == args.steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-250:]) / len(losses[-250:]):.4f}")
     train_s = time.perf_counter() - t0

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ard_scale.utils.noise import Draws
+from ard_scale.diffusion.trajectory import draw_noise
 
 # sampler(noise (B, C, H, W)) -> images in [-1, 1] (B, 1 or 3, H', W'); the condition is bound by the caller
 Sampler = Callable[[torch.Tensor], torch.Tensor]
 
 
 def fixed_noise(num: int, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
-    """(num, C, H, W) standard normal noise, sample i drawn from seed + i (`Draws`: every bit of an evaluation seed
-    counts): the same on every evaluation and rank."""
-    return torch.stack([Draws(seed + i).normal(shape) for i in range(num)])
+    """(num, C, H, W) standard normal noise, sample i drawn from seed + i (`draw_noise`: every bit of an evaluation
+    seed counts): the same on every evaluation and rank."""
+    return draw_noise(range(seed, seed + num), shape)
 
 
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
