@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ard_scale.checkpoint.manager import LATEST, META, atomic_write_text, step_of, tag_of  # noqa: E402
+from ard_scale.checkpoint.layout import LATEST, atomic_write_text, step_of, tag_of  # noqa: E402
+from ard_scale.checkpoint.safe_load import META  # noqa: E402
 
 METRICS = (("fid", "FID (lower is better)"), ("clip_score", "CLIP score (higher is better)"))
 Evaluate = Callable[[int, Path], dict]  # (step, checkpoint folder) -> {"fid": ..., "clip_score": ...}

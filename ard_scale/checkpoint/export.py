@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ard_scale.checkpoint.manager import LATEST, META, rank_file, schedule_from_dict, student_architecture
-from ard_scale.checkpoint.safe_load import CONFIG, read_meta, safe_load, verify_dir
+from ard_scale.checkpoint.layout import LATEST, rank_file
+from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, verify_dir
+from ard_scale.checkpoint.student_meta import schedule_from_dict, student_architecture
 from ard_scale.config import to_dict
 from ard_scale.config.ard import ARDConfig
 from ard_scale.models.families import get_family

@@ -40,26 +40,20 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ard_scale.checkpoint.layout import (
+    LATEST,
+    UNIVERSAL_SUFFIX,
+    atomic_write_text,
+    fsync_path,
+    rank_file,
+    step_of,
+    tag_of,
+)
 from ard_scale.checkpoint.safe_load import CONFIG, META, file_digest, read_meta, safe_load, tag_problems, verify_dir
+from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
 from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
 
-LATEST = "latest"
-UNIVERSAL_SUFFIX = "_universal"
-_TAG_RE = re.compile(r"^step_(\d{8,})$")
 _CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
-
-
-def tag_of(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int | None:
-    m = _TAG_RE.match(tag)
-    return int(m.group(1)) if m else None
-
-
-def rank_file(tag_dir: Path, rank: int) -> Path:
-    return tag_dir / f"rank_{rank:05d}.pt"
 
 
 def _rank_world() -> tuple[int, int]:
@@ -92,89 +86,6 @@ def _own_files(tag_dir: Path, rank: int) -> list[Path]:
         for p in tag_dir.iterdir()
         if p.is_file() and (p.name == mine or own.search(p.name) or (rank == 0 and p.name.startswith("mp_rank_")))
     )
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old or the new content, never a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
-def student_architecture(module: torch.nn.Module) -> dict | None:
-    """What `export` needs to rebuild an ARD student without the recipe's builder: the teacher-class diffusers
-    config of its backbone, the ARD settings and the schedule. None for other modules."""
-    from ard_scale.models.student import ARDStudent
-
-    if not isinstance(module, ARDStudent):
-        return None
-    return {
-        "family": module.family.name,
-        "backbone_config": json.loads(module.backbone.to_json_string()),
-        "ard": to_dict(module.cfg),
-        "schedule": schedule_to_dict(module.schedule),
-        "sampling": {"latent_shape": module.latent_shape, "guidance": module.guidance},
-    }
-
-
-def _lora_layout(arch: dict | None) -> dict:
-    """The LoRA settings that decide a student's trainable state (share_teacher does not: it moves memory only)."""
-    lora = dict(((arch or {}).get("ard") or {}).get("lora") or {"rank": 0})
-    lora.pop("share_teacher", None)
-    return lora if lora.get("rank", 0) > 0 else {"rank": 0}
-
-
-def check_student_kind(saved: dict | None, module: torch.nn.Module, where: Path | str) -> None:
-    """Raise unless the student of a checkpoint (its meta's `student`) has the trainable state `module` has: a LoRA
-    checkpoint is refused for a full student and vice versa, and so are other adapter settings."""
-    ours = student_architecture(module)
-    if saved is None or ours is None:
-        return
-    theirs, mine = _lora_layout(saved), _lora_layout(ours)
-    if theirs == mine:
-        return
-
-    def kind(lora):
-        settings = ", ".join(f"{k}={v!r}" for k, v in lora.items())
-        return f"a LoRA student ({settings})" if lora["rank"] else "a full student"
-
-    keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-    raise ValueError(
-        f"checkpoint {where} holds {kind(theirs)}, but this recipe builds {kind(mine)}; differing student.lora keys: "
-        f"{', '.join(keys)}. Use the recipe's student.lora settings of that run (see its config.yaml), or start a "
-        "new run in another checkpoint.run_dir"
-    )
-
-
-def schedule_to_dict(schedule) -> dict:
-    from dataclasses import asdict
-
-    from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
-
-    kind = {VPSchedule: "vp", FlowSchedule: "flow"}.get(type(schedule))
-    if kind is None:
-        raise ValueError(f"unknown schedule type {type(schedule).__name__}; expected VPSchedule or FlowSchedule")
-    return {"kind": kind, **asdict(schedule)}
-
-
-def schedule_from_dict(d: dict):
-    from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
-
-    d = dict(d)
-    kind = d.pop("kind")
-    return {"vp": VPSchedule, "flow": FlowSchedule}[kind](**d)
 
 
 class Stateful(Protocol):
@@ -319,7 +230,7 @@ class CheckpointManager:
 
         if rank == 0:
             dump_yaml(self.config, tag_dir / CONFIG)
-            _fsync_path(tag_dir / CONFIG)
+            fsync_path(tag_dir / CONFIG)
             files = {name: d for per_rank in digests for name, d in per_rank.items()}
             for p in sorted(tag_dir.iterdir()):  # anything no rank claimed (and the config just written)
                 if p.is_file() and p.name not in files and p.name != META:
@@ -347,7 +258,7 @@ class CheckpointManager:
             os.fsync(f.fileno())
         for p in _own_files(tag_dir, rank):  # DeepSpeed does not fsync: flush this rank's own shard files
             if p.name != path.name:
-                _fsync_path(p)
+                fsync_path(p)
 
     def _apply_retention(self) -> None:
         """Keep the newest `keep_last` complete checkpoints up to `latest`; delete older ones, incomplete tag dirs

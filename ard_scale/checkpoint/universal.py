@@ -16,8 +16,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ard_scale.checkpoint.manager import CONFIG, LATEST, META, UNIVERSAL_SUFFIX, atomic_write_text
-from ard_scale.checkpoint.safe_load import verify_dir
+from ard_scale.checkpoint.layout import LATEST, UNIVERSAL_SUFFIX, atomic_write_text
+from ard_scale.checkpoint.safe_load import CONFIG, META, verify_dir
 
 
 def to_universal(run_dir: str | Path, tag: str | None = None) -> Path:

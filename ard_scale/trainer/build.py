@@ -89,9 +89,8 @@ def build_conditioner(cfg: RootConfig, teacher: Teacher, device="cpu", *, for_ev
 
 @dataclass
 class Run:
-    """Everything the loop runs, built once."""
+    """Everything the loop runs, built once (from a recipe, by `build_run`; the pieces take their own sections)."""
 
-    cfg: RootConfig
     rank: int
     world_size: int
     schedule: Schedule
@@ -218,7 +217,6 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     else:
         loader = build_loader(cfg.data, rank=rank, world_size=world_size)
     return Run(
-        cfg=cfg,
         rank=rank,
         world_size=world_size,
         schedule=schedule,

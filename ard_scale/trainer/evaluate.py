@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ard_scale.checkpoint.manager import tag_of
+from ard_scale.checkpoint.layout import tag_of
 from ard_scale.config import RootConfig, to_dict
 from ard_scale.config.schema import DiffusionConfig, EvalConfig
 from ard_scale.diffusion.condition import Condition
@@ -344,45 +344,33 @@ def preserved_rng() -> Any:
 
 
 class LoopEvaluation:
-    """In-loop evaluation of a training run: `maybe_run(step)` after each step (see the module docstring)."""
+    """In-loop evaluation of a training run: `maybe_run(step)` after each step (see the module docstring). Built
+    from a recipe by `build_loop_evaluation`; `setup` None evaluates nothing."""
 
-    def __init__(self, run: Any, ema: Any, write: Callable[[dict], None]):
-        cfg = run.cfg
-        self.run, self.ema, self.write = run, ema, write
-        self.run_dir = Path(cfg.checkpoint.run_dir)
-        self.every = cfg.eval.every
-        self.setup: EvalSetup | None = None
+    def __init__(
+        self,
+        setup: EvalSetup | None,
+        *,
+        student: torch.nn.Module,
+        engine: Any,
+        ema: Any,
+        run_dir: Path,
+        write: Callable[[dict], None],
+    ):
+        self.setup, self.student, self.engine, self.write = setup, student, engine, write
+        self.ema = ema if setup is not None and setup.settings.use_ema else None  # swapped in around each evaluation
+        self.run_dir = Path(run_dir)
         self.teacher_grid: torch.Tensor | None = None
         self.teacher_values: dict[str, float] | None = None
-        if self.every is None:
-            return
-        self.setup = build_eval_setup(
-            cfg,
-            teacher=run.teacher,
-            teacher_denoise=run.teacher_engine,
-            schedule=run.schedule,
-            conditioner=run.conditioner,
-            codec=run.codec,
-            run_dir=self.run_dir,
-            device=run.engine.device,
-            rank=run.rank,
-            world_size=run.world_size,
-        )
-        self.use_ema = cfg.eval.use_ema and ema is not None
-        notes = [f"skips {s}" for s in self.setup.skipped]
-        if cfg.eval.use_ema and ema is None:
-            notes.append("uses the raw weights (eval.use_ema, but train.ema_decay is null)")
-        if notes and run.rank == 0:
-            warnings.warn(f"in-loop evaluation {'; '.join(notes)}", stacklevel=2)
 
     def maybe_run(self, step: int) -> dict | None:
         """Evaluate at every eval.every-th step (on every rank); the metrics record, or None."""
         if self.setup is None or not self.setup.evaluator.should_run(step):
             return None
         t0 = time.perf_counter()
-        student = self.run.student
+        student = self.student
         was_training = student.training
-        swap = self.ema.swapped_in(self.run.engine) if self.use_ema else contextlib.nullcontext()
+        swap = self.ema.swapped_in(self.engine) if self.ema is not None else contextlib.nullcontext()
         with preserved_rng(), torch.no_grad():
             student.eval()
             try:
@@ -397,13 +385,39 @@ class LoopEvaluation:
                 student.train(was_training)
         record = {"step": step, **{f"eval/{k}": v for k, v in values.items()}}
         record.update({f"eval/teacher_{k}": v for k, v in self.teacher_values.items() if k != "num_samples"})
-        record["eval/ema"] = float(self.use_ema)
+        record["eval/ema"] = float(self.ema is not None)
         record["eval/seconds"] = time.perf_counter() - t0
-        if self.run.rank == 0 and grid is not None:
+        if self.setup.is_main and grid is not None:
             rows = [to_uint8_hwc(self.teacher_grid * 2 - 1), to_uint8_hwc(grid * 2 - 1)]  # same noise and condition
             image = labelled_grid(rows, self.setup.grid_labels(len(grid)), self.setup.row_labels())
             save_png(self.run_dir / "eval" / "grids" / f"{tag_of(step)}.png", image)
         self.write(record)
-        if self.run.rank == 0:
+        if self.setup.is_main:
             plot_metrics(self.run_dir)
         return record
+
+
+def build_loop_evaluation(cfg: RootConfig, run: Any, ema: Any, write: Callable[[dict], None]) -> LoopEvaluation:
+    """The recipe's in-loop evaluation of `run` (a trainer.build.Run): collective when eval.every is set (reference
+    statistics), and one that evaluates nothing otherwise."""
+    run_dir = Path(cfg.checkpoint.run_dir)
+    setup = None
+    if cfg.eval.every is not None:
+        setup = build_eval_setup(
+            cfg,
+            teacher=run.teacher,
+            teacher_denoise=run.teacher_engine,
+            schedule=run.schedule,
+            conditioner=run.conditioner,
+            codec=run.codec,
+            run_dir=run_dir,
+            device=run.engine.device,
+            rank=run.rank,
+            world_size=run.world_size,
+        )
+        notes = [f"skips {s}" for s in setup.skipped]
+        if cfg.eval.use_ema and ema is None:
+            notes.append("uses the raw weights (eval.use_ema, but train.ema_decay is null)")
+        if notes and run.rank == 0:
+            warnings.warn(f"in-loop evaluation {'; '.join(notes)}", stacklevel=2)
+    return LoopEvaluation(setup, student=run.student, engine=run.engine, ema=ema, run_dir=run_dir, write=write)

@@ -25,7 +25,7 @@ from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
 from ard_scale.evaluation.plots import plot_metrics
 from ard_scale.trainer.build import build_run
-from ard_scale.trainer.evaluate import LoopEvaluation
+from ard_scale.trainer.evaluate import build_loop_evaluation
 from ard_scale.trainer.gan import DivergenceWatch, build_gan, gan_step
 from ard_scale.trainer.step import any_rank, regression_step
 
@@ -147,7 +147,7 @@ def train(cfg: RootConfig) -> list[float]:
             continue_on_new_world(ckpt, run, ema, progress.step, world)
     tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, tensorboard_dir=tensorboard_dir)
-    evaluation = LoopEvaluation(run, ema, log.write)  # eval.every: metrics on all ranks, EMA swapped in
+    evaluation = build_loop_evaluation(cfg, run, ema, log.write)  # eval.every: metrics on all ranks, EMA swapped in
     restarted = resumed is not None and not resumed.same_world  # the data stream restarted its epoch
     check_reachable(cfg, run.loader.max_batches(), rank, world, progress.step if restarted else 0)
     batches, losses = iter(run.loader), []

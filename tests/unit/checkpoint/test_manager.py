@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ard_scale.checkpoint.export import full_ema_state_dict
-from ard_scale.checkpoint.manager import META, CheckpointManager, rank_file
+from ard_scale.checkpoint.layout import rank_file
+from ard_scale.checkpoint.manager import META, CheckpointManager
 from ard_scale.checkpoint.safe_load import safe_load
 from ard_scale.config import load_config, to_dict
 from ard_scale.trainer.loop import ProcessRNG

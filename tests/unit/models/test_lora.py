@@ -171,7 +171,7 @@ def test_the_adapter_file_loads_into_the_diffusers_model_as_the_merged_weights(f
 
 
 def test_a_lora_checkpoint_is_refused_for_a_full_recipe_and_vice_versa(teacher):
-    from ard_scale.checkpoint.manager import check_student_kind, student_architecture
+    from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
 
     full = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=1), VPSchedule())
     lora, separate = lora_student(teacher), lora_student(teacher, share=False)

@@ -1,0 +1,75 @@
+"""What a checkpoint records about its student, so that export can rebuild it and a resume can refuse a checkpoint
+of another kind of student (a LoRA one for a full one, other adapter settings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ard_scale.config import to_dict
+
+
+def student_architecture(module: torch.nn.Module) -> dict | None:
+    """What `export` needs to rebuild an ARD student without the recipe's builder: the teacher-class diffusers
+    config of its backbone, the ARD settings and the schedule. None for other modules."""
+    from ard_scale.models.student import ARDStudent
+
+    if not isinstance(module, ARDStudent):
+        return None
+    return {
+        "family": module.family.name,
+        "backbone_config": json.loads(module.backbone.to_json_string()),
+        "ard": to_dict(module.cfg),
+        "schedule": schedule_to_dict(module.schedule),
+        "sampling": {"latent_shape": module.latent_shape, "guidance": module.guidance},
+    }
+
+
+def lora_layout(arch: dict | None) -> dict:
+    """The LoRA settings that decide a student's trainable state (share_teacher does not: it moves memory only)."""
+    lora = dict(((arch or {}).get("ard") or {}).get("lora") or {"rank": 0})
+    lora.pop("share_teacher", None)
+    return lora if lora.get("rank", 0) > 0 else {"rank": 0}
+
+
+def check_student_kind(saved: dict | None, module: torch.nn.Module, where: Path | str) -> None:
+    """Raise unless the student of a checkpoint (its meta's `student`) has the trainable state `module` has: a LoRA
+    checkpoint is refused for a full student and vice versa, and so are other adapter settings."""
+    ours = student_architecture(module)
+    if saved is None or ours is None:
+        return
+    theirs, mine = lora_layout(saved), lora_layout(ours)
+    if theirs == mine:
+        return
+
+    def kind(lora):
+        settings = ", ".join(f"{k}={v!r}" for k, v in lora.items())
+        return f"a LoRA student ({settings})" if lora["rank"] else "a full student"
+
+    keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+    raise ValueError(
+        f"checkpoint {where} holds {kind(theirs)}, but this recipe builds {kind(mine)}; differing student.lora keys: "
+        f"{', '.join(keys)}. Use the recipe's student.lora settings of that run (see its config.yaml), or start a "
+        "new run in another checkpoint.run_dir"
+    )
+
+
+def schedule_to_dict(schedule) -> dict:
+    from dataclasses import asdict
+
+    from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
+
+    kind = {VPSchedule: "vp", FlowSchedule: "flow"}.get(type(schedule))
+    if kind is None:
+        raise ValueError(f"unknown schedule type {type(schedule).__name__}; expected VPSchedule or FlowSchedule")
+    return {"kind": kind, **asdict(schedule)}
+
+
+def schedule_from_dict(d: dict):
+    from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule
+
+    d = dict(d)
+    kind = d.pop("kind")
+    return {"vp": VPSchedule, "flow": FlowSchedule}[kind](**d)
