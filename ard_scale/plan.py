@@ -11,7 +11,10 @@ Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
 - activations: the student's are the bytes autograd saves for backward, counted with saved-tensor hooks during a
   meta forward at the recipe's micro batch (unique storages, weights excluded). SDPA is counted as the fused
   (flash / memory-efficient) kernels save it — q, k, v, output, fp32 log-sum-exp and, for the masked layers, the
-  expanded attention bias — not as the math fallback the meta device would run. With activation checkpointing the
+  expanded attention bias — not as the math fallback the meta device would run. The history attention of the
+  lowest N blocks is counted with the kernel `student.attention` picks on a GPU: `flex` (the default `auto`) computes
+  and saves only the group pairs the mask allows (q, k, v, output, log-sum-exp; no bias), `sdpa` the dense masked
+  attention with its bias. With activation checkpointing the
   estimate is what stays outside the blocks + every block's input + the largest block's saved tensors (its
   recomputation in backward). The teacher and T5 run without grad: their working set is bounded by the bytes all
   ops of their largest block produce (CFG doubles the teacher's batch).
@@ -29,6 +32,7 @@ the recipe's resolution is used and the plan says so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -46,6 +50,7 @@ from ard_scale.diffusion.schedules import schedule_for_recipe
 from ard_scale.diffusion.solvers import NUM_EVALS_PER_STEP
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.families import get_family
+from ard_scale.models.flex import resolve_attention
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, build_teacher
 from ard_scale.models.vae import vae_downsample
@@ -228,6 +233,33 @@ def _fused_sdpa(q=None, k=None, v=None, attn_mask=None, dropout_p=0.0, is_causal
     return _FusedSDPA.apply(q, k, v, attn_mask, bias)
 
 
+class _BlockSparse(torch.autograd.Function):
+    """Stands in for FlexAttention's history attention on meta: SDPA of each query group over the key groups the
+    (G, G) mask allows (the FLOPs of the blocks flex computes, at group granularity), saving what flex saves for
+    backward — q, k, v, output and fp32 log-sum-exp, no mask or bias."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask_GG):
+        G = mask_GG.shape[0]
+        qs, ks, vs = (t.unflatten(2, (G, t.shape[2] // G)) for t in (q, k, v))  # (B, H, G, L, d)
+        outs = []
+        for g in range(G):
+            allowed = mask_GG[g].nonzero().flatten().tolist()
+            outs.append(_SDPA(qs[:, :, g], ks[:, :, allowed].flatten(2, 3), vs[:, :, allowed].flatten(2, 3)))
+        out = torch.stack(outs, 2).flatten(2, 3)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("planning only")
+
+
+def _planned_history_attention(q, k, v, mask_GG, key_mask=None):
+    return _BlockSparse.apply(q, k, v, mask_GG.cpu())  # a key padding mask changes neither FLOPs nor saved bytes
+
+
 def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
@@ -268,13 +300,16 @@ def student_pass(student: ARDStudent, states: torch.Tensor, cond: Condition) -> 
     handles = []
     for i, block in enumerate(student.family.blocks(student.backbone)):
         handles += [block.register_forward_pre_hook(enter(i), with_kwargs=True), block.register_forward_hook(leave)]
-    original = F.scaled_dot_product_attention
+    import ard_scale.models.attention as attention_module  # where the student's blocks call history_attention
+
+    original, original_history = F.scaled_dot_product_attention, attention_module.history_attention
     F.scaled_dot_product_attention = _fused_sdpa
+    attention_module.history_attention = _planned_history_attention
     try:
         with saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as flops:
             student(states, cond)
     finally:
-        F.scaled_dot_product_attention = original
+        F.scaled_dot_product_attention, attention_module.history_attention = original, original_history
         for h in handles:
             h.remove()
     outside = total[0] - sum(per_block)
@@ -355,8 +390,10 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     guided = cfg.diffusion.guidance_scale != 1 and teacher.spec.guidance == "cfg"
     t5, t5_source = meta_text_encoder(cfg)
     qwen, qwen_source = meta_qwen_encoder(cfg)
+    history = resolve_attention(cfg.student.attention, "cuda")  # the kernel training on a GPU runs
     with torch.device("meta"):
-        student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size))
+        student_cfg = dataclasses.replace(cfg.student, attention=history)  # 'flex' on meta too
+        student = ARDStudent(teacher, student_cfg, build_schedule(cfg, teacher.patch_size))
     teacher.to(dtype)
     student.to(dtype)
     if t5 is not None:
@@ -525,6 +562,7 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
             "latent": [teacher.in_channels, side, side],
             "tokens_per_sample": S * (side // teacher.patch_size) ** 2,
             "activation_checkpointing": cfg.train.activation_checkpointing,
+            "history_attention": history,
             "gather_teacher_once": z.gather_teacher_once,
             "trajectory_source": source,
         },
@@ -549,7 +587,8 @@ def format_plan(p: dict) -> str:
         *(f"note: {n}" for n in p["notes"]),
         f"{r['gpus']} GPUs × {r['gpu_mem_gb']:g} GB, {r['precision']}, micro batch {r['micro_batch']} × grad accum "
         f"{r['grad_accum']}, latent {tuple(r['latent'])}, {r['tokens_per_sample']} student tokens per sample, "
-        f"activation checkpointing {'on' if r['activation_checkpointing'] else 'off'}",
+        f"activation checkpointing {'on' if r['activation_checkpointing'] else 'off'}, history attention "
+        f"{r['history_attention']}",
         "",
         f"{'per GPU, GB':<10}{'params (M)':>12}{'ZeRO':>6}{'weights':>10}{'grads':>9}{'optim':>9}{'activ.':>9}",
     ]

@@ -11,9 +11,10 @@ Parts (each reports its own failure; the rest still run):
               rounds in rotated order, medians); batch = the largest of --batches that fits. JSON per model:
               `ard_over_baseline_flex`, `ard_over_baseline_sdpa`. On CPU FlexAttention has no backward, so the
               debug run times the forward only (`measured: forward`).
-- step:       one whole regression step at PixArt-Σ 1024 on one device, as ard_scale.trainer.step runs it without
-              DeepSpeed: the teacher trajectory (S·K solver steps, batched CFG, bf16 teacher) + the student fwd/bwd
-              (fp32 master weights, bf16 autocast) + AdamW; seconds split teacher / student / optimizer, student
+- step:       one whole regression step at PixArt-Σ 1024 on one device, as ard_scale.trainer.step runs it: the
+              teacher trajectory (S·K solver steps, batched CFG, a frozen ZeRO-3 bf16 engine gathered once) + the
+              student fwd/bwd in a ZeRO-3 bf16 DeepSpeed engine + its AdamW step (fp32 master weights, clipping);
+              one process (nccl on CUDA, gloo on CPU); seconds split teacher / student / optimizer, student
               tokens/s, and `mfu` = counted model FLOPs (teacher forwards ×2 for CFG, student 3× its forward with
               the history attention counted at the blocks its mask allows) / time / measured peak.
 - trajectory: bench/trajectory.py (our teacher_trajectory vs PixArtSigmaPipeline's own denoising loop, same model,
@@ -195,49 +196,76 @@ def model_flops(model: str, debug: bool, B: int, text_tokens: int, K: int) -> di
     }
 
 
+def single_process_group(device) -> None:
+    """A one-process torch.distributed group (nccl on CUDA, gloo on CPU) for DeepSpeed, unless a launcher made one."""
+    import os
+
+    from ard_scale.distributed.engines import init_distributed
+
+    if torch.distributed.is_initialized():
+        return
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env["MASTER_PORT"] = str(29500 + os.getpid() % 2000)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if device.type == "cuda":
+        torch.cuda.set_device(0)
+    init_distributed()
+
+
 def step_part(device, args, peak_tflops: float | None) -> dict:
+    """One regression step as the trainer runs it (ard_scale.trainer.step.regression_step): the student in a ZeRO-3
+    bf16 DeepSpeed engine (AdamW, fp32 master weights, gradient clipping 1.0), the teacher in a frozen ZeRO-3 bf16
+    engine whose weights are gathered once per trajectory, built by ard_scale.distributed.engines on one process."""
+    from ard_scale.distributed.engines import (
+        build_frozen_engine,
+        build_student_engine,
+        frozen_ds_config,
+        gather_once,
+        student_ds_config,
+    )
+
     model = "pixart_sigma_1024"
     _, _, _, text_tokens, _ = MODELS[model]
     T = text_tokens[1 if args.debug else 0]
     B, K = args.step_batch or (2 if args.debug else 8), args.substeps
-    teacher = build(model, args.debug, device).requires_grad_(False).eval()
-    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=N), VPSchedule()).to(device).train()
-    teacher.to(torch.bfloat16)
+    single_process_group(device)
+    teacher = build(model, args.debug, "cpu")
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=N), VPSchedule()).train()
     student.activation_checkpointing = args.checkpointing
     train_attention = student.history_kernel(device)
     if device.type != "cuda":  # no flex backward on CPU
         student.cfg.attention = "sdpa"
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda")
+    engine, _ = build_student_engine(
+        student, student_ds_config(micro_batch=B, lr=1e-4, grad_clip=1.0, zero_stage=3, precision="bf16")
+    )
+    teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=B, precision="bf16"))
     loss_fn = RegressionLoss(S)
     side, C = teacher.sample_size, teacher.in_channels
     cond, null = random_condition(teacher, B, device, T, 1), random_condition(teacher, B, device, T, 2)
-    dtype = torch.bfloat16
 
     def one_step(step: int) -> dict:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            tr = teacher_trajectory(
-                teacher,
-                student.schedule,
-                cond,
-                null_cond=null,
-                guidance_scale=4.5,
-                num_student_steps=S,
-                substeps=K,
-                latent_shape=(C, side, side),
-                seeds=list(range(step * B, (step + 1) * B)),
-                device=device,
-            )
+        tr = teacher_trajectory(
+            teacher_engine,
+            student.schedule,
+            cond,
+            null_cond=null,
+            guidance_scale=4.5,
+            num_student_steps=S,
+            substeps=K,
+            latent_shape=(C, side, side),
+            seeds=list(range(step * B, (step + 1) * B)),
+            gather=lambda: gather_once(teacher_engine),
+            device=device,
+        )
         sync(device)
         t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype):
-            loss, _ = loss_fn(student, tr.states, cond)
-        loss.backward()
+        loss, _ = loss_fn(engine, tr.states, cond)
+        engine.backward(loss)
         sync(device)
         t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        engine.step()
         sync(device)
         t3 = time.perf_counter()
         return {"teacher_s": t1 - t0, "student_s": t2 - t1, "optimizer_s": t3 - t2, "loss": loss.item()}
@@ -247,7 +275,7 @@ def step_part(device, args, peak_tflops: float | None) -> dict:
             one_step(0)
             break
         except torch.OutOfMemoryError:
-            opt.zero_grad(set_to_none=True)
+            engine.zero_grad()
             free(device)
             if B == 1:
                 raise
@@ -270,6 +298,7 @@ def step_part(device, args, peak_tflops: float | None) -> dict:
         "history_attention": student.history_kernel(device),
         "configured_attention": train_attention,
         "activation_checkpointing": args.checkpointing,
+        "engine": "deepspeed ZeRO-3 bf16, 1 process",
         "median_s": med,
         "step_s": total,
         "split": {k: v / total for k, v in med.items()},

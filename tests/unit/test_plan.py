@@ -127,3 +127,29 @@ def test_a_shared_lora_student_holds_the_teacher_once_and_trains_only_its_adapte
     assert s["params"] == n * 2 / 8  # bf16 weights, all partitioned (ZeRO-3)
     assert s["grads"] == n_train * 2 / 8 and s["optimizer"] == n_train * 12 / 8
     assert lora["persistent_bytes"] < 0.3 * full["persistent_bytes"]
+
+
+@pytest.mark.parametrize("recipe", ["recipes/tiny_cpu.yaml", "recipes/tiny_flux_cpu.yaml"])
+def test_flex_history_attention_is_planned_at_the_blocks_its_mask_allows(recipe):
+    """`student.attention` flex (what `auto` picks on a GPU) counts the history attention of the N masked blocks at
+    the group pairs the mask allows and saves no bias; sdpa counts the dense masked attention and its (S·L)² bias.
+    The differences are the closed forms: FLOPs 4·H·d·L²·(S² − allowed) and bias bytes (S·L)²·4 (fp32) per layer."""
+    from ard_scale.models.attention import group_mask
+
+    cfg = load_config(recipe)
+    flex, sdpa = (plan(load_config(recipe, [f"student.attention={k}"]), 2) for k in ("flex", "sdpa"))
+    assert plan(cfg, 2)["recipe"]["history_attention"] == "flex"  # auto, planned for a GPU
+    assert (flex["recipe"]["history_attention"], sdpa["recipe"]["history_attention"]) == ("flex", "sdpa")
+    teacher, _ = meta_teacher(cfg)
+    c = teacher.model.config
+    S, layers = cfg.student.num_steps, cfg.student.num_causal_layers
+    heads, head_dim = c.num_attention_heads, c.attention_head_dim
+    _, cond, side = example_inputs(teacher, cfg, 1, torch.float32)
+    text = 0 if cond.text is None else cond.text.shape[1]  # joint families: each group carries its caption tokens
+    L = (side // teacher.patch_size) ** 2 + text
+    allowed = int(group_mask(S, cfg.student.mask, cfg.student.window).sum())
+    assert allowed < S * S
+    per_sample = sdpa["flops"]["student_forward_per_sample"] - flex["flops"]["student_forward_per_sample"]
+    assert per_sample == layers * 4 * heads * head_dim * L * L * (S * S - allowed)
+    saved = {k: p["models"]["student"]["activations_no_checkpointing"] for k, p in (("flex", flex), ("sdpa", sdpa))}
+    assert saved["sdpa"] - saved["flex"] == layers * (S * L) ** 2 * 4
