@@ -72,10 +72,6 @@ from ard_scale.utils.noise import Stream, eval_seeds, noise_seed  # noqa: E402
 from launchers.fit_teacher import fit_step  # noqa: E402
 
 NUM_CLASSES = 10
-# torch.Generator("cpu").manual_seed keeps only the low 32 bits of a seed, so noise_seed(Stream.EVAL, 0, i) and
-# noise_seed(Stream.TRAIN, 0, i) draw the *same* noise on the CPU. The pool's training seeds therefore start at index
-# 2**31, whose low 32 bits no evaluation seed below 2**31 shares (checked in `run`).
-POOL_OFFSET = 2**31
 
 
 @dataclass
@@ -254,7 +250,7 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
 
 def small_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     """A CPU generator keyed on (seed, step) inside 32 bits: torch's CPU Mersenne Twister keeps only a seed's low
-    32 bits, so noise_seed's stream and key bits (above bit 40) do not separate CPU draws (see POOL_OFFSET)."""
+    32 bits, so the key is packed below bit 32."""
     assert 0 <= seed < 2**10 and 0 <= step < 2**20 and salt in (0, 1)
     return torch.Generator().manual_seed((salt << 31) | (seed << 20) | step)
 
@@ -359,9 +355,10 @@ def run(s: Settings, log=print) -> dict:
     teacher, teacher_info = get_teacher(data, s, schedule)
     teacher.eval().requires_grad_(False)
     pool_labels = torch.arange(s.pool) % NUM_CLASSES
-    pool_seeds = [noise_seed(Stream.TRAIN, 0, POOL_OFFSET + i) for i in range(s.pool)]
+    pool_seeds = [noise_seed(Stream.TRAIN, 0, i) for i in range(s.pool)]
     ev_seeds, ev_labels = eval_seeds(s.samples), torch.arange(s.samples) % NUM_CLASSES
-    assert not {x % 2**32 for x in pool_seeds} & {x % 2**32 for x in ev_seeds}, "training noise would be eval noise"
+    # disjoint seeds draw different noise: utils.noise.Draws keys every bit of a seed (torch's CPU generator keeps 32)
+    assert not set(pool_seeds) & set(ev_seeds), "training noise would be eval noise"
     pool = (trajectories(teacher, schedule, s, pool_seeds, pool_labels).cpu(), pool_labels)
     ev_states = trajectories(teacher, schedule, s, ev_seeds, ev_labels).cpu()
     noise, teacher_final = ev_states[:, 0], ev_states[:, -1]
