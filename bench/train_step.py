@@ -230,7 +230,7 @@ def step_part(device, args, peak_tflops: float | None) -> dict:
     T = text_tokens[1 if args.debug else 0]
     B, K = args.step_batch or (2 if args.debug else 8), args.substeps
     single_process_group(device)
-    teacher = build(model, args.debug, "cpu")
+    teacher = build(model, args.debug, device)  # built where it runs; the engines partition it there
     student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=N), VPSchedule()).train()
     student.activation_checkpointing = args.checkpointing
     train_attention = student.history_kernel(device)
