@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ard_scale.diffusion.condition import Condition
+from ard_scale.models import attention as attention_module  # where the blocks call history_attention
 from ard_scale.models.student import ARDStudent
 
 _SDPA = F.scaled_dot_product_attention
@@ -118,8 +119,6 @@ def student_pass(student: ARDStudent, states: torch.Tensor, cond: Condition) -> 
     handles = []
     for i, block in enumerate(student.family.blocks(student.backbone)):
         handles += [block.register_forward_pre_hook(enter(i), with_kwargs=True), block.register_forward_hook(leave)]
-    import ard_scale.models.attention as attention_module  # where the student's blocks call history_attention
-
     original, original_history = F.scaled_dot_product_attention, attention_module.history_attention
     F.scaled_dot_product_attention = _fused_sdpa
     attention_module.history_attention = _planned_history_attention

@@ -201,11 +201,12 @@ def single_process_group(device) -> None:
     import os
 
     from ard_scale.distributed.engines import init_distributed
+    from ard_scale.utils.launch import free_port
 
     if torch.distributed.is_initialized():
         return
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    env["MASTER_PORT"] = str(29500 + os.getpid() % 2000)
+    env["MASTER_PORT"] = str(free_port())
     for key, value in env.items():
         os.environ.setdefault(key, value)
     if device.type == "cuda":

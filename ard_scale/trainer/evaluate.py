@@ -344,20 +344,19 @@ def preserved_rng() -> Any:
 
 
 class LoopEvaluation:
-    """In-loop evaluation of a training run: `maybe_run(step)` after each step (see the module docstring). Built
-    from a recipe by `build_loop_evaluation`; `setup` None evaluates nothing."""
+    """In-loop evaluation of the student `engine.module`: `maybe_run(step)` after each step (see the module
+    docstring). Built from a recipe by `build_loop_evaluation`; `setup` None evaluates nothing."""
 
     def __init__(
         self,
         setup: EvalSetup | None,
         *,
-        student: torch.nn.Module,
         engine: Any,
         ema: Any,
         run_dir: Path,
         write: Callable[[dict], None],
     ):
-        self.setup, self.student, self.engine, self.write = setup, student, engine, write
+        self.setup, self.engine, self.write = setup, engine, write  # the student is engine.module
         self.ema = ema if setup is not None and setup.settings.use_ema else None  # swapped in around each evaluation
         self.run_dir = Path(run_dir)
         self.teacher_grid: torch.Tensor | None = None
@@ -368,7 +367,7 @@ class LoopEvaluation:
         if self.setup is None or not self.setup.evaluator.should_run(step):
             return None
         t0 = time.perf_counter()
-        student = self.student
+        student = self.engine.module
         was_training = student.training
         swap = self.ema.swapped_in(self.engine) if self.ema is not None else contextlib.nullcontext()
         with preserved_rng(), torch.no_grad():
@@ -420,4 +419,4 @@ def build_loop_evaluation(cfg: RootConfig, run: Any, ema: Any, write: Callable[[
             notes.append("uses the raw weights (eval.use_ema, but train.ema_decay is null)")
         if notes and run.rank == 0:
             warnings.warn(f"in-loop evaluation {'; '.join(notes)}", stacklevel=2)
-    return LoopEvaluation(setup, student=run.student, engine=run.engine, ema=ema, run_dir=run_dir, write=write)
+    return LoopEvaluation(setup, engine=run.engine, ema=ema, run_dir=run_dir, write=write)
