@@ -18,6 +18,6 @@ setup(
     extras_require={
         "train": ["deepspeed", "mosaicml-streaming", "webdataset", "tqdm", "pillow", "tensorboard", "peft"],
         "eval": ["open-clip-torch", "torchmetrics", "torch-fidelity"],  # torch-fidelity: the FID Inception
-        "dev": ["pytest", "ruff", "scikit-learn"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "scikit-learn"],
     },
 )

@@ -40,12 +40,15 @@ def main(argv=None) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    from ard_scale.distributed.engines import finish_process
     from ard_scale.trainer.loop import train
 
     try:
         train(cfg)
     except ConfigError as e:  # found once the data is open, e.g. train.max_steps beyond data.num_epochs
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        finish_process(1)
+    finish_process(0)  # a finished (or signal-stopped, checkpointed) run exits 0, not -6 in finalisation
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 
-# Tests are deterministic and CPU-sized; keep torch from oversubscribing the 2-core CI machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests are deterministic and CPU-sized; keep torch from oversubscribing the 2-core CI machine: the cores are shared
+# between the pytest-xdist workers (`-n 2` in pyproject.toml runs two test files at once).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 
 def pytest_collection_modifyitems(config, items):

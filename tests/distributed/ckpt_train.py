@@ -18,7 +18,7 @@ from ard_scale.config import load_config, to_dict
 from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import VPSchedule
-from ard_scale.distributed.engines import build_student_engine, init_distributed, student_ds_config
+from ard_scale.distributed.engines import build_student_engine, finish_process, init_distributed, student_ds_config
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher
 
@@ -107,3 +107,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    finish_process()  # no SIGABRT in finalisation from a live gloo group (engines.finish_process)

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ard_scale.config import load_config  # noqa: E402
-from ard_scale.distributed.engines import init_distributed  # noqa: E402
+from ard_scale.distributed.engines import finish_process, init_distributed  # noqa: E402
 from ard_scale.trainer.build import build_conditioner, build_run  # noqa: E402
 
 
@@ -53,3 +53,4 @@ def check(recipe: str, rank: int, world: int) -> dict:
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    finish_process()  # no SIGABRT in finalisation from a live gloo group (engines.finish_process)

@@ -16,7 +16,7 @@ from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import VPSchedule
 from ard_scale.distributed.ema import ZeroEMA
-from ard_scale.distributed.engines import build_student_engine, init_distributed, student_ds_config
+from ard_scale.distributed.engines import build_student_engine, finish_process, init_distributed, student_ds_config
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher
 
@@ -145,3 +145,4 @@ def main(out_path: str, *stages: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], *map(int, sys.argv[2:]))
+    finish_process()  # no SIGABRT in finalisation from a live gloo group (engines.finish_process)

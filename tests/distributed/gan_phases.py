@@ -11,7 +11,7 @@ import torch
 from deepspeed.utils import safe_get_full_grad
 
 from ard_scale.config import load_config
-from ard_scale.distributed.engines import init_distributed
+from ard_scale.distributed.engines import finish_process, init_distributed
 from ard_scale.trainer.build import build_run
 from ard_scale.trainer.gan import GANNoise, build_gan, discriminator_phase, generator_phase, real_latents
 from ard_scale.trainer.step import teacher_states
@@ -77,3 +77,4 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    finish_process()  # no SIGABRT in finalisation from a live gloo group (engines.finish_process)

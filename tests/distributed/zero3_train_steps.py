@@ -14,6 +14,7 @@ from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import (
     build_frozen_engine,
     build_student_engine,
+    finish_process,
     frozen_ds_config,
     gather_once,
     init_distributed,
@@ -91,3 +92,4 @@ def main(out_path: str, *families: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    finish_process()  # no SIGABRT in finalisation from a live gloo group (engines.finish_process)

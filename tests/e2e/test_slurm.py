@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 12
 OVERRIDES = [f"train.max_steps={MAX_STEPS}", "checkpoint.every=4"]
-# Its own DeepSpeed op cache, built once up front: concurrent runs rebuilding one shared cache wait on each other.
-EXTENSIONS = ROOT / ".torch_extensions" / "e2e_slurm"
+# The launchers' DeepSpeed op cache (scripts/setup.sh builds the op there); the test loads it once up front, so the
+# Slurm job and the direct run beside it only load a current build and never compile it at the same time.
+EXTENSIONS = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ROOT / ".torch_extensions"))
 
 
 def _slurm_running() -> bool:
