@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from ard_scale.utils.launch import launch_env
+
 ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 12
 OVERRIDES = [f"train.max_steps={MAX_STEPS}", "checkpoint.every=4"]
-# The launchers' DeepSpeed op cache (scripts/setup.sh builds the op there); the test loads it once up front, so the
-# Slurm job and the direct run beside it only load a current build and never compile it at the same time.
-EXTENSIONS = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ROOT / ".torch_extensions"))
 
 
 def _slurm_running() -> bool:
@@ -39,16 +38,6 @@ pytestmark = [
         not _slurm_running(), reason="no running Slurm here (scripts/install_slurm.sh installs and starts one)"
     ),
 ]
-
-
-def env() -> dict:
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's ninja: no op rebuild
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": str(EXTENSIONS),
-    }
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -73,14 +62,17 @@ def wait_for(what: str, condition, timeout_s: float, diagnostics) -> None:
 
 def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_path):
     slurm_dir, direct_dir, batch_log = tmp_path / "slurm", tmp_path / "direct", tmp_path / "batch.out"
+    env = launch_env()  # the venv's tools first on PATH, the package importable, one thread per rank
+    # The launchers' DeepSpeed op cache (launch_env; scripts/setup.sh builds the op there), loaded once up front so
+    # the Slurm job and the direct run beside it only load a current build and never compile it at the same time.
     build = "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
-    subprocess.run([sys.executable, "-c", build], cwd=ROOT, env=env(), check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-c", build], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     train_args = ["recipes/tiny_cpu.yaml", *OVERRIDES]
     submit = subprocess.run(
         ["sbatch", "--parsable", "--ntasks=2", "--job-name=ard-test-slurm", f"--output={batch_log}"]
         + ["launchers/slurm/train.sbatch", *train_args, f"checkpoint.run_dir={slurm_dir}"],
         cwd=ROOT,
-        env=env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
@@ -93,7 +85,7 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_pat
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "launchers/train.py"]
         + [*train_args, f"checkpoint.run_dir={direct_dir}"],
         cwd=ROOT,
-        env=env(),
+        env=env,
         stdout=direct_log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so a failure below ends the ranks too
