@@ -2,14 +2,20 @@
 no __init__.py)."""
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+from filelock import FileLock
 
 from ard_scale.utils.launch import torchrun
 
 # replay: steps 1-4 train on the trajectories solved at step 1, so the loss of one fixed batch is followed (it must
 # fall), and a resume at step 2 restores the replay cache with the family's conditions
 REPLAY = ("train.trajectory_source=replay", "train.replay_times=4")
+# the session's shared tiny_cpu run (tests/e2e/conftest.py): 6 steps, saved after steps 3 and 6
+TINY_RUN = ("train.max_steps=6", "checkpoint.every=3")
 
 
 def train(recipe: str, run_dir: Path, *overrides: str):
@@ -45,3 +51,20 @@ def straight_and_resumed(recipe: str, tmp: Path, *overrides: str) -> dict[str, P
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resumed from step 2 " in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
     return {"tmp": tmp, "full": full, "split": split}
+
+
+def shared_run(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A run directory built once per pytest session, also across pytest-xdist workers (which run other test files
+    at the same time): the first worker to ask calls `build(folder)` under a file lock in the workers' common
+    temporary folder, and the others wait for it and read the same folder. A failed build leaves no folder marked
+    complete, so the next test to ask builds it again (and reports its own failure)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # .../pytest-N/popen-gwK -> .../pytest-N, shared by this session's workers
+    folder, complete = root / name, root / f"{name}.complete"
+    with FileLock(str(root / f"{name}.lock")):
+        if not complete.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            complete.touch()
+    return folder

@@ -34,9 +34,9 @@ def metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_gan_stage_starts_from_a_regression_run_and_resumes_bit_identically(tmp_path):
-    regression, full, split = tmp_path / "regression", tmp_path / "full", tmp_path / "split"
-    train(regression, "train.max_steps=2")
+def test_gan_stage_starts_from_a_regression_run_and_resumes_bit_identically(tiny_run, tmp_path):
+    regression = tiny_run  # 6 regression steps (tests/e2e/conftest.py)
+    full, split = tmp_path / "full", tmp_path / "split"
     init = f"gan.init_from={regression}"
     train(full, *GAN, init, "train.max_steps=3", "checkpoint.every=2")
     resume_copy(full, 2, split)  # what a GAN run stopped after step 2 holds

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from recipe_runs import TINY_RUN, resume_copy
 
 from ard_scale.utils.launch import torchrun
 
@@ -40,11 +41,12 @@ def metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_resume_continues_the_loss_sequence_bit_identically(tmp_path):
-    full, split = tmp_path / "full", tmp_path / "split"
-    for proc in (train(full, "train.max_steps=6"), train(split, "train.max_steps=3")):
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    resumed = train(split, "train.max_steps=6")  # the same command with a later end: resumes from step 3
+def test_resume_continues_the_loss_sequence_bit_identically(tiny_run, tmp_path):
+    full = tiny_run  # 6 steps, saved after steps 3 and 6 (tests/e2e/conftest.py)
+    # the step-3 checkpoint as a run stopped there holds it (a stopped run resumed by the same command with a later
+    # train.max_steps: tests/e2e/test_train_lora.py)
+    split = resume_copy(full, 3, tmp_path / "split")
+    resumed = train(split, *TINY_RUN)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert resumed.stderr.count("[ard_scale] resumed from step 3 (") == 1  # rank 0 says it, once
     assert f"checkpoints  {split / 'checkpoints'} (latest: step_00000006)" in resumed.stderr  # the end-of-run summary
