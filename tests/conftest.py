@@ -18,6 +18,11 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 
 def pytest_collection_modifyitems(config, items):
+    # Files with a slow test first, each file's tests kept together and in order: pytest-xdist hands whole files to
+    # its two workers in this order, so the long ones (most launch 2-rank jobs) start early and the many short unit
+    # files even out the end (longest first, roughly). A stable sort keeps the collection order otherwise.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
