@@ -50,7 +50,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ard_scale.config.ard import ARDConfig  # noqa: E402
-from ard_scale.config.schema import GANConfig  # noqa: E402
+from ard_scale.config.training import GANConfig  # noqa: E402
 from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import VPSchedule  # noqa: E402
 from ard_scale.diffusion.trajectory import draw_noise, teacher_trajectory  # noqa: E402

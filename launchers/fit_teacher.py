@@ -50,7 +50,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ard_scale.config import RootConfig, load_config  # noqa: E402
-from ard_scale.config.schema import TextEncoderConfig  # noqa: E402
+from ard_scale.config.models import TextEncoderConfig  # noqa: E402
 from ard_scale.data.bundled import load_digits  # noqa: E402
 from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402

@@ -266,7 +266,7 @@ def load_exported_student(
 
 
 def _load_adapter_export(path: Path, ard_config: dict, arch: dict, dtype, teacher) -> ARDStudent:
-    from ard_scale.config.schema import TeacherConfig
+    from ard_scale.config.models import TeacherConfig
 
     base = ard_config["source"].get("base") or {}
     if teacher is None and base.get("family") is None:

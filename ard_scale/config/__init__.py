@@ -2,27 +2,19 @@
 
 from ard_scale.config.ard import ARDConfig
 from ard_scale.config.loader import ConfigError, diff_configs, dump_yaml, to_dict
+from ard_scale.config.models import DiffusionConfig, TeacherConfig, TextEncoderConfig, VAEConfig
 from ard_scale.config.schema import (
     NOT_HASHED,
-    CheckpointConfig,
     ConfigWarning,
     DataConfig,
-    DiffusionConfig,
-    EvalConfig,
-    GANConfig,
-    LogConfig,
     RootConfig,
-    TeacherConfig,
-    TextEncoderConfig,
-    TrainConfig,
-    VAEConfig,
-    ZeroConfig,
     config_from_dict,
     config_hash,
     load_config,
     recipe_changes,
     training_dict,
 )
+from ard_scale.config.training import CheckpointConfig, EvalConfig, GANConfig, LogConfig, TrainConfig, ZeroConfig
 
 __all__ = [
     "ARDConfig",

@@ -33,7 +33,8 @@ import torch
 
 from ard_scale.checkpoint.layout import tag_of
 from ard_scale.config import RootConfig, to_dict
-from ard_scale.config.schema import DiffusionConfig, EvalConfig
+from ard_scale.config.models import DiffusionConfig
+from ard_scale.config.training import EvalConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory

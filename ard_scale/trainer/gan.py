@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ard_scale.config.schema import GANConfig
+from ard_scale.config.training import GANConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import add_noise
 from ard_scale.distributed.engines import replicated_grad_norm

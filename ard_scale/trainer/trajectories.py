@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ard_scale.config.schema import DiffusionConfig
+from ard_scale.config.models import DiffusionConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory

@@ -7,7 +7,7 @@ import torch
 from model_helpers import make_condition, small_side
 
 from ard_scale.config.ard import ARDConfig
-from ard_scale.config.schema import GANConfig
+from ard_scale.config.training import GANConfig
 from ard_scale.diffusion.schedules import VPSchedule, add_noise
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
