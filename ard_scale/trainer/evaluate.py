@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.collectives import all_ranks
+from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import gather_once
 from ard_scale.evaluation.eval_set import (
     cache_key,
@@ -54,8 +55,11 @@ from ard_scale.evaluation.generate import ConditionFn, conditional_generate_fn
 from ard_scale.evaluation.grids import labelled_grid, save_png, to_uint8_hwc
 from ard_scale.evaluation.plots import plot_metrics
 from ard_scale.models.teachers import Teacher
-from ard_scale.trainer.build import latent_shape
+from ard_scale.trainer.build import Run, latent_shape
 from ard_scale.utils.noise import eval_seeds
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 EVAL_SEED = eval_seeds(1)[0]  # evaluation sample i draws its noise from EVAL_SEED + i (the EVAL noise stream)
 
@@ -352,8 +356,8 @@ class LoopEvaluation:
         self,
         setup: EvalSetup | None,
         *,
-        engine: Any,
-        ema: Any,
+        engine: DeepSpeedEngine,
+        ema: ZeroEMA | None,
         run_dir: Path,
         write: Callable[[dict], None],
     ):
@@ -397,8 +401,10 @@ class LoopEvaluation:
         return record
 
 
-def build_loop_evaluation(cfg: RootConfig, run: Any, ema: Any, write: Callable[[dict], None]) -> LoopEvaluation:
-    """The recipe's in-loop evaluation of `run` (a trainer.build.Run): collective when eval.every is set (reference
+def build_loop_evaluation(
+    cfg: RootConfig, run: Run, ema: ZeroEMA | None, write: Callable[[dict], None]
+) -> LoopEvaluation:
+    """The recipe's in-loop evaluation of `run`: collective when eval.every is set (reference
     statistics), and one that evaluates nothing otherwise."""
     run_dir = Path(cfg.checkpoint.run_dir)
     setup = None
