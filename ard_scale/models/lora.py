@@ -117,7 +117,21 @@ def adapter_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
 
 
+def adapted_names(model: nn.Module) -> list[str]:
+    """Full names of the modules of `model` that carry LoRA adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    return sorted(name for name, module in model.named_modules() if isinstance(module, LoraLayer))
+
+
 def adapter_config(backbone: nn.Module) -> dict:
-    """The adapters' peft LoraConfig as a JSON-able dict (diffusers' `lora_adapter_metadata` layout)."""
+    """The adapters' peft LoraConfig as a JSON-able dict (diffusers' `lora_adapter_metadata` layout).
+
+    Its `target_modules` are the adapted layers' full names. peft keeps the shortest name suffixes that single them
+    out in the student's backbone, which has no final layer of its own (the heads replace it): there `proj_out` names
+    the single-stream blocks' projections only, but in the plain teacher it names the final layer too, which
+    `load_lora_adapter` would then wrap with an adapter the file has no weights for."""
     config = backbone.peft_config[ADAPTER].to_dict()
-    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    config["target_modules"] = adapted_names(backbone)
+    return config
