@@ -94,13 +94,14 @@ def _variant(name: str, width: int, depth: int, rank: int) -> dict[str, int]:
 def worker(args) -> None:
     import torch
 
-    from ard_scale.distributed.engines import init_distributed
+    from ard_scale.distributed.engines import finish_process, init_distributed
 
     torch.set_num_threads(1)
     rank, _ = init_distributed()
     results = {name: _variant(name, args.width, args.depth, args.rank) for name in VARIANTS}
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(results))
+    finish_process(0)  # no interpreter finalisation with DeepSpeed's gloo groups alive (engines.finish_process)
 
 
 def main(argv=None) -> dict:

@@ -400,4 +400,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if torch.distributed.is_initialized():  # DeepSpeed's groups alive: end without finalisation (finish_process)
+        from ard_scale.distributed.engines import finish_process
+
+        finish_process(code)
+    sys.exit(code)
