@@ -25,6 +25,13 @@ def family_names() -> list[str]:
     return list(FAMILIES)
 
 
+def _one_source(size: str | None, path: str | None) -> list[str]:
+    """The problem of a frozen component given both a named size (random weights) and a local folder."""
+    if size is not None and path is not None:
+        return ["size/path: set at most one (a named size for random weights, or a local folder)"]
+    return []
+
+
 def _positive(out: list[str], name: str, value: float | None, *, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -81,10 +88,7 @@ class TextEncoderConfig:
     BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 8192)}
 
     def problems(self) -> list[str]:
-        out = []
-        if self.size is not None and self.path is not None:
-            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
-        return out
+        return _one_source(self.size, self.path)
 
 
 @dataclass(kw_only=True)
@@ -112,9 +116,7 @@ class PooledEncoderConfig:
     """Tokens per caption (CLIP: 77; SD3 pads both towers to 77); longer captions are truncated."""
 
     def problems(self) -> list[str]:
-        out = []
-        if self.size is not None and self.path is not None:
-            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
+        out = _one_source(self.size, self.path)
         _positive(out, "max_length", self.max_length)
         return out
 
@@ -137,10 +139,7 @@ class QwenEncoderConfig:
     1024); every caption is padded to it, with a mask."""
 
     def problems(self) -> list[str]:
-        out = []
-        if self.size is not None and self.path is not None:
-            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
-        return out
+        return _one_source(self.size, self.path)
 
 
 @dataclass(kw_only=True)
@@ -163,10 +162,7 @@ class VAEConfig:
     }
 
     def problems(self) -> list[str]:
-        out = []
-        if self.size is not None and self.path is not None:
-            out.append("size/path: set at most one (a named size for random weights, or a local folder)")
-        return out
+        return _one_source(self.size, self.path)
 
 
 @dataclass(kw_only=True)

@@ -139,6 +139,16 @@ def test_cross_section_problems_are_reported_together(tmp_path):
     assert sum(line.startswith("data.path") for line in e.problems) == 2
 
 
+def test_every_frozen_component_takes_a_size_or_a_path_not_both(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    sections = ["text_encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encoder", "vae"]
+    for section in sections:
+        data[section] = {"size": "debug", "path": "/models/x"}
+    e = errors_of(write(tmp_path, data))
+    for section in sections:
+        assert f"{section}.size/path: set at most one" in str(e), f"{section} not named in:\n{e}"
+
+
 def test_yaml_level_errors(tmp_path):
     assert "empty" in str(errors_of(write(tmp_path, "")))
     assert "top level must be a mapping" in str(errors_of(write(tmp_path, "- a\n- b\n")))
