@@ -101,7 +101,7 @@ def worker(args) -> None:
     results = {name: _variant(name, args.width, args.depth, args.rank) for name in VARIANTS}
     if rank == 0:
         Path(args.worker_out).write_text(json.dumps(results))
-    finish_process(0)  # no interpreter finalisation with DeepSpeed's gloo groups alive (engines.finish_process)
+    finish_process(0)  # no interpreter finalisation while DeepSpeed's gloo groups are alive
 
 
 def main(argv=None) -> dict:

@@ -129,8 +129,8 @@ def adapter_config(backbone: nn.Module) -> dict:
 
     Its `target_modules` are the adapted layers' full names. peft keeps the shortest name suffixes that single them
     out in the student's backbone, which has no final layer of its own (the heads replace it): there `proj_out` names
-    the single-stream blocks' projections only, but in the plain teacher it names the final layer too, which
-    `load_lora_adapter` would then wrap with an adapter the file has no weights for."""
+    the single-stream blocks' projections only, but in the plain teacher it names the final layer too, and
+    `load_lora_adapter` warns that the config names a target the file has no weights for."""
     config = backbone.peft_config[ADAPTER].to_dict()
     config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     config["target_modules"] = adapted_names(backbone)

@@ -404,8 +404,8 @@ class LoopEvaluation:
 def build_loop_evaluation(
     cfg: RootConfig, run: Run, ema: ZeroEMA | None, write: Callable[[dict], None]
 ) -> LoopEvaluation:
-    """The recipe's in-loop evaluation of `run`: collective when eval.every is set (reference
-    statistics), and one that evaluates nothing otherwise."""
+    """The recipe's in-loop evaluation of `run`: collective when eval.every is set (reference statistics), and one
+    that evaluates nothing otherwise."""
     run_dir = Path(cfg.checkpoint.run_dir)
     setup = None
     if cfg.eval.every is not None:
