@@ -198,20 +198,13 @@ def model_flops(model: str, debug: bool, B: int, text_tokens: int, K: int) -> di
 
 def single_process_group(device) -> None:
     """A one-process torch.distributed group (nccl on CUDA, gloo on CPU) for DeepSpeed, unless a launcher made one."""
-    import os
-
     from ard_scale.distributed.engines import init_distributed
-    from ard_scale.utils.launch import free_port
 
     if torch.distributed.is_initialized():
         return
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    env["MASTER_PORT"] = str(free_port())
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
     if device.type == "cuda":
         torch.cuda.set_device(0)
-    init_distributed()
+    init_distributed()  # without a launcher's environment: one process on this host
 
 
 def step_part(device, args, peak_tflops: float | None) -> dict:

@@ -54,4 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # a bad recipe (ConfigError), path or source: its cause and fix, without a traceback
+        sys.exit(f"error: {e}")

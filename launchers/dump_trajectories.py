@@ -296,4 +296,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # a bad recipe (ConfigError), path or source: its cause and fix, without a traceback
+        sys.exit(f"error: {e}")

@@ -404,4 +404,7 @@ def _scheduler_for(schedule):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # a bad recipe (ConfigError), path or source: its cause and fix, without a traceback
+        sys.exit(f"error: {e}")

@@ -15,9 +15,25 @@ import sys
 
 import torch
 
+# What torchrun, the deepspeed launcher and Slurm's torchrun agents set for each rank; MPI launchers set their own.
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+def _one_process_env() -> None:
+    """`python launchers/train.py RECIPE` with no launcher: one rank on this host. Without this, DeepSpeed takes
+    the missing RANK for an MPI launch and fails with "No module named 'mpi4py'"."""
+    if any(k in os.environ for k in _LAUNCHER_ENV + _MPI_ENV):
+        return
+    from ard_scale.utils.launch import free_port
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
 
 def init_distributed() -> tuple[int, int]:
-    """Process group from the torchrun / deepspeed launcher environment (gloo without CUDA). (rank, world_size).
+    """Process group from the torchrun / deepspeed launcher environment (gloo without CUDA), or of one process when
+    started without a launcher. (rank, world_size).
 
     The group is destroyed at interpreter exit: a process that ends with a live gloo group can abort in finalisation
     ("terminate called without an active exception", SIGABRT) when a gloo worker thread still holds a finished
@@ -25,6 +41,7 @@ def init_distributed() -> tuple[int, int]:
     import deepspeed
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.getcwd(), ".torch_extensions"))
+    _one_process_env()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     atexit.register(_destroy_process_group)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
