@@ -20,7 +20,7 @@ def get_family(name: str) -> type[Family]:
 
 def family_of_class(class_name: str) -> type[Family] | None:
     """The family whose diffusers class is called `class_name`, or None."""
-    return next((f for f in FAMILIES.values() if f.model_class.__name__ == class_name), None)
+    return next((f for f in FAMILIES.values() if f.model_class_name == class_name), None)
 
 
 from ard_scale.models.families import dit, flux, pixart, qwen_image, sd3  # noqa: E402,F401  (registers them)

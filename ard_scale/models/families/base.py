@@ -25,11 +25,24 @@ from ard_scale.diffusion.condition import Condition, EncodedText
 ConditionKind = Literal["labels", "text"]
 
 
+class _DiffusersClass:
+    """`Family.model_class`: the `diffusers` class named `model_class_name`, imported on first use, so that reading a
+    family's facts (the recipe check, `python -m ard_scale.config`) does not import diffusers (about 5 s)."""
+
+    def __get__(self, obj, owner: type[Family]) -> type:
+        import diffusers
+
+        return getattr(diffusers, owner.model_class_name)
+
+
 class Family:
     """Base of every teacher family; subclasses set the class attributes and implement the methods."""
 
     name: ClassVar[str]
-    model_class: ClassVar[type]
+    # The network's class, by its name in `diffusers` (e.g. "FluxTransformer2DModel"); `model_class` imports it. A
+    # family of a class from elsewhere sets `model_class` to the class itself, and `model_class_name` to its name.
+    model_class_name: ClassVar[str]
+    model_class: ClassVar[type] = _DiffusersClass()
     sizes: ClassVar[dict[str, dict]]
     condition_kind: ClassVar[ConditionKind]
     # The frozen encoders a caption goes through, by slot: 't5' (recipe section text_encoder), 'clip'

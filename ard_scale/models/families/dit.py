@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiTTransformer2DModel
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition
@@ -30,7 +29,7 @@ class DiTHead(nn.Module):
 @register
 class DiTFamily(AdaLNFamily):
     name = "dit"
-    model_class = DiTTransformer2DModel
+    model_class_name = "DiTTransformer2DModel"
     condition_kind = "labels"
     description = "class-conditional DiT (adaLN)"
     default_sizes = {256: "dit_xl_2_256"}

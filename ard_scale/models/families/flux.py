@@ -22,8 +22,6 @@ model time is 1000·σ, divided back here exactly as FluxPipeline does.
 from __future__ import annotations
 
 import torch
-from diffusers import FluxTransformer2DModel
-from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition
@@ -76,7 +74,9 @@ class ARDJointAttnProcessor:
     attention itself taken from the student's `AttentionPlan`. Holds no parameters."""
 
     def __init__(self, plan: AttentionPlan, layer: int):
-        self.plan, self.layer = plan, layer
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        self.plan, self.layer, self.rope = plan, layer, apply_rotary_emb
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         q = attn.to_q(hidden_states).unflatten(-1, (attn.heads, -1))
@@ -89,8 +89,8 @@ class ARDJointAttnProcessor:
             ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (attn.heads, -1))
             q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
         if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+            q = self.rope(q, image_rotary_emb, sequence_dim=1)
+            k = self.rope(k, image_rotary_emb, sequence_dim=1)
         o = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (N, heads, L, d)
         o = o.transpose(1, 2).flatten(2, 3).to(q.dtype)
         if encoder_hidden_states is None:
@@ -110,7 +110,7 @@ def _blocks(model) -> list[nn.Module]:
 @register
 class FluxFamily(JointAttentionFamily):
     name = "flux"
-    model_class = FluxTransformer2DModel
+    model_class_name = "FluxTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("t5", "clip")
     guidance = "embedded"

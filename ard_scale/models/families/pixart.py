@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import PixArtTransformer2DModel
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition
@@ -33,7 +32,7 @@ class PixArtHead(nn.Module):
 @register
 class PixArtFamily(AdaLNFamily):
     name = "pixart"
-    model_class = PixArtTransformer2DModel
+    model_class_name = "PixArtTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("t5",)
     description = "PixArt-Σ-style text-to-image DiT with T5 cross-attention"

@@ -25,11 +25,6 @@ rescaling (`guide`), the null condition the model card's negative prompt " ".
 from __future__ import annotations
 
 import torch
-from diffusers import QwenImageTransformer2DModel
-from diffusers.models.transformers.transformer_qwenimage import (
-    QwenDoubleStreamAttnProcessor2_0,
-    apply_rotary_emb_qwen,
-)
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition, EncodedText
@@ -61,7 +56,9 @@ class ARDQwenAttnProcessor:
     padding mask the block receives (`attention_mask`, (N, 1, 1, L)) goes to the plan as a key mask. No parameters."""
 
     def __init__(self, plan: AttentionPlan, layer: int):
-        self.plan, self.layer = plan, layer
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+        self.plan, self.layer, self.rope = plan, layer, apply_rotary_emb_qwen
 
     def __call__(
         self,
@@ -82,9 +79,8 @@ class ARDQwenAttnProcessor:
         q, k = attn.norm_q(q), attn.norm_k(k)
         eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
         img_freqs, txt_freqs = image_rotary_emb
-        q, k = apply_rotary_emb_qwen(q, img_freqs, use_real=False), apply_rotary_emb_qwen(k, img_freqs, use_real=False)
-        eq = apply_rotary_emb_qwen(eq, txt_freqs, use_real=False)
-        ek = apply_rotary_emb_qwen(ek, txt_freqs, use_real=False)
+        q, k = self.rope(q, img_freqs, use_real=False), self.rope(k, img_freqs, use_real=False)
+        eq, ek = self.rope(eq, txt_freqs, use_real=False), self.rope(ek, txt_freqs, use_real=False)
         q, k, v = (torch.cat([e, x], 1).transpose(1, 2) for e, x in ((eq, q), (ek, k), (ev, v)))  # (N, H, L, d)
         key_mask = None if attention_mask is None else attention_mask.reshape(attention_mask.shape[0], -1)
         o = self._attend(q, k, v, key_mask)
@@ -106,7 +102,7 @@ def _rope_axes(head_dim: int) -> tuple[int, int, int]:
 @register
 class QwenImageFamily(JointAttentionFamily):
     name = "qwen_image"
-    model_class = QwenImageTransformer2DModel
+    model_class_name = "QwenImageTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("qwen",)  # Qwen2.5-VL's last hidden states (recipe section qwen_encoder)
     precomputed_text = False  # launchers/precompute_text.py runs T5 only
@@ -155,6 +151,8 @@ class QwenImageFamily(JointAttentionFamily):
 
     @classmethod
     def check_model(cls, model):
+        from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+
         c, problems = model.config, []
         if c.patch_size != PACK or c.in_channels != PACK * PACK * model.out_channels:
             problems.append(

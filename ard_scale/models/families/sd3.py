@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import SD3Transformer2DModel
-from diffusers.models.attention_processor import JointAttnProcessor2_0
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition, EncodedText
@@ -103,7 +101,7 @@ def _attentions(block) -> list[tuple[str, nn.Module]]:
 @register
 class SD3Family(JointAttentionFamily):
     name = "sd3"
-    model_class = SD3Transformer2DModel
+    model_class_name = "SD3Transformer2DModel"
     condition_kind = "text"
     # T5 tokens, CLIP-L (pooled_encoder) and CLIP-G (pooled_encoder_2), both CLIPTextModelWithProjection
     text_encoders = ("t5", "clip", "clip_2")
@@ -179,6 +177,8 @@ class SD3Family(JointAttentionFamily):
 
     @classmethod
     def check_model(cls, model):
+        from diffusers.models.attention_processor import JointAttnProcessor2_0
+
         # qk-norms need no check: ours applies `norm_q`/`norm_k` exactly where JointAttnProcessor2_0 does
         c, problems = model.config, []
         if c.pos_embed_max_size is None or model.pos_embed.pos_embed is None:
