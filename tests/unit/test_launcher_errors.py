@@ -1,5 +1,5 @@
-"""Every launcher run from the shell turns a user's mistake (a missing recipe, path or source) into one `error: ...`
-line naming the cause, and a non-zero exit, not a traceback."""
+"""Every launcher (and `python -m ard_scale.plan`) run from the shell turns a user's mistake (a missing recipe, path
+or source) into one `error: ...` line naming the cause, and a non-zero exit, not a traceback."""
 
 import runpy
 import sys
@@ -23,6 +23,7 @@ CASES = {
     "sample": (["{tmp}/no_export", "--prompt", "a cat"], "is not an ARD export folder"),
     "export": (["{tmp}/no_run"], "no complete checkpoint to export"),
     "eval": (["{tmp}/no_run"], "is {tmp}/no_run a run directory?"),
+    "-m ard_scale.plan": (["{tmp}/no_recipe.yaml", "--gpus", "8"], "cannot read the recipe file"),
 }
 
 
@@ -30,9 +31,12 @@ CASES = {
 def test_a_launcher_reports_a_user_error_in_one_line(launcher, tmp_path, monkeypatch, capsys):
     args, message = CASES[launcher]
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", [f"launchers/{launcher}.py", *(a.format(tmp=tmp_path) for a in args)])
+    monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=tmp_path) for a in args)])
     with pytest.raises(SystemExit) as stopped:
-        runpy.run_path(str(ROOT / "launchers" / f"{launcher}.py"), run_name="__main__")
+        if launcher.startswith("-m "):
+            runpy.run_module(launcher[3:], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(str(ROOT / "launchers" / f"{launcher}.py"), run_name="__main__")
     code = stopped.value.code
     text = code if isinstance(code, str) else capsys.readouterr().err
     assert code not in (0, None)

@@ -1,5 +1,6 @@
-"""The planner's measurements on meta-device models (ard_scale/plan.py): the bytes a training forward saves for
-backward and its FLOPs (`student_pass`), and the working set and FLOPs of a forward without grad (`inference_pass`).
+"""The planner's measurements on meta-device models: the bytes a training forward saves for backward and its FLOPs
+(`student_pass`), the working set and FLOPs of a forward without grad (`inference_pass`), and the same two derived
+for Qwen2.5-VL, whose rotary embedding does not run on meta (`qwen_encode_cost`).
 
 Attention is counted as the GPU kernels run it, not as the math fallback the meta device would: SDPA as the fused
 (flash / memory-efficient) kernels save it, and the history attention as FlexAttention computes it (the group pairs
@@ -172,3 +173,17 @@ def inference_pass(blocks: nn.ModuleList, run) -> tuple[int, int]:
         for h in handles:
             h.remove()
     return max(sizes), flops.get_total_flops()
+
+
+def qwen_encode_cost(model: nn.Module, batch: int, tokens: int, dtype) -> tuple[int, int]:
+    """(working set bytes, FLOPs) of one encoder pass over `batch` captions of `tokens` tokens, derived rather than
+    counted (Qwen2.5-VL's rotary embedding does not run on meta): 2 FLOPs per decoder weight per token (no LM head,
+    `encode_qwen` stops at the hidden states) + causal attention, and a decoder layer's largest outputs (q, k, v, o,
+    the gated MLP's three intermediates) as the working set."""
+    c = model.config.text_config
+    layers = model.model.language_model.layers
+    per_layer = sum(p.numel() for p in layers[0].parameters())
+    attention = 2 * 2 * tokens * tokens * c.hidden_size // 2  # QKᵀ and PV over the causal half
+    flops = batch * c.num_hidden_layers * (2 * per_layer * tokens + attention)
+    working = batch * tokens * (4 * c.hidden_size + 3 * c.intermediate_size) * dtype.itemsize
+    return working, flops
