@@ -28,7 +28,6 @@ T5_XXL = dict(
     is_encoder_decoder=False,
     use_cache=False,
 )
-T5_DEBUG = dict(d_model=24, d_ff=48, num_layers=2, num_heads=2, d_kv=12, vocab_size=384, feed_forward_proj="gated-gelu")
 # Qwen-Image's text encoder: Qwen2.5-VL-7B-Instruct (Qwen2_5_VLConfig text_config / vision_config).
 QWEN25_VL_7B = dict(
     text_config=dict(
@@ -91,11 +90,13 @@ def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
         return None, "none"
     from transformers import T5Config, T5EncoderModel
 
+    from ard_scale.models.text_encoder import SIZES
+
     config_file = _config_file(te.path, "text_encoder")
     if config_file is not None:
         config, source = T5Config.from_json_file(config_file), str(config_file)
-    elif te.size == "debug":
-        config, source = T5Config(**T5_DEBUG), "named size 'debug'"
+    elif te.size in SIZES:  # the encoder `build_t5` trains with
+        config, source = T5Config(**SIZES[te.size]), f"named size {te.size!r}"
     else:
         config, source = T5Config(**T5_XXL), f"T5-v1.1-XXL encoder (text_encoder.path {te.path} not found here)"
     with torch.device("meta"):

@@ -36,6 +36,17 @@ def test_parameter_counts_are_the_models_real_counts(imagenet, t2i):
     assert q["models"]["t5"]["num_params"] == t5  # embeddings, attention, gated FF, RMSNorms, relative bias
 
 
+def test_named_debug_sizes_are_planned_as_the_trainer_builds_them():
+    """A recipe at named sizes plans the very models `build_teacher` and `build_t5` train with."""
+    from ard_scale.models.teachers import build_teacher
+    from ard_scale.models.text_encoder import build_t5
+
+    p = plan(load_config("recipes/tiny_t2i_cpu.yaml"), 2)
+    count = lambda m: sum(x.numel() for x in m.parameters())  # noqa: E731
+    assert p["models"]["t5"]["num_params"] == count(build_t5("debug")[0])
+    assert p["models"]["teacher"]["num_params"] == count(build_teacher("pixart", "debug"))
+
+
 def test_zero3_bytes_scale_as_one_over_gpus_and_zero2_replicates_weights(imagenet, t2i):
     _, q = t2i  # student ZeRO-3, teacher and T5 ZeRO-3, bf16
     for name in ("student", "teacher", "t5"):
