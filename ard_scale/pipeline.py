@@ -32,7 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
+from ard_scale.checkpoint.export import (
+    export_student,
+    load_exported_student,
+    read_json,
+    reading_export,
+    resolve_tag,
+)
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.diffusion.condition import Condition
 from ard_scale.models.student import ARDStudent
@@ -178,16 +184,18 @@ class ARDPipeline:
                 f"{folder} is not an ARD pipeline folder (no {MODEL_INDEX} or {RECIPE}); write one with "
                 "launchers/export.py RUN_DIR --out FOLDER"
             )
-        index = json.loads(index_file.read_text(encoding="utf-8"))
         overrides = [f"teacher.path={folder / 'transformer'}"]
         folders = [(SLOTS[slot][0], sub) for slot, sub in ENCODER_FOLDERS.items()] + [("vae", "vae")]
         for key, sub in folders:
             if (folder / sub).exists():
                 overrides.append(f"{key}.path={folder / sub}")
         cfg = load_config(folder / RECIPE, overrides)
-        student = load_exported_student(folder / "transformer", dtype=dtype)
-        teacher = Teacher(student.backbone)
-        return cls(student, build_conditioner(cfg, teacher, for_eval=True), build_codec_for(cfg, teacher), cfg, index)
+        with reading_export(folder):  # a missing or truncated weight file, an unparsable config
+            index = read_json(index_file)
+            student = load_exported_student(folder / "transformer", dtype=dtype)
+            teacher = Teacher(student.backbone)
+            conditioner, codec = build_conditioner(cfg, teacher, for_eval=True), build_codec_for(cfg, teacher)
+        return cls(student, conditioner, codec, cfg, index)
 
     def to(self, device: str | torch.device) -> ARDPipeline:
         self.device = torch.device(device)

@@ -25,6 +25,7 @@ are reassembled here — otherwise (or with `use_ema=False`) the raw weights reb
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -33,6 +34,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ard_scale.checkpoint.layout import LATEST, rank_file
@@ -50,6 +52,43 @@ ARD_CONFIG_FILE = "ard_config.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 TRAINED_FILE = "ard_trained.safetensors"
 LORA_PREFIX = "transformer"  # the key prefix diffusers' pipelines give a transformer's LoRA weights
+
+
+# A missing, truncated or unparsable file (diffusers and transformers raise OSError for weights they cannot read).
+READ_ERRORS = (OSError, SafetensorError, json.JSONDecodeError)
+
+
+def read_json(file: Path) -> dict:
+    """A JSON file's content; one that does not parse raises a JSONDecodeError that names the file."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise json.JSONDecodeError(f"{file}: {e.msg}", e.doc, e.pos) from None
+
+
+def export_source(folder: Path) -> dict:
+    """The run and checkpoint an export folder (a student folder or a pipeline's) was written from, where its
+    ard_config.json still says."""
+    for cfg_file in (folder / ARD_CONFIG_FILE, folder / "transformer" / ARD_CONFIG_FILE):
+        with contextlib.suppress(*READ_ERRORS, AttributeError):
+            return read_json(cfg_file)["source"]
+    return {}
+
+
+@contextlib.contextmanager
+def reading_export(folder: Path):
+    """Raise a file the export folder `folder` needs that is missing, truncated or unparsable as a ValueError that
+    names the folder, the file's error and the command that writes the folder again."""
+    try:
+        yield
+    except READ_ERRORS as e:
+        source = export_source(folder)
+        run = f"{source['run_dir']} --tag {source['tag']}" if {"run_dir", "tag"} <= set(source) else "RUN_DIR"
+        raise ValueError(
+            f"{folder} is a damaged ARD export: {type(e).__name__}: {str(e).rstrip('. ')}. Write it again from its "
+            "checkpoint: "
+            f"python launchers/export.py {run} --out FOLDER (with the options it was exported with)"
+        ) from e
 
 
 def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
@@ -255,12 +294,13 @@ def load_exported_student(
     cfg_file = path / ARD_CONFIG_FILE
     if not cfg_file.is_file():
         raise ValueError(f"{path} is not an ARD export folder: it has no {ARD_CONFIG_FILE} (run launchers/export.py)")
-    ard_config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    arch = {"ard": ard_config["ard"], "schedule": ard_config["schedule"], "sampling": ard_config.get("sampling")}
-    if (path / LORA_FILE).is_file():
-        return _load_adapter_export(path, ard_config, arch, dtype, teacher)
-    student = _student_of(load_teacher(path, dtype=dtype), arch)
-    heads = {k.removeprefix("heads."): v.to(dtype) for k, v in load_file(str(path / HEADS_FILE)).items()}
+    with reading_export(path):
+        ard_config = read_json(cfg_file)
+        arch = {"ard": ard_config["ard"], "schedule": ard_config["schedule"], "sampling": ard_config.get("sampling")}
+        if (path / LORA_FILE).is_file():
+            return _load_adapter_export(path, ard_config, arch, dtype, teacher)
+        student = _student_of(load_teacher(path, dtype=dtype), arch)
+        heads = {k.removeprefix("heads."): v.to(dtype) for k, v in load_file(str(path / HEADS_FILE)).items()}
     student.heads.load_state_dict(heads, strict=True)
     return student.eval().requires_grad_(False)
 

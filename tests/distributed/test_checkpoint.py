@@ -152,6 +152,44 @@ def test_the_exported_pipeline_samples_class_labels_as_the_in_training_sampler(r
         pipe("a prompt")
 
 
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    from ard_scale.pipeline import export_pipeline
+
+    return export_pipeline(run["run_dir"], tmp_path_factory.mktemp("export") / "pipe", use_ema=False)
+
+
+@pytest.mark.parametrize(
+    ("victim", "damage"),
+    [
+        ("transformer/diffusion_pytorch_model.safetensors", "truncate"),
+        ("transformer/ard_heads.safetensors", "delete"),
+        ("vae/diffusion_pytorch_model.safetensors", "truncate"),
+        ("model_index.json", "garbage"),
+        ("transformer/ard_config.json", "garbage"),
+    ],
+)
+def test_a_damaged_pipeline_folder_is_an_error_naming_the_file_and_the_export_command(
+    run, exported, tmp_path, victim, damage
+):
+    from ard_scale.pipeline import ARDPipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(exported, folder)
+    path = folder / victim
+    if damage == "truncate":
+        truncate(path)
+    elif damage == "delete":
+        path.unlink()
+    else:
+        path.write_text('{"ard": [')
+    with pytest.raises(ValueError, match="is a damaged ARD export") as e:
+        ARDPipeline.from_pretrained(folder)
+    assert str(path) in str(e.value)
+    command = "python launchers/export.py " + ("RUN_DIR" if victim.endswith("ard_config.json") else str(run["run_dir"]))
+    assert command in str(e.value)
+
+
 def test_universal_checkpoint_resumes_on_one_rank_without_a_jump(run):
     to_universal(run["run_dir"])  # step 6, written by 2 ranks
     c = launch(1, "--run-dir", str(run["run_dir"]), "--out", str(run["tmp"] / "c.jsonl"), "--steps", "8", "--resume")
