@@ -119,4 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # a bad recipe (ConfigError), encoder folder or shard set: its cause, without a traceback
+        sys.exit(f"error: {e}")

@@ -8,30 +8,52 @@ import pytest
 
 from ard_scale.utils.launch import ROOT
 
+# (launcher, its arguments, what the error says); {tmp} is the test's empty folder, {t5} a debug T5 folder.
 CASES = {
-    "build_shards": (["{tmp}/no_such_folder", "{tmp}/shards"], "neither a folder nor an existing .csv/.jsonl"),
+    "build_shards": ("build_shards", ["{tmp}/no_such_folder", "{tmp}/shards"], "neither a folder nor an existing"),
     "dump_trajectories": (
+        "dump_trajectories",
         ["recipes/tiny_cpu.yaml", "--teacher", "{tmp}/no_teacher", "--out", "{tmp}/dump", "--num-samples", "1"],
         "teacher path {tmp}/no_teacher is not a folder",
     ),
-    "fit_teacher": (["{tmp}/no_recipe.yaml", "--out", "{tmp}/teacher"], "cannot read the recipe file"),
-    "precompute_text": (
+    "fit_teacher": ("fit_teacher", ["{tmp}/no_recipe.yaml", "--out", "{tmp}/teacher"], "cannot read the recipe file"),
+    "precompute_text-no_t5": (
+        "precompute_text",
         ["{tmp}/no_shards", "{tmp}/text", "--t5", "{tmp}/no_t5"],
         "T5 path '{tmp}/no_t5' is not a local folder",
     ),
-    "train": (["{tmp}/no_recipe.yaml"], "cannot read the recipe file"),
-    "sample": (["{tmp}/no_export", "--prompt", "a cat"], "is not an ARD export folder"),
-    "export": (["{tmp}/no_run"], "no complete checkpoint to export"),
-    "eval": (["{tmp}/no_run"], "is {tmp}/no_run a run directory?"),
-    "-m ard_scale.plan": (["{tmp}/no_recipe.yaml", "--gpus", "8"], "cannot read the recipe file"),
+    "precompute_text-no_shards": (  # the encoder loads; the shards are not there
+        "precompute_text",
+        ["{tmp}/no_shards", "{tmp}/text", "--t5", "{t5}"],
+        "MDS path '{tmp}/no_shards' has no index.json",
+    ),
+    "train": ("train", ["{tmp}/no_recipe.yaml"], "cannot read the recipe file"),
+    "sample": ("sample", ["{tmp}/no_export", "--prompt", "a cat"], "is not an ARD export folder"),
+    "export": ("export", ["{tmp}/no_run"], "no complete checkpoint to export"),
+    "eval": ("eval", ["{tmp}/no_run"], "is {tmp}/no_run a run directory?"),
+    "plan": ("-m ard_scale.plan", ["{tmp}/no_recipe.yaml", "--gpus", "8"], "cannot read the recipe file"),
 }
 
 
-@pytest.mark.parametrize("launcher", sorted(CASES))
-def test_a_launcher_reports_a_user_error_in_one_line(launcher, tmp_path, monkeypatch, capsys):
-    args, message = CASES[launcher]
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory) -> str:
+    from ard_scale.models.text_encoder import build_t5
+
+    path = tmp_path_factory.mktemp("t5")
+    encoder, tokenizer = build_t5("debug")
+    encoder.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_launcher_reports_a_user_error_in_one_line(case, tmp_path, monkeypatch, capsys, request):
+    launcher, args, message = CASES[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    t5 = request.getfixturevalue("t5_folder") if "{t5}" in args else None
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=tmp_path) for a in args)])
+    monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=work, t5=t5) for a in args)])
     with pytest.raises(SystemExit) as stopped:
         if launcher.startswith("-m "):
             runpy.run_module(launcher[3:], run_name="__main__", alter_sys=True)
@@ -40,5 +62,5 @@ def test_a_launcher_reports_a_user_error_in_one_line(launcher, tmp_path, monkeyp
     code = stopped.value.code
     text = code if isinstance(code, str) else capsys.readouterr().err
     assert code not in (0, None)
-    assert text.startswith("error") and message.format(tmp=tmp_path) in text, text
-    assert not any(tmp_path.iterdir())  # nothing half-written
+    assert text.startswith("error") and message.format(tmp=work) in text, text
+    assert not any(work.iterdir())  # nothing half-written
