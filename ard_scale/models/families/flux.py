@@ -28,7 +28,7 @@ from ard_scale.diffusion.condition import Condition
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
-from ard_scale.models.families.joint import JointAttentionFamily
+from ard_scale.models.families.joint import ContinuousAdaLNHead, JointAttentionFamily
 
 PACK = 2  # latent pixels per token side
 
@@ -55,18 +55,6 @@ def image_ids(H: int, W: int, device, dtype) -> torch.Tensor:
     ids[..., 1] += torch.arange(h)[:, None]
     ids[..., 2] += torch.arange(w)[None, :]
     return ids.reshape(h * w, 3).to(device=device, dtype=dtype)
-
-
-class FluxHead(nn.Module):
-    """FLUX's final layer: `norm_out` (adaLN-continuous on the time embedding) then `proj_out` (attribute names kept,
-    so head 0 is the teacher's final layer under its own parameter names)."""
-
-    def __init__(self, norm_out: nn.Module, proj_out: nn.Linear):
-        super().__init__()
-        self.norm_out, self.proj_out = norm_out, proj_out
-
-    def forward(self, x_BLD: torch.Tensor, temb_BD: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.norm_out(x_BLD, temb_BD))
 
 
 class ARDJointAttnProcessor:
@@ -304,7 +292,7 @@ class FluxFamily(JointAttentionFamily):
         student.attention_plan = AttentionPlan()
         for i, block in enumerate(_blocks(model)[: student.cfg.num_causal_layers]):
             block.attn.set_processor(ARDJointAttnProcessor(student.attention_plan, i))
-        head = FluxHead(model.norm_out, model.proj_out)
+        head = ContinuousAdaLNHead(model.norm_out, model.proj_out)
         del model.norm_out, model.proj_out
         return head
 

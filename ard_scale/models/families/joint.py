@@ -13,9 +13,23 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ard_scale.models.families.base import Family
+
+
+class ContinuousAdaLNHead(nn.Module):
+    """The MMDiTs' final layer: `norm_out` (adaLN-continuous on the per-group conditioning embedding: time, and for
+    FLUX/SD3 the pooled text) then `proj_out`. The attribute names are the teacher's, so head 0 is the teacher's final
+    layer under its own parameter names."""
+
+    def __init__(self, norm_out: nn.Module, proj_out: nn.Linear):
+        super().__init__()
+        self.norm_out, self.proj_out = norm_out, proj_out
+
+    def forward(self, x_BLD: torch.Tensor, temb_BD: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.norm_out(x_BLD, temb_BD))
 
 
 class JointAttentionFamily(Family):

@@ -25,29 +25,16 @@ rescaling (`guide`), the null condition the model card's negative prompt " ".
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ard_scale.diffusion.condition import Condition, EncodedText
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
 from ard_scale.models.families.flux import PACK, pack, unpack
-from ard_scale.models.families.joint import JointAttentionFamily
+from ard_scale.models.families.joint import ContinuousAdaLNHead, JointAttentionFamily
 
 # the RoPE table of QwenEmbedRope has 4096 positions per axis; text positions follow the image's largest half-side
 ROPE_POSITIONS = 4096
-
-
-class QwenImageHead(nn.Module):
-    """Qwen-Image's final layer: `norm_out` (adaLN-continuous on the time embedding) then `proj_out` (attribute names
-    kept, so head 0 is the teacher's final layer under its own parameter names)."""
-
-    def __init__(self, norm_out: nn.Module, proj_out: nn.Linear):
-        super().__init__()
-        self.norm_out, self.proj_out = norm_out, proj_out
-
-    def forward(self, x_BLD: torch.Tensor, temb_BD: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.norm_out(x_BLD, temb_BD))
 
 
 class ARDQwenAttnProcessor:
@@ -330,7 +317,7 @@ class QwenImageFamily(JointAttentionFamily):
         student.attention_plan = AttentionPlan()
         for i, block in enumerate(list(model.transformer_blocks)[: student.cfg.num_causal_layers]):
             block.attn.set_processor(ARDQwenAttnProcessor(student.attention_plan, i))
-        head = QwenImageHead(model.norm_out, model.proj_out)
+        head = ContinuousAdaLNHead(model.norm_out, model.proj_out)
         del model.norm_out, model.proj_out
         return head
 

@@ -33,19 +33,7 @@ from torch import nn
 from ard_scale.diffusion.condition import Condition, EncodedText
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.families import register
-from ard_scale.models.families.joint import JointAttentionFamily
-
-
-class SD3Head(nn.Module):
-    """SD3's final layer: `norm_out` (adaLN-continuous on the time+pooled embedding) then `proj_out` (attribute names
-    kept, so head 0 is the teacher's final layer under its own parameter names)."""
-
-    def __init__(self, norm_out: nn.Module, proj_out: nn.Linear):
-        super().__init__()
-        self.norm_out, self.proj_out = norm_out, proj_out
-
-    def forward(self, x_BLD: torch.Tensor, temb_BD: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.norm_out(x_BLD, temb_BD))
+from ard_scale.models.families.joint import ContinuousAdaLNHead, JointAttentionFamily
 
 
 def unpatchify(x_BLP: torch.Tensor, H: int, W: int, p: int) -> torch.Tensor:
@@ -317,7 +305,7 @@ class SD3Family(JointAttentionFamily):
         for i, block in enumerate(list(model.transformer_blocks)[: student.cfg.num_causal_layers]):
             for name, attn in _attentions(block):
                 attn.set_processor(ARDSD3AttnProcessor(student.attention_plan, f"{i}.{name}"))
-        head = SD3Head(model.norm_out, model.proj_out)
+        head = ContinuousAdaLNHead(model.norm_out, model.proj_out)
         del model.norm_out, model.proj_out
         return head
 
