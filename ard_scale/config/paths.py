@@ -15,12 +15,14 @@ def _remote(path: str) -> bool:
 
 
 def missing_paths(cfg) -> list[str]:
-    """'key: path — what it should be' for every path of `cfg` that does not exist here (remote URLs skipped)."""
+    """'key: path — what it should be' for every path of `cfg` that does not exist here (remote URLs skipped), or
+    that is a model folder without the files its loader reads (the teacher, T5 and VAE folders)."""
     from ard_scale.data.bundled import resolve_data_path
+    from ard_scale.models.folders import check_t5_folder, model_folder, vae_folder
 
     out = []
 
-    def need(key: str, path: str | None, what: str, *, folder: bool = True) -> None:
+    def need(key: str, path: str | None, what: str, *, folder: bool = True, holds=None) -> None:
         if path is None or _remote(path):
             return
         if path.startswith("bundled:"):
@@ -33,12 +35,17 @@ def missing_paths(cfg) -> list[str]:
         if not ok:
             kind = "folder" if folder else "file"
             out.append(f"{key}: {path!r} is not an existing {kind} ({what})")
+        elif holds is not None:
+            try:
+                holds(path)
+            except ValueError as e:
+                out.append(f"{key}: {str(e).removeprefix(f'{key} ')}")
 
-    need("teacher.path", cfg.teacher.path, "a local diffusers model or pipeline folder")
-    need("text_encoder.path", cfg.text_encoder.path, "the T5 encoder and its tokenizer")
+    need("teacher.path", cfg.teacher.path, "a local diffusers model or pipeline folder", holds=model_folder)
+    need("text_encoder.path", cfg.text_encoder.path, "the T5 encoder and its tokenizer", holds=check_t5_folder)
     need("pooled_encoder.path", cfg.pooled_encoder.path, "the CLIP text encoder and its tokenizer")
     need("pooled_encoder_2.path", cfg.pooled_encoder_2.path, "the second CLIP text encoder and its tokenizer")
-    need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder")
+    need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder", holds=vae_folder)
     if cfg.train.trajectory_source != "offline" or cfg.gan.enabled:
         need("data.path", cfg.data.path, "built image shards: launchers/build_shards.py")
     if cfg.train.trajectory_source == "offline":

@@ -16,6 +16,7 @@ from torch import nn
 
 from ard_scale.diffusion.condition import Condition
 from ard_scale.models.families import FAMILIES, Family, family_of_class, get_family
+from ard_scale.models.folders import model_folder
 
 MODEL_CLASSES: dict[str, type] = {name: fam.model_class for name, fam in FAMILIES.items()}
 SIZES: dict[str, dict[str, dict]] = {name: fam.sizes for name, fam in FAMILIES.items()}
@@ -148,18 +149,6 @@ def build_teacher(
     with torch.device(device):
         model = get_family(family).model_class(**kwargs)
     return Teacher(model).eval().requires_grad_(False)
-
-
-def model_folder(path: str | Path) -> Path:
-    """The diffusers model folder of `path` (the folder itself, or a pipeline folder's `transformer/`)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"teacher path {path} is not a folder; give a local diffusers model or pipeline folder")
-    if not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
-        path = path / "transformer"
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a diffusers model folder: it has no config.json (nor transformer/config.json)")
-    return path
 
 
 def family_of_folder(path: str | Path) -> type[Family]:

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from ard_scale.diffusion.condition import EncodedText
+from ard_scale.models.folders import check_t5_folder
 
 # Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
 # byte-level ByT5 tokenizer, which needs no vocabulary file.
@@ -59,11 +60,7 @@ def build_t5(size: str, *, seed: int = 0):
 
 def load_t5(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """(encoder, tokenizer) from a local folder holding a T5EncoderModel (or full T5) and its tokenizer."""
-    if not os.path.isdir(path):
-        raise ValueError(f"T5 path {path!r} is not a local folder; save the model and tokenizer there first")
-    missing = [n for n in ("config.json", "tokenizer_config.json") if not os.path.isfile(os.path.join(path, n))]
-    if missing:
-        raise ValueError(f"T5 folder {path!r} lacks model or tokenizer files {missing}; save both with save_pretrained")
+    check_t5_folder(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         encoder = T5EncoderModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ard_scale.models.folders import vae_folder
+
 # Named sizes: keyword arguments of AutoencoderKL. `debug` downsamples 4x (3 blocks) into 4 channels, so 32 px
 # images meet the debug teachers' 8x8x4 latents.
 SIZES: dict[str, dict] = {
@@ -141,17 +143,6 @@ class PixelCodec(nn.Module):
         return x_BCHW.clamp(-1, 1)
 
 
-def _vae_folder(path: str | Path) -> Path:
-    path = Path(path)
-    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-    if not (folder / "config.json").is_file():
-        raise ValueError(
-            f"vae.path {path} is not a diffusers AutoencoderKL folder (no config.json, nor vae/config.json); "
-            "give the VAE's local folder"
-        )
-    return folder
-
-
 def vae_downsample(*, size: str | None, path: str | Path | None, missing: int | None = None) -> int:
     """Pixels per latent side of the recipe's VAE (1 without one), read from its config, no weights loaded.
     `missing`: the value to assume when `path` is not on this machine (the planner's case), instead of an error."""
@@ -161,7 +152,7 @@ def vae_downsample(*, size: str | None, path: str | Path | None, missing: int | 
         if not (Path(path) / "vae" / "config.json").is_file():
             return missing
     if path is not None:
-        config = json.loads((_vae_folder(path) / "config.json").read_text())
+        config = json.loads((vae_folder(path) / "config.json").read_text())
     elif size in SIZES:
         config = SIZES[size]
     else:
@@ -188,7 +179,7 @@ def build_codec(
     if size is None and path is None:
         return PixelCodec(channels)
     if path is not None:
-        folder = _vae_folder(path)
+        folder = vae_folder(path)
         class_name = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
         if class_name not in ("AutoencoderKL", FRAME_VAE):
             raise ValueError(f"vae.path {path} holds a {class_name}; ard_scale reads AutoencoderKL or {FRAME_VAE}")
