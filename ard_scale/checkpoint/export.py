@@ -70,8 +70,8 @@ def export_source(folder: Path) -> dict:
     """The run and checkpoint an export folder (a student folder or a pipeline's) was written from, where its
     ard_config.json still says."""
     for cfg_file in (folder / ARD_CONFIG_FILE, folder / "transformer" / ARD_CONFIG_FILE):
-        with contextlib.suppress(*READ_ERRORS, AttributeError):
-            return read_json(cfg_file)["source"]
+        with contextlib.suppress(*READ_ERRORS, KeyError, TypeError):  # not there, not JSON, no "source"
+            return dict(read_json(cfg_file)["source"])
     return {}
 
 

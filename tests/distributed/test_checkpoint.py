@@ -190,6 +190,19 @@ def test_a_damaged_pipeline_folder_is_an_error_naming_the_file_and_the_export_co
     assert command in str(e.value)
 
 
+def test_a_damaged_pipeline_whose_config_names_no_source_still_gets_the_export_error(exported, tmp_path):
+    from ard_scale.pipeline import ARDPipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(exported, folder)
+    ard_config = folder / "transformer" / "ard_config.json"
+    ard_config.write_text(json.dumps({k: v for k, v in json.loads(ard_config.read_text()).items() if k != "source"}))
+    truncate(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ValueError, match="is a damaged ARD export") as e:
+        ARDPipeline.from_pretrained(folder)
+    assert "python launchers/export.py RUN_DIR --out FOLDER" in str(e.value)
+
+
 def test_universal_checkpoint_resumes_on_one_rank_without_a_jump(run):
     to_universal(run["run_dir"])  # step 6, written by 2 ranks
     c = launch(1, "--run-dir", str(run["run_dir"]), "--out", str(run["tmp"] / "c.jsonl"), "--steps", "8", "--resume")
