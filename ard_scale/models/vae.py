@@ -148,11 +148,14 @@ def vae_downsample(*, size: str | None, path: str | Path | None, missing: int | 
     `missing`: the value to assume when `path` is not on this machine (the planner's case), instead of an error."""
     if size is None and path is None:
         return 1
-    if path is not None and missing is not None and not (Path(path) / "config.json").is_file():
-        if not (Path(path) / "vae" / "config.json").is_file():
-            return missing
     if path is not None:
-        config = json.loads((vae_folder(path) / "config.json").read_text())
+        try:
+            folder = vae_folder(path)
+        except ValueError:
+            if missing is None:
+                raise
+            return missing
+        config = json.loads((folder / "config.json").read_text())
     elif size in SIZES:
         config = SIZES[size]
     else:
