@@ -15,11 +15,13 @@
     qwen_text_encoder/        Qwen2.5-VL and its tokenizer (Qwen-Image)
     vae/                      the AutoencoderKL or AutoencoderKLQwenImage (latent-space teachers)
     recipe.yaml               the training recipe, its encoder and VAE paths pointing at the folders above
+    ard_checksums.json        size and CRC-32 of every file outside transformer/ (which has its own), written last
 
 Prompts are encoded by the trainer's own `Conditioner` built from `recipe.yaml`, the VAE is the trainer's codec and
 the sampler is the student's KV-cached `sample`, so a pipeline's output equals the in-training sampler's for the
 same noise and prompt. The encoders and VAE are copied (re-saved) or, with `link=True`, symlinked to the folders
-the recipe named (weights given as named random sizes are always saved).
+the recipe named (weights given as named random sizes are always saved); linked folders are not checksummed.
+`from_pretrained` checks every file against the checksums before reading any (`verify=False` skips it).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from ard_scale.checkpoint.export import (
     read_json,
     reading_export,
     resolve_tag,
+    verify_export,
+    write_checksums,
 )
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.diffusion.condition import Condition
@@ -113,7 +117,7 @@ def export_pipeline(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the pipeline")
     student_dir = export_student(run_dir, out_dir / "transformer", tag=tag, use_ema=use_ema, teacher=teacher)
-    student = load_exported_student(student_dir)
+    student = load_exported_student(student_dir, verify=False)  # just written
     teacher = Teacher(student.backbone)
 
     recipe = to_dict(cfg)
@@ -154,6 +158,7 @@ def export_pipeline(
         },
     }
     (out_dir / MODEL_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
+    write_checksums(out_dir, skip=("transformer",))  # last: transformer/ has its own, written by export_student
     return out_dir
 
 
@@ -176,7 +181,11 @@ class ARDPipeline:
         self.device = torch.device("cpu")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype = torch.float32) -> ARDPipeline:
+    def from_pretrained(
+        cls, folder: str | Path, *, dtype: torch.dtype = torch.float32, verify: bool = True
+    ) -> ARDPipeline:
+        """Load a pipeline folder written by `export_pipeline`. `verify`: check every file against the folder's
+        checksums before reading any (one extra read of the folder; a mismatch is an error naming the file)."""
         folder = Path(folder)
         index_file = folder / MODEL_INDEX
         if not index_file.is_file() or not (folder / RECIPE).is_file():
@@ -184,6 +193,8 @@ class ARDPipeline:
                 f"{folder} is not an ARD pipeline folder (no {MODEL_INDEX} or {RECIPE}); write one with "
                 "launchers/export.py RUN_DIR --out FOLDER"
             )
+        if verify:
+            verify_export(folder)
         overrides = [f"teacher.path={folder / 'transformer'}"]
         folders = [(SLOTS[slot][0], sub) for slot, sub in ENCODER_FOLDERS.items()] + [("vae", "vae")]
         for key, sub in folders:
@@ -192,7 +203,7 @@ class ARDPipeline:
         cfg = load_config(folder / RECIPE, overrides)
         with reading_export(folder):  # a missing or truncated weight file, an unparsable config
             index = read_json(index_file)
-            student = load_exported_student(folder / "transformer", dtype=dtype)
+            student = load_exported_student(folder / "transformer", dtype=dtype, verify=verify)
             teacher = Teacher(student.backbone)
             conditioner, codec = build_conditioner(cfg, teacher, for_eval=True), build_codec_for(cfg, teacher)
         return cls(student, conditioner, codec, cfg, index)

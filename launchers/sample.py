@@ -12,6 +12,9 @@ or class under each image).
 A bare student folder (export.py --student-only) has no text encoder or VAE: give --prompts-embeddings FILE (a
 torch file with T5 embeddings (B, L, C), or a dict {"text", "text_mask", "pooled"}) or --class-labels; its latents
 are shown as channels 0..2, min-max normalised.
+
+Every file of the folder is checked against its `ard_checksums.json` first (a damaged file is an error naming it and
+the export command that writes the folder again); --no-verify skips that read.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def main(argv=None) -> list[Path]:
     parser.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     parser.add_argument("--ncol", type=int, default=8, help="images per grid row")
     parser.add_argument("--save-tensor", type=Path, default=None, help="also torch.save the final states here")
+    parser.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip the checksum check of the folder"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -98,7 +104,7 @@ def _sample(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     if (args.export_dir / MODEL_INDEX).is_file():
         if args.prompts_embeddings is not None:
             raise ValueError("--prompts-embeddings is for bare student folders; give --prompt to a pipeline")
-        pipe = ARDPipeline.from_pretrained(args.export_dir)
+        pipe = ARDPipeline.from_pretrained(args.export_dir, verify=args.verify)
         prompts = args.prompt or (read_prompts(args.prompts_file) if args.prompts_file else None)
         n = len(prompts) if prompts else len(args.class_labels)
         noise = _noise(pipe._latent_shape(None, None), n, args.seed)
@@ -113,7 +119,8 @@ def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     from ard_scale.checkpoint.export import load_exported_student, sample_noise
     from ard_scale.diffusion.condition import Condition
 
-    student = load_exported_student(args.export_dir, teacher=args.teacher)  # --teacher: an adapter export's base
+    # --teacher: an adapter export's base
+    student = load_exported_student(args.export_dir, teacher=args.teacher, verify=args.verify)
     if args.class_labels is not None:
         cond, labels = Condition(labels=torch.tensor(args.class_labels)), [f"class {c}" for c in args.class_labels]
     elif args.prompts_embeddings is not None:

@@ -7,7 +7,10 @@ An export folder holds:
 - `ard_heads.safetensors`: every student head (`heads.{s}.…`; head 0 repeated for completeness);
 - `ard_config.json`: family, ARD settings (S, N, mask, heads, output), the schedule, `sampling` (the latent
   shape (C, H, W) it was trained on and the embedded guidance value of a guidance-distilled teacher, null for
-  others), and where the weights came from (run, tag, `ema` or `raw`).
+  others), and where the weights came from (run, tag, `ema` or `raw`);
+- `ard_checksums.json`, written last: the size and CRC-32 of every file above (`write_checksums`). Loading checks it
+  first (`verify_export`), so a flipped byte, a truncated copy or a file missing from a moved folder is an error
+  naming the file, not different weights or a reader's crash.
 
 A LoRA student (student.lora.rank > 0) exports either merged — the folder above, its adapters merged into the
 backbone, a plain full student (`ard.lora.rank` 0, the adapter settings under `source.lora`) — or, with
@@ -29,6 +32,7 @@ import contextlib
 import glob
 import json
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -38,7 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ard_scale.checkpoint.layout import LATEST, rank_file
-from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, verify_dir
+from ard_scale.checkpoint.safe_load import CHECKSUM, CONFIG, META, file_digest, read_meta, safe_load, verify_dir
 from ard_scale.checkpoint.student_meta import schedule_from_dict, student_architecture
 from ard_scale.config import to_dict
 from ard_scale.config.ard import ARDConfig
@@ -51,6 +55,7 @@ HEADS_FILE = "ard_heads.safetensors"
 ARD_CONFIG_FILE = "ard_config.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 TRAINED_FILE = "ard_trained.safetensors"
+CHECKSUMS_FILE = "ard_checksums.json"
 LORA_PREFIX = "transformer"  # the key prefix diffusers' pipelines give a transformer's LoRA weights
 
 
@@ -82,13 +87,82 @@ def reading_export(folder: Path):
     try:
         yield
     except READ_ERRORS as e:
-        source = export_source(folder)
-        run = f"{source['run_dir']} --tag {source['tag']}" if {"run_dir", "tag"} <= set(source) else "RUN_DIR"
-        raise ValueError(
-            f"{folder} is a damaged ARD export: {type(e).__name__}: {str(e).rstrip('. ')}. Write it again from its "
-            "checkpoint: "
-            f"python launchers/export.py {run} --out FOLDER (with the options it was exported with)"
-        ) from e
+        raise damaged_export(folder, f"{type(e).__name__}: {str(e).rstrip('. ')}") from e
+
+
+def damaged_export(folder: Path, what: str) -> ValueError:
+    """The error for export folder `folder` with damage `what`, naming the command that writes it again."""
+    source = export_source(folder)
+    run = f"{source['run_dir']} --tag {source['tag']}" if {"run_dir", "tag"} <= set(source) else "RUN_DIR"
+    return ValueError(
+        f"{folder} is a damaged ARD export: {what}. Write it again from its checkpoint: "
+        f"python launchers/export.py {run} --out FOLDER (with the options it was exported with)"
+    )
+
+
+def _files_below(folder: Path, skip: tuple[str, ...]) -> list[Path]:
+    """Every regular file under `folder`, sorted, without the top-level entries named in `skip` and without
+    symlinked folders (`--link` components are the user's own folders, which may change legitimately)."""
+    out = []
+    for root, dirs, files in os.walk(folder):  # followlinks=False: a linked folder is listed, not entered
+        rel_root = Path(root).relative_to(folder)
+        if rel_root == Path("."):
+            dirs[:] = [d for d in dirs if d not in skip]
+            files = [f for f in files if f not in skip]
+        out += [Path(root) / f for f in files if f != CHECKSUMS_FILE and not os.path.islink(os.path.join(root, f))]
+    return sorted(out)
+
+
+def write_checksums(folder: str | Path, *, skip: tuple[str, ...] = ()) -> None:
+    """Write `ard_checksums.json` in export folder `folder`: the size and CRC-32 of every file below it (except the
+    top-level entries in `skip`, e.g. a pipeline's `transformer/`, which carries its own). Call it last: a folder
+    whose manifest is missing was not finished."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): file_digest(p) for p in _files_below(folder, skip)}
+    manifest = {"format_version": 1, "algorithm": CHECKSUM, "files": files}
+    (folder / CHECKSUMS_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def export_problems(folder: str | Path) -> list[str] | None:
+    """Every file of export folder `folder` that does not match its `ard_checksums.json` (missing, another size,
+    another CRC-32), each naming the file; [] when all match, None when the folder has no manifest. Files added
+    after the export are not checked."""
+    folder = Path(folder)
+    manifest_file = folder / CHECKSUMS_FILE
+    if not manifest_file.is_file():
+        return None
+    try:
+        files = read_json(manifest_file)["files"]
+        expected = {str(name): (int(d["size"]), str(d[CHECKSUM])) for name, d in files.items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        return [f"{manifest_file}: not a checksum manifest ({type(e).__name__}: {e})"]
+    out = []
+    for name, (size, crc) in sorted(expected.items()):
+        path = folder / name
+        if not path.is_file():
+            out.append(f"{path}: listed in {CHECKSUMS_FILE} but missing")
+            continue
+        got = file_digest(path)
+        if got["size"] != size:
+            out.append(f"{path}: {got['size']} bytes, {CHECKSUMS_FILE} recorded {size} (truncated or damaged)")
+        elif got[CHECKSUM] != crc:
+            out.append(f"{path}: {CHECKSUM} {got[CHECKSUM]}, {CHECKSUMS_FILE} recorded {crc} (damaged bytes)")
+    return out
+
+
+def verify_export(folder: str | Path) -> None:
+    """Raise a ValueError naming every file of export folder `folder` that its checksum manifest does not match (and
+    the command that writes the folder again); warn when it has no manifest (an export older than checksums)."""
+    folder = Path(folder)
+    problems = export_problems(folder)
+    if problems is None:
+        warnings.warn(
+            f"{folder} has no {CHECKSUMS_FILE} (exported by an older ard_scale, or not finished): its files cannot "
+            "be verified; export it again with launchers/export.py to add checksums",
+            stacklevel=3,
+        )
+    elif problems:
+        raise damaged_export(folder, "; ".join(problems))
 
 
 def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
@@ -282,18 +356,26 @@ def export_student(
         "source": source,
     }
     (out_dir / ARD_CONFIG_FILE).write_text(json.dumps(ard_config, indent=1), encoding="utf-8")
+    write_checksums(out_dir)
     return out_dir
 
 
 def load_exported_student(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, teacher: str | Path | None = None
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    teacher: str | Path | None = None,
+    verify: bool = True,
 ) -> ARDStudent:
     """An `ARDStudent` (eval mode, CPU) from an export folder; sample with `student.sample(noise, cond)`. An
-    adapter-only export is applied to its base teacher: the one its ard_config.json names, or the folder `teacher`."""
+    adapter-only export is applied to its base teacher: the one its ard_config.json names, or the folder `teacher`.
+    `verify`: check every file against the folder's checksums first (one extra read of the folder)."""
     path = Path(path)
     cfg_file = path / ARD_CONFIG_FILE
     if not cfg_file.is_file():
         raise ValueError(f"{path} is not an ARD export folder: it has no {ARD_CONFIG_FILE} (run launchers/export.py)")
+    if verify:
+        verify_export(path)
     with reading_export(path):
         ard_config = read_json(cfg_file)
         arch = {"ard": ard_config["ard"], "schedule": ard_config["schedule"], "sampling": ard_config.get("sampling")}

@@ -203,6 +203,45 @@ def test_a_damaged_pipeline_whose_config_names_no_source_still_gets_the_export_e
     assert "python launchers/export.py RUN_DIR --out FOLDER" in str(e.value)
 
 
+def test_the_checksum_manifests_list_every_file_of_the_export(exported):
+    def files_below(folder: Path) -> set[str]:
+        return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"ard_checksums.json"}
+
+    root = json.loads((exported / "ard_checksums.json").read_text())["files"]
+    student = json.loads((exported / "transformer" / "ard_checksums.json").read_text())["files"]
+    assert set(root) == {f for f in files_below(exported) if not f.startswith("transformer/")}
+    assert set(student) == files_below(exported / "transformer")
+    assert {"model_index.json", "recipe.yaml", "vae/diffusion_pytorch_model.safetensors"} <= set(root)
+    assert {"diffusion_pytorch_model.safetensors", "ard_heads.safetensors", "ard_config.json"} <= set(student)
+
+
+@pytest.mark.parametrize(
+    "victim", ["transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+)
+def test_a_flipped_byte_in_an_exported_weight_file_is_an_error_naming_it(run, exported, tmp_path, victim):
+    from ard_scale.pipeline import ARDPipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(exported, folder)
+    flip_bytes(folder / victim)
+    ARDPipeline.from_pretrained(folder, verify=False)  # the readers take the damaged numbers without a word
+    with pytest.raises(ValueError, match="is a damaged ARD export") as e:
+        ARDPipeline.from_pretrained(folder)
+    assert f"{folder / victim}: crc32 " in str(e.value) and "(damaged bytes)" in str(e.value)
+    assert f"python launchers/export.py {run['run_dir']}" in str(e.value)
+
+
+def test_an_export_without_checksums_loads_with_a_warning(exported, tmp_path):
+    from ard_scale.pipeline import ARDPipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(exported, folder)
+    for manifest in folder.rglob("ard_checksums.json"):
+        manifest.unlink()
+    with pytest.warns(UserWarning, match="has no ard_checksums.json .* cannot be verified"):
+        ARDPipeline.from_pretrained(folder)
+
+
 def test_universal_checkpoint_resumes_on_one_rank_without_a_jump(run):
     to_universal(run["run_dir"])  # step 6, written by 2 ranks
     c = launch(1, "--run-dir", str(run["run_dir"]), "--out", str(run["tmp"] / "c.jsonl"), "--steps", "8", "--resume")

@@ -111,7 +111,7 @@ def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monk
     monkeypatch.setattr(
         export, "export_student", lambda run, out, *, tag, use_ema: exported.append((tag, use_ema)) or Path(out)
     )
-    monkeypatch.setattr(export, "load_exported_student", lambda path: student)
+    monkeypatch.setattr(export, "load_exported_student", lambda path, *, verify: student)
 
     run = tmp_path / "run"
     fake_checkpoint(run, 10, meta=True)
