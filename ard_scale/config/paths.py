@@ -5,6 +5,7 @@ an exported pipeline's `recipe.yaml`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 from ard_scale.config.loader import ConfigError
@@ -16,11 +17,36 @@ def _remote(path: str) -> bool:
 
 def missing_paths(cfg) -> list[str]:
     """'key: path — what it should be' for every path of `cfg` that does not exist here (remote URLs skipped), or
-    that is a model folder without the files its loader reads (the teacher, T5 and VAE folders)."""
+    that is a model folder without the files its loader reads (the teacher, T5 and VAE folders: config, tokenizer,
+    weights, every shard a sharded checkpoint's index lists)."""
+    from ard_scale.config.models import family_spec
     from ard_scale.data.bundled import resolve_data_path
-    from ard_scale.models.folders import check_t5_folder, model_folder, vae_folder
+    from ard_scale.models.folders import (
+        DIFFUSERS_WEIGHTS,
+        ENCODER_SUBFOLDERS,
+        TRANSFORMERS_WEIGHTS,
+        check_encoder_folder,
+        check_t5_folder,
+        model_folder,
+        vae_folder,
+        weights_problem,
+    )
 
     out = []
+
+    def with_weights(folder_of, stems):
+        """A folder rule that also wants the weights its loader reads in the folder it resolves to."""
+
+        def holds(path):
+            problem = weights_problem(folder_of(path), stems)
+            if problem is not None:
+                raise ValueError(problem)
+
+        return holds
+
+    def t5_folder(path):
+        check_t5_folder(path)
+        return path
 
     def need(key: str, path: str | None, what: str, *, folder: bool = True, holds=None) -> None:
         if path is None or _remote(path):
@@ -41,11 +67,27 @@ def missing_paths(cfg) -> list[str]:
             except ValueError as e:
                 out.append(f"{key}: {str(e).removeprefix(f'{key} ')}")
 
-    need("teacher.path", cfg.teacher.path, "a local diffusers model or pipeline folder", holds=model_folder)
-    need("text_encoder.path", cfg.text_encoder.path, "the T5 encoder and its tokenizer", holds=check_t5_folder)
-    need("pooled_encoder.path", cfg.pooled_encoder.path, "the CLIP text encoder and its tokenizer")
-    need("pooled_encoder_2.path", cfg.pooled_encoder_2.path, "the second CLIP text encoder and its tokenizer")
-    need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder", holds=vae_folder)
+    teacher_holds = with_weights(model_folder, DIFFUSERS_WEIGHTS)
+    need("teacher.path", cfg.teacher.path, "a local diffusers model or pipeline folder", holds=teacher_holds)
+    spec = family_spec(cfg.teacher.family)
+
+    def reads(slot: str) -> bool:  # an encoder the family ignores is a warning of ConfigError's, not a missing file
+        return spec is None or slot in spec.text_encoders
+
+    if reads("t5"):
+        t5_holds = with_weights(t5_folder, TRANSFORMERS_WEIGHTS)
+        need("text_encoder.path", cfg.text_encoder.path, "the T5 encoder and its tokenizer", holds=t5_holds)
+    encoders = [  # (section, the family's slot for it, what it holds)
+        ("pooled_encoder", "clip", "the CLIP text encoder and its tokenizer"),
+        ("pooled_encoder_2", "clip_2", "the second CLIP text encoder and its tokenizer"),
+        ("qwen_encoder", "qwen", "Qwen2.5-VL and its tokenizer, or the pipeline folder"),
+    ]
+    for section, _, what in filter(lambda e: reads(e[1]), encoders):
+        key, (model, tokenizer) = f"{section}.path", ENCODER_SUBFOLDERS[section]
+        model_dir = functools.partial(check_encoder_folder, model=model, tokenizer=tokenizer, key=key)
+        need(key, getattr(cfg, section).path, what, holds=with_weights(model_dir, TRANSFORMERS_WEIGHTS))
+    vae_holds = with_weights(vae_folder, DIFFUSERS_WEIGHTS)
+    need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder", holds=vae_holds)
     if cfg.train.trajectory_source != "offline" or cfg.gan.enabled:
         need("data.path", cfg.data.path, "built image shards: launchers/build_shards.py")
     if cfg.train.trajectory_source == "offline":

@@ -1,12 +1,25 @@
 """Where a recipe's local model folders keep their files, as the loaders read them, with no model library imported:
 the loaders (`teachers`, `vae`, `text_encoder`) resolve their folders here, and the recipe check
 (`ard_scale.config.paths`) calls the same functions, so a folder that is not what its key needs is reported before any
-rank starts."""
+rank starts.
+
+`weights_problem` is for the recipe check only: the loaders let diffusers and transformers find the weights (their
+own errors are clear, but come once per rank after the engines are up)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model",)  # diffusers' model weight file stem (teachers, VAEs)
+TRANSFORMERS_WEIGHTS = ("model", "pytorch_model")  # transformers' (T5): safetensors, then the older .bin name
+# recipe section -> (model, tokenizer) subfolders of a diffusers pipeline folder given as its path
+ENCODER_SUBFOLDERS = {
+    "pooled_encoder": ("text_encoder", "tokenizer"),  # FLUX.1's and SD3's CLIP-L
+    "pooled_encoder_2": ("text_encoder_2", "tokenizer_2"),  # SD3's CLIP-G
+    "qwen_encoder": ("text_encoder", "tokenizer"),  # Qwen-Image's Qwen2.5-VL
+}
 
 
 def model_folder(path: str | Path) -> Path:
@@ -40,3 +53,61 @@ def check_t5_folder(path: str) -> None:
     missing = [n for n in ("config.json", "tokenizer_config.json") if not os.path.isfile(os.path.join(path, n))]
     if missing:
         raise ValueError(f"T5 folder {path!r} lacks model or tokenizer files {missing}; save both with save_pretrained")
+
+
+def encoder_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[str, str]:
+    """(model folder, tokenizer folder): `path` itself when it holds both, else its diffusers-pipeline subfolders."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{key} {path!r} is not a local folder; save the model and its tokenizer there first")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, path
+    model_dir, tok_dir = os.path.join(path, model), os.path.join(path, tokenizer)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ValueError(
+            f"{key} {path!r} holds no config.json, nor {model}/config.json of a pipeline folder; give the text "
+            "encoder's folder"
+        )
+    return model_dir, tok_dir if os.path.isdir(tok_dir) else model_dir
+
+
+def check_encoder_folder(path: str, model: str, tokenizer: str, *, key: str) -> str:
+    """Raise unless `path` (a text encoder's folder, or a pipeline folder with `model`/ and `tokenizer`/ subfolders,
+    as `encoder_parts` resolves it) holds the encoder's config and its tokenizer; returns the model folder."""
+    model_dir, tok_dir = encoder_parts(path, model, tokenizer, key=key)
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer_config.json")):
+        raise ValueError(
+            f"{key} {path!r}: {tok_dir} has no tokenizer_config.json; save the tokenizer there with save_pretrained"
+        )
+    return model_dir
+
+
+def weights_problem(folder: str | Path, stems: tuple[str, ...]) -> str | None:
+    """What keeps `from_pretrained` from finding the weights in model folder `folder`, or None: it reads
+    STEM.safetensors or STEM.bin, or the shards a STEM.safetensors.index.json (or .bin.index.json) lists, all of
+    them present; a variant file (STEM.fp16.safetensors) is not read without `variant=`."""
+    folder = Path(folder)
+    for stem in stems:
+        for ext in ("safetensors", "bin"):
+            if (folder / f"{stem}.{ext}").is_file():
+                return None
+            index = folder / f"{stem}.{ext}.index.json"
+            if index.is_file():
+                try:
+                    shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                    return f"{index} is not a readable shard index ({type(e).__name__}: {e}); copy it again"
+                missing = sorted(str(s) for s in shards if not (folder / str(s)).is_file())
+                if not missing:
+                    return None
+                listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                return (
+                    f"{folder} lacks {len(missing)} of the {len(shards)} weight shards {index.name} lists ({listed}): "
+                    "an unfinished copy? Copy the missing files"
+                )
+    variants = sorted(p.name for stem in stems for p in folder.glob(f"{stem}.*.safetensors"))
+    hint = (
+        f"; it has {', '.join(variants)}, a variant the loader does not read: rename it to {stems[0]}.safetensors"
+        if variants
+        else f"; copy the weights ({stems[0]}.safetensors, or its shards and their .index.json) beside config.json"
+    )
+    return f"{folder} holds no model weights" + hint

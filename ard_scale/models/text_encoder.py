@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from ard_scale.diffusion.condition import EncodedText
-from ard_scale.models.folders import check_t5_folder
+from ard_scale.models.folders import ENCODER_SUBFOLDERS, check_t5_folder, encoder_parts
 
 # Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
 # byte-level ByT5 tokenizer, which needs no vocabulary file.
@@ -100,7 +100,7 @@ def load_clip(
     the folder holding both, or the pipeline folder with `subfolders`, e.g. SD3's `text_encoder_2/`, `tokenizer_2/`).
     `projection`: the folder must hold a CLIPTextModelWithProjection (SD3), whose projected embedding is the pooled
     one; a folder of the other class is refused rather than loaded with missing or unused weights."""
-    model_dir, tok_dir = _pipeline_parts(path, *subfolders, key=f"{key}.path")
+    model_dir, tok_dir = encoder_parts(path, *subfolders, key=f"{key}.path")
     cls = _clip_class(projection)
     with open(os.path.join(model_dir, "config.json")) as f:
         architectures = json.load(f).get("architectures") or [cls.__name__]
@@ -119,21 +119,6 @@ def load_clip(
             "save_pretrained"
         ) from e
     return encoder.to(device).eval().requires_grad_(False), tokenizer
-
-
-def _pipeline_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[str, str]:
-    """(model folder, tokenizer folder): `path` itself when it holds both, else its diffusers-pipeline subfolders."""
-    if not os.path.isdir(path):
-        raise ValueError(f"{key} {path!r} is not a local folder; save the model and its tokenizer there first")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path, path
-    model_dir, tok_dir = os.path.join(path, model), os.path.join(path, tokenizer)
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ValueError(
-            f"{key} {path!r} holds no config.json, nor {model}/config.json of a pipeline folder; give the text "
-            "encoder's folder"
-        )
-    return model_dir, tok_dir if os.path.isdir(tok_dir) else model_dir
 
 
 @torch.no_grad()
@@ -257,7 +242,7 @@ def load_qwen(path: str, *, dtype: torch.dtype = torch.float32, device: str | to
     folder (its `text_encoder/` and `tokenizer/`)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    model_dir, tok_dir = _pipeline_parts(path, "text_encoder", "tokenizer", key="qwen_encoder.path")
+    model_dir, tok_dir = encoder_parts(path, *ENCODER_SUBFOLDERS["qwen_encoder"], key="qwen_encoder.path")
     with open(os.path.join(model_dir, "config.json")) as f:
         architectures = json.load(f).get("architectures") or ["Qwen2_5_VLForConditionalGeneration"]
     if "Qwen2_5_VLForConditionalGeneration" not in architectures:

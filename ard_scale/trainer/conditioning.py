@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition, EncodedText
+from ard_scale.models.folders import ENCODER_SUBFOLDERS
 from ard_scale.models.teachers import Teacher
 from ard_scale.trainer.checks import check_labels
 
@@ -57,8 +58,7 @@ def load_encoder(slot: str, section, *, family: str, clip_projection: bool, dtyp
         loaded = load_qwen(section.path, dtype=dtype) if section.path is not None else build_qwen(section.size)
         model, tokenizer = loaded[0].to(dtype=dtype), loaded[1]
     elif section.path is not None:
-        suffix = key[len("pooled_encoder") :]  # '' or '_2', as the pipeline folder numbers its encoders
-        subfolders = (f"text_encoder{suffix}", f"tokenizer{suffix}")
+        subfolders = ENCODER_SUBFOLDERS[key]  # as the pipeline folder numbers its encoders
         model, tokenizer = load_clip(section.path, projection=clip_projection, subfolders=subfolders, key=key)
     else:
         seed = 0 if slot == "clip" else 1

@@ -2,6 +2,8 @@
 starts) refuses a teacher, T5 or VAE folder that exists but lacks the files its loader reads, naming the key and the
 files, and takes the folder layouts the loaders take (a model folder, or a pipeline folder's subfolder)."""
 
+import json
+
 import pytest
 
 from ard_scale.config import load_config
@@ -16,6 +18,51 @@ def recipe_with(teacher, t5, vae):
         [f"teacher.path={teacher}", "teacher.size=null", f"text_encoder.path={t5}", "text_encoder.size=null",
          f"vae.path={vae}", "vae.size=null"],
     )  # fmt: skip
+
+
+def shard_index(folder, name, shards, *, present=None):
+    """A sharded checkpoint's index naming `shards` (two tensors each), with the shards in `present` (default all)."""
+    weight_map = {f"layer{i}.{p}": shard for i, shard in enumerate(shards) for p in ("weight", "bias")}
+    (folder / name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for shard in shards if present is None else present:
+        (folder / shard).write_bytes(b"")
+
+
+def model_folders(tmp_path):
+    """Teacher, T5 and VAE folders with their configs and tokenizer, no weights."""
+    folders = [tmp_path / name for name in ("teacher", "t5", "vae")]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    (tmp_path / "t5" / "tokenizer_config.json").write_text("{}")
+    return folders
+
+
+def test_folders_without_their_weights_are_named_with_the_fix(tmp_path):
+    teacher, t5, vae = model_folders(tmp_path)
+    shards = [f"diffusion_pytorch_model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    shard_index(teacher, "diffusion_pytorch_model.safetensors.index.json", shards, present=shards[:1])
+    (vae / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
+    problems = missing_paths(recipe_with(teacher, t5, vae))
+    assert problems == [
+        f"teacher.path: {teacher} lacks 2 of the 3 weight shards diffusion_pytorch_model.safetensors.index.json lists "
+        f"({shards[1]}, {shards[2]}): an unfinished copy? Copy the missing files",
+        f"text_encoder.path: {t5} holds no model weights; copy the weights (model.safetensors, or its shards and their "
+        ".index.json) beside config.json",
+        f"vae.path: {vae} holds no model weights; it has diffusion_pytorch_model.fp16.safetensors, a variant the "
+        "loader does not read: rename it to diffusion_pytorch_model.safetensors",
+    ]
+
+
+def test_a_garbled_shard_index_is_named(tmp_path):
+    teacher, t5, vae = model_folders(tmp_path)
+    (teacher / "diffusion_pytorch_model.safetensors.index.json").write_text('{"weight_map": ')
+    (t5 / "model.safetensors").write_bytes(b"")
+    (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    [problem] = missing_paths(recipe_with(teacher, t5, vae))
+    assert problem.startswith(
+        f"teacher.path: {teacher / 'diffusion_pytorch_model.safetensors.index.json'} is not a readable shard index"
+    )
 
 
 def test_folders_without_their_model_files_are_named_with_what_they_lack(tmp_path):
@@ -42,5 +89,69 @@ def test_the_loaders_folder_layouts_pass(tmp_path, layout):
         folder.mkdir(parents=True)
         (folder / "config.json").write_text("{}")
     (t5 / "tokenizer_config.json").write_text("{}")
+    (teacher / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (vae / "diffusion_pytorch_model.bin").write_bytes(b"")  # the older name diffusers still reads
+    shard_index(
+        t5, "model.safetensors.index.json", ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    )
     given = (pipe, pipe) if layout == "pipeline folder" else (teacher, vae)
     assert missing_paths(recipe_with(given[0], t5, given[1])) == []
+
+
+def encoder_folder(folder, *, tokenizer=True, weights="model.safetensors"):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    if tokenizer:
+        (folder / "tokenizer_config.json").write_text("{}")
+    if weights:
+        (folder / weights).write_bytes(b"")
+    return folder
+
+
+def test_the_qwen_encoder_folder_is_checked(tmp_path):
+    """qwen_encoder.path was not checked at all: a missing Qwen2.5-VL folder failed on every rank after start-up."""
+    cfg = load_config(
+        "recipes/tiny_qwen_image_cpu.yaml", [f"qwen_encoder.path={tmp_path / 'qwen'}", "qwen_encoder.size=null"]
+    )
+    assert missing_paths(cfg) == [
+        f"qwen_encoder.path: {str(tmp_path / 'qwen')!r} is not an existing folder (Qwen2.5-VL and its tokenizer, or "
+        "the pipeline folder)"
+    ]
+    pipe = tmp_path / "qwen"  # a QwenImagePipeline folder: text_encoder/ and tokenizer/
+    encoder_folder(pipe / "text_encoder", tokenizer=False, weights=None)
+    encoder_folder(pipe / "tokenizer", weights=None).joinpath("config.json").unlink()
+    assert missing_paths(cfg) == [
+        f"qwen_encoder.path: {pipe / 'text_encoder'} holds no model weights; copy the weights (model.safetensors, or "
+        "its shards and their .index.json) beside config.json"
+    ]
+    shard_index(
+        pipe / "text_encoder",
+        "model.safetensors.index.json",
+        [f"model-0000{i}-of-00005.safetensors" for i in range(1, 6)],
+    )
+    assert missing_paths(cfg) == []
+
+
+def test_sd3s_clip_towers_are_read_from_their_numbered_pipeline_subfolders(tmp_path):
+    pipe = tmp_path / "sd3"
+    encoder_folder(pipe / "text_encoder")
+    encoder_folder(pipe / "text_encoder_2", tokenizer=False)
+    (pipe / "tokenizer_2").mkdir()  # the CLIP-G tokenizer folder, left empty
+    overrides = [
+        f"{s}.{k}={v}" for s in ("pooled_encoder", "pooled_encoder_2") for k, v in (("path", pipe), ("size", "null"))
+    ]
+    assert missing_paths(load_config("recipes/tiny_sd3_cpu.yaml", overrides)) == [
+        f"pooled_encoder_2.path: {str(pipe)!r}: {pipe / 'tokenizer_2'} has no tokenizer_config.json; save the "
+        "tokenizer there with save_pretrained"
+    ]
+    (pipe / "tokenizer_2" / "tokenizer_config.json").write_text("{}")
+    assert missing_paths(load_config("recipes/tiny_sd3_cpu.yaml", overrides)) == []
+
+
+def test_an_encoder_the_family_does_not_read_is_not_a_missing_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.warns(UserWarning, match="qwen_encoder is ignored.*pooled_encoder_2 is ignored"):
+        cfg = load_config(
+            "recipes/tiny_flux_cpu.yaml", [f"qwen_encoder.path={missing}", f"pooled_encoder_2.path={missing}"]
+        )
+    assert missing_paths(cfg) == []  # ConfigError's warnings name them as ignored
