@@ -15,10 +15,34 @@ def _remote(path: str) -> bool:
     return "://" in path
 
 
+def _shard_problem(path: str | None, format: str) -> str | None:
+    """What the `format` reader would refuse about data.path `path` (a folder, and for webdataset also a shard index
+    .json or a brace pattern), found as the reader finds it but without reading a shard; None if nothing."""
+    from ard_scale.data.bundled import resolve_data_path
+    from ard_scale.data.shard_paths import check_shard_path
+
+    if path is None or (format == "mds" and _remote(path)):  # streaming fetches a remote index itself
+        return None
+    try:
+        path = resolve_data_path(path) if path.startswith("bundled:") else path
+        if "{" not in path and not _remote(path) and not os.path.exists(path):
+            forms = (
+                "a folder of .tar shards, a shards.json index or a brace pattern"
+                if format == "webdataset"
+                else "a folder"
+            )
+            return f"{path!r} does not exist ({format} shards: {forms}; launchers/build_shards.py)"
+        check_shard_path(path, format)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def missing_paths(cfg) -> list[str]:
     """'key: path — what it should be' for every path of `cfg` that does not exist here (remote URLs skipped), or
-    that is a model folder without the files its loader reads (the teacher, T5 and VAE folders: config, tokenizer,
-    weights, every shard a sharded checkpoint's index lists)."""
+    that is a model folder without the files its loader reads (the teacher, T5, CLIP, Qwen2.5-VL and VAE folders:
+    config, tokenizer, weights, every shard a sharded checkpoint's index lists), or shards the data reader would
+    refuse."""
     from ard_scale.config.models import family_spec
     from ard_scale.data.bundled import resolve_data_path
     from ard_scale.models.folders import (
@@ -69,6 +93,7 @@ def missing_paths(cfg) -> list[str]:
 
     teacher_holds = with_weights(model_folder, DIFFUSERS_WEIGHTS)
     need("teacher.path", cfg.teacher.path, "a local diffusers model or pipeline folder", holds=teacher_holds)
+
     spec = family_spec(cfg.teacher.family)
 
     def reads(slot: str) -> bool:  # an encoder the family ignores is a warning of ConfigError's, not a missing file
@@ -89,7 +114,8 @@ def missing_paths(cfg) -> list[str]:
     vae_holds = with_weights(vae_folder, DIFFUSERS_WEIGHTS)
     need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder", holds=vae_holds)
     if cfg.train.trajectory_source != "offline" or cfg.gan.enabled:
-        need("data.path", cfg.data.path, "built image shards: launchers/build_shards.py")
+        problem = _shard_problem(cfg.data.path, cfg.data.format)
+        out += [] if problem is None else [f"data.path: {problem}"]
     if cfg.train.trajectory_source == "offline":
         need("data.trajectory_path", cfg.data.trajectory_path, "a dump of launchers/dump_trajectories.py")
     if cfg.gan.enabled:

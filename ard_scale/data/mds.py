@@ -9,7 +9,6 @@ streaming reads; torch.distributed is never touched.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -18,6 +17,7 @@ from streaming import StreamingDataLoader, StreamingDataset
 
 from ard_scale.config.data import DataConfig
 from ard_scale.data.samples import BadSample, SkipCounter, collate, decode_sample
+from ard_scale.data.shard_paths import check_mds_folder
 
 # + optional label: int, t5_emb/t5_mask/pooled_emb: ndarray
 COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}
@@ -105,7 +105,7 @@ class MDSLoader:
                 )
             location = {"remote": config.path, "local": config.cache_dir}
         else:
-            self._check_local(config.path)
+            check_mds_folder(config.path)
             location = {"local": config.path}  # local-only data: no copy, no cache
         _export_world(rank, world_size, config.local_world_size)
         self.dataset = DecodingStreamingDataset(
@@ -121,20 +121,6 @@ class MDSLoader:
         self.skips = SkipCounter()
         self.num_samples_yielded = 0
         self._resume: dict | None = None
-
-    @staticmethod
-    def _check_local(path: str) -> None:
-        index = os.path.join(path, "index.json")
-        if not os.path.isfile(index):
-            raise ValueError(f"MDS path {path!r} has no index.json: not an MDS dataset (build it with build_shards)")
-        with open(index) as f:
-            shards = json.load(f)["shards"]
-        if not shards or sum(s["samples"] for s in shards) == 0:
-            raise ValueError(f"MDS dataset {path!r} is empty; rebuild it")
-        for s in shards:
-            names = [s[k]["basename"] for k in ("raw_data", "zip_data") if s.get(k)]
-            if not any(os.path.isfile(os.path.join(path, name)) for name in names):
-                raise ValueError(f"MDS shard {os.path.join(path, names[0])!r} listed in {index} is missing; rebuild")
 
     @property
     def num_skipped(self) -> int:

@@ -12,19 +12,15 @@ worker count: the stream the main process sees is the same with 0, 1 or 8 worker
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import tarfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from braceexpand import braceexpand
 
 from ard_scale.data.samples import BadSample, decode_wds_sample
-
-INDEX_NAME = "shards.json"  # wids-style shard index written by build_shards: shard urls + sample counts
+from ard_scale.data.shard_paths import is_remote, shard_urls
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,10 +29,6 @@ class Shard:
 
     url: str
     num_samples: int
-
-
-def _is_remote(url: str) -> bool:
-    return "://" in url or url.startswith("pipe:")
 
 
 def _count_samples(path: str) -> int:
@@ -58,32 +50,8 @@ def _split_name(name: str) -> tuple[str, str]:
 
 def list_shards(path: str) -> list[Shard]:
     """Resolve a folder of .tar, a shards.json index, or a brace pattern to shards with sample counts."""
-    if path.endswith(".json") or os.path.isdir(path):
-        index = path if path.endswith(".json") else os.path.join(path, INDEX_NAME)
-        if os.path.isfile(index):
-            with open(index) as f:
-                shardlist = json.load(f)["shardlist"]
-            root = os.path.dirname(index)
-            shards = [Shard(url=s["url"] if _is_remote(s["url"]) else os.path.join(root, s["url"]),
-                            num_samples=int(s["nsamples"])) for s in shardlist]  # fmt: skip
-        elif os.path.isdir(path):
-            urls = sorted(glob.glob(os.path.join(path, "*.tar")) + glob.glob(os.path.join(path, "*.tar.gz")))
-            shards = [Shard(url=u, num_samples=_count_samples(u)) for u in urls]
-        else:
-            raise ValueError(f"webdataset index {path!r} does not exist; pass a folder of .tar or build one")
-    else:
-        urls = list(braceexpand(path))
-        if any(_is_remote(u) for u in urls):
-            raise ValueError(
-                f"webdataset path {path!r} is remote: sample counts are needed for exact resume, so pass a "
-                f"{INDEX_NAME} index listing the urls and their nsamples (build_shards writes one)"
-            )
-        shards = [Shard(url=u, num_samples=_count_samples(u) if os.path.isfile(u) else -1) for u in urls]
-    if not shards:
-        raise ValueError(f"webdataset path {path!r} holds no .tar shards; point data.path at built shards")
+    shards = [Shard(url=url, num_samples=_count_samples(url) if n is None else n) for url, n in shard_urls(path)]
     for s in shards:
-        if not _is_remote(s.url) and not os.path.isfile(s.url):
-            raise ValueError(f"webdataset shard {s.url!r} (from data.path={path!r}) does not exist")
         if s.num_samples <= 0:
             raise ValueError(f"webdataset shard {s.url!r} holds no samples; rebuild or remove it")
     return shards
@@ -135,7 +103,7 @@ class TarReader:
 
     def __init__(self, url: str):
         self.url = url
-        if _is_remote(url):
+        if is_remote(url):
             from webdataset.gopen import gopen  # streams http(s)://, pipe:, s3 via curl/aws, ...
 
             self._tar = tarfile.open(fileobj=gopen(url, "rb"), mode="r|*")

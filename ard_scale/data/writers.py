@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import Iterable
 from typing import Any
 
-from ard_scale.data.wds import INDEX_NAME
+from ard_scale.data.shard_paths import INDEX_NAME
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -3,11 +3,13 @@ starts) refuses a teacher, T5 or VAE folder that exists but lacks the files its 
 files, and takes the folder layouts the loaders take (a model folder, or a pipeline folder's subfolder)."""
 
 import json
+import shutil
 
 import pytest
 
 from ard_scale.config import load_config
 from ard_scale.config.paths import missing_paths
+from ard_scale.data.bundled import resolve_data_path
 
 RECIPE = "recipes/tiny_t2i_cpu.yaml"
 
@@ -155,3 +157,45 @@ def test_an_encoder_the_family_does_not_read_is_not_a_missing_path(tmp_path):
             "recipes/tiny_flux_cpu.yaml", [f"qwen_encoder.path={missing}", f"pooled_encoder_2.path={missing}"]
         )
     assert missing_paths(cfg) == []  # ConfigError's warnings name them as ignored
+
+
+def data_problems(path, format="webdataset"):
+    return missing_paths(load_config("recipes/tiny_cpu.yaml", [f"data.path={path}", f"data.format={format}"]))
+
+
+def test_every_data_path_form_the_webdataset_reader_opens_passes():
+    """A shard index and a brace pattern were refused as 'not an existing folder', though the reader opens them."""
+    wds = resolve_data_path("bundled:digits/webdataset")
+    for path in (wds, f"{wds}/shards.json", f"{wds}/shard-{{000000..000006}}.tar.gz", "bundled:digits/webdataset"):
+        assert data_problems(path) == [], path
+    assert data_problems(resolve_data_path("bundled:digits/mds"), "mds") == []
+
+
+def test_shards_the_readers_would_refuse_are_named_before_launch(tmp_path):
+    wds = resolve_data_path("bundled:digits/webdataset")
+    (tmp_path / "empty").mkdir()
+    assert data_problems(tmp_path / "empty") == [
+        f"data.path: webdataset path '{tmp_path / 'empty'}' holds no .tar shards; point data.path at built shards"
+    ]
+    pattern = f"{wds}/shard-{{000005..000007}}.tar.gz"
+    assert data_problems(pattern) == [
+        f"data.path: webdataset shard '{wds}/shard-000007.tar.gz' (from data.path='{pattern}') does not exist"
+    ]
+    (tmp_path / "shards.json").write_text('{"shardlist": [{"url": "a.tar"}]}')
+    [problem] = data_problems(tmp_path / "shards.json")
+    assert problem.startswith(
+        f"data.path: webdataset index '{tmp_path / 'shards.json'}' is not a shard index (KeyError"
+    )
+    assert data_problems(tmp_path / "nowhere") == [
+        f"data.path: '{tmp_path / 'nowhere'}' does not exist (webdataset shards: a folder of .tar shards, a "
+        "shards.json index or a brace pattern; launchers/build_shards.py)"
+    ]
+    assert data_problems(tmp_path / "empty", "mds") == [
+        f"data.path: MDS path '{tmp_path / 'empty'}' has no index.json: not an MDS dataset (build it with build_shards)"
+    ]
+    mds = tmp_path / "mds"
+    shutil.copytree(resolve_data_path("bundled:digits/mds"), mds)
+    (mds / "shard.00001.mds").unlink()
+    assert data_problems(mds, "mds") == [
+        f"data.path: MDS shard '{mds / 'shard.00001.mds'}' listed in {mds / 'index.json'} is missing; rebuild"
+    ]

@@ -1,0 +1,97 @@
+"""What a `data.path` names, resolved without reading a shard or importing a reader's library: the webdataset
+readers list their shards here (`shard_urls`), the MDS reader checks its folder here (`check_mds_folder`), and the
+recipe check (`ard_scale.config.paths`) calls `check_shard_path` with both, so a path the readers would refuse is
+reported before any rank starts, and one they accept (a folder, a shard index, a brace pattern) is not."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from braceexpand import braceexpand
+
+INDEX_NAME = "shards.json"  # wids-style shard index written by build_shards: shard urls + sample counts
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def shard_urls(path: str) -> list[tuple[str, int | None]]:
+    """(url, number of samples from the index, or None where only the shard knows) of every webdataset shard that
+    `path` names: a folder of .tar (or .tar.gz), a shard index .json, or a brace pattern. A path that names no shard, a
+    local shard that does not exist, an unreadable index, or remote shards without an index (resume needs the counts)
+    is a ValueError naming it."""
+    if path.endswith(".json") or os.path.isdir(path):
+        index = path if path.endswith(".json") else os.path.join(path, INDEX_NAME)
+        if os.path.isfile(index):
+            root = os.path.dirname(index)
+            try:
+                with open(index, encoding="utf-8") as f:
+                    listing = [(s["url"] if is_remote(s["url"]) else os.path.join(root, s["url"]), int(s["nsamples"]))
+                               for s in json.load(f)["shardlist"]]  # fmt: skip
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"webdataset index {index!r} is not a shard index ({type(e).__name__}: {e}): it needs "
+                    '{"shardlist": [{"url": ..., "nsamples": ...}, ...]}; rebuild it with launchers/build_shards.py'
+                ) from e
+        elif os.path.isdir(path):
+            urls = sorted(glob.glob(os.path.join(path, "*.tar")) + glob.glob(os.path.join(path, "*.tar.gz")))
+            listing = [(u, None) for u in urls]
+        else:
+            raise ValueError(f"webdataset index {path!r} does not exist; pass a folder of .tar or build one")
+    elif "{" not in path and not is_remote(path) and not os.path.exists(path):
+        raise ValueError(
+            f"webdataset path {path!r} does not exist: give a folder of .tar shards, a {INDEX_NAME} index or a brace "
+            "pattern (launchers/build_shards.py writes the first two)"
+        )
+    else:
+        urls = list(braceexpand(path))
+        if any(is_remote(u) for u in urls):
+            raise ValueError(
+                f"webdataset path {path!r} is remote: sample counts are needed for exact resume, so pass a "
+                f"{INDEX_NAME} index listing the urls and their nsamples (build_shards writes one)"
+            )
+        listing = [(u, None) for u in urls]
+    if not listing:
+        raise ValueError(f"webdataset path {path!r} holds no .tar shards; point data.path at built shards")
+    for url, _ in listing:
+        if not is_remote(url) and not os.path.isfile(url):
+            raise ValueError(f"webdataset shard {url!r} (from data.path={path!r}) does not exist")
+    return listing
+
+
+def check_mds_folder(path: str) -> None:
+    """Raise unless local folder `path` is a non-empty MDS dataset whose index's shards are all there."""
+    index = os.path.join(path, "index.json")
+    if not os.path.isfile(index):
+        raise ValueError(f"MDS path {path!r} has no index.json: not an MDS dataset (build it with build_shards)")
+    try:
+        with open(index, encoding="utf-8") as f:
+            shards = json.load(f)["shards"]
+        total = sum(int(s["samples"]) for s in shards)
+        names = [[s[k]["basename"] for k in ("raw_data", "zip_data") if s.get(k)] for s in shards]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"MDS index {index!r} is damaged ({type(e).__name__}: {e}); rebuild the dataset") from e
+    if not shards or total == 0:
+        raise ValueError(f"MDS dataset {path!r} is empty; rebuild it")
+    for options in names:
+        if not any(os.path.isfile(os.path.join(path, name)) for name in options):
+            raise ValueError(f"MDS shard {os.path.join(path, options[0])!r} listed in {index} is missing; rebuild")
+
+
+def check_shard_path(path: str, format: str) -> None:
+    """Raise what the `format` reader would raise about `path` on opening it, without reading a shard (remote MDS
+    is not checked: streaming downloads its index itself)."""
+    if format == "webdataset":
+        shard_urls(path)
+    elif format == "mds":
+        if not is_remote(path):
+            if not os.path.isdir(path):
+                raise ValueError(
+                    f"MDS path {path!r} is not an existing folder (built shards: launchers/build_shards.py)"
+                )
+            check_mds_folder(path)
+    else:
+        raise ValueError(f"format={format!r}; choose 'webdataset' or 'mds'")
