@@ -1,24 +1,30 @@
 """Precompute caption embeddings into MDS shards, so the text encoders stay off the training GPUs.
 
+    python launchers/precompute_text.py SHARDS OUT_DIR --recipe recipes/qwen_image_1024.yaml   # every family
     python launchers/precompute_text.py SHARDS OUT_DIR --t5 /models/t5-v1_1-xxl [--format mds] [--max-length 120]
     python launchers/precompute_text.py SHARDS OUT_DIR --family flux --t5 /models/flux.1-dev/text_encoder_2 \\
         --pooled-encoder /models/flux.1-dev --max-length 512
-    python launchers/precompute_text.py SHARDS OUT_DIR --recipe recipes/flux_1024.yaml   # family, encoders, lengths
 
---recipe supplies every option it names (teacher.family, text_encoder.path / max_length, pooled_encoder.path /
-max_length); options given on the command line win.
+--recipe supplies the family and every encoder section it reads (text_encoder, pooled_encoder, pooled_encoder_2,
+qwen_encoder: path or debug size, max_length) and Qwen2.5-VL's dtype (train.precision); --t5, --pooled-encoder,
+--max-length and --pooled-max-length on the command line win. Without a recipe the options name a T5 (and a CLIP
+for FLUX.1); SD3 and Qwen-Image need the recipe.
 
-Reads a built shard set (webdataset or MDS) in storage order and writes MDS shards with its columns plus
-t5_emb (max_length, D) float16 and t5_mask (max_length,) uint8, and with --pooled-encoder pooled_emb (D_pool,)
-float16: CLIP's pooled embedding (FLUX.1). The loaders yield them as batch["t5_emb"], batch["t5_mask"] and
-batch["pooled_emb"]. --family encodes as that family's teacher reads its text: FLUX runs T5 over the padding too,
-without an attention mask, as FluxPipeline does (t5_mask is then all ones).
+Reads a built shard set (webdataset or MDS) in storage order and writes MDS shards with its columns plus the text
+the family's teacher reads, encoded and combined exactly as the trainer's Conditioner does
+(`ard_scale.trainer.conditioning.encode_text`): t5_emb (L, D) float16 — T5's tokens for PixArt and FLUX.1, CLIP-L ‖
+CLIP-G ‖ T5 for SD3, Qwen2.5-VL's hidden states for Qwen-Image —, t5_mask (L,) uint8 (all ones where the teacher
+attends to padding, as FLUX.1 and SD3 do) and, for families with a CLIP slot, pooled_emb (D_pool,) float16. The
+loaders yield them as batch["t5_emb"], batch["t5_mask"] and batch["pooled_emb"]; a recipe with
+text_encoder.use_precomputed=true trains on them (a CFG teacher still loads its encoders once, for the null
+caption).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -28,13 +34,51 @@ from tqdm import tqdm
 from ard_scale.data.sources import iter_shard_set
 from ard_scale.data.writers import MDSWriterAdapter
 from ard_scale.models.families import FAMILIES, get_family
-from ard_scale.models.text_encoder import encode_captions, encode_pooled, load_clip, load_t5
 
 
 def _batches(iterable, size):
     iterator = iter(iterable)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
+    """(family, slot -> encoder section, Qwen2.5-VL's dtype) from --recipe and the options, which win."""
+    from ard_scale.config.models import PooledEncoderConfig, QwenEncoderConfig, TextEncoderConfig
+    from ard_scale.trainer.build import PRECISIONS
+
+    if args.recipe is not None:
+        from ard_scale.config import load_config
+
+        cfg = load_config(args.recipe)  # a ConfigError is a ValueError: main's caller prints it
+        family_name, dtype = args.family or cfg.teacher.family, PRECISIONS[cfg.train.precision]
+        t5, clip = cfg.text_encoder, cfg.pooled_encoder
+        clip_2, qwen = cfg.pooled_encoder_2, cfg.qwen_encoder
+    else:
+        family_name, dtype = args.family or "pixart", torch.float32
+        t5, clip = TextEncoderConfig(max_length=120), PooledEncoderConfig()
+        clip_2, qwen = PooledEncoderConfig(), QwenEncoderConfig()
+    if args.t5 is not None:
+        t5 = replace(t5, path=args.t5, size=None)
+    if args.max_length is not None:
+        t5 = replace(t5, max_length=args.max_length)
+    if args.pooled_encoder is not None:
+        clip = replace(clip, path=args.pooled_encoder, size=None)
+    if args.pooled_max_length is not None:
+        clip = replace(clip, max_length=args.pooled_max_length)
+    family = get_family(family_name)
+    if family.condition_kind != "text":
+        raise ValueError(f"family {family_name!r} is class-conditional: its shards carry labels, no text to encode")
+    sections = {"t5": t5, "clip": clip, "clip_2": clip_2, "qwen": qwen}
+    missing = [slot for slot in family.text_encoders if sections[slot].path is None and sections[slot].size is None]
+    if missing:
+        options = {"t5": "--t5 FOLDER", "clip": "--pooled-encoder FOLDER"}
+        raise ValueError(
+            f"--family {family_name} reads the {' and '.join(missing)} encoder(s): give "
+            + " and ".join(options.get(slot, "--recipe RECIPE") for slot in missing)
+            + " (or a --recipe that names them)"
+        )
+    return family, sections, dtype
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,54 +101,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=256 << 20, help="bytes per output shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    defaults = {"family": "pixart", "max_length": 120, "pooled_max_length": 77}
-    if args.recipe is not None:
-        from ard_scale.config import ConfigError, load_config
+    from ard_scale.trainer.conditioning import encode_text, load_text_encoders
 
-        try:
-            cfg = load_config(args.recipe)
-        except ConfigError as e:
-            sys.exit(f"error: {e}")
-        defaults.update(
-            family=cfg.teacher.family, t5=cfg.text_encoder.path, max_length=cfg.text_encoder.max_length,
-            pooled_encoder=cfg.pooled_encoder.path, pooled_max_length=cfg.pooled_encoder.max_length,
-        )  # fmt: skip
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.t5 is None:
-        parser.error("give --t5 FOLDER (or a --recipe with text_encoder.path)")
-    family = get_family(args.family)
-    if not family.precomputed_text:
-        parser.error(
-            f"--family {args.family} conditions on more than T5 tokens and a pooled embedding (SD3: CLIP token "
-            "embeddings too), which this launcher does not write; train it with text_encoder.use_precomputed=false"
-        )
-    if "clip" in family.text_encoders and args.pooled_encoder is None:
-        parser.error(f"--family {args.family} reads CLIP's pooled embedding too: give --pooled-encoder")
-    try:
-        encoder, tokenizer = load_t5(args.t5, device=args.device)
-        pooled = None if args.pooled_encoder is None else load_clip(args.pooled_encoder, device=args.device)
+    try:  # a bad recipe (ConfigError), a missing encoder or folder: its cause in one line
+        family, sections, dtype = _encoder_sections(args)
+        encoders = load_text_encoders(family, sections, dtype=dtype, device=args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
     writer, num_written = None, 0
     progress = tqdm(desc="captions", unit="caption", file=sys.stderr)
     for batch in _batches(iter_shard_set(args.shards, args.format), args.batch_size):
-        captions = [s["caption"] for s in batch]
-        emb_BLD, mask_BL = encode_captions(
-            encoder, tokenizer, captions, max_length=args.max_length, use_mask=family.text_mask
-        )
-        if mask_BL is None:  # the teacher reads every token
-            mask_BL = torch.ones(emb_BLD.shape[:2], dtype=torch.uint8)
-        columns = {"t5_emb": emb_BLD.half().cpu().numpy(), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
-        if pooled is not None:
-            pooled_BD = encode_pooled(*pooled, captions, max_length=args.pooled_max_length)
-            columns["pooled_emb"] = pooled_BD.half().cpu().numpy()
+        text = encode_text(family, encoders, [s["caption"] for s in batch])
+        mask_BL = text.mask if text.mask is not None else torch.ones(text.tokens.shape[:2])  # reads every token
+        columns = {"t5_emb": text.tokens.half().cpu().numpy(), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
+        if text.pooled is not None:
+            columns["pooled_emb"] = text.pooled.half().cpu().numpy()
         if writer is None:
             with_label = batch[0].get("label") is not None
             writer = MDSWriterAdapter(
                 args.out_dir, shard_bytes=args.shard_size, with_label=with_label, with_t5=True,
-                with_pooled=pooled is not None,
+                with_pooled=text.pooled is not None,
             )  # fmt: skip
         for i, sample in enumerate(batch):
             writer.write({**sample, **{name: values[i] for name, values in columns.items()}})
@@ -113,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if writer is None:
         raise SystemExit(f"no sample in {args.shards!r}; nothing written")
     writer.finish()
-    what = "T5 and pooled CLIP embeddings" if pooled is not None else "T5 embeddings"
-    print(f"wrote {num_written} samples with {what} to {args.out_dir}")
+    what = " + ".join(encoders) + " embeddings" + (" with the pooled one" if "clip" in encoders else "")
+    print(f"wrote {num_written} samples with {family.name}'s {what} to {args.out_dir}")
     return num_written
 
 

@@ -95,34 +95,47 @@ class RootConfig:
                 "text_encoder.path: guidance needs the empty caption's T5 embedding, which precomputed shards do not "
                 "hold; give text_encoder.path (the encoder runs once, for the empty caption) or guidance_scale 1"
             )
+        # precomputed shards replace the encoders, except for the null caption's condition under CFG (encoded once)
+        precomputed = te.use_precomputed and not (
+            spec is not None and spec.guidance == "cfg" and self.diffusion.guidance_scale != 1
+        )
         qe = self.qwen_encoder
-        if spec is not None and "qwen" in spec.text_encoders and qe.path is None and qe.size is None:
+        if (
+            spec is not None
+            and "qwen" in spec.text_encoders
+            and qe.path is None
+            and qe.size is None
+            and not precomputed
+        ):
             out.append(
                 f"qwen_encoder.path: family {t.family!r} reads Qwen2.5-VL's hidden states: set qwen_encoder.path to "
                 "the pipeline folder (its text_encoder/ and tokenizer/) or qwen_encoder.size"
+                + (" (with precomputed shards it encodes CFG's null caption, once)" if te.use_precomputed else "")
             )
         pe = self.pooled_encoder
-        if spec is not None and "clip" in spec.text_encoders and pe.path is None and pe.size is None:
-            if not te.use_precomputed:
-                out.append(
-                    f"pooled_encoder.path: family {t.family!r} reads CLIP's pooled text embedding beside the T5 "
-                    "tokens: set pooled_encoder.path to the pipeline's CLIP text encoder folder (FLUX.1: its "
-                    "text_encoder/ and tokenizer/), or pooled_encoder.size, or text_encoder.use_precomputed=true with "
-                    "shards written by launchers/precompute_text.py --pooled-encoder"
-                )
+        if (
+            spec is not None
+            and "clip" in spec.text_encoders
+            and pe.path is None
+            and pe.size is None
+            and not precomputed
+        ):
+            out.append(
+                f"pooled_encoder.path: family {t.family!r} reads CLIP's pooled text embedding beside the T5 "
+                "tokens: set pooled_encoder.path to the pipeline's CLIP text encoder folder (FLUX.1: its "
+                "text_encoder/ and tokenizer/), or pooled_encoder.size, or text_encoder.use_precomputed=true with "
+                "shards written by launchers/precompute_text.py"
+                + (" (with precomputed shards it encodes CFG's null caption, once)" if te.use_precomputed else "")
+            )
         pe2 = self.pooled_encoder_2
         if spec is not None and "clip_2" in spec.text_encoders and pe2.path is None and pe2.size is None:
-            out.append(
-                f"pooled_encoder_2.path: family {t.family!r} reads a second CLIP text encoder (SD3: CLIP-G): set "
-                "pooled_encoder_2.path to the pipeline folder (its text_encoder_2/ and tokenizer_2/) or "
-                "pooled_encoder_2.size"
-            )
-        if spec is not None and text_family and te.use_precomputed and not spec.precomputed_text:
-            out.append(
-                f"text_encoder.use_precomputed: family {t.family!r} conditions on more than the precomputed t5_emb "
-                "and pooled_emb columns (SD3: CLIP token embeddings too) or on others (Qwen-Image: Qwen2.5-VL hidden "
-                "states), which launchers/precompute_text.py does not write; set text_encoder.use_precomputed=false"
-            )
+            if not precomputed:
+                out.append(
+                    f"pooled_encoder_2.path: family {t.family!r} reads a second CLIP text encoder (SD3: CLIP-G): set "
+                    "pooled_encoder_2.path to the pipeline folder (its text_encoder_2/ and tokenizer_2/) or "
+                    "pooled_encoder_2.size"
+                    + (" (with precomputed shards it encodes CFG's null caption, once)" if te.use_precomputed else "")
+                )
         if text_family and set(spec.text_encoders) != {"t5"} and tr.trajectory_source == "offline":
             out.append(
                 f"train.trajectory_source: offline dumps store T5 embeddings only, and family {t.family!r} reads "

@@ -105,8 +105,9 @@ def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
 
 
 def meta_qwen_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
-    """Qwen2.5-VL on meta when the family reads it (Qwen-Image), from qwen_encoder.path's config where it is here."""
-    if "qwen" not in get_family(cfg.teacher.family).text_encoders:
+    """Qwen2.5-VL on meta when the family reads it (Qwen-Image) and the shards do not carry its output
+    (text_encoder.use_precomputed), from qwen_encoder.path's config where it is here."""
+    if "qwen" not in get_family(cfg.teacher.family).text_encoders or cfg.text_encoder.use_precomputed:
         return None, "none"
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 

@@ -78,6 +78,28 @@ def encode_slot(slot: str, encoder: LoadedEncoder, captions: list[str], *, use_m
     return encode(encoder.model, encoder.tokenizer, captions, max_length=encoder.max_length)
 
 
+def load_text_encoders(spec, sections: dict[str, Any], *, dtype: torch.dtype, device="cpu") -> dict[str, LoadedEncoder]:
+    """The encoders family `spec` lists by slot, from their recipe sections (`sections`: slot -> section), on
+    `device`; `dtype`: Qwen2.5-VL's (T5 and CLIP run in fp32)."""
+    encoders = {}
+    for slot in (s for s in SLOTS if s in spec.text_encoders):
+        encoder = load_encoder(
+            slot, sections[slot], family=spec.name, clip_projection=spec.clip_projection, dtype=dtype
+        )
+        encoder.model.to(device)
+        encoders[slot] = encoder
+    return encoders
+
+
+@torch.no_grad()
+def encode_text(spec, encoders: dict[str, LoadedEncoder], captions: list[str]) -> EncodedText:
+    """Captions -> the text the family's teacher reads (tokens, mask, pooled): each encoder's output, combined as
+    the family's pipeline does (`assemble_condition`). What launchers/precompute_text.py stores and the trainer reads
+    back in place of running the encoders."""
+    encoded = {slot: encode_slot(slot, e, captions, use_mask=spec.text_mask) for slot, e in encoders.items()}
+    return spec.assemble_condition(encoded)
+
+
 class Conditioner:
     """Batch -> (condition, null condition) for the teacher's family, on `device`.
 
@@ -86,8 +108,9 @@ class Conditioner:
     its recipe section: text_encoder, pooled_encoder, pooled_encoder_2, qwen_encoder) run on the captions, and the
     family combines their outputs (`family.assemble_condition`: T5 tokens + CLIP's pooled embedding for FLUX.1;
     CLIP-L ‖ CLIP-G tokens padded and prepended to T5's, pooled CLIP-L ‖ CLIP-G for SD3; Qwen2.5-VL's hidden states
-    and mask for Qwen-Image); or T5 embeddings precomputed in the shards (`t5_emb`/`t5_mask`, with `pooled_emb`
-    where a 'clip' slot is listed; without the mask where the family attends to padding).
+    and mask for Qwen-Image); or that combined text precomputed in the shards by launchers/precompute_text.py
+    (`t5_emb`/`t5_mask` — named for T5, holding whatever tokens the family reads —, with `pooled_emb` where a 'clip'
+    slot is listed; without the mask where the family attends to padding).
 
     Guidance (`family.guidance`): 'cfg' — the null condition is the condition of the family's `null_caption` (the
     empty caption; Qwen-Image's " "), encoded once; 'embedded' — every condition carries `guidance_scale` as its
@@ -114,12 +137,7 @@ class Conditioner:
         self.null: Condition | None = None
         if self.kind != "text" or (not keep_encoders and self.cfg_scale == 1):
             return
-        for slot in (s for s in SLOTS if s in spec.text_encoders):
-            encoder = load_encoder(
-                slot, sections[slot], family=teacher.family, clip_projection=spec.clip_projection, dtype=qwen_dtype
-            )
-            encoder.model.to(self.device)
-            self.encoders[slot] = encoder
+        self.encoders = load_text_encoders(spec, sections, dtype=qwen_dtype, device=self.device)
         if self.cfg_scale != 1:
             self.null = self._encode([spec.null_caption])
         if not keep_encoders:
@@ -152,7 +170,7 @@ class Conditioner:
             labels = batch["labels"].long()
             check_labels(labels, batch.get("keys"), self.teacher.num_classes)
             return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
-        precomputed = self.spec.precomputed_text and "t5_emb" in batch
+        precomputed = "t5_emb" in batch
         if precomputed and (not self.needs_pooled or "pooled_emb" in batch):
             text = batch["t5_emb"].float()
             mask = batch["t5_mask"] if self.use_mask else None
@@ -161,8 +179,8 @@ class Conditioner:
             wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
             raise ValueError(
                 f"text_encoder.use_precomputed is set but the shards carry no {wanted}; run "
-                "launchers/precompute_text.py on them (with --pooled-encoder for a family that reads CLIP's pooled "
-                "embedding) or set text_encoder.use_precomputed=false"
+                "launchers/precompute_text.py SHARDS OUT --recipe RECIPE on them (it writes what the family reads) or "
+                "set text_encoder.use_precomputed=false"
             )
         else:
             cond = self._encode(batch["captions"])
@@ -183,9 +201,7 @@ class Conditioner:
     def _guidance(self, batch_size: int) -> torch.Tensor | None:
         return None if self.guidance is None else torch.full((batch_size,), self.guidance)
 
-    @torch.no_grad()
     def _encode(self, captions: list[str]) -> Condition:
         """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
-        encoded = {slot: encode_slot(slot, e, captions, use_mask=self.use_mask) for slot, e in self.encoders.items()}
-        out = self.spec.assemble_condition(encoded)
+        out = encode_text(self.spec, self.encoders, captions)
         return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))

@@ -164,3 +164,14 @@ def test_flex_history_attention_is_planned_at_the_blocks_its_mask_allows(recipe)
     assert per_sample == layers * 4 * heads * head_dim * L * L * (S * S - allowed)
     saved = {k: p["models"]["student"]["activations_no_checkpointing"] for k, p in (("flex", flex), ("sdpa", sdpa))}
     assert saved["sdpa"] - saved["flex"] == layers * (S * L) ** 2 * 4
+
+
+def test_precomputed_text_takes_qwen_image_s_encoder_off_the_gpus():
+    """With text_encoder.use_precomputed the trainer drops Qwen2.5-VL after encoding the null caption; the plan
+    counts neither its weights nor its encode pass."""
+    online = plan(load_config("recipes/qwen_image_1024.yaml"), 8)
+    precomputed = plan(load_config("recipes/qwen_image_1024.yaml", ["text_encoder.use_precomputed=true"]), 8)
+    qwen = online["models"]["qwen2.5-vl"]
+    assert round(qwen["num_params"] / 1e9, 1) == 8.3 and online["phases"]["qwen_encode"] > 0
+    assert "qwen2.5-vl" not in precomputed["models"] and precomputed["phases"]["qwen_encode"] == 0
+    assert precomputed["persistent_bytes"] == online["persistent_bytes"] - qwen["params"]  # its ZeRO-3 share

@@ -51,9 +51,6 @@ class Family:
     # True: the CLIP towers are CLIPTextModelWithProjection and their pooled output is the projected `text_embeds`
     # (SD3). False: CLIPTextModel's `pooler_output` (FLUX.1).
     clip_projection: ClassVar[bool] = False
-    # Whether launchers/precompute_text.py's columns (t5_emb, t5_mask, pooled_emb) are everything the condition
-    # needs, so that text_encoder.use_precomputed can replace the encoders.
-    precomputed_text: ClassVar[bool] = True
     default_sizes: ClassVar[dict[int, str]] = {}  # resolution in pixels -> the named size the planner falls back to
     description: ClassVar[str] = ""
     joint_attention: ClassVar[bool] = False  # text tokens take part in self-attention (MMDiT): one copy per group

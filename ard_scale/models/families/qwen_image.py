@@ -92,7 +92,6 @@ class QwenImageFamily(JointAttentionFamily):
     model_class_name = "QwenImageTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("qwen",)  # Qwen2.5-VL's last hidden states (recipe section qwen_encoder)
-    precomputed_text = False  # launchers/precompute_text.py runs T5 only
     null_caption = " "  # Qwen-Image's model card: negative_prompt=" " turns true CFG on
     guidance = "cfg"
     text_mask = True

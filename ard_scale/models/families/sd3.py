@@ -94,7 +94,6 @@ class SD3Family(JointAttentionFamily):
     # T5 tokens, CLIP-L (pooled_encoder) and CLIP-G (pooled_encoder_2), both CLIPTextModelWithProjection
     text_encoders = ("t5", "clip", "clip_2")
     clip_projection = True
-    precomputed_text = False  # launchers/precompute_text.py writes no CLIP token embeddings
     guidance = "cfg"
     text_mask = False
     description = "Stable Diffusion 3/3.5 flow-matching MMDiT (CLIP-L + CLIP-G + T5 tokens, pooled CLIP, CFG)"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from data_helpers import make_image_folder
 from test_data_roundtrip import load_launcher
 
@@ -118,13 +119,51 @@ def test_precompute_text_for_flux_writes_unmasked_t5_and_the_pooled_clip_embeddi
     assert batch["pooled_emb"].shape == (3, 16) and torch.allclose(batch["pooled_emb"], pooled, atol=2e-3)
 
 
-def test_precompute_text_refuses_a_family_whose_condition_it_cannot_write(tmp_path, tiny_t5, capsys):
-    """SD3 conditions on CLIP token embeddings too, which the launcher does not write: an error, not partial shards."""
-    with pytest.raises(SystemExit):
+def test_precompute_text_names_the_encoders_a_family_needs_without_a_recipe(tmp_path, tiny_t5):
+    """SD3 reads two CLIP towers besides T5: without a recipe naming CLIP-G, an error, not partial shards."""
+    with pytest.raises(SystemExit) as e:
         load_launcher("precompute_text").main([str(tmp_path / "shards"), str(tmp_path / "out"), "--t5", tiny_t5,
                                                "--family", "sd3", "--pooled-encoder", str(tmp_path)])  # fmt: skip
-    assert "--family sd3 conditions on more than T5 tokens" in capsys.readouterr().err
+    assert str(e.value.code).startswith("error: --family sd3 reads the clip_2 encoder(s): give --recipe RECIPE")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("recipe", ["tiny_sd3_cpu", "tiny_qwen_image_cpu", "tiny_flux_cpu"])
+def test_precomputed_text_is_the_condition_the_trainer_encodes(tmp_path, recipe, mds_env):
+    """For every joint-attention family the shards carry what the trainer's own Conditioner gives the teacher for
+    the same captions (CLIP-L ‖ CLIP-G ‖ T5 tokens and pooled for SD3, Qwen2.5-VL's hidden states and mask for
+    Qwen-Image), and a recipe with text_encoder.use_precomputed reads it back as that condition."""
+    from ard_scale.config import load_config
+    from ard_scale.trainer.build import build_conditioner, build_teacher_model
+
+    recipe_dict = yaml.safe_load((Path("recipes") / f"{recipe}.yaml").read_text())
+    if "qwen_encoder" in recipe_dict:  # room for padding after the captions, so the stored mask is checked too
+        recipe_dict["qwen_encoder"]["max_length"] = 32
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict))
+    make_image_folder(str(tmp_path / "img"), 5)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "webdataset"])
+    written = load_launcher("precompute_text").main([str(tmp_path / "built" / "webdataset"), str(tmp_path / "out"),
+                                                     "--recipe", str(recipe), "--format", "webdataset",
+                                                     "--batch-size", "2"])  # fmt: skip
+    assert written == 5
+    (batch,) = read("mds", tmp_path / "out")
+    cfg = load_config(recipe, ["text_encoder.use_precomputed=true"])
+    conditioner = build_conditioner(cfg, build_teacher_model(cfg), for_eval=True)  # keeps its encoders
+    online, online_null = conditioner({"captions": batch["captions"]})
+    stored, stored_null = conditioner(batch)  # the shards' columns, not the encoders
+    assert stored.text.shape == online.text.shape
+    torch.testing.assert_close(stored.text, online.text, rtol=1e-3, atol=2e-3)  # stored as float16
+    if online.text_mask is None:
+        assert stored.text_mask is None and bool((batch["t5_mask"] == 1).all())
+    else:
+        assert torch.equal(stored.text_mask.long(), online.text_mask.long())
+        assert not bool(online.text_mask.bool().all())  # the captions are shorter than max_length: padding masked
+    if online.pooled is None:
+        assert "pooled_emb" not in batch
+    else:
+        torch.testing.assert_close(stored.pooled, online.pooled, rtol=1e-3, atol=2e-3)
+    assert (stored_null is None) == (online_null is None)
 
 
 def test_precompute_text_takes_family_encoders_and_lengths_from_a_recipe(tmp_path, tiny_t5, mds_env):

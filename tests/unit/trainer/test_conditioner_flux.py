@@ -42,7 +42,7 @@ def test_precomputed_shards_need_the_pooled_embedding_too():
     emb = {"t5_emb": torch.randn(2, 8, 24), "t5_mask": torch.ones(2, 8, dtype=torch.long)}
     cond, _ = conditioner({**emb, "pooled_emb": torch.randn(2, 16)})
     assert torch.equal(cond.text, emb["t5_emb"]) and cond.text_mask is None and cond.pooled.shape == (2, 16)
-    with pytest.raises(ValueError, match="no t5_emb and pooled_emb.*--pooled-encoder"):
+    with pytest.raises(ValueError, match="no t5_emb and pooled_emb.*precompute_text.py SHARDS OUT --recipe RECIPE"):
         conditioner(emb)
 
 
