@@ -4,18 +4,24 @@ and " " as the negative prompt, the dynamic shift, the lowest 2 dual-stream bloc
 falls, resume is bit-identical, and the export samples as the checkpoint's student does."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from recipe_runs import (
+    REPLAY,
     assert_loss_falls_and_resume_is_bit_identical,
     assert_samples_as_the_checkpoint,
     checkpoint_student,
     export_of,
+    losses,
     straight_and_resumed,
+    train,
 )
 
 from ard_scale.trainer.build import build_codec_for, build_conditioner
+from ard_scale.utils.launch import ROOT
 
 RECIPE = "recipes/tiny_qwen_image_cpu.yaml"
 
@@ -62,3 +68,21 @@ def test_qwen_image_pipeline_from_a_prompt_equals_the_checkpoint_student(runs, t
     torch.testing.assert_close(out.latents, reference.sample(noise, cond), rtol=1e-5, atol=1e-6)
     codec = build_codec_for(cfg, teacher)
     torch.testing.assert_close(out.images, ((codec.decode(out.latents) + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_qwen_image_trains_on_precomputed_text(tmp_path):
+    """launchers/precompute_text.py --recipe stores Qwen2.5-VL's hidden states and mask in MDS shards, and a run with
+    text_encoder.use_precomputed=true trains on them on 2 ranks (the encoder loads once, for the null caption)."""
+    shards = tmp_path / "text"
+    proc = subprocess.run(
+        [sys.executable, "launchers/precompute_text.py", "bundled:digits/mds", str(shards), "--recipe", RECIPE],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wrote 1797 samples with qwen_image's qwen embeddings" in proc.stdout
+    run = tmp_path / "run"
+    overrides = ("text_encoder.use_precomputed=true", "data.format=mds", f"data.path={shards}", "train.max_steps=4")
+    proc = train(RECIPE, run, *REPLAY, *overrides)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    curve = losses(run)
+    assert len(curve) == 4 and curve[-1] < curve[0], curve  # replay: the same batch 4 times
