@@ -16,8 +16,10 @@ the family's teacher reads, encoded and combined exactly as the trainer's Condit
 CLIP-G ‖ T5 for SD3, Qwen2.5-VL's hidden states for Qwen-Image —, t5_mask (L,) uint8 (all ones where the teacher
 attends to padding, as FLUX.1 and SD3 do) and, for families with a CLIP slot, pooled_emb (D_pool,) float16. The
 loaders yield them as batch["t5_emb"], batch["t5_mask"] and batch["pooled_emb"]; a recipe with
-text_encoder.use_precomputed=true trains on them (a CFG teacher still loads its encoders once, for the null
-caption).
+text_encoder.use_precomputed=true trains on them. Beside the shards: `null_condition.safetensors`, the family's null
+caption encoded the same way (a CFG teacher's trainer then loads no text encoder at all), and `text_encoding.json`,
+the family and each encoder's source and max_length, which the recipe check compares with the recipe
+(ard_scale/data/text_encoding.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def _batches(iterable, size):
     iterator = iter(iterable)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+def _source(section) -> dict:
+    return {"path": section.path, "size": section.size, "max_length": section.max_length}
 
 
 def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=256 << 20, help="bytes per output shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from ard_scale.trainer.conditioning import encode_text, load_text_encoders
+    from ard_scale.data.text_encoding import write_text_encoding
+    from ard_scale.trainer.conditioning import SLOTS, encode_text, load_text_encoders
 
     try:  # a bad recipe (ConfigError), a missing encoder or folder: its cause in one line
         family, sections, dtype = _encoder_sections(args)
@@ -129,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     if writer is None:
         raise SystemExit(f"no sample in {args.shards!r}; nothing written")
     writer.finish()
+    null = encode_text(family, encoders, [family.null_caption])  # the null condition, so the trainer needs no encoder
+    write_text_encoding(
+        args.out_dir,
+        family=family.name,
+        sections={slot: (SLOTS[slot][0], _source(sections[slot])) for slot in encoders},
+        null={"text": null.tokens[0], "text_mask": None if null.mask is None else null.mask[0],
+              "pooled": None if null.pooled is None else null.pooled[0]},
+    )  # fmt: skip
     what = " + ".join(encoders) + " embeddings" + (" with the pooled one" if "clip" in encoders else "")
     print(f"wrote {num_written} samples with {family.name}'s {what} to {args.out_dir}")
     return num_written

@@ -19,6 +19,10 @@ def family_spec(name: str):
     return FAMILIES.get(name)
 
 
+# a family's text encoder slot (Family.text_encoders) -> the recipe section that configures it
+SLOT_SECTIONS = {"t5": "text_encoder", "clip": "pooled_encoder", "clip_2": "pooled_encoder_2", "qwen": "qwen_encoder"}
+
+
 def family_names() -> list[str]:
     from ard_scale.models.families import FAMILIES
 

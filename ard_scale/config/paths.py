@@ -38,6 +38,47 @@ def _shard_problem(path: str | None, format: str) -> str | None:
     return None
 
 
+def _encoding_problems(cfg, spec) -> list[str]:
+    """Precomputed shards that cannot serve the recipe: no null condition stored for a CFG teacher whose encoders
+    the recipe does not name, or an encoding (text_encoding.json, written by launchers/precompute_text.py) for
+    another family or other encoder sizes and token counts than the recipe names."""
+    from ard_scale.config.models import SLOT_SECTIONS
+    from ard_scale.data.text_encoding import NULL_FILE, encoding_mismatches, read_text_encoding
+
+    if spec is None or spec.condition_kind != "text" or cfg.data.path is None or not os.path.isdir(cfg.data.path):
+        return []
+    out = []
+    sections = {slot: (SLOT_SECTIONS[slot], getattr(cfg, SLOT_SECTIONS[slot])) for slot in spec.text_encoders}
+    unnamed = [name for name, section in sections.values() if section.path is None and section.size is None]
+    guided = spec.guidance == "cfg" and cfg.diffusion.guidance_scale != 1
+    if guided and unnamed and not os.path.isfile(os.path.join(cfg.data.path, NULL_FILE)):
+        out.append(
+            f"{unnamed[0]}.path: guidance needs the null caption's condition, which the shards in data.path do not "
+            f"hold (no {NULL_FILE}: precomputed by an older launchers/precompute_text.py); give "
+            f"{', '.join(n + '.path' for n in unnamed)} (the encoders run once, for the null caption), run "
+            "precompute_text.py again, or set diffusion.guidance_scale=1"
+        )
+    try:
+        record = read_text_encoding(cfg.data.path)
+    except ValueError as e:
+        return [*out, f"data.path: {e}"]
+    if record is None:  # shards precomputed before the record existed
+        return out
+    fields = {  # the encoders the recipe names: those it would run (for the null caption, in evaluation)
+        slot: (name, {"size": s.size, "max_length": s.max_length})
+        for slot, (name, s) in sections.items()
+        if s.path is not None or s.size is not None
+    }
+    differing = encoding_mismatches(record, spec.name, fields)
+    if differing:
+        out.append(
+            f"data.path: its text was precomputed otherwise than this recipe encodes it ({'; '.join(differing)}): "
+            "run launchers/precompute_text.py SHARDS OUT --recipe RECIPE with this recipe, or match the recipe to "
+            "the shards"
+        )
+    return out
+
+
 def missing_paths(cfg) -> list[str]:
     """'key: path — what it should be' for every path of `cfg` that does not exist here (remote URLs skipped), or
     that is a model folder without the files its loader reads (the teacher, T5, CLIP, Qwen2.5-VL and VAE folders:
@@ -116,6 +157,8 @@ def missing_paths(cfg) -> list[str]:
     if cfg.train.trajectory_source != "offline" or cfg.gan.enabled:
         problem = _shard_problem(cfg.data.path, cfg.data.format)
         out += [] if problem is None else [f"data.path: {problem}"]
+        if problem is None and cfg.text_encoder.use_precomputed:
+            out += _encoding_problems(cfg, spec)
     if cfg.train.trajectory_source == "offline":
         need("data.trajectory_path", cfg.data.trajectory_path, "a dump of launchers/dump_trajectories.py")
     if cfg.gan.enabled:

@@ -83,22 +83,9 @@ class RootConfig:
                 f"text_encoder.path: family {t.family!r} needs captions encoded: set text_encoder.path to a local T5 "
                 "folder (or text_encoder.size) or text_encoder.use_precomputed=true"
             )
-        if (
-            reads_t5
-            and spec.guidance == "cfg"
-            and te.use_precomputed
-            and te.path is None
-            and te.size is None
-            and self.diffusion.guidance_scale != 1
-        ):
-            out.append(
-                "text_encoder.path: guidance needs the empty caption's T5 embedding, which precomputed shards do not "
-                "hold; give text_encoder.path (the encoder runs once, for the empty caption) or guidance_scale 1"
-            )
-        # precomputed shards replace the encoders, except for the null caption's condition under CFG (encoded once)
-        precomputed = te.use_precomputed and not (
-            spec is not None and spec.guidance == "cfg" and self.diffusion.guidance_scale != 1
-        )
+        # precomputed shards replace the encoders; whether they also hold CFG's null condition (else the encoders are
+        # needed once, for the null caption) is a question about files: ard_scale.config.paths checks it
+        precomputed = te.use_precomputed
         qe = self.qwen_encoder
         if (
             spec is not None
@@ -110,7 +97,6 @@ class RootConfig:
             out.append(
                 f"qwen_encoder.path: family {t.family!r} reads Qwen2.5-VL's hidden states: set qwen_encoder.path to "
                 "the pipeline folder (its text_encoder/ and tokenizer/) or qwen_encoder.size"
-                + (" (with precomputed shards it encodes CFG's null caption, once)" if te.use_precomputed else "")
             )
         pe = self.pooled_encoder
         if (
@@ -125,7 +111,6 @@ class RootConfig:
                 "tokens: set pooled_encoder.path to the pipeline's CLIP text encoder folder (FLUX.1: its "
                 "text_encoder/ and tokenizer/), or pooled_encoder.size, or text_encoder.use_precomputed=true with "
                 "shards written by launchers/precompute_text.py"
-                + (" (with precomputed shards it encodes CFG's null caption, once)" if te.use_precomputed else "")
             )
         pe2 = self.pooled_encoder_2
         if spec is not None and "clip_2" in spec.text_encoders and pe2.path is None and pe2.size is None:
@@ -134,7 +119,6 @@ class RootConfig:
                     f"pooled_encoder_2.path: family {t.family!r} reads a second CLIP text encoder (SD3: CLIP-G): set "
                     "pooled_encoder_2.path to the pipeline folder (its text_encoder_2/ and tokenizer_2/) or "
                     "pooled_encoder_2.size"
-                    + (" (with precomputed shards it encodes CFG's null caption, once)" if te.use_precomputed else "")
                 )
         if text_family and set(spec.text_encoders) != {"t5"} and tr.trajectory_source == "offline":
             out.append(

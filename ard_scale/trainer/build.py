@@ -23,7 +23,7 @@ from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
 from ard_scale.trainer.checks import check_attention, check_channel_options
-from ard_scale.trainer.conditioning import SLOTS, Conditioner, distilled_guidance
+from ard_scale.trainer.conditioning import SLOTS, Conditioner, distilled_guidance, precomputed_null
 from ard_scale.trainer.trajectories import NoiseSeeds, TrajectorySource, build_trajectory_source, check_offline_dump
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ def build_conditioner(cfg: RootConfig, teacher: Teacher, device="cpu", *, for_ev
         {slot: getattr(cfg, section) for slot, (section, _, _) in SLOTS.items()},
         guidance_scale=cfg.diffusion.guidance_scale,
         keep_encoders=keep,
+        null=None if keep else precomputed_null(cfg.data.path),
         qwen_dtype=PRECISIONS[cfg.train.precision],
         device=device,
     )

@@ -7,6 +7,7 @@ trainer's `build_conditioner` (trainer/build.py) maps a recipe onto them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,8 @@ class Conditioner:
     Guidance (`family.guidance`): 'cfg' — the null condition is the condition of the family's `null_caption` (the
     empty caption; Qwen-Image's " "), encoded once; 'embedded' — every condition carries `guidance_scale` as its
     guidance value and there is no null condition (`cfg_scale` is 1). With `keep_encoders` false (precomputed
-    embeddings, nothing to evaluate) the encoders are loaded only to encode the null caption, then dropped.
+    embeddings, nothing to evaluate) the encoders are loaded only to encode the null caption, then dropped, or not at
+    all where the shards carry that `null` condition too (launchers/precompute_text.py writes it).
     `qwen_dtype`: Qwen2.5-VL's dtype (T5 and CLIP run in fp32)."""
 
     def __init__(
@@ -125,6 +127,7 @@ class Conditioner:
         *,
         guidance_scale: float,
         keep_encoders: bool = True,
+        null: Condition | None = None,
         qwen_dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
@@ -136,6 +139,9 @@ class Conditioner:
         self.encoders: dict[str, LoadedEncoder] = {}
         self.null: Condition | None = None
         if self.kind != "text" or (not keep_encoders and self.cfg_scale == 1):
+            return
+        if not keep_encoders and null is not None:  # precomputed with the shards: no encoder to load
+            self.null = null
             return
         self.encoders = load_text_encoders(spec, sections, dtype=qwen_dtype, device=self.device)
         if self.cfg_scale != 1:
@@ -205,3 +211,16 @@ class Conditioner:
         """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
         out = encode_text(self.spec, self.encoders, captions)
         return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))
+
+
+def precomputed_null(shards: str | None) -> Condition | None:
+    """The null condition launchers/precompute_text.py stored beside shard folder `shards` (batch of one), or None."""
+    from ard_scale.data.text_encoding import load_null
+
+    if shards is None or not os.path.isdir(shards):
+        return None
+    tensors = load_null(shards)
+    if tensors is None:
+        return None
+    one = {k: v[None] for k, v in tensors.items()}
+    return Condition(text=one["text"], text_mask=one.get("text_mask"), pooled=one.get("pooled"))

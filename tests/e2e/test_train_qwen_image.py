@@ -71,8 +71,9 @@ def test_qwen_image_pipeline_from_a_prompt_equals_the_checkpoint_student(runs, t
 
 
 def test_qwen_image_trains_on_precomputed_text(tmp_path):
-    """launchers/precompute_text.py --recipe stores Qwen2.5-VL's hidden states and mask in MDS shards, and a run with
-    text_encoder.use_precomputed=true trains on them on 2 ranks (the encoder loads once, for the null caption)."""
+    """launchers/precompute_text.py --recipe stores Qwen2.5-VL's hidden states and mask in MDS shards, with the null
+    caption's condition beside them, and a run with text_encoder.use_precomputed=true trains on them on 2 ranks
+    without any Qwen2.5-VL (the recipe names none: loading one would fail)."""
     shards = tmp_path / "text"
     proc = subprocess.run(
         [sys.executable, "launchers/precompute_text.py", "bundled:digits/mds", str(shards), "--recipe", RECIPE],
@@ -81,7 +82,8 @@ def test_qwen_image_trains_on_precomputed_text(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote 1797 samples with qwen_image's qwen embeddings" in proc.stdout
     run = tmp_path / "run"
-    overrides = ("text_encoder.use_precomputed=true", "data.format=mds", f"data.path={shards}", "train.max_steps=4")
+    no_encoder = ("text_encoder.use_precomputed=true", "qwen_encoder.size=null")
+    overrides = (*no_encoder, "data.format=mds", f"data.path={shards}", "train.max_steps=4")
     proc = train(RECIPE, run, *REPLAY, *overrides)
     assert proc.returncode == 0, proc.stderr[-4000:]
     curve = losses(run)

@@ -165,6 +165,29 @@ def test_precomputed_text_is_the_condition_the_trainer_encodes(tmp_path, recipe,
         torch.testing.assert_close(stored.pooled, online.pooled, rtol=1e-3, atol=2e-3)
     assert (stored_null is None) == (online_null is None)
 
+    # Training from the shards: the null condition comes from them too, so no encoder is loaded (their folders here
+    # do not exist), and it is the one the encoders give; a recipe that encodes otherwise is refused before launch.
+    from ard_scale.config.models import SLOT_SECTIONS
+    from ard_scale.config.paths import missing_paths
+
+    sections = [SLOT_SECTIONS[slot] for slot in conditioner.spec.text_encoders]
+    nowhere = [f"{name}.{k}={v}" for name in sections for k, v in (("path", tmp_path / "nowhere"), ("size", "null"))]
+    from_shards = ["text_encoder.use_precomputed=true", "data.format=mds", f"data.path={tmp_path / 'out'}"]
+    cfg = load_config(recipe, from_shards + nowhere)
+    trainer_side = build_conditioner(cfg, build_teacher_model(cfg))
+    assert not trainer_side.encoders
+    if online_null is None:
+        assert trainer_side.null is None
+    else:
+        torch.testing.assert_close(trainer_side.null.text, conditioner.null.text, rtol=0, atol=0)
+        assert (trainer_side.null.text_mask is None) == (conditioner.null.text_mask is None)
+        if conditioner.null.pooled is not None:
+            torch.testing.assert_close(trainer_side.null.pooled, conditioner.null.pooled, rtol=0, atol=0)
+    assert missing_paths(load_config(recipe, from_shards)) == []
+    stored = getattr(load_config(recipe), sections[0]).max_length
+    [problem] = missing_paths(load_config(recipe, [*from_shards, f"{sections[0]}.max_length=99"]))
+    assert f"{sections[0]}.max_length: 99 here, {stored} in the shards" in problem
+
 
 def test_precompute_text_takes_family_encoders_and_lengths_from_a_recipe(tmp_path, tiny_t5, mds_env):
     from ard_scale.models.text_encoder import build_clip
