@@ -2,13 +2,17 @@
 
     python launchers/dump_trajectories.py [RECIPE] --teacher PATH --out DIR --num-samples N [--guidance 1.5] ...
 
-Sample i uses noise seed `--seed + i` and condition i mod num_classes (class-conditional teachers), the caption
-embedding i mod n of `--captions` (a tensor file of (n+1, L, C) embeddings whose last row is the null caption, as
-`launchers/fit_teacher.py` writes on the digits), or with `--data SHARDS` (text teachers; or `data.path` of an
-`data.format: mds` RECIPE) caption i mod n of an MDS caption shard set carrying T5 embeddings
-(launchers/precompute_text.py), read in storage order through `ard_scale.data.build_loader`. Its null condition
-(needed when guidance != 1) comes from `--null-caption FILE` (a torch dict {"t5_emb": (L, C), "t5_mask": (L,)}, as
-fit_teacher writes to OUT/null_caption.pt on shards), by default TEACHER/null_caption.pt.
+The teacher: `--teacher PATH`, or the RECIPE's teacher.path, or its named teacher.size with the random weights its
+trainer draws from train.seed. Sample i uses noise seed `--seed + i` and condition i mod num_classes
+(class-conditional teachers), the caption embedding i mod n of `--captions` (a tensor file of (n+1, L, C) embeddings
+whose last row is the null caption, as `launchers/fit_teacher.py` writes on the digits), or with `--data SHARDS`
+(text teachers; or `data.path` of an `data.format: mds` RECIPE) caption i mod n of an MDS caption shard set
+carrying the text its family reads (launchers/precompute_text.py --recipe: T5 tokens, CLIP-L ‖ CLIP-G ‖ T5 for SD3,
+Qwen2.5-VL's hidden states, and the pooled CLIP embedding where the family reads one), read in storage order through
+`ard_scale.data.build_loader` and completed as the trainer completes it (the family's mask rule; FLUX.1-dev's
+guidance embedded, with no CFG pass). The null condition of a CFG teacher comes from `--null-caption FILE` (a torch
+dict {"t5_emb": (L, C), "t5_mask": (L,)}, as fit_teacher writes to OUT/null_caption.pt on shards), else from the
+shards (precompute_text.py stores it), else TEACHER/null_caption.pt.
 
 Resumable: samples are written in chunks of `--chunk-size`, each its own MDS folder DIR/chunk_NNNNN written by
 `streaming.MDSWriter`; a chunk whose `index.json` exists is complete and skipped on re-run, a partial one is
@@ -17,8 +21,9 @@ rewritten. Every chunk is a function of its sample indices only, so a resumed du
 Columns per sample: `seed` int64; `label` int64 (-1 for captions); `caption_index` int64 (-1 for classes);
 `states` float32 (S+1, C, H, W) noisy x_{τ_S} … x_{τ_0}; `x0` float32 (S+1, C, H, W) with `--record x0`. With
 `--data`, the condition itself is stored inline with each trajectory (no side file to keep in step): `key` str (the
-shard sample's key), `t5_emb` float32 (L, C) and `t5_mask` uint8 (L,), exactly as the loader yields them;
-`caption_index` is the sample's position in the shard set's storage order.
+shard sample's key), `t5_emb` float32 (L, C) and `t5_mask` uint8 (L,), and `pooled_emb` float32 (D,) for families
+with a CLIP slot, exactly as the loader yields them; `caption_index` is the sample's position in the shard set's
+storage order.
 DIR/meta.json holds the teacher path, schedule, student times, teacher grid, solver, guidance, chunking (and data).
 RECIPE (optional) supplies defaults for `teacher.path`, `diffusion.*` and `student.num_steps`; flags override it.
 """
@@ -90,7 +95,8 @@ def recipe_defaults(cfg: RootConfig | None) -> dict:
 
 
 def caption_conditions(path: str, batch_size: int):
-    """(caption_index, key, t5_emb (L, C), t5_mask (L,)) of an MDS caption shard set in storage order, cycling."""
+    """(caption_index, key, t5_emb (L, C), t5_mask (L,), pooled_emb (D,) or None) of an MDS caption shard set in
+    storage order, cycling: the text precompute_text.py stored for the recipe's family."""
     from ard_scale.data import DataConfig, build_loader
 
     # images are decoded too (the loader always does): at the smallest size, since only the captions are used
@@ -104,25 +110,52 @@ def caption_conditions(path: str, batch_size: int):
                 continue
             if "t5_emb" not in batch:
                 raise ValueError(
-                    f"the shards at {path} carry no T5 embeddings (t5_emb/t5_mask); precompute them with "
-                    "launchers/precompute_text.py"
+                    f"the shards at {path} carry no text embeddings (t5_emb/t5_mask); precompute them with "
+                    "launchers/precompute_text.py SHARDS OUT --recipe RECIPE"
                 )
-            for key, emb_LC, mask_L in zip(batch["keys"], batch["t5_emb"], batch["t5_mask"], strict=True):
-                yield index, key, emb_LC.float(), mask_L.to(torch.uint8)
+            pooled = batch.get("pooled_emb", [None] * len(batch["keys"]))
+            for key, emb_LC, mask_L, pooled_D in zip(
+                batch["keys"], batch["t5_emb"], batch["t5_mask"], pooled, strict=True
+            ):
+                yield index, key, emb_LC.float(), mask_L.to(torch.uint8), None if pooled_D is None else pooled_D.float()
                 index += 1
         if index == 0:
             raise ValueError(f"the shard set at {path} holds no sample")
 
 
-def null_caption(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The null caption's (t5_emb (L, C), t5_mask (L,)) from a torch file."""
-    if not path.is_file():
+def null_caption(path: Path | None, data: str, teacher_dir: Path | None) -> Condition:
+    """The null caption's condition (batch of one): `--null-caption FILE` (a torch dict {"t5_emb": (L, C),
+    "t5_mask": (L,)}, as launchers/fit_teacher.py writes), else the one precompute_text.py stored with the shards,
+    else TEACHER/null_caption.pt."""
+    if path is None:
+        from ard_scale.trainer.conditioning import precomputed_null
+
+        stored = precomputed_null(data)
+        if stored is not None:
+            return stored
+        path = None if teacher_dir is None else teacher_dir / "null_caption.pt"
+    if path is None or not path.is_file():
         raise ValueError(
-            f"guidance != 1 needs the null caption's T5 embedding: {path} does not exist; pass --null-caption FILE "
-            '(a torch dict {"t5_emb": (L, C), "t5_mask": (L,)}, as launchers/fit_teacher.py writes) or --guidance 1'
+            f"guidance != 1 needs the null caption's condition: the shards at {data} hold none (precomputed before "
+            f"precompute_text.py stored it) and {path or 'no teacher folder'} is not a file; pass --null-caption FILE "
+            '(a torch dict {"t5_emb": (L, C), "t5_mask": (L,)}, as launchers/fit_teacher.py writes), precompute the '
+            "shards again, or --guidance 1"
         )
     null = torch.load(path, map_location="cpu", weights_only=True)
-    return null["t5_emb"].float(), null["t5_mask"].long()
+    return Condition(text=null["t5_emb"].float()[None], text_mask=null["t5_mask"].long()[None])
+
+
+def text_conditions(teacher, emb_BLC, mask_BL, pooled_BD, null: Condition | None, embedded: float | None):
+    """A batch's condition and null condition from stored text, completed as the trainer's Conditioner does: the
+    mask where the family reads one, the pooled embedding, a guidance-distilled teacher's embedded value."""
+    B, use_mask = emb_BLC.shape[0], teacher.spec.text_mask
+    guidance = None if embedded is None else torch.full((B,), embedded)
+    cond = Condition(text=emb_BLC, text_mask=mask_BL.long() if use_mask else None, pooled=pooled_BD, guidance=guidance)
+    if null is None:
+        return cond, None
+    from ard_scale.trainer.conditioning import batch_null
+
+    return cond, batch_null(null, B, emb_BLC.shape[1])
 
 
 def main(argv=None) -> dict:
@@ -158,21 +191,26 @@ def main(argv=None) -> dict:
     for key, value in defaults.items():
         if getattr(args, key.replace("-", "_"), None) is None:
             setattr(args, key, value)
-    if args.teacher is None:
-        parser.error("give --teacher PATH (or a recipe with teacher.path)")
-    args.teacher = Path(args.teacher)
+    if args.teacher is None and (cfg is None or cfg.teacher.size is None):
+        parser.error("give --teacher PATH (or a recipe with teacher.path or teacher.size)")
+    args.teacher = None if args.teacher is None else Path(args.teacher)
     if args.num_samples < 1 or args.chunk_size < 1 or args.batch_size < 1:
         parser.error("--num-samples, --chunk-size and --batch-size must be >= 1")
 
     from streaming import MDSWriter
 
     device = torch.device(args.device)
-    teacher = load_teacher(args.teacher).to(device)
-    if "clip" in teacher.spec.text_encoders:
-        raise ValueError(
-            f"a {teacher.family} teacher reads CLIP's pooled embedding, which offline dumps do not store; train it "
-            "with train.trajectory_source online or replay"
-        )
+    if args.teacher is not None:
+        teacher = load_teacher(args.teacher).to(device)
+    else:  # the recipe's named size, with the random weights its trainer draws from train.seed
+        from ard_scale.models.teachers import teacher_from_config
+
+        teacher = teacher_from_config(cfg.teacher, cfg.train.seed).to(device)
+    from ard_scale.trainer.conditioning import distilled_guidance
+
+    # a guidance-distilled teacher (FLUX.1-dev) embeds the scale in its condition and runs no CFG pass
+    embedded = distilled_guidance(teacher, args.guidance)
+    cfg_scale = 1.0 if teacher.spec.guidance == "embedded" else args.guidance
     shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
     if cfg is not None:  # the trainer's own builders: the same grid (shifts included) and state shape
         from ard_scale.trainer.build import build_schedule, latent_shape
@@ -190,8 +228,8 @@ def main(argv=None) -> dict:
             warnings.warn(f"a class-conditional teacher ignores the caption shards {args.data}", stacklevel=1)
     elif args.data is not None:
         stream = caption_conditions(args.data, args.batch_size)
-        if args.guidance != 1:
-            null = null_caption(args.null_caption or args.teacher / "null_caption.pt")
+        if cfg_scale != 1:
+            null = null_caption(args.null_caption, args.data, args.teacher)
     elif args.captions is not None:
         captions = torch.load(args.captions, map_location="cpu", weights_only=True).float()
         num_conditions = captions.shape[0] - 1
@@ -203,12 +241,14 @@ def main(argv=None) -> dict:
     columns = {"seed": "int64", "label": "int64", "caption_index": "int64", "states": "ndarray:float32"}
     if stream is not None:
         columns.update(key="str", t5_emb="ndarray:float32", t5_mask="ndarray:uint8")
+        if "clip" in teacher.spec.text_encoders:  # FLUX.1's and SD3's pooled CLIP embedding
+            columns["pooled_emb"] = "ndarray:float32"
     if args.record == "x0":
         columns["x0"] = "ndarray:float32"
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "teacher": str(args.teacher),
+        "teacher": str(args.teacher) if args.teacher is not None else f"{cfg.teacher.family} size {cfg.teacher.size}",
         "schedule": {"type": type(schedule).__name__, **vars(schedule)},
         "student_times": student_grid.tolist(),
         "teacher_grid": teacher_grid.tolist(),
@@ -247,12 +287,10 @@ def main(argv=None) -> dict:
             idx = torch.arange(b0, min(b0 + args.batch_size, stop))
             cond_idx = idx % num_conditions
             if stream is not None:
-                cond_idx, keys, emb_BLC, mask_BL = zip(*(next(stream) for _ in idx), strict=True)
+                cond_idx, keys, emb_BLC, mask_BL, pooled_BD = zip(*(next(stream) for _ in idx), strict=True)
                 emb_BLC, mask_BL = torch.stack(emb_BLC), torch.stack(mask_BL)
-                cond = Condition(text=emb_BLC, text_mask=mask_BL.long())
-                null_cond = None
-                if null is not None:
-                    null_cond = Condition(text=null[0].expand(len(idx), -1, -1), text_mask=null[1].expand(len(idx), -1))
+                pooled_BD = None if pooled_BD[0] is None else torch.stack(pooled_BD)
+                cond, null_cond = text_conditions(teacher, emb_BLC, mask_BL, pooled_BD, null, embedded)
             elif captions is None:
                 cond = Condition(labels=cond_idx)
                 null_cond = teacher.null_condition(len(idx))
@@ -264,7 +302,7 @@ def main(argv=None) -> dict:
                 schedule,
                 cond,
                 null_cond=null_cond,
-                guidance_scale=args.guidance,
+                guidance_scale=cfg_scale,
                 solver=args.solver,
                 record=args.record,
                 guided_channels=args.guided_channels,
@@ -285,6 +323,8 @@ def main(argv=None) -> dict:
                 }
                 if stream is not None:
                     sample.update(key=keys[j], t5_emb=emb_BLC[j].numpy(), t5_mask=mask_BL[j].numpy())
+                    if pooled_BD is not None:
+                        sample["pooled_emb"] = pooled_BD[j].numpy()
                 if tr.x0 is not None:
                     sample["x0"] = tr.x0[j].cpu().numpy()
                 writer.write(sample)

@@ -76,7 +76,6 @@ class RootConfig:
         t, tr, d = self.teacher, self.train, self.data
         te = self.text_encoder
         spec = family_spec(t.family)
-        text_family = spec is not None and spec.condition_kind == "text"
         reads_t5 = spec is not None and "t5" in spec.text_encoders
         if reads_t5 and te.path is None and te.size is None and not te.use_precomputed:
             out.append(
@@ -120,11 +119,6 @@ class RootConfig:
                     "pooled_encoder_2.path to the pipeline folder (its text_encoder_2/ and tokenizer_2/) or "
                     "pooled_encoder_2.size"
                 )
-        if text_family and set(spec.text_encoders) != {"t5"} and tr.trajectory_source == "offline":
-            out.append(
-                f"train.trajectory_source: offline dumps store T5 embeddings only, and family {t.family!r} reads "
-                f"{' + '.join(spec.text_encoders)}; use 'online' or 'replay'"
-            )
         if spec is not None and spec.condition_kind == "labels" and self.text_encoder.use_precomputed:
             out.append(
                 f"text_encoder.use_precomputed: family {t.family!r} is class-conditional and has no text embeddings"

@@ -35,6 +35,8 @@ def _collate(items: list[dict]) -> dict[str, Any]:
     if "t5_emb" in items[0]:
         batch["t5_emb"] = torch.from_numpy(np.stack([item["t5_emb"] for item in items]))
         batch["t5_mask"] = torch.from_numpy(np.stack([item["t5_mask"] for item in items])).long()
+        if "pooled_emb" in items[0]:  # families with a CLIP slot (FLUX.1, SD3)
+            batch["pooled_emb"] = torch.from_numpy(np.stack([item["pooled_emb"] for item in items]))
     elif int(items[0]["label"]) >= 0:
         batch["labels"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.long)
     return batch

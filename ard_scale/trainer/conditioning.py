@@ -195,14 +195,7 @@ class Conditioner:
         cond = Condition(text=text, text_mask=mask, pooled=pooled, guidance=self._guidance(B))
         if self.null is None:  # no CFG: the null condition is never evaluated
             return cond, None
-        null = self.null  # pad/crop to the batch's token count
-        null_text = torch.nn.functional.pad(null.text, (0, 0, 0, max(0, L - null.text.shape[1])))[:, :L]
-        null_mask = None
-        if null.text_mask is not None:
-            null_mask = torch.nn.functional.pad(null.text_mask, (0, max(0, L - null.text_mask.shape[1])))[:, :L]
-            null_mask = null_mask.expand(B, -1)
-        null_pooled = None if null.pooled is None else null.pooled.expand(B, -1)
-        return cond, Condition(text=null_text.expand(B, -1, -1), text_mask=null_mask, pooled=null_pooled)
+        return cond, batch_null(self.null, B, L)
 
     def _guidance(self, batch_size: int) -> torch.Tensor | None:
         return None if self.guidance is None else torch.full((batch_size,), self.guidance)
@@ -211,6 +204,18 @@ class Conditioner:
         """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
         out = encode_text(self.spec, self.encoders, captions)
         return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))
+
+
+def batch_null(null: Condition, batch_size: int, num_tokens: int) -> Condition:
+    """The null condition (a batch of one) for a batch of `batch_size` captions of `num_tokens` tokens: its text and
+    mask zero-padded or cut to that count (precomputed shards may hold another than the encoder gives)."""
+    B, L = batch_size, num_tokens
+    text = torch.nn.functional.pad(null.text, (0, 0, 0, max(0, L - null.text.shape[1])))[:, :L]
+    mask = None
+    if null.text_mask is not None:
+        mask = torch.nn.functional.pad(null.text_mask, (0, max(0, L - null.text_mask.shape[1])))[:, :L].expand(B, -1)
+    pooled = None if null.pooled is None else null.pooled.expand(B, -1)
+    return Condition(text=text.expand(B, -1, -1), text_mask=mask, pooled=pooled)
 
 
 def precomputed_null(shards: str | None) -> Condition | None:

@@ -172,18 +172,26 @@ class ReplayTrajectories(OnlineTrajectories):
 
 
 class OfflineTrajectories:
-    """States and their condition, stored with the batch by the trajectory loader; moved to `device`."""
+    """States and their condition, stored with the batch by the trajectory loader; moved to `device`. The text a
+    family reads is stored as precompute_text.py writes it (t5_emb, t5_mask, pooled_emb); `use_mask` and `guidance`
+    complete it as the Conditioner does (the family's mask rule, a guidance-distilled teacher's embedded value)."""
 
     num_solved = 0
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = device
+    def __init__(self, device: torch.device | str = "cpu", *, use_mask: bool = True, guidance: float | None = None):
+        self.device, self.use_mask, self.guidance = device, use_mask, guidance
 
     def __call__(self, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
         if "labels" in batch:
             cond = Condition(labels=batch["labels"].long())
-        else:  # the caption's T5 embedding, stored with the trajectory (no encoder or null caption needed)
-            cond = Condition(text=batch["t5_emb"].float(), text_mask=batch["t5_mask"])
+        else:  # the caption's text, stored with the trajectory (no encoder or null caption needed)
+            B = batch["t5_emb"].shape[0]
+            cond = Condition(
+                text=batch["t5_emb"].float(),
+                text_mask=batch["t5_mask"] if self.use_mask else None,
+                pooled=batch["pooled_emb"].float() if "pooled_emb" in batch else None,
+                guidance=None if self.guidance is None else torch.full((B,), self.guidance),
+            )
         return batch["states"].float().to(self.device), cond.to(self.device)
 
     def state_dict(self) -> dict:
@@ -200,8 +208,9 @@ def build_trajectory_source(source: str, *args, replay_times: int = 1, device="c
         return OnlineTrajectories(*args, device=device, **kwargs)
     if source == "replay":
         return ReplayTrajectories(*args, replay_times=replay_times, device=device, **kwargs)
-    if source == "offline":
-        return OfflineTrajectories(device)
+    if source == "offline":  # the conditioner (third argument) says how the stored text completes a condition
+        conditioner = args[2]
+        return OfflineTrajectories(device, use_mask=conditioner.use_mask, guidance=conditioner.guidance)
     raise ValueError(f"train.trajectory_source: unknown {source!r}; choose 'online', 'replay' or 'offline'")
 
 

@@ -3,6 +3,8 @@ encoders, the distilled guidance embedding, the VAE shift, dynamic shift; loss f
 the export samples as the checkpoint's student does."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from recipe_runs import (
     checkpoint_student,
     export_of,
     straight_and_resumed,
+    train,
 )
 
 from ard_scale.trainer.build import build_conditioner
@@ -73,3 +76,24 @@ def test_flux_pipeline_from_a_prompt_equals_the_checkpoint_student_and_the_sampl
 
     grid = Image.open(tmp_path / "s" / "grid.png")
     assert grid.size == (2 * 128 + 3 * 4, 128 + 14 + 2 * 4)  # 32 px upscaled to 128, gaps, a caption line
+
+
+def test_flux_trains_offline_from_a_dump_of_precomputed_text(tmp_path):
+    """precompute_text.py (T5 tokens + pooled CLIP) -> dump_trajectories.py (the recipe's own teacher, the guidance
+    embedded) -> 2 ranks train on the dump alone: the teacher never runs, and the stored pooled embedding and the
+    recipe's guidance complete each condition (a dump without them was refused before)."""
+    text, dump, run = tmp_path / "text", tmp_path / "dump", tmp_path / "run"
+    steps = [
+        ["launchers/precompute_text.py", "bundled:digits/mds", str(text), "--recipe", RECIPE],
+        ["launchers/dump_trajectories.py", RECIPE, "--data", str(text), "--out", str(dump), "--num-samples", "8",
+         "--device", "cpu"],
+    ]  # fmt: skip
+    for argv in steps:
+        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pooled_emb" in json.loads((dump / "meta.json").read_text())["columns"]
+    proc = train(RECIPE, run, "train.trajectory_source=offline", f"data.trajectory_path={dump}", "data.path=null",
+                 "train.max_steps=3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["teacher_batches"] for m in logged] == [0, 0, 0] and all(m["loss"] > 0 for m in logged)

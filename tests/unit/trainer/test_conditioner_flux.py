@@ -49,8 +49,9 @@ def test_precomputed_shards_need_the_pooled_embedding_too():
 def test_a_flux_recipe_without_its_clip_encoder_or_with_offline_dumps_is_a_config_error():
     with pytest.raises(ConfigError, match="pooled_encoder.path: family 'flux' reads CLIP's pooled text embedding"):
         load_config(RECIPE, ["pooled_encoder.size=null"])
-    with pytest.raises(ConfigError, match="train.trajectory_source: offline dumps store T5 embeddings only"):
-        load_config(RECIPE, ["train.trajectory_source=offline", "data.trajectory_path=/nowhere"])
+    load_config(
+        RECIPE, ["train.trajectory_source=offline", "data.trajectory_path=/nowhere"]
+    )  # offline dumps store the text precompute_text.py writes for every family
     load_config(RECIPE, ["pooled_encoder.size=null", "text_encoder.use_precomputed=true"])  # shards carry it
 
 
@@ -67,3 +68,20 @@ def test_the_latent_side_follows_the_resolution_and_must_pack(tmp_path):
     assert latent_shape(load_config("recipes/tiny_cpu.yaml"), dit) == (4, 8, 8)
     with pytest.raises(ValueError, match="takes 8×8 .*set data.resolution"):
         latent_shape(load_config("recipes/tiny_cpu.yaml", ["data.resolution=64"]), dit)
+
+
+def test_offline_trajectories_complete_a_stored_condition_as_the_conditioner_does():
+    """A dump stores FLUX.1's T5 tokens and pooled CLIP embedding; the offline source adds what the Conditioner adds
+    to precomputed text: the embedded guidance, and no mask (FLUX attends to every token)."""
+    from ard_scale.trainer.trajectories import build_trajectory_source
+
+    cfg = load_config(RECIPE)
+    conditioner = build_conditioner(cfg, build_teacher("flux", "debug"))
+    source = build_trajectory_source("offline", None, None, conditioner)
+    batch = {"states": torch.randn(2, 5, 4, 8, 8), "t5_emb": torch.randn(2, 8, 24),
+             "t5_mask": torch.ones(2, 8, dtype=torch.long), "pooled_emb": torch.randn(2, 16)}  # fmt: skip
+    states, cond = source(batch, step=1)
+    stored, _ = conditioner({k: v for k, v in batch.items() if k != "states"})  # the precomputed-text path
+    assert torch.equal(states, batch["states"]) and torch.equal(cond.text, stored.text)
+    assert torch.equal(cond.pooled, stored.pooled) and cond.text_mask is None and stored.text_mask is None
+    assert cond.guidance.tolist() == stored.guidance.tolist() == [3.5, 3.5]
