@@ -44,6 +44,18 @@ def _batches(iterable, size):
         yield batch
 
 
+def _half(x: torch.Tensor, name: str):
+    """`x` as the float16 array the shards store; a value float16 cannot hold is an error, not an inf in the data."""
+    half = x.half()
+    if not bool(torch.isfinite(half).all()):
+        worst = float(x.float().abs().max())
+        raise ValueError(
+            f"{name}: the encoders gave values up to {worst:.4g}, beyond float16 (max 65504) or non-finite; these "
+            "captions' embeddings cannot be stored as float16: check the encoder weights and dtype"
+        )
+    return half.cpu().numpy()
+
+
 def _source(section) -> dict:
     return {"path": section.path, "size": section.size, "max_length": section.max_length}
 
@@ -120,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     for batch in _batches(iter_shard_set(args.shards, args.format), args.batch_size):
         text = encode_text(family, encoders, [s["caption"] for s in batch])
         mask_BL = text.mask if text.mask is not None else torch.ones(text.tokens.shape[:2])  # reads every token
-        columns = {"t5_emb": text.tokens.half().cpu().numpy(), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
+        columns = {"t5_emb": _half(text.tokens, "t5_emb"), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
         if text.pooled is not None:
-            columns["pooled_emb"] = text.pooled.half().cpu().numpy()
+            columns["pooled_emb"] = _half(text.pooled, "pooled_emb")
         if writer is None:
             with_label = batch[0].get("label") is not None
             writer = MDSWriterAdapter(

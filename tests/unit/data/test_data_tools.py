@@ -209,3 +209,12 @@ def test_precompute_text_takes_family_encoders_and_lengths_from_a_recipe(tmp_pat
     (batch,) = read("mds", tmp_path / "out")
     assert batch["t5_emb"].shape == (2, 12, 16)  # the recipe's max_length, its T5 folder
     assert batch["pooled_emb"].shape == (2, 16) and bool((batch["t5_mask"] == 1).all())  # flux: pooled, no mask
+
+
+def test_precompute_text_refuses_an_embedding_float16_cannot_hold():
+    half = load_launcher("precompute_text")._half
+    assert half(torch.tensor([1.0, -65504.0]), "t5_emb").tolist() == [1.0, -65504.0]
+    with pytest.raises(ValueError, match="t5_emb: the encoders gave values up to 1e\\+06, beyond float16"):
+        half(torch.tensor([1.0, 1e6]), "t5_emb")
+    with pytest.raises(ValueError, match="pooled_emb: .* non-finite"):
+        half(torch.tensor([float("nan")]), "pooled_emb")
