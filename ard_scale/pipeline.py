@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from ard_scale.checkpoint.export import (
 )
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.diffusion.condition import Condition
+from ard_scale.models.families import get_family
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec
@@ -60,6 +63,8 @@ ENCODER_FOLDERS = {
     "qwen": "qwen_text_encoder",  # Qwen-Image's Qwen2.5-VL
 }
 RECIPE = "recipe.yaml"
+# recipe sections an export may set (`overrides`): where the encoders and VAE are, never what the student is
+OVERRIDABLE = ("text_encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encoder", "vae")
 FORMAT_VERSION = 1
 
 
@@ -103,19 +108,48 @@ def export_pipeline(
     use_ema: bool = True,
     link: bool = False,
     teacher: str | Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> Path:
     """Write checkpoint `tag` (default: latest) of `run_dir` as a pipeline folder (see the module docstring). A LoRA
-    student is merged into a plain full student; `teacher`: its base teacher folder, if not its recipe's."""
-    import diffusers
-
+    student is merged into a plain full student; `teacher`: its base teacher folder, if not its recipe's.
+    `overrides`: dotted `key=value` settings of the encoder and VAE sections (OVERRIDABLE), e.g. the text encoders of
+    a run trained on precomputed text, whose recipe needs to name none. A failed export leaves no folder behind."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     tag = resolve_tag(run_dir / "checkpoints", tag)
     recipe_file = run_dir / "checkpoints" / tag / "config.yaml"
     if not recipe_file.is_file():
         raise ValueError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
-    cfg = load_config(recipe_file)
+    others = [o for o in overrides if not o.startswith(tuple(f"{section}." for section in OVERRIDABLE))]
+    if others:
+        raise ValueError(
+            f"export overrides may set only the {', '.join(OVERRIDABLE)} sections (the student is the checkpoint's), "
+            f"got {others}"
+        )
+    cfg = load_config(recipe_file, list(overrides))
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the pipeline")
+    spec = get_family(cfg.teacher.family)
+    unnamed = [SLOTS[s][0] for s in spec.text_encoders if getattr(cfg, SLOTS[s][0]).path is None]
+    unnamed = [section for section in unnamed if getattr(cfg, section).size is None]
+    if unnamed:  # a run on precomputed text needs none; a pipeline encodes prompts
+        raise ValueError(
+            f"the recipe of {run_dir} names no {' and no '.join(unnamed)} encoder (it trained on precomputed text), "
+            f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
+            f"{unnamed[0]}.path=DIR"
+        )
+    created = not out_dir.exists()
+    try:
+        _write_pipeline(cfg, run_dir, out_dir, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
+    except BaseException:  # no half-written folder to block the next try
+        for child in [out_dir] if created else list(out_dir.iterdir()):
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
+        raise
+    return out_dir
+
+
+def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, use_ema: bool, link: bool, teacher):
+    import diffusers
+
     student_dir = export_student(run_dir, out_dir / "transformer", tag=tag, use_ema=use_ema, teacher=teacher)
     student = load_exported_student(student_dir, verify=False)  # just written
     teacher = Teacher(student.backbone)
@@ -159,7 +193,6 @@ def export_pipeline(
     }
     (out_dir / MODEL_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
     write_checksums(out_dir, skip=("transformer",))  # last: transformer/ has its own, written by export_student
-    return out_dir
 
 
 def _vae_source(path: str) -> str:

@@ -1,7 +1,7 @@
 """Export a run's newest complete checkpoint as an ARD pipeline folder (or the bare student).
 
     python launchers/export.py RUN_DIR [--out DIR] [--tag step_00001000] [--raw] [--link] [--student-only]
-                                       [--lora-adapter [--teacher DIR]]
+                                       [--lora-adapter [--teacher DIR]] [SECTION.KEY=VALUE ...]
 
 Default: a pipeline folder (model_index.json, transformer/, scheduler/, text encoders, VAE, recipe.yaml; see
 ard_scale/pipeline.py) that `ARDPipeline.from_pretrained(DIR)` and launchers/sample.py load. --link symlinks the
@@ -15,6 +15,10 @@ writes its trainable state alone: `pytorch_lora_weights.safetensors` in diffuser
 teacher with `load_lora_adapter(folder, prefix="transformer")`), the heads and `ard_config.json` naming the base
 teacher; `load_exported_student(folder)` and launchers/sample.py apply it to that teacher. A LoRA checkpoint has no
 base weights: --teacher DIR names the teacher folder if the recipe's teacher.path has moved.
+
+SECTION.KEY=VALUE settings of the encoder and VAE sections (text_encoder, pooled_encoder, pooled_encoder_2,
+qwen_encoder, vae) change where the pipeline takes them from: a run trained on precomputed text may name no text
+encoder, and a pipeline encodes prompts (e.g. qwen_encoder.path=/models/qwen-image).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def main(argv=None) -> Path:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("run_dir", type=Path, help="the run's checkpoint.run_dir")
+    parser.add_argument(
+        "overrides", nargs="*", help="pipeline only: encoder/VAE settings, e.g. qwen_encoder.path=/models/qwen-image"
+    )
     parser.add_argument("--out", type=Path, default=None, help="export folder (default: RUN_DIR/export/<tag>)")
     parser.add_argument("--tag", default=None, help="checkpoint tag (default: the one `latest` names)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights even if an EMA exists")
@@ -38,7 +45,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--student-only", action="store_true", help="the student folder alone, no pipeline")
     parser.add_argument("--lora-adapter", action="store_true", help="a LoRA student's adapters + heads only")
     parser.add_argument("--teacher", type=Path, default=None, help="a LoRA student's base teacher folder")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
 
     from ard_scale.checkpoint.export import export_student, resolve_tag
     from ard_scale.pipeline import export_pipeline
@@ -46,14 +53,17 @@ def main(argv=None) -> Path:
     try:
         tag = resolve_tag(args.run_dir / "checkpoints", args.tag)
         out = args.out or args.run_dir / "export" / tag
+        if args.overrides and (args.student_only or args.lora_adapter):
+            raise ValueError("encoder/VAE overrides are for a pipeline export; a student folder holds neither")
         if args.student_only or args.lora_adapter:
             out = export_student(
                 args.run_dir, out, tag=tag, use_ema=not args.raw, adapter_only=args.lora_adapter, teacher=args.teacher
             )
         else:
             out = export_pipeline(
-                args.run_dir, out, tag=tag, use_ema=not args.raw, link=args.link, teacher=args.teacher
-            )
+                args.run_dir, out, tag=tag, use_ema=not args.raw, link=args.link, teacher=args.teacher,
+                overrides=args.overrides,
+            )  # fmt: skip
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(out)

@@ -88,3 +88,23 @@ def test_qwen_image_trains_on_precomputed_text(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     curve = losses(run)
     assert len(curve) == 4 and curve[-1] < curve[0], curve  # replay: the same batch 4 times
+
+    # A pipeline encodes prompts: its export asks for the encoder the recipe did not need, and takes it as a setting.
+    from ard_scale.pipeline import ARDPipeline, export_pipeline
+
+    with pytest.raises(
+        ValueError, match="names no qwen_encoder encoder .* e.g. python launchers/export.py .* qwen_enc"
+    ):
+        export_pipeline(run, tmp_path / "pipe", use_ema=False)
+    assert not (tmp_path / "pipe").exists()
+    broken_vae = ["qwen_encoder.size=debug", "vae.size=null", f"vae.path={tmp_path / 'nowhere'}"]
+    with pytest.raises(ValueError, match="nowhere"):  # found after the student was written: nothing is left behind
+        export_pipeline(run, tmp_path / "pipe", use_ema=False, overrides=broken_vae)
+    assert not (tmp_path / "pipe").exists()
+    with pytest.raises(ValueError, match="only the text_encoder, .* sections"):
+        export_pipeline(run, tmp_path / "pipe", use_ema=False, overrides=["student.num_steps=2"])
+    folder = export_pipeline(run, tmp_path / "pipe", use_ema=False, overrides=["qwen_encoder.size=debug"])
+    pipe = ARDPipeline.from_pretrained(folder)
+    assert (folder / "qwen_text_encoder").is_dir() and pipe.cfg.qwen_encoder.path == str(folder / "qwen_text_encoder")
+    images = pipe(["a handwritten digit seven"], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (1, 3, 32, 32) and bool(torch.isfinite(images).all())
