@@ -48,6 +48,7 @@ from ard_scale.checkpoint.export import (
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.diffusion.condition import Condition
 from ard_scale.models.families import get_family
+from ard_scale.models.folders import tokenizer_folder
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec
@@ -69,7 +70,10 @@ FORMAT_VERSION = 1
 
 
 def _save_or_link(model, tokenizer, source: str | None, dest: Path, link: bool) -> None:
-    if link and source is not None:
+    # an encoder folder whose tokenizer is its pipeline sibling (text_encoder_2/ + tokenizer_2/) is saved, not linked:
+    # the link alone would leave the tokenizer behind
+    split = tokenizer is not None and source is not None and (Path(source) / "config.json").is_file()
+    if link and source is not None and not (split and tokenizer_folder(source) != source):
         os.symlink(Path(source).resolve(), dest, target_is_directory=True)
         return
     model.save_pretrained(dest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model",)  # diffusers' model weight file stem (teachers, VAEs)
@@ -46,13 +47,35 @@ def vae_folder(path: str | Path) -> Path:
     return folder
 
 
-def check_t5_folder(path: str) -> None:
-    """Raise unless `path` holds a T5 encoder's config and its tokenizer, as `save_pretrained` writes them."""
+def tokenizer_folder(model_dir: str) -> str:
+    """Where the tokenizer of text encoder folder `model_dir` is: the folder itself when it holds one, else, in a
+    diffusers pipeline as downloaded, its sibling numbered alike (text_encoder_2/ -> tokenizer_2/), where that holds
+    one; else the folder itself (and the check names what it lacks)."""
+    if os.path.isfile(os.path.join(model_dir, "tokenizer_config.json")):
+        return model_dir
+    parent, name = os.path.split(os.path.normpath(model_dir))
+    numbered = re.fullmatch(r"text_encoder(_\d+)?", name)
+    if numbered:
+        sibling = os.path.join(parent, "tokenizer" + (numbered.group(1) or ""))
+        if os.path.isfile(os.path.join(sibling, "tokenizer_config.json")):
+            return sibling
+    return model_dir
+
+
+def check_t5_folder(path: str) -> str:
+    """Raise unless `path` holds a T5 encoder's config and has its tokenizer (in it, as `save_pretrained` writes
+    both, or in a pipeline's sibling tokenizer folder: `tokenizer_folder`); returns the tokenizer's folder."""
     if not os.path.isdir(path):
         raise ValueError(f"T5 path {path!r} is not a local folder; save the model and tokenizer there first")
-    missing = [n for n in ("config.json", "tokenizer_config.json") if not os.path.isfile(os.path.join(path, n))]
+    tokenizer = tokenizer_folder(path)
+    missing = [n for n in ("config.json",) if not os.path.isfile(os.path.join(path, n))]
+    missing += [n for n in ("tokenizer_config.json",) if not os.path.isfile(os.path.join(tokenizer, n))]
     if missing:
-        raise ValueError(f"T5 folder {path!r} lacks model or tokenizer files {missing}; save both with save_pretrained")
+        raise ValueError(
+            f"T5 folder {path!r} lacks model or tokenizer files {missing}; save both with save_pretrained (a "
+            "pipeline's text_encoder_N/ may keep its tokenizer in the sibling tokenizer_N/)"
+        )
+    return tokenizer
 
 
 def encoder_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[str, str]:
@@ -60,7 +83,7 @@ def encoder_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[s
     if not os.path.isdir(path):
         raise ValueError(f"{key} {path!r} is not a local folder; save the model and its tokenizer there first")
     if os.path.isfile(os.path.join(path, "config.json")):
-        return path, path
+        return path, tokenizer_folder(path)
     model_dir, tok_dir = os.path.join(path, model), os.path.join(path, tokenizer)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ValueError(

@@ -59,10 +59,11 @@ def build_t5(size: str, *, seed: int = 0):
 
 
 def load_t5(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """(encoder, tokenizer) from a local folder holding a T5EncoderModel (or full T5) and its tokenizer."""
-    check_t5_folder(path)
+    """(encoder, tokenizer) from a local folder holding a T5EncoderModel (or full T5) and its tokenizer, or a
+    pipeline's text_encoder_N/ whose tokenizer is in the sibling tokenizer_N/ (FLUX.1's _2, SD3's _3)."""
+    tokenizer_dir = check_t5_folder(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         encoder = T5EncoderModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
     except OSError as e:
         raise ValueError(

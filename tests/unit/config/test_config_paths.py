@@ -76,7 +76,8 @@ def test_folders_without_their_model_files_are_named_with_what_they_lack(tmp_pat
         f"teacher.path: {tmp_path / 'teacher'} is not a diffusers model folder: it has no config.json (nor "
         "transformer/config.json)",
         f"text_encoder.path: T5 folder '{tmp_path / 't5'}' lacks model or tokenizer files ['tokenizer_config.json']; "
-        "save both with save_pretrained",
+        "save both with save_pretrained (a pipeline's text_encoder_N/ may keep its tokenizer in the sibling "
+        "tokenizer_N/)",
         f"vae.path: {tmp_path / 'vae'} is not a diffusers AutoencoderKL folder (no config.json, nor vae/config.json); "
         "give the VAE's local folder",
     ]
