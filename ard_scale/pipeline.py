@@ -36,16 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ard_scale.checkpoint.export import (
-    export_student,
-    load_exported_student,
-    read_json,
-    reading_export,
-    resolve_tag,
-    verify_export,
-    write_checksums,
-)
+from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
+from ard_scale.checkpoint.export_files import read_json, reading_export, verify_export, write_checksums
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
+from ard_scale.config.models import unnamed_encoders
 from ard_scale.diffusion.condition import Condition
 from ard_scale.models.families import get_family
 from ard_scale.models.folders import tokenizer_folder
@@ -71,9 +65,10 @@ FORMAT_VERSION = 1
 
 def _save_or_link(model, tokenizer, source: str | None, dest: Path, link: bool) -> None:
     # an encoder folder whose tokenizer is its pipeline sibling (text_encoder_2/ + tokenizer_2/) is saved, not linked:
-    # the link alone would leave the tokenizer behind
-    split = tokenizer is not None and source is not None and (Path(source) / "config.json").is_file()
-    if link and source is not None and not (split and tokenizer_folder(source) != source):
+    # the link alone would leave the tokenizer behind (a pipeline folder given as `source` holds both subfolders)
+    encoder_folder = source is not None and (Path(source) / "config.json").is_file()
+    tokenizer_elsewhere = tokenizer is not None and encoder_folder and tokenizer_folder(source) != source
+    if link and source is not None and not tokenizer_elsewhere:
         os.symlink(Path(source).resolve(), dest, target_is_directory=True)
         return
     model.save_pretrained(dest)
@@ -132,9 +127,7 @@ def export_pipeline(
     cfg = load_config(recipe_file, list(overrides))
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the pipeline")
-    spec = get_family(cfg.teacher.family)
-    unnamed = [SLOTS[s][0] for s in spec.text_encoders if getattr(cfg, SLOTS[s][0]).path is None]
-    unnamed = [section for section in unnamed if getattr(cfg, section).size is None]
+    unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
     if unnamed:  # a run on precomputed text needs none; a pipeline encodes prompts
         raise ValueError(
             f"the recipe of {run_dir} names no {' and no '.join(unnamed)} encoder (it trained on precomputed text), "

@@ -146,16 +146,12 @@ def null_caption(path: Path | None, data: str, teacher_dir: Path | None) -> Cond
 
 
 def text_conditions(teacher, emb_BLC, mask_BL, pooled_BD, null: Condition | None, embedded: float | None):
-    """A batch's condition and null condition from stored text, completed as the trainer's Conditioner does: the
-    mask where the family reads one, the pooled embedding, a guidance-distilled teacher's embedded value."""
-    B, use_mask = emb_BLC.shape[0], teacher.spec.text_mask
-    guidance = None if embedded is None else torch.full((B,), embedded)
-    cond = Condition(text=emb_BLC, text_mask=mask_BL.long() if use_mask else None, pooled=pooled_BD, guidance=guidance)
-    if null is None:
-        return cond, None
-    from ard_scale.trainer.conditioning import batch_null
+    """A batch's condition and null condition from stored text, completed as the trainer's Conditioner does
+    (`stored_condition`: the family's mask rule, the pooled embedding, a guidance-distilled teacher's value)."""
+    from ard_scale.trainer.conditioning import batch_null, stored_condition
 
-    return cond, batch_null(null, B, emb_BLC.shape[1])
+    cond = stored_condition(emb_BLC, mask_BL.long(), pooled_BD, use_mask=teacher.spec.text_mask, guidance=embedded)
+    return cond, None if null is None else batch_null(null, *emb_BLC.shape[:2])
 
 
 def main(argv=None) -> dict:

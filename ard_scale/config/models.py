@@ -23,6 +23,17 @@ def family_spec(name: str):
 SLOT_SECTIONS = {"t5": "text_encoder", "clip": "pooled_encoder", "clip_2": "pooled_encoder_2", "qwen": "qwen_encoder"}
 
 
+def unnamed_encoders(cfg, spec) -> list[str]:
+    """The sections of the encoders family `spec` reads that the recipe `cfg` gives neither a path nor a size (a run
+    on precomputed text may name none)."""
+    sections = [getattr(cfg, SLOT_SECTIONS[slot]) for slot in spec.text_encoders]
+    return [
+        SLOT_SECTIONS[slot]
+        for slot, s in zip(spec.text_encoders, sections, strict=True)
+        if s.path is None and s.size is None
+    ]
+
+
 def family_names() -> list[str]:
     from ard_scale.models.families import FAMILIES
 

@@ -42,14 +42,14 @@ def _encoding_problems(cfg, spec) -> list[str]:
     """Precomputed shards that cannot serve the recipe: no null condition stored for a CFG teacher whose encoders
     the recipe does not name, or an encoding (text_encoding.json, written by launchers/precompute_text.py) for
     another family or other encoder sizes and token counts than the recipe names."""
-    from ard_scale.config.models import SLOT_SECTIONS
+    from ard_scale.config.models import SLOT_SECTIONS, unnamed_encoders
     from ard_scale.data.text_encoding import NULL_FILE, encoding_mismatches, read_text_encoding
 
     if spec is None or spec.condition_kind != "text" or cfg.data.path is None or not os.path.isdir(cfg.data.path):
         return []
     out = []
     sections = {slot: (SLOT_SECTIONS[slot], getattr(cfg, SLOT_SECTIONS[slot])) for slot in spec.text_encoders}
-    unnamed = [name for name, section in sections.values() if section.path is None and section.size is None]
+    unnamed = unnamed_encoders(cfg, spec)
     guided = spec.guidance == "cfg" and cfg.diffusion.guidance_scale != 1
     if guided and unnamed and not os.path.isfile(os.path.join(cfg.data.path, NULL_FILE)):
         out.append(

@@ -84,14 +84,13 @@ class RootConfig:
             )
         # precomputed shards replace the encoders; whether they also hold CFG's null condition (else the encoders are
         # needed once, for the null caption) is a question about files: ard_scale.config.paths checks it
-        precomputed = te.use_precomputed
         qe = self.qwen_encoder
         if (
             spec is not None
             and "qwen" in spec.text_encoders
             and qe.path is None
             and qe.size is None
-            and not precomputed
+            and not te.use_precomputed
         ):
             out.append(
                 f"qwen_encoder.path: family {t.family!r} reads Qwen2.5-VL's hidden states: set qwen_encoder.path to "
@@ -103,7 +102,7 @@ class RootConfig:
             and "clip" in spec.text_encoders
             and pe.path is None
             and pe.size is None
-            and not precomputed
+            and not te.use_precomputed
         ):
             out.append(
                 f"pooled_encoder.path: family {t.family!r} reads CLIP's pooled text embedding beside the T5 "
@@ -112,13 +111,18 @@ class RootConfig:
                 "shards written by launchers/precompute_text.py"
             )
         pe2 = self.pooled_encoder_2
-        if spec is not None and "clip_2" in spec.text_encoders and pe2.path is None and pe2.size is None:
-            if not precomputed:
-                out.append(
-                    f"pooled_encoder_2.path: family {t.family!r} reads a second CLIP text encoder (SD3: CLIP-G): set "
-                    "pooled_encoder_2.path to the pipeline folder (its text_encoder_2/ and tokenizer_2/) or "
-                    "pooled_encoder_2.size"
-                )
+        if (
+            spec is not None
+            and "clip_2" in spec.text_encoders
+            and pe2.path is None
+            and pe2.size is None
+            and not te.use_precomputed
+        ):
+            out.append(
+                f"pooled_encoder_2.path: family {t.family!r} reads a second CLIP text encoder (SD3: CLIP-G): set "
+                "pooled_encoder_2.path to the pipeline folder (its text_encoder_2/ and tokenizer_2/) or "
+                "pooled_encoder_2.size"
+            )
         if spec is not None and spec.condition_kind == "labels" and self.text_encoder.use_precomputed:
             out.append(
                 f"text_encoder.use_precomputed: family {t.family!r} is class-conditional and has no text embeddings"

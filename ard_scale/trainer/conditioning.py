@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ard_scale.config.models import SLOT_SECTIONS
 from ard_scale.diffusion.condition import Condition, EncodedText
 from ard_scale.models.folders import ENCODER_SUBFOLDERS
 from ard_scale.models.teachers import Teacher
@@ -21,12 +22,13 @@ from ard_scale.trainer.checks import check_labels
 
 # Text encoder slots a family may list (`family.text_encoders`), in the order they load and encode: the recipe
 # section each reads, what the teacher reads from it and where its `path` points (for a missing section's error).
-SLOTS = {
-    "t5": ("text_encoder", "T5's token embeddings", "a folder with the T5 encoder and its tokenizer"),
-    "qwen": ("qwen_encoder", "Qwen2.5-VL's hidden states", "the pipeline's text_encoder/ and tokenizer/"),
-    "clip": ("pooled_encoder", "CLIP's pooled text embedding", "the pipeline's text_encoder/ and tokenizer/"),
-    "clip_2": ("pooled_encoder_2", "a second CLIP text encoder", "the pipeline's text_encoder_2/ and tokenizer_2/"),
+_SLOT_TEXT = {  # slot -> (what the family reads from it, where its files are); loaded in this order
+    "t5": ("T5's token embeddings", "a folder with the T5 encoder and its tokenizer"),
+    "qwen": ("Qwen2.5-VL's hidden states", "the pipeline's text_encoder/ and tokenizer/"),
+    "clip": ("CLIP's pooled text embedding", "the pipeline's text_encoder/ and tokenizer/"),
+    "clip_2": ("a second CLIP text encoder", "the pipeline's text_encoder_2/ and tokenizer_2/"),
 }
+SLOTS = {slot: (SLOT_SECTIONS[slot], *text) for slot, text in _SLOT_TEXT.items()}  # + the recipe section
 
 
 def distilled_guidance(teacher: Teacher, guidance_scale: float) -> float | None:
@@ -176,11 +178,8 @@ class Conditioner:
             labels = batch["labels"].long()
             check_labels(labels, batch.get("keys"), self.teacher.num_classes)
             return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
-        precomputed = "t5_emb" in batch
-        if precomputed and (not self.needs_pooled or "pooled_emb" in batch):
-            text = batch["t5_emb"].float()
-            mask = batch["t5_mask"] if self.use_mask else None
-            pooled = batch["pooled_emb"].float() if self.needs_pooled else None
+        if "t5_emb" in batch and (not self.needs_pooled or "pooled_emb" in batch):
+            cond = self.stored(batch["t5_emb"], batch["t5_mask"], batch.get("pooled_emb"))
         elif not self.can_encode:
             wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
             raise ValueError(
@@ -190,12 +189,16 @@ class Conditioner:
             )
         else:
             cond = self._encode(batch["captions"])
-            text, mask, pooled = cond.text, cond.text_mask, cond.pooled
-        B, L = text.shape[:2]
-        cond = Condition(text=text, text_mask=mask, pooled=pooled, guidance=self._guidance(B))
         if self.null is None:  # no CFG: the null condition is never evaluated
             return cond, None
-        return cond, batch_null(self.null, B, L)
+        return cond, batch_null(self.null, *cond.text.shape[:2])
+
+    def stored(self, text: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None) -> Condition:
+        """The condition of text stored by launchers/precompute_text.py (shards, trajectory dumps): completed as this
+        family's encoders would give it (`stored_condition`)."""
+        return stored_condition(
+            text, mask, pooled if self.needs_pooled else None, use_mask=self.use_mask, guidance=self.guidance
+        )
 
     def _guidance(self, batch_size: int) -> torch.Tensor | None:
         return None if self.guidance is None else torch.full((batch_size,), self.guidance)
@@ -204,6 +207,19 @@ class Conditioner:
         """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
         out = encode_text(self.spec, self.encoders, captions)
         return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))
+
+
+def stored_condition(
+    text: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None, *, use_mask: bool, guidance: float | None
+) -> Condition:
+    """A condition from stored text (B, L, D), its mask (B, L) and pooled embedding (B, D) or None: in fp32, the mask
+    only where the family reads one (`Family.text_mask`), a guidance-distilled teacher's embedded value."""
+    return Condition(
+        text=text.float(),
+        text_mask=mask if use_mask else None,
+        pooled=None if pooled is None else pooled.float(),
+        guidance=None if guidance is None else torch.full((text.shape[0],), guidance),
+    )
 
 
 def batch_null(null: Condition, batch_size: int, num_tokens: int) -> Condition:

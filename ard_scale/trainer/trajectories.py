@@ -172,26 +172,20 @@ class ReplayTrajectories(OnlineTrajectories):
 
 
 class OfflineTrajectories:
-    """States and their condition, stored with the batch by the trajectory loader; moved to `device`. The text a
-    family reads is stored as precompute_text.py writes it (t5_emb, t5_mask, pooled_emb); `use_mask` and `guidance`
-    complete it as the Conditioner does (the family's mask rule, a guidance-distilled teacher's embedded value)."""
+    """States and their condition, stored with the batch by the trajectory loader; moved to `device`. The text is
+    stored as precompute_text.py writes it (t5_emb, t5_mask, pooled_emb) and completed by the run's `conditioner`
+    (`Conditioner.stored`: the family's mask rule, a guidance-distilled teacher's embedded value)."""
 
     num_solved = 0
 
-    def __init__(self, device: torch.device | str = "cpu", *, use_mask: bool = True, guidance: float | None = None):
-        self.device, self.use_mask, self.guidance = device, use_mask, guidance
+    def __init__(self, conditioner, device: torch.device | str = "cpu"):
+        self.conditioner, self.device = conditioner, device
 
     def __call__(self, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
         if "labels" in batch:
             cond = Condition(labels=batch["labels"].long())
         else:  # the caption's text, stored with the trajectory (no encoder or null caption needed)
-            B = batch["t5_emb"].shape[0]
-            cond = Condition(
-                text=batch["t5_emb"].float(),
-                text_mask=batch["t5_mask"] if self.use_mask else None,
-                pooled=batch["pooled_emb"].float() if "pooled_emb" in batch else None,
-                guidance=None if self.guidance is None else torch.full((B,), self.guidance),
-            )
+            cond = self.conditioner.stored(batch["t5_emb"], batch["t5_mask"], batch.get("pooled_emb"))
         return batch["states"].float().to(self.device), cond.to(self.device)
 
     def state_dict(self) -> dict:
@@ -201,16 +195,17 @@ class OfflineTrajectories:
         pass
 
 
-def build_trajectory_source(source: str, *args, replay_times: int = 1, device="cpu", **kwargs):
-    """The source for `train.trajectory_source` (online | replay | offline); `args`/`kwargs` those of
-    OnlineTrajectories (unused offline)."""
+def build_trajectory_source(
+    source: str, teacher, schedule: Schedule, conditioner, *, replay_times: int = 1, device="cpu", **kwargs
+):
+    """The source for `train.trajectory_source` (online | replay | offline); the arguments those of
+    OnlineTrajectories (offline uses only the conditioner, to complete the stored conditions)."""
     if source == "online":
-        return OnlineTrajectories(*args, device=device, **kwargs)
+        return OnlineTrajectories(teacher, schedule, conditioner, device=device, **kwargs)
     if source == "replay":
-        return ReplayTrajectories(*args, replay_times=replay_times, device=device, **kwargs)
-    if source == "offline":  # the conditioner (third argument) says how the stored text completes a condition
-        conditioner = args[2]
-        return OfflineTrajectories(device, use_mask=conditioner.use_mask, guidance=conditioner.guidance)
+        return ReplayTrajectories(teacher, schedule, conditioner, replay_times=replay_times, device=device, **kwargs)
+    if source == "offline":
+        return OfflineTrajectories(conditioner, device)
     raise ValueError(f"train.trajectory_source: unknown {source!r}; choose 'online', 'replay' or 'offline'")
 
 
