@@ -3,8 +3,8 @@
 Streaming's rules, followed here: the same shuffle seed and the same `num_canonical_nodes` on every rank
 and across resumes (both are part of the saved state), ranks step in lockstep (one batch per rank per
 step, which the trainer does), and each job uses its own local cache folder. Rank and world size come in
-as arguments and are exported as the RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE variables that
-streaming reads; torch.distributed is never touched.
+as arguments and are exported as the variables streaming reads, and the dataset is built under the host-wide
+registration lock (streaming_world.py); torch.distributed is never touched.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from streaming import StreamingDataLoader, StreamingDataset
 from ard_scale.config.data import DataConfig
 from ard_scale.data.samples import BadSample, SkipCounter, collate, decode_sample
 from ard_scale.data.shard_paths import check_mds_folder
+from ard_scale.data.streaming_world import streaming_build
 
 # + optional label: int, t5_emb/t5_mask/pooled_emb: ndarray
 COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}
@@ -25,16 +26,6 @@ COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}
 
 def _is_remote(path: str) -> bool:
     return "://" in path
-
-
-def _export_world(rank: int, world_size: int, local_world_size: int | None) -> None:
-    local_world_size = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    wanted = {"RANK": rank, "WORLD_SIZE": world_size, "LOCAL_WORLD_SIZE": local_world_size,
-              "LOCAL_RANK": rank % local_world_size}  # fmt: skip
-    for name, value in wanted.items():
-        if name in os.environ and int(os.environ[name]) != value:
-            raise ValueError(f"{name}={os.environ[name]} in the environment but the data loader was given {value}")
-        os.environ[name] = str(value)
 
 
 class DecodingStreamingDataset(StreamingDataset):
@@ -107,11 +98,11 @@ class MDSLoader:
         else:
             check_mds_folder(config.path)
             location = {"local": config.path}  # local-only data: no copy, no cache
-        _export_world(rank, world_size, config.local_world_size)
-        self.dataset = DecodingStreamingDataset(
-            resolution=config.resolution, **location, batch_size=config.batch_size, shuffle=config.shuffle,
-            shuffle_seed=config.seed, num_canonical_nodes=config.num_canonical_nodes,
-        )  # fmt: skip
+        with streaming_build(rank, world_size, config.local_world_size):
+            self.dataset = DecodingStreamingDataset(
+                resolution=config.resolution, **location, batch_size=config.batch_size, shuffle=config.shuffle,
+                shuffle_seed=config.seed, num_canonical_nodes=config.num_canonical_nodes,
+            )  # fmt: skip
         workers = config.num_workers
         self.dataloader = _RawCountingLoader(
             self.dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=collate_mds,

@@ -23,8 +23,8 @@ import torch
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 
 from ard_scale.config.data import DataConfig, check_readable
-from ard_scale.data.mds import _export_world
 from ard_scale.data.samples import SkipCounter
+from ard_scale.data.streaming_world import streaming_build
 
 
 def _collate(items: list[dict]) -> dict[str, Any]:
@@ -62,11 +62,11 @@ class TrajectoryLoader:
                 f"the trajectory dump {str(root)!r} has no complete chunk (chunk_NNNNN/index.json); finish it by "
                 "rerunning launchers/dump_trajectories.py with the same --out"
             )
-        _export_world(rank, world_size, config.local_world_size)
-        self.dataset = StreamingDataset(
-            streams=[Stream(local=str(c)) for c in chunks], batch_size=config.batch_size, shuffle=config.shuffle,
-            shuffle_seed=config.seed, num_canonical_nodes=config.num_canonical_nodes,
-        )  # fmt: skip
+        with streaming_build(rank, world_size, config.local_world_size):
+            self.dataset = StreamingDataset(
+                streams=[Stream(local=str(c)) for c in chunks], batch_size=config.batch_size, shuffle=config.shuffle,
+                shuffle_seed=config.seed, num_canonical_nodes=config.num_canonical_nodes,
+            )  # fmt: skip
         workers = config.num_workers
         self.dataloader = StreamingDataLoader(
             self.dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=_collate,

@@ -3,10 +3,22 @@ NCCL reduces CUDA tensors only, gloo CPU ones. Every caller of a small all-reduc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_ranks", "any_rank", "collective_device", "sum_counts_over_ranks", "sum_over_ranks"]
+from ard_scale.data.streaming_world import local_world, registration_lock
+
+__all__ = [
+    "all_ranks",
+    "any_rank",
+    "collective_device",
+    "streaming_build_turn",
+    "sum_counts_over_ranks",
+    "sum_over_ranks",
+]
 
 
 def collective_device(backend: str | None) -> torch.device:
@@ -54,3 +66,15 @@ def sum_counts_over_ranks(counts: dict[str, int]) -> dict[str, int]:
     dist.all_gather_object(everyone, {k: int(v) for k, v in counts.items()})
     keys = sorted({k for c in everyone for k in c})
     return sum_over_ranks({k: counts.get(k, 0) for k in keys})
+
+
+@contextmanager
+def streaming_build_turn(rank: int, world_size: int, local_world_size: int | None) -> Iterator[None]:
+    """This job's turn to build its data loader (collective): the node's local leader takes the host-wide streaming
+    registration lock, then every rank meets in a barrier, so no rank scans /dev/shm for a free prefix before its
+    leader holds the lock and no other process can register one until the build is done (streaming_world.py)."""
+    local_rank, _ = local_world(rank, world_size, local_world_size)
+    with registration_lock(hold=local_rank == 0):
+        if _backend() is not None:
+            dist.barrier()
+        yield

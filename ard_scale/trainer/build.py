@@ -12,6 +12,7 @@ from ard_scale.config import RootConfig
 from ard_scale.data import build_loader
 from ard_scale.data.samples import BatchStream
 from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
+from ard_scale.distributed.collectives import streaming_build_turn
 from ard_scale.distributed.engines import (
     build_frozen_engine,
     build_student_engine,
@@ -158,6 +159,15 @@ def _frozen_zero3(module: torch.nn.Module, micro_batch: int) -> torch.nn.Module:
     return build_frozen_engine(module, frozen_ds_config(micro_batch=micro_batch, precision=precision)).module
 
 
+def build_data(cfg: RootConfig, rank: int, world_size: int):
+    """This rank's batches: the offline trajectory dump (`train.trajectory_source: offline`) or image-caption shards."""
+    if cfg.train.trajectory_source == "offline":
+        from ard_scale.data.trajectories import trajectory_loader  # mosaicml-streaming: only offline runs import it
+
+        return trajectory_loader(cfg.data, rank=rank, world_size=world_size)
+    return build_loader(cfg.data, rank=rank, world_size=world_size)
+
+
 def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=None, fresh: bool = True) -> Run:
     """`adapt_ds_config(ds_config) -> ds_config` lets the checkpoint manager switch on universal loading. `fresh`:
     the run has no checkpoint of its own, so `gan.init_from` (if set) initialises the student."""
@@ -202,10 +212,9 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     if zero.teacher_stage == 3:  # the frozen text encoders are partitioned like the teacher (in their own dtype)
         conditioner.partition(lambda encoder: _frozen_zero3(encoder, micro))
 
+    with streaming_build_turn(rank, world_size, cfg.data.local_world_size):  # one build per host at a time
+        loader = build_data(cfg, rank, world_size)
     if tr.trajectory_source == "offline":
-        from ard_scale.data.trajectories import trajectory_loader  # mosaicml-streaming: only offline runs import it
-
-        loader = trajectory_loader(cfg.data, rank=rank, world_size=world_size)
         check_offline_dump(
             loader.meta,
             loader.sample_shape(),
@@ -215,8 +224,6 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             latent_shape=shape,
             family=teacher.family,
         )
-    else:
-        loader = build_loader(cfg.data, rank=rank, world_size=world_size)
     return Run(
         rank=rank,
         world_size=world_size,
