@@ -11,28 +11,16 @@ import os
 from ard_scale.config.loader import ConfigError
 
 
-def _remote(path: str) -> bool:
-    return "://" in path
-
-
 def _shard_problem(path: str | None, format: str) -> str | None:
     """What the `format` reader would refuse about data.path `path` (a folder, and for webdataset also a shard index
     .json or a brace pattern), found as the reader finds it but without reading a shard; None if nothing."""
     from ard_scale.data.bundled import resolve_data_path
     from ard_scale.data.shard_paths import check_shard_path
 
-    if path is None or (format == "mds" and _remote(path)):  # streaming fetches a remote index itself
+    if path is None:
         return None
     try:
-        path = resolve_data_path(path) if path.startswith("bundled:") else path
-        if "{" not in path and not _remote(path) and not os.path.exists(path):
-            forms = (
-                "a folder of .tar shards, a shards.json index or a brace pattern"
-                if format == "webdataset"
-                else "a folder"
-            )
-            return f"{path!r} does not exist ({format} shards: {forms}; launchers/build_shards.py)"
-        check_shard_path(path, format)
+        check_shard_path(resolve_data_path(path), format)
     except ValueError as e:
         return str(e)
     return None
@@ -86,6 +74,7 @@ def missing_paths(cfg) -> list[str]:
     refuse."""
     from ard_scale.config.models import family_spec
     from ard_scale.data.bundled import resolve_data_path
+    from ard_scale.data.shard_paths import is_remote
     from ard_scale.models.folders import (
         DIFFUSERS_WEIGHTS,
         ENCODER_SUBFOLDERS,
@@ -114,7 +103,7 @@ def missing_paths(cfg) -> list[str]:
         return path
 
     def need(key: str, path: str | None, what: str, *, folder: bool = True, holds=None) -> None:
-        if path is None or _remote(path):
+        if path is None or is_remote(path):
             return
         if path.startswith("bundled:"):
             try:

@@ -17,15 +17,11 @@ from streaming import StreamingDataLoader, StreamingDataset
 
 from ard_scale.config.data import DataConfig
 from ard_scale.data.samples import BadSample, SkipCounter, collate, decode_sample
-from ard_scale.data.shard_paths import check_mds_folder
+from ard_scale.data.shard_paths import check_mds_folder, is_remote
 from ard_scale.data.streaming_world import streaming_build
 
 # + optional label: int, t5_emb/t5_mask/pooled_emb: ndarray
 COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
 
 
 class DecodingStreamingDataset(StreamingDataset):
@@ -89,7 +85,7 @@ class MDSLoader:
                 "which per-rank bucket buffers cannot express; use fixed-resolution MDS or webdataset shards"
             )
         self.config, self.rank, self.world_size = config, rank, world_size
-        if _is_remote(config.path):
+        if is_remote(config.path):
             if not config.cache_dir:
                 raise ValueError(
                     f"MDS path {config.path!r} is remote: set data.cache_dir to a local folder unique to this job"

@@ -15,6 +15,7 @@ INDEX_NAME = "shards.json"  # wids-style shard index written by build_shards: sh
 
 
 def is_remote(url: str) -> bool:
+    """A url the readers fetch (s3://, https://, a webdataset `pipe:` command), which no local check can vouch for."""
     return "://" in url or url.startswith("pipe:")
 
 

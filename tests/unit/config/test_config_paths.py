@@ -188,8 +188,8 @@ def test_shards_the_readers_would_refuse_are_named_before_launch(tmp_path):
         f"data.path: webdataset index '{tmp_path / 'shards.json'}' is not a shard index (KeyError"
     )
     assert data_problems(tmp_path / "nowhere") == [
-        f"data.path: '{tmp_path / 'nowhere'}' does not exist (webdataset shards: a folder of .tar shards, a "
-        "shards.json index or a brace pattern; launchers/build_shards.py)"
+        f"data.path: webdataset path '{tmp_path / 'nowhere'}' does not exist: give a folder of .tar shards, a "
+        "shards.json index or a brace pattern (launchers/build_shards.py writes the first two)"
     ]
     assert data_problems(tmp_path / "empty", "mds") == [
         f"data.path: MDS path '{tmp_path / 'empty'}' has no index.json: not an MDS dataset (build it with build_shards)"
