@@ -191,6 +191,8 @@ def test_shards_the_readers_would_refuse_are_named_before_launch(tmp_path):
         f"data.path: webdataset path '{tmp_path / 'nowhere'}' does not exist: give a folder of .tar shards, a "
         "shards.json index or a brace pattern (launchers/build_shards.py writes the first two)"
     ]
+    [problem] = data_problems("pipe:cat /nowhere/shard-000000.tar")  # the reader's own reason, not "does not exist"
+    assert problem.startswith("data.path: webdataset path 'pipe:cat /nowhere/shard-000000.tar' is remote: sample")
     assert data_problems(tmp_path / "empty", "mds") == [
         f"data.path: MDS path '{tmp_path / 'empty'}' has no index.json: not an MDS dataset (build it with build_shards)"
     ]
