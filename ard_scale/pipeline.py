@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,14 @@ import numpy as np
 import torch
 
 from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
-from ard_scale.checkpoint.export_files import read_json, reading_export, verify_export, write_checksums
+from ard_scale.checkpoint.export_files import (
+    check_export_target,
+    read_json,
+    reading_export,
+    verify_export,
+    write_checksums,
+    writing_export,
+)
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.config.models import unnamed_encoders
 from ard_scale.diffusion.condition import Condition
@@ -112,7 +118,8 @@ def export_pipeline(
     """Write checkpoint `tag` (default: latest) of `run_dir` as a pipeline folder (see the module docstring). A LoRA
     student is merged into a plain full student; `teacher`: its base teacher folder, if not its recipe's.
     `overrides`: dotted `key=value` settings of the encoder and VAE sections (OVERRIDABLE), e.g. the text encoders of
-    a run trained on precomputed text, whose recipe needs to name none. A failed export leaves no folder behind."""
+    a run trained on precomputed text, whose recipe needs to name none. A failed export leaves no folder behind
+    (`writing_export`)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     tag = resolve_tag(run_dir / "checkpoints", tag)
     recipe_file = run_dir / "checkpoints" / tag / "config.yaml"
@@ -125,8 +132,7 @@ def export_pipeline(
             f"got {others}"
         )
     cfg = load_config(recipe_file, list(overrides))
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the pipeline")
+    check_export_target(out_dir, "pipeline")
     unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
     if unnamed:  # a run on precomputed text needs none; a pipeline encodes prompts
         raise ValueError(
@@ -134,13 +140,8 @@ def export_pipeline(
             f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
             f"{unnamed[0]}.path=DIR"
         )
-    created = not out_dir.exists()
-    try:
-        _write_pipeline(cfg, run_dir, out_dir, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
-    except BaseException:  # no half-written folder to block the next try
-        for child in [out_dir] if created else list(out_dir.iterdir()):
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
-        raise
+    with writing_export(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
+        _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
 
 

@@ -60,7 +60,7 @@ def compare(cfg, run_dir: Path) -> dict:
     from ard_scale.models.teachers import load_teacher
 
     export_dir = run_dir / "export"
-    export_student(run_dir, export_dir)
+    export_student(run_dir, export_dir, replace=True)  # a rerun of the demo exports its newest checkpoint again
     student = load_exported_student(export_dir).eval()
     teacher = load_teacher(cfg.teacher.path)
     labels = torch.arange(10).repeat_interleave(PER_CLASS)

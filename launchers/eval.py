@@ -125,7 +125,9 @@ def student_evaluate(run_dir: Path, cfg, evaluate_sample: Callable, *, work_dir:
     from ard_scale.checkpoint.export import export_student, load_exported_student
 
     def evaluate(step: int, folder: Path) -> dict:
-        out_dir = export_student(run_dir, work_dir / folder.name, tag=folder.name, use_ema=cfg.eval.use_ema)
+        out_dir = export_student(
+            run_dir, work_dir / folder.name, tag=folder.name, use_ema=cfg.eval.use_ema, replace=True
+        )  # the evaluator's own scratch folder: a restarted evaluator writes it again
         student = load_exported_student(out_dir, verify=False).to(device).eval()  # just written
         return evaluate_sample(student.sample)
 

@@ -38,7 +38,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ard_scale.checkpoint.export_files import ARD_CONFIG_FILE, read_json, reading_export, verify_export, write_checksums
+from ard_scale.checkpoint.export_files import (
+    ARD_CONFIG_FILE,
+    check_export_target,
+    read_json,
+    reading_export,
+    verify_export,
+    write_checksums,
+    writing_export,
+)
 from ard_scale.checkpoint.layout import LATEST, rank_file
 from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, verify_dir
 from ard_scale.checkpoint.student_meta import schedule_from_dict, student_architecture
@@ -204,11 +212,15 @@ def export_student(
     use_ema: bool = True,
     adapter_only: bool = False,
     teacher: str | Path | None = None,
+    replace: bool = False,
 ) -> Path:
-    """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring).
+    """Write checkpoint `tag` (default: latest) of `run_dir` as an export folder (see the module docstring), whole
+    or not at all: `out_dir` must be new or empty, unless `replace` (swap an existing folder for the new one).
     `adapter_only` (LoRA students): the trainable state and a reference to the base teacher instead of a full
     backbone. `teacher`: a LoRA student's base teacher folder, if not its recipe's."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not replace:
+        check_export_target(out_dir, "student")
     state, arch, tag, weights = student_state_dict(run_dir, tag=tag, use_ema=use_ema)
     lora = ARDConfig(**arch["ard"]).lora
     if adapter_only and not lora.enabled:
@@ -225,28 +237,28 @@ def export_student(
         source["lora"] = to_dict(lora)
         if not adapter_only:
             ard = {**arch["ard"], "lora": {"rank": 0}}  # merged: a plain full student
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if adapter_only:
-        section, seed = _recipe_teacher(run_dir / "checkpoints" / tag)
-        source["base"] = {**to_dict(section), "seed": seed} if teacher is None else {"path": str(teacher)}
-        write_adapters(student, out_dir)
-    else:
-        model_cls = get_family(arch["family"]).model_class
-        backbone = model_cls.from_config(arch["backbone_config"])
-        backbone.load_state_dict(_teacher_class_state(state), strict=True)
-        backbone.save_pretrained(out_dir, safe_serialization=True)
-    heads = {k: v.detach().contiguous().clone() for k, v in state.items() if k.startswith("heads.")}
-    save_file(heads, str(out_dir / HEADS_FILE))
-    ard_config = {
-        "format_version": 1,
-        "family": arch["family"],
-        "ard": ard,
-        "schedule": arch["schedule"],
-        "sampling": arch.get("sampling") or {"latent_shape": None, "guidance": None},
-        "source": source,
-    }
-    (out_dir / ARD_CONFIG_FILE).write_text(json.dumps(ard_config, indent=1), encoding="utf-8")
-    write_checksums(out_dir)
+    with writing_export(out_dir, what="student", replace=replace) as folder:
+        if adapter_only:
+            section, seed = _recipe_teacher(run_dir / "checkpoints" / tag)
+            source["base"] = {**to_dict(section), "seed": seed} if teacher is None else {"path": str(teacher)}
+            write_adapters(student, folder)
+        else:
+            model_cls = get_family(arch["family"]).model_class
+            backbone = model_cls.from_config(arch["backbone_config"])
+            backbone.load_state_dict(_teacher_class_state(state), strict=True)
+            backbone.save_pretrained(folder, safe_serialization=True)
+        heads = {k: v.detach().contiguous().clone() for k, v in state.items() if k.startswith("heads.")}
+        save_file(heads, str(folder / HEADS_FILE))
+        ard_config = {
+            "format_version": 1,
+            "family": arch["family"],
+            "ard": ard,
+            "schedule": arch["schedule"],
+            "sampling": arch.get("sampling") or {"latent_shape": None, "guidance": None},
+            "source": source,
+        }
+        (folder / ARD_CONFIG_FILE).write_text(json.dumps(ard_config, indent=1), encoding="utf-8")
+        write_checksums(folder)
     return out_dir
 
 

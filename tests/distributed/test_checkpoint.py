@@ -135,6 +135,27 @@ def test_export_then_sample_reproduces_the_in_training_sampler(run, tmp_path):
     assert torch.load(raw).shape == (3, *ref["out"].shape[1:])
 
 
+def test_a_student_export_is_written_whole_or_not_at_all(run, tmp_path, monkeypatch):
+    import ard_scale.checkpoint.export as export_module
+
+    def disk_full(folder):
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "student"
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "write_checksums", disk_full)  # the last file: everything else is written
+        with pytest.raises(OSError, match="No space left"):
+            export_student(run["run_dir"], out, use_ema=False)
+    assert list(tmp_path.iterdir()) == []  # no half-written student to load later
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not empty; choose a new folder for the student"):
+        export_student(run["run_dir"], out, use_ema=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    replaced = export_student(run["run_dir"], out, use_ema=False, replace=True)
+    assert "notes.txt" not in {p.name for p in replaced.iterdir()} and load_exported_student(replaced) is not None
+
+
 def test_the_exported_pipeline_samples_class_labels_as_the_in_training_sampler(run, tmp_path):
     from PIL import Image
 

@@ -109,8 +109,10 @@ def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monk
     student = ARDStudent(teacher, ARDConfig(num_steps=2, num_causal_layers=1), VPSchedule()).eval()
     exported = []
     monkeypatch.setattr(
-        export, "export_student", lambda run, out, *, tag, use_ema: exported.append((tag, use_ema)) or Path(out)
-    )
+        export,
+        "export_student",
+        lambda run, out, *, tag, use_ema, replace: exported.append((tag, use_ema, replace)) or Path(out),
+    )  # replace: a restarted evaluator exports over its own scratch folder
     monkeypatch.setattr(export, "load_exported_student", lambda path, *, verify: student)
 
     run = tmp_path / "run"
@@ -131,7 +133,7 @@ def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monk
     evaluate = mod.student_evaluate(run, SimpleNamespace(eval=eval_cfg), evaluate_sample, work_dir=tmp_path / "w")
     with torch.no_grad():
         assert mod.evaluate_pending(run, evaluate) == [10, 20]
-    assert exported == [("step_00000010", True), ("step_00000020", True)]
+    assert exported == [("step_00000010", True, True), ("step_00000020", True, True)]
     results = mod.read_results(run)
     assert [r["step"] for r in results] == [10, 20] and all(r["fid"] > 0 and r["num_samples"] == 4 for r in results)
 
