@@ -77,16 +77,17 @@ def missing_paths(cfg) -> list[str]:
     from ard_scale.data.shard_paths import is_remote
     from ard_scale.models.folders import (
         DIFFUSERS_WEIGHTS,
-        ENCODER_SUBFOLDERS,
         TRANSFORMERS_WEIGHTS,
         check_encoder_folder,
         check_t5_folder,
         model_folder,
+        pipeline_subfolders,
         vae_folder,
         weights_problem,
     )
 
     out = []
+    spec = family_spec(cfg.teacher.family)
 
     def with_weights(folder_of, stems):
         """A folder rule that also wants the weights its loader reads in the folder it resolves to."""
@@ -98,9 +99,11 @@ def missing_paths(cfg) -> list[str]:
 
         return holds
 
+    def folder_of(slot: str) -> str:  # where the family's pipeline folder keeps the slot's encoder
+        return spec.encoder_folders[slot] if spec is not None else "text_encoder"
+
     def t5_folder(path):
-        check_t5_folder(path)
-        return path
+        return check_t5_folder(path, folder_of("t5"))[0]
 
     def need(key: str, path: str | None, what: str, *, folder: bool = True, holds=None) -> None:
         if path is None or is_remote(path):
@@ -124,8 +127,6 @@ def missing_paths(cfg) -> list[str]:
     teacher_holds = with_weights(model_folder, DIFFUSERS_WEIGHTS)
     need("teacher.path", cfg.teacher.path, "a local diffusers model or pipeline folder", holds=teacher_holds)
 
-    spec = family_spec(cfg.teacher.family)
-
     def reads(slot: str) -> bool:  # an encoder the family ignores is a warning of ConfigError's, not a missing file
         return spec is None or slot in spec.text_encoders
 
@@ -137,8 +138,8 @@ def missing_paths(cfg) -> list[str]:
         ("pooled_encoder_2", "clip_2", "the second CLIP text encoder and its tokenizer"),
         ("qwen_encoder", "qwen", "Qwen2.5-VL and its tokenizer, or the pipeline folder"),
     ]
-    for section, _, what in filter(lambda e: reads(e[1]), encoders):
-        key, (model, tokenizer) = f"{section}.path", ENCODER_SUBFOLDERS[section]
+    for section, slot, what in filter(lambda e: reads(e[1]), encoders):
+        key, (model, tokenizer) = f"{section}.path", pipeline_subfolders(folder_of(slot))
         model_dir = functools.partial(check_encoder_folder, model=model, tokenizer=tokenizer, key=key)
         need(key, getattr(cfg, section).path, what, holds=with_weights(model_dir, TRANSFORMERS_WEIGHTS))
     vae_holds = with_weights(vae_folder, DIFFUSERS_WEIGHTS)

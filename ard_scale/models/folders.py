@@ -15,12 +15,14 @@ from pathlib import Path
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model",)  # diffusers' model weight file stem (teachers, VAEs)
 TRANSFORMERS_WEIGHTS = ("model", "pytorch_model")  # transformers' (T5): safetensors, then the older .bin name
-# recipe section -> (model, tokenizer) subfolders of a diffusers pipeline folder given as its path
-ENCODER_SUBFOLDERS = {
-    "pooled_encoder": ("text_encoder", "tokenizer"),  # FLUX.1's and SD3's CLIP-L
-    "pooled_encoder_2": ("text_encoder_2", "tokenizer_2"),  # SD3's CLIP-G
-    "qwen_encoder": ("text_encoder", "tokenizer"),  # Qwen-Image's Qwen2.5-VL
-}
+_NUMBERED = re.compile(r"text_encoder(_\d+)?")  # a diffusers pipeline's text encoder folders
+
+
+def pipeline_subfolders(folder: str) -> tuple[str, str]:
+    """(model, tokenizer) subfolders of a text encoder a diffusers pipeline keeps in `folder` (a family's
+    `encoder_folders` entry): its tokenizer is the sibling numbered alike, text_encoder_2 -> tokenizer_2."""
+    numbered = _NUMBERED.fullmatch(folder)
+    return folder, "tokenizer" + ((numbered.group(1) or "") if numbered else "")
 
 
 def model_folder(path: str | Path) -> Path:
@@ -54,28 +56,34 @@ def tokenizer_folder(model_dir: str) -> str:
     if os.path.isfile(os.path.join(model_dir, "tokenizer_config.json")):
         return model_dir
     parent, name = os.path.split(os.path.normpath(model_dir))
-    numbered = re.fullmatch(r"text_encoder(_\d+)?", name)
-    if numbered:
-        sibling = os.path.join(parent, "tokenizer" + (numbered.group(1) or ""))
+    if _NUMBERED.fullmatch(name):
+        sibling = os.path.join(parent, pipeline_subfolders(name)[1])
         if os.path.isfile(os.path.join(sibling, "tokenizer_config.json")):
             return sibling
     return model_dir
 
 
-def check_t5_folder(path: str) -> str:
+def check_t5_folder(path: str, folder: str = "text_encoder") -> tuple[str, str]:
     """Raise unless `path` holds a T5 encoder's config and has its tokenizer (in it, as `save_pretrained` writes
-    both, or in a pipeline's sibling tokenizer folder: `tokenizer_folder`); returns the tokenizer's folder."""
+    both, or in a pipeline's sibling tokenizer folder: `tokenizer_folder`); `path` may be the family's pipeline
+    folder, whose `folder` (FLUX.1: text_encoder_2, SD3: text_encoder_3) is then read. Returns the (model, tokenizer)
+    folders."""
     if not os.path.isdir(path):
         raise ValueError(f"T5 path {path!r} is not a local folder; save the model and tokenizer there first")
+    inside = os.path.join(path, folder)
+    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(inside, "config.json")):
+        path = inside  # the family's pipeline folder
     tokenizer = tokenizer_folder(path)
     missing = [n for n in ("config.json",) if not os.path.isfile(os.path.join(path, n))]
     missing += [n for n in ("tokenizer_config.json",) if not os.path.isfile(os.path.join(tokenizer, n))]
     if missing:
+        no_model = "config.json" in missing
+        where = f" (nor {folder}/config.json, where this family's pipeline keeps T5)" if no_model else ""
         raise ValueError(
-            f"T5 folder {path!r} lacks model or tokenizer files {missing}; save both with save_pretrained (a "
+            f"T5 folder {path!r} lacks model or tokenizer files {missing}{where}; save both with save_pretrained (a "
             "pipeline's text_encoder_N/ may keep its tokenizer in the sibling tokenizer_N/)"
         )
-    return tokenizer
+    return path, tokenizer
 
 
 def encoder_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[str, str]:

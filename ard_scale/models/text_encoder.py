@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from ard_scale.diffusion.condition import EncodedText
-from ard_scale.models.folders import ENCODER_SUBFOLDERS, check_t5_folder, encoder_parts
+from ard_scale.models.folders import check_t5_folder, encoder_parts
 
 # Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
 # byte-level ByT5 tokenizer, which needs no vocabulary file.
@@ -58,13 +58,16 @@ def build_t5(size: str, *, seed: int = 0):
     return encoder.eval().requires_grad_(False), ByT5Tokenizer()
 
 
-def load_t5(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_t5(
+    path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", folder: str = "text_encoder"
+):
     """(encoder, tokenizer) from a local folder holding a T5EncoderModel (or full T5) and its tokenizer, or a
-    pipeline's text_encoder_N/ whose tokenizer is in the sibling tokenizer_N/ (FLUX.1's _2, SD3's _3)."""
-    tokenizer_dir = check_t5_folder(path)
+    pipeline's text_encoder_N/ whose tokenizer is in the sibling tokenizer_N/ (FLUX.1's _2, SD3's _3), or the pipeline
+    folder itself, whose T5 is in `folder` (the family's `encoder_folders["t5"]`)."""
+    model_dir, tokenizer_dir = check_t5_folder(path, folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        encoder = T5EncoderModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        encoder = T5EncoderModel.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
     except OSError as e:
         raise ValueError(
             f"T5 folder {path!r} lacks model or tokenizer files ({e}); save both with save_pretrained"
@@ -238,12 +241,18 @@ def build_qwen(size: str, *, seed: int = 0):
     return encoder.eval().requires_grad_(False), tokenizer
 
 
-def load_qwen(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_qwen(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    subfolders: tuple[str, str] = ("text_encoder", "tokenizer"),
+):
     """(Qwen2_5_VLForConditionalGeneration, tokenizer) from a local folder holding both, or a QwenImagePipeline
-    folder (its `text_encoder/` and `tokenizer/`)."""
+    folder (its `subfolders`: `text_encoder/` and `tokenizer/`)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    model_dir, tok_dir = encoder_parts(path, *ENCODER_SUBFOLDERS["qwen_encoder"], key="qwen_encoder.path")
+    model_dir, tok_dir = encoder_parts(path, *subfolders, key="qwen_encoder.path")
     with open(os.path.join(model_dir, "config.json")) as f:
         architectures = json.load(f).get("architectures") or ["Qwen2_5_VLForConditionalGeneration"]
     if "Qwen2_5_VLForConditionalGeneration" not in architectures:

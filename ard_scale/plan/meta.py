@@ -85,14 +85,14 @@ def meta_teacher(cfg: RootConfig) -> tuple[Teacher, str]:
 
 def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
     """The T5 encoder on meta when the recipe runs one (None for class-conditional or precomputed embeddings)."""
-    te = cfg.text_encoder
-    if "t5" not in get_family(cfg.teacher.family).text_encoders or te.use_precomputed:
+    te, family = cfg.text_encoder, get_family(cfg.teacher.family)
+    if "t5" not in family.text_encoders or te.use_precomputed:
         return None, "none"
     from transformers import T5Config, T5EncoderModel
 
     from ard_scale.models.text_encoder import SIZES
 
-    config_file = _config_file(te.path, "text_encoder")
+    config_file = _config_file(te.path, family.encoder_folders["t5"])
     if config_file is not None:
         config, source = T5Config.from_json_file(config_file), str(config_file)
     elif te.size in SIZES:  # the encoder `build_t5` trains with
@@ -107,14 +107,15 @@ def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
 def meta_qwen_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
     """Qwen2.5-VL on meta when the family reads it (Qwen-Image) and the shards do not carry its output
     (text_encoder.use_precomputed), from qwen_encoder.path's config where it is here."""
-    if "qwen" not in get_family(cfg.teacher.family).text_encoders or cfg.text_encoder.use_precomputed:
+    family = get_family(cfg.teacher.family)
+    if "qwen" not in family.text_encoders or cfg.text_encoder.use_precomputed:
         return None, "none"
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from ard_scale.models.text_encoder import QWEN_SIZES
 
     qe = cfg.qwen_encoder
-    config_file = _config_file(qe.path, "text_encoder")
+    config_file = _config_file(qe.path, family.encoder_folders["qwen"])
     if config_file is not None:
         config, source = Qwen2_5_VLConfig.from_json_file(config_file), str(config_file)
     elif qe.size in QWEN_SIZES:

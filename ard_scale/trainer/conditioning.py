@@ -16,7 +16,7 @@ from torch import nn
 
 from ard_scale.config.models import SLOT_SECTIONS
 from ard_scale.diffusion.condition import Condition, EncodedText
-from ard_scale.models.folders import ENCODER_SUBFOLDERS
+from ard_scale.models.folders import pipeline_subfolders
 from ard_scale.models.teachers import Teacher
 from ard_scale.trainer.checks import check_labels
 
@@ -47,25 +47,32 @@ class LoadedEncoder:
     max_length: int
 
 
-def load_encoder(slot: str, section, *, family: str, clip_projection: bool, dtype: torch.dtype) -> LoadedEncoder:
-    """The encoder of `slot` from its recipe section (`path`: a local folder, or a pipeline folder's numbered
-    text_encoder*/tokenizer*; else `size`: random weights, each CLIP slot seeded apart)."""
+def load_encoder(slot: str, section, spec, *, dtype: torch.dtype) -> LoadedEncoder:
+    """The encoder of `slot` of family `spec` from its recipe section (`path`: a local folder, or the family's
+    pipeline folder, read in its `encoder_folders[slot]`; else `size`: random weights, each CLIP slot seeded apart)."""
     from ard_scale.models.text_encoder import build_clip, build_qwen, build_t5, load_clip, load_qwen, load_t5
 
     key, reads, where = SLOTS[slot]
     if section.path is None and section.size is None:
-        raise ValueError(f"a {family} teacher reads {reads}: set {key}.path ({where}) or {key}.size")
+        raise ValueError(f"a {spec.name} teacher reads {reads}: set {key}.path ({where}) or {key}.size")
+    subfolders = pipeline_subfolders(spec.encoder_folders[slot])  # where the family's pipeline folder keeps it
     if slot == "t5":
-        model, tokenizer = load_t5(section.path) if section.path is not None else build_t5(section.size)
+        model, tokenizer = (
+            load_t5(section.path, folder=subfolders[0]) if section.path is not None else build_t5(section.size)
+        )
     elif slot == "qwen":  # in the run's precision (QwenImagePipeline runs it in bf16): 8.3B parameters
-        loaded = load_qwen(section.path, dtype=dtype) if section.path is not None else build_qwen(section.size)
+        loaded = (
+            load_qwen(section.path, dtype=dtype, subfolders=subfolders)
+            if section.path is not None
+            else build_qwen(section.size)
+        )
         model, tokenizer = loaded[0].to(dtype=dtype), loaded[1]
     elif section.path is not None:
-        subfolders = ENCODER_SUBFOLDERS[key]  # as the pipeline folder numbers its encoders
-        model, tokenizer = load_clip(section.path, projection=clip_projection, subfolders=subfolders, key=key)
+        projection = spec.clip_projection
+        model, tokenizer = load_clip(section.path, projection=projection, subfolders=subfolders, key=key)
     else:
         seed = 0 if slot == "clip" else 1
-        model, tokenizer = build_clip(section.size, seed=seed, projection=clip_projection, key=key)
+        model, tokenizer = build_clip(section.size, seed=seed, projection=spec.clip_projection, key=key)
     return LoadedEncoder(model, tokenizer, section.max_length)
 
 
@@ -86,9 +93,7 @@ def load_text_encoders(spec, sections: dict[str, Any], *, dtype: torch.dtype, de
     `device`; `dtype`: Qwen2.5-VL's (T5 and CLIP run in fp32)."""
     encoders = {}
     for slot in (s for s in SLOTS if s in spec.text_encoders):
-        encoder = load_encoder(
-            slot, sections[slot], family=spec.name, clip_projection=spec.clip_projection, dtype=dtype
-        )
+        encoder = load_encoder(slot, sections[slot], spec, dtype=dtype)
         encoder.model.to(device)
         encoders[slot] = encoder
     return encoders

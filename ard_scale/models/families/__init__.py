@@ -8,6 +8,8 @@ FAMILIES: dict[str, type[Family]] = {}
 
 
 def register(family: type[Family]) -> type[Family]:
+    if set(family.encoder_folders) != set(family.text_encoders):
+        raise TypeError(f"family {family.name!r}: encoder_folders must name the pipeline folder of every text encoder")
     FAMILIES[family.name] = family
     return family
 

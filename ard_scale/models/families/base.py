@@ -48,6 +48,9 @@ class Family:
     # The frozen encoders a caption goes through, by slot: 't5' (recipe section text_encoder), 'clip'
     # (pooled_encoder), 'clip_2' (pooled_encoder_2); `assemble_condition` combines their outputs.
     text_encoders: ClassVar[tuple[str, ...]] = ()  # e.g. ("t5",), ("t5", "clip") or ("t5", "clip", "clip_2")
+    # Where the family's diffusers pipeline folder keeps each slot's encoder (its tokenizer in the sibling numbered
+    # alike, text_encoder_2/ -> tokenizer_2/): an encoder's recipe path may be that pipeline folder.
+    encoder_folders: ClassVar[dict[str, str]] = {}
     # True: the CLIP towers are CLIPTextModelWithProjection and their pooled output is the projected `text_embeds`
     # (SD3). False: CLIPTextModel's `pooler_output` (FLUX.1).
     clip_projection: ClassVar[bool] = False

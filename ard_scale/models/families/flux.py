@@ -101,6 +101,7 @@ class FluxFamily(JointAttentionFamily):
     model_class_name = "FluxTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("t5", "clip")
+    encoder_folders = {"t5": "text_encoder_2", "clip": "text_encoder"}  # FluxPipeline's text_encoder_2 is T5
     guidance = "embedded"
     text_mask = False
     lora_targets = (*Family.lora_targets, "proj_mlp", "proj_out")  # single-stream blocks: fused MLP in, out

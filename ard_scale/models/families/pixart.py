@@ -35,6 +35,7 @@ class PixArtFamily(AdaLNFamily):
     model_class_name = "PixArtTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("t5",)
+    encoder_folders = {"t5": "text_encoder"}
     description = "PixArt-Σ-style text-to-image DiT with T5 cross-attention"
     default_sizes = {1024: "pixart_sigma_1024"}
     sizes = {

@@ -92,6 +92,7 @@ class QwenImageFamily(JointAttentionFamily):
     model_class_name = "QwenImageTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("qwen",)  # Qwen2.5-VL's last hidden states (recipe section qwen_encoder)
+    encoder_folders = {"qwen": "text_encoder"}
     null_caption = " "  # Qwen-Image's model card: negative_prompt=" " turns true CFG on
     guidance = "cfg"
     text_mask = True

@@ -93,6 +93,7 @@ class SD3Family(JointAttentionFamily):
     condition_kind = "text"
     # T5 tokens, CLIP-L (pooled_encoder) and CLIP-G (pooled_encoder_2), both CLIPTextModelWithProjection
     text_encoders = ("t5", "clip", "clip_2")
+    encoder_folders = {"clip": "text_encoder", "clip_2": "text_encoder_2", "t5": "text_encoder_3"}
     clip_projection = True
     guidance = "cfg"
     text_mask = False

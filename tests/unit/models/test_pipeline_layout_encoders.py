@@ -52,3 +52,39 @@ def test_export_links_a_self_contained_encoder_and_copies_one_whose_tokenizer_is
     tokenizer.save_pretrained(whole)
     _save_or_link(encoder, tokenizer, str(whole), tmp_path / "out_whole", link=True)
     assert (tmp_path / "out_whole").is_symlink() and (tmp_path / "out_whole").resolve() == whole.resolve()
+
+
+def test_one_pipeline_folder_serves_every_encoder_from_the_familys_own_subfolder(tmp_path):
+    """SD3's pipeline keeps CLIP-L in text_encoder/, CLIP-G in text_encoder_2/ and T5 in text_encoder_3/: each
+    encoder's recipe path may be the pipeline folder itself, and each slot reads its own subfolder (a loader that
+    took text_encoder/ for T5 would load CLIP-L's folder)."""
+    from ard_scale.models.families import get_family
+    from ard_scale.trainer.conditioning import load_text_encoders
+
+    t5, t5_tokenizer, _ = pipeline_with_t5(tmp_path, "_3")
+    pipe = tmp_path / "pipe"
+    clips = {}
+    for number, seed in (("", 0), ("_2", 1)):
+        clips[number] = build_clip("debug", seed=seed, projection=True)
+        clips[number][0].save_pretrained(pipe / f"text_encoder{number}")
+        clips[number][1].save_pretrained(pipe / f"tokenizer{number}")
+    sections = ("text_encoder", "pooled_encoder", "pooled_encoder_2")
+    cfg = load_config(
+        "recipes/tiny_sd3_cpu.yaml", [o for s in sections for o in (f"{s}.path={pipe}", f"{s}.size=null")]
+    )
+    assert missing_paths(cfg) == []
+    encoders = load_text_encoders(
+        get_family("sd3"),
+        {"t5": cfg.text_encoder, "clip": cfg.pooled_encoder, "clip_2": cfg.pooled_encoder_2},
+        dtype=torch.float32,
+    )
+    for slot, (model, _) in (("t5", (t5, t5_tokenizer)), ("clip", clips[""]), ("clip_2", clips["_2"])):
+        loaded = encoders[slot].model.state_dict()
+        assert loaded.keys() == model.state_dict().keys(), slot
+        assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items()), slot
+    (pipe / "text_encoder_3" / "config.json").unlink()  # FLUX.1's T5 folder (_2) is not SD3's
+    [problem] = missing_paths(cfg)
+    assert problem.startswith(
+        f"text_encoder.path: T5 folder '{pipe}' lacks model or tokenizer files ['config.json', "
+        "'tokenizer_config.json'] (nor text_encoder_3/config.json, where this family's pipeline keeps T5)"
+    )
