@@ -58,3 +58,14 @@ def test_model_code_never_imports_deepspeed_or_torch_distributed():
                 names = [node.module]
             for n in names:
                 assert not n.startswith(("deepspeed", "torch.distributed")), f"{p}: imports {n}"
+
+
+def test_the_registry_refuses_a_family_that_leaves_an_encoders_pipeline_folder_unnamed():
+    from ard_scale.models.families import Family, register
+
+    toy = type("ToyFamily", (Family,), {"name": "toy", "text_encoders": ("t5", "clip"), "encoder_folders": {"t5": "x"}})
+    with pytest.raises(TypeError, match="family 'toy': encoder_folders must name the pipeline folder of every"):
+        register(toy)
+    assert "toy" not in FAMILIES
+    for family in FAMILIES.values():  # and every registered one names them all
+        assert set(family.encoder_folders) == set(family.text_encoders), family.name
