@@ -56,8 +56,12 @@ def _half(x: torch.Tensor, name: str):
     return half.cpu().numpy()
 
 
-def _source(section) -> dict:
-    return {"path": section.path, "size": section.size, "max_length": section.max_length}
+def _source(section, folder: str) -> dict:
+    """What text_encoding.json records of an encoder's section; `folder`: where the family's pipeline keeps it."""
+    from ard_scale.models.folders import encoder_fingerprint
+
+    fingerprint = None if section.path is None else encoder_fingerprint(section.path, folder)
+    return {"path": section.path, "size": section.size, "max_length": section.max_length, "fingerprint": fingerprint}
 
 
 def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text_encoding(
         args.out_dir,
         family=family.name,
-        sections={slot: (SLOTS[slot][0], _source(sections[slot])) for slot in encoders},
+        sections={slot: (SLOTS[slot][0], _source(sections[slot], family.encoder_folders[slot])) for slot in encoders},
         null={"text": null.tokens[0], "text_mask": None if null.mask is None else null.mask[0],
               "pooled": None if null.pooled is None else null.pooled[0]},
     )  # fmt: skip

@@ -32,6 +32,7 @@ def _encoding_problems(cfg, spec) -> list[str]:
     another family or other encoder sizes and token counts than the recipe names."""
     from ard_scale.config.models import SLOT_SECTIONS, unnamed_encoders
     from ard_scale.data.text_encoding import NULL_FILE, encoding_mismatches, read_text_encoding
+    from ard_scale.models.folders import encoder_fingerprint
 
     if spec is None or spec.condition_kind != "text" or cfg.data.path is None or not os.path.isdir(cfg.data.path):
         return []
@@ -52,8 +53,12 @@ def _encoding_problems(cfg, spec) -> list[str]:
         return [*out, f"data.path: {e}"]
     if record is None:  # shards precomputed before the record existed
         return out
+
+    def fingerprint(slot, s):
+        return None if s.path is None else encoder_fingerprint(s.path, spec.encoder_folders[slot])
+
     fields = {  # the encoders the recipe names: those it would run (for the null caption, in evaluation)
-        slot: (name, {"size": s.size, "max_length": s.max_length})
+        slot: (name, {"path": s.path, "size": s.size, "max_length": s.max_length, "fingerprint": fingerprint(slot, s)})
         for slot, (name, s) in sections.items()
         if s.path is not None or s.size is not None
     }

@@ -1,8 +1,9 @@
 """What launchers/precompute_text.py writes beside its MDS shards, besides the per-sample columns:
 
-    text_encoding.json          the family and, per encoder slot, the recipe section, its source (path or size) and
-                                max_length the embeddings were made with; the recipe check compares it with a recipe
-                                that reads the shards (`encoding_mismatches`)
+    text_encoding.json          the family and, per encoder slot, the recipe section, its source (path or size, and
+                                the weights' fingerprint: `models.folders.encoder_fingerprint`) and max_length the
+                                embeddings were made with; the recipe check compares it with a recipe that reads the
+                                shards (`encoding_mismatches`)
     null_condition.safetensors  the family's null caption encoded the same way (`text`, `text_mask`, `pooled`): with it
                                 a CFG teacher's trainer need not load its text encoders at all
 
@@ -64,9 +65,10 @@ def load_null(folder: str) -> dict[str, torch.Tensor] | None:
 
 
 def encoding_mismatches(record: dict, family: str, sections: dict[str, tuple[str, dict]]) -> list[str]:
-    """How a recipe (its family and, per slot whose encoder it names, (section name, {"size", "max_length"})) differs
-    from the encoding `record` describes, as 'key: recipe value, shards value' lines. Paths are not compared: the
-    same encoder may live under another path on the machine that precomputed it."""
+    """How a recipe (its family and, per slot whose encoder it names, (section name, {"size", "max_length",
+    "fingerprint"})) differs from the encoding `record` describes, as 'key: recipe value, shards value' lines. Paths
+    are not compared (the same encoder may live under another path on the machine that precomputed it), the weights'
+    fingerprints are, where both sides have one."""
     if record["family"] != family:
         return [f"teacher.family: {family!r} here, the shards were encoded for {record['family']!r}"]
     out = []
@@ -78,4 +80,10 @@ def encoding_mismatches(record: dict, family: str, sections: dict[str, tuple[str
         for key in ("max_length", "size"):
             if stored.get(key) != fields.get(key):
                 out.append(f"{name}.{key}: {fields.get(key)!r} here, {stored.get(key)!r} in the shards")
+        ours, theirs = fields.get("fingerprint"), stored.get("fingerprint")
+        if ours is not None and theirs is not None and ours != theirs:
+            out.append(
+                f"{name}.path: {fields.get('path')!r} holds other weights than the shards were encoded with "
+                f"({stored.get('path')!r} there; fingerprint {ours} here, {theirs} in the shards)"
+            )
     return out

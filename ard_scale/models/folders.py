@@ -4,13 +4,15 @@ the loaders (`teachers`, `vae`, `text_encoder`) resolve their folders here, and 
 rank starts.
 
 `weights_problem` is for the recipe check only: the loaders let diffusers and transformers find the weights (their
-own errors are clear, but come once per rank after the engines are up)."""
+own errors are clear, but come once per rank after the engines are up). `encoder_fingerprint` names a text encoder's
+weights wherever its folder lies (precomputed text records it; the recipe check compares)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model",)  # diffusers' model weight file stem (teachers, VAEs)
@@ -110,6 +112,31 @@ def check_encoder_folder(path: str, model: str, tokenizer: str, *, key: str) -> 
             f"{key} {path!r}: {tok_dir} has no tokenizer_config.json; save the tokenizer there with save_pretrained"
         )
     return model_dir
+
+
+FINGERPRINT_SPAN = 1 << 20  # bytes read at each end of every weight file
+
+
+def encoder_fingerprint(path: str, folder: str) -> str | None:
+    """What tells one text encoder's weights from another's without reading them all: a CRC-32 of its config.json
+    and, per weight file, its name, size and first and last MiB (two fine-tunes of one architecture differ there
+    too), in the folder `path` or, where that is a pipeline folder, in its `folder` (the family's `encoder_folders`
+    entry). The same for a copy at another path; None where there is no config.json or a file cannot be read."""
+    model_dir = Path(path)
+    if not (model_dir / "config.json").is_file():
+        model_dir = model_dir / folder
+    try:
+        crc = zlib.crc32((model_dir / "config.json").read_bytes())
+        for p in sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()):
+            size = p.stat().st_size
+            crc = zlib.crc32(f"{p.name}:{size};".encode(), crc)
+            with open(p, "rb") as f:
+                crc = zlib.crc32(f.read(FINGERPRINT_SPAN), crc)
+                f.seek(max(0, size - FINGERPRINT_SPAN))
+                crc = zlib.crc32(f.read(FINGERPRINT_SPAN), crc)
+    except OSError:
+        return None
+    return f"{crc:08x}"
 
 
 def weights_problem(folder: str | Path, stems: tuple[str, ...]) -> str | None:

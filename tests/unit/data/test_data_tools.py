@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,26 @@ def test_precompute_text_takes_family_encoders_and_lengths_from_a_recipe(tmp_pat
     (batch,) = read("mds", tmp_path / "out")
     assert batch["t5_emb"].shape == (2, 12, 16)  # the recipe's max_length, its T5 folder
     assert batch["pooled_emb"].shape == (2, 16) and bool((batch["t5_mask"] == 1).all())  # flux: pooled, no mask
+
+    # Training from these shards: the recipe's T5 may sit at another path, but not hold other weights of the same
+    # architecture (its evaluation and its exported pipeline would encode prompts otherwise than it was trained).
+    from transformers import T5EncoderModel
+
+    from ard_scale.config import load_config
+    from ard_scale.config.paths import missing_paths
+
+    shutil.copytree(tiny_t5, tmp_path / "t5_moved")
+    other = T5EncoderModel.from_pretrained(tiny_t5)
+    torch.nn.init.normal_(other.shared.weight, generator=torch.Generator().manual_seed(1))
+    shutil.copytree(tiny_t5, tmp_path / "t5_other")
+    other.save_pretrained(tmp_path / "t5_other")  # same config, same file sizes
+    from_shards = ["text_encoder.use_precomputed=true", "data.format=mds", f"data.path={tmp_path / 'out'}"]
+    assert missing_paths(load_config(recipe, [*from_shards, f"text_encoder.path={tmp_path / 't5_moved'}"])) == []
+    [problem] = missing_paths(load_config(recipe, [*from_shards, f"text_encoder.path={tmp_path / 't5_other'}"]))
+    assert f"text_encoder.path: '{tmp_path / 't5_other'}' holds other weights than the shards were encoded with " in (
+        problem
+    )
+    assert f"({tiny_t5!r} there; fingerprint " in problem
 
 
 def test_precompute_text_refuses_an_embedding_float16_cannot_hold():
