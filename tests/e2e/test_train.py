@@ -114,7 +114,11 @@ def test_every_missing_path_of_a_recipe_is_one_error_printed_once_before_anythin
     # no traceback from the ranks (torchrun's agent adds its own ChildFailedError summary for any failed rank)
     assert re.search(r'File "[^"]*(ard_scale|launchers)/', proc.stderr) is None, proc.stderr[-3000:]
     assert proc.stderr.count("invalid config") == 1  # one rank prints; no per-rank repeats
-    for key in ("data.path: webdataset path '/nowhere/shards'", "teacher.path: '/nowhere/teacher'", "vae.path: '/nowhere/vae'"):
+    for key in (
+        "data.path: webdataset path '/nowhere/shards'",
+        "teacher.path: '/nowhere/teacher'",
+        "vae.path: '/nowhere/vae'",
+    ):
         assert key in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing was built or written
 
