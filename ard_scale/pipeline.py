@@ -37,12 +37,10 @@ import torch
 
 from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
 from ard_scale.checkpoint.export_files import (
-    check_export_target,
     read_json,
     reading_export,
     verify_export,
     write_checksums,
-    writing_export,
 )
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.config.models import unnamed_encoders
@@ -54,6 +52,7 @@ from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec
 from ard_scale.trainer.build import build_codec_for, build_conditioner
 from ard_scale.trainer.conditioning import SLOTS, Conditioner
+from ard_scale.utils.folders import check_new_folder, writing_folder
 
 MODEL_INDEX = "model_index.json"
 # Conditioner slot -> pipeline subfolder (the recipe section is SLOTS[slot][0])
@@ -119,7 +118,7 @@ def export_pipeline(
     student is merged into a plain full student; `teacher`: its base teacher folder, if not its recipe's.
     `overrides`: dotted `key=value` settings of the encoder and VAE sections (OVERRIDABLE), e.g. the text encoders of
     a run trained on precomputed text, whose recipe needs to name none. A failed export leaves no folder behind
-    (`writing_export`)."""
+    (`writing_folder`)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     tag = resolve_tag(run_dir / "checkpoints", tag)
     recipe_file = run_dir / "checkpoints" / tag / "config.yaml"
@@ -132,7 +131,7 @@ def export_pipeline(
             f"got {others}"
         )
     cfg = load_config(recipe_file, list(overrides))
-    check_export_target(out_dir, "pipeline")
+    check_new_folder(out_dir, "pipeline")
     unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
     if unnamed:  # a run on precomputed text needs none; a pipeline encodes prompts
         raise ValueError(
@@ -140,7 +139,7 @@ def export_pipeline(
             f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
             f"{unnamed[0]}.path=DIR"
         )
-    with writing_export(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
+    with writing_folder(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
         _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
 

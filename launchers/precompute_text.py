@@ -18,8 +18,9 @@ attends to padding, as FLUX.1 and SD3 do) and, for families with a CLIP slot, po
 loaders yield them as batch["t5_emb"], batch["t5_mask"] and batch["pooled_emb"]; a recipe with
 text_encoder.use_precomputed=true trains on them. Beside the shards: `null_condition.safetensors`, the family's null
 caption encoded the same way (a CFG teacher's trainer then loads no text encoder at all), and `text_encoding.json`,
-the family and each encoder's source and max_length, which the recipe check compares with the recipe
-(ard_scale/data/text_encoding.py).
+the family and each encoder's source, max_length and weights' fingerprint, which the recipe check compares with the
+recipe (ard_scale/data/text_encoding.py). OUT_DIR must be new or empty; it appears when the last file is written
+(a failed run leaves none).
 """
 
 from __future__ import annotations
@@ -103,6 +104,44 @@ def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
     return family, sections, dtype
 
 
+def _write(args, family, encoders: dict, sections: dict, out_dir: str) -> int:
+    """Every caption of the shard set encoded into MDS shards in `out_dir`, then the null condition and the record of
+    the encoding beside them; returns the number of samples."""
+    from ard_scale.data.text_encoding import write_text_encoding
+    from ard_scale.trainer.conditioning import SLOTS, encode_text
+
+    writer, num_written = None, 0
+    progress = tqdm(desc="captions", unit="caption", file=sys.stderr)
+    for batch in _batches(iter_shard_set(args.shards, args.format), args.batch_size):
+        text = encode_text(family, encoders, [s["caption"] for s in batch])
+        mask_BL = text.mask if text.mask is not None else torch.ones(text.tokens.shape[:2])  # reads every token
+        columns = {"t5_emb": _half(text.tokens, "t5_emb"), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
+        if text.pooled is not None:
+            columns["pooled_emb"] = _half(text.pooled, "pooled_emb")
+        if writer is None:
+            with_label = batch[0].get("label") is not None
+            writer = MDSWriterAdapter(
+                out_dir, shard_bytes=args.shard_size, with_label=with_label, with_t5=True,
+                with_pooled=text.pooled is not None,
+            )  # fmt: skip
+        for i, sample in enumerate(batch):
+            writer.write({**sample, **{name: values[i] for name, values in columns.items()}})
+        num_written += len(batch)
+        progress.update(len(batch))
+    if writer is None:
+        raise SystemExit(f"no sample in {args.shards!r}; nothing written")
+    writer.finish()
+    null = encode_text(family, encoders, [family.null_caption])  # the null condition, so the trainer needs no encoder
+    write_text_encoding(
+        out_dir,
+        family=family.name,
+        sections={slot: (SLOTS[slot][0], _source(sections[slot], family.encoder_folders[slot])) for slot in encoders},
+        null={"text": null.tokens[0], "text_mask": None if null.mask is None else null.mask[0],
+              "pooled": None if null.pooled is None else null.pooled[0]},
+    )  # fmt: skip
+    return num_written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -123,43 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=256 << 20, help="bytes per output shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from ard_scale.data.text_encoding import write_text_encoding
-    from ard_scale.trainer.conditioning import SLOTS, encode_text, load_text_encoders
+    from ard_scale.trainer.conditioning import load_text_encoders
+    from ard_scale.utils.folders import check_new_folder, writing_folder
 
-    try:  # a bad recipe (ConfigError), a missing encoder or folder: its cause in one line
+    try:  # a bad recipe (ConfigError), a used output folder, a missing encoder or folder: its cause in one line
+        check_new_folder(args.out_dir, "precomputed shards")
         family, sections, dtype = _encoder_sections(args)
         encoders = load_text_encoders(family, sections, dtype=dtype, device=args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    writer, num_written = None, 0
-    progress = tqdm(desc="captions", unit="caption", file=sys.stderr)
-    for batch in _batches(iter_shard_set(args.shards, args.format), args.batch_size):
-        text = encode_text(family, encoders, [s["caption"] for s in batch])
-        mask_BL = text.mask if text.mask is not None else torch.ones(text.tokens.shape[:2])  # reads every token
-        columns = {"t5_emb": _half(text.tokens, "t5_emb"), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
-        if text.pooled is not None:
-            columns["pooled_emb"] = _half(text.pooled, "pooled_emb")
-        if writer is None:
-            with_label = batch[0].get("label") is not None
-            writer = MDSWriterAdapter(
-                args.out_dir, shard_bytes=args.shard_size, with_label=with_label, with_t5=True,
-                with_pooled=text.pooled is not None,
-            )  # fmt: skip
-        for i, sample in enumerate(batch):
-            writer.write({**sample, **{name: values[i] for name, values in columns.items()}})
-        num_written += len(batch)
-        progress.update(len(batch))
-    if writer is None:
-        raise SystemExit(f"no sample in {args.shards!r}; nothing written")
-    writer.finish()
-    null = encode_text(family, encoders, [family.null_caption])  # the null condition, so the trainer needs no encoder
-    write_text_encoding(
-        args.out_dir,
-        family=family.name,
-        sections={slot: (SLOTS[slot][0], _source(sections[slot], family.encoder_folders[slot])) for slot in encoders},
-        null={"text": null.tokens[0], "text_mask": None if null.mask is None else null.mask[0],
-              "pooled": None if null.pooled is None else null.pooled[0]},
-    )  # fmt: skip
+    with writing_folder(args.out_dir, what="precomputed shards") as out:  # whole or not at all
+        num_written = _write(args, family, encoders, sections, str(out))
     what = " + ".join(encoders) + " embeddings" + (" with the pooled one" if "clip" in encoders else "")
     print(f"wrote {num_written} samples with {family.name}'s {what} to {args.out_dir}")
     return num_written

@@ -40,12 +40,10 @@ from safetensors.torch import load_file, save_file
 
 from ard_scale.checkpoint.export_files import (
     ARD_CONFIG_FILE,
-    check_export_target,
     read_json,
     reading_export,
     verify_export,
     write_checksums,
-    writing_export,
 )
 from ard_scale.checkpoint.layout import LATEST, rank_file
 from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, verify_dir
@@ -56,6 +54,7 @@ from ard_scale.models.families import get_family
 from ard_scale.models.lora import adapter_config, adapter_state, merged_backbone_state
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, load_teacher, teacher_from_config
+from ard_scale.utils.folders import check_new_folder, writing_folder
 
 HEADS_FILE = "ard_heads.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
@@ -220,7 +219,7 @@ def export_student(
     backbone. `teacher`: a LoRA student's base teacher folder, if not its recipe's."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not replace:
-        check_export_target(out_dir, "student")
+        check_new_folder(out_dir, "student")
     state, arch, tag, weights = student_state_dict(run_dir, tag=tag, use_ema=use_ema)
     lora = ARDConfig(**arch["ard"]).lora
     if adapter_only and not lora.enabled:
@@ -237,7 +236,7 @@ def export_student(
         source["lora"] = to_dict(lora)
         if not adapter_only:
             ard = {**arch["ard"], "lora": {"rank": 0}}  # merged: a plain full student
-    with writing_export(out_dir, what="student", replace=replace) as folder:
+    with writing_folder(out_dir, what="student", replace=replace) as folder:
         if adapter_only:
             section, seed = _recipe_teacher(run_dir / "checkpoints" / tag)
             source["base"] = {**to_dict(section), "seed": seed} if teacher is None else {"path": str(teacher)}

@@ -1,18 +1,15 @@
 """An export folder's files as a loader meets them: reading one (`read_json`, `reading_export`: a missing, truncated
 or unparsable file is a ValueError naming it and the command that writes the folder again) and their checksums
 (`write_checksums` writes `ard_checksums.json` last; `verify_export` checks every file against it before anything
-is read), and writing one whole or not at all (`writing_export`). Used by `ard_scale.checkpoint.export` (student
-folders) and `ard_scale.pipeline` (pipeline folders)."""
+is read); they are written whole or not at all by `ard_scale.utils.folders.writing_folder`. Used by
+`ard_scale.checkpoint.export` (student folders) and `ard_scale.pipeline` (pipeline folders)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -24,43 +21,6 @@ CHECKSUMS_FILE = "ard_checksums.json"
 
 # A missing, truncated or unparsable file (diffusers and transformers raise OSError for weights they cannot read).
 READ_ERRORS = (OSError, SafetensorError, json.JSONDecodeError)
-
-
-def check_export_target(out_dir: Path, what: str) -> None:
-    """Refuse export folder `out_dir` unless it is new or empty (call it before the slow part of an export)."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the {what} (or remove it)")
-
-
-@contextlib.contextmanager
-def writing_export(out_dir: str | Path, *, what: str, replace: bool = False) -> Iterator[Path]:
-    """Write export folder `out_dir` whole or not at all: the block writes into the folder this yields, a hidden
-    sibling (`.NAME.partial-…`), which is renamed to `out_dir` when the block ends without an error; on an error it
-    is removed, and `out_dir` stays as it was (a kill leaves only the hidden folder). `out_dir` must be new or empty
-    (the `what` it would hold is named in the refusal), unless `replace`: then an existing folder is swapped for the
-    new one (the evaluator's and the demo's own folders)."""
-    out_dir = Path(out_dir)
-    if not replace:
-        check_export_target(out_dir, what)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
-    work.mkdir()
-    try:
-        yield work
-        if replace and out_dir.exists():
-            old = work.with_name(work.name.replace(".partial-", ".old-"))
-            out_dir.rename(old)
-            try:
-                work.rename(out_dir)
-            except BaseException:
-                old.rename(out_dir)
-                raise
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-        else:
-            work.rename(out_dir)  # over an empty folder: POSIX rename replaces it
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def read_json(file: Path) -> dict:

@@ -107,9 +107,6 @@ def build_digits(out_dir: str = BUNDLED_DIR) -> dict[str, int]:
     from ard_scale.data.sources import iter_source
     from ard_scale.data.writers import write_shards
 
-    for sub in ("webdataset", "mds"):
-        if os.path.exists(os.path.join(out_dir, sub)) and os.listdir(os.path.join(out_dir, sub)):
-            raise ValueError(f"{os.path.join(out_dir, sub)!r} is not empty; remove it before regenerating")
     with tempfile.TemporaryDirectory() as folder:
         write_digit_folder(folder)
         skipped: Counter = Counter()

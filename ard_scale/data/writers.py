@@ -1,7 +1,9 @@
-"""Shard writers: samples -> webdataset tars (+ shards.json index) and/or MDS. Used by launchers/build_shards.py."""
+"""Shard writers: samples -> webdataset tars (+ shards.json index) and/or MDS. Used by launchers/build_shards.py;
+`write_shards` writes each shard set whole or not at all (`ard_scale.utils.folders.writing_folder`)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -11,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ard_scale.data.shard_paths import INDEX_NAME
+from ard_scale.utils.folders import check_new_folder, writing_folder
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -110,26 +113,29 @@ class MDSWriterAdapter:
 def write_shards(
     samples: Iterable[dict], out_dir: str, *, formats: tuple[str, ...], shard_bytes: int, gzip: bool = False
 ) -> dict[str, int]:
-    """Write `samples` to out_dir/webdataset and/or out_dir/mds; returns samples written per format.
+    """Write `samples` to out_dir/webdataset and/or out_dir/mds; returns samples written per format. Each is new or
+    empty before and appears whole when the last sample is written (a failure leaves none; an empty source none).
     MDS gets a label column when the first sample has a label."""
     unknown = set(formats) - {"webdataset", "mds"}
     if unknown or not formats:
         raise ValueError(f"shard formats {sorted(formats)} invalid; choose from 'webdataset', 'mds'")
+    for name in formats:
+        check_new_folder(os.path.join(out_dir, name), f"{name} shards")
     writers: dict[str, Any] = {}
     counts = dict.fromkeys(formats, 0)
-    for sample in samples:
-        if not writers:  # created at the first sample, so an empty source leaves no half-built dataset behind
-            if "webdataset" in formats:
-                writers["webdataset"] = WebdatasetWriter(
-                    os.path.join(out_dir, "webdataset"), shard_bytes=shard_bytes, gzip=gzip
-                )
-            if "mds" in formats:
-                writers["mds"] = MDSWriterAdapter(
-                    os.path.join(out_dir, "mds"), shard_bytes=shard_bytes, with_label=sample.get("label") is not None
-                )
-        for name, writer in writers.items():
-            writer.write(sample)
-            counts[name] += 1
-    for writer in writers.values():
-        writer.finish()
+    with contextlib.ExitStack() as folders:
+        for sample in samples:
+            if not writers:  # created at the first sample, so an empty source leaves no dataset behind
+                for name in formats:
+                    folder = folders.enter_context(writing_folder(os.path.join(out_dir, name), what=f"{name} shards"))
+                    if name == "webdataset":
+                        writers[name] = WebdatasetWriter(str(folder), shard_bytes=shard_bytes, gzip=gzip)
+                    else:
+                        with_label = sample.get("label") is not None
+                        writers[name] = MDSWriterAdapter(str(folder), shard_bytes=shard_bytes, with_label=with_label)
+            for name, writer in writers.items():
+                writer.write(sample)
+                counts[name] += 1
+        for writer in writers.values():
+            writer.finish()
     return counts

@@ -39,6 +39,31 @@ def test_build_shards_from_jsonl_reports_skips(tmp_path, capsys, mds_env):
     assert [int(x) for b in batches for x in b["labels"]] == [label for _, _, label in expected]
 
 
+def test_a_shard_set_is_written_whole_or_not_at_all(tmp_path, mds_env):
+    from ard_scale.data.sources import iter_source
+    from ard_scale.data.writers import write_shards
+
+    make_image_folder(str(tmp_path / "img"), 6)
+
+    def dies_after(n):  # a source that fails midway (a disk, a network mount, a kill)
+        for i, sample in enumerate(iter_source(str(tmp_path / "img"), {})):
+            if i == n:
+                raise OSError(5, "Input/output error")
+            yield sample
+
+    with pytest.raises(OSError, match="Input/output error"):
+        write_shards(dies_after(4), str(tmp_path / "out"), formats=("webdataset", "mds"), shard_bytes=1 << 10)
+    assert sorted(os.listdir(tmp_path / "out")) == []  # no half shard set, for a reader or a rerun to meet
+
+    build = load_launcher("build_shards").main
+    assert build([str(tmp_path / "img"), str(tmp_path / "out")]) == {"webdataset": 6, "mds": 6}
+    assert sorted(os.listdir(tmp_path / "out")) == ["mds", "webdataset"]
+    before = sorted(os.listdir(tmp_path / "out" / "mds"))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'out' / 'webdataset'} exists and is not empty; choose a new"):
+        build([str(tmp_path / "img"), str(tmp_path / "out")])  # refused before a sample is read: nothing changes
+    assert sorted(os.listdir(tmp_path / "out" / "mds")) == before and len(read("mds", tmp_path / "out" / "mds")) > 0
+
+
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
@@ -68,6 +93,28 @@ def test_precompute_text_carries_t5_embeddings(tmp_path, tiny_t5, mds_env):
     assert torch.equal(batch["t5_mask"], mask.long())
     assert batch["t5_mask"][0].sum() == len(expected[0][1]) + 1  # ByT5: one token per byte + </s>
     assert torch.allclose(batch["t5_emb"], emb, atol=2e-3)  # stored as float16
+
+
+def test_precomputed_text_is_written_whole_or_not_at_all(tmp_path, tiny_t5, mds_env, monkeypatch):
+    import ard_scale.data.text_encoding as text_encoding
+
+    make_image_folder(str(tmp_path / "img"), 3)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "mds"])
+    precompute = load_launcher("precompute_text").main
+    args = [str(tmp_path / "built" / "mds"), str(tmp_path / "text"), "--t5", tiny_t5, "--max-length", "8"]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(text_encoding, "write_text_encoding", disk_full)  # the last files, after every shard
+        with pytest.raises(OSError, match="No space left"):
+            precompute(args)
+    assert sorted(os.listdir(tmp_path)) == ["built", "img"]  # no shards without their null condition and record
+    assert precompute(args) == 3
+    assert {"index.json", "null_condition.safetensors", "text_encoding.json"} <= set(os.listdir(tmp_path / "text"))
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'text'} exists and is not empty; choose a new folder"):
+        precompute(args)
 
 
 def test_load_t5_needs_a_local_folder(tmp_path):
