@@ -9,19 +9,27 @@ leader", mosaicml/streaming#901) or the leader finds its prefix taken (FileExist
 
 So ard_scale builds every streaming dataset while the local leader holds `registration_lock`, and a multi-rank
 caller lets its ranks start the build only after the leader holds it (distributed.collectives.streaming_build_turn:
-the leader locks, then all ranks meet in a barrier). Two builds under the lock never overlap. The lock is a `flock`
-on a file in the temporary folder, released by the kernel if its holder dies; it is reentrant within a process.
+the leader locks, then all ranks meet in a barrier). Two builds under the lock never overlap, and no ard_scale
+process unlinks a dataset's shared memory at exit (which moves the first free prefix too) while another builds. The
+lock is a `flock` on a file in /dev/shm itself (the namespace it guards, which jobs share even where each has its own
+TMPDIR; the temporary folder where there is no /dev/shm), released by the kernel if its holder dies; it is reentrant
+within a process.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOCK_FILE = "ard_scale_streaming_registration.lock"
+SHARED_MEMORY = "/dev/shm"  # where streaming registers, host-wide
+EXIT_WAIT_S = 10.0  # how long an exiting process waits for the lock before it cleans up regardless
 _depth = 0  # registration_lock is reentrant: the caller's turn covers the loader's own
 
 
@@ -32,21 +40,41 @@ def local_world(rank: int, world_size: int, local_world_size: int | None) -> tup
     return rank % local_world_size, local_world_size
 
 
+def _acquire(fd: int, wait_s: float | None) -> bool:
+    if wait_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
 @contextmanager
-def registration_lock(hold: bool = True) -> Iterator[None]:
-    """Hold the host-wide streaming registration lock for the block (`hold=False`: a non-leader rank, no-op)."""
+def registration_lock(hold: bool = True, *, wait_s: float | None = None) -> Iterator[None]:
+    """Hold the host-wide streaming registration lock for the block (`hold=False`: a non-leader rank, no-op).
+    `wait_s`: give up waiting after that long and run the block without it (at exit, see `streaming_build`)."""
     global _depth
     if not hold:
         yield
         return
     fd = None
     if _depth == 0:
-        fd = os.open(os.path.join(tempfile.gettempdir(), LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o666)
+        folder = SHARED_MEMORY if os.path.isdir(SHARED_MEMORY) else tempfile.gettempdir()
+        fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = _acquire(fd, wait_s)
         except BaseException:
             os.close(fd)
             raise
+        if not locked:
+            os.close(fd)
+            fd = None
     _depth += 1
     try:
         yield
@@ -59,7 +87,9 @@ def registration_lock(hold: bool = True) -> Iterator[None]:
 @contextmanager
 def streaming_build(rank: int, world_size: int, local_world_size: int | None) -> Iterator[None]:
     """Export this rank's world for streaming and, on the local leader, hold the registration lock while the block
-    builds a StreamingDataset. Refuses a world variable already set to another value (two launchers disagree)."""
+    builds a StreamingDataset; every rank holds it again at exit while streaming unlinks the dataset's shared memory
+    (an unlink between two ranks' scans makes them disagree as a registration does; waiting at most EXIT_WAIT_S).
+    Refuses a world variable already set to another value (two launchers disagree)."""
     local_rank, local_world_size = local_world(rank, world_size, local_world_size)
     wanted = {"RANK": rank, "WORLD_SIZE": world_size, "LOCAL_WORLD_SIZE": local_world_size, "LOCAL_RANK": local_rank}
     for name, value in wanted.items():
@@ -67,4 +97,7 @@ def streaming_build(rank: int, world_size: int, local_world_size: int | None) ->
             raise ValueError(f"{name}={os.environ[name]} in the environment but the data loader was given {value}")
         os.environ[name] = str(value)
     with registration_lock(hold=local_rank == 0):
+        exit_turn = contextlib.ExitStack()  # at exit: lock, streaming's own clean-up of this dataset, unlock
+        atexit.register(exit_turn.close)  # atexit runs the last registered first: this after the clean-up
         yield
+        atexit.register(exit_turn.enter_context, registration_lock(wait_s=EXIT_WAIT_S))  # this before it

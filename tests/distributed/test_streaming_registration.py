@@ -1,11 +1,12 @@
-"""Building MDS loaders in a 2-rank job while another process on the host builds them as fast as it can.
+"""Building MDS loaders in a 2-rank job while another process on the host builds and frees them as fast as it can.
 
-Every StreamingDataset registers a shared-memory prefix host-wide: each rank scans /dev/shm for a free one, then the
-local leader creates it. Another process registering in between makes the build fail ('shared memory registered does
-not match local leader' on rank 1, or FileExistsError '/NNNNNN_locals' on rank 0; mosaicml/streaming#901). Without
-the registration lock (data/streaming_world.py) and the trainer's turn (distributed.collectives.streaming_build_turn)
-this test fails in the job's first few builds; with them every build succeeds.
-Run as a script, this file is the interfering process (`interfere DATA GO STOP`) or one rank (`job DATA BUILDS GO`).
+Every StreamingDataset registers a shared-memory prefix host-wide: each rank scans /dev/shm for the first free one,
+then the local leader creates it. Another process registering, or unlinking one at exit, in between makes the build
+fail ('shared memory registered does not match local leader' on rank 1, or FileExistsError '/NNNNNN_locals' on rank
+0; mosaicml/streaming#901). The job and the other process each have their own TMPDIR, as jobs may. Without the
+registration lock (data/streaming_world.py; in /dev/shm, held at exit too) or the trainer's turn
+(distributed.collectives.streaming_build_turn) this test fails within the job's builds; with them every build
+succeeds. Run as a script, this file is the other process (`interfere DATA GO STOP`) or one rank (`job DATA BUILDS GO`).
 """
 
 import os
@@ -17,7 +18,7 @@ import time
 
 import pytest
 
-JOB_BUILDS, MAX_THEIR_BUILDS = 8, 45  # builds leak descriptors in streaming (see interfere): 45 fit 20000
+JOB_BUILDS = 30
 
 
 def config(path):
@@ -27,19 +28,19 @@ def config(path):
 
 
 def interfere(data, go_file, stop_file):
-    import resource
+    import atexit
 
     from ard_scale.data.mds import MDSLoader
 
-    # streaming 0.13 keeps every shared-memory object a build opens until exit (its atexit cleanup holds them),
-    # the other prefixes each build scans included: the descriptors grow with the square of the builds
-    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     while not os.path.exists(go_file):  # the job's ranks are up
         time.sleep(0.01)
     builds = 0
-    while not os.path.exists(stop_file) and builds < MAX_THEIR_BUILDS:
+    while not os.path.exists(stop_file):
         loader = MDSLoader(config(data), rank=0, world_size=1)
         del loader
+        # what a process's exit does: streaming 0.13 unlinks a dataset's shared memory only in atexit clean-ups (and
+        # keeps every object a build opened until then: the descriptors would grow with the square of the builds)
+        atexit._run_exitfuncs()
         builds += 1
     print(f"builds={builds}")
 
@@ -81,15 +82,20 @@ def test_two_rank_builds_survive_a_process_registering_beside_them(tmp_path):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         base.pop(name, None)
     me = os.path.abspath(__file__)
+    # Each its own fresh TMPDIR (as Slurm may give each job), where streaming keeps the file locks its prefix scan
+    # skips: both scans start from the same free prefixes in /dev/shm, which they share.
+    for name in ("our_tmp", "their_tmp"):
+        (tmp_path / name).mkdir()
     other = subprocess.Popen(
         [sys.executable, me, "interfere", str(tmp_path / "theirs"), str(go), str(stop)],
-        env=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**base, "TMPDIR": str(tmp_path / "their_tmp")}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
     )  # fmt: skip
     try:
         port, ranks = str(free_port()), []
         for rank in range(2):
             env = {**base, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "TMPDIR": str(tmp_path / "our_tmp")}  # fmt: skip
             cmd = [sys.executable, me, "job", str(tmp_path / "ours"), str(JOB_BUILDS), str(go)]
             ranks.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outputs = [proc.communicate(timeout=240)[0] for proc in ranks]
