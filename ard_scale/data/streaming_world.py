@@ -31,6 +31,7 @@ LOCK_FILE = "ard_scale_streaming_registration.lock"
 SHARED_MEMORY = "/dev/shm"  # where streaming registers, host-wide
 EXIT_WAIT_S = 10.0  # how long an exiting process waits for the lock before it cleans up regardless
 _depth = 0  # registration_lock is reentrant: the caller's turn covers the loader's own
+_gave_up = False  # a bounded wait (at exit) timed out once in this process: later ones do not wait
 
 
 def local_world(rank: int, world_size: int, local_world_size: int | None) -> tuple[int, int]:
@@ -41,47 +42,51 @@ def local_world(rank: int, world_size: int, local_world_size: int | None) -> tup
 
 
 def _acquire(fd: int, wait_s: float | None) -> bool:
+    global _gave_up
     if wait_s is None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return True
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + (0.0 if _gave_up else wait_s)  # one wait per process: an exit frees many datasets
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
+                _gave_up = True
                 return False
             time.sleep(0.01)
 
 
 @contextmanager
-def registration_lock(hold: bool = True, *, wait_s: float | None = None) -> Iterator[None]:
-    """Hold the host-wide streaming registration lock for the block (`hold=False`: a non-leader rank, no-op).
-    `wait_s`: give up waiting after that long and run the block without it (at exit, see `streaming_build`)."""
+def registration_lock(hold: bool = True, *, wait_s: float | None = None) -> Iterator[bool]:
+    """Hold the host-wide streaming registration lock for the block, which gets whether it holds it (`hold=False`:
+    a non-leader rank, no-op). `wait_s`: give up waiting after that long and run the block without it (at exit, see
+    `streaming_build`)."""
     global _depth
     if not hold:
-        yield
+        yield False
         return
-    fd = None
-    if _depth == 0:
-        folder = SHARED_MEMORY if os.path.isdir(SHARED_MEMORY) else tempfile.gettempdir()
-        fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o666)
+    if _depth:  # this process holds it already
+        _depth += 1
         try:
-            locked = _acquire(fd, wait_s)
-        except BaseException:
-            os.close(fd)
-            raise
-        if not locked:
-            os.close(fd)
-            fd = None
-    _depth += 1
+            yield True
+        finally:
+            _depth -= 1
+        return
+    folder = SHARED_MEMORY if os.path.isdir(SHARED_MEMORY) else tempfile.gettempdir()
+    fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o666)
     try:
-        yield
+        if not _acquire(fd, wait_s):
+            yield False
+            return
+        _depth += 1
+        try:
+            yield True
+        finally:
+            _depth -= 1
     finally:
-        _depth -= 1
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the lock
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextmanager
