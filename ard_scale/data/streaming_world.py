@@ -41,6 +41,15 @@ def local_world(rank: int, world_size: int, local_world_size: int | None) -> tup
     return rank % local_world_size, local_world_size
 
 
+def _open_lock_file() -> int:
+    """The lock file in /dev/shm, or in the temporary folder where /dev/shm is missing or not writable."""
+    flags = os.O_RDONLY | os.O_CREAT
+    try:
+        return os.open(os.path.join(SHARED_MEMORY, LOCK_FILE), flags, 0o666)
+    except OSError:
+        return os.open(os.path.join(tempfile.gettempdir(), LOCK_FILE), flags, 0o666)
+
+
 def _acquire(fd: int, wait_s: float | None) -> bool:
     global _gave_up
     if wait_s is None:
@@ -74,8 +83,7 @@ def registration_lock(hold: bool = True, *, wait_s: float | None = None) -> Iter
         finally:
             _depth -= 1
         return
-    folder = SHARED_MEMORY if os.path.isdir(SHARED_MEMORY) else tempfile.gettempdir()
-    fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o666)
+    fd = _open_lock_file()
     try:
         if not _acquire(fd, wait_s):
             yield False
