@@ -1,25 +1,83 @@
 """Folders a tool writes whole or not at all: exports, shard sets, precomputed text.
 
-`writing_folder` hands the block a hidden sibling of the destination (`.NAME.partial-…`) and renames it to the
-destination only when the block ends without an error, so a reader never meets a half-written folder, a failure
-leaves nothing behind (a kill only the hidden folder), and a rerun starts clean. A destination that holds files is
-refused (`check_new_folder`, also called before the slow part of a job) unless `replace`."""
+`writing_folder` hands the block a hidden sibling of the destination (`.NAME.partial-HOST-PID-…`) and renames it to
+the destination only when the block ends without an error, so a reader never meets a half-written folder, a failure
+leaves nothing behind, and a rerun starts clean. A destination that holds files is refused (`check_new_folder`, also
+called before the slow part of a job) unless `replace`.
+
+A kill leaves the hidden folder (a pipeline export of a 12B student: tens of GB). The next write to the same
+destination removes what a writer on this host left when its process has ended, and says so; one from another host
+(a shared filesystem) or from a running process is named in a warning and kept. A kill in the instant between a
+replace's two renames leaves the destination missing and its last good copy hidden (`.NAME.old-HOST-PID-…`): that
+copy is moved back rather than removed."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import socket
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+_HIDDEN = re.compile(r"\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{6}")
+
 
 def check_new_folder(out_dir: str | Path, what: str) -> None:
-    """Refuse `out_dir` unless it is new or empty; `what` names what it was to hold."""
+    """Refuse `out_dir` unless it is new or empty; `what` names what it was to hold. Tidies leftovers first."""
     out_dir = Path(out_dir)
+    clear_leftovers(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the {what} (or remove it)")
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's running process
+        return False
+    return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def clear_leftovers(out_dir: str | Path) -> list[Path]:
+    """Tidy what interrupted writes of `out_dir` left beside it (see the module docstring); returns what is kept."""
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir():
+        return []
+    host, kept, notes = socket.gethostname(), [], []
+    for entry in sorted(out_dir.parent.iterdir()):
+        m = _HIDDEN.fullmatch(entry.name)
+        if m is None or m["name"] != out_dir.name:
+            continue
+        if m["host"] != host or not _ended(int(m["pid"])):
+            kept.append(entry)
+        elif m["kind"] == "old" and not out_dir.exists():
+            entry.rename(out_dir)
+            notes.append(f"put back the last good copy a killed replace had moved to {entry.name}")
+        else:
+            _remove(entry)
+            notes.append(f"removed {entry.name}, left by an interrupted write (process {m['pid']} ended)")
+    if kept:
+        names = ", ".join(e.name for e in kept)
+        notes.append(
+            f"{names} beside it belong to a write that may still run (another host, or a live process); remove them "
+            "yourself once it has ended"
+        )
+    for note in notes:  # each names the folder: where it is raised would tell a user nothing more
+        warnings.warn(f"{out_dir}: {note}", stacklevel=1)
+    return kept
 
 
 @contextlib.contextmanager
@@ -27,22 +85,25 @@ def writing_folder(out_dir: str | Path, *, what: str, replace: bool = False) -> 
     """Write folder `out_dir` whole or not at all (see the module docstring); `replace`: swap an existing folder for
     the new one once the new one is finished (the evaluator's and the demo's own folders)."""
     out_dir = Path(out_dir)
-    if not replace:
+    if replace:
+        clear_leftovers(out_dir)
+    else:
         check_new_folder(out_dir, what)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
+    stamp = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    work = out_dir.with_name(f".{out_dir.name}.partial-{stamp}")
     work.mkdir()
     try:
         yield work
         if replace and out_dir.exists():
-            old = work.with_name(work.name.replace(".partial-", ".old-"))
+            old = out_dir.with_name(f".{out_dir.name}.old-{stamp}")
             out_dir.rename(old)
             try:
                 work.rename(out_dir)
             except BaseException:
                 old.rename(out_dir)
                 raise
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            _remove(old)
         else:
             work.rename(out_dir)  # over an empty folder: POSIX rename replaces it
     except BaseException:

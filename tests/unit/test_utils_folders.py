@@ -1,10 +1,13 @@
 """writing_folder: a folder (an export, a shard set) appears whole or not at all, and never over someone's files."""
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from ard_scale.utils.folders import writing_folder
+from ard_scale.utils.folders import check_new_folder, writing_folder
 
 
 class Failed(Exception):
@@ -73,3 +76,59 @@ def test_replace_swaps_the_old_folder_only_when_the_new_one_is_finished(tmp_path
     with writing_folder(out, what="student", replace=True) as folder:
         write(folder, new="1")
     assert contents(out) == {"new": "1"} and os.listdir(tmp_path) == ["step_00000010"]
+
+
+def ended_pid():
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def hidden(out, kind, pid, host=None):
+    path = out.with_name(f".{out.name}.{kind}-{host or socket.gethostname()}-{pid}-0a1b2c")
+    path.mkdir()
+    write(path, a=kind)
+    return path
+
+
+def test_a_killed_writers_hidden_folder_is_removed_by_the_next_write(tmp_path):
+    out = tmp_path / "pipe"
+    killed = "with writing_folder(OUT, what='pipeline') as f: (f / 'a').write_text('1'); os._exit(9)"
+    code = f"import os, pathlib; from ard_scale.utils.folders import writing_folder; OUT = pathlib.Path({str(out)!r})\n"
+    assert subprocess.run([sys.executable, "-c", code + killed]).returncode == 9
+    (left,) = os.listdir(tmp_path)
+    assert left.startswith(".pipe.partial-")
+    unrelated = [hidden(tmp_path / "pipe2", "partial", ended_pid()), tmp_path / ".pipe.partial-by-hand"]
+    unrelated[1].mkdir()
+    with pytest.warns(UserWarning, match=rf"{out}: removed {left}, left by an interrupted write \(process \d+ ended\)"):
+        with writing_folder(out, what="pipeline") as folder:
+            write(folder, a="2")
+    assert contents(out) == {"a": "2"}
+    assert sorted(os.listdir(tmp_path)) == sorted(["pipe"] + [p.name for p in unrelated])
+
+
+def test_a_hidden_folder_of_a_running_or_remote_writer_is_kept_and_named(tmp_path):
+    out = tmp_path / "shards"
+    running, remote = hidden(out, "partial", os.getpid()), hidden(out, "partial", ended_pid(), host="node-17.cluster")
+    with pytest.warns(UserWarning, match=f"{remote.name}, {running.name} beside it belong to a write that may still"):
+        with writing_folder(out, what="shards") as folder:
+            write(folder, a="1")
+    assert contents(running) == {"a": "partial"} and contents(remote) == {"a": "partial"}
+
+
+def test_the_last_good_copy_a_killed_replace_had_hidden_is_put_back(tmp_path):
+    out = tmp_path / "student"
+    old, partial = hidden(out, "old", ended_pid()), hidden(out, "partial", ended_pid())
+    with pytest.warns(UserWarning) as said, pytest.raises(ValueError, match="exists and is not empty"):
+        check_new_folder(out, "student")  # the copy put back is a folder with files, as before the kill
+    assert sorted(str(w.message).split(": ", 1)[1] for w in said) == [
+        f"put back the last good copy a killed replace had moved to {old.name}",
+        f"removed {partial.name}, left by an interrupted write (process {partial.name.split('-')[-2]} ended)",
+    ]
+    assert contents(out) == {"a": "old"} and os.listdir(tmp_path) == ["student"]
+    assert not old.exists() and not partial.exists()
+    stale = hidden(out, "old", ended_pid())  # the destination is there: the hidden copy is only a leftover
+    with pytest.warns(UserWarning, match=f"removed {stale.name}"):
+        with writing_folder(out, what="student", replace=True) as folder:
+            write(folder, a="new")
+    assert contents(out) == {"a": "new"} and os.listdir(tmp_path) == ["student"]
