@@ -29,16 +29,23 @@ def config(fmt, path):
 def rank_main(phase, rank, root):
     import itertools
 
+    import torch.distributed as dist
+
     from ard_scale.data.loader import build_loader
+    from ard_scale.distributed.collectives import streaming_build_turn
+
+    dist.init_process_group("gloo")  # from torchrun's variables, as the trainer's ranks have it
+
+    def build(fmt, path):  # in this job's turn, as the trainer builds (other files' jobs build MDS loaders too)
+        with streaming_build_turn(rank, WORLD, None):
+            return build_loader(config(fmt, path), rank=rank, world_size=WORLD)
 
     out = {}
     for fmt in ("webdataset", "mds"):
         if phase == "first":
-            loader = build_loader(config(fmt, os.path.join(root, f"{fmt}_full")), rank=rank, world_size=WORLD)
-            out[f"{fmt}_full"] = [b["keys"] for b in loader]
+            out[f"{fmt}_full"] = [b["keys"] for b in build(fmt, os.path.join(root, f"{fmt}_full"))]
         for k in STOPS:
-            path = os.path.join(root, f"{fmt}_k{k}")
-            loader = build_loader(config(fmt, path), rank=rank, world_size=WORLD)
+            loader = build(fmt, os.path.join(root, f"{fmt}_k{k}"))
             state_file = os.path.join(root, f"state_{fmt}_k{k}_rank{rank}.json")
             if phase == "first":
                 out[f"{fmt}_head{k}"] = [b["keys"] for b in itertools.islice(loader, k)]
@@ -50,6 +57,7 @@ def rank_main(phase, rank, root):
                 out[f"{fmt}_tail{k}"] = [b["keys"] for b in loader]
     with open(os.path.join(root, f"{phase}_rank{rank}.json"), "w") as f:
         json.dump(out, f)
+    dist.destroy_process_group()
 
 
 def build_data(root):
@@ -81,8 +89,7 @@ def free_port():
 def run_phase(phase, root):
     procs, port = [], str(free_port())
     for rank in range(WORLD):
-        # torchrun's variables; streaming opens a temporary gloo group with them while a dataset is built
-        # (in training the distributed layer's group already exists and streaming uses that)
+        # torchrun's variables: the ranks' gloo group, which streaming's builds use too
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
                "LOCAL_WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
                "OMP_NUM_THREADS": "1"}  # fmt: skip
