@@ -40,6 +40,7 @@ def main(argv=None) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    from ard_scale.checkpoint import CheckpointSaveError
     from ard_scale.distributed.engines import finish_process
     from ard_scale.trainer.loop import train
 
@@ -47,6 +48,10 @@ def main(argv=None) -> None:
         train(cfg)
     except ConfigError as e:  # found once the data is open, e.g. train.max_steps beyond data.num_epochs
         print(f"error: {e}", file=sys.stderr)
+        finish_process(1)
+    except CheckpointSaveError as e:  # a full disk: the earlier checkpoints stay; the message says how to go on
+        if not e.every_rank or int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
         finish_process(1)
     finish_process(0)  # a finished (or signal-stopped, checkpointed) run exits 0, not -6 in finalisation
 

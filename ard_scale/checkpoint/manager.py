@@ -56,6 +56,27 @@ from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, tr
 _CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
 
 
+def _make_room(latest: str | None) -> str:
+    then = f"it resumes from {latest}" if latest else "it starts over"
+    return (
+        "Make room there (checkpoint.keep_last keeps fewer checkpoints; delete other files) or give "
+        f"checkpoint.run_dir a disk with room, then rerun the same command: {then}"
+    )
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be saved; the run stops with its earlier checkpoints intact. `every_rank`: every rank
+    raises the same one (one of them need say it), else only the rank that failed."""
+
+    def __init__(self, message: str, *, every_rank: bool) -> None:
+        super().__init__(message)
+        self.every_rank = every_rank
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -211,20 +232,25 @@ class CheckpointManager:
         rank, world = _rank_world()
         tag = tag_of(step)
         tag_dir = self.dir / tag
-        if self.latest_tag() == tag:  # e.g. a stop signal right after the periodic save: nothing new to write
+        latest = self.latest_tag()
+        if latest == tag:  # e.g. a stop signal right after the periodic save: nothing new to write
             return
         if rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
-            if tag_dir.exists():  # left by a save that crashed: never mix its files with this one's
-                shutil.rmtree(tag_dir)
-        _barrier()
+            self._remove_failed_saves(tag)
+        no_room = _gather(self._room_problem(tag, latest) if rank == 0 else None)[0]  # the same decision everywhere
+        if no_room is not None:
+            raise CheckpointSaveError(no_room, every_rank=True)
 
         client = {**client_state, "ard_step": step, "ard_config_hash": self.config_hash, "ard_world_size": world}
-        # Trainable state only: a LoRA student's frozen base (the teacher's weights) is rebuilt from the recipe.
-        engine.save_checkpoint(
-            str(self.dir), tag=tag, client_state=client, save_latest=False, exclude_frozen_parameters=True
-        )
-        self._write_rank_state(tag_dir, rank, rank_state)
+        try:
+            # Trainable state only: a LoRA student's frozen base (the teacher's weights) is rebuilt from the recipe.
+            engine.save_checkpoint(
+                str(self.dir), tag=tag, client_state=client, save_latest=False, exclude_frozen_parameters=True
+            )
+            self._write_rank_state(tag_dir, rank, rank_state)
+        except Exception as e:  # the other ranks wait in a collective until the launcher stops them
+            raise CheckpointSaveError(self._write_failure(tag, latest, rank, e), every_rank=False) from e
         _barrier()  # every rank's files are on disk (each fsynced its own)
         digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
 
@@ -249,6 +275,40 @@ class CheckpointManager:
         _barrier()  # when save returns on any rank, `latest` names this checkpoint
         if rank == 0:
             self._apply_retention()
+
+    def _remove_failed_saves(self, tag: str) -> None:
+        """Remove what saves that failed left (tag folders without a marker newer than `latest`, `tag`'s own
+        included): never mix their files with this save's, nor count their bytes against its room."""
+        latest = step_of(self.latest_tag() or "") or -1
+        for p in self.dir.glob("step_*"):
+            s = step_of(p.name)
+            if p.is_dir() and s is not None and p.name == tag_of(s) and s > latest and not (p / META).exists():
+                shutil.rmtree(p)
+        if (self.dir / tag).exists():  # a complete tag newer than `latest` (its `latest` write failed)
+            shutil.rmtree(self.dir / tag)
+
+    def _room_problem(self, tag: str, latest: str | None) -> str | None:
+        """Why `tag` will not fit beside the checkpoints kept: it takes about what `latest` takes (same model,
+        same optimizer); None when it fits or there is nothing to measure yet."""
+        if latest is None or not (self.dir / latest).is_dir():
+            return None
+        need = sum(p.stat().st_size for p in (self.dir / latest).iterdir() if p.is_file())
+        free = shutil.disk_usage(self.dir).free
+        if free >= need:
+            return None
+        return (
+            f"no room to save checkpoint {tag}: {self.dir} has {_mib(free)} free and checkpoint {latest} takes "
+            f"{_mib(need)}. Nothing was written; {latest} stays the latest. {_make_room(latest)}"
+        )
+
+    def _write_failure(self, tag: str, latest: str | None, rank: int, error: Exception) -> str:
+        free = shutil.disk_usage(self.dir).free
+        kept = f"{latest} stays the latest, intact" if latest else "there is no earlier checkpoint"
+        return (
+            f"rank {rank} could not write checkpoint {tag} in {self.dir} ({type(error).__name__}: {error}). "
+            f"{_mib(free)} is free there: a full disk or quota shows as this error. {tag} is incomplete and is "
+            f"never loaded; {kept}. {_make_room(latest)}"
+        )
 
     def _write_rank_state(self, tag_dir: Path, rank: int, rank_state: dict) -> None:
         path = rank_file(tag_dir, rank)

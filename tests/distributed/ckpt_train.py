@@ -13,7 +13,7 @@ import signal
 
 import torch
 
-from ard_scale.checkpoint.manager import CheckpointManager
+from ard_scale.checkpoint.manager import CheckpointManager, CheckpointSaveError
 from ard_scale.config import load_config, to_dict
 from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.condition import Condition
@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--kill-rank1-at", type=int, default=0, help="rank 1 SIGKILLs itself inside this step's save")
     p.add_argument("--sample-out", default=None, help="after training, write student.sample() for fixed noise")
+    p.add_argument("--save-errors", default=None, help="a failed save: write it to SAVE_ERRORS.rankR, exit 3")
     args = p.parse_args()
 
     rank, world = init_distributed()
@@ -94,7 +95,14 @@ def main() -> None:
                 f.write(json.dumps({"step": step, "loss": mean.item() / world, "world": world}) + "\n")
         if step in args.save_at:
             client = {"step": step, "samples_seen": step * GLOBAL_BATCH}
-            mgr.save(engine, step, client, {"rng": torch.get_rng_state(), "cursor": step * micro})
+            try:
+                mgr.save(engine, step, client, {"rng": torch.get_rng_state(), "cursor": step * micro})
+            except CheckpointSaveError as e:
+                if args.save_errors is None:
+                    raise
+                with open(f"{args.save_errors}.rank{rank}", "w") as f:
+                    json.dump({"message": str(e), "every_rank": e.every_rank}, f)
+                finish_process(3)
 
     if args.sample_out:
         noise = torch.randn(3, C, SIDE, SIDE, generator=torch.Generator().manual_seed(7))
