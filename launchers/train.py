@@ -40,7 +40,7 @@ def main(argv=None) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    from ard_scale.checkpoint import CheckpointSaveError
+    from ard_scale.checkpoint import CheckpointSaveError, RunDirInUse
     from ard_scale.distributed.engines import finish_process
     from ard_scale.trainer.loop import train
 
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     except ConfigError as e:  # found once the data is open, e.g. train.max_steps beyond data.num_epochs
         print(f"error: {e}", file=sys.stderr)
         finish_process(1)
-    except CheckpointSaveError as e:  # a full disk: the earlier checkpoints stay; the message says how to go on
+    except (CheckpointSaveError, RunDirInUse) as e:  # a full disk, a second run in the folder: nothing is lost
         if not e.every_rank or int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         finish_process(1)

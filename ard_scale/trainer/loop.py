@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import CheckpointManager
+from ard_scale.checkpoint.run_lock import lock_run_dir
 from ard_scale.config import ConfigError, RootConfig, dump_yaml, to_dict
 from ard_scale.data.samples import SkipCounter
 from ard_scale.distributed.collectives import sum_counts_over_ranks, sum_over_ranks
@@ -193,10 +194,12 @@ def train(cfg: RootConfig) -> list[float]:
 
 
 def open_run_dir(cfg: RootConfig, rank: int) -> CheckpointManager:
-    """checkpoint.run_dir, created, with the resolved recipe in config.yaml (rank 0), and its checkpoint manager."""
+    """checkpoint.run_dir, created and held by this run (`lock_run_dir`), with the resolved recipe in config.yaml
+    (rank 0), and its checkpoint manager."""
     ck = cfg.checkpoint
     run_dir = Path(ck.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir, rank)  # one run per folder: a second one stops here, before it writes
     if rank == 0:
         dump_yaml(cfg, run_dir / "config.yaml")
     return CheckpointManager(
