@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,3 +37,24 @@ def mds_env(monkeypatch):
     """Single-rank world variables for streaming, restored after the test (the MDS loader exports them)."""
     for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size_kib) mounts a tmpfs of that size at a new folder (again: resizes it) and returns the folder: a
+    real disk that fills up. Needs root and mount (CI has both, for Slurm); without them the test is skipped."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = []
+
+    def mount(size_kib: int):
+        options = f"{'remount,' if mounted else ''}size={size_kib}k"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"a full disk needs a small tmpfs, which needs root and mount: {done.stderr.decode()[-200:]}")
+        mounted.append(size_kib)
+        return folder
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -9,11 +9,15 @@ A kill leaves the hidden folder (a pipeline export of a 12B student: tens of GB)
 destination removes what a writer on this host left when its process has ended, and says so; one from another host
 (a shared filesystem) or from a running process is named in a warning and kept. A kill in the instant between a
 replace's two renames leaves the destination missing and its last good copy hidden (`.NAME.old-HOST-PID-…`): that
-copy is moved back rather than removed."""
+copy is moved back rather than removed.
+
+A write that fills the disk is a ValueError saying so (the launchers print it as one `error:` line), whichever
+library was writing: Python's OSError keeps the errno, but torch's and safetensors' writers do not."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -23,6 +27,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+FULL_BYTES = 16 << 20  # less free than this (or 1 % of a small disk) where a write failed: the disk filled up
 _HIDDEN = re.compile(r"\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{6}")
 
 
@@ -106,6 +111,24 @@ def writing_folder(out_dir: str | Path, *, what: str, replace: bool = False) -> 
             _remove(old)
         else:
             work.rename(out_dir)  # over an empty folder: POSIX rename replaces it
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and _disk_full(work, e)  # measured before the partial folder goes
         shutil.rmtree(work, ignore_errors=True)
+        if full:
+            raise ValueError(
+                f"no room for the {what} in {out_dir.parent}: the disk filled up while it was written "
+                f"({type(e).__name__}: {e}); nothing was kept. Make room there, or write it to a disk with room"
+            ) from e
         raise
+
+
+def _disk_full(folder: Path, error: Exception) -> bool:
+    """Whether `error` is a full disk or quota: the errno where Python saw it, else (torch's and safetensors' writers
+    say 'unexpected pos' or 'iostream error') the free space left where it was writing."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return False
+    return usage.free < min(FULL_BYTES, usage.total // 100)

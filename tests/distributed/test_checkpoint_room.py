@@ -4,7 +4,6 @@ through tests/distributed/ckpt_train.py (a checkpoint of its tiny student takes 
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ckpt_train.py")
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-
-@pytest.fixture
-def disk(tmp_path):
-    """mount(size_kib) puts a tmpfs of that size at the returned folder (again: resizes it)."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = []
-
-    def mount(size_kib: int) -> Path:
-        options = f"{'remount,' if mounted else ''}size={size_kib}k"
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"a full disk needs a small tmpfs, which needs root and mount: {done.stderr.decode()[-200:]}")
-        mounted.append(size_kib)
-        return folder
-
-    yield mount
-    if mounted:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def train(tmp_path, run_dir, *args):
@@ -57,8 +36,8 @@ def listing(ckpt_dir):
     return {p.name: (p / META).is_file() for p in sorted(ckpt_dir.glob("step_*"))}
 
 
-def test_a_save_that_will_not_fit_stops_before_writing_and_a_rerun_with_room_resumes(tmp_path, disk):
-    run_dir = disk(2600) / "run"  # room for one checkpoint, not two
+def test_a_save_that_will_not_fit_stops_before_writing_and_a_rerun_with_room_resumes(tmp_path, small_disk):
+    run_dir = small_disk(2600) / "run"  # room for one checkpoint, not two
     ckpt = run_dir / "checkpoints"
     done, reports = train(tmp_path, run_dir, "--steps", "2", "--save-at", "1", "2")
     assert done.returncode != 0 and sorted(reports) == [0, 1], done.stdout[-3000:] + done.stderr[-3000:]
@@ -70,15 +49,15 @@ def test_a_save_that_will_not_fit_stops_before_writing_and_a_rerun_with_room_res
     assert listing(ckpt) == {"step_00000001": True} and (ckpt / "latest").read_text() == "step_00000001"
     assert not tag_problems(ckpt / "step_00000001")
 
-    disk(8192)  # room made
+    small_disk(8192)  # room made
     done, reports = train(tmp_path, run_dir, "--steps", "2", "--save-at", "2", "--resume")
     assert done.returncode == 0 and not reports, done.stdout[-3000:] + done.stderr[-3000:]
     assert listing(ckpt) == {"step_00000001": True, "step_00000002": True}
     assert (ckpt / "latest").read_text() == "step_00000002"
 
 
-def test_a_save_that_fills_the_disk_while_it_writes_names_the_likely_cause(tmp_path, disk):
-    run_dir = disk(1000) / "run"  # less than one checkpoint: the first save fills the disk while it writes
+def test_a_save_that_fills_the_disk_while_it_writes_names_the_likely_cause(tmp_path, small_disk):
+    run_dir = small_disk(1000) / "run"  # less than one checkpoint: the first save fills the disk while it writes
     ckpt = run_dir / "checkpoints"
     done, reports = train(tmp_path, run_dir, "--steps", "1", "--save-at", "1")
     assert done.returncode != 0 and reports, done.stdout[-3000:] + done.stderr[-3000:]

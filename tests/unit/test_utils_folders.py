@@ -132,3 +132,22 @@ def test_the_last_good_copy_a_killed_replace_had_hidden_is_put_back(tmp_path):
         with writing_folder(out, what="student", replace=True) as folder:
             write(folder, a="new")
     assert contents(out) == {"a": "new"} and os.listdir(tmp_path) == ["student"]
+
+
+def test_a_write_that_fills_the_disk_is_an_error_saying_so_and_leaves_nothing(small_disk):
+    import torch
+
+    disk = small_disk(256)
+    said = rf"no room for the shards in {disk}: the disk filled up while it was written \(OSError: \[Errno 28\] No"
+    with pytest.raises(ValueError, match=said + r" space left on device\); nothing was kept. Make room there"):
+        with writing_folder(disk / "shards", what="shards") as folder:
+            (folder / "shard-000000.tar").write_bytes(b"x" * (1 << 20))
+    assert os.listdir(disk) == []
+    # torch's writer (as safetensors') loses the errno: the free space left where it failed says it
+    with pytest.raises(ValueError, match=rf"no room for the student in {disk}: .*\(RuntimeError: .*unexpected pos"):
+        with writing_folder(disk / "student", what="student") as folder:
+            torch.save(torch.zeros(1 << 18), folder / "weights.pt")
+    assert os.listdir(disk) == []
+    with pytest.raises(Failed):  # any other failure is itself, as before
+        with writing_folder(disk / "student", what="student") as folder:
+            raise Failed

@@ -108,7 +108,7 @@ def test_precomputed_text_is_written_whole_or_not_at_all(tmp_path, tiny_t5, mds_
 
     with monkeypatch.context() as m:
         m.setattr(text_encoding, "write_text_encoding", disk_full)  # the last files, after every shard
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(ValueError, match=f"no room for the precomputed shards in {tmp_path}: the disk filled"):
             precompute(args)
     assert sorted(os.listdir(tmp_path)) == ["built", "img"]  # no shards without their null condition and record
     assert precompute(args) == 3
@@ -286,3 +286,11 @@ def test_precompute_text_refuses_an_embedding_float16_cannot_hold():
         half(torch.tensor([1.0, 1e6]), "t5_emb")
     with pytest.raises(ValueError, match="pooled_emb: .* non-finite"):
         half(torch.tensor([float("nan")]), "pooled_emb")
+
+
+def test_build_shards_on_a_full_disk_is_an_error_saying_so(tmp_path, small_disk, mds_env):
+    make_image_folder(str(tmp_path / "img"), 6)
+    disk = small_disk(8)
+    with pytest.raises(ValueError, match=rf"no room for the (webdataset|mds) shards in {disk / 'out'}: the disk fill"):
+        load_launcher("build_shards").main([str(tmp_path / "img"), str(disk / "out")])
+    assert os.listdir(disk / "out") == []  # neither shard set, not even the one that fitted
