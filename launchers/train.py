@@ -46,10 +46,9 @@ def main(argv=None) -> None:
 
     try:
         train(cfg)
-    except ConfigError as e:  # found once the data is open, e.g. train.max_steps beyond data.num_epochs
-        print(f"error: {e}", file=sys.stderr)
-        finish_process(1)
-    except (CheckpointSaveError, RunDirInUse) as e:  # a full disk, a second run in the folder: nothing is lost
+    # a recipe problem found once the data or models are open (train.max_steps beyond data.num_epochs), a full disk,
+    # a second run in the folder: nothing is lost. Said once when every rank found it, else by the rank that did.
+    except (ConfigError, CheckpointSaveError, RunDirInUse) as e:
         if not e.every_rank or int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         finish_process(1)

@@ -42,11 +42,13 @@ _MISSING = object()
 
 
 class ConfigError(ValueError):
-    """A recipe or override a user got wrong; `.problems` holds one 'dotted.key: what is wrong' line per problem."""
+    """A recipe or override a user got wrong; `.problems` holds one 'dotted.key: what is wrong' line per problem.
+    `every_rank`: raised by a check every rank of a run makes alike (one rank need say it)."""
 
-    def __init__(self, source: str, problems: Sequence[str]):
+    def __init__(self, source: str, problems: Sequence[str], *, every_rank: bool = False):
         self.source = source
         self.problems = list(problems)
+        self.every_rank = every_rank
         n = len(self.problems)
         lines = [f"invalid config {source}: {n} problem{'s' if n != 1 else ''}"]
         lines += [f"  - {p}" for p in self.problems]

@@ -33,6 +33,7 @@ def check_channel_options(cfg: RootConfig, teacher: Teacher) -> None:
         raise ConfigError(
             "(the teacher)",
             [f"diffusion.guide_first_channels: {k} > the teacher's {c} latent channels; give 1..{c} or null (all)"],
+            every_rank=True,
         )
 
 
@@ -46,4 +47,5 @@ def check_attention(cfg: RootConfig, device) -> None:
                 f"student.attention: 'flex' cannot train on {device.type} (FlexAttention has no backward there); "
                 "set student.attention: sdpa, or auto (flex on CUDA, sdpa elsewhere)"
             ],
+            every_rank=True,
         )

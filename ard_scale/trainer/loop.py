@@ -382,6 +382,7 @@ def check_reachable(cfg: RootConfig, max_batches: int | None, rank: int, world: 
                 f"data.batch_size={cfg.data.batch_size} × train.grad_accum={cfg.train.grad_accum} on {world} ranks; "
                 "lower train.max_steps, raise data.num_epochs, or set it to null (stream forever)"
             ],
+            every_rank=True,
         )
 
 
