@@ -237,7 +237,7 @@ class CheckpointManager:
             return
         if rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._remove_failed_saves(tag)
+            self._remove_failed_saves(tag, latest)
         no_room = _gather(self._room_problem(tag, latest) if rank == 0 else None)[0]  # the same decision everywhere
         if no_room is not None:
             raise CheckpointSaveError(no_room, every_rank=True)
@@ -276,13 +276,14 @@ class CheckpointManager:
         if rank == 0:
             self._apply_retention()
 
-    def _remove_failed_saves(self, tag: str) -> None:
+    def _remove_failed_saves(self, tag: str, latest: str | None) -> None:
         """Remove what saves that failed left (tag folders without a marker newer than `latest`, `tag`'s own
         included): never mix their files with this save's, nor count their bytes against its room."""
-        latest = step_of(self.latest_tag() or "") or -1
+        newest = step_of(latest or "")
+        newest = -1 if newest is None else newest  # no `latest` yet (or an unreadable one): every marker-less tag
         for p in self.dir.glob("step_*"):
             s = step_of(p.name)
-            if p.is_dir() and s is not None and p.name == tag_of(s) and s > latest and not (p / META).exists():
+            if p.is_dir() and s is not None and p.name == tag_of(s) and s > newest and not (p / META).exists():
                 shutil.rmtree(p)
         if (self.dir / tag).exists():  # a complete tag newer than `latest` (its `latest` write failed)
             shutil.rmtree(self.dir / tag)

@@ -82,7 +82,7 @@ def test_a_save_removes_what_failed_saves_left_and_nothing_else(tmp_path):
         (manager.dir / name).mkdir(parents=True)
         (manager.dir / name / ("ard_checkpoint.json" if complete else "partial.pt")).write_text("{}")
     (manager.dir / "latest").write_text("step_00000002")
-    manager._remove_failed_saves("step_00000004")
+    manager._remove_failed_saves("step_00000004", manager.latest_tag())
     assert sorted(os.listdir(manager.dir)) == [
         "latest", "step_00000001", "step_00000002", "step_00000002_universal", "step_00000005",
     ]  # fmt: skip
