@@ -52,7 +52,7 @@ from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec
 from ard_scale.trainer.build import build_codec_for, build_conditioner
 from ard_scale.trainer.conditioning import SLOTS, Conditioner
-from ard_scale.utils.folders import check_new_folder, writing_folder
+from ard_scale.utils.folders import check_new_folder, check_room, tensor_bytes, writing_folder
 
 MODEL_INDEX = "model_index.json"
 # Conditioner slot -> pipeline subfolder (the recipe section is SLOTS[slot][0])
@@ -68,12 +68,17 @@ OVERRIDABLE = ("text_encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encod
 FORMAT_VERSION = 1
 
 
-def _save_or_link(model, tokenizer, source: str | None, dest: Path, link: bool) -> None:
-    # an encoder folder whose tokenizer is its pipeline sibling (text_encoder_2/ + tokenizer_2/) is saved, not linked:
-    # the link alone would leave the tokenizer behind (a pipeline folder given as `source` holds both subfolders)
+def _linked(tokenizer, source: str | None, link: bool) -> bool:
+    """Whether a component loaded from `source` is linked rather than saved. An encoder folder whose tokenizer is its
+    pipeline sibling (text_encoder_2/ + tokenizer_2/) is saved: the link alone would leave the tokenizer behind (a
+    pipeline folder given as `source` holds both subfolders)."""
     encoder_folder = source is not None and (Path(source) / "config.json").is_file()
     tokenizer_elsewhere = tokenizer is not None and encoder_folder and tokenizer_folder(source) != source
-    if link and source is not None and not tokenizer_elsewhere:
+    return link and source is not None and not tokenizer_elsewhere
+
+
+def _save_or_link(model, tokenizer, source: str | None, dest: Path, link: bool) -> None:
+    if _linked(tokenizer, source, link):
         os.symlink(Path(source).resolve(), dest, target_is_directory=True)
         return
     model.save_pretrained(dest)
@@ -154,18 +159,22 @@ def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, 
     recipe = to_dict(cfg)
     components = {"transformer": ["ard_scale", "ARDStudent"]}
     conditioner = build_conditioner(cfg, teacher, for_eval=True)
+    codec = build_codec_for(cfg, teacher)
+    parts = []  # (folder, model, tokenizer, source): the encoders and the VAE
     for slot, encoder in conditioner.encoders.items():
         section, folder = SLOTS[slot][0], ENCODER_FOLDERS[slot]
-        _save_or_link(encoder.model, encoder.tokenizer, getattr(cfg, section).path, out_dir / folder, link)
+        parts.append((folder, encoder.model, encoder.tokenizer, getattr(cfg, section).path))
         recipe[section].update(path=folder, size=None)
         components[folder] = ["transformers", type(encoder.model).__name__]
     recipe["text_encoder"]["use_precomputed"] = False
-    codec = build_codec_for(cfg, teacher)
     if isinstance(codec, (LatentCodec, FrameLatentCodec)):
-        vae_source = None if cfg.vae.path is None else _vae_source(cfg.vae.path)
-        _save_or_link(codec.vae, None, vae_source, out_dir / "vae", link)
+        parts.append(("vae", codec.vae, None, None if cfg.vae.path is None else _vae_source(cfg.vae.path)))
         recipe["vae"].update(path="vae", size=None)
         components["vae"] = ["diffusers", type(codec.vae).__name__]
+    saved = [model for _, model, tokenizer, source in parts if not _linked(tokenizer, source, link)]
+    check_room(out_dir, sum(tensor_bytes(m.state_dict().values()) for m in saved), "pipeline's encoders and VAE")
+    for folder, model, tokenizer, source in parts:
+        _save_or_link(model, tokenizer, source, out_dir / folder, link)
     recipe["teacher"].update(path="transformer", size=None)
 
     scheduler_class, scheduler_kwargs = _scheduler_config(cfg)

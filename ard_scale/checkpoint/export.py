@@ -54,7 +54,7 @@ from ard_scale.models.families import get_family
 from ard_scale.models.lora import adapter_config, adapter_state, merged_backbone_state
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, load_teacher, teacher_from_config
-from ard_scale.utils.folders import check_new_folder, writing_folder
+from ard_scale.utils.folders import check_new_folder, tensor_bytes, writing_folder
 
 HEADS_FILE = "ard_heads.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
@@ -229,6 +229,7 @@ def export_student(
         )
     source = {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights}
     ard = arch["ard"]
+    need = tensor_bytes(state.values())  # an adapter export: the trainable state; a full one: the merged student
     if lora.enabled:
         student = lora_checkpoint_student(run_dir, tag, arch, state, teacher=teacher)
         merged = {f"backbone.{k}": v for k, v in merged_backbone_state(student.backbone).items()}
@@ -236,7 +237,8 @@ def export_student(
         source["lora"] = to_dict(lora)
         if not adapter_only:
             ard = {**arch["ard"], "lora": {"rank": 0}}  # merged: a plain full student
-    with writing_folder(out_dir, what="student", replace=replace) as folder:
+            need = tensor_bytes(state.values())
+    with writing_folder(out_dir, what="student", replace=replace, need_bytes=need) as folder:
         if adapter_only:
             section, seed = _recipe_teacher(run_dir / "checkpoints" / tag)
             source["base"] = {**to_dict(section), "seed": seed} if teacher is None else {"path": str(teacher)}

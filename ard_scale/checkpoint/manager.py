@@ -52,6 +52,7 @@ from ard_scale.checkpoint.layout import (
 from ard_scale.checkpoint.safe_load import CONFIG, META, file_digest, read_meta, safe_load, tag_problems, verify_dir
 from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
 from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
+from ard_scale.utils.folders import size_text
 
 _CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
 
@@ -71,10 +72,6 @@ class CheckpointSaveError(RuntimeError):
     def __init__(self, message: str, *, every_rank: bool) -> None:
         super().__init__(message)
         self.every_rank = every_rank
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 def _rank_world() -> tuple[int, int]:
@@ -298,8 +295,8 @@ class CheckpointManager:
         if free >= need:
             return None
         return (
-            f"no room to save checkpoint {tag}: {self.dir} has {_mib(free)} free and checkpoint {latest} takes "
-            f"{_mib(need)}. Nothing was written; {latest} stays the latest. {_make_room(latest)}"
+            f"no room to save checkpoint {tag}: {self.dir} has {size_text(free)} free and checkpoint {latest} takes "
+            f"{size_text(need)}. Nothing was written; {latest} stays the latest. {_make_room(latest)}"
         )
 
     def _write_failure(self, tag: str, latest: str | None, rank: int, error: Exception) -> str:
@@ -307,7 +304,7 @@ class CheckpointManager:
         kept = f"{latest} stays the latest, intact" if latest else "there is no earlier checkpoint"
         return (
             f"rank {rank} could not write checkpoint {tag} in {self.dir} ({type(error).__name__}: {error}). "
-            f"{_mib(free)} is free there: a full disk or quota shows as this error. {tag} is incomplete and is "
+            f"{size_text(free)} is free there: a full disk or quota shows as this error. {tag} is incomplete and is "
             f"never loaded; {kept}. {_make_room(latest)}"
         )
 

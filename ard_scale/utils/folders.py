@@ -12,7 +12,9 @@ replace's two renames leaves the destination missing and its last good copy hidd
 copy is moved back rather than removed.
 
 A write that fills the disk is a ValueError saying so (the launchers print it as one `error:` line), whichever
-library was writing: Python's OSError keeps the errno, but torch's and safetensors' writers do not."""
+library was writing: Python's OSError keeps the errno, but torch's and safetensors' writers do not. A writer that
+knows how much it will write (`need_bytes`: an export knows its tensors) is refused before it starts when the disk has
+less free (`check_room`), rather than after writing most of it."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import secrets
 import shutil
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 FULL_BYTES = 16 << 20  # less free than this (or 1 % of a small disk) where a write failed: the disk filled up
@@ -85,15 +87,49 @@ def clear_leftovers(out_dir: str | Path) -> list[Path]:
     return kept
 
 
+def size_text(n: int) -> str:
+    """`n` bytes for a message: MiB up to a GiB, then GiB."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def tensor_bytes(tensors: Iterable) -> int:
+    """What `tensors` (torch tensors) take written out: what an export of them needs on disk, headers aside."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class NoRoom(ValueError):
+    """A write refused before it started: its disk has less free than it takes."""
+
+
+def check_room(out_dir: str | Path, need_bytes: int, what: str) -> None:
+    """Refuse to write `need_bytes` (what `what` takes) into `out_dir` (it need not exist yet, and may lie inside a
+    folder being written) when its disk has less free: NoRoom, before the caller writes it."""
+    where = Path(out_dir).absolute()
+    while (not where.exists() or _HIDDEN.fullmatch(where.name)) and where != where.parent:
+        where = where.parent  # the folder a user named: not a writing_folder's hidden one
+    free = shutil.disk_usage(where).free
+    if free < need_bytes:
+        raise NoRoom(
+            f"no room for the {what} in {where}: it takes about {size_text(need_bytes)} and the disk has "
+            f"{size_text(free)} free, so it was not written and nothing is left there. Make room there, or write it "
+            "to a disk with room"
+        )
+
+
 @contextlib.contextmanager
-def writing_folder(out_dir: str | Path, *, what: str, replace: bool = False) -> Iterator[Path]:
+def writing_folder(
+    out_dir: str | Path, *, what: str, replace: bool = False, need_bytes: int | None = None
+) -> Iterator[Path]:
     """Write folder `out_dir` whole or not at all (see the module docstring); `replace`: swap an existing folder for
-    the new one once the new one is finished (the evaluator's and the demo's own folders)."""
+    the new one once the new one is finished (the evaluator's and the demo's own folders); `need_bytes`: about what
+    the block will write, refused up front when the disk has less free (`check_room`)."""
     out_dir = Path(out_dir)
     if replace:
         clear_leftovers(out_dir)
     else:
         check_new_folder(out_dir, what)
+    if need_bytes is not None:  # a replace's old copy goes only after the new one is written: it does not count
+        check_room(out_dir.parent, need_bytes, what)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stamp = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     work = out_dir.with_name(f".{out_dir.name}.partial-{stamp}")
@@ -112,7 +148,8 @@ def writing_folder(out_dir: str | Path, *, what: str, replace: bool = False) -> 
         else:
             work.rename(out_dir)  # over an empty folder: POSIX rename replaces it
     except BaseException as e:
-        full = isinstance(e, Exception) and _disk_full(work, e)  # measured before the partial folder goes
+        # measured before the partial folder goes; a NoRoom (a check inside the block) already says it all
+        full = isinstance(e, Exception) and not isinstance(e, NoRoom) and _disk_full(work, e)
         shutil.rmtree(work, ignore_errors=True)
         if full:
             raise ValueError(

@@ -10,6 +10,7 @@ Three launches share one run directory (module fixture):
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -155,6 +156,25 @@ def test_a_student_export_is_written_whole_or_not_at_all(run, tmp_path, monkeypa
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     replaced = export_student(run["run_dir"], out, use_ema=False, replace=True)
     assert "notes.txt" not in {p.name for p in replaced.iterdir()} and load_exported_student(replaced) is not None
+
+
+def test_an_export_that_will_not_fit_is_refused_before_it_writes(run, tmp_path, small_disk):
+    from ard_scale.pipeline import export_pipeline
+
+    def size(folder):
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+    whole = export_pipeline(run["run_dir"], tmp_path / "pipe", use_ema=False)
+    student, vae = size(whole / "transformer"), size(whole / "vae")
+    disk = small_disk(student // 2 >> 10)
+    with pytest.raises(ValueError, match=rf"no room for the student in {disk}: it takes about .* it was not written"):
+        export_student(run["run_dir"], disk / "student", use_ema=False)
+    assert os.listdir(disk) == []
+    disk = small_disk((student + vae // 2) >> 10)  # room for the transformer, not for the VAE beside it
+    with pytest.raises(ValueError, match=rf"no room for the pipeline's encoders and VAE in {disk}: it takes about"):
+        export_pipeline(run["run_dir"], disk / "pipe", use_ema=False)
+    assert os.listdir(disk) == []  # the transformer written first is gone with the rest
+    print(f"student {student} B, VAE {vae} B")
 
 
 def test_the_exported_pipeline_samples_class_labels_as_the_in_training_sampler(run, tmp_path):

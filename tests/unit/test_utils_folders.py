@@ -151,3 +151,25 @@ def test_a_write_that_fills_the_disk_is_an_error_saying_so_and_leaves_nothing(sm
     with pytest.raises(Failed):  # any other failure is itself, as before
         with writing_folder(disk / "student", what="student") as folder:
             raise Failed
+
+
+def test_a_write_that_will_not_fit_is_refused_before_it_starts(small_disk):
+    from ard_scale.utils.folders import check_room
+
+    disk = small_disk(512)
+    entered = []
+    said = rf"no room for the student in {disk}: it takes about 1.0 MiB and the disk has 0.5 MiB free, so it was not"
+    with pytest.raises(ValueError, match=said + " written and nothing is left there. Make room there"):
+        with writing_folder(disk / "student", what="student", need_bytes=1 << 20):
+            entered.append(True)
+    assert entered == [] and os.listdir(disk) == []
+    # a check inside a folder being written (a pipeline's parts) names the folder a user named, and the outer
+    # writing_folder passes it on as it is even where the disk is nearly full (not "filled up while it was written")
+    with pytest.raises(ValueError, match=rf"^no room for the pipeline's VAE in {disk}: it takes about 1.0 MiB"):
+        with writing_folder(disk / "pipe", what="pipeline", need_bytes=400 << 10) as folder:
+            (folder / "transformer.bin").write_bytes(b"x" * (508 << 10))  # 4 KiB left: under 1 % of the disk
+            check_room(folder / "vae", 1 << 20, "pipeline's VAE")
+    assert os.listdir(disk) == []
+    with writing_folder(disk / "student", what="student", need_bytes=400 << 10) as folder:  # it fits
+        (folder / "weights.bin").write_bytes(b"x" * (400 << 10))
+    assert os.listdir(disk) == ["student"]
