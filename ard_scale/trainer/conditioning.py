@@ -104,6 +104,7 @@ def encode_text(spec, encoders: dict[str, LoadedEncoder], captions: list[str]) -
     """Captions -> the text the family's teacher reads (tokens, mask, pooled): each encoder's output, combined as
     the family's pipeline does (`assemble_condition`). What launchers/precompute_text.py stores and the trainer reads
     back in place of running the encoders."""
+    captions = spec.preprocess_captions(captions)  # e.g. PixArt's pipeline lower-cases and strips its prompts
     encoded = {slot: encode_slot(slot, e, captions, use_mask=spec.text_mask) for slot, e in encoders.items()}
     return spec.assemble_condition(encoded)
 

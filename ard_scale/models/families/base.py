@@ -184,6 +184,12 @@ class Family:
         return EncodedText(tokens=t5.tokens, mask=t5.mask, pooled=pooled)
 
     @classmethod
+    def preprocess_captions(cls, captions: list[str]) -> list[str]:
+        """The captions as the family's pipeline hands them to its tokenizers (before any encoder runs). Default:
+        unchanged, as FluxPipeline, StableDiffusion3Pipeline and QwenImagePipeline pass prompts through."""
+        return list(captions)
+
+    @classmethod
     def example_condition(cls, model: nn.Module, batch: int, device, text_tokens: int, dtype=None) -> Condition:
         """A condition of the right shapes (zeros/empty) for counting FLOPs or planning memory."""
         raise NotImplementedError

@@ -85,6 +85,14 @@ class PixArtFamily(AdaLNFamily):
         return model.config.caption_channels
 
     @classmethod
+    def preprocess_captions(cls, captions):
+        """PixArtSigmaPipeline's `_text_preprocessing`: every prompt (and the negative prompt) is lower-cased and
+        stripped before T5 tokenizes it. Its `__call__` default `clean_caption=True` additionally runs `_clean_caption`
+        (URLs, HTML, some punctuation) where bs4 and ftfy are installed, else falls back to exactly this;
+        `encode_prompt(clean_caption=False)` does exactly this."""
+        return [c.lower().strip() for c in captions]
+
+    @classmethod
     def example_condition(cls, model, batch, device, text_tokens, dtype=None):
         text = torch.zeros(batch, text_tokens, model.config.caption_channels, device=device, dtype=dtype)
         return Condition(text=text, text_mask=torch.ones(batch, text_tokens, device=device))

@@ -58,3 +58,23 @@ def test_precomputed_embeddings_with_guidance_and_no_encoder_need_the_shards_nul
     assert missing_paths(load_config("recipes/tiny_cpu.yaml", [*overrides, "diffusion.guidance_scale=1"])) == []
     (shards / NULL_FILE).write_bytes(b"")  # present: what it holds is the trainer's to read
     assert missing_paths(load_config("recipes/tiny_cpu.yaml", overrides)) == []
+
+
+def test_pixart_captions_are_encoded_as_pixart_sigma_pipeline_encodes_its_prompt():
+    """PixArtSigmaPipeline lower-cases and strips every prompt (and the negative prompt) before T5 tokenizes it, so
+    a caption with capitals or surrounding spaces must give the pipeline's embedding, not that of the raw string."""
+    from diffusers import PixArtSigmaPipeline
+
+    cfg = load_config("recipes/tiny_cpu.yaml", PIXART)
+    conditioner = build_conditioner(cfg, build_teacher("pixart", "debug"))
+    t5 = conditioner.encoders["t5"]
+    pipe = PixArtSigmaPipeline(tokenizer=t5.tokenizer, text_encoder=t5.model, vae=None, transformer=None, scheduler=None)
+    captions = ["A Red Circle", "  a seven "]
+    cond, null = conditioner({"captions": captions})
+    text, mask, neg, neg_mask = pipe.encode_prompt(
+        captions, do_classifier_free_guidance=True, negative_prompt="", device="cpu", max_sequence_length=8
+    )
+    assert torch.equal(cond.text, text) and torch.equal(cond.text_mask, mask)
+    assert torch.equal(null.text, neg) and torch.equal(null.text_mask, neg_mask)
+    raw, _ = encode_captions(t5.model, t5.tokenizer, captions, max_length=8)
+    assert not torch.allclose(raw, text)  # the comparison can fail: the raw captions encode otherwise
