@@ -135,6 +135,7 @@ def _write(args, family, encoders: dict, sections: dict, out_dir: str) -> int:
     write_text_encoding(
         out_dir,
         family=family.name,
+        captions=family.captions,
         sections={slot: (SLOTS[slot][0], _source(sections[slot], family.encoder_folders[slot])) for slot in encoders},
         null={"text": null.tokens[0], "text_mask": None if null.mask is None else null.mask[0],
               "pooled": None if null.pooled is None else null.pooled[0]},

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ard_scale.config import ConfigError, load_config  # noqa: E402
+from ard_scale.config import ConfigError, ConfigWarning, load_config  # noqa: E402
 from ard_scale.config.paths import check_paths  # noqa: E402
 
 
@@ -33,11 +34,15 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        cfg = load_config(args.recipe, args.overrides)
-        check_paths(cfg, source=str(args.recipe))
+        with warnings.catch_warnings():
+            if rank != 0:  # every rank reads the same recipe and paths: one says what it found
+                warnings.simplefilter("ignore", ConfigWarning)
+            cfg = load_config(args.recipe, args.overrides)
+            check_paths(cfg, source=str(args.recipe))
     except ConfigError as e:  # every rank stops; one prints (no traceback per rank)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     from ard_scale.checkpoint import CheckpointSaveError, RunDirInUse
@@ -49,7 +54,7 @@ def main(argv=None) -> None:
     # a recipe problem found once the data or models are open (train.max_steps beyond data.num_epochs), a full disk,
     # a second run in the folder: nothing is lost. Said once when every rank found it, else by the rank that did.
     except (ConfigError, CheckpointSaveError, RunDirInUse) as e:
-        if not e.every_rank or int(os.environ.get("RANK", "0")) == 0:
+        if not e.every_rank or rank == 0:
             print(f"error: {e}", file=sys.stderr)
         finish_process(1)
     finish_process(0)  # a finished (or signal-stopped, checkpointed) run exits 0, not -6 in finalisation

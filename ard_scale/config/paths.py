@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 from ard_scale.config.loader import ConfigError
+from ard_scale.config.schema import ConfigWarning
 
 
 def _shard_problem(path: str | None, format: str) -> str | None:
@@ -53,6 +55,16 @@ def _encoding_problems(cfg, spec) -> list[str]:
         return [*out, f"data.path: {e}"]
     if record is None:  # shards precomputed before the record existed
         return out
+    stored = record.get("captions", "as given")  # recorded since PixArt's captions are lower-cased and stripped
+    if record["family"] == spec.name and stored != spec.captions:
+        warnings.warn(
+            f"data.path: its captions were encoded {stored}, and {spec.name}'s pipeline encodes a prompt "
+            f"{spec.captions}, as the trainer does for evaluation prompts and an exported pipeline for yours: the "
+            "student learns from slightly other embeddings than it will be given. Run launchers/precompute_text.py "
+            "again to match (nothing to do where every caption already reads the same both ways)",
+            ConfigWarning,
+            stacklevel=1,
+        )
 
     def fingerprint(slot, s):
         return None if s.path is None else encoder_fingerprint(s.path, spec.encoder_folders[slot])

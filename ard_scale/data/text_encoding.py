@@ -1,9 +1,10 @@
 """What launchers/precompute_text.py writes beside its MDS shards, besides the per-sample columns:
 
-    text_encoding.json          the family and, per encoder slot, the recipe section, its source (path or size, and
-                                the weights' fingerprint: `models.folders.encoder_fingerprint`) and max_length the
-                                embeddings were made with; the recipe check compares it with a recipe that reads the
-                                shards (`encoding_mismatches`)
+    text_encoding.json          the family, what was done to the captions before tokenizing (the family's
+                                `captions`: 'as given' where the record predates it) and, per encoder slot, the recipe
+                                section, its source (path or size, and the weights' fingerprint:
+                                `models.folders.encoder_fingerprint`) and max_length the embeddings were made with; the
+                                recipe check compares it with a recipe that reads the shards (`encoding_mismatches`)
     null_condition.safetensors  the family's null caption encoded the same way (`text`, `text_mask`, `pooled`): with it
                                 a CFG teacher's trainer need not load its text encoders at all
 
@@ -20,16 +21,21 @@ ENCODING_FILE = "text_encoding.json"
 NULL_FILE = "null_condition.safetensors"
 
 
-def write_text_encoding(out_dir: str, *, family: str, sections: dict[str, tuple[str, dict]], null: dict) -> None:
-    """`sections`: slot -> (recipe section name, {"path", "size", "max_length"}); `null`: the null caption's tensors
-    (`text` (L, D), `text_mask` (L,) or None, `pooled` (D,) or None)."""
+def write_text_encoding(
+    out_dir: str, *, family: str, captions: str, sections: dict[str, tuple[str, dict]], null: dict
+) -> None:
+    """`captions`: the family's caption preprocessing; `sections`: slot -> (recipe section name, {"path", "size",
+    "max_length"}); `null`: the null caption's tensors (`text` (L, D), `text_mask` (L,) or None, `pooled` (D,) or
+    None)."""
     from safetensors.torch import save_file
 
     save_file(
         {k: v.detach().float().contiguous() for k, v in null.items() if v is not None}, os.path.join(out_dir, NULL_FILE)
     )
     encoders = {slot: {"section": name, **fields} for slot, (name, fields) in sections.items()}
-    record = {"format_version": 1, "family": family, "encoders": encoders, "null_condition": NULL_FILE}
+    record = {
+        "format_version": 1, "family": family, "captions": captions, "encoders": encoders, "null_condition": NULL_FILE
+    }  # fmt: skip
     with open(os.path.join(out_dir, ENCODING_FILE), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
 

@@ -64,3 +64,18 @@ def test_a_launcher_reports_a_user_error_in_one_line(case, tmp_path, monkeypatch
     assert code not in (0, None)
     assert text.startswith("error") and message.format(tmp=work) in text, text
     assert not any(work.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_train_says_a_recipe_warning_on_rank_0_only(rank, tmp_path, monkeypatch, recwarn):
+    """Every rank reads the same recipe: one line per warning, not one per rank (the error stops them all)."""
+    from ard_scale.config import ConfigWarning
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("RANK", rank)
+    args = ["recipes/tiny_cpu.yaml", "train.replay_times=3", f"data.path={tmp_path / 'no_data'}"]
+    monkeypatch.setattr(sys, "argv", ["train", *args])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(ROOT / "launchers" / "train.py"), run_name="__main__")
+    said = [str(w.message) for w in recwarn if issubclass(w.category, ConfigWarning)]
+    assert said == (["train.replay_times is ignored with trajectory_source 'online'"] if rank == "0" else [])

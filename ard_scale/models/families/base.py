@@ -63,6 +63,10 @@ class Family:
     guidance: ClassVar[Literal["cfg", "embedded"]] = "cfg"
     # The caption whose condition is the null condition of CFG (the pipeline's default or model-card negative prompt).
     null_caption: ClassVar[str] = ""
+    # What the family's pipeline does to a caption before tokenizing it ('as given': FluxPipeline,
+    # StableDiffusion3Pipeline, QwenImagePipeline; PixArtSigmaPipeline lower-cases and strips): `preprocess_captions`
+    # applies it, and precomputed text records it (text_encoding.json).
+    captions: ClassVar[Literal["as given", "lower-cased and stripped"]] = "as given"
     # True: the teacher reads the T5 attention mask (PixArt). False: it attends to all max_length tokens, and the
     # encoder runs without a mask, as FluxPipeline does.
     text_mask: ClassVar[bool] = True
@@ -185,8 +189,9 @@ class Family:
 
     @classmethod
     def preprocess_captions(cls, captions: list[str]) -> list[str]:
-        """The captions as the family's pipeline hands them to its tokenizers (before any encoder runs). Default:
-        unchanged, as FluxPipeline, StableDiffusion3Pipeline and QwenImagePipeline pass prompts through."""
+        """The captions as the family's pipeline hands them to its tokenizers (`captions`)."""
+        if cls.captions == "lower-cased and stripped":
+            return [c.lower().strip() for c in captions]
         return list(captions)
 
     @classmethod

@@ -32,6 +32,10 @@ class PixArtHead(nn.Module):
 @register
 class PixArtFamily(AdaLNFamily):
     name = "pixart"
+    # PixArtSigmaPipeline's `_text_preprocessing` (prompt and negative prompt). Its `clean_caption=True` default also
+    # runs `_clean_caption` (URLs, HTML, some punctuation) where bs4 and ftfy are installed, which is not reproduced;
+    # without them, and in `encode_prompt(clean_caption=False)`, it does exactly this.
+    captions = "lower-cased and stripped"
     model_class_name = "PixArtTransformer2DModel"
     condition_kind = "text"
     text_encoders = ("t5",)
@@ -83,14 +87,6 @@ class PixArtFamily(AdaLNFamily):
     @classmethod
     def text_dim(cls, model):
         return model.config.caption_channels
-
-    @classmethod
-    def preprocess_captions(cls, captions):
-        """PixArtSigmaPipeline's `_text_preprocessing`: every prompt (and the negative prompt) is lower-cased and
-        stripped before T5 tokenizes it. Its `__call__` default `clean_caption=True` additionally runs `_clean_caption`
-        (URLs, HTML, some punctuation) where bs4 and ftfy are installed, else falls back to exactly this;
-        `encode_prompt(clean_caption=False)` does exactly this."""
-        return [c.lower().strip() for c in captions]
 
     @classmethod
     def example_condition(cls, model, batch, device, text_tokens, dtype=None):

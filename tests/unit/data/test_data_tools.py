@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,46 @@ def test_precompute_text_carries_t5_embeddings(tmp_path, tiny_t5, mds_env):
     assert torch.equal(batch["t5_mask"], mask.long())
     assert batch["t5_mask"][0].sum() == len(expected[0][1]) + 1  # ByT5: one token per byte + </s>
     assert torch.allclose(batch["t5_emb"], emb, atol=2e-3)  # stored as float16
+
+
+def test_pixart_captions_are_precomputed_as_its_pipeline_encodes_them_and_recorded_so(tmp_path, tiny_t5, mds_env):
+    """PixArtSigmaPipeline lower-cases and strips a prompt before T5: precomputed captions are encoded that way and
+    text_encoding.json says so; shards recorded otherwise (or before the record said) get a warning, not a refusal:
+    their embeddings are self-consistent, only a little unlike those a prompt gets."""
+    import json
+
+    from ard_scale.config import ConfigWarning, load_config
+    from ard_scale.config.paths import missing_paths
+    from ard_scale.models.text_encoder import encode_captions, load_t5
+
+    captions = ["A Red Circle", "caption NUMBER one", "a seven"]
+    for (key, _, _), caption in zip(make_image_folder(str(tmp_path / "img"), 3), captions, strict=True):
+        (tmp_path / "img" / f"{key}.txt").write_text(caption)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "mds"])
+    out = tmp_path / "text"
+    load_launcher("precompute_text").main([str(tmp_path / "built" / "mds"), str(out), "--t5", tiny_t5,
+                                           "--max-length", "24"])  # fmt: skip
+    (batch,) = read("mds", out)
+    assert batch["captions"] == captions  # the shards keep the captions as written
+    encoder, tokenizer = load_t5(tiny_t5)
+    emb, mask = encode_captions(encoder, tokenizer, [c.lower().strip() for c in captions], max_length=24)
+    assert torch.equal(batch["t5_mask"], mask.long()) and torch.allclose(batch["t5_emb"], emb, atol=2e-3)
+    raw, _ = encode_captions(encoder, tokenizer, captions, max_length=24)
+    assert not torch.allclose(batch["t5_emb"], raw, atol=2e-3)  # the check can fail: raw captions encode otherwise
+    record = json.loads((out / "text_encoding.json").read_text())
+    assert record["captions"] == "lower-cased and stripped"
+
+    recipe = ["teacher.family=pixart", "teacher.num_classes=null", f"text_encoder.path={tiny_t5}",
+              "text_encoder.max_length=24", "text_encoder.use_precomputed=true", "data.format=mds",
+              f"data.path={out}"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        assert missing_paths(load_config("recipes/tiny_cpu.yaml", recipe)) == []
+    del record["captions"]  # shards precomputed before the record said
+    (out / "text_encoding.json").write_text(json.dumps(record))
+    said = "data.path: its captions were encoded as given, and pixart's pipeline encodes a prompt lower-cased and"
+    with pytest.warns(ConfigWarning, match=said):
+        assert missing_paths(load_config("recipes/tiny_cpu.yaml", recipe)) == []
 
 
 def test_precomputed_text_is_written_whole_or_not_at_all(tmp_path, tiny_t5, mds_env, monkeypatch):

@@ -68,7 +68,9 @@ def test_pixart_captions_are_encoded_as_pixart_sigma_pipeline_encodes_its_prompt
     cfg = load_config("recipes/tiny_cpu.yaml", PIXART)
     conditioner = build_conditioner(cfg, build_teacher("pixart", "debug"))
     t5 = conditioner.encoders["t5"]
-    pipe = PixArtSigmaPipeline(tokenizer=t5.tokenizer, text_encoder=t5.model, vae=None, transformer=None, scheduler=None)
+    pipe = PixArtSigmaPipeline(
+        tokenizer=t5.tokenizer, text_encoder=t5.model, vae=None, transformer=None, scheduler=None
+    )
     captions = ["A Red Circle", "  a seven "]
     cond, null = conditioner({"captions": captions})
     text, mask, neg, neg_mask = pipe.encode_prompt(
