@@ -1,5 +1,6 @@
 """Qwen-Image on the family plug-in: the teacher equals QwenImagePipeline with true CFG (its norm rescaling) and the
-dynamic shift (invariant 5), on the trainer's grid and on the real scheduler's own (shift_terminal) grid; the VAE
+dynamic shift (invariant 5), on the trainer's grid and on the real scheduler's own (shift_terminal) grid, and from
+prompts through the Conditioner's Qwen2.5-VL (captions of different and equal lengths, non-square latents); the VAE
 codec is the pipelines' latent normalisation both ways; the shared student invariants hold (they run for
 'qwen_image' in test_student.py / test_discriminator.py through model_helpers, with a padded caption whose mask must
 be honoured); the KV cache holds text and image keys; the real size builds on meta; bad input is a clear error."""
@@ -11,6 +12,7 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 from diffusers.models.attention_processor import AttnProcessor2_0
 from model_helpers import make_condition
 
+from ard_scale.config import load_config
 from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, dynamic_shift
@@ -21,6 +23,7 @@ from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher, load_teacher
 from ard_scale.models.vae import SIZES as VAE_SIZES
 from ard_scale.models.vae import build_codec
+from ard_scale.trainer.build import build_conditioner
 
 SEEDS, STEPS, CFG = [3, 7, 11], 8, 4.0
 SHAPE = (4, 8, 8)  # debug Qwen-Image: 4 latent channels, 8×8 latent -> 16 packed image tokens
@@ -29,7 +32,13 @@ QWEN_SCHEDULER = dict(
     base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0, shift_terminal=0.02,
     time_shift_type="exponential", use_dynamic_shifting=True,
 )  # fmt: skip
-SHIFT = dynamic_shift(16, base_seq_len=256, max_seq_len=8192, base_shift=0.5, max_shift=0.9)
+
+
+def _shift(image_tokens):
+    return dynamic_shift(image_tokens, base_seq_len=256, max_seq_len=8192, base_shift=0.5, max_shift=0.9)
+
+
+SHIFT = _shift(16)
 
 
 def _rel(a, b):
@@ -52,34 +61,39 @@ def _conditions():
     return cond, null
 
 
-def _pipeline_latents(teacher, cond, null, scheduler_kwargs, sigmas=None):
+def _pipeline_latents(teacher, scheduler_kwargs, *, shape=SHAPE, encoder=None, **inputs):
+    """QwenImagePipeline's final latents, unpacked to (B, C, H, W); given the Conditioner's Qwen2.5-VL `encoder`, the
+    pipeline takes prompts."""
     pipe = QwenImagePipeline(
         transformer=teacher.model, scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_kwargs), vae=None,
-        text_encoder=None, tokenizer=None,
+        text_encoder=getattr(encoder, "model", None), tokenizer=getattr(encoder, "tokenizer", None),
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     packed = pipe(
-        prompt_embeds=cond.text,
-        prompt_embeds_mask=cond.text_mask,
-        negative_prompt_embeds=null.text,
-        negative_prompt_embeds_mask=null.text_mask,
         true_cfg_scale=CFG,
-        latents=pack(draw_noise(SEEDS, SHAPE)),
+        latents=pack(draw_noise(SEEDS, shape)),
         num_inference_steps=STEPS,
-        sigmas=sigmas,
-        height=8 * SHAPE[1],
-        width=8 * SHAPE[2],
+        height=8 * shape[1],
+        width=8 * shape[2],
         output_type="latent",
+        **inputs,
     ).images
-    return unpack(packed, *SHAPE[1:])
+    return unpack(packed, *shape[1:])
 
 
-def _ours(teacher, cond, null, *, shift=SHIFT, cfg=CFG, guide=True, grid=None):
+def _embeds(cond, null):
+    return dict(
+        prompt_embeds=cond.text, prompt_embeds_mask=cond.text_mask,
+        negative_prompt_embeds=null.text, negative_prompt_embeds_mask=null.text_mask,
+    )  # fmt: skip
+
+
+def _ours(teacher, cond, null, *, shift=SHIFT, cfg=CFG, guide=True, grid=None, shape=SHAPE):
     """The teacher trajectory, S=4: on the trainer's grid (K=2 Euler sub-steps, FlowSchedule(shift).grid(8)) or on an
     explicit teacher grid whose every other point is a student time."""
     grids = {"substeps": 2} if grid is None else {"teacher_grid": grid, "student_grid": grid[::2]}
     return teacher_trajectory(
-        teacher, FlowSchedule(shift=shift), cond, null_cond=null, guidance_scale=cfg, latent_shape=SHAPE, seeds=SEEDS,
+        teacher, FlowSchedule(shift=shift), cond, null_cond=null, guidance_scale=cfg, latent_shape=shape, seeds=SEEDS,
         num_student_steps=4, solver="euler", guide=teacher.spec.guide if guide else None, **grids,
     ).final  # fmt: skip
 
@@ -89,7 +103,7 @@ def test_teacher_trajectory_equals_qwen_image_pipeline_latents_on_the_trainer_gr
     text masks honoured. The trainer's grid is QwenImagePipeline's own (sigmas = linspace(1, 1/N, N), shifted by the
     scheduler's mu for 16 image tokens) with the scheduler's final stretch to shift_terminal left off."""
     cond, null = _conditions()
-    ref = _pipeline_latents(qwen, cond, null, {**QWEN_SCHEDULER, "shift_terminal": None})
+    ref = _pipeline_latents(qwen, {**QWEN_SCHEDULER, "shift_terminal": None}, **_embeds(cond, null))
     assert _rel(_ours(qwen, cond, null), ref) <= 1e-5
     # the comparison can fail: another shift, scale, null, mask, or CFG without the norm rescaling is another sampler
     assert _rel(_ours(qwen, cond, null, shift=SHIFT * 1.2), ref) > 1e-3
@@ -104,7 +118,7 @@ def test_teacher_trajectory_equals_the_pipeline_default_with_the_real_scheduler(
     """Qwen-Image's scheduler stretches its sigmas to end at shift_terminal 0.02: that N-step grid nests no coarser
     one, so it is given to the trajectory explicitly (`diffusers_grid`), and the pipeline's default call is matched."""
     cond, null = _conditions()
-    ref = _pipeline_latents(qwen, cond, null, QWEN_SCHEDULER)
+    ref = _pipeline_latents(qwen, QWEN_SCHEDULER, **_embeds(cond, null))
     scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER)
     mu = float(np.log(SHIFT))
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)
@@ -112,6 +126,41 @@ def test_teacher_trajectory_equals_the_pipeline_default_with_the_real_scheduler(
     assert float(grid[-2]) == pytest.approx(0.02) and not torch.allclose(grid, FlowSchedule(shift=SHIFT).grid(STEPS))
     assert _rel(_ours(qwen, cond, null, grid=grid), ref) <= 1e-5
     assert _rel(_ours(qwen, cond, null), ref) > 1e-3  # the trainer's grid is another sampler
+
+
+CAPTIONS = ["a handwritten digit seven", "a zero", "a red circle"]
+EQUAL_LENGTHS = ["a four", "a nine", "a five"]  # 6 tokens each: the pipeline passes no mask
+
+
+@pytest.mark.parametrize(
+    "captions, shape",
+    [
+        pytest.param(CAPTIONS, SHAPE, id="different-lengths"),
+        pytest.param(CAPTIONS, (4, 8, 12), id="non-square"),
+        pytest.param(EQUAL_LENGTHS, SHAPE, id="equal-lengths"),
+    ],
+)
+def test_teacher_trajectory_from_captions_equals_qwen_image_pipeline_called_with_prompts(qwen, captions, shape):
+    """Captions through our Conditioner (the tiny Qwen2.5-VL, padded to qwen_encoder.max_length with a mask, the null
+    " " batched with them) give the latents QwenImagePipeline(prompt=..., negative_prompt=" ") gives (padded to each
+    batch's longest, no mask where all tokens are valid, cond and uncond run separately): fp32, the trainer's grid;
+    non-square latents take the pipeline's img_shapes and μ from their 24 tokens."""
+    cfg = load_config("recipes/tiny_qwen_image_cpu.yaml", ["qwen_encoder.max_length=40"])
+    conditioner = build_conditioner(cfg, qwen)
+    cond, null = conditioner({"captions": captions})
+    lengths = cond.text_mask.sum(1).tolist()
+    assert (len(set(lengths)) == 1) == (captions == EQUAL_LENGTHS)  # the case named
+    ref = _pipeline_latents(
+        qwen, {**QWEN_SCHEDULER, "shift_terminal": None}, shape=shape, encoder=conditioner.encoders["qwen"],
+        prompt=captions, negative_prompt=" ", max_sequence_length=40,
+    )  # fmt: skip
+    shift = _shift(shape[1] * shape[2] // 4)
+    torch.testing.assert_close(_ours(qwen, cond, null, shift=shift, shape=shape), ref, rtol=0, atol=1e-5)
+    # the comparison can fail: attending to the padding is another sampler, and so (non-square) is the shift of 16
+    # tokens, if only just (μ moves by 8 · 0.4 / 7936 between 16 and 24 tokens)
+    assert _rel(_ours(qwen, Condition(text=cond.text), null, shift=shift, shape=shape), ref) > 1e-3
+    if shape != SHAPE:
+        assert _rel(_ours(qwen, cond, null, shape=shape), ref) > 1e-4
 
 
 def test_vae_codec_is_the_pipelines_latent_normalisation(tmp_path):

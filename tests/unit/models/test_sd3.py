@@ -1,5 +1,6 @@
 """SD3 / SD3.5 on the family plug-in: the teacher equals StableDiffusion3Pipeline with true CFG and static shift 3.0
-(invariant 5), the shared student invariants hold (they run for 'sd3' in test_student.py / test_discriminator.py
+(invariant 5), also from prompts through the Conditioner's CLIP-L, CLIP-G and T5 (num_images_per_prompt=2, non-square
+latents), the shared student invariants hold (they run for 'sd3' in test_student.py / test_discriminator.py
 through model_helpers, on a debug transformer with dual attention, qk RMS-norm and a context_pre_only last block),
 the KV cache holds both attentions' keys, real sizes build on meta, and bad input is a clear error."""
 
@@ -10,6 +11,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 from model_helpers import make_condition
 
+from ard_scale.config import load_config
 from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule
@@ -17,6 +19,7 @@ from ard_scale.diffusion.trajectory import diffusers_grid, draw_noise, teacher_t
 from ard_scale.models.families.sd3 import ARDSD3AttnProcessor
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import build_teacher, load_teacher
+from ard_scale.trainer.build import build_conditioner
 
 SEEDS, STEPS, GUIDANCE, SHIFT = [3, 7, 11], 8, 4.5, 3.0
 SHAPE = (4, 8, 8)  # debug SD3: 4 latent channels, 8×8 latent -> 16 image tokens of patch 2
@@ -46,24 +49,30 @@ def test_debug_size_has_the_sd35_features_the_family_handles(sd3):
         assert all(isinstance(a.processor, ARDSD3AttnProcessor) for a in (b.attn, b.attn2) if a is not None)
 
 
-def _pipeline_latents(teacher, cond, null, sigmas=None):
+def _pipeline_latents(teacher, cond=None, null=None, *, shape=SHAPE, seeds=SEEDS, conditioner=None, **inputs):
+    """StableDiffusion3Pipeline's final latents from `cond`'s and `null`'s embeddings or, given the Conditioner (the
+    pipeline then holds its CLIP-L, CLIP-G and T5), from the prompts in `inputs`."""
+    clip_l, clip_g, t5 = (conditioner.encoders[k] for k in ("clip", "clip_2", "t5")) if conditioner else (None,) * 3
     pipe = StableDiffusion3Pipeline(
         transformer=teacher.model, scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=None,
-        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+        text_encoder=getattr(clip_l, "model", None), tokenizer=getattr(clip_l, "tokenizer", None),
+        text_encoder_2=getattr(clip_g, "model", None), tokenizer_2=getattr(clip_g, "tokenizer", None),
+        text_encoder_3=getattr(t5, "model", None), tokenizer_3=getattr(t5, "tokenizer", None),
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
+    if cond is not None:
+        inputs.update(
+            prompt_embeds=cond.text, pooled_prompt_embeds=cond.pooled,
+            negative_prompt_embeds=null.text, negative_pooled_prompt_embeds=null.pooled,
+        )  # fmt: skip
     return pipe(
-        prompt_embeds=cond.text,
-        pooled_prompt_embeds=cond.pooled,
-        negative_prompt_embeds=null.text,
-        negative_pooled_prompt_embeds=null.pooled,
-        latents=draw_noise(SEEDS, SHAPE),
+        latents=draw_noise(seeds, shape),
         guidance_scale=GUIDANCE,
         num_inference_steps=STEPS,
-        sigmas=sigmas,
-        height=8 * SHAPE[1],
-        width=8 * SHAPE[2],
+        height=8 * shape[1],
+        width=8 * shape[2],
         output_type="latent",
+        **inputs,
     ).images
 
 
@@ -75,7 +84,7 @@ def _pipeline_default_grid(shift):
     return diffusers_grid(scheduler)[1]
 
 
-def _ours(teacher, cond, null, guidance=GUIDANCE, shift=SHIFT, pipeline_default=False):
+def _ours(teacher, cond, null, guidance=GUIDANCE, shift=SHIFT, pipeline_default=False, shape=SHAPE, seeds=SEEDS):
     """The teacher trajectory, S=4 student steps: on the trainer's grid, K=2 Euler sub-steps per student step
     (FlowSchedule(shift).grid(8) = shift(k/8)), or on the pipeline's default grid, every other point the student's."""
     if pipeline_default:
@@ -84,8 +93,8 @@ def _ours(teacher, cond, null, guidance=GUIDANCE, shift=SHIFT, pipeline_default=
     else:
         grid = {"substeps": 2}
     return teacher_trajectory(
-        teacher, FlowSchedule(shift=shift), cond, null_cond=null, guidance_scale=guidance, latent_shape=SHAPE,
-        seeds=SEEDS, num_student_steps=4, solver="euler", **grid,
+        teacher, FlowSchedule(shift=shift), cond, null_cond=null, guidance_scale=guidance, latent_shape=shape,
+        seeds=seeds, num_student_steps=4, solver="euler", **grid,
     ).final  # fmt: skip
 
 
@@ -107,6 +116,26 @@ def test_teacher_trajectory_equals_stable_diffusion_3_pipeline_latents(sd3, pipe
     assert _rel(ours(guidance=GUIDANCE * 0.8), ref) > 1e-3
     assert _rel(ours(null=make_condition("sd3", len(SEEDS), seed=2)), ref) > 1e-3
     assert not torch.allclose(_pipeline_default_grid(SHIFT), FlowSchedule(shift=SHIFT).grid(STEPS))  # two grids
+
+
+def test_teacher_trajectory_from_captions_equals_stable_diffusion_3_pipeline_called_with_prompts(sd3):
+    """Captions through our Conditioner (tiny CLIP-L, CLIP-G and T5; null = the encoded "") give the latents
+    StableDiffusion3Pipeline gives for the same prompts with num_images_per_prompt=2 on non-square 8×12 latents (its
+    positional table cropped to 4×6 patches): our batch is each caption repeated in place, one seed per image (fp32,
+    the trainer's grid)."""
+    overrides = ["pooled_encoder.max_length=77", "pooled_encoder_2.max_length=77"]  # the pipeline pads CLIP to 77
+    cfg = load_config("recipes/tiny_sd3_cpu.yaml", overrides)
+    conditioner = build_conditioner(cfg, sd3)
+    captions, seeds, shape = ["a handwritten digit seven", "a zero"], [3, 7, 11, 13], (4, 8, 12)
+    ref = _pipeline_latents(
+        sd3, shape=shape, seeds=seeds, conditioner=conditioner, prompt=captions, num_images_per_prompt=2,
+        sigmas=np.linspace(1.0, 1 / STEPS, STEPS).tolist(), max_sequence_length=cfg.text_encoder.max_length,
+    )  # fmt: skip
+    cond, null = conditioner({"captions": [captions[0], captions[0], captions[1], captions[1]]})
+    torch.testing.assert_close(_ours(sd3, cond, null, shape=shape, seeds=seeds), ref, rtol=0, atol=1e-5)
+    # the comparison can fail: the captions repeated as a whole batch pair other seeds with them
+    swapped, _ = conditioner({"captions": captions * 2})
+    assert _rel(_ours(sd3, swapped, null, shape=shape, seeds=seeds), ref) > 1e-3
 
 
 def test_kv_cache_holds_each_groups_joint_and_image_only_keys(sd3):
