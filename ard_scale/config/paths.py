@@ -170,6 +170,14 @@ def missing_paths(cfg) -> list[str]:
         need("data.trajectory_path", cfg.data.trajectory_path, "a dump of launchers/dump_trajectories.py")
     if cfg.gan.enabled:
         need("gan.init_from", cfg.gan.init_from, "the run directory of a trained regression run")
+        init, run = cfg.gan.init_from, cfg.checkpoint.run_dir
+        if init is not None and not is_remote(init) and os.path.realpath(init) == os.path.realpath(run):
+            # resuming the regression run's own checkpoints as the GAN stage: retention would delete them
+            out.append(
+                f"gan.init_from: {init!r} is this run's own checkpoint.run_dir; the GAN stage starts from that run "
+                "into a folder of its own (its checkpoints would replace the regression run's): give it another "
+                "checkpoint.run_dir, e.g. checkpoint.run_dir=RUN_gan"
+            )
     if cfg.eval.every is not None:
         ev = cfg.eval
         need("eval.fid_inception_path", ev.fid_inception_path, "pt_inception-2015-12-05 weights", folder=False)

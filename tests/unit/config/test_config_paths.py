@@ -202,3 +202,14 @@ def test_shards_the_readers_would_refuse_are_named_before_launch(tmp_path):
     assert data_problems(mds, "mds") == [
         f"data.path: MDS shard '{mds / 'shard.00001.mds'}' listed in {mds / 'index.json'} is missing; rebuild"
     ]
+
+
+def test_a_gan_stage_started_from_its_own_run_dir_is_refused(tmp_path):
+    """A GAN stage whose gan.init_from is its own checkpoint.run_dir would resume the regression run's checkpoints
+    and let retention delete them; the recipe check names it with the fix."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    gan = ["gan.enabled=true", "gan.warmup_steps=1", "train.max_steps=3", f"gan.init_from={run}"]
+    same = missing_paths(load_config("recipes/tiny_cpu.yaml", [*gan, f"checkpoint.run_dir={run}/"]))
+    assert any(p.startswith("gan.init_from:") and "checkpoint.run_dir" in p for p in same), same
+    assert missing_paths(load_config("recipes/tiny_cpu.yaml", [*gan, f"checkpoint.run_dir={tmp_path / 'gan'}"])) == []
