@@ -259,7 +259,14 @@ class ARDPipeline:
         C, h, w = self.student.latent_shape or (self.student.in_channels, side, side)
         down = getattr(self.codec, "downsample", 1)
         if height is not None or width is not None:
-            h, w = (height or h * down) // down, (width or w * down) // down
+            for name, side in (("height", height), ("width", width)):
+                if side is not None and (side <= 0 or side % down):
+                    raise ValueError(
+                        f"{name}={side}: must be a positive multiple of the VAE's downsampling ({down} px); this "
+                        f"student was trained at {self.index.get('ard', {}).get('resolution')} px"
+                    )
+            h = h if height is None else height // down
+            w = w if width is None else width // down
             if h != w:
                 raise ValueError(f"height and width must be equal (square latents), got {height}×{width}")
             self.student.family.check_latent_side(self.student.backbone, h)
