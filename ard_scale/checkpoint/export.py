@@ -63,12 +63,22 @@ LORA_PREFIX = "transformer"  # the key prefix diffusers' pipelines give a transf
 
 
 def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
-    if tag is not None:
-        return tag
-    latest = ckpt_dir / LATEST
-    if not latest.is_file():
-        raise ValueError(f"{latest} does not exist: no complete checkpoint to export (pass a run directory)")
-    return latest.read_text(encoding="utf-8").strip()
+    """`tag`, or the one `latest` names; refused unless its folder exists (naming the checkpoints there)."""
+    if tag is None:
+        latest = ckpt_dir / LATEST
+        if not latest.is_file():
+            raise ValueError(f"{latest} does not exist: no complete checkpoint to export (pass a run directory)")
+        tag = latest.read_text(encoding="utf-8").strip()
+        named = f"{latest} names {tag!r}, but"
+    else:
+        named = f"checkpoint tag {tag!r}:"
+    if not (ckpt_dir / tag).is_dir():
+        there = sorted(p.name for p in ckpt_dir.glob("step_*") if (p / META).is_file())  # complete ones
+        raise ValueError(
+            f"{named} {ckpt_dir / tag} does not exist; checkpoints there: {', '.join(there) or 'none'} "
+            "(choose one with --tag)"
+        )
+    return tag
 
 
 def _client_state(tag_dir: Path) -> dict:

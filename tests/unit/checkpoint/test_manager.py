@@ -267,3 +267,19 @@ def test_resume_refuses_a_checkpoint_without_a_required_piece(tmp_path, cfg):
     with pytest.raises(ValueError, match=r"holds no state for ema .*start a new run"):
         later.resume(engine)
     assert (progress.value, heads.value, ema.value) == (0, 11, 12)
+
+
+def test_export_of_a_checkpoint_that_is_not_there_names_the_ones_that_are(tmp_path):
+    """`latest` naming a deleted folder, or a mistyped --tag, is named as such (not as a missing config.yaml)."""
+    from ard_scale.checkpoint.export import resolve_tag
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "step_00000002").mkdir(parents=True)
+    (ckpt / "step_00000002" / META).write_text("{}")
+    (ckpt / "step_00000003").mkdir()  # a save that failed: no marker, not offered
+    (ckpt / "latest").write_text("step_00000004")
+    with pytest.raises(ValueError, match=r"latest names 'step_00000004'.*checkpoints there: step_00000002 \("):
+        resolve_tag(ckpt, None)
+    with pytest.raises(ValueError, match=r"tag 'step_2'.*does not exist; checkpoints there: step_00000002"):
+        resolve_tag(ckpt, "step_2")
+    assert resolve_tag(ckpt, "step_00000002") == "step_00000002"
