@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ard_scale.config import ConfigError, ConfigWarning, load_config  # noqa: E402
 from ard_scale.config.paths import check_paths  # noqa: E402
+from ard_scale.errors import UserError  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -45,15 +46,15 @@ def main(argv=None) -> None:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    from ard_scale.checkpoint import CheckpointSaveError, RunDirInUse
     from ard_scale.distributed.engines import finish_process
     from ard_scale.trainer.loop import train
 
     try:
         train(cfg)
-    # a recipe problem found once the data or models are open (train.max_steps beyond data.num_epochs), a full disk,
-    # a second run in the folder: nothing is lost. Said once when every rank found it, else by the rank that did.
-    except (ConfigError, CheckpointSaveError, RunDirInUse) as e:
+    # a refusal found once the data or models are open (a recipe that does not fit the checkpoint or the teacher, a
+    # full disk, a second run in the folder, NaN losses): nothing is lost. Said once when every rank found it, else by
+    # the rank that did; anything else is a bug and keeps its traceback.
+    except UserError as e:
         if not e.every_rank or rank == 0:
             print(f"error: {e}", file=sys.stderr)
         finish_process(1)

@@ -52,6 +52,7 @@ from ard_scale.checkpoint.layout import (
 from ard_scale.checkpoint.safe_load import CONFIG, META, file_digest, read_meta, safe_load, tag_problems, verify_dir
 from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
 from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
+from ard_scale.errors import UserError
 from ard_scale.utils.folders import size_text
 
 _CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
@@ -65,13 +66,9 @@ def _make_room(latest: str | None) -> str:
     )
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(UserError, RuntimeError):
     """A checkpoint could not be saved; the run stops with its earlier checkpoints intact. `every_rank`: every rank
     raises the same one (one of them need say it), else only the rank that failed."""
-
-    def __init__(self, message: str, *, every_rank: bool) -> None:
-        super().__init__(message)
-        self.every_rank = every_rank
 
 
 def _rank_world() -> tuple[int, int]:
@@ -345,10 +342,11 @@ class CheckpointManager:
         if self.allow_recipe_change:
             warnings.warn(f"resuming {tag} under a changed recipe ({listing})", stacklevel=3)
             return
-        raise ValueError(
+        raise UserError(
             f"checkpoint {self.dir / tag} was written with a different recipe; differing keys: {listing}. "
             "Resume it anyway with the override checkpoint.allow_recipe_change=true, or start a new run in another "
-            "checkpoint.run_dir"
+            "checkpoint.run_dir",
+            every_rank=True,
         )
 
     def tag_problems(self, tag: str) -> list[str]:
@@ -373,9 +371,10 @@ class CheckpointManager:
                 break
             skipped.append(f"{candidate} ({'; '.join(problems)})")
         else:
-            raise ValueError(
+            raise UserError(
                 f"no intact checkpoint to resume in {self.dir}: " + " | ".join(skipped) + ". Restore the damaged "
-                f"files, or move {self.dir} away to start the run over"
+                f"files, or move {self.dir} away to start the run over",
+                every_rank=True,  # tag_problems is gathered: every rank has the same list
             )
         if skipped:
             warnings.warn(
@@ -414,13 +413,18 @@ class CheckpointManager:
             verify_dir(self.dir / load_tag, checksums=False)  # its marker is its source's: planted objects only
         else:
             load_tag = tag
-            if meta["world_size"] != world or not rank_file(self.dir / tag, rank).is_file():
-                raise ValueError(
-                    f"checkpoint {self.dir / tag} was written by {meta['world_size']} ranks and this run has {world} "
-                    f"(no {rank_file(self.dir / tag, rank).name} for rank {rank}). To resume on a new number of "
-                    f"ranks, convert it once with `python -m ard_scale.checkpoint.universal {self.run_dir}` "
-                    "(ard_scale.checkpoint.to_universal) and build the engine with "
-                    "CheckpointManager.resume_ds_config(ds_config), which sets checkpoint.load_universal=true"
+            if meta["world_size"] != world:  # the trainer loads a conversion itself (`resume_ds_config`)
+                raise UserError(
+                    f"checkpoint {self.dir / tag} was written by {meta['world_size']} ranks and this run has {world}. "
+                    f"To resume it on {world}, convert it once with `python -m ard_scale.checkpoint.universal "
+                    f"{self.run_dir}`, then rerun the same command: it loads the converted checkpoint (in your own "
+                    "loop: build the engine with CheckpointManager.resume_ds_config(ds_config))",
+                    every_rank=True,
+                )
+            if not rank_file(self.dir / tag, rank).is_file():
+                raise UserError(
+                    f"checkpoint {self.dir / tag} has no {rank_file(self.dir / tag, rank).name} for rank {rank}: it "
+                    "is damaged (restore the file, or remove the checkpoint to resume from an older one)"
                 )
         check_student_kind(meta.get("student"), engine.module, self.dir / tag)
         load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)

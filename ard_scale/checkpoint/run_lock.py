@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from ard_scale.errors import UserError
+
 LOCK_FILE = ".ard_run.lock"
 _held: dict[Path, int] = {}  # run directory -> the descriptor that holds its lock, for the life of the process
 
 
-class RunDirInUse(RuntimeError):
+class RunDirInUse(UserError, RuntimeError):
     """Another run holds this run directory. Every rank raises it (`every_rank`), with the same message."""
-
-    every_rank = True
 
 
 def _holder(fd: int) -> str:
@@ -76,4 +76,4 @@ def lock_run_dir(run_dir: str | Path, rank: int) -> None:
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(problem, src=0)
     if problem[0] is not None:
-        raise RunDirInUse(problem[0])
+        raise RunDirInUse(problem[0], every_rank=True)

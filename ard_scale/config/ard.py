@@ -110,12 +110,18 @@ class ARDConfig:
             out.append(f"output: unknown {self.output!r} (choose one of {', '.join(OUTPUT_KINDS)})")
         return out
 
+    def depth_problem(self, depth: int) -> str | None:
+        """What is wrong with num_causal_layers for a teacher of `depth` blocks, None if nothing."""
+        if self.num_causal_layers <= depth:
+            return None
+        return (
+            f"num_causal_layers: N={self.num_causal_layers} is larger than the teacher's depth ({depth} blocks); "
+            f"use 0 <= N <= {depth}"
+        )
+
     def validate(self, *, depth: int | None = None) -> None:
         problems = self.problems()
-        if depth is not None and self.num_causal_layers > depth:
-            problems.append(
-                f"num_causal_layers: N={self.num_causal_layers} is larger than the teacher's depth ({depth} blocks); "
-                f"use 0 <= N <= {depth}"
-            )
+        if depth is not None and self.depth_problem(depth) is not None:
+            problems.append(self.depth_problem(depth))
         if problems:
             raise ValueError("invalid ARD settings:\n  " + "\n  ".join(problems))

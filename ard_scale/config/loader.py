@@ -33,6 +33,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ard_scale.errors import UserError
+
 T = TypeVar("T")
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -41,18 +43,17 @@ _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _MISSING = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A recipe or override a user got wrong; `.problems` holds one 'dotted.key: what is wrong' line per problem.
     `every_rank`: raised by a check every rank of a run makes alike (one rank need say it)."""
 
     def __init__(self, source: str, problems: Sequence[str], *, every_rank: bool = False):
         self.source = source
         self.problems = list(problems)
-        self.every_rank = every_rank
         n = len(self.problems)
         lines = [f"invalid config {source}: {n} problem{'s' if n != 1 else ''}"]
         lines += [f"  - {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines), every_rank=every_rank)
 
 
 @dataclasses.dataclass(frozen=True)

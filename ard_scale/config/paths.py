@@ -189,7 +189,10 @@ def missing_paths(cfg) -> list[str]:
 
 
 def check_paths(cfg, *, source: str = "recipe") -> None:
-    """Raise one ConfigError naming every missing path of `cfg`."""
-    missing = missing_paths(cfg)
-    if missing:
-        raise ConfigError(source, missing)
+    """Raise one ConfigError naming every missing path of `cfg`, or else every setting its teacher's architecture
+    refuses (`teacher_fit`)."""
+    from ard_scale.config.teacher_fit import fit_problems
+
+    problems = missing_paths(cfg) or fit_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)

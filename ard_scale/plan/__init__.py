@@ -38,7 +38,8 @@ import dataclasses
 
 import torch
 
-from ard_scale.config import RootConfig
+from ard_scale.config import ConfigError, RootConfig
+from ard_scale.config.teacher_fit import teacher_problems
 from ard_scale.models.flex import resolve_attention
 from ard_scale.models.student import ARDStudent
 from ard_scale.plan import budget
@@ -47,6 +48,7 @@ from ard_scale.plan.meta import (
     T5_XXL,
     build_schedule,
     example_inputs,
+    latent_side,
     meta_qwen_encoder,
     meta_teacher,
     meta_text_encoder,
@@ -61,6 +63,9 @@ def measure(cfg: RootConfig) -> tuple[Measured, str]:
     micro batch, and the text encoders' passes; and the history-attention kernel the student was planned with."""
     dtype, B, S = DTYPES[cfg.train.precision], cfg.data.batch_size, cfg.student.num_steps
     teacher, teacher_source = meta_teacher(cfg)
+    refused = teacher_problems(cfg, teacher, latent_side(cfg))  # what training would refuse is not planned
+    if refused:
+        raise ConfigError("recipe", refused)
     # a guidance-distilled teacher (FLUX.1-dev) embeds the scale: one forward per solver evaluation, no CFG pass
     guided = cfg.diffusion.guidance_scale != 1 and teacher.spec.guidance == "cfg"
     t5, t5_source = meta_text_encoder(cfg)

@@ -24,6 +24,7 @@ from ard_scale.data.samples import SkipCounter
 from ard_scale.distributed.collectives import sum_counts_over_ranks, sum_over_ranks
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed
+from ard_scale.errors import UserError
 from ard_scale.evaluation.plots import plot_metrics
 from ard_scale.trainer.build import build_run
 from ard_scale.trainer.evaluate import build_loop_evaluation
@@ -286,15 +287,17 @@ def watch_divergence(cfg: RootConfig, watch: DivergenceWatch, step: int, metrics
 def raise_if_unhealthy(progress: Progress, run_dir: Path, *, too_many_nan: bool, diverged: bool) -> None:
     """After the checkpoint of the step was saved: stop with the error that names the cause and the fix."""
     step = progress.step
-    if too_many_nan:
-        raise FloatingPointError(
+    if too_many_nan:  # both decisions are every rank's alike (the NaN flag is any rank's, the losses are averaged)
+        raise UserError(
             f"the loss was NaN/Inf for {progress.nan_streak} steps in a row (up to step {step}); a checkpoint was "
-            f"saved in {run_dir}. Lower train.lr, check the data and teacher, or raise train.max_consecutive_nan"
+            f"saved in {run_dir}. Lower train.lr, check the data and teacher, or raise train.max_consecutive_nan",
+            every_rank=True,
         )
     if diverged:
-        raise RuntimeError(
+        raise UserError(
             f"gan.stop_on_divergence: stopped at step {step} with a checkpoint in {run_dir} (see the warning "
-            "above for the numbers and what to change)"
+            "above for the numbers and what to change)",
+            every_rank=True,
         )
 
 

@@ -90,7 +90,7 @@ def test_nan_losses_are_skipped_then_stop_with_a_checkpoint_and_a_clear_error(tm
         "checkpoint.every=100",
     )
     assert proc.returncode != 0
-    assert "NaN/Inf for 2 steps in a row" in proc.stderr
+    said_once(proc, "error: the loss was NaN/Inf for 2 steps in a row")
     logged = metrics(run_dir)  # parse_constant refuses NaN/Infinity: strict JSON
     assert logged[-1]["nan_skips"] >= 2 and logged[-1]["nan"]
     # here the gradient norm overflows while the loss is still finite: logged as null (was Infinity, not JSON), and
@@ -99,6 +99,22 @@ def test_nan_losses_are_skipped_then_stop_with_a_checkpoint_and_a_clear_error(tm
     stopped_at = logged[-1]["step"]
     assert stopped_at < 12
     assert (run_dir / "checkpoints" / "latest").read_text().strip().endswith(f"{stopped_at:08d}")
+
+    # the refusals of a resume are one line too: another recipe, another number of ranks
+    changed = train(run_dir, "train.max_steps=12", "train.lr=0.5", "train.grad_clip=null", "checkpoint.every=100")
+    said_once(changed, "was written with a different recipe; differing keys: train.lr: 1.0 -> 0.5")
+    fewer = train(run_dir, "train.max_steps=12", "train.lr=1.0", "train.grad_clip=null",
+                  "train.max_consecutive_nan=2", "checkpoint.every=100", world=1)  # fmt: skip
+    said_once(fewer, "was written by 2 ranks and this run has 1. To resume it on 1, convert it once with")
+    assert "then rerun the same command" in fewer.stderr
+
+
+def said_once(proc: subprocess.CompletedProcess, message: str) -> None:
+    """The launch failed with `message` on one `error:` line and no traceback from the ranks (torchrun's agent adds
+    its own ChildFailedError summary for any failed rank)."""
+    assert proc.returncode != 0
+    assert proc.stderr.count(message) == 1, proc.stderr[-3000:]
+    assert re.search(r'File "[^"]*(ard_scale|launchers)/', proc.stderr) is None, proc.stderr[-3000:]
 
 
 def test_every_missing_path_of_a_recipe_is_one_error_printed_once_before_anything_is_built(tmp_path):

@@ -1,0 +1,48 @@
+"""The recipe check refuses, before any rank builds a model, what the teacher's architecture would refuse once the
+engines are up: student.num_causal_layers beyond its depth, gan.layers it lacks, a data.resolution its fixed
+positional embedding does not take (read from teacher.size or teacher.path's config.json, on meta). The planner
+refuses the same."""
+
+import pytest
+
+from ard_scale.config import ConfigError, load_config
+from ard_scale.config.paths import check_paths
+from ard_scale.plan import plan
+from ard_scale.utils.launch import ROOT
+
+RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"  # the debug DiT: 4 blocks, 8×8 latents at 32 px
+
+
+def problems(*overrides):
+    try:
+        check_paths(load_config(RECIPE, list(overrides)))
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def test_the_recipe_check_names_what_the_teachers_architecture_refuses():
+    assert problems() == [] and problems("student.num_causal_layers=4") == []
+    assert problems("student.num_causal_layers=9") == [
+        "student.num_causal_layers: N=9 is larger than the teacher's depth (4 blocks); use 0 <= N <= 4"
+    ]
+    gan = ("gan.enabled=true", "gan.warmup_steps=1")
+    assert problems(*gan, "gan.layers=[0,3]") == []
+    assert problems(*gan, "gan.layers=[0,7]") == ["gan.layers: [0, 7], but the teacher has blocks 0..3"]
+    [resolution] = problems("data.resolution=64")
+    assert resolution.startswith("data.resolution gives 16×16 latents, but this dit teacher takes 8×8")
+
+
+def test_the_architecture_comes_from_the_teacher_folder_too(tmp_path):
+    from ard_scale.models.teachers import build_teacher
+
+    build_teacher("dit", "debug").model.save_pretrained(tmp_path / "teacher")  # the same network, as a folder
+    folder = [f"teacher.path={tmp_path / 'teacher'}", "teacher.size=null"]
+    assert problems(*folder) == []
+    assert problems(*folder, "student.num_causal_layers=5")[0].startswith("student.num_causal_layers: N=5")
+
+
+def test_the_planner_refuses_what_training_would():
+    cfg = load_config(RECIPE, ["data.resolution=64"])
+    with pytest.raises(ConfigError, match="data.resolution gives 16×16 latents, but this dit teacher takes 8×8"):
+        plan(cfg, 8, 80.0)
