@@ -1,5 +1,6 @@
-"""What the teacher's architecture refuses of a recipe, found before anything is built: a student.num_causal_layers
-beyond its depth, gan.layers it does not have, a data.resolution its fixed positional embedding does not take.
+"""What the teacher's architecture refuses of a recipe, found before anything is built: a teacher folder of another
+family, a student.num_causal_layers beyond its depth, gan.layers it does not have, a data.resolution its fixed
+positional embedding does not take.
 
 `python -m ard_scale.config`, launchers/train.py (through `check_paths`) and the planner ask it; the trainer's own
 checks (`ARDConfig.validate`, `Family.check_latent_side`, the GAN backbone) would otherwise find these only after the
@@ -28,12 +29,15 @@ def teacher_problems(cfg, teacher, side: int) -> list[str]:
 def fit_problems(cfg) -> list[str]:
     """`teacher_problems` of the recipe's teacher, built on meta from teacher.size or teacher.path's config.json and
     the VAE's config; [] where those are not on this machine (`missing_paths` says so)."""
+    from ard_scale.models.teachers import other_family
     from ard_scale.models.vae import vae_downsample
     from ard_scale.plan.meta import meta_teacher
 
     if cfg.teacher.size is None and cfg.teacher.path is None:
         return []
     try:
+        if cfg.teacher.path is not None and (problem := other_family(cfg.teacher.path, cfg.teacher.family)):
+            return [problem]
         teacher, _ = meta_teacher(cfg)
         side = cfg.data.resolution // vae_downsample(size=cfg.vae.size, path=cfg.vae.path)
     except (ValueError, OSError):  # a folder missing_paths reports, or a size the recipe check names

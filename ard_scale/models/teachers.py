@@ -161,15 +161,24 @@ def family_of_folder(path: str | Path) -> type[Family]:
     return spec
 
 
+def other_family(path: str | Path, family: str) -> str | None:
+    """What is wrong with teacher folder `path` for the recipe's `teacher.family`: None when it holds that family's
+    model (read from its config, no weights loaded)."""
+    spec = family_of_folder(path)
+    if spec.name == family:
+        return None
+    return (
+        f"teacher.path {path} holds a {spec.model_class_name} (family {spec.name!r}), but the recipe says "
+        f"teacher.family={family!r}; set teacher.family={spec.name} or point teacher.path at a {family} model"
+    )
+
+
 def load_teacher(path: str | Path, *, dtype: torch.dtype = torch.float32, family: str | None = None) -> Teacher:
     """Load a teacher from a local diffusers folder (the model folder, or a pipeline folder with `transformer/`).
     With `family` given (the recipe's `teacher.family`), a folder holding another family's model is an error."""
     spec = family_of_folder(path)
-    if family is not None and spec.name != family:
-        raise ValueError(
-            f"teacher.path {path} holds a {spec.model_class.__name__} (family {spec.name!r}), but the recipe says "
-            f"teacher.family={family!r}; set teacher.family={spec.name} or point teacher.path at a {family} model"
-        )
+    if family is not None and (problem := other_family(path, family)) is not None:
+        raise ValueError(problem)
     model = spec.model_class.from_pretrained(model_folder(path), torch_dtype=dtype)
     return Teacher(model).eval().requires_grad_(False)
 

@@ -40,6 +40,11 @@ def test_the_architecture_comes_from_the_teacher_folder_too(tmp_path):
     folder = [f"teacher.path={tmp_path / 'teacher'}", "teacher.size=null"]
     assert problems(*folder) == []
     assert problems(*folder, "student.num_causal_layers=5")[0].startswith("student.num_causal_layers: N=5")
+    build_teacher("pixart", "debug").model.save_pretrained(tmp_path / "pixart")  # another family's network
+    assert problems(f"teacher.path={tmp_path / 'pixart'}", "teacher.size=null") == [
+        f"teacher.path {tmp_path / 'pixart'} holds a PixArtTransformer2DModel (family 'pixart'), but the recipe says "
+        "teacher.family='dit'; set teacher.family=pixart or point teacher.path at a dit model"
+    ]
 
 
 def test_the_planner_refuses_what_training_would():
