@@ -133,7 +133,7 @@ class CheckpointManager:
         self, run_dir: str | Path, *, keep_last: int, config_dict: Any, allow_recipe_change: bool = False
     ) -> None:
         if keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1 (checkpoint.keep_last), got {keep_last}")
+            raise UserError(f"keep_last must be >= 1 (checkpoint.keep_last), got {keep_last}")
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / "checkpoints"
         self.keep_last = keep_last
@@ -179,7 +179,7 @@ class CheckpointManager:
         """Save `obj.state_dict()` under `name` at every `save_tracked`, and load it back in `resume`. `per_rank`:
         the state is this rank's own (data position, RNG, EMA shard); otherwise it is the same on every rank."""
         if name in self.tracked or name in _CLIENT_KEYS:
-            raise ValueError(f"checkpoint state name {name!r} is taken; track each piece once under its own name")
+            raise UserError(f"checkpoint state name {name!r} is taken; track each piece once under its own name")
         self.tracked[name] = Tracked(obj, per_rank, optional)
 
     def save_tracked(self, engine, step: int) -> None:
@@ -198,7 +198,7 @@ class CheckpointManager:
         sources = {n: rank_state if t.per_rank else client for n, t in self.tracked.items()}
         missing = [n for n, src in sources.items() if src is not None and n not in src and not self.tracked[n].optional]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint {self.dir / self.loaded_tag} holds no state for {', '.join(missing)} (it has "
                 f"{', '.join(sorted(client))} and per rank {', '.join(sorted(rank_state or {}))}): it was written by "
                 "another version of ard_scale or another kind of run. Resume it with the version that wrote it, or "
@@ -216,13 +216,13 @@ class CheckpointManager:
         `client_state` (global, identical on every rank) is stored by DeepSpeed; `rank_state` (this rank's own) in
         `rank_{r:05d}.pt`. `latest` moves to the new tag only after every rank has written everything."""
         if getattr(engine, "optimizer", None) is None:
-            raise ValueError(
+            raise UserError(
                 "refusing to checkpoint an engine without an optimizer: only the student is saved (the frozen "
                 "teacher and T5 are rebuilt from the recipe)"
             )
         clash = sorted(set(client_state) & set(_CLIENT_KEYS))
         if clash:
-            raise ValueError(f"client_state keys {clash} are reserved by the checkpoint manager; rename them")
+            raise UserError(f"client_state keys {clash} are reserved by the checkpoint manager; rename them")
         rank, world = _rank_world()
         tag = tag_of(step)
         tag_dir = self.dir / tag
@@ -406,7 +406,7 @@ class CheckpointManager:
         if universal:
             load_tag = tag + UNIVERSAL_SUFFIX
             if not (self.dir / load_tag).is_dir():
-                raise ValueError(
+                raise UserError(
                     f"the engine loads universal checkpoints but {self.dir / load_tag} does not exist; convert with "
                     f"`python -m ard_scale.checkpoint.universal {self.run_dir}` first"
                 )

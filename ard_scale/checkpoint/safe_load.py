@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from ard_scale.errors import UserError
+
 META = "ard_checkpoint.json"
 CONFIG = "config.yaml"
 CHECKSUM = "crc32"
@@ -49,7 +51,7 @@ def safe_load(path: str | Path, map_location="cpu"):
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         reason = next((line for line in lines if "Unsupported global" in line), lines[-1])  # names the class
-        raise ValueError(
+        raise UserError(
             f"refusing to load checkpoint file {path}: it is not a plain tensor checkpoint ard_scale or DeepSpeed "
             f"writes (damaged, or it holds objects that would run code when unpickled): {reason[:300]}"
         ) from e
@@ -72,13 +74,13 @@ def read_meta(tag_dir: str | Path) -> dict:
     """The tag's completion marker; a missing or unreadable one is a ValueError naming it."""
     path = Path(tag_dir) / META
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: the checkpoint is incomplete (a save that did not finish)")
+        raise UserError(f"{path} does not exist: the checkpoint is incomplete (a save that did not finish)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e}): the completion marker is damaged") from e
+        raise UserError(f"{path} is not readable JSON ({e}): the completion marker is damaged") from e
     if not isinstance(meta, dict) or not isinstance(meta.get("world_size"), int):
-        raise ValueError(f"{path} is not an ard_scale completion marker (no integer 'world_size'): it is damaged")
+        raise UserError(f"{path} is not an ard_scale completion marker (no integer 'world_size'): it is damaged")
     return meta
 
 
@@ -145,4 +147,4 @@ def verify_dir(tag_dir: str | Path, *, checksums: bool = True) -> None:
     else:
         problems = [p for p in map(lambda f: _file_problem(f, None), sorted(Path(tag_dir).rglob("*.pt"))) if p]
     if problems:
-        raise ValueError(f"checkpoint {tag_dir} is damaged or unsafe: " + "; ".join(problems))
+        raise UserError(f"checkpoint {tag_dir} is damaged or unsafe: " + "; ".join(problems))

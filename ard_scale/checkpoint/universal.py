@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ard_scale.checkpoint.layout import LATEST, UNIVERSAL_SUFFIX, atomic_write_text
 from ard_scale.checkpoint.safe_load import CONFIG, META, verify_dir
+from ard_scale.errors import UserError
 
 
 def to_universal(run_dir: str | Path, tag: str | None = None) -> Path:
@@ -29,11 +30,11 @@ def to_universal(run_dir: str | Path, tag: str | None = None) -> Path:
     if tag is None:
         latest = ckpt_dir / LATEST
         if not latest.is_file():
-            raise ValueError(f"{latest} does not exist: {run_dir} has no complete checkpoint to convert")
+            raise UserError(f"{latest} does not exist: {run_dir} has no complete checkpoint to convert")
         tag = latest.read_text(encoding="utf-8").strip()
     src = ckpt_dir / tag
     if not (src / META).is_file():
-        raise ValueError(f"{src} is not a complete checkpoint (no {META}); convert a tag that `latest` has named")
+        raise UserError(f"{src} is not a complete checkpoint (no {META}); convert a tag that `latest` has named")
     verify_dir(src)  # ds_to_universal unpickles with weights_only=False: refuse planted objects first
     out = ckpt_dir / (tag + UNIVERSAL_SUFFIX)
     tmp = ckpt_dir / (tag + UNIVERSAL_SUFFIX + ".tmp")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ard_scale.config.loader import Range
+from ard_scale.errors import UserError
 
 MaskKind = Literal["diagonal", "window", "first", "causal"]
 MASK_KINDS: tuple[str, ...] = ("diagonal", "window", "first", "causal")
@@ -124,4 +125,4 @@ class ARDConfig:
         if depth is not None and self.depth_problem(depth) is not None:
             problems.append(self.depth_problem(depth))
         if problems:
-            raise ValueError("invalid ARD settings:\n  " + "\n  ".join(problems))
+            raise UserError("invalid ARD settings:\n  " + "\n  ".join(problems), every_rank=True)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ard_scale.errors import UserError
+
 
 @dataclass
 class Condition:
@@ -27,11 +29,11 @@ class Condition:
 
     def __post_init__(self):
         if (self.labels is None) == (self.text is None):
-            raise ValueError("a Condition needs exactly one of `labels` (class-conditional) or `text` (T5 embeddings)")
+            raise UserError("a Condition needs exactly one of `labels` (class-conditional) or `text` (T5 embeddings)")
         if self.text_mask is not None and self.text is None:
-            raise ValueError("`text_mask` given without `text`")
+            raise UserError("`text_mask` given without `text`")
         if self.pooled is not None and self.text is None:
-            raise ValueError("`pooled` given without `text`")
+            raise UserError("`pooled` given without `text`")
 
     @property
     def batch_size(self) -> int:

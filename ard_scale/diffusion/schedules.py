@@ -18,6 +18,8 @@ from typing import Literal
 
 import torch
 
+from ard_scale.errors import UserError
+
 VPPrediction = Literal["epsilon", "v_prediction"]
 CLEAN_T = -1.0
 
@@ -39,7 +41,7 @@ class VPSchedule:
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unknown VP prediction_type {self.prediction_type!r}; choose 'epsilon' or 'v_prediction'")
+            raise UserError(f"unknown VP prediction_type {self.prediction_type!r}; choose 'epsilon' or 'v_prediction'")
 
     @property
     def t_max(self) -> float:
@@ -90,9 +92,9 @@ class FlowSchedule:
 
     def __post_init__(self):
         if self.prediction_type != "flow":
-            raise ValueError(f"unknown flow-matching prediction_type {self.prediction_type!r}; the only one is 'flow'")
+            raise UserError(f"unknown flow-matching prediction_type {self.prediction_type!r}; the only one is 'flow'")
         if not self.shift > 0:
-            raise ValueError(f"flow shift must be > 0, got {self.shift} (1.0 = no shift; SD3 uses 3.0)")
+            raise UserError(f"flow shift must be > 0, got {self.shift} (1.0 = no shift; SD3 uses 3.0)")
 
     @property
     def t_max(self) -> float:
@@ -151,7 +153,7 @@ def build_schedule(d, *, image_seq_len: int | None = None) -> Schedule:
     if not d.dynamic_shift:
         return FlowSchedule(shift=d.shift)
     if image_seq_len is None:
-        raise ValueError("diffusion.dynamic_shift needs the image token count (the resolution) to set the shift")
+        raise UserError("diffusion.dynamic_shift needs the image token count (the resolution) to set the shift")
     return FlowSchedule(
         shift=dynamic_shift(
             image_seq_len,
@@ -184,7 +186,7 @@ def check_close_grid(teacher_grid: torch.Tensor, student_grid: torch.Tensor) -> 
     """Raise unless every student time is (to 1e-9) a teacher time — never the nearest teacher step."""
     for t in student_grid.tolist():
         if not any(math.isclose(t, u, abs_tol=1e-9) for u in teacher_grid.tolist()):
-            raise ValueError(
+            raise UserError(
                 f"the teacher grid does not contain student time {t}; use K solver sub-steps per student interval "
                 f"so that every student time is a teacher time"
             )

@@ -24,6 +24,7 @@ import torch
 
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, Schedule
+from ard_scale.errors import UserError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Condition], torch.Tensor]
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), t_model (B,)) -> ODE output (B,C,H,W)
@@ -36,7 +37,7 @@ NUM_EVALS_PER_STEP = {"ddim": 1, "euler": 1, "heun": 2, "dpm++2m": 1}
 
 def check_solver(solver: str) -> None:
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        raise UserError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
 
 
 def guided_model(
@@ -58,14 +59,14 @@ def guided_model(
     guidance for scale <= 1; here any scale != 1 is applied as written.
     """
     if guidance_scale != 1.0 and null_cond is None:
-        raise ValueError(
+        raise UserError(
             f"guidance_scale={guidance_scale} needs a null condition (null class label, or the empty caption's T5 "
             "embedding); pass null_cond=... or use guidance_scale=1.0"
         )
     if guidance_scale == 1.0:
         return lambda x, t: denoise(x, t, cond)[:, : x.shape[1]]
     if null_cond.batch_size != cond.batch_size:
-        raise ValueError(
+        raise UserError(
             f"null_cond has batch size {null_cond.batch_size} but cond has {cond.batch_size}; give one null "
             "condition per sample (e.g. repeat it)"
         )
@@ -78,7 +79,7 @@ def guided_model(
         out_c, out_u = out.chunk(2)
         guided = out_u + w * (out_c - out_u) if guide is None else guide(out_c, out_u, w)
         if guided_channels is not None and not 1 <= guided_channels <= c:
-            raise ValueError(f"guided_channels={guided_channels} must be in [1, {c}] (the state's channels)")
+            raise UserError(f"guided_channels={guided_channels} must be in [1, {c}] (the state's channels)")
         if guided_channels is not None and guided_channels < c:
             guided = torch.cat([guided[:, :guided_channels], out_c[:, guided_channels:]], dim=1)
         return guided
@@ -109,7 +110,7 @@ def solve(
     check_solver(solver)
     times = [float(t) for t in (grid.tolist() if torch.is_tensor(grid) else grid)]
     if len(times) < 2 or any(b >= a for a, b in zip(times, times[1:], strict=False)):
-        raise ValueError(f"a solver grid needs at least 2 strictly decreasing times, got {times}")
+        raise UserError(f"a solver grid needs at least 2 strictly decreasing times, got {times}")
     is_flow = isinstance(schedule, FlowSchedule)
     batch = x.shape[0]
     coeffs = [_scalars(schedule, t) for t in times]

@@ -28,6 +28,7 @@ import torch
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import CLEAN_T, FlowSchedule, Schedule, VPSchedule, check_close_grid
 from ard_scale.diffusion.solvers import Denoiser, check_solver, guided_model, solve
+from ard_scale.errors import UserError
 from ard_scale.utils.noise import Draws
 
 Record = Literal["noisy", "x0"]
@@ -68,7 +69,7 @@ def uniform_teacher_grid(schedule: Schedule, num_student_steps: int, substeps: i
     """The default teacher grid: K = `substeps` uniform sub-steps inside each student interval, i.e. the schedule's
     own grid with S·K steps (which contains `schedule.grid(S)` exactly). (S·K+1,) float64."""
     if num_student_steps < 1 or substeps < 1:
-        raise ValueError(
+        raise UserError(
             f"num_student_steps={num_student_steps} and substeps={substeps} must both be >= 1 "
             "(K solver sub-steps inside each of the S student intervals)"
         )
@@ -117,20 +118,20 @@ def teacher_trajectory(
     """
     check_solver(solver)
     if record not in ("noisy", "x0"):
-        raise ValueError(f"unknown record {record!r}; choose 'noisy' (x_τ states) or 'x0' (also teacher x̂0)")
+        raise UserError(f"unknown record {record!r}; choose 'noisy' (x_τ states) or 'x0' (also teacher x̂0)")
     if (seeds is None) == (noise is None):
-        raise ValueError("give exactly one of `seeds` (one per sample) or `noise` (B, C, H, W)")
+        raise UserError("give exactly one of `seeds` (one per sample) or `noise` (B, C, H, W)")
     if student_grid is None:
         student_grid = schedule.grid(num_student_steps)
     student_grid = torch.as_tensor(student_grid, dtype=torch.float64)
     if teacher_grid is None:
         teacher_grid = uniform_teacher_grid(schedule, len(student_grid) - 1, 6 if substeps is None else substeps)
     elif substeps is not None:
-        raise ValueError("give either `substeps` (K sub-steps per student interval) or an explicit `teacher_grid`")
+        raise UserError("give either `substeps` (K sub-steps per student interval) or an explicit `teacher_grid`")
     teacher_grid = torch.as_tensor(teacher_grid, dtype=torch.float64)
     check_close_grid(teacher_grid, student_grid)
     if abs(float(teacher_grid[0] - student_grid[0])) > 1e-9 or abs(float(teacher_grid[-1] - student_grid[-1])) > 1e-9:
-        raise ValueError(
+        raise UserError(
             f"the teacher grid runs {float(teacher_grid[0])} -> {float(teacher_grid[-1])} but the student grid "
             f"{float(student_grid[0])} -> {float(student_grid[-1])}; both must start at the noise and end at the "
             "same clean time"
@@ -142,10 +143,10 @@ def teacher_trajectory(
         seeds_t = torch.as_tensor([int(s) for s in seeds], dtype=torch.long)
     else:
         if tuple(noise.shape[1:]) != tuple(latent_shape):
-            raise ValueError(f"noise of shape {tuple(noise.shape)} does not match latent_shape {tuple(latent_shape)}")
+            raise UserError(f"noise of shape {tuple(noise.shape)} does not match latent_shape {tuple(latent_shape)}")
         x, seeds_t = noise.to(device=device if device is not None else noise.device, dtype=dtype), None
     if cond.batch_size != x.shape[0]:
-        raise ValueError(f"{x.shape[0]} seeds/noise samples but a condition batch of {cond.batch_size}")
+        raise UserError(f"{x.shape[0]} seeds/noise samples but a condition batch of {cond.batch_size}")
     cond = cond.to(x.device)
     null_cond = None if null_cond is None else null_cond.to(x.device)
     model = guided_model(denoise, cond, null_cond, guidance_scale, guided_channels=guided_channels, guide=guide)
@@ -226,9 +227,9 @@ def diffusers_grid(scheduler) -> tuple[Schedule, torch.Tensor, str]:
         if getattr(cfg, "lambda_min_clipped", -float("inf")) != -float("inf"):
             problems.append("lambda_min_clipped is set (need -inf)")
     else:
-        raise ValueError(f"unsupported diffusers scheduler {name}; use DDIMScheduler or DPMSolverMultistepScheduler")
+        raise UserError(f"unsupported diffusers scheduler {name}; use DDIMScheduler or DPMSolverMultistepScheduler")
     if problems:
-        raise ValueError(f"{name} config cannot be reproduced: " + "; ".join(problems))
+        raise UserError(f"{name} config cannot be reproduced: " + "; ".join(problems))
     schedule = VPSchedule(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_start=cfg.beta_start,
@@ -249,5 +250,5 @@ def _flow_match_grid(scheduler) -> tuple[FlowSchedule, torch.Tensor, str]:
     )
     problems = [f"{flag}=True (need False)" for flag in flags if getattr(cfg, flag, False)]
     if problems:
-        raise ValueError("FlowMatchEulerDiscreteScheduler config cannot be reproduced: " + "; ".join(problems))
+        raise UserError("FlowMatchEulerDiscreteScheduler config cannot be reproduced: " + "; ".join(problems))
     return FlowSchedule(shift=cfg.shift), scheduler.sigmas.to(torch.float64), "euler"

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ard_scale.errors import UserError
+
 
 def _is_zero3(param: nn.Parameter) -> bool:
     return hasattr(param, "ds_tensor") and hasattr(param, "ds_id")
@@ -38,7 +40,7 @@ class ZeroEMA:
 
     def __init__(self, module: nn.Module, decay: float):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise UserError(f"EMA decay must be in [0, 1), got {decay}")
         self.module = _unwrap(module)
         self.decay = float(decay)
         self.num_updates = 0
@@ -47,10 +49,10 @@ class ZeroEMA:
         self.params: dict[str, nn.Parameter] = {n: p for n, p in self.module.named_parameters() if p.requires_grad}
         self.zero3 = any(_is_zero3(p) for p in self.params.values())
         if self.zero3 and not all(_is_zero3(p) for p in self.params.values()):
-            raise ValueError("the module mixes ZeRO-3 partitioned and plain parameters; wrap all of it in one engine")
+            raise UserError("the module mixes ZeRO-3 partitioned and plain parameters; wrap all of it in one engine")
         for name, p in self.params.items():
             if self.zero3 and getattr(p, "ds_secondary_tensor", None) is not None:
-                raise ValueError(
+                raise UserError(
                     f"{name}: ZeRO++ hierarchical partitioning (zero_hpz_partition_size > 1) is not supported"
                 )
         with torch.no_grad():
@@ -100,7 +102,7 @@ class ZeroEMA:
         """Restore what `state_dict()` returned on this rank (same parameters, ZeRO layout and world size)."""
         layout, saved_layout = self._layout(), {k: state.get(k) for k in ("zero3", "world_size")}
         if layout != saved_layout:
-            raise ValueError(
+            raise UserError(
                 f"EMA state was saved with {saved_layout}, this run has {layout}: per-rank EMA shards only load into "
                 "the same layout; gather with full_state_dict() and use load_full_state_dict() to change it"
             )
@@ -108,7 +110,7 @@ class ZeroEMA:
         missing, unexpected = sorted(set(self.shadow) - set(shadow)), sorted(set(shadow) - set(self.shadow))
         wrong = [n for n in self.shadow if n in shadow and shadow[n].shape != self.shadow[n].shape]
         if missing or unexpected or wrong:
-            raise ValueError(
+            raise UserError(
                 f"EMA state does not match the module: missing {missing}, unexpected {unexpected}, wrong shape {wrong}"
             )
         with torch.no_grad():
@@ -148,12 +150,12 @@ class ZeroEMA:
         keeps its own partitions. Parameters missing from `full` are an error."""
         missing = [n for n in self.params if n not in full]
         if missing:
-            raise ValueError(f"full EMA state dict lacks parameters {missing}")
+            raise UserError(f"full EMA state dict lacks parameters {missing}")
         for name, param in self.params.items():
             value = full[name].detach().to(device=self.shadow[name].device, dtype=torch.float32)
             expected = tuple(param.ds_shape) if self.zero3 else tuple(param.shape)
             if tuple(value.shape) != expected:
-                raise ValueError(f"{name}: full EMA tensor has shape {tuple(value.shape)}, the module has {expected}")
+                raise UserError(f"{name}: full EMA tensor has shape {tuple(value.shape)}, the module has {expected}")
             if self.zero3:
                 flat, size = value.reshape(-1), self.shadow[name].numel()
                 rank = dist.get_rank(group=param.ds_process_group)
@@ -171,7 +173,7 @@ class ZeroEMA:
         together; parameters ZeRO-3 keeps gathered (small "persistent" ones, or ones cached between calls) are
         re-gathered from the swapped shards. Use it between optimizer steps, not inside a gradient accumulation."""
         if module is not None and _unwrap(module) is not self.module:
-            raise ValueError("swapped_in() takes the module this EMA tracks (or its engine), not another one")
+            raise UserError("swapped_in() takes the module this EMA tracks (or its engine), not another one")
         raw = {n: self._local(p).detach().clone() for n, p in self.params.items()}
         try:
             with torch.no_grad():

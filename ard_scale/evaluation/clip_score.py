@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ard_scale.errors import UserError
+
 
 def load_open_clip(model_name: str | None, path: str | os.PathLike) -> tuple[torch.nn.Module, Callable]:
     """(model, tokenizer) from local files: `path` is a checkpoint file for architecture `model_name`
@@ -21,9 +23,9 @@ def load_open_clip(model_name: str | None, path: str | os.PathLike) -> tuple[tor
     path = Path(path)
     if path.is_dir():
         if not (path / "open_clip_config.json").is_file():
-            raise ValueError(f"CLIP model folder {str(path)!r} (eval.clip_path) has no open_clip_config.json")
+            raise UserError(f"CLIP model folder {str(path)!r} (eval.clip_path) has no open_clip_config.json")
         if not any(path.glob(f"*.{ext}") for ext in ("safetensors", "bin", "pth")):
-            raise ValueError(
+            raise UserError(
                 f"CLIP model folder {str(path)!r} (eval.clip_path) holds no weights file (open_clip_pytorch_model.bin "
                 "or open_clip_model.safetensors); open_clip would silently use random weights"
             )
@@ -31,13 +33,13 @@ def load_open_clip(model_name: str | None, path: str | os.PathLike) -> tuple[tor
         model = open_clip.create_model(name)
     elif path.is_file():
         if model_name is None:
-            raise ValueError(f"CLIP checkpoint {str(path)!r} is a file: name its open_clip architecture too")
+            raise UserError(f"CLIP checkpoint {str(path)!r} is a file: name its open_clip architecture too")
         if model_name not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {model_name!r}; known: {', '.join(open_clip.list_models())}")
+            raise UserError(f"unknown open_clip model {model_name!r}; known: {', '.join(open_clip.list_models())}")
         name = model_name
         model = open_clip.create_model(model_name, pretrained=str(path))
     else:
-        raise ValueError(f"CLIP weights not found at {str(path)!r} (eval.clip_path); nothing is downloaded")
+        raise UserError(f"CLIP weights not found at {str(path)!r} (eval.clip_path); nothing is downloaded")
     return model.eval(), open_clip.get_tokenizer(name)
 
 
@@ -82,7 +84,7 @@ class CLIPScore:
     def score(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
         """(B,) scores 100 · max(cos, 0) of float [0, 1] images (B, 3, H, W) against their captions."""
         if len(captions) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
+            raise UserError(f"{images.shape[0]} images but {len(captions)} captions")
         image_BE = self.model.encode_image(self.preprocess(images), normalize=True)
         text_BE = self.model.encode_text(self.tokenizer(list(captions)).to(self.device), normalize=True)
         return 100 * (image_BE * text_BE).sum(-1).float().clamp(min=0)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ard_scale.errors import UserError
 from ard_scale.evaluation.evaluator import Gather
 
 if TYPE_CHECKING:  # importing the evaluation set does not pull in torchmetrics
@@ -31,12 +32,10 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     """Non-empty, stripped lines of a prompt file (eval.prompts_path)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(
-            f"prompt file {str(path)!r} (eval.prompts_path) not found; give a text file, one prompt a line"
-        )
+        raise UserError(f"prompt file {str(path)!r} (eval.prompts_path) not found; give a text file, one prompt a line")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"prompt file {str(path)!r} (eval.prompts_path) holds no prompt; write one prompt a line")
+        raise UserError(f"prompt file {str(path)!r} (eval.prompts_path) holds no prompt; write one prompt a line")
     return prompts
 
 
@@ -47,7 +46,7 @@ def iter_real_samples(path: str, format: str, resolution: int) -> Iterator[dict]
     from ard_scale.data.sources import iter_shard_set
 
     if "://" in path:
-        raise ValueError(
+        raise UserError(
             f"evaluation reads real images and captions from local shards, but data.path is remote ({path!r}); "
             "give eval.fid_reference_path (an .npz) and eval.prompts_path instead"
         )
@@ -66,7 +65,7 @@ def data_captions(path: str, format: str, num: int) -> list[str]:
 
     captions = [s["caption"] for s in itertools.islice(iter_shard_set(path, format), num) if s["caption"]]
     if not captions:
-        raise ValueError(f"the shard set {path!r} has no captions to prompt the evaluation with; set eval.prompts_path")
+        raise UserError(f"the shard set {path!r} has no captions to prompt the evaluation with; set eval.prompts_path")
     return captions
 
 
@@ -106,7 +105,7 @@ def reference_stats_from_shards(
         outer += feats.T @ feats
         count += feats.shape[0]
     if seen < 2:
-        raise ValueError(f"the shard set {path!r} has {seen} decodable images; FID reference statistics need >= 2")
+        raise UserError(f"the shard set {path!r} has {seen} decodable images; FID reference statistics need >= 2")
     sums = torch.cat([total, outer.flatten(), torch.tensor([float(count)], dtype=torch.float64)])[None]
     if gather is not None:
         sums = gather(sums.to(fid.device)).cpu().sum(0, keepdim=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ard_scale.config import EvalConfig
+from ard_scale.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: importing the evaluator does not pull in torchmetrics or open_clip
     from ard_scale.evaluation.clip_score import CLIPScore
@@ -68,7 +69,7 @@ def generate_all(
     """Images 0 … num-1 (num, 3, H, W) on every rank, each generated once, split across ranks (every rank makes the
     same number of `generate_fn` calls) and gathered with `gather` (all_gather + concatenate; collective)."""
     if world_size > 1 and gather is None:
-        raise ValueError(f"world_size={world_size} needs a gather (e.g. evaluation.evaluator.dist_gather)")
+        raise UserError(f"world_size={world_size} needs a gather (e.g. evaluation.evaluator.dist_gather)")
     batches = rank_batches(num, batch_size, rank, world_size)
     images, indices = [], []
     for idx, num_valid in batches:
@@ -99,7 +100,7 @@ class Evaluator:
         gather: Gather | None = None,
     ) -> None:
         if world_size > 1 and gather is None:
-            raise ValueError(f"world_size={world_size} needs a gather (e.g. evaluation.evaluator.dist_gather)")
+            raise UserError(f"world_size={world_size} needs a gather (e.g. evaluation.evaluator.dist_gather)")
         self.cfg, self.fid, self.clip = cfg, fid, clip
         self.rank, self.world_size, self.gather = rank, world_size, gather
 
@@ -121,7 +122,7 @@ class Evaluator:
                 self.fid.update(images)
             if self.clip is not None:
                 if captions is None:
-                    raise ValueError("CLIP score needs captions: generate_fn returned None (class-conditional model?)")
+                    raise UserError("CLIP score needs captions: generate_fn returned None (class-conditional model?)")
                 self.clip.update(images, list(captions)[:num_valid])
         out = {"num_samples": float(self.cfg.num_samples)}
         if self.fid is not None:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ard_scale.errors import UserError
+
 INCEPTION_FEATURES = 2048
 
 
@@ -29,7 +31,7 @@ def inception_feature_extractor(weights_path: str | os.PathLike) -> torch.nn.Mod
     copy of `pt_inception-2015-12-05-6726825d.pth`."""
     path = Path(weights_path)
     if not path.is_file():
-        raise ValueError(
+        raise UserError(
             f"FID Inception weights not found at {str(path)!r} (eval.fid_inception_path): copy the standard "
             "pt_inception-2015-12-05-6726825d.pth there (nothing is downloaded at run time) or set it to null"
         )
@@ -55,7 +57,7 @@ class ReferenceStats:
     def from_features(cls, features_NF: np.ndarray | torch.Tensor) -> ReferenceStats:
         f = np.asarray(torch.as_tensor(features_NF).detach().cpu().double())
         if f.ndim != 2 or f.shape[0] < 2:
-            raise ValueError(f"reference features must be (N >= 2, F), got shape {f.shape}")
+            raise UserError(f"reference features must be (N >= 2, F), got shape {f.shape}")
         return cls(mu=f.mean(axis=0), sigma=np.cov(f, rowvar=False))
 
     @classmethod
@@ -63,15 +65,15 @@ class ReferenceStats:
         """Read an `.npz` with `mu` (F,) and `sigma` (F, F); a missing key or wrong shape names the path."""
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"FID reference statistics not found at {str(path)!r} (eval.fid_reference_path)")
+            raise UserError(f"FID reference statistics not found at {str(path)!r} (eval.fid_reference_path)")
         with np.load(path) as data:
             missing = [k for k in ("mu", "sigma") if k not in data.files]
             if missing:
-                raise ValueError(f"FID reference statistics {str(path)!r} lack {missing}; keys are {data.files}")
+                raise UserError(f"FID reference statistics {str(path)!r} lack {missing}; keys are {data.files}")
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
         f = num_features
         if mu.shape != (f,) or sigma.shape != (f, f):
-            raise ValueError(
+            raise UserError(
                 f"FID reference statistics {str(path)!r} have mu {mu.shape} and sigma {sigma.shape}; the feature "
                 f"extractor gives {f} features, so expected mu ({f},) and sigma ({f}, {f})"
             )
@@ -153,7 +155,7 @@ class FID:
     def set_reference(self, reference: ReferenceStats) -> None:
         f = self.num_features
         if reference.mu.shape != (f,) or reference.sigma.shape != (f, f):
-            raise ValueError(f"reference stats mu {reference.mu.shape}, sigma {reference.sigma.shape}; expected ({f},)")
+            raise UserError(f"reference stats mu {reference.mu.shape}, sigma {reference.sigma.shape}; expected ({f},)")
         self.reference = reference
 
     def reset(self) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ard_scale.diffusion.condition import Condition
+from ard_scale.errors import UserError
 from ard_scale.evaluation.evaluator import GenerateFn
 from ard_scale.evaluation.grids import fixed_noise
 
@@ -19,7 +20,7 @@ Sample = Callable[[torch.Tensor, Condition], torch.Tensor]
 def pixels_01(x_BCHW: torch.Tensor) -> torch.Tensor:
     """[-1, 1] pixel-space samples -> [0, 1] RGB (grey repeated to 3 channels)."""
     if x_BCHW.shape[1] not in (1, 3):
-        raise ValueError(
+        raise UserError(
             f"metrics need decoded pixels (1 or 3 channels), got {x_BCHW.shape[1]} channels: latent-space students "
             "need a VAE decode before evaluation"
         )
@@ -80,7 +81,7 @@ def prompt_generate_fn(
     """Text-to-image: sample i is prompt i mod len(prompts) (`encode`d, e.g. by T5), noise drawn from seed + i.
     Returns images in [0, 1] and the prompts, for CLIP score."""
     if not prompts:
-        raise ValueError("text-to-image evaluation needs at least one prompt")
+        raise UserError("text-to-image evaluation needs at least one prompt")
 
     def condition_for(indices: torch.Tensor) -> tuple[Condition, list[str]]:
         captions = [prompts[int(i) % len(prompts)] for i in indices]

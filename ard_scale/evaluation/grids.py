@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ard_scale.diffusion.trajectory import draw_noise
+from ard_scale.errors import UserError
 
 # sampler(noise (B, C, H, W)) -> images in [-1, 1] (B, 1 or 3, H', W'); the condition is bound by the caller
 Sampler = Callable[[torch.Tensor], torch.Tensor]
@@ -25,7 +26,7 @@ def fixed_noise(num: int, shape: tuple[int, int, int], seed: int) -> torch.Tenso
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] (B, 1 or 3, H, W) -> uint8 (B, H, W, 3)."""
     if images.shape[1] not in (1, 3):
-        raise ValueError(f"grid images need 1 or 3 channels (decoded pixels), got shape {tuple(images.shape)}")
+        raise UserError(f"grid images need 1 or 3 channels (decoded pixels), got shape {tuple(images.shape)}")
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
 
@@ -34,7 +35,7 @@ def comparison_grid(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
     """uint8 (rows·H + pad, B·W + pad, 3) image of equally shaped [-1, 1] batches, one batch per row."""
     imgs = [to_uint8_hwc(r) for r in rows]
     if len({i.shape for i in imgs}) != 1:
-        raise ValueError(f"grid rows differ in shape: {[i.shape for i in imgs]}")
+        raise UserError(f"grid rows differ in shape: {[i.shape for i in imgs]}")
     b, h, w, _ = imgs[0].shape
     out = np.full((len(imgs) * (h + pad) + pad, b * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for r, row in enumerate(imgs):
@@ -69,7 +70,7 @@ def labelled_grid(
 
     B, H, W, _ = rows[0].shape
     if any(r.shape != rows[0].shape for r in rows):
-        raise ValueError(f"grid rows differ in shape: {[r.shape for r in rows]}")
+        raise UserError(f"grid rows differ in shape: {[r.shape for r in rows]}")
     scale = max(1, -(-tile // max(H, W)))
     h, w, text = H * scale, W * scale, 14
     top = text if row_labels else 0

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ard_scale.errors import UserError
+
 GANLoss = Literal["hinge", "non_saturating"]
 
 
@@ -27,7 +29,7 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kin
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     if kind == "non_saturating":
         return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}; choose 'hinge' or 'non_saturating'")
+    raise UserError(f"unknown GAN loss {kind!r}; choose 'hinge' or 'non_saturating'")
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: GANLoss) -> torch.Tensor:
@@ -35,7 +37,7 @@ def generator_loss(fake_logits: torch.Tensor, kind: GANLoss) -> torch.Tensor:
         return -fake_logits.mean()
     if kind == "non_saturating":
         return F.softplus(-fake_logits).mean()
-    raise ValueError(f"unknown GAN loss {kind!r}; choose 'hinge' or 'non_saturating'")
+    raise UserError(f"unknown GAN loss {kind!r}; choose 'hinge' or 'non_saturating'")
 
 
 def approximate_r1(real_logits: torch.Tensor, perturbed_real_logits: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ard_scale.diffusion.condition import Condition
+from ard_scale.errors import UserError
 
 
 class RegressionLoss:
@@ -19,9 +20,7 @@ class RegressionLoss:
     def __init__(self, num_steps: int, weights: Sequence[float] | None = None):
         weights = [1.0] * num_steps if weights is None else list(weights)
         if len(weights) != num_steps or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(
-                f"loss weights must be {num_steps} non-negative numbers with a positive sum, got {weights}"
-            )
+            raise UserError(f"loss weights must be {num_steps} non-negative numbers with a positive sum, got {weights}")
         self.weights = torch.tensor(weights, dtype=torch.float32) / sum(weights)
 
     def __call__(self, student, trajectory_states: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ard_scale.config.ard import MaskKind
+from ard_scale.errors import UserError
 from ard_scale.models.flex import history_attention
 
 
@@ -31,7 +32,7 @@ def group_mask(num_groups: int, kind: MaskKind, window: int = 2, device=None) ->
         return (h == g) | (h == 0)
     if kind == "causal":  # M4
         return h <= g
-    raise ValueError(f"unknown mask {kind!r}; choose diagonal, window, first or causal")
+    raise UserError(f"unknown mask {kind!r}; choose diagonal, window, first or causal")
 
 
 def token_mask(mask_SS: torch.Tensor, tokens_per_group: int) -> torch.Tensor:
@@ -47,7 +48,7 @@ def check_plain_attention(attn: nn.Module) -> None:
         if getattr(attn, name, None) is not None
     ]
     if unsupported or getattr(attn, "residual_connection", False) or getattr(attn, "rescale_output_factor", 1) != 1:
-        raise ValueError(
+        raise UserError(
             f"unsupported attention layer (has {unsupported or 'residual/rescale'}); "
             "ARD supports the plain self-attention of DiT and PixArt blocks"
         )

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ard_scale.diffusion.condition import Condition
+from ard_scale.errors import UserError
 
 
 class DiscriminatorHead(nn.Module):
@@ -58,7 +59,7 @@ class Discriminator(nn.Module):
     ):
         super().__init__()
         if (num_classes is None) == (text_dim is None):
-            raise ValueError("a discriminator is conditioned on classes or on text: give num_classes or text_dim")
+            raise UserError("a discriminator is conditioned on classes or on text: give num_classes or text_dim")
         self.class_embed = nn.Embedding(num_classes, cond_dim) if num_classes is not None else None
         self.text_embed = nn.Linear(text_dim, cond_dim) if text_dim is not None else None
         self.heads = nn.ModuleList([DiscriminatorHead(dim, hidden, cond_dim) for _ in range(num_heads)])
@@ -76,10 +77,10 @@ class Discriminator(nn.Module):
     def embed(self, cond: Condition) -> torch.Tensor:
         if self.class_embed is not None:
             if cond.labels is None:
-                raise ValueError("this discriminator is class-conditional, got a text condition")
+                raise UserError("this discriminator is class-conditional, got a text condition")
             return self.class_embed(cond.labels)
         if cond.text is None:
-            raise ValueError("this discriminator is text-conditional, got class labels")
+            raise UserError("this discriminator is text-conditional, got class labels")
         text = cond.text.float()
         if cond.text_mask is None:
             pooled = text.mean(1)
@@ -90,6 +91,6 @@ class Discriminator(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], cond: Condition) -> torch.Tensor:
         if len(features) != len(self.heads):
-            raise ValueError(f"{len(features)} feature maps for {len(self.heads)} discriminator heads")
+            raise UserError(f"{len(features)} feature maps for {len(self.heads)} discriminator heads")
         c = self.embed(cond)
         return torch.cat([head(f.float(), c) for head, f in zip(self.heads, features, strict=True)], 1)

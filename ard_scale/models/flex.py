@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ard_scale.config.ard import ATTENTION_KINDS
+from ard_scale.errors import UserError
 
 RECOMPILE_LIMIT = 64  # distinct shapes the compiled kernel serves in one process
 _compiled = None  # torch.compile(flex_attention), created on first use (compiling is per shape, on the first call)
@@ -22,7 +23,7 @@ _compiled = None  # torch.compile(flex_attention), created on first use (compili
 def resolve_attention(setting: str, device) -> str:
     """The history-attention kernel for `student.attention` on `device`: 'flex' or 'sdpa' ('auto' = flex on CUDA)."""
     if setting not in ATTENTION_KINDS:
-        raise ValueError(f"student.attention: unknown {setting!r} (choose one of {', '.join(ATTENTION_KINDS)})")
+        raise UserError(f"student.attention: unknown {setting!r} (choose one of {', '.join(ATTENTION_KINDS)})")
     if setting == "auto":
         return "flex" if torch.device(device).type == "cuda" else "sdpa"
     return setting
@@ -79,9 +80,9 @@ def history_attention(
     B, H, N, d = q.shape
     G = mask_GG.shape[0]
     if N % G:
-        raise ValueError(f"{N} tokens do not split into {G} groups")
+        raise UserError(f"{N} tokens do not split into {G} groups")
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError(
+        raise UserError(
             "student.attention 'flex' has no backward on CPU (torch 2.14 FlexAttention is forward-only there); "
             "set student.attention: sdpa (or auto, which picks flex on CUDA only) to train on CPU"
         )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ard_scale.config.ard import LoRAConfig
+from ard_scale.errors import UserError
 
 ADAPTER = "default"  # peft's adapter name; exports use diffusers' key layout without it
 
@@ -47,7 +48,7 @@ def add_adapters(backbone: nn.Module, cfg: LoRAConfig, names: list[str]) -> None
     from peft import LoraConfig, inject_adapter_in_model
 
     if not names:
-        raise ValueError(
+        raise UserError(
             f"student.lora.targets {cfg.targets!r} match no Linear layer in the teacher's blocks; give suffixes of "
             "module names inside a block (e.g. attn.to_q, ff.net.2) or null for the family's default"
         )

@@ -22,6 +22,7 @@ from torch import nn
 from ard_scale.config.ard import ARDConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule, first_order_step
+from ard_scale.errors import UserError
 from ard_scale.models.attention import group_mask
 from ard_scale.models.flex import resolve_attention
 from ard_scale.models.lora import add_adapters, target_names, trainable_state_only
@@ -113,12 +114,12 @@ class ARDStudent(nn.Module):
     def _check_states(self, states: torch.Tensor, prefix: bool = False) -> None:
         S, C, p = self.num_steps, self.in_channels, self.patch_size
         if states.ndim != 5 or not (1 <= states.shape[1] <= S if prefix else states.shape[1] == S):
-            raise ValueError(
+            raise UserError(
                 f"the student takes S={S} states per sample as (B, {S}, {C}, H, W), got "
                 f"{tuple(states.shape)}; pass x_τS … x_τ1 of the teacher trajectory"
             )
         if states.shape[2] != C or states.shape[-1] % p or states.shape[-2] % p:
-            raise ValueError(
+            raise UserError(
                 f"states of shape {tuple(states.shape)} do not match the teacher's patch grid: expected "
                 f"{C} channels and H, W multiples of the patch size {p}"
             )
@@ -161,7 +162,7 @@ class ARDStudent(nn.Module):
         """Autoregressive S-step generation from x_{τ_S} = noise (B, C, H, W). Returns the final state, or all
         S+1 states (B, S+1, C, H, W) with `return_states`."""
         if noise.ndim != 4:
-            raise ValueError(f"noise must be (B, C, H, W), got {tuple(noise.shape)}")
+            raise UserError(f"noise must be (B, C, H, W), got {tuple(noise.shape)}")
         self._check_states(noise[:, None].expand(-1, self.num_steps, -1, -1, -1))
         states = self.family.student_sample(self, noise, cond)
         return torch.stack(states, 1) if return_states else states[-1]

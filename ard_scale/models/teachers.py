@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition
+from ard_scale.errors import UserError
 from ard_scale.models.families import FAMILIES, Family, family_of_class, get_family
 from ard_scale.models.folders import model_folder
 
@@ -29,7 +30,7 @@ class Teacher(nn.Module):
         super().__init__()
         spec = family_of_class(type(model).__name__)
         if spec is None:
-            raise ValueError(_unsupported(type(model).__name__, "the given module"))
+            raise UserError(_unsupported(type(model).__name__, "the given module"))
         spec.check_model(model)
         self.model = model
         self.spec: type[Family] = spec
@@ -104,7 +105,7 @@ class Teacher(nn.Module):
     def check_input(self, x: torch.Tensor, what: str = "latents") -> None:
         c, p = self.in_channels, self.patch_size
         if x.ndim != 4 or x.shape[1] != c or x.shape[-1] % p or x.shape[-2] % p:
-            raise ValueError(
+            raise UserError(
                 f"{what} of shape {tuple(x.shape)} do not match the teacher: expected (B, {c}, H, W) with H and W "
                 f"multiples of the patch size {p} (trained at {self.sample_size}x{self.sample_size})"
             )
@@ -135,7 +136,7 @@ def _unsupported(class_name: str, where: str) -> str:
 def teacher_kwargs(family: str, size: str, **overrides) -> dict:
     spec = get_family(family)
     if size not in spec.sizes:
-        raise ValueError(f"unknown {family} size {size!r}; choose one of {', '.join(spec.sizes)}")
+        raise UserError(f"unknown {family} size {size!r}; choose one of {', '.join(spec.sizes)}", every_rank=True)
     return {**spec.sizes[size], **overrides}
 
 
@@ -157,7 +158,7 @@ def family_of_folder(path: str | Path) -> type[Family]:
     class_name = json.loads((folder / "config.json").read_text()).get("_class_name", "<no _class_name>")
     spec = family_of_class(class_name)
     if spec is None:
-        raise ValueError(_unsupported(class_name, str(folder)))
+        raise UserError(_unsupported(class_name, str(folder)), every_rank=True)
     return spec
 
 
@@ -178,7 +179,7 @@ def load_teacher(path: str | Path, *, dtype: torch.dtype = torch.float32, family
     With `family` given (the recipe's `teacher.family`), a folder holding another family's model is an error."""
     spec = family_of_folder(path)
     if family is not None and (problem := other_family(path, family)) is not None:
-        raise ValueError(problem)
+        raise UserError(problem, every_rank=True)
     model = spec.model_class.from_pretrained(model_folder(path), torch_dtype=dtype)
     return Teacher(model).eval().requires_grad_(False)
 

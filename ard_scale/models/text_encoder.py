@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from ard_scale.diffusion.condition import EncodedText
+from ard_scale.errors import UserError
 from ard_scale.models.folders import check_t5_folder, encoder_parts
 
 # Named sizes: T5Config keyword arguments. `debug` meets the debug PixArt teacher (caption_channels=24) and uses the
@@ -52,7 +53,7 @@ CLIP_SIZES: dict[str, dict] = {
 def build_t5(size: str, *, seed: int = 0):
     """(encoder, tokenizer) of a named size with random weights."""
     if size not in SIZES:
-        raise ValueError(f"unknown text_encoder.size {size!r}; choose one of {', '.join(SIZES)} or give a path")
+        raise UserError(f"unknown text_encoder.size {size!r}; choose one of {', '.join(SIZES)} or give a path")
     torch.manual_seed(seed)
     encoder = T5EncoderModel(T5Config(**SIZES[size]))
     return encoder.eval().requires_grad_(False), ByT5Tokenizer()
@@ -69,7 +70,7 @@ def load_t5(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         encoder = T5EncoderModel.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"T5 folder {path!r} lacks model or tokenizer files ({e}); save both with save_pretrained"
         ) from e
     return encoder.to(device).eval().requires_grad_(False), tokenizer
@@ -83,7 +84,7 @@ def build_clip(size: str, *, seed: int = 0, projection: bool = False, key: str =
     """(CLIP text model, tokenizer) of a named size with random weights; `projection`: CLIPTextModelWithProjection
     (SD3's towers), else CLIPTextModel (FLUX.1's)."""
     if size not in CLIP_SIZES:
-        raise ValueError(f"unknown {key}.size {size!r}; choose one of {', '.join(CLIP_SIZES)} or give a path")
+        raise UserError(f"unknown {key}.size {size!r}; choose one of {', '.join(CLIP_SIZES)} or give a path")
     torch.manual_seed(seed)
     encoder = _clip_class(projection)(CLIPTextConfig(**CLIP_SIZES[size]))
     return encoder.eval().requires_grad_(False), ByT5Tokenizer(
@@ -109,7 +110,7 @@ def load_clip(
     with open(os.path.join(model_dir, "config.json")) as f:
         architectures = json.load(f).get("architectures") or [cls.__name__]
     if cls.__name__ not in architectures:
-        raise ValueError(
+        raise UserError(
             f"{key}.path {path!r} holds a {', '.join(architectures)}, but this family reads a {cls.__name__} "
             f"({'its projected text_embeds' if projection else 'its pooler_output'}); give the teacher pipeline's own "
             "text encoder"
@@ -118,7 +119,7 @@ def load_clip(
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         encoder = cls.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"{key}.path {path!r}: cannot load a CLIP text model and its tokenizer ({e}); save both with "
             "save_pretrained"
         ) from e
@@ -230,7 +231,7 @@ def build_qwen(size: str, *, seed: int = 0):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     if size not in QWEN_SIZES:
-        raise ValueError(f"unknown qwen_encoder.size {size!r}; choose one of {', '.join(QWEN_SIZES)} or give a path")
+        raise UserError(f"unknown qwen_encoder.size {size!r}; choose one of {', '.join(QWEN_SIZES)} or give a path")
     tokenizer = debug_qwen_tokenizer()
     if len(tokenizer) > QWEN_SIZES[size]["text_config"]["vocab_size"]:
         raise AssertionError("the debug Qwen tokenizer outgrew the debug vocabulary")
@@ -256,7 +257,7 @@ def load_qwen(
     with open(os.path.join(model_dir, "config.json")) as f:
         architectures = json.load(f).get("architectures") or ["Qwen2_5_VLForConditionalGeneration"]
     if "Qwen2_5_VLForConditionalGeneration" not in architectures:
-        raise ValueError(
+        raise UserError(
             f"qwen_encoder.path {path!r} holds a {', '.join(architectures)}, but Qwen-Image reads a "
             "Qwen2_5_VLForConditionalGeneration (Qwen2.5-VL-7B-Instruct); give the pipeline's own text encoder"
         )
@@ -266,7 +267,7 @@ def load_qwen(
             model_dir, local_files_only=True, torch_dtype=dtype
         )
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"qwen_encoder.path {path!r}: cannot load Qwen2.5-VL and its tokenizer ({e}); save both with "
             "save_pretrained"
         ) from e

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ard_scale.errors import UserError
 from ard_scale.models.folders import vae_folder
 
 # Named sizes: keyword arguments of AutoencoderKL. `debug` downsamples 4x (3 blocks) into 4 channels, so 32 px
@@ -130,7 +131,7 @@ class PixelCodec(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         if channels not in (1, 3):
-            raise ValueError(
+            raise UserError(
                 f"a pixel-space teacher must have 1 or 3 input channels, got {channels}; a latent teacher needs a "
                 "VAE (vae.path or vae.size in the recipe)"
             )
@@ -159,7 +160,7 @@ def vae_downsample(*, size: str | None, path: str | Path | None, missing: int | 
     elif size in SIZES:
         config = SIZES[size]
     else:
-        raise ValueError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
+        raise UserError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
     if config.get("_class_name") == FRAME_VAE:
         return 2 ** len(config["temperal_downsample"])
     return 2 ** (len(config["block_out_channels"]) - 1)
@@ -185,17 +186,17 @@ def build_codec(
         folder = vae_folder(path)
         class_name = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
         if class_name not in ("AutoencoderKL", FRAME_VAE):
-            raise ValueError(f"vae.path {path} holds a {class_name}; ard_scale reads AutoencoderKL or {FRAME_VAE}")
+            raise UserError(f"vae.path {path} holds a {class_name}; ard_scale reads AutoencoderKL or {FRAME_VAE}")
         vae = getattr(diffusers, class_name).from_pretrained(folder)
     else:
         if size not in SIZES:
-            raise ValueError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
+            raise UserError(f"unknown vae.size {size!r}; choose one of {', '.join(SIZES)} or give vae.path")
         torch.manual_seed(seed)
         kwargs = dict(SIZES[size])
         vae = getattr(diffusers, kwargs.pop("_class_name", "AutoencoderKL"))(**kwargs)
     if type(vae).__name__ == FRAME_VAE:
         if scaling_factor is not None or shift_factor is not None:
-            raise ValueError(
+            raise UserError(
                 f"vae.scaling_factor / vae.shift_factor do not apply to {FRAME_VAE}: its latents are normalised by the "
                 "config's latents_mean and latents_std; set both to null"
             )
@@ -203,7 +204,7 @@ def build_codec(
     else:
         codec = LatentCodec(vae, scaling_factor, shift_factor)
     if codec.latent_channels != channels:
-        raise ValueError(
+        raise UserError(
             f"the VAE makes {codec.latent_channels}-channel latents but the teacher takes {channels} channels; "
             "give the VAE the teacher was trained with"
         )

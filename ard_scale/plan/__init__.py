@@ -40,6 +40,7 @@ import torch
 
 from ard_scale.config import ConfigError, RootConfig
 from ard_scale.config.teacher_fit import teacher_problems
+from ard_scale.errors import UserError
 from ard_scale.models.flex import resolve_attention
 from ard_scale.models.student import ARDStudent
 from ard_scale.plan import budget
@@ -115,7 +116,7 @@ def measure(cfg: RootConfig) -> tuple[Measured, str]:
 def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
     """Memory per GPU (bytes) and FLOPs per optimizer step per GPU of `cfg` on `gpus` GPUs (see module docstring)."""
     if gpus < 1:
-        raise ValueError(f"gpus must be >= 1, got {gpus}")
+        raise UserError(f"gpus must be >= 1, got {gpus}")
     m, history = measure(cfg)
     B, side, patch = cfg.data.batch_size, m.side, m.teacher.patch_size
     notes = [f"teacher: {m.sources['teacher']}"] + ([f"t5: {m.sources['t5']}"] if m.t5 is not None else [])

@@ -12,6 +12,7 @@ from torch import nn
 from ard_scale.config import RootConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import schedule_for_recipe
+from ard_scale.errors import UserError
 from ard_scale.models.families import get_family
 from ard_scale.models.teachers import Teacher, build_teacher
 from ard_scale.models.vae import vae_downsample
@@ -75,7 +76,7 @@ def meta_teacher(cfg: RootConfig) -> tuple[Teacher, str]:
     spec = get_family(t.family)
     size = spec.default_sizes.get(cfg.data.resolution)
     if size is None:
-        raise ValueError(
+        raise UserError(
             f"teacher.path {t.path!r} has no config.json here and there is no default {t.family} size for "
             f"resolution {cfg.data.resolution}; give teacher.size=<one of {', '.join(spec.sizes)}>"
         )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ard_scale.config import ConfigError, RootConfig
+from ard_scale.errors import UserError
 
 if TYPE_CHECKING:
     from ard_scale.models.teachers import Teacher
@@ -20,7 +21,7 @@ def check_labels(labels: torch.Tensor, keys: list[str] | None, num_classes: int)
     if len(bad):
         i = int(bad[0])
         sample = f" (sample {keys[i]!r})" if keys else ""
-        raise ValueError(
+        raise UserError(
             f"class label {int(labels[i])}{sample} is outside teacher.num_classes={num_classes} (labels must be in "
             f"[0, {num_classes - 1}]); set teacher.num_classes to the data's number of classes or fix the shards"
         )

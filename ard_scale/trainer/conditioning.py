@@ -16,6 +16,7 @@ from torch import nn
 
 from ard_scale.config.models import SLOT_SECTIONS
 from ard_scale.diffusion.condition import Condition, EncodedText
+from ard_scale.errors import UserError
 from ard_scale.models.folders import pipeline_subfolders
 from ard_scale.models.teachers import Teacher
 from ard_scale.trainer.checks import check_labels
@@ -54,7 +55,7 @@ def load_encoder(slot: str, section, spec, *, dtype: torch.dtype) -> LoadedEncod
 
     key, reads, where = SLOTS[slot]
     if section.path is None and section.size is None:
-        raise ValueError(f"a {spec.name} teacher reads {reads}: set {key}.path ({where}) or {key}.size")
+        raise UserError(f"a {spec.name} teacher reads {reads}: set {key}.path ({where}) or {key}.size", every_rank=True)
     subfolders = pipeline_subfolders(spec.encoder_folders[slot])  # where the family's pipeline folder keeps it
     if slot == "t5":
         model, tokenizer = (
@@ -177,7 +178,7 @@ class Conditioner:
     def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
         if self.kind == "labels":
             if "labels" not in batch:
-                raise ValueError(
+                raise UserError(
                     "the class-conditional teacher needs class labels, but the data shards carry none; "
                     "write them with launchers/build_shards.py (a `label` per sample)"
                 )
@@ -188,7 +189,7 @@ class Conditioner:
             cond = self.stored(batch["t5_emb"], batch["t5_mask"], batch.get("pooled_emb"))
         elif not self.can_encode:
             wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
-            raise ValueError(
+            raise UserError(
                 f"text_encoder.use_precomputed is set but the shards carry no {wanted}; run "
                 "launchers/precompute_text.py SHARDS OUT --recipe RECIPE on them (it writes what the family reads) or "
                 "set text_encoder.use_precomputed=false"

@@ -41,6 +41,7 @@ from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.collectives import all_ranks
 from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import gather_once
+from ard_scale.errors import UserError
 from ard_scale.evaluation.eval_set import (
     cache_key,
     data_captions,
@@ -198,7 +199,7 @@ def build_eval_setup(
     # the evaluation set: sample i is class i mod K, or prompt i mod P
     if text:
         if not getattr(conditioner, "can_encode", False):
-            raise ValueError(
+            raise UserError(
                 "evaluating a text-to-image student encodes its prompts with T5, but text_encoder.use_precomputed "
                 "leaves no encoder: give text_encoder.path, or set eval.every=null"
             )
@@ -298,7 +299,7 @@ def build_eval_setup(
 def reference_description(cfg: RootConfig) -> dict:
     """What defines FID reference statistics computed from the recipe's data."""
     if cfg.data.path is None:
-        raise ValueError("FID needs reference statistics: give eval.fid_reference_path (an .npz) or data.path")
+        raise UserError("FID needs reference statistics: give eval.fid_reference_path (an .npz) or data.path")
     return {
         "data": cfg.data.path
         if "://" in cfg.data.path or cfg.data.path.startswith("bundled:")

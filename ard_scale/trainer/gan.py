@@ -42,6 +42,7 @@ from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import add_noise
 from ard_scale.distributed.engines import replicated_grad_norm
 from ard_scale.distributed.replicated import ReplicatedModule
+from ard_scale.errors import UserError
 from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_loss, generator_loss
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.trainer.build import Run
@@ -122,7 +123,7 @@ def backbone_features(run: Run, cfg: GANConfig) -> tuple[Features, list[int]]:
     depth = run.teacher.depth  # the student's backbone is a copy of the teacher's: the same blocks
     layers = list(range(depth)) if cfg.layers is None else list(cfg.layers)
     if any(i >= depth for i in layers):
-        raise ValueError(f"gan.layers {layers}: the {cfg.backbone} backbone has blocks 0..{depth - 1}")
+        raise UserError(f"gan.layers {layers}: the {cfg.backbone} backbone has blocks 0..{depth - 1}", every_rank=True)
 
     if cfg.backbone == "student":
 
@@ -167,7 +168,7 @@ class GANNoise:
     @staticmethod
     def draw(seed: int, step: int, rank: int, shape: tuple[int, ...], t_max: float, device) -> GANNoise:
         if not 0 <= rank < 2**RANK_BITS:
-            raise ValueError(f"rank {rank}: the GAN noise stream keys at most {2**RANK_BITS} ranks")
+            raise UserError(f"rank {rank}: the GAN noise stream keys at most {2**RANK_BITS} ranks")
         g = Draws(noise_seed(Stream.GAN, seed, (step << RANK_BITS) | rank))
         B = shape[0]
         draws = [g.uniform((B,)) * t_max, g.normal(shape), g.uniform((B,)) * t_max, g.normal(shape), g.normal(shape)]
@@ -234,13 +235,13 @@ def discriminator_step_loss(
 def real_latents(run: Run, batch: dict[str, Any], device) -> torch.Tensor:
     images = batch.get("images")
     if images is None:
-        raise ValueError(
+        raise UserError(
             "the GAN stage needs real images but this batch has none (trajectory or text-only data?); give image "
             "shards in data.path (the GAN reals) or disable gan.enabled"
         )
     latents = run.codec.encode(images.to(device))
     if tuple(latents.shape[1:]) != run.latent_shape:
-        raise ValueError(
+        raise UserError(
             f"real images of {tuple(images.shape[1:])} encode to {tuple(latents.shape[1:])}, but the teacher takes "
             f"{run.latent_shape}: set data.resolution to the teacher's resolution (or use the teacher's VAE)"
         )

@@ -101,7 +101,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ValueError(
+                raise UserError(
                     f"log.tensorboard=true needs the tensorboard package ({e}); install it with "
                     "`pip install -c constraints.txt -e .[train]` or set log.tensorboard=false"
                 ) from e
@@ -224,10 +224,11 @@ def check_global_batch(cfg: RootConfig, world: int) -> None:
     """train.global_batch_size, when given, must be what data.batch_size × ranks × grad_accum makes."""
     global_batch = cfg.data.batch_size * world * cfg.train.grad_accum  # samples per optimizer step
     if cfg.train.global_batch_size is not None and cfg.train.global_batch_size != global_batch:
-        raise ValueError(
+        raise UserError(
             f"train.global_batch_size={cfg.train.global_batch_size} but data.batch_size × ranks × train.grad_accum = "
             f"{cfg.data.batch_size} × {world} × {cfg.train.grad_accum} = {global_batch}; override data.batch_size or "
-            "train.grad_accum for this number of ranks"
+            "train.grad_accum for this number of ranks",
+            every_rank=True,
         )
 
 

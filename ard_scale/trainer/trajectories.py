@@ -42,6 +42,7 @@ from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.engines import gather_once
+from ard_scale.errors import UserError
 from ard_scale.models.families import get_family
 from ard_scale.utils.noise import Stream, noise_seed
 
@@ -163,7 +164,7 @@ class ReplayTrajectories(OnlineTrajectories):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("replay_times") != self.replay_times:
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint's replay cache was made with train.replay_times={state.get('replay_times')}, this "
                 f"run has {self.replay_times}; resume with the same value (or start a new run)"
             )
@@ -206,7 +207,7 @@ def build_trajectory_source(
         return ReplayTrajectories(teacher, schedule, conditioner, replay_times=replay_times, device=device, **kwargs)
     if source == "offline":
         return OfflineTrajectories(conditioner, device)
-    raise ValueError(f"train.trajectory_source: unknown {source!r}; choose 'online', 'replay' or 'offline'")
+    raise UserError(f"train.trajectory_source: unknown {source!r}; choose 'online', 'replay' or 'offline'")
 
 
 def check_offline_dump(
@@ -245,7 +246,7 @@ def check_offline_dump(
             f"teacher need {expected}"
         )
     if problems:
-        raise ValueError(
+        raise UserError(
             f"the offline trajectories at data.trajectory_path={path!r} do not fit this recipe: {'; '.join(problems)}. "
             "Dump them again for this recipe (launchers/dump_trajectories.py RECIPE --out DIR) or fix the recipe"
         )

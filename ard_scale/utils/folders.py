@@ -29,6 +29,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ard_scale.errors import UserError
+
 FULL_BYTES = 16 << 20  # less free than this (or 1 % of a small disk) where a write failed: the disk filled up
 _HIDDEN = re.compile(r"\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{6}")
 
@@ -38,7 +40,7 @@ def check_new_folder(out_dir: str | Path, what: str) -> None:
     out_dir = Path(out_dir)
     clear_leftovers(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir} exists and is not empty; choose a new folder for the {what} (or remove it)")
+        raise UserError(f"{out_dir} exists and is not empty; choose a new folder for the {what} (or remove it)")
 
 
 def _ended(pid: int) -> bool:
@@ -97,7 +99,7 @@ def tensor_bytes(tensors: Iterable) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-class NoRoom(ValueError):
+class NoRoom(UserError):
     """A write refused before it started: its disk has less free than it takes."""
 
 
@@ -152,7 +154,7 @@ def writing_folder(
         full = isinstance(e, Exception) and not isinstance(e, NoRoom) and _disk_full(work, e)
         shutil.rmtree(work, ignore_errors=True)
         if full:
-            raise ValueError(
+            raise UserError(
                 f"no room for the {what} in {out_dir.parent}: the disk filled up while it was written "
                 f"({type(e).__name__}: {e}); nothing was kept. Make room there, or write it to a disk with room"
             ) from e

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ard_scale.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,7 +54,7 @@ def torchrun(
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
         cmd += [str(script), *map(str, args)]
     else:
-        raise ValueError(f"unknown launcher {launcher!r}; choose 'torchrun' or 'deepspeed'")
+        raise UserError(f"unknown launcher {launcher!r}; choose 'torchrun' or 'deepspeed'")
     return subprocess.run(
         cmd, env=launch_env(), cwd=ROOT, capture_output=capture, text=True, timeout=timeout, check=check
     )

@@ -24,6 +24,8 @@ from enum import IntEnum
 import numpy as np
 import torch
 
+from ard_scale.errors import UserError
+
 
 class Stream(IntEnum):
     TRAIN = 0
@@ -38,9 +40,9 @@ MAX_KEY, MAX_INDEX = 2**KEY_BITS - 1, 2**INDEX_BITS - 1  # train.seed's bound is
 def noise_seed(stream: Stream, key: int, index: int) -> int:
     """The torch seed of draw `index` of `stream` under `key` (a run's seed, or 0)."""
     if not 0 <= key <= MAX_KEY:
-        raise ValueError(f"noise key {key} outside [0, {MAX_KEY}] (train.seed must fit in {KEY_BITS} bits)")
+        raise UserError(f"noise key {key} outside [0, {MAX_KEY}] (train.seed must fit in {KEY_BITS} bits)")
     if not 0 <= index <= MAX_INDEX:
-        raise ValueError(f"noise index {index} outside [0, {MAX_INDEX}]")
+        raise UserError(f"noise index {index} outside [0, {MAX_INDEX}]")
     return (int(stream) << (KEY_BITS + INDEX_BITS)) | (key << INDEX_BITS) | index
 
 
@@ -64,7 +66,7 @@ class Draws:
     def __init__(self, seed: int):
         seed = int(seed)
         if not 0 <= seed < 2**64:
-            raise ValueError(f"noise seed {seed} outside [0, 2**64)")
+            raise UserError(f"noise seed {seed} outside [0, 2**64)")
         self.seed = seed
         self._torch = torch.Generator().manual_seed(seed) if seed < TORCH_SEEDS else None
         self._numpy = None if self._torch is not None else np.random.Generator(np.random.Philox(key=seed))

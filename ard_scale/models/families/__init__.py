@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ard_scale.errors import UserError
 from ard_scale.models.families.base import Family
 
 FAMILIES: dict[str, type[Family]] = {}
@@ -16,7 +17,7 @@ def register(family: type[Family]) -> type[Family]:
 
 def get_family(name: str) -> type[Family]:
     if name not in FAMILIES:
-        raise ValueError(f"unknown teacher family {name!r}; choose one of {', '.join(FAMILIES)}")
+        raise UserError(f"unknown teacher family {name!r}; choose one of {', '.join(FAMILIES)}")
     return FAMILIES[name]
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition, EncodedText
+from ard_scale.errors import UserError
 
 ConditionKind = Literal["labels", "text"]
 
@@ -132,10 +133,11 @@ class Family:
     def check_latent_side(cls, model: nn.Module, side: int) -> None:
         """Raise unless the network takes side×side latents (a fixed positional embedding: its own sample size)."""
         if side != cls.sample_size(model):
-            raise ValueError(
+            raise UserError(
                 f"data.resolution gives {side}×{side} latents, but this {cls.name} teacher takes "
                 f"{cls.sample_size(model)}×{cls.sample_size(model)} (its positional embedding is fixed); set "
-                "data.resolution to the teacher's resolution (latent side × the VAE's downsampling)"
+                "data.resolution to the teacher's resolution (latent side × the VAE's downsampling)",
+                every_rank=True,
             )
 
     @classmethod
@@ -174,7 +176,7 @@ class Family:
     # -- conditions ----------------------------------------------------------------------------------------------
     @classmethod
     def null_condition(cls, model: nn.Module, batch_size: int, device=None) -> Condition:
-        raise ValueError(
+        raise UserError(
             f"a {cls.name} teacher's null condition is the empty caption's text embedding; encode '' instead"
         )
 
@@ -202,9 +204,9 @@ class Family:
     @classmethod
     def check_condition(cls, cond: Condition, who: str = "teacher") -> None:
         if cls.condition_kind == "labels" and cond.labels is None:
-            raise ValueError(f"a class-conditional ({cls.name}) {who} needs class labels, got a text condition")
+            raise UserError(f"a class-conditional ({cls.name}) {who} needs class labels, got a text condition")
         if cls.condition_kind == "text" and cond.text is None:
-            raise ValueError(f"a text-to-image ({cls.name}) {who} needs text embeddings, got class labels")
+            raise UserError(f"a text-to-image ({cls.name}) {who} needs text embeddings, got class labels")
 
     @classmethod
     def guide(cls, out_c: torch.Tensor, out_u: torch.Tensor, scale: float) -> torch.Tensor:

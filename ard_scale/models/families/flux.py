@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition
+from ard_scale.errors import UserError
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
@@ -150,7 +151,7 @@ class FluxFamily(JointAttentionFamily):
     @classmethod
     def check_model(cls, model):
         if model.config.patch_size != 1:
-            raise ValueError(
+            raise UserError(
                 f"this FLUX transformer has patch_size={model.config.patch_size}; ard_scale supports FLUX.1's "
                 "layout (patch_size 1 over 2×2-packed latents)"
             )
@@ -174,9 +175,10 @@ class FluxFamily(JointAttentionFamily):
     @classmethod
     def check_latent_side(cls, model, side):
         if side % PACK:
-            raise ValueError(
+            raise UserError(
                 f"data.resolution gives {side}×{side} latents, which FLUX cannot pack into {PACK}×{PACK} patches; use "
-                f"a resolution that is a multiple of {PACK} × the VAE's downsampling (FLUX.1's VAE: 16 px)"
+                f"a resolution that is a multiple of {PACK} × the VAE's downsampling (FLUX.1's VAE: 16 px)",
+                every_rank=True,
             )
 
     @classmethod
@@ -204,12 +206,12 @@ class FluxFamily(JointAttentionFamily):
     def check_condition(cls, cond, who="teacher"):
         super().check_condition(cond, who)
         if cond.pooled is None:
-            raise ValueError(
+            raise UserError(
                 f"a FLUX {who} needs the pooled CLIP text embedding beside the T5 tokens (Condition.pooled); "
                 "encode captions with the CLIP text encoder too, or precompute it into the shards"
             )
         if cond.text_mask is not None and not bool(cond.text_mask.bool().all()):
-            raise ValueError("FLUX attends to every T5 token (padding included, as FluxPipeline); give no text_mask")
+            raise UserError("FLUX attends to every T5 token (padding included, as FluxPipeline); give no text_mask")
 
     # -- the network's inputs ------------------------------------------------------------------------------------
     @classmethod
@@ -242,7 +244,7 @@ class FluxFamily(JointAttentionFamily):
         if not model.config.guidance_embeds:
             return None
         if cond.guidance is None:
-            raise ValueError(
+            raise UserError(
                 "this FLUX teacher is guidance-distilled (guidance_embeds=True, FLUX.1-dev): the condition needs "
                 "its guidance value (diffusion.guidance_scale)"
             )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition
+from ard_scale.errors import UserError
 from ard_scale.models.families import register
 from ard_scale.models.families.adaln import AdaLNFamily, Context, caption_bias
 
@@ -79,7 +80,7 @@ class PixArtFamily(AdaLNFamily):
     @classmethod
     def check_model(cls, model):
         if model.config.use_additional_conditions:
-            raise ValueError(
+            raise UserError(
                 "this PixArt teacher uses resolution/aspect-ratio conditioning (use_additional_conditions=True, "
                 "PixArt-α 1024); ard_scale supports PixArt-Σ-style teachers without it"
             )

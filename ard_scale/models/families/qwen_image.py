@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ard_scale.diffusion.condition import Condition, EncodedText
+from ard_scale.errors import UserError
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.families import register
 from ard_scale.models.families.base import Family
@@ -165,7 +166,7 @@ class QwenImageFamily(JointAttentionFamily):
             if getattr(block.attn, "fused_projections", False):
                 problems.append(f"transformer_blocks.{i}.attn has fused qkv projections (unfuse them)")
         if problems:
-            raise ValueError(
+            raise UserError(
                 "this QwenImageTransformer2DModel has a layout ard_scale's qwen_image family does not support: "
                 + "; ".join(problems)
                 + ". Supported: the Qwen-Image text-to-image transformer as released (dual-stream blocks, qk "
@@ -195,10 +196,11 @@ class QwenImageFamily(JointAttentionFamily):
         # text RoPE positions start after the image's half-side (scale_rope) and must stay inside the table
         max_side = 2 * 2 * (ROPE_POSITIONS - 1024)  # room for the pipeline's longest caption, 1024 tokens
         if side % PACK or side > max_side:
-            raise ValueError(
+            raise UserError(
                 f"data.resolution gives {side}×{side} latents; Qwen-Image packs {PACK}×{PACK} latent patches and its "
                 f"RoPE table fits latent sides up to {max_side}: choose data.resolution as a multiple of 16 px (the "
-                "VAE's 8 px per latent × the packing)"
+                "VAE's 8 px per latent × the packing)",
+                every_rank=True,
             )
 
     @classmethod
@@ -215,7 +217,7 @@ class QwenImageFamily(JointAttentionFamily):
     def check_condition(cls, cond, who="teacher"):
         super().check_condition(cond, who)
         if cond.pooled is not None:
-            raise ValueError(
+            raise UserError(
                 f"a Qwen-Image {who} reads no pooled text embedding (Condition.pooled); give the Qwen2.5-VL hidden "
                 "states and their mask only"
             )

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ard_scale.diffusion.condition import Condition, EncodedText
+from ard_scale.errors import UserError
 from ard_scale.models.attention import AttentionPlan
 from ard_scale.models.families import register
 from ard_scale.models.families.joint import ContinuousAdaLNHead, JointAttentionFamily
@@ -184,7 +185,7 @@ class SD3Family(JointAttentionFamily):
                 if attn.residual_connection or attn.rescale_output_factor != 1 or attn.norm_cross is not None:
                     problems.append(f"transformer_blocks.{i}.{name} has a residual/rescale/cross norm")
         if problems:
-            raise ValueError(
+            raise UserError(
                 "this SD3Transformer2DModel has a layout ard_scale's SD3 family does not support: "
                 + "; ".join(problems)
                 + ". Supported: SD3 / SD3.5 transformers as released (joint blocks, optional dual attention, "
@@ -196,11 +197,12 @@ class SD3Family(JointAttentionFamily):
     def check_latent_side(cls, model, side):
         p, max_patches = model.config.patch_size, model.config.pos_embed_max_size
         if side % p or side // p > max_patches:
-            raise ValueError(
+            raise UserError(
                 f"data.resolution gives {side}×{side} latents; this SD3 teacher takes a latent side that is a multiple "
                 f"of its patch size {p} and at most patch_size × pos_embed_max_size = {p * max_patches} (its "
                 "positional table is cropped, not interpolated); choose data.resolution accordingly (SD3's VAE: 8 px "
-                f"per latent, so multiples of {8 * p} px up to {8 * p * max_patches} px)"
+                f"per latent, so multiples of {8 * p} px up to {8 * p * max_patches} px)",
+                every_rank=True,
             )
 
     @classmethod
@@ -220,12 +222,12 @@ class SD3Family(JointAttentionFamily):
     def check_condition(cls, cond, who="teacher"):
         super().check_condition(cond, who)
         if cond.pooled is None:
-            raise ValueError(
+            raise UserError(
                 f"an SD3 {who} needs the pooled CLIP-L ‖ CLIP-G text embedding beside the token embeddings "
                 "(Condition.pooled); encode captions with both CLIP text encoders (pooled_encoder, pooled_encoder_2)"
             )
         if cond.text_mask is not None and not bool(cond.text_mask.bool().all()):
-            raise ValueError(
+            raise UserError(
                 "SD3 attends to every CLIP and T5 token (padding included, as StableDiffusion3Pipeline); give no "
                 "text_mask"
             )
@@ -237,14 +239,14 @@ class SD3Family(JointAttentionFamily):
         to T5's width, then the T5 tokens after them (sequence); pooled = CLIP-L ‖ CLIP-G projected embeddings."""
         t5, clip_l, clip_g = encoded["t5"], encoded["clip"], encoded["clip_2"]
         if clip_l.tokens.shape[1] != clip_g.tokens.shape[1]:
-            raise ValueError(
+            raise UserError(
                 f"SD3 concatenates CLIP-L's and CLIP-G's token embeddings channel-wise, but they have "
                 f"{clip_l.tokens.shape[1]} and {clip_g.tokens.shape[1]} tokens: set pooled_encoder.max_length and "
                 "pooled_encoder_2.max_length equal (StableDiffusion3Pipeline: 77 both)"
             )
         clip = torch.cat([clip_l.tokens, clip_g.tokens], -1)
         if clip.shape[-1] > t5.tokens.shape[-1]:
-            raise ValueError(
+            raise UserError(
                 f"the CLIP token embeddings are {clip.shape[-1]} wide together, wider than the T5 tokens "
                 f"({t5.tokens.shape[-1]}); SD3 pads CLIP-L ‖ CLIP-G to T5's width: give matching encoders"
             )
