@@ -150,14 +150,22 @@ def missing_paths(cfg) -> list[str]:
     if reads("t5"):
         t5_holds = with_weights(t5_folder, TRANSFORMERS_WEIGHTS)
         need("text_encoder.path", cfg.text_encoder.path, "the T5 encoder and its tokenizer", holds=t5_holds)
-    encoders = [  # (section, the family's slot for it, what it holds)
-        ("pooled_encoder", "clip", "the CLIP text encoder and its tokenizer"),
-        ("pooled_encoder_2", "clip_2", "the second CLIP text encoder and its tokenizer"),
-        ("qwen_encoder", "qwen", "Qwen2.5-VL and its tokenizer, or the pipeline folder"),
+    clip = ("clip_text_model",), "a CLIP text encoder"  # the model_type the loader reads, and its name
+    encoders = [  # (section, the family's slot for it, what it holds, (model_types, the model's name))
+        ("pooled_encoder", "clip", "the CLIP text encoder and its tokenizer", clip),
+        ("pooled_encoder_2", "clip_2", "the second CLIP text encoder and its tokenizer", clip),
+        (
+            "qwen_encoder",
+            "qwen",
+            "Qwen2.5-VL and its tokenizer, or the pipeline folder",
+            (("qwen2_5_vl",), "Qwen2.5-VL"),
+        ),
     ]
-    for section, slot, what in filter(lambda e: reads(e[1]), encoders):
+    for section, slot, what, (model_types, model_name) in filter(lambda e: reads(e[1]), encoders):
         key, (model, tokenizer) = f"{section}.path", pipeline_subfolders(folder_of(slot))
-        model_dir = functools.partial(check_encoder_folder, model=model, tokenizer=tokenizer, key=key)
+        model_dir = functools.partial(
+            check_encoder_folder, model=model, tokenizer=tokenizer, key=key, model_types=model_types, what=model_name
+        )
         need(key, getattr(cfg, section).path, what, holds=with_weights(model_dir, TRANSFORMERS_WEIGHTS))
     vae_holds = with_weights(vae_folder, DIFFUSERS_WEIGHTS)
     need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder", holds=vae_holds)

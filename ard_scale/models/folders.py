@@ -27,6 +27,33 @@ def pipeline_subfolders(folder: str) -> tuple[str, str]:
     return folder, "tokenizer" + ((numbered.group(1) or "") if numbered else "")
 
 
+def held_model(folder: str | Path) -> tuple[str | None, str | None]:
+    """(transformers `model_type` or None, how to name the model) that `folder`'s config.json describes: "a
+    clip_text_model model (CLIPTextModel)", "a diffusers PixArtTransformer2DModel"; (None, None) where it names
+    neither (a hand-written config) or cannot be read (the loader then says why)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, None
+    if not isinstance(config, dict):
+        return None, None
+    if isinstance(config.get("_class_name"), str):
+        return None, f"a diffusers {config['_class_name']}"
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        return None, None
+    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    return model_type, f"a {model_type} model" + (f" ({', '.join(architectures)})" if architectures else "")
+
+
+def _not_diffusers(folder: Path, expected: str, fix: str) -> None:
+    """Raise where `folder`'s config.json is a transformers model's (a T5 or CLIP folder given as teacher or VAE):
+    it is not `expected`, whatever weight files it holds; `fix`: what to give instead."""
+    model_type, held = held_model(folder)
+    if model_type is not None:
+        raise ValueError(f"{folder} holds {held}, not {expected}; {fix}")
+
+
 def model_folder(path: str | Path) -> Path:
     """The diffusers model folder of teacher path `path` (the folder itself, or a pipeline folder's `transformer/`)."""
     path = Path(path)
@@ -36,6 +63,7 @@ def model_folder(path: str | Path) -> Path:
         path = path / "transformer"
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a diffusers model folder: it has no config.json (nor transformer/config.json)")
+    _not_diffusers(path, "a diffusers transformer", "give the teacher's diffusers model or pipeline folder")
     return path
 
 
@@ -48,6 +76,7 @@ def vae_folder(path: str | Path) -> Path:
             f"vae.path {path} is not a diffusers AutoencoderKL folder (no config.json, nor vae/config.json); "
             "give the VAE's local folder"
         )
+    _not_diffusers(folder, "a diffusers AutoencoderKL", "give the VAE's local folder (or a pipeline folder with vae/)")
     return folder
 
 
@@ -75,6 +104,7 @@ def check_t5_folder(path: str, folder: str = "text_encoder") -> tuple[str, str]:
     inside = os.path.join(path, folder)
     if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(inside, "config.json")):
         path = inside  # the family's pipeline folder
+    _check_kind(path, ("t5",), "a T5 encoder", key="T5 folder", inside=folder)
     tokenizer = tokenizer_folder(path)
     missing = [n for n in ("config.json",) if not os.path.isfile(os.path.join(path, n))]
     missing += [n for n in ("tokenizer_config.json",) if not os.path.isfile(os.path.join(tokenizer, n))]
@@ -86,6 +116,17 @@ def check_t5_folder(path: str, folder: str = "text_encoder") -> tuple[str, str]:
             "pipeline's text_encoder_N/ may keep its tokenizer in the sibling tokenizer_N/)"
         )
     return path, tokenizer
+
+
+def _check_kind(model_dir: str, model_types: tuple[str, ...], what: str, *, key: str, inside: str) -> None:
+    """Raise where `model_dir`'s config.json says it holds another kind of model than `model_types` (a CLIP folder
+    given as T5 loads as a randomly initialised T5); `inside`: the pipeline subfolder the family reads it from."""
+    model_type, held = held_model(model_dir)
+    if held is not None and model_type not in model_types:
+        raise ValueError(
+            f"{key} {model_dir!r} holds {held}, not {what} (model_type {' or '.join(map(repr, model_types))}); give "
+            f"{what}'s folder (or a pipeline folder that keeps it in {inside}/)"
+        )
 
 
 def encoder_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[str, str]:
@@ -103,10 +144,14 @@ def encoder_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[s
     return model_dir, tok_dir if os.path.isdir(tok_dir) else model_dir
 
 
-def check_encoder_folder(path: str, model: str, tokenizer: str, *, key: str) -> str:
+def check_encoder_folder(
+    path: str, model: str, tokenizer: str, *, key: str, model_types: tuple[str, ...], what: str
+) -> str:
     """Raise unless `path` (a text encoder's folder, or a pipeline folder with `model`/ and `tokenizer`/ subfolders,
-    as `encoder_parts` resolves it) holds the encoder's config and its tokenizer; returns the model folder."""
+    as `encoder_parts` resolves it) holds the encoder's config, of one of `model_types` (`what`: such a model, named
+    for the error), and its tokenizer; returns the model folder."""
     model_dir, tok_dir = encoder_parts(path, model, tokenizer, key=key)
+    _check_kind(model_dir, model_types, what, key=key, inside=model)
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer_config.json")):
         raise ValueError(
             f"{key} {path!r}: {tok_dir} has no tokenizer_config.json; save the tokenizer there with save_pretrained"

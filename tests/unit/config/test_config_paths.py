@@ -101,6 +101,36 @@ def test_the_loaders_folder_layouts_pass(tmp_path, layout):
     assert missing_paths(recipe_with(given[0], t5, given[1])) == []
 
 
+def test_a_folder_of_another_model_kind_is_named_with_what_it_holds(tmp_path):
+    """A CLIP folder given as T5 loaded as a randomly initialised T5 (transformers' "newly initialized" warning only)
+    and a T5 folder given as teacher was said to hold no weights: each is named with what its config.json says."""
+    from ard_scale.models.text_encoder import build_clip, build_t5, load_t5
+
+    for name, (model, tokenizer) in (("clip", build_clip("debug")), ("t5", build_t5("debug"))):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    clip, t5 = str(tmp_path / "clip"), str(tmp_path / "t5")
+    cfg = load_config(RECIPE, [f"text_encoder.path={clip}", "text_encoder.size=null"])
+    wrong_t5 = (
+        f"T5 folder {clip!r} holds a clip_text_model model (CLIPTextModel), not a T5 encoder (model_type 't5'); give "
+        "a T5 encoder's folder (or a pipeline folder that keeps it in text_encoder/)"
+    )
+    assert missing_paths(cfg) == [f"text_encoder.path: {wrong_t5}"]
+    with pytest.raises(ValueError) as refused:  # the loader (precompute_text.py --t5, the trainer) refuses it too
+        load_t5(clip)
+    assert str(refused.value) == wrong_t5
+    cfg = load_config(RECIPE, [f"teacher.path={t5}", "teacher.size=null"])
+    assert missing_paths(cfg) == [
+        f"teacher.path: {t5} holds a t5 model (T5EncoderModel), not a diffusers transformer; give the teacher's "
+        "diffusers model or pipeline folder"
+    ]
+    cfg = load_config("recipes/tiny_flux_cpu.yaml", [f"pooled_encoder.path={t5}", "pooled_encoder.size=null"])
+    assert missing_paths(cfg) == [
+        f"pooled_encoder.path: {t5!r} holds a t5 model (T5EncoderModel), not a CLIP text encoder (model_type "
+        "'clip_text_model'); give a CLIP text encoder's folder (or a pipeline folder that keeps it in text_encoder/)"
+    ]
+
+
 def encoder_folder(folder, *, tokenizer=True, weights="model.safetensors"):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
