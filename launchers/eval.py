@@ -2,6 +2,7 @@
 
     python launchers/eval.py RUN_DIR                 # evaluate every complete checkpoint not yet evaluated, then exit
     python launchers/eval.py RUN_DIR --watch         # ... and keep polling for new ones (e.g. as its own Slurm job)
+    python launchers/eval.py RUN_DIR eval.fid_inception_path=PATH eval.num_samples=8   # eval.* settings win
 
 Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (atomically: a restarted job skips what is written) and
 RUN_DIR/eval/metrics.png, FID and CLIP score against step with the teacher's values as reference lines. The teacher's
@@ -14,6 +15,9 @@ Each checkpoint is exported (EMA weights if eval.use_ema), its student sampled i
 set (classes; or prompts from eval.prompts_path / the data's captions, T5-encoded), decoded by the recipe's VAE and
 scored: FID against eval.fid_reference_path or statistics computed once from data.path (cached), CLIP score for
 text-to-image students. One process; on a GPU when there is one.
+
+The recipe is the first checkpoint's config.yaml; dotted `eval.KEY=VALUE` overrides on the command line change its
+evaluation section (the weights files, the number of samples, ...), nothing else: the student is the checkpoint's.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ard_scale.checkpoint.layout import LATEST, atomic_write_text, step_of, tag_of  # noqa: E402
 from ard_scale.checkpoint.safe_load import META  # noqa: E402
+from ard_scale.config.loader import check_override_sections  # noqa: E402
 
 METRICS = (("fid", "FID (lower is better)"), ("clip_score", "CLIP score (higher is better)"))
 Evaluate = Callable[[int, Path], dict]  # (step, checkpoint folder) -> {"fid": ..., "clip_score": ...}
@@ -139,10 +144,15 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("overrides", nargs="*", help="evaluation settings, e.g. eval.fid_inception_path=PATH")
     parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
     parser.add_argument("--poll-seconds", type=float, default=60.0)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     run_dir = args.run_dir
+    try:
+        check_override_sections(args.overrides, ("eval",), tool="eval.py", why="the student is the checkpoint's")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if not (run_dir / "checkpoints").is_dir():
         sys.exit(f"error: {run_dir / 'checkpoints'} does not exist: is {run_dir} a run directory?")
     checkpoints = complete_checkpoints(run_dir)
@@ -158,9 +168,10 @@ def main(argv=None) -> None:
             time.sleep(args.poll_seconds)
         return found[0][1]
 
-    cfg = load_config((checkpoints[0][1] if checkpoints else wait_for_first()) / "config.yaml")
+    recipe = (checkpoints[0][1] if checkpoints else wait_for_first()) / "config.yaml"
     device = "cuda" if torch_cuda() else "cpu"
     try:
+        cfg = load_config(recipe, args.overrides)
         setup = build_setup(cfg, run_dir, device)
     except ValueError as e:
         sys.exit(f"error: {e}")
@@ -168,8 +179,9 @@ def main(argv=None) -> None:
         print(f"[eval] skipping {skipped}", file=sys.stderr)
     if setup.evaluator.fid is None and setup.evaluator.clip is None:
         sys.exit(
-            "error: nothing to evaluate offline: set eval.fid_inception_path (FID) and/or eval.clip_path (CLIP score "
-            "of a text-to-image student) in the recipe"
+            f"error: nothing to evaluate offline: the recipe ({recipe}) gives no FID weights (eval.fid_inception_path) "
+            "and no CLIP score weights (eval.clip_path, text-to-image students); pass them on eval.py's command "
+            f"line, e.g. python launchers/eval.py {run_dir} eval.fid_inception_path=PATH"
         )
     teacher = setup.teacher_metrics()  # once per recipe: cached, keyed on the teacher, its sampler and the eval set
     with tempfile.TemporaryDirectory(prefix="ard_eval_") as work:

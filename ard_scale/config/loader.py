@@ -186,6 +186,17 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> tuple[dict, list[st
     return data, problems
 
 
+def check_override_sections(overrides: Iterable[str], sections: Sequence[str], *, tool: str, why: str) -> None:
+    """Raise a ValueError naming every dotted override outside `sections`, for a tool that may change only part of
+    a checkpoint's recipe (`tool`: its name; `why`: why the rest is fixed), as export's encoder/VAE overrides are."""
+    others = [o for o in overrides if not o.startswith(tuple(f"{section}." for section in sections))]
+    if others:
+        plural = "s" if len(sections) > 1 else ""
+        raise ValueError(
+            f"{tool} overrides may set only the {', '.join(sections)} section{plural} ({why}), got {others}"
+        )
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():

@@ -150,3 +150,30 @@ def test_main_errors_name_what_is_missing(tmp_path):
     shutil.copy(recipe, folder / "config.yaml")  # the recipe the checkpoint was written under; it sets no FID files
     with pytest.raises(SystemExit, match="fid_inception_path"):
         mod.main([str(run)])
+
+
+def test_main_takes_eval_overrides_and_says_to_pass_them_there(tmp_path):
+    """The message said "set eval.fid_inception_path ... in the recipe", but eval.py reads the checkpoint's
+    config.yaml: its eval section is set on eval.py's command line, and nothing else is."""
+    import shutil
+
+    mod = load_launcher()
+    run = tmp_path / "run"
+    folder = fake_checkpoint(run, 10, meta=True)
+    shutil.copy(LAUNCHER.parents[1] / "recipes" / "tiny_cpu.yaml", folder / "config.yaml")  # no FID files
+    with pytest.raises(SystemExit, match=rf"on eval.py's command line, e.g. python launchers/eval.py {run} eval\."):
+        mod.main([str(run)])
+    with pytest.raises(SystemExit, match=r"eval.py overrides may set only the eval section .*\['train.max_steps=3'\]"):
+        mod.main([str(run), "eval.num_samples=8", "train.max_steps=3"])
+    built = []
+
+    def build_setup(cfg, run_dir, device):
+        built.append(cfg.eval)
+        raise ValueError("stop here")
+
+    mod.build_setup = build_setup
+    with pytest.raises(SystemExit, match="error: stop here"):
+        mod.main([str(run), "eval.fid_inception_path=/weights/inception.pth", "eval.num_samples=8"])
+    assert (built[0].fid_inception_path, built[0].num_samples) == ("/weights/inception.pth", 8)
+    with pytest.raises(SystemExit, match=r"eval.num_sample"):  # a mistyped key: the recipe check's own message
+        mod.main([str(run), "eval.num_sample=8"])
