@@ -45,7 +45,7 @@ from ard_scale.checkpoint.export_files import (
     verify_export,
     write_checksums,
 )
-from ard_scale.checkpoint.layout import LATEST, rank_file
+from ard_scale.checkpoint.layout import LATEST, rank_file, step_of
 from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, verify_dir
 from ard_scale.checkpoint.student_meta import schedule_from_dict, student_architecture
 from ard_scale.config import to_dict
@@ -73,12 +73,19 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
     else:
         named = f"checkpoint tag {tag!r}:"
     if not (ckpt_dir / tag).is_dir():
-        there = sorted(p.name for p in ckpt_dir.glob("step_*") if (p / META).is_file())  # complete ones
+        there = complete_tags(ckpt_dir)
         raise ValueError(
             f"{named} {ckpt_dir / tag} does not exist; checkpoints there: {', '.join(there) or 'none'} "
             "(choose one with --tag)"
         )
     return tag
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Tags of the complete checkpoints in `ckpt_dir` (their folder holds the completion marker), oldest first;
+    not their universal conversions."""
+    tags = [p.name for p in ckpt_dir.glob("step_*") if step_of(p.name) is not None and (p / META).is_file()]
+    return sorted(tags, key=step_of)
 
 
 def _client_state(tag_dir: Path) -> dict:
@@ -122,11 +129,16 @@ def _teacher_class_state(student_sd: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+EXPORT_EARLIER = "export one of them instead: python launchers/export.py {run_dir} --tag {tag}"
+
+
 def student_state_dict(
-    run_dir: str | Path, *, tag: str | None = None, use_ema: bool = True
+    run_dir: str | Path, *, tag: str | None = None, use_ema: bool = True, earlier_fix: str = EXPORT_EARLIER
 ) -> tuple[dict[str, torch.Tensor], dict, str, str]:
     """The student of checkpoint `tag` (default: latest) of `run_dir` as a full fp32 state dict (EMA merged in when
-    `use_ema` and present). Returns (state, architecture from the checkpoint's meta, tag, 'ema' or 'raw' ...)."""
+    `use_ema` and present). Returns (state, architecture from the checkpoint's meta, tag, 'ema' or 'raw' ...).
+    A damaged checkpoint is an error naming the complete earlier ones and `earlier_fix` (formatted with `run_dir`
+    and the newest earlier `tag`): how the caller takes one of them."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     run_dir = Path(run_dir)
@@ -136,7 +148,17 @@ def student_state_dict(
         raise ValueError(f"{ckpt_dir / tag} is not a complete checkpoint (no {META})")
     # Sizes and checksums first, then no planted objects (DeepSpeed's reader unpickles with weights_only=False). A
     # checkpoint named here is never swapped for another: a damaged one is an error.
-    verify_dir(ckpt_dir / tag)
+    try:
+        verify_dir(ckpt_dir / tag)
+    except ValueError as e:
+        earlier = [t for t in complete_tags(ckpt_dir) if step_of(t) < (step_of(tag) or 0)]
+        if not earlier:
+            raise
+        raise ValueError(
+            f"{e}. Complete earlier checkpoints there (each verified as it is read): {', '.join(earlier)}; "
+            + earlier_fix.format(run_dir=run_dir, tag=earlier[-1])
+            + " (resuming the run falls back to the newest intact one by itself)"
+        ) from e
     arch = read_meta(ckpt_dir / tag).get("student")
     if arch is None:
         raise ValueError(f"{ckpt_dir / tag} does not hold an ARD student (its {META} has no student architecture)")
@@ -351,7 +373,9 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
         raise ValueError(
             f"gan.init_from: {run_dir} has no checkpoints/ folder; give the run directory of a trained run"
         )
-    state, arch, tag, weights = student_state_dict(run_dir, use_ema=use_ema)
+    state, arch, tag, weights = student_state_dict(
+        run_dir, use_ema=use_ema, earlier_fix="to start from {tag}, write {tag} into {run_dir}/checkpoints/latest"
+    )  # gan.init_from starts from the checkpoint `latest` names
     ours = student_architecture(student)
     differing = sorted(k for k in ours["ard"] if arch["ard"].get(k) != ours["ard"][k])
     if arch["family"] != ours["family"] or differing:

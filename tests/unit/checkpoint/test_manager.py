@@ -5,6 +5,7 @@ The real DeepSpeed ZeRO-3 behaviour on 2 ranks is tested in tests/distributed/te
 import json
 import os
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -283,3 +284,36 @@ def test_export_of_a_checkpoint_that_is_not_there_names_the_ones_that_are(tmp_pa
     with pytest.raises(ValueError, match=r"tag 'step_2'.*does not exist; checkpoints there: step_00000002"):
         resolve_tag(ckpt, "step_2")
     assert resolve_tag(ckpt, "step_00000002") == "step_00000002"
+
+
+def test_export_of_a_damaged_latest_names_the_earlier_complete_checkpoints_and_how_to_take_one(tmp_path, cfg):
+    """A damaged `latest` blocked export, naming the file but not that an earlier checkpoint can be exported."""
+    import importlib.util
+
+    from ard_scale.checkpoint.export import load_student_weights
+
+    mgr, engine = CheckpointManager(tmp_path / "run", keep_last=3, config_dict=cfg), FakeEngine()
+    for step in (1, 2, 3):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    ckpt = tmp_path / "run" / "checkpoints"
+    (ckpt / "step_00000001_universal").mkdir()  # a conversion carries its source's marker: not offered
+    (ckpt / "step_00000001" / META).rename(ckpt / "step_00000001_universal" / META)  # step 1: incomplete
+    victim = rank_file(ckpt / "step_00000003", 0)
+    victim.write_bytes(victim.read_bytes()[:-1])  # truncated
+    spec = importlib.util.spec_from_file_location("export_launcher", RECIPE.parents[1] / "launchers" / "export.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    damaged = rf"checkpoint {ckpt / 'step_00000003'} is damaged or unsafe: .*rank_00000\.pt: \d+ bytes, the marker"
+    earlier = r"\. Complete earlier checkpoints there \(each verified as it is read\): step_00000002; "
+    with pytest.raises(SystemExit) as stopped:
+        launcher.main([str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert re.match(
+        rf"error: {damaged}.*{earlier}export one of them instead: python launchers/export.py {tmp_path / 'run'} "
+        r"--tag step_00000002 \(resuming the run falls back to the newest intact one by itself\)$",
+        str(stopped.value.code),
+    ), stopped.value.code
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(
+        ValueError, match=rf"{damaged}.*{earlier}to start from step_00000002, write step_00000002 into "
+    ):
+        load_student_weights(None, tmp_path / "run")  # gan.init_from takes the checkpoint `latest` names
