@@ -377,12 +377,18 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
         run_dir, use_ema=use_ema, earlier_fix="to start from {tag}, write {tag} into {run_dir}/checkpoints/latest"
     )  # gan.init_from starts from the checkpoint `latest` names
     ours = student_architecture(student)
+    if arch["family"] != ours["family"]:  # the student is its teacher's backbone: another teacher, another student
+        raise ValueError(
+            f"gan.init_from: {run_dir} holds a {arch['family']} student, and this recipe's teacher is "
+            f"teacher.family={ours['family']}: the GAN stage starts from a regression run of its own teacher; give "
+            f"that run's teacher section (teacher.family={arch['family']}), or a {ours['family']} run as gan.init_from"
+        )
     differing = sorted(k for k in ours["ard"] if arch["ard"].get(k) != ours["ard"][k])
-    if arch["family"] != ours["family"] or differing:
+    if differing:
         listing = "; ".join(f"{k}: {arch['ard'].get(k)!r} there, {ours['ard'][k]!r} here" for k in differing)
         raise ValueError(
-            f"gan.init_from: {run_dir} holds a {arch['family']} student with other ARD settings "
-            f"({listing or 'family'}); use the same student section as that run"
+            f"gan.init_from: {run_dir} holds a {arch['family']} student with other ARD settings ({listing}); use the "
+            "same student section as that run"
         )
     try:
         student.load_state_dict(state, strict=True)

@@ -317,3 +317,27 @@ def test_export_of_a_damaged_latest_names_the_earlier_complete_checkpoints_and_h
         ValueError, match=rf"{damaged}.*{earlier}to start from step_00000002, write step_00000002 into "
     ):
         load_student_weights(None, tmp_path / "run")  # gan.init_from takes the checkpoint `latest` names
+
+
+def test_gan_init_from_a_run_of_another_teacher_family_names_the_teacher_not_the_student_section(tmp_path, monkeypatch):
+    """A pixart run as gan.init_from in a DiT recipe was said to differ in "other ARD settings (family)"."""
+    import ard_scale.checkpoint.export as export
+    from ard_scale.checkpoint.student_meta import student_architecture
+    from ard_scale.config.ard import ARDConfig
+    from ard_scale.diffusion.schedules import VPSchedule
+    from ard_scale.models.student import ARDStudent
+    from ard_scale.models.teachers import build_teacher
+
+    student = ARDStudent(
+        build_teacher("dit", "debug", num_embeds_ada_norm=10), ARDConfig(num_steps=4, num_causal_layers=2), VPSchedule()
+    )
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    saved = {**student_architecture(student), "family": "pixart"}  # what a PixArt regression run's checkpoint holds
+    monkeypatch.setattr(export, "student_state_dict", lambda *a, **k: ({}, saved, "step_00000006", "ema"))
+    with pytest.raises(ValueError) as refused:
+        export.load_student_weights(student, tmp_path / "run")
+    assert str(refused.value) == (
+        f"gan.init_from: {tmp_path / 'run'} holds a pixart student, and this recipe's teacher is teacher.family=dit: "
+        "the GAN stage starts from a regression run of its own teacher; give that run's teacher section "
+        "(teacher.family=pixart), or a dit run as gan.init_from"
+    )
