@@ -163,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=256 << 20, help="bytes per output shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    from ard_scale.data.bundled import resolve_data_path
+    from ard_scale.data.shard_paths import check_shard_path
     from ard_scale.trainer.conditioning import load_text_encoders
     from ard_scale.utils.folders import check_new_folder, writing_folder
 
-    try:  # a bad recipe (ConfigError), a used output folder, a missing encoder or folder: its cause in one line
+    try:  # a bad recipe (ConfigError), a used output folder, unreadable shards, a missing encoder: its cause, one line
         check_new_folder(args.out_dir, "precomputed shards")
         family, sections, dtype = _encoder_sections(args)
+        check_shard_path(resolve_data_path(args.shards), args.format, path_name="SHARDS", format_option="--format ")
         encoders = load_text_encoders(family, sections, dtype=dtype, device=args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -82,9 +82,58 @@ def check_mds_folder(path: str) -> None:
             raise ValueError(f"MDS shard {os.path.join(path, options[0])!r} listed in {index} is missing; rebuild")
 
 
-def check_shard_path(path: str, format: str) -> None:
+BUILT_FORMATS = ("webdataset", "mds")  # the subfolders launchers/build_shards.py writes, one per format
+
+
+def _layout_problem(path: str, format: str, *, path_name: str, format_option: str) -> str | None:
+    """What is wrong where local folder `path` holds no `format` shards but the other format's (read them as such),
+    or is launchers/build_shards.py's output folder (point at its subfolder); None otherwise."""
+    if not os.path.isdir(path):
+        return None
+    label = {"webdataset": "webdataset", "mds": "MDS"}[format]
+    has_tars = bool(glob.glob(os.path.join(path, "*.tar")) + glob.glob(os.path.join(path, "*.tar.gz")))
+    has_wds = has_tars or os.path.isfile(os.path.join(path, INDEX_NAME))
+    has_mds = os.path.isfile(os.path.join(path, "index.json"))
+    if format == "mds" and has_wds and not has_mds:
+        return (
+            f"MDS path {path!r} has no index.json: it holds webdataset shards (.tar); read them with "
+            f"{format_option}webdataset"
+        )
+    if format == "webdataset" and has_mds and not has_wds:
+        return (
+            f"webdataset path {path!r} holds no .tar shards: it holds MDS shards (index.json); read them with "
+            f"{format_option}mds"
+        )
+    if has_wds or has_mds:
+        return None
+    built = [f for f in BUILT_FORMATS if os.path.isdir(os.path.join(path, f))]
+    if format in built:
+        return (
+            f"{label} path {path!r} holds no shards itself: it is launchers/build_shards.py's output folder; point "
+            f"{path_name} at its {format}/ subfolder, {os.path.join(path, format)}"
+        )
+    if built:
+        return (
+            f"{label} path {path!r} holds no shards itself: it is launchers/build_shards.py's output folder, with "
+            f"{built[0]} shards only; give {path_name} {os.path.join(path, built[0])} and {format_option}{built[0]}"
+        )
+    return None
+
+
+def check_shard_path(
+    path: str, format: str, *, path_name: str = "data.path", format_option: str = "data.format="
+) -> None:
     """Raise what the `format` reader would raise about `path` on opening it, without reading a shard (remote MDS
-    is not checked: streaming downloads its index itself)."""
+    is not checked: streaming downloads its index itself), or where `path` holds shards in another layout than the
+    reader's (the other format's, or build_shards' output folder above them): `path_name` and `format_option` name
+    the setting for the fix (a recipe's data.path and data.format=, a launcher's SHARDS and --format )."""
+    problem = (
+        _layout_problem(path, format, path_name=path_name, format_option=format_option)
+        if format in BUILT_FORMATS
+        else None
+    )
+    if problem is not None:
+        raise ValueError(problem)
     if format == "webdataset":
         shard_urls(path)
     elif format == "mds":

@@ -19,13 +19,13 @@ CASES = {
     "fit_teacher": ("fit_teacher", ["{tmp}/no_recipe.yaml", "--out", "{tmp}/teacher"], "cannot read the recipe file"),
     "precompute_text-no_t5": (
         "precompute_text",
-        ["{tmp}/no_shards", "{tmp}/text", "--t5", "{tmp}/no_t5"],
+        ["bundled:digits/mds", "{tmp}/text", "--t5", "{tmp}/no_t5"],  # the shards are checked first
         "T5 path '{tmp}/no_t5' is not a local folder",
     ),
-    "precompute_text-no_shards": (  # the encoder loads; the shards are not there
+    "precompute_text-no_shards": (  # the encoder is there; the shards are not
         "precompute_text",
         ["{tmp}/no_shards", "{tmp}/text", "--t5", "{t5}"],
-        "MDS path '{tmp}/no_shards' has no index.json",
+        "MDS path '{tmp}/no_shards' is not an existing folder",
     ),
     "train": ("train", ["{tmp}/no_recipe.yaml"], "cannot read the recipe file"),
     "sample": ("sample", ["{tmp}/no_export", "--prompt", "a cat"], "is not an ARD export folder"),

@@ -202,6 +202,28 @@ def test_every_data_path_form_the_webdataset_reader_opens_passes():
     assert data_problems(resolve_data_path("bundled:digits/mds"), "mds") == []
 
 
+def test_shards_of_the_other_format_or_build_shards_output_folder_are_named_with_the_setting_to_change():
+    """build_shards' output folder (webdataset/ and mds/ inside) was said to hold no .tar shards, and webdataset
+    shards read as MDS to have no index.json: each now names what the folder holds and which setting fixes it."""
+    built, wds, mds = (resolve_data_path(f"bundled:digits{sub}") for sub in ("", "/webdataset", "/mds"))
+    assert data_problems("bundled:digits") == [
+        f"data.path: webdataset path {built!r} holds no shards itself: it is launchers/build_shards.py's output "
+        f"folder; point data.path at its webdataset/ subfolder, {wds}"
+    ]
+    assert data_problems(built, "mds") == [
+        f"data.path: MDS path {built!r} holds no shards itself: it is launchers/build_shards.py's output folder; "
+        f"point data.path at its mds/ subfolder, {mds}"
+    ]
+    assert data_problems(wds, "mds") == [
+        f"data.path: MDS path {wds!r} has no index.json: it holds webdataset shards (.tar); read them with "
+        "data.format=webdataset"
+    ]
+    assert data_problems(mds) == [
+        f"data.path: webdataset path {mds!r} holds no .tar shards: it holds MDS shards (index.json); read them with "
+        "data.format=mds"
+    ]
+
+
 def test_shards_the_readers_would_refuse_are_named_before_launch(tmp_path):
     wds = resolve_data_path("bundled:digits/webdataset")
     (tmp_path / "empty").mkdir()

@@ -158,6 +158,28 @@ def test_precomputed_text_is_written_whole_or_not_at_all(tmp_path, tiny_t5, mds_
         precompute(args)
 
 
+def test_precompute_text_names_webdataset_shards_read_as_mds_and_the_build_folder(tmp_path, tiny_t5):
+    """Webdataset shards given with the default --format mds were said to lack index.json ("build it with
+    build_shards.py"), though they were built: the fix is --format webdataset, or the build folder's subfolder."""
+    make_image_folder(str(tmp_path / "img"), 3)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "webdataset"])
+    precompute = load_launcher("precompute_text").main
+    wds = tmp_path / "built" / "webdataset"
+    with pytest.raises(SystemExit) as stopped:
+        precompute([str(wds), str(tmp_path / "text"), "--t5", tiny_t5])
+    assert stopped.value.code == (
+        f"error: MDS path {str(wds)!r} has no index.json: it holds webdataset shards (.tar); read them with "
+        "--format webdataset"
+    )
+    with pytest.raises(SystemExit) as stopped:
+        precompute([str(tmp_path / "built"), str(tmp_path / "text"), "--t5", tiny_t5])
+    assert stopped.value.code == (
+        f"error: MDS path {str(tmp_path / 'built')!r} holds no shards itself: it is launchers/build_shards.py's output "
+        f"folder, with webdataset shards only; give SHARDS {wds} and --format webdataset"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["built", "img"]
+
+
 def test_load_t5_needs_a_local_folder(tmp_path):
     from ard_scale.models.text_encoder import load_t5
 
