@@ -10,6 +10,7 @@ shards.json) and OUT_DIR/mds, then prints what was skipped and why.
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 from collections import Counter
@@ -42,14 +43,22 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     args = parser.parse_args(argv)
 
     skipped: Counter = Counter()
-    samples = tqdm(iter_source(args.source, skipped), desc="samples", unit="img", file=sys.stderr)
+    source = iter_source(args.source, skipped)
+    first = next(source, None)  # before any output: a source with no valid sample is one error line, nothing written
+    if first is None:
+        reasons = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
+        raise ValueError(
+            f"no valid sample in {args.source!r}"
+            + (f" (skipped {sum(skipped.values())}: {reasons})" if skipped else "")
+            + "; nothing written. A folder holds x.jpg (or .png, ...) with its caption in x.txt; a .csv/.jsonl "
+            "lists path and caption"
+        )
+    samples = tqdm(itertools.chain([first], source), desc="samples", unit="img", file=sys.stderr)
     counts = write_shards(
         samples, args.out_dir, formats=tuple(args.formats), shard_bytes=args.shard_size, gzip=args.gzip
     )
     print(f"wrote {counts} to {args.out_dir}")
     print(f"skipped {sum(skipped.values())}" + "".join(f"\n  {n:6d}  {why}" for why, n in skipped.most_common()))
-    if not any(counts.values()):
-        raise SystemExit(f"no valid sample in {args.source!r}; nothing written")
     return counts
 
 

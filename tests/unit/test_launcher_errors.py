@@ -1,6 +1,7 @@
 """Every launcher (and `python -m ard_scale.plan`) run from the shell turns a user's mistake (a missing recipe, path
 or source) into one `error: ...` line naming the cause, and a non-zero exit, not a traceback."""
 
+import os
 import runpy
 import sys
 
@@ -64,6 +65,24 @@ def test_a_launcher_reports_a_user_error_in_one_line(case, tmp_path, monkeypatch
     assert code not in (0, None)
     assert text.startswith("error") and message.format(tmp=work) in text, text
     assert not any(work.iterdir())  # nothing half-written
+
+
+def test_build_shards_of_a_folder_without_valid_samples_says_only_the_error(tmp_path, monkeypatch, capsys):
+    """It printed "wrote {'webdataset': 0, 'mds': 0} to ..." and the skip count before "nothing written"."""
+    from PIL import Image
+
+    source = tmp_path / "img"
+    source.mkdir()
+    Image.new("RGB", (4, 4)).save(source / "a.png")  # no a.txt: skipped for its missing caption
+    monkeypatch.setattr(sys, "argv", ["build_shards", str(source), str(tmp_path / "shards")])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(ROOT / "launchers" / "build_shards.py"), run_name="__main__")
+    assert stopped.value.code == (
+        f"error: no valid sample in {str(source)!r} (skipped 1: 1 missing caption); nothing written. A folder holds "
+        "x.jpg (or .png, ...) with its caption in x.txt; a .csv/.jsonl lists path and caption"
+    )
+    assert capsys.readouterr() == ("", "")  # the error line alone (SystemExit prints it), no progress bar or counts
+    assert os.listdir(tmp_path) == ["img"]
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
