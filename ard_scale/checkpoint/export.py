@@ -50,6 +50,7 @@ from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, v
 from ard_scale.checkpoint.student_meta import schedule_from_dict, student_architecture
 from ard_scale.config import to_dict
 from ard_scale.config.ard import ARDConfig
+from ard_scale.errors import UserError
 from ard_scale.models.families import get_family
 from ard_scale.models.lora import adapter_config, adapter_state, merged_backbone_state
 from ard_scale.models.student import ARDStudent
@@ -67,14 +68,14 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
     if tag is None:
         latest = ckpt_dir / LATEST
         if not latest.is_file():
-            raise ValueError(f"{latest} does not exist: no complete checkpoint to export (pass a run directory)")
+            raise UserError(f"{latest} does not exist: no complete checkpoint to export (pass a run directory)")
         tag = latest.read_text(encoding="utf-8").strip()
         named = f"{latest} names {tag!r}, but"
     else:
         named = f"checkpoint tag {tag!r}:"
     if not (ckpt_dir / tag).is_dir():
         there = complete_tags(ckpt_dir)
-        raise ValueError(
+        raise UserError(
             f"{named} {ckpt_dir / tag} does not exist; checkpoints there: {', '.join(there) or 'none'} "
             "(choose one with --tag)"
         )
@@ -92,7 +93,7 @@ def _client_state(tag_dir: Path) -> dict:
     """Rank 0's DeepSpeed model-states file (it carries the client_state)."""
     files = sorted(glob.glob(str(tag_dir / "*model_states.pt")))
     if not files:
-        raise ValueError(f"{tag_dir} has no DeepSpeed *model_states.pt file")
+        raise UserError(f"{tag_dir} has no DeepSpeed *model_states.pt file")
     return safe_load(files[0])
 
 
@@ -145,7 +146,7 @@ def student_state_dict(
     ckpt_dir = run_dir / "checkpoints"
     tag = resolve_tag(ckpt_dir, tag)
     if not (ckpt_dir / tag / META).is_file():
-        raise ValueError(f"{ckpt_dir / tag} is not a complete checkpoint (no {META})")
+        raise UserError(f"{ckpt_dir / tag} is not a complete checkpoint (no {META})")
     # Sizes and checksums first, then no planted objects (DeepSpeed's reader unpickles with weights_only=False). A
     # checkpoint named here is never swapped for another: a damaged one is an error.
     try:
@@ -154,14 +155,14 @@ def student_state_dict(
         earlier = [t for t in complete_tags(ckpt_dir) if step_of(t) < (step_of(tag) or 0)]
         if not earlier:
             raise
-        raise ValueError(
+        raise UserError(
             f"{e}. Complete earlier checkpoints there (each verified as it is read): {', '.join(earlier)}; "
             + earlier_fix.format(run_dir=run_dir, tag=earlier[-1])
             + " (resuming the run falls back to the newest intact one by itself)"
         ) from e
     arch = read_meta(ckpt_dir / tag).get("student")
     if arch is None:
-        raise ValueError(f"{ckpt_dir / tag} does not hold an ARD student (its {META} has no student architecture)")
+        raise UserError(f"{ckpt_dir / tag} does not hold an ARD student (its {META} has no student architecture)")
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     weights = "raw"
     if use_ema:
@@ -206,7 +207,7 @@ def lora_checkpoint_student(
             load_teacher(teacher, family=arch["family"]) if teacher is not None else teacher_from_config(section, seed)
         )
     except (ValueError, OSError) as e:
-        raise ValueError(
+        raise UserError(
             f"{tag_dir} holds a LoRA student, whose checkpoint has no base weights: they are the teacher's "
             f"(its recipe's teacher.path={section.path!r}), which could not be loaded ({e}). Pass the teacher's "
             "folder (launchers/export.py --teacher DIR)"
@@ -215,7 +216,7 @@ def lora_checkpoint_student(
     try:
         student.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"the trainable state in {tag_dir} does not fit that teacher's LoRA student: {e}") from e
+        raise UserError(f"the trainable state in {tag_dir} does not fit that teacher's LoRA student: {e}") from e
     return student
 
 
@@ -255,7 +256,7 @@ def export_student(
     state, arch, tag, weights = student_state_dict(run_dir, tag=tag, use_ema=use_ema)
     lora = ARDConfig(**arch["ard"]).lora
     if adapter_only and not lora.enabled:
-        raise ValueError(
+        raise UserError(
             f"{run_dir}/checkpoints/{tag} holds a full student (no student.lora): export it without "
             "adapter_only (--lora-adapter)"
         )
@@ -308,7 +309,7 @@ def load_exported_student(
     path = Path(path)
     cfg_file = path / ARD_CONFIG_FILE
     if not cfg_file.is_file():
-        raise ValueError(f"{path} is not an ARD export folder: it has no {ARD_CONFIG_FILE} (run launchers/export.py)")
+        raise UserError(f"{path} is not an ARD export folder: it has no {ARD_CONFIG_FILE} (run launchers/export.py)")
     if verify:
         verify_export(path)
     with reading_export(path):
@@ -327,7 +328,7 @@ def _load_adapter_export(path: Path, ard_config: dict, arch: dict, dtype, teache
 
     base = ard_config["source"].get("base") or {}
     if teacher is None and base.get("family") is None:
-        raise ValueError(
+        raise UserError(
             f"{path} is an adapter-only export of a student whose base teacher it does not name; pass "
             "teacher=DIR (the teacher folder it was trained from)"
         )
@@ -338,7 +339,7 @@ def _load_adapter_export(path: Path, ard_config: dict, arch: dict, dtype, teache
             section = TeacherConfig(**{k: v for k, v in base.items() if k != "seed"})
             model = teacher_from_config(section, base.get("seed", 0))
     except (ValueError, OSError) as e:
-        raise ValueError(
+        raise UserError(
             f"{path} holds LoRA adapters for the teacher {teacher or base.get('path') or base.get('size')!r}, which "
             f"could not be loaded ({e}); pass teacher=DIR (launchers/sample.py --teacher DIR)"
         ) from e
@@ -370,15 +371,13 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
     e.g. the regression stage for the GAN stage. Its ARD settings must match. Returns a description of the source."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
-        raise ValueError(
-            f"gan.init_from: {run_dir} has no checkpoints/ folder; give the run directory of a trained run"
-        )
+        raise UserError(f"gan.init_from: {run_dir} has no checkpoints/ folder; give the run directory of a trained run")
     state, arch, tag, weights = student_state_dict(
         run_dir, use_ema=use_ema, earlier_fix="to start from {tag}, write {tag} into {run_dir}/checkpoints/latest"
     )  # gan.init_from starts from the checkpoint `latest` names
     ours = student_architecture(student)
     if arch["family"] != ours["family"]:  # the student is its teacher's backbone: another teacher, another student
-        raise ValueError(
+        raise UserError(
             f"gan.init_from: {run_dir} holds a {arch['family']} student, and this recipe's teacher is "
             f"teacher.family={ours['family']}: the GAN stage starts from a regression run of its own teacher; give "
             f"that run's teacher section (teacher.family={arch['family']}), or a {ours['family']} run as gan.init_from"
@@ -386,14 +385,12 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
     differing = sorted(k for k in ours["ard"] if arch["ard"].get(k) != ours["ard"][k])
     if differing:
         listing = "; ".join(f"{k}: {arch['ard'].get(k)!r} there, {ours['ard'][k]!r} here" for k in differing)
-        raise ValueError(
+        raise UserError(
             f"gan.init_from: {run_dir} holds a {arch['family']} student with other ARD settings ({listing}); use the "
             "same student section as that run"
         )
     try:
         student.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(
-            f"gan.init_from: the student in {run_dir}/{tag} does not fit this recipe's teacher: {e}"
-        ) from e
+        raise UserError(f"gan.init_from: the student in {run_dir}/{tag} does not fit this recipe's teacher: {e}") from e
     return f"{run_dir}/checkpoints/{tag} ({weights})"

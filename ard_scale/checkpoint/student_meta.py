@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ard_scale.config import to_dict
+from ard_scale.errors import UserError
 
 
 def student_architecture(module: torch.nn.Module) -> dict | None:
@@ -49,7 +50,7 @@ def check_student_kind(saved: dict | None, module: torch.nn.Module, where: Path 
         return f"a LoRA student ({settings})" if lora["rank"] else "a full student"
 
     keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-    raise ValueError(
+    raise UserError(
         f"checkpoint {where} holds {kind(theirs)}, but this recipe builds {kind(mine)}; differing student.lora keys: "
         f"{', '.join(keys)}. Use the recipe's student.lora settings of that run (see its config.yaml), or start a "
         "new run in another checkpoint.run_dir"
@@ -63,7 +64,7 @@ def schedule_to_dict(schedule) -> dict:
 
     kind = {VPSchedule: "vp", FlowSchedule: "flow"}.get(type(schedule))
     if kind is None:
-        raise ValueError(f"unknown schedule type {type(schedule).__name__}; expected VPSchedule or FlowSchedule")
+        raise UserError(f"unknown schedule type {type(schedule).__name__}; expected VPSchedule or FlowSchedule")
     return {"kind": kind, **asdict(schedule)}
 
 

@@ -192,7 +192,7 @@ def check_override_sections(overrides: Iterable[str], sections: Sequence[str], *
     others = [o for o in overrides if not o.startswith(tuple(f"{section}." for section in sections))]
     if others:
         plural = "s" if len(sections) > 1 else ""
-        raise ValueError(
+        raise UserError(
             f"{tool} overrides may set only the {', '.join(sections)} section{plural} ({why}), got {others}"
         )
 

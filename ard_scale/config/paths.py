@@ -11,6 +11,7 @@ import warnings
 
 from ard_scale.config.loader import ConfigError
 from ard_scale.config.schema import ConfigWarning
+from ard_scale.errors import UserError
 
 
 def _shard_problem(path: str | None, format: str) -> str | None:
@@ -112,7 +113,7 @@ def missing_paths(cfg) -> list[str]:
         def holds(path):
             problem = weights_problem(folder_of(path), stems)
             if problem is not None:
-                raise ValueError(problem)
+                raise UserError(problem)
 
         return holds
 

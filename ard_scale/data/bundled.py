@@ -18,6 +18,8 @@ from collections import Counter
 
 import torch
 
+from ard_scale.errors import UserError
+
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled", "digits")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_SIZE = 32
@@ -39,14 +41,14 @@ def resolve_data_path(path: str | None) -> str | None:
     resolved = os.path.join(BUNDLED_ROOT, name)
     if not name or not os.path.exists(resolved):
         available = ", ".join(f"bundled:digits/{f}" for f in ("webdataset", "mds"))
-        raise ValueError(f"{path!r} names no bundled data set; available: {available}")
+        raise UserError(f"{path!r} names no bundled data set; available: {available}")
     return resolved
 
 
 def bundled_digits_path(format: str) -> str:
     """Path to pass as `DataConfig.path` for the bundled digits in `format` ('webdataset' or 'mds')."""
     if format not in ("webdataset", "mds"):
-        raise ValueError(f"format={format!r}: the bundled digits exist as 'webdataset' and 'mds'")
+        raise UserError(f"format={format!r}: the bundled digits exist as 'webdataset' and 'mds'")
     return os.path.join(BUNDLED_DIR, format)
 
 

@@ -11,6 +11,7 @@ from ard_scale.data.bundled import resolve_data_path
 from ard_scale.data.samples import SkipCounter, collate
 from ard_scale.data.transforms import bucket_table
 from ard_scale.data.wds import RankPlan, WdsChunks, list_shards
+from ard_scale.errors import UserError
 
 
 def _identity(chunk: dict) -> dict:
@@ -108,7 +109,7 @@ class WebdatasetLoader:
                         yield collate([s for _, s in bucket])
                 if stats[1] == 0 and stats[0] == self.plan.shard_share(*shard_key):
                     url = self.shards[shard_key[1]].url
-                    raise ValueError(
+                    raise UserError(
                         f"webdataset shard {url!r} has no valid sample (all {stats[0]} read on rank {self.rank} "
                         f"were skipped: {dict(skips.counts)}); rebuild or remove it"
                     )
@@ -142,7 +143,7 @@ class WebdatasetLoader:
                     "seed": self.config.seed, "num_total": self.plan.num_total}  # fmt: skip
         differing = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if differing:
-            raise ValueError(
+            raise UserError(
                 f"webdataset loader state does not match this run: {differing} (saved, now); exact resume needs "
                 "the same shards, seed, rank and world size — load each rank's own state"
             )

@@ -19,6 +19,7 @@ from ard_scale.config.data import DataConfig
 from ard_scale.data.samples import BadSample, SkipCounter, collate, decode_sample
 from ard_scale.data.shard_paths import check_mds_folder, is_remote
 from ard_scale.data.streaming_world import streaming_build
+from ard_scale.errors import UserError
 
 # + optional label: int, t5_emb/t5_mask/pooled_emb: ndarray
 COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}
@@ -80,14 +81,14 @@ class MDSLoader:
 
     def __init__(self, config: DataConfig, *, rank: int, world_size: int):
         if config.buckets:
-            raise ValueError(
+            raise UserError(
                 "data.buckets=true needs data.format='webdataset': MDS resume state is one global sample count, "
                 "which per-rank bucket buffers cannot express; use fixed-resolution MDS or webdataset shards"
             )
         self.config, self.rank, self.world_size = config, rank, world_size
         if is_remote(config.path):
             if not config.cache_dir:
-                raise ValueError(
+                raise UserError(
                     f"MDS path {config.path!r} is remote: set data.cache_dir to a local folder unique to this job"
                 )
             location = {"remote": config.path, "local": config.cache_dir}
@@ -128,7 +129,7 @@ class MDSLoader:
                 yield batch  # also when empty: see the class docstring
             all_bad = sorted(shard for shard, good in good_per_shard.items() if not good)
             if all_bad:
-                raise ValueError(
+                raise UserError(
                     f"MDS shards {all_bad} had no valid sample on rank {self.rank} in epoch {self.epoch} "
                     f"(skipped: {dict(self.skips.counts)}); rebuild or remove them"
                 )
@@ -156,7 +157,7 @@ class MDSLoader:
     def load_state_dict(self, state: dict) -> None:
         """Resume from `state_dict()`; call before iterating."""
         if state.get("format") != "mds" or state.get("world_size") != self.world_size:
-            raise ValueError(
+            raise UserError(
                 f"MDS loader state (format={state.get('format')!r}, world_size={state.get('world_size')}) does not "
                 f"match this run (mds, {self.world_size}); exact resume needs the same world size"
             )

@@ -11,6 +11,8 @@ import os
 
 from braceexpand import braceexpand
 
+from ard_scale.errors import UserError
+
 INDEX_NAME = "shards.json"  # wids-style shard index written by build_shards: shard urls + sample counts
 
 
@@ -33,7 +35,7 @@ def shard_urls(path: str) -> list[tuple[str, int | None]]:
                     listing = [(s["url"] if is_remote(s["url"]) else os.path.join(root, s["url"]), int(s["nsamples"]))
                                for s in json.load(f)["shardlist"]]  # fmt: skip
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(
+                raise UserError(
                     f"webdataset index {index!r} is not a shard index ({type(e).__name__}: {e}): it needs "
                     '{"shardlist": [{"url": ..., "nsamples": ...}, ...]}; rebuild it with launchers/build_shards.py'
                 ) from e
@@ -41,25 +43,25 @@ def shard_urls(path: str) -> list[tuple[str, int | None]]:
             urls = sorted(glob.glob(os.path.join(path, "*.tar")) + glob.glob(os.path.join(path, "*.tar.gz")))
             listing = [(u, None) for u in urls]
         else:
-            raise ValueError(f"webdataset index {path!r} does not exist; pass a folder of .tar or build one")
+            raise UserError(f"webdataset index {path!r} does not exist; pass a folder of .tar or build one")
     elif "{" not in path and not is_remote(path) and not os.path.exists(path):
-        raise ValueError(
+        raise UserError(
             f"webdataset path {path!r} does not exist: give a folder of .tar shards, a {INDEX_NAME} index or a brace "
             "pattern (launchers/build_shards.py writes the first two)"
         )
     else:
         urls = list(braceexpand(path))
         if any(is_remote(u) for u in urls):
-            raise ValueError(
+            raise UserError(
                 f"webdataset path {path!r} is remote: sample counts are needed for exact resume, so pass a "
                 f"{INDEX_NAME} index listing the urls and their nsamples (build_shards writes one)"
             )
         listing = [(u, None) for u in urls]
     if not listing:
-        raise ValueError(f"webdataset path {path!r} holds no .tar shards; point data.path at built shards")
+        raise UserError(f"webdataset path {path!r} holds no .tar shards; point data.path at built shards")
     for url, _ in listing:
         if not is_remote(url) and not os.path.isfile(url):
-            raise ValueError(f"webdataset shard {url!r} (from data.path={path!r}) does not exist")
+            raise UserError(f"webdataset shard {url!r} (from data.path={path!r}) does not exist")
     return listing
 
 
@@ -67,19 +69,19 @@ def check_mds_folder(path: str) -> None:
     """Raise unless local folder `path` is a non-empty MDS dataset whose index's shards are all there."""
     index = os.path.join(path, "index.json")
     if not os.path.isfile(index):
-        raise ValueError(f"MDS path {path!r} has no index.json: not an MDS dataset (build it with build_shards)")
+        raise UserError(f"MDS path {path!r} has no index.json: not an MDS dataset (build it with build_shards)")
     try:
         with open(index, encoding="utf-8") as f:
             shards = json.load(f)["shards"]
         total = sum(int(s["samples"]) for s in shards)
         names = [[s[k]["basename"] for k in ("raw_data", "zip_data") if s.get(k)] for s in shards]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"MDS index {index!r} is damaged ({type(e).__name__}: {e}); rebuild the dataset") from e
+        raise UserError(f"MDS index {index!r} is damaged ({type(e).__name__}: {e}); rebuild the dataset") from e
     if not shards or total == 0:
-        raise ValueError(f"MDS dataset {path!r} is empty; rebuild it")
+        raise UserError(f"MDS dataset {path!r} is empty; rebuild it")
     for options in names:
         if not any(os.path.isfile(os.path.join(path, name)) for name in options):
-            raise ValueError(f"MDS shard {os.path.join(path, options[0])!r} listed in {index} is missing; rebuild")
+            raise UserError(f"MDS shard {os.path.join(path, options[0])!r} listed in {index} is missing; rebuild")
 
 
 BUILT_FORMATS = ("webdataset", "mds")  # the subfolders launchers/build_shards.py writes, one per format
@@ -133,15 +135,15 @@ def check_shard_path(
         else None
     )
     if problem is not None:
-        raise ValueError(problem)
+        raise UserError(problem)
     if format == "webdataset":
         shard_urls(path)
     elif format == "mds":
         if not is_remote(path):
             if not os.path.isdir(path):
-                raise ValueError(
+                raise UserError(
                     f"MDS path {path!r} is not an existing folder (built shards: launchers/build_shards.py)"
                 )
             check_mds_folder(path)
     else:
-        raise ValueError(f"format={format!r}; choose 'webdataset' or 'mds'")
+        raise UserError(f"format={format!r}; choose 'webdataset' or 'mds'")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ard_scale.data.bundled import resolve_data_path
 from ard_scale.data.samples import IMAGE_EXTENSIONS
+from ard_scale.errors import UserError
 
 
 def _key(relative_path: str) -> str:
@@ -41,7 +42,7 @@ def _entries_from_table(table: str) -> Iterator[tuple[str, str | None, int | Non
         rows = csv.DictReader(f) if table.endswith(".csv") else (json.loads(line) for line in f if line.strip())
         for row in rows:
             if "path" not in row or "caption" not in row:
-                raise ValueError(f"{table!r}: every row needs 'path' and 'caption' fields, got {sorted(row)}")
+                raise UserError(f"{table!r}: every row needs 'path' and 'caption' fields, got {sorted(row)}")
             label = row.get("label")
             yield os.path.join(root, row["path"]), row["caption"], None if label in (None, "") else int(label)
 
@@ -53,7 +54,7 @@ def iter_source(source: str, skipped: Counter) -> Iterator[dict]:
     elif source.endswith((".csv", ".jsonl")) and os.path.isfile(source):
         entries, root = _entries_from_table(source), os.path.dirname(os.path.abspath(source))
     else:
-        raise ValueError(f"source {source!r} is neither a folder nor an existing .csv/.jsonl file")
+        raise UserError(f"source {source!r} is neither a folder nor an existing .csv/.jsonl file")
     seen: set[str] = set()
     for path, caption, label in entries:
         key = _key(os.path.relpath(path, root))
@@ -88,7 +89,7 @@ def iter_shard_set(path: str, format: str) -> Iterator[dict]:
 
         index = os.path.join(path, "index.json")
         if not os.path.isfile(index):
-            raise ValueError(f"MDS path {path!r} has no index.json; build it with launchers/build_shards.py")
+            raise UserError(f"MDS path {path!r} has no index.json; build it with launchers/build_shards.py")
         for shard_obj in json.load(open(index))["shards"]:
             reader = reader_from_json(path, None, shard_obj)
             for i in range(reader.samples):
@@ -114,4 +115,4 @@ def iter_shard_set(path: str, format: str) -> Iterator[dict]:
                 yield {"key": key, "image": image, "caption": fields["txt"].decode("utf-8"), "label": meta.get("label")}
             reader.close()
     else:
-        raise ValueError(f"format={format!r}; choose 'webdataset' or 'mds'")
+        raise UserError(f"format={format!r}; choose 'webdataset' or 'mds'")

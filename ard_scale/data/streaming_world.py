@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ard_scale.errors import UserError
+
 LOCK_FILE = "ard_scale_streaming_registration.lock"
 SHARED_MEMORY = "/dev/shm"  # where streaming registers, host-wide
 EXIT_WAIT_S = 10.0  # how long an exiting process waits for the lock before it cleans up regardless
@@ -107,7 +109,7 @@ def streaming_build(rank: int, world_size: int, local_world_size: int | None) ->
     wanted = {"RANK": rank, "WORLD_SIZE": world_size, "LOCAL_WORLD_SIZE": local_world_size, "LOCAL_RANK": local_rank}
     for name, value in wanted.items():
         if name in os.environ and int(os.environ[name]) != value:
-            raise ValueError(f"{name}={os.environ[name]} in the environment but the data loader was given {value}")
+            raise UserError(f"{name}={os.environ[name]} in the environment but the data loader was given {value}")
         os.environ[name] = str(value)
     with registration_lock(hold=local_rank == 0):
         exit_turn = contextlib.ExitStack()  # at exit: lock, streaming's own clean-up of this dataset, unlock

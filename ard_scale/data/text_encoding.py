@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from ard_scale.errors import UserError
+
 ENCODING_FILE = "text_encoding.json"
 NULL_FILE = "null_condition.safetensors"
 
@@ -50,9 +52,9 @@ def read_text_encoding(folder: str) -> dict | None:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
         if not isinstance(record.get("family"), str) or not isinstance(record.get("encoders"), dict):
-            raise ValueError("no 'family' and 'encoders'")
+            raise UserError("no 'family' and 'encoders'")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is damaged ({e}); run launchers/precompute_text.py again") from e
+        raise UserError(f"{path} is damaged ({e}); run launchers/precompute_text.py again") from e
     return record
 
 
@@ -67,7 +69,7 @@ def load_null(folder: str) -> dict[str, torch.Tensor] | None:
     try:
         return load_file(path)
     except (OSError, SafetensorError) as e:
-        raise ValueError(f"{path} is damaged ({e}); run launchers/precompute_text.py again") from e
+        raise UserError(f"{path} is damaged ({e}); run launchers/precompute_text.py again") from e
 
 
 def encoding_mismatches(record: dict, family: str, sections: dict[str, tuple[str, dict]]) -> list[str]:

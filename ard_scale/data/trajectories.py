@@ -25,6 +25,7 @@ from streaming import Stream, StreamingDataLoader, StreamingDataset
 from ard_scale.config.data import DataConfig, check_readable
 from ard_scale.data.samples import SkipCounter
 from ard_scale.data.streaming_world import streaming_build
+from ard_scale.errors import UserError
 
 
 def _collate(items: list[dict]) -> dict[str, Any]:
@@ -51,14 +52,14 @@ class TrajectoryLoader:
         root = Path(config.trajectory_path)
         meta_file = root / "meta.json"
         if not meta_file.is_file():
-            raise ValueError(
+            raise UserError(
                 f"data.trajectory_path {str(root)!r} has no meta.json: not a trajectory dump; write one with "
                 "launchers/dump_trajectories.py --out DIR"
             )
         self.meta = json.loads(meta_file.read_text())
         chunks = sorted(p for p in root.glob("chunk_*") if (p / "index.json").is_file())
         if not chunks:
-            raise ValueError(
+            raise UserError(
                 f"the trajectory dump {str(root)!r} has no complete chunk (chunk_NNNNN/index.json); finish it by "
                 "rerunning launchers/dump_trajectories.py with the same --out"
             )
@@ -120,7 +121,7 @@ class TrajectoryLoader:
     def load_state_dict(self, state: dict) -> None:
         """Resume from `state_dict()`; call before iterating."""
         if state.get("format") != "trajectories" or state.get("world_size") != self.world_size:
-            raise ValueError(
+            raise UserError(
                 f"trajectory loader state (format={state.get('format')!r}, world_size={state.get('world_size')}) "
                 f"does not match this run (trajectories, {self.world_size}); exact resume needs the same world size"
             )
@@ -134,7 +135,7 @@ class TrajectoryLoader:
 def trajectory_loader(config: DataConfig, *, rank: int, world_size: int) -> TrajectoryLoader:
     """The offline trajectory stream of this rank (see TrajectoryLoader)."""
     if not os.path.isdir(check_readable(config, "trajectory_path").trajectory_path):
-        raise ValueError(
+        raise UserError(
             f"data.trajectory_path {config.trajectory_path!r} is not a local folder; offline trajectories are read "
             "from a local dump of launchers/dump_trajectories.py"
         )

@@ -21,6 +21,7 @@ import torch
 
 from ard_scale.data.samples import BadSample, decode_wds_sample
 from ard_scale.data.shard_paths import is_remote, shard_urls
+from ard_scale.errors import UserError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +38,7 @@ def _count_samples(path: str) -> int:
         with tarfile.open(path, "r:*") as tar:
             keys = [_split_name(m.name)[0] for m in tar.getmembers() if m.isfile()]
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise ValueError(f"webdataset shard {path!r} is not a readable tar ({e}); rebuild it or remove it") from e
+        raise UserError(f"webdataset shard {path!r} is not a readable tar ({e}); rebuild it or remove it") from e
     return sum(1 for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k)
 
 
@@ -53,7 +54,7 @@ def list_shards(path: str) -> list[Shard]:
     shards = [Shard(url=url, num_samples=_count_samples(url) if n is None else n) for url, n in shard_urls(path)]
     for s in shards:
         if s.num_samples <= 0:
-            raise ValueError(f"webdataset shard {s.url!r} holds no samples; rebuild or remove it")
+            raise UserError(f"webdataset shard {s.url!r} holds no samples; rebuild or remove it")
     return shards
 
 
@@ -62,11 +63,11 @@ class RankPlan:
 
     def __init__(self, shards: list[Shard], *, rank: int, world_size: int, seed: int, shuffle: bool):
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+            raise UserError(f"rank={rank} must be in [0, world_size={world_size})")
         self.shards, self.seed, self.shuffle = shards, seed, shuffle
         self.num_total = sum(s.num_samples for s in shards)
         if self.num_total < world_size:
-            raise ValueError(f"{self.num_total} samples cannot be split over world_size={world_size} ranks")
+            raise UserError(f"{self.num_total} samples cannot be split over world_size={world_size} ranks")
         self.span_start = rank * self.num_total // world_size
         self.num_per_epoch = (rank + 1) * self.num_total // world_size - self.span_start
         self._epoch, self._order, self._starts = -1, None, None

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ard_scale.data.shard_paths import INDEX_NAME
+from ard_scale.errors import UserError
 from ard_scale.utils.folders import check_new_folder, writing_folder
 
 
@@ -118,7 +119,7 @@ def write_shards(
     MDS gets a label column when the first sample has a label."""
     unknown = set(formats) - {"webdataset", "mds"}
     if unknown or not formats:
-        raise ValueError(f"shard formats {sorted(formats)} invalid; choose from 'webdataset', 'mds'")
+        raise UserError(f"shard formats {sorted(formats)} invalid; choose from 'webdataset', 'mds'")
     for name in formats:
         check_new_folder(os.path.join(out_dir, name), f"{name} shards")
     writers: dict[str, Any] = {}

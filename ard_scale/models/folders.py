@@ -15,6 +15,8 @@ import re
 import zlib
 from pathlib import Path
 
+from ard_scale.errors import UserError
+
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model",)  # diffusers' model weight file stem (teachers, VAEs)
 TRANSFORMERS_WEIGHTS = ("model", "pytorch_model")  # transformers' (T5): safetensors, then the older .bin name
 _NUMBERED = re.compile(r"text_encoder(_\d+)?")  # a diffusers pipeline's text encoder folders
@@ -51,18 +53,18 @@ def _not_diffusers(folder: Path, expected: str, fix: str) -> None:
     it is not `expected`, whatever weight files it holds; `fix`: what to give instead."""
     model_type, held = held_model(folder)
     if model_type is not None:
-        raise ValueError(f"{folder} holds {held}, not {expected}; {fix}")
+        raise UserError(f"{folder} holds {held}, not {expected}; {fix}")
 
 
 def model_folder(path: str | Path) -> Path:
     """The diffusers model folder of teacher path `path` (the folder itself, or a pipeline folder's `transformer/`)."""
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"teacher path {path} is not a folder; give a local diffusers model or pipeline folder")
+        raise UserError(f"teacher path {path} is not a folder; give a local diffusers model or pipeline folder")
     if not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
         path = path / "transformer"
     if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a diffusers model folder: it has no config.json (nor transformer/config.json)")
+        raise UserError(f"{path} is not a diffusers model folder: it has no config.json (nor transformer/config.json)")
     _not_diffusers(path, "a diffusers transformer", "give the teacher's diffusers model or pipeline folder")
     return path
 
@@ -72,7 +74,7 @@ def vae_folder(path: str | Path) -> Path:
     path = Path(path)
     folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
     if not (folder / "config.json").is_file():
-        raise ValueError(
+        raise UserError(
             f"vae.path {path} is not a diffusers AutoencoderKL folder (no config.json, nor vae/config.json); "
             "give the VAE's local folder"
         )
@@ -100,7 +102,7 @@ def check_t5_folder(path: str, folder: str = "text_encoder") -> tuple[str, str]:
     folder, whose `folder` (FLUX.1: text_encoder_2, SD3: text_encoder_3) is then read. Returns the (model, tokenizer)
     folders."""
     if not os.path.isdir(path):
-        raise ValueError(f"T5 path {path!r} is not a local folder; save the model and tokenizer there first")
+        raise UserError(f"T5 path {path!r} is not a local folder; save the model and tokenizer there first")
     inside = os.path.join(path, folder)
     if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(inside, "config.json")):
         path = inside  # the family's pipeline folder
@@ -111,7 +113,7 @@ def check_t5_folder(path: str, folder: str = "text_encoder") -> tuple[str, str]:
     if missing:
         no_model = "config.json" in missing
         where = f" (nor {folder}/config.json, where this family's pipeline keeps T5)" if no_model else ""
-        raise ValueError(
+        raise UserError(
             f"T5 folder {path!r} lacks model or tokenizer files {missing}{where}; save both with save_pretrained (a "
             "pipeline's text_encoder_N/ may keep its tokenizer in the sibling tokenizer_N/)"
         )
@@ -123,7 +125,7 @@ def _check_kind(model_dir: str, model_types: tuple[str, ...], what: str, *, key:
     given as T5 loads as a randomly initialised T5); `inside`: the pipeline subfolder the family reads it from."""
     model_type, held = held_model(model_dir)
     if held is not None and model_type not in model_types:
-        raise ValueError(
+        raise UserError(
             f"{key} {model_dir!r} holds {held}, not {what} (model_type {' or '.join(map(repr, model_types))}); give "
             f"{what}'s folder (or a pipeline folder that keeps it in {inside}/)"
         )
@@ -132,12 +134,12 @@ def _check_kind(model_dir: str, model_types: tuple[str, ...], what: str, *, key:
 def encoder_parts(path: str, model: str, tokenizer: str, *, key: str) -> tuple[str, str]:
     """(model folder, tokenizer folder): `path` itself when it holds both, else its diffusers-pipeline subfolders."""
     if not os.path.isdir(path):
-        raise ValueError(f"{key} {path!r} is not a local folder; save the model and its tokenizer there first")
+        raise UserError(f"{key} {path!r} is not a local folder; save the model and its tokenizer there first")
     if os.path.isfile(os.path.join(path, "config.json")):
         return path, tokenizer_folder(path)
     model_dir, tok_dir = os.path.join(path, model), os.path.join(path, tokenizer)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ValueError(
+        raise UserError(
             f"{key} {path!r} holds no config.json, nor {model}/config.json of a pipeline folder; give the text "
             "encoder's folder"
         )
@@ -153,7 +155,7 @@ def check_encoder_folder(
     model_dir, tok_dir = encoder_parts(path, model, tokenizer, key=key)
     _check_kind(model_dir, model_types, what, key=key, inside=model)
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer_config.json")):
-        raise ValueError(
+        raise UserError(
             f"{key} {path!r}: {tok_dir} has no tokenizer_config.json; save the tokenizer there with save_pretrained"
         )
     return model_dir
