@@ -43,6 +43,7 @@ from ard_scale.checkpoint.export_files import (
     write_checksums,
 )
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
+from ard_scale.config.loader import read_yaml
 from ard_scale.config.models import unnamed_encoders
 from ard_scale.diffusion.condition import Condition
 from ard_scale.models.families import get_family
@@ -206,6 +207,26 @@ def _vae_source(path: str) -> str:
     return str(p / "vae") if (p / "vae" / "config.json").is_file() else str(p)
 
 
+def _component_paths(folder: Path) -> list[str]:
+    """Overrides pointing the recipe of pipeline `folder` at its components: the relative encoder and VAE paths the
+    export wrote are relative to the folder, never to the current directory (whose own `text_encoder/` would
+    otherwise be read instead of a missing one); a missing component folder is refused naming the pipeline."""
+    recipe = read_yaml(folder / RECIPE)
+    overrides = [f"teacher.path={folder / 'transformer'}"]
+    for key in [SLOTS[slot][0] for slot in ENCODER_FOLDERS] + ["vae"]:
+        path = (recipe.get(key) or {}).get("path")
+        if not isinstance(path, str) or Path(path).is_absolute():
+            continue
+        if not (folder / path).exists():
+            raise ValueError(
+                f"{folder} is an incomplete ARD pipeline folder: its {RECIPE} reads the {key} section's weights from "
+                f"{path}/ inside it, and {folder / path} is missing; copy the whole folder, or export it again "
+                "(launchers/export.py RUN_DIR --out FOLDER)"
+            )
+        overrides.append(f"{key}.path={folder / path}")
+    return overrides
+
+
 @dataclass
 class ARDPipelineOutput:
     images: list | torch.Tensor  # PIL images, or (B, 3, H, W) in [0, 1] with output_type="pt"
@@ -234,12 +255,7 @@ class ARDPipeline:
             )
         if verify:
             verify_export(folder)
-        overrides = [f"teacher.path={folder / 'transformer'}"]
-        folders = [(SLOTS[slot][0], sub) for slot, sub in ENCODER_FOLDERS.items()] + [("vae", "vae")]
-        for key, sub in folders:
-            if (folder / sub).exists():
-                overrides.append(f"{key}.path={folder / sub}")
-        cfg = load_config(folder / RECIPE, overrides)
+        cfg = load_config(folder / RECIPE, _component_paths(folder))
         with reading_export(folder):  # a missing or truncated weight file, an unparsable config
             index = read_json(index_file)
             student = load_exported_student(folder / "transformer", dtype=dtype, verify=verify)
