@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from ard_scale.models.folders import tokenizer_folder
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec
+from ard_scale.pipeline_args import check_fixed, draw_noise, integer_labels, prompt_list, sides_text
 from ard_scale.trainer.build import build_codec_for, build_conditioner
 from ard_scale.trainer.conditioning import SLOTS, Conditioner
 from ard_scale.utils.folders import check_new_folder, check_room, tensor_bytes, writing_folder
@@ -270,42 +272,88 @@ class ARDPipeline:
         self.conditioner = build_conditioner(self.cfg, Teacher(self.student.backbone), self.device, for_eval=True)
         return self
 
-    def _latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:
+    def _distilled_side(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latents the student was distilled at."""
         side = getattr(self.student.backbone.config, "sample_size", None)  # exports older than `sampling`
-        C, h, w = self.student.latent_shape or (self.student.in_channels, side, side)
+        return tuple(self.student.latent_shape or (self.student.in_channels, side, side))
+
+    def _latent_shape(self, height: int | None, width: int | None, asked: str = "") -> tuple[int, int, int]:
+        """(C, h, w) of the noise for a height×width image (None: the size the student was distilled at). A size
+        the family cannot take is refused naming the sizes it can; one other than the distilled size warns. `asked`:
+        what asked for the size, for the message (default: height and width)."""
+        C, h, w = self._distilled_side()
         down = getattr(self.codec, "downsample", 1)
-        if height is not None or width is not None:
-            for name, side in (("height", height), ("width", width)):
-                if side is not None and (side <= 0 or side % down):
-                    raise ValueError(
-                        f"{name}={side}: must be a positive multiple of the VAE's downsampling ({down} px); this "
-                        f"student was trained at {self.index.get('ard', {}).get('resolution')} px"
-                    )
-            h = h if height is None else height // down
-            w = w if width is None else width // down
-            if h != w:
-                raise ValueError(f"height and width must be equal (square latents), got {height}×{width}")
-            self.student.family.check_latent_side(self.student.backbone, h)
-        return C, h, w
+        if height is None and width is None:
+            return C, h, w
+        distilled = f"this student was distilled at {h * down}×{w * down} px"
+        for name, side in (("height", height), ("width", width)):
+            if side is not None and (side <= 0 or side % down):
+                raise ValueError(
+                    f"{name}={side}: must be a positive multiple of the VAE's downsampling ({down} px); {distilled}"
+                )
+        new_h = h if height is None else height // down
+        new_w = w if width is None else width // down
+        if new_h != new_w:
+            raise ValueError(f"height and width must be equal (square latents), got {height}×{width}; {distilled}")
+        try:
+            self.student.family.check_latent_side(self.student.backbone, new_h)
+        except ValueError:  # the family says it in terms of the recipe (data.resolution): say it in terms of the call
+            hint = "give latents of that size" if asked else "leave height and width out for that size"
+            raise ValueError(
+                f"{asked or f'height={new_h * down}, width={new_w * down}'}: this {self.student.family.name} student "
+                f"samples {sides_text(self.student.family, self.student.backbone, down)}; {distilled} ({hint})"
+            ) from None
+        if new_h != h:
+            warnings.warn(
+                f"{distilled}; at {new_h * down}×{new_w * down} px it samples a size it was not trained at, and its "
+                "images may be worse (leave height and width out for the distilled size)",
+                UserWarning,
+                stacklevel=4,  # the caller of __call__ (through torch.no_grad's wrapper)
+            )
+        return C, new_h, new_w
 
     @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str] | None = None,
         *,
-        class_labels: list[int] | torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
         output_type: str = "pil",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | list[str] | None = None,
     ) -> ARDPipelineOutput:
         """Images for `prompt` (text families) or `class_labels` (class-conditional ones): the student's S network
         passes from noise drawn on the CPU with `generator` (or the given `latents`), decoded with the VAE.
-        output_type: 'pil' (list of PIL images), 'pt' ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding)."""
-        cond = self._condition(prompt, class_labels)
+
+        num_images_per_prompt: images per prompt (or label), each repeated in place (prompt 0's images first), each
+            from its own noise. generator: one torch.Generator (CPU) for all the noise, or a list of them, one per
+            image (as diffusers). latents: the noise itself, (number of images, C, h, w); its batch must equal the
+            number of images (prompts × num_images_per_prompt: a single prompt is not broadcast over several latents,
+            ask for num_images_per_prompt instead), and height/width, if given too, must be its size.
+        height, width: the image size (default: the size the student was distilled at); another size its family
+            takes (FLUX, SD3, Qwen-Image) warns, one it cannot take is refused naming those it can.
+        output_type: 'pil' (list of PIL images), 'pt' ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding).
+        num_inference_steps, guidance_scale, negative_prompt: fixed at distillation (model_index.json's "ard"
+            section): the student takes its own step count and the guidance it was distilled at (no CFG pass, so no
+            negative prompt); the same values are accepted, others refused."""
+        steps, guidance = self.student.num_steps, self.cfg.diffusion.guidance_scale  # model_index.json's "ard"
+        check_fixed(steps, guidance, num_inference_steps, guidance_scale, negative_prompt)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int):
+            raise TypeError(f"num_images_per_prompt must be an int ≥ 1, got {num_images_per_prompt!r}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
+        cond = self._condition(prompt, class_labels, num_images_per_prompt)
+        n = cond.batch_size
         if latents is None:
-            latents = torch.randn(cond.batch_size, *self._latent_shape(height, width), generator=generator)
+            latents = draw_noise(n, self._latent_shape(height, width), generator)
+        else:
+            self._check_latents(latents, n, num_images_per_prompt, height, width, generator)
         x = self.student.sample(latents.to(self.device), cond.to(self.device))
         if output_type == "latent":
             return ARDPipelineOutput(images=x, latents=x)
@@ -320,17 +368,45 @@ class ARDPipeline:
         arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         return ARDPipelineOutput(images=[Image.fromarray(a) for a in arrays], latents=x)
 
-    def _condition(self, prompt, class_labels) -> Condition:
+    def _check_latents(self, latents, n: int, per_prompt: int, height, width, generator) -> None:
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise TypeError(f"latents must be a (number of images, C, h, w) torch.Tensor, got {got}")
+        if generator is not None:
+            warnings.warn("generator is ignored: the latents given are the noise", UserWarning, stacklevel=4)
+        if latents.shape[0] != n:
+            prompts, images = n // per_prompt, f"{n} image{'s' * (n != 1)}"
+            asks = f"{prompts} prompt{'s' * (prompts != 1)} or label{'s' * (prompts != 1)}"
+            asks += f" × num_images_per_prompt={per_prompt}" if per_prompt > 1 else ""
+            raise ValueError(
+                f"latents hold {latents.shape[0]} noise tensors, but the call asks for {images} ({asks}); give one per "
+                "image (several images of one prompt: num_images_per_prompt=K with K latents; a single prompt is not "
+                "repeated to fill the latents)"
+            )
+        down = getattr(self.codec, "downsample", 1)
+        size = (latents.shape[2] * down, latents.shape[3] * down)
+        for name, side, given in (("height", height, size[0]), ("width", width, size[1])):
+            if side is not None and side != given:
+                raise ValueError(
+                    f"{name}={side} conflicts with latents of shape {tuple(latents.shape)} ({given} px at the VAE's "
+                    f"{down} px per latent): leave height and width out when giving latents"
+                )
+        C = self._distilled_side()[0]
+        if latents.shape[1] != C:
+            raise ValueError(f"latents have {latents.shape[1]} channels; this student's have {C}")
+        self._latent_shape(*size, asked=f"latents of shape {tuple(latents.shape)} ({size[0]}×{size[1]} px)")
+
+    def _condition(self, prompt, class_labels, per_prompt: int = 1) -> Condition:
         kind = self.conditioner.kind
         if kind == "labels":
             if class_labels is None or prompt is not None:
                 raise ValueError("this student is class-conditional: pass class_labels=[...] (no prompt)")
-            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+            labels = integer_labels(class_labels)
             num_classes = self.student.family.num_classes(self.student.backbone)
             if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
                 raise ValueError(f"class_labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
-            return Condition(labels=labels)
+            return Condition(labels=labels.repeat_interleave(per_prompt))
         if prompt is None or class_labels is not None:
             raise ValueError("this student is text-conditional: pass prompt='...' or a list of prompts (no labels)")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        return self.conditioner({"captions": prompts})[0]
+        prompts = prompt_list(prompt)
+        return self.conditioner({"captions": [p for p in prompts for _ in range(per_prompt)]})[0]

@@ -1,39 +1,59 @@
-"""ARDPipeline's height/width: a size its VAE cannot produce is refused with the reason, never rounded down."""
+"""ARDPipeline's height/width: a size its VAE cannot produce is refused with the reason, never rounded down; one its
+family cannot take is refused naming height/width and the sizes it can (not the recipe's data.resolution); one it
+takes but the student was not distilled at warns."""
+
+import warnings
 
 import pytest
 import torch
 
-from ard_scale.config import load_config
-from ard_scale.models.student import ARDStudent
-from ard_scale.pipeline import ARDPipeline
-from ard_scale.trainer.build import (
-    build_codec_for,
-    build_schedule,
-    build_teacher_model,
-    embedded_guidance,
-    latent_shape,
-)
-
 
 @pytest.fixture(scope="module")
-def flux_pipe():
-    cfg = load_config("recipes/tiny_flux_cpu.yaml")
-    teacher = build_teacher_model(cfg)
-    student = ARDStudent(
-        teacher, cfg.student, build_schedule(cfg, teacher.patch_size), latent_shape=latent_shape(cfg, teacher),
-        guidance=embedded_guidance(cfg, teacher),
-    )  # fmt: skip
-    index = {"ard": {"resolution": cfg.data.resolution}}
-    return ARDPipeline(student, None, build_codec_for(cfg, teacher), cfg, index)
+def flux_pipe(tiny_pipeline):
+    return tiny_pipeline("recipes/tiny_flux_cpu.yaml")
 
 
 def test_a_size_the_vae_cannot_produce_is_refused_not_rounded(flux_pipe):
     down = flux_pipe.codec.downsample
     C, h, w = flux_pipe._latent_shape(None, None)
-    assert flux_pipe._latent_shape(10 * down, 10 * down) == (C, 10, 10)  # FLUX takes other sizes
+    with pytest.warns(UserWarning, match="distilled at"):
+        assert flux_pipe._latent_shape(10 * down, 10 * down) == (C, 10, 10)  # FLUX takes other sizes
     for bad in (10 * down + 2, 0, -down):
         with pytest.raises(ValueError, match=f"height={bad}: must be a positive multiple"):
             flux_pipe._latent_shape(bad, bad)
     with pytest.raises(ValueError, match="width="):
         flux_pipe._latent_shape(10 * down, 10 * down + 1)
     assert torch.Size((C, h, w)) == torch.Size(flux_pipe._latent_shape(h * down, None))
+
+
+@pytest.fixture(scope="module")
+def pixart_pipe(tiny_pipeline):
+    return tiny_pipeline("recipes/tiny_t2i_cpu.yaml")  # a fixed positional embedding: one size only
+
+
+def test_a_size_the_family_cannot_take_names_height_width_and_the_sizes_it_samples(pixart_pipe, flux_pipe):
+    with pytest.raises(ValueError) as e:
+        pixart_pipe("a cat", height=64, width=64)
+    assert str(e.value).startswith("height=64, width=64: this pixart student samples 32×32 px only; this student was")
+    assert "distilled at 32×32 px" in str(e.value) and "data.resolution" not in str(e.value)
+    with pytest.raises(
+        ValueError, match=r"latents of shape \(1, 4, 16, 16\) \(64×64 px\): this pixart student samples"
+    ):
+        pixart_pipe("a cat", latents=torch.randn(1, 4, 16, 16))
+    down = flux_pipe.codec.downsample  # FLUX packs 2×2 latents: an odd latent side is refused
+    with pytest.raises(ValueError) as e:
+        flux_pipe("a cat", height=13 * down, width=13 * down)
+    assert f"samples square sides that are multiples of {2 * down} px" in str(e.value), e.value
+    assert "data.resolution" not in str(e.value)
+
+
+def test_a_size_the_student_was_not_distilled_at_warns_naming_the_distilled_size(flux_pipe):
+    down = flux_pipe.codec.downsample
+    with pytest.warns(UserWarning, match=f"this student was distilled at {8 * down}×{8 * down} px; at {12 * down}×"):
+        out = flux_pipe("a cat", height=12 * down, width=12 * down, output_type="latent")
+    assert out.latents.shape[-2:] == (12, 12)
+    with pytest.warns(UserWarning, match="distilled at"):
+        flux_pipe("a cat", latents=torch.randn(1, flux_pipe._latent_shape(None, None)[0], 12, 12), output_type="latent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flux_pipe("a cat", height=8 * down, width=8 * down, output_type="latent")  # the distilled size: no warning

@@ -1,0 +1,83 @@
+"""ARDPipeline.__call__ refuses what it cannot honour with a ValueError/TypeError naming the argument and the fix,
+never a library's own error or a silent change of meaning; diffusers' num_images_per_prompt and lists of generators
+work as there, and its sampling settings the student fixed at distillation are refused unless they are its own."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def labels_pipe(tiny_pipeline):
+    return tiny_pipeline("recipes/tiny_cpu.yaml")  # DiT, 10 classes
+
+
+@pytest.fixture(scope="module")
+def text_pipe(tiny_pipeline):
+    return tiny_pipeline("recipes/tiny_t2i_cpu.yaml")  # PixArt, 4.5 guidance, 4 steps
+
+
+def latents(pipe, n):
+    return torch.randn(n, *pipe._latent_shape(None, None), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"class_labels": []}, ValueError, "class_labels is empty"),
+        ({"class_labels": [1.7]}, TypeError, r"class_labels must be integers .* got \[1.7\]"),
+        ({"class_labels": torch.tensor([1.0])}, TypeError, "class_labels must be integers"),
+        ({"class_labels": [1], "generator": 3}, TypeError, r"generator must be a torch.Generator .*manual_seed\(3\)"),
+    ],
+)
+def test_bad_class_labels_and_generators_are_refused_naming_them(labels_pipe, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        labels_pipe(**kwargs, output_type="latent")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kwargs", "error", "message"),
+    [
+        ([], {}, ValueError, "prompt is an empty list"),
+        (5, {}, TypeError, "prompt must be a string or a list of strings, got 5"),
+        (["a", 5], {}, TypeError, "prompt must be a string or a list of strings"),
+        (["a", "b"], {"generator": [torch.Generator()]}, ValueError, "a list of 1 generators for 2 images"),
+        (["a"], {"num_images_per_prompt": 0}, ValueError, "num_images_per_prompt must be ≥ 1"),
+        (["a", "b", "c"], {"latents": 2}, ValueError, r"latents hold 2 noise tensors, but the call asks for 3 images"),
+        ("a", {"latents": 2}, ValueError, r"asks for 1 image \(1 prompt or label\).* num_images_per_prompt=K"),
+        ("a", {"latents": 1, "height": 64}, ValueError, "height=64 conflicts with latents of shape"),
+        ("a", {"num_inference_steps": 8}, ValueError, r"num_inference_steps=8: .*fixed at distillation .*steps=4"),
+        ("a", {"guidance_scale": 7.0}, ValueError, r"guidance_scale=7.0: .*guidance_scale=4.5"),
+        ("a", {"negative_prompt": "blurry"}, ValueError, "negative_prompt: this student's step count and guidance"),
+    ],
+)
+def test_bad_prompts_latents_and_sampling_settings_are_refused_naming_them(text_pipe, prompt, kwargs, error, message):
+    if "latents" in kwargs:
+        kwargs = {**kwargs, "latents": latents(text_pipe, kwargs["latents"])}
+    with pytest.raises(error, match=message):
+        text_pipe(prompt, **kwargs, output_type="latent")
+
+
+def test_the_students_own_steps_and_guidance_are_accepted(text_pipe):
+    out = text_pipe("a", num_inference_steps=4, guidance_scale=4.5, latents=latents(text_pipe, 1), output_type="latent")
+    torch.testing.assert_close(out.latents, text_pipe("a", latents=latents(text_pipe, 1), output_type="latent").latents)
+
+
+def test_num_images_per_prompt_repeats_each_prompt_in_place_with_its_own_noise(text_pipe, labels_pipe):
+    noise = latents(text_pipe, 4)
+    one_by_one = text_pipe(["a", "a", "b", "b"], latents=noise, output_type="latent").latents
+    repeated = text_pipe(["a", "b"], num_images_per_prompt=2, latents=noise, output_type="latent").latents
+    torch.testing.assert_close(repeated, one_by_one)
+    assert not torch.allclose(repeated[0], repeated[1])  # its own noise per image
+    drawn = text_pipe(["a", "b"], num_images_per_prompt=3, generator=torch.Generator(), output_type="latent")
+    assert drawn.latents.shape[0] == 6
+    labels = labels_pipe(class_labels=[1, 2], num_images_per_prompt=2, latents=latents(labels_pipe, 4))
+    assert len(labels.images) == 4
+
+
+def test_a_list_of_generators_draws_image_i_from_generator_i(text_pipe):
+    seeds = [3, 4]
+    out = text_pipe(["a", "b"], generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="latent")
+    noise = torch.stack(
+        [torch.randn(text_pipe._latent_shape(None, None), generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+    torch.testing.assert_close(out.latents, text_pipe(["a", "b"], latents=noise, output_type="latent").latents)
