@@ -7,7 +7,8 @@
 PIPELINE_DIR is a folder written by launchers/export.py (ard_scale.pipeline.ARDPipeline: the KV-cached S-step
 sampler, the recipe's text encoders, decoding through the VAE). Sample i starts from noise seeded `seed + i`, so a
 prompt's image does not depend on the others in the batch. Writes OUT/sample_000.png … and OUT/grid.png (the prompt
-or class under each image).
+or class under each image), whole or not at all; an OUT that exists and is not an empty folder is refused before any
+sampling (choose a new one).
 
 A bare student folder (export.py --student-only) has no text encoder or VAE: give --prompts-embeddings FILE (a
 torch file with T5 embeddings (B, L, C), or a dict {"text", "text_mask", "pooled"}) or --class-labels; its latents
@@ -43,7 +44,11 @@ def latents_to_uint8(x_BCHW: torch.Tensor) -> np.ndarray:
 
 
 def read_prompts(path: Path) -> list[str]:
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read --prompts-file {path}: {e}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{path} holds no prompt (one per line)")
     return prompts
@@ -69,43 +74,48 @@ def main(argv=None) -> list[Path]:
     )
     args = parser.parse_args(argv)
 
+    from ard_scale.utils.folders import check_new_folder, writing_folder
+
     try:
-        states, images, labels = _sample(args)
+        check_new_folder(args.out, "samples")  # before the slow part; a grid beside older samples would mislead
+        prompts = read_prompts(args.prompts_file) if args.prompts_file else args.prompt
+        states, images, labels = _sample(args, prompts)
+        with writing_folder(args.out, what="samples") as folder:  # whole or not at all, as the other tools write
+            _write_samples(folder, images, labels, args.ncol)
     except ValueError as e:
         sys.exit(f"error: {e}")
     if args.save_tensor is not None:
         torch.save(states, args.save_tensor)
-    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"{len(images)} samples and grid.png in {args.out}")
+    return [args.out / f"sample_{i:03d}.png" for i in range(len(images))]
+
+
+def _write_samples(folder: Path, images: np.ndarray, labels: list[str], ncol: int) -> None:
     from PIL import Image
 
-    paths = []
-    for i, img in enumerate(images):
-        paths.append(args.out / f"sample_{i:03d}.png")
-        Image.fromarray(img).save(paths[-1])
     from ard_scale.evaluation.grids import labelled_grid, save_png
 
-    ncol = max(1, min(args.ncol, len(images)))
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"sample_{i:03d}.png")
+    ncol = max(1, min(ncol, len(images)))
     rows = [images[i : i + ncol] for i in range(0, len(images), ncol)]
     rows[-1] = np.concatenate([rows[-1], np.full((ncol - len(rows[-1]), *images.shape[1:]), 255, np.uint8)])
     cols = [labels[i : i + ncol] + [""] * (ncol - len(labels[i : i + ncol])) for i in range(0, len(labels), ncol)]
     parts = [labelled_grid([row], col) for row, col in zip(rows, cols, strict=True)]
-    save_png(args.out / "grid.png", np.concatenate(parts, axis=0))
-    print(f"{len(paths)} samples and grid.png in {args.out}")
-    return paths
+    save_png(folder / "grid.png", np.concatenate(parts, axis=0))
 
 
 def _noise(shape: tuple[int, ...], n: int, seed: int) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
 
 
-def _sample(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+def _sample(args, prompts: list[str] | None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     from ard_scale.pipeline import MODEL_INDEX, ARDPipeline
 
     if (args.export_dir / MODEL_INDEX).is_file():
         if args.prompts_embeddings is not None:
             raise ValueError("--prompts-embeddings is for bare student folders; give --prompt to a pipeline")
         pipe = ARDPipeline.from_pretrained(args.export_dir, verify=args.verify)
-        prompts = args.prompt or (read_prompts(args.prompts_file) if args.prompts_file else None)
         n = len(prompts) if prompts else len(args.class_labels)
         noise = _noise(pipe._latent_shape(None, None), n, args.seed)
         out = pipe(prompts, class_labels=args.class_labels, latents=noise, output_type="pt")

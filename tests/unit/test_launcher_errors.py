@@ -29,7 +29,12 @@ CASES = {
         "MDS path '{tmp}/no_shards' is not an existing folder",
     ),
     "train": ("train", ["{tmp}/no_recipe.yaml"], "cannot read the recipe file"),
-    "sample": ("sample", ["{tmp}/no_export", "--prompt", "a cat"], "is not an ARD export folder"),
+    "sample": ("sample", ["{tmp}/no_export", "--prompt", "a cat", "--out", "{tmp}/out"], "is not an ARD export folder"),
+    "sample-prompts_file": (
+        "sample",
+        ["{tmp}/no_export", "--prompts-file", "{tmp}/no_prompts.txt", "--out", "{tmp}/out"],
+        "cannot read --prompts-file {tmp}/no_prompts.txt",
+    ),
     "export": ("export", ["{tmp}/no_run"], "no complete checkpoint to export"),
     "eval": ("eval", ["{tmp}/no_run"], "is {tmp}/no_run a run directory?"),
     "plan": ("-m ard_scale.plan", ["{tmp}/no_recipe.yaml", "--gpus", "8"], "cannot read the recipe file"),

@@ -1,0 +1,69 @@
+"""launchers/sample.py writes --out whole, as the other tools write their folders: an --out that is a file or holds
+files (older samples the new grid would sit beside) is one `error:` line before any sampling, not a traceback."""
+
+import runpy
+import sys
+
+import pytest
+
+from ard_scale.config import load_config
+from ard_scale.models.student import ARDStudent
+from ard_scale.trainer.build import build_schedule, build_teacher_model, latent_shape
+from ard_scale.utils.launch import ROOT
+
+
+@pytest.fixture
+def sample(tmp_path, monkeypatch):
+    """sample(out): run sample.py on a bare tiny DiT student folder with two class labels into `out`."""
+    import ard_scale.checkpoint.export as export
+
+    cfg = load_config("recipes/tiny_cpu.yaml")
+    teacher = build_teacher_model(cfg)
+    student = ARDStudent(teacher, cfg.student, build_schedule(cfg), latent_shape=latent_shape(cfg, teacher))
+    loads = []
+    monkeypatch.setattr(export, "load_exported_student", lambda *a, **k: loads.append(a) or student)
+
+    def run(out):
+        monkeypatch.setattr(sys, "argv", ["sample", str(tmp_path), "--class-labels", "3", "4", "--out", str(out)])
+        runpy.run_path(str(ROOT / "launchers" / "sample.py"), run_name="__main__")
+
+    run.loads = loads
+    return run
+
+
+def test_sample_writes_a_new_out_folder(sample, tmp_path):
+    sample(tmp_path / "samples")
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["grid.png", "sample_000.png", "sample_001.png"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folder left
+
+
+def test_sample_refuses_an_out_folder_with_older_samples(sample, tmp_path):
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / "sample_005.png").write_bytes(b"older")
+    with pytest.raises(SystemExit) as stopped:
+        sample(out)
+    assert str(stopped.value.code).startswith(f"error: {out} exists and is not empty; choose a new folder")
+    assert [p.name for p in out.iterdir()] == ["sample_005.png"]
+    assert sample.loads == []  # refused before the (slow) load
+
+
+def test_sample_refuses_an_out_that_is_a_file(sample, tmp_path):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"mine")
+    with pytest.raises(SystemExit) as stopped:
+        sample(out)
+    assert str(stopped.value.code).startswith(f"error: {out} exists"), stopped.value.code
+    assert out.read_bytes() == b"mine" and sample.loads == []
+
+
+def test_a_failed_write_leaves_no_out_folder(sample, tmp_path, monkeypatch):
+    import ard_scale.evaluation.grids as grids
+
+    def no_room(*a, **k):
+        raise ValueError("no room for grid.png")
+
+    monkeypatch.setattr(grids, "save_png", no_room)  # after the samples, before the grid
+    with pytest.raises(SystemExit, match="error: no room for grid.png"):
+        sample(tmp_path / "samples")
+    assert not (tmp_path / "samples").exists()  # not the samples without their grid
