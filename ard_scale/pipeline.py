@@ -44,9 +44,10 @@ from ard_scale.checkpoint.export_files import (
     write_checksums,
 )
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
-from ard_scale.config.loader import read_yaml
+from ard_scale.config.loader import check_override_sections, read_yaml
 from ard_scale.config.models import unnamed_encoders
 from ard_scale.diffusion.condition import Condition
+from ard_scale.errors import UserError
 from ard_scale.models.families import get_family
 from ard_scale.models.folders import tokenizer_folder
 from ard_scale.models.student import ARDStudent
@@ -131,18 +132,13 @@ def export_pipeline(
     tag = resolve_tag(run_dir / "checkpoints", tag)
     recipe_file = run_dir / "checkpoints" / tag / "config.yaml"
     if not recipe_file.is_file():
-        raise ValueError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
-    others = [o for o in overrides if not o.startswith(tuple(f"{section}." for section in OVERRIDABLE))]
-    if others:
-        raise ValueError(
-            f"export overrides may set only the {', '.join(OVERRIDABLE)} sections (the student is the checkpoint's), "
-            f"got {others}"
-        )
+        raise UserError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
+    check_override_sections(overrides, OVERRIDABLE, tool="export", why="the student is the checkpoint's")
     cfg = load_config(recipe_file, list(overrides))
     check_new_folder(out_dir, "pipeline")
     unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
     if unnamed:  # a run on precomputed text needs none; a pipeline encodes prompts
-        raise ValueError(
+        raise UserError(
             f"the recipe of {run_dir} names no {' and no '.join(unnamed)} encoder (it trained on precomputed text), "
             f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
             f"{unnamed[0]}.path=DIR"
@@ -220,7 +216,7 @@ def _component_paths(folder: Path) -> list[str]:
         if not isinstance(path, str) or Path(path).is_absolute():
             continue
         if not (folder / path).exists():
-            raise ValueError(
+            raise UserError(
                 f"{folder} is an incomplete ARD pipeline folder: its {RECIPE} reads the {key} section's weights from "
                 f"{path}/ inside it, and {folder / path} is missing; copy the whole folder, or export it again "
                 "(launchers/export.py RUN_DIR --out FOLDER)"
@@ -251,7 +247,7 @@ class ARDPipeline:
         folder = Path(folder)
         index_file = folder / MODEL_INDEX
         if not index_file.is_file() or not (folder / RECIPE).is_file():
-            raise ValueError(
+            raise UserError(
                 f"{folder} is not an ARD pipeline folder (no {MODEL_INDEX} or {RECIPE}); write one with "
                 "launchers/export.py RUN_DIR --out FOLDER"
             )
@@ -288,18 +284,18 @@ class ARDPipeline:
         distilled = f"this student was distilled at {h * down}×{w * down} px"
         for name, side in (("height", height), ("width", width)):
             if side is not None and (side <= 0 or side % down):
-                raise ValueError(
+                raise UserError(
                     f"{name}={side}: must be a positive multiple of the VAE's downsampling ({down} px); {distilled}"
                 )
         new_h = h if height is None else height // down
         new_w = w if width is None else width // down
         if new_h != new_w:
-            raise ValueError(f"height and width must be equal (square latents), got {height}×{width}; {distilled}")
+            raise UserError(f"height and width must be equal (square latents), got {height}×{width}; {distilled}")
         try:
             self.student.family.check_latent_side(self.student.backbone, new_h)
         except ValueError:  # the family says it in terms of the recipe (data.resolution): say it in terms of the call
             hint = "give latents of that size" if asked else "leave height and width out for that size"
-            raise ValueError(
+            raise UserError(
                 f"{asked or f'height={new_h * down}, width={new_w * down}'}: this {self.student.family.name} student "
                 f"samples {sides_text(self.student.family, self.student.backbone, down)}; {distilled} ({hint})"
             ) from None
@@ -347,7 +343,7 @@ class ARDPipeline:
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int):
             raise TypeError(f"num_images_per_prompt must be an int ≥ 1, got {num_images_per_prompt!r}")
         if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
+            raise UserError(f"num_images_per_prompt must be ≥ 1, got {num_images_per_prompt}")
         cond = self._condition(prompt, class_labels, num_images_per_prompt)
         n = cond.batch_size
         if latents is None:
@@ -362,7 +358,7 @@ class ARDPipeline:
         if output_type == "pt":
             return ARDPipelineOutput(images=images.cpu(), latents=x)
         if output_type != "pil":
-            raise ValueError(f"output_type must be 'pil', 'pt' or 'latent', got {output_type!r}")
+            raise UserError(f"output_type must be 'pil', 'pt' or 'latent', got {output_type!r}")
         from PIL import Image
 
         arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -378,7 +374,7 @@ class ARDPipeline:
             prompts, images = n // per_prompt, f"{n} image{'s' * (n != 1)}"
             asks = f"{prompts} prompt{'s' * (prompts != 1)} or label{'s' * (prompts != 1)}"
             asks += f" × num_images_per_prompt={per_prompt}" if per_prompt > 1 else ""
-            raise ValueError(
+            raise UserError(
                 f"latents hold {latents.shape[0]} noise tensors, but the call asks for {images} ({asks}); give one per "
                 "image (several images of one prompt: num_images_per_prompt=K with K latents; a single prompt is not "
                 "repeated to fill the latents)"
@@ -387,26 +383,26 @@ class ARDPipeline:
         size = (latents.shape[2] * down, latents.shape[3] * down)
         for name, side, given in (("height", height, size[0]), ("width", width, size[1])):
             if side is not None and side != given:
-                raise ValueError(
+                raise UserError(
                     f"{name}={side} conflicts with latents of shape {tuple(latents.shape)} ({given} px at the VAE's "
                     f"{down} px per latent): leave height and width out when giving latents"
                 )
         C = self._distilled_side()[0]
         if latents.shape[1] != C:
-            raise ValueError(f"latents have {latents.shape[1]} channels; this student's have {C}")
+            raise UserError(f"latents have {latents.shape[1]} channels; this student's have {C}")
         self._latent_shape(*size, asked=f"latents of shape {tuple(latents.shape)} ({size[0]}×{size[1]} px)")
 
     def _condition(self, prompt, class_labels, per_prompt: int = 1) -> Condition:
         kind = self.conditioner.kind
         if kind == "labels":
             if class_labels is None or prompt is not None:
-                raise ValueError("this student is class-conditional: pass class_labels=[...] (no prompt)")
+                raise UserError("this student is class-conditional: pass class_labels=[...] (no prompt)")
             labels = integer_labels(class_labels)
             num_classes = self.student.family.num_classes(self.student.backbone)
             if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
-                raise ValueError(f"class_labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+                raise UserError(f"class_labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
             return Condition(labels=labels.repeat_interleave(per_prompt))
         if prompt is None or class_labels is not None:
-            raise ValueError("this student is text-conditional: pass prompt='...' or a list of prompts (no labels)")
+            raise UserError("this student is text-conditional: pass prompt='...' or a list of prompts (no labels)")
         prompts = prompt_list(prompt)
         return self.conditioner({"captions": [p for p in prompts for _ in range(per_prompt)]})[0]

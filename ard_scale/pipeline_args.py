@@ -8,6 +8,8 @@ import numbers
 import numpy as np
 import torch
 
+from ard_scale.errors import UserError
+
 
 def check_fixed(steps: int, guidance: float, num_inference_steps, guidance_scale, negative_prompt) -> None:
     """Refuse the diffusers sampling settings an ARD student fixed at distillation (its `steps` and the `guidance` it
@@ -17,11 +19,11 @@ def check_fixed(steps: int, guidance: float, num_inference_steps, guidance_scale
         f"num_inference_steps={steps}, guidance_scale={guidance}, distilled into the student)"
     )
     if num_inference_steps is not None and num_inference_steps != steps:
-        raise ValueError(f"num_inference_steps={num_inference_steps}: {fixed}; leave it out")
+        raise UserError(f"num_inference_steps={num_inference_steps}: {fixed}; leave it out")
     if guidance_scale is not None and guidance_scale != guidance:
-        raise ValueError(f"guidance_scale={guidance_scale}: {fixed}; leave it out")
+        raise UserError(f"guidance_scale={guidance_scale}: {fixed}; leave it out")
     if negative_prompt is not None:
-        raise ValueError(
+        raise UserError(
             f"negative_prompt: {fixed}, and the student makes no unconditional pass a negative prompt would "
             "replace; leave it out"
         )
@@ -31,7 +33,7 @@ def draw_noise(n: int, shape: tuple[int, int, int], generator) -> torch.Tensor:
     """(n, *shape) noise on the CPU: from one generator, or from generator[i] for image i."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != n:
-            raise ValueError(
+            raise UserError(
                 f"generator: a list of {len(generator)} generators for {n} images; give one per image "
                 "(prompts × num_images_per_prompt) or a single torch.Generator"
             )
@@ -75,7 +77,7 @@ def check_generator(generator, none_ok: bool = False) -> None:
             f"{seed}"
         )
     if generator.device.type != "cpu":
-        raise ValueError(
+        raise UserError(
             f"generator is on {generator.device}: the noise is drawn on the CPU (the same images on any device), so "
             "give a CPU torch.Generator"
         )
@@ -99,7 +101,7 @@ def integer_labels(class_labels) -> torch.Tensor:
             "round or convert them yourself"
         )
     if not items:
-        raise ValueError("class_labels is empty: give at least one label")
+        raise UserError("class_labels is empty: give at least one label")
     return torch.tensor([int(c) for c in items], dtype=torch.long)
 
 
@@ -109,5 +111,5 @@ def prompt_list(prompt) -> list[str]:
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
         raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r}")
     if not prompts:
-        raise ValueError("prompt is an empty list: give at least one prompt")
+        raise UserError("prompt is an empty list: give at least one prompt")
     return list(prompts)
