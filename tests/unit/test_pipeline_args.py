@@ -81,3 +81,10 @@ def test_a_list_of_generators_draws_image_i_from_generator_i(text_pipe):
         [torch.randn(text_pipe._latent_shape(None, None), generator=torch.Generator().manual_seed(s)) for s in seeds]
     )
     torch.testing.assert_close(out.latents, text_pipe(["a", "b"], latents=noise, output_type="latent").latents)
+
+
+def test_a_generator_beside_latents_is_said_to_be_ignored_and_changes_nothing(text_pipe):
+    noise = latents(text_pipe, 1)
+    with pytest.warns(UserWarning, match="generator is ignored: the latents given are the noise"):
+        out = text_pipe("a", latents=noise, generator=torch.Generator().manual_seed(9), output_type="latent")
+    torch.testing.assert_close(out.latents, text_pipe("a", latents=noise, output_type="latent").latents)
