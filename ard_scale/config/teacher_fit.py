@@ -4,42 +4,65 @@ positional embedding does not take.
 
 `python -m ard_scale.config`, launchers/train.py (through `check_paths`) and the planner ask it; the trainer's own
 checks (`ARDConfig.validate`, `Family.check_latent_side`, the GAN backbone) would otherwise find these only after the
-engines are up. The architecture is read from teacher.size or teacher.path's config.json, on the meta device: no
-weights are loaded."""
+engines are up. The recipe check reads the architecture from teacher.size or teacher.path's config.json as a plain
+dict (`Family.config_depth`, and `check_latent_side` of a stand-in holding only that config): no network is built and
+diffusers is not imported, so checking a recipe stays quick."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
 
-def teacher_problems(cfg, teacher, side: int) -> list[str]:
-    """`teacher`: the recipe's teacher (on meta is enough); `side`: the latent side at data.resolution."""
+
+def teacher_problems(cfg, spec, depth: int, model, side: int) -> list[str]:
+    """The recipe's problems with a teacher of family `spec` and `depth` blocks; `model`: the network, or anything
+    with its `config` (what `check_latent_side` reads); `side`: the latent side at data.resolution."""
     out = []
-    depth_problem = cfg.student.depth_problem(teacher.depth)
+    depth_problem = cfg.student.depth_problem(depth)
     if depth_problem is not None:
         out.append(f"student.{depth_problem}")
     layers = cfg.gan.layers
-    if cfg.gan.enabled and layers is not None and any(i >= teacher.depth for i in layers):
-        out.append(f"gan.layers: {list(layers)}, but the teacher has blocks 0..{teacher.depth - 1}")
+    if cfg.gan.enabled and layers is not None and any(i >= depth for i in layers):
+        out.append(f"gan.layers: {list(layers)}, but the teacher has blocks 0..{depth - 1}")
     try:
-        teacher.spec.check_latent_side(teacher.model, side)
+        spec.check_latent_side(model, side)
     except ValueError as e:
         out.append(str(e))
     return out
 
 
+def teacher_config(cfg) -> dict:
+    """The recipe teacher's architecture as a dict: its named size's keyword arguments, or its folder's config.json."""
+    from ard_scale.models.families import get_family
+    from ard_scale.models.folders import model_folder
+    from ard_scale.models.teachers import teacher_kwargs
+
+    t = cfg.teacher
+    if t.size is not None:
+        return teacher_kwargs(t.family, t.size, **get_family(t.family).size_overrides(t.num_classes))
+    return json.loads((model_folder(t.path) / "config.json").read_text(encoding="utf-8"))
+
+
+def configured(config: dict) -> SimpleNamespace:
+    """A stand-in for a network: only its `config`, as attributes (what the families' shape checks read)."""
+    return SimpleNamespace(config=SimpleNamespace(**config))
+
+
 def fit_problems(cfg) -> list[str]:
-    """`teacher_problems` of the recipe's teacher, built on meta from teacher.size or teacher.path's config.json and
-    the VAE's config; [] where those are not on this machine (`missing_paths` says so)."""
+    """`teacher_problems` of the recipe's teacher, from teacher.size or teacher.path's config.json and the VAE's
+    config; [] where those are not on this machine (`missing_paths` says so)."""
+    from ard_scale.models.families import get_family
     from ard_scale.models.teachers import other_family
     from ard_scale.models.vae import vae_downsample
-    from ard_scale.plan.meta import meta_teacher
 
     if cfg.teacher.size is None and cfg.teacher.path is None:
         return []
+    spec = get_family(cfg.teacher.family)
     try:
         if cfg.teacher.path is not None and (problem := other_family(cfg.teacher.path, cfg.teacher.family)):
             return [problem]
-        teacher, _ = meta_teacher(cfg)
+        config = teacher_config(cfg)
         side = cfg.data.resolution // vae_downsample(size=cfg.vae.size, path=cfg.vae.path)
     except (ValueError, OSError):  # a folder missing_paths reports, or a size the recipe check names
         return []
-    return teacher_problems(cfg, teacher, side)
+    return teacher_problems(cfg, spec, spec.config_depth(config), configured(config), side)

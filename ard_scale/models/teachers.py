@@ -19,7 +19,6 @@ from ard_scale.errors import UserError
 from ard_scale.models.families import FAMILIES, Family, family_of_class, get_family
 from ard_scale.models.folders import model_folder
 
-MODEL_CLASSES: dict[str, type] = {name: fam.model_class for name, fam in FAMILIES.items()}
 SIZES: dict[str, dict[str, dict]] = {name: fam.sizes for name, fam in FAMILIES.items()}
 
 

@@ -156,6 +156,12 @@ class Family:
         return len(cls.blocks(model))
 
     @classmethod
+    def config_depth(cls, config: dict) -> int:
+        """`depth` of the network `config` describes (its diffusers config, or a named size's keyword arguments),
+        without building it: the recipe check reads it without importing diffusers."""
+        return config["num_layers"]
+
+    @classmethod
     def width(cls, model: nn.Module) -> int:
         return model.config.num_attention_heads * model.config.attention_head_dim
 

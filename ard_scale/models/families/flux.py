@@ -186,6 +186,10 @@ class FluxFamily(JointAttentionFamily):
         return _blocks(model)
 
     @classmethod
+    def config_depth(cls, config):
+        return config["num_layers"] + config["num_single_layers"]  # double-stream, then single-stream blocks
+
+    @classmethod
     def distilled_guidance(cls, model):
         return bool(model.config.guidance_embeds)
 

@@ -7,6 +7,9 @@ import pytest
 
 from ard_scale.config import ConfigError, load_config
 from ard_scale.config.paths import check_paths
+from ard_scale.config.teacher_fit import configured
+from ard_scale.models.families import FAMILIES
+from ard_scale.models.teachers import build_teacher, teacher_kwargs
 from ard_scale.plan import plan
 from ard_scale.utils.launch import ROOT
 
@@ -34,8 +37,6 @@ def test_the_recipe_check_names_what_the_teachers_architecture_refuses():
 
 
 def test_the_architecture_comes_from_the_teacher_folder_too(tmp_path):
-    from ard_scale.models.teachers import build_teacher
-
     build_teacher("dit", "debug").model.save_pretrained(tmp_path / "teacher")  # the same network, as a folder
     folder = [f"teacher.path={tmp_path / 'teacher'}", "teacher.size=null"]
     assert problems(*folder) == []
@@ -51,3 +52,23 @@ def test_the_planner_refuses_what_training_would():
     cfg = load_config(RECIPE, ["data.resolution=64"])
     with pytest.raises(ConfigError, match="data.resolution gives 16×16 latents, but this dit teacher takes 8×8"):
         plan(cfg, 8, 80.0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_config_view_of_every_size_says_what_the_built_network_says(family):
+    """The recipe check reads depth and the latent sides a teacher takes from its config alone (no diffusers import):
+    for every family and named size that is what the network built from that config says (on meta)."""
+    spec = FAMILIES[family]
+    for size in spec.sizes:
+        config = teacher_kwargs(family, size)
+        teacher = build_teacher(family, size, device="meta")
+        assert spec.config_depth(config) == teacher.depth, size
+        for side in range(1, 300):
+            verdicts = []
+            for model in (teacher.model, configured(config)):
+                try:
+                    spec.check_latent_side(model, side)
+                    verdicts.append(None)
+                except ValueError as e:
+                    verdicts.append(str(e))
+            assert verdicts[0] == verdicts[1], (size, side)
