@@ -33,6 +33,31 @@ def teacher_sampler(teacher, schedule, noise, cond, num_steps):
     return torch.stack(states, 1)
 
 
+def reference_group_mask(num_groups: int, kind: str, window: int) -> torch.Tensor:
+    """DESIGN.md §1 "Masks" written out entry by entry, independently of `group_mask`: may group g attend to group h?
+    M1 diagonal: itself; M2 window: itself and the W-1 groups before it; M3 first: itself and the pure-noise group 0;
+    M4 causal: itself and every earlier group."""
+
+    def allowed(g: int, h: int) -> bool:
+        return {
+            "diagonal": h == g,
+            "window": g - window < h <= g,
+            "first": h in (g, 0),
+            "causal": h <= g,
+        }[kind]
+
+    return torch.tensor([[allowed(g, h) for h in range(num_groups)] for g in range(num_groups)])
+
+
+@pytest.mark.parametrize("mask", MASK_KINDS)
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_group_mask_is_the_papers_m1_to_m4_entry_by_entry(mask, window):
+    for num_groups in (1, 2, 4, 6):
+        got = group_mask(num_groups, mask, window)
+        assert got.dtype == torch.bool
+        assert torch.equal(got, reference_group_mask(num_groups, mask, window)), (mask, window, num_groups)
+
+
 def reachable(mask_SS: torch.Tensor, num_layers: int) -> torch.Tensor:
     """Which input groups can influence each output group after `num_layers` masked layers (N-step reachability)."""
     reach = torch.eye(mask_SS.shape[0], dtype=torch.bool)
@@ -52,7 +77,7 @@ def test_group_outputs_depend_exactly_on_the_groups_the_mask_reaches(teacher, fa
     states = states_for(student)
     with torch.no_grad():
         base = student(states, cond)
-        expected = reachable(group_mask(S, mask, 2), num_causal_layers)
+        expected = reachable(reference_group_mask(S, mask, 2), num_causal_layers)
         for h in range(S):
             perturbed = states.clone()
             perturbed[:, h] += torch.randn_like(perturbed[:, h])
@@ -64,12 +89,22 @@ def test_group_outputs_depend_exactly_on_the_groups_the_mask_reaches(teacher, fa
         assert expected[S - 1, 0]  # the check above really exercised a history dependence
 
 
+def distinct_heads(student):
+    """Perturb each step's head differently (untrained heads are identical copies of the teacher's final layer)."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for head in student.heads:
+            for p in head.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
 @pytest.mark.parametrize("mask", MASK_KINDS)
 @pytest.mark.parametrize("output", ["solver", "direct"])
 def test_kv_cached_sampling_equals_the_full_sequence_forward(teacher, family, mask, output):
     """Invariant 2: S cached steps of L tokens reproduce the one-pass teacher-forced forward on the same states."""
     cfg = ARDConfig(num_steps=S, num_causal_layers=3, mask=mask, output=output)
     student = ARDStudent(teacher, cfg, VPSchedule()).eval()
+    distinct_heads(student)  # as after training: step s must sample with its own head, the one the forward uses
     cond = make_condition(family, B)
     noise = torch.randn(B, student.in_channels, 8, 8, generator=torch.Generator().manual_seed(3))
     sampled = student.sample(noise, cond, return_states=True)  # (B, S+1, C, H, W)
