@@ -8,7 +8,7 @@ from model_helpers import make_condition, small_side
 
 from ard_scale.config.ard import ARDConfig
 from ard_scale.config.training import GANConfig
-from ard_scale.diffusion.schedules import VPSchedule, add_noise
+from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule, add_noise
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
 from ard_scale.trainer.gan import GANNoise, discriminator_step_loss, generator_gradient
@@ -70,10 +70,13 @@ def block_outputs(teacher, x, t, cond, layers):
     return [found[i] for i in layers]
 
 
-def test_teacher_and_student_features_equal_the_teachers_block_outputs(teacher, family):
-    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule()).eval()
+@pytest.mark.parametrize("schedule", [VPSchedule(), FlowSchedule()], ids=["vp", "flow"])
+def test_teacher_and_student_features_equal_the_teachers_block_outputs(teacher, family, schedule):
+    """The student's feature pass takes schedule times, the teacher's model times: under flow matching they differ
+    (model time = 1000·σ), so a feature pass that skipped the conversion fails here."""
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), schedule).eval()
     x = torch.randn(B, teacher.in_channels, teacher.sample_size, teacher.sample_size)
-    t = torch.tensor([10.0, 500.0, 990.0], dtype=torch.float64)
+    t = torch.tensor([10.0, 500.0, 990.0], dtype=torch.float64) / (1000.0 if isinstance(schedule, FlowSchedule) else 1)
     cond = make_condition(family, B)
     layers = [0, 2, 3]
     with torch.no_grad():
