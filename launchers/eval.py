@@ -100,7 +100,17 @@ def evaluate_pending(run_dir: Path, evaluate: Evaluate, teacher: dict | None = N
         path = result_path(run_dir, step)
         if path.is_file():
             continue
-        result = {"step": step, **evaluate(step, folder)}
+        try:
+            result = {"step": step, **evaluate(step, folder)}
+        except Exception:
+            if folder.is_dir():
+                raise
+            # the training run's retention (checkpoint.keep_last) removed it after it was listed: not an error
+            print(
+                f"[eval] skipping {folder.name}: the run removed it (checkpoint.keep_last) before it was evaluated",
+                file=sys.stderr,
+            )
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
         done.append(step)
@@ -186,10 +196,13 @@ def main(argv=None) -> None:
     teacher = setup.teacher_metrics()  # once per recipe: cached, keyed on the teacher, its sampler and the eval set
     with tempfile.TemporaryDirectory(prefix="ard_eval_") as work:
         evaluate = student_evaluate(run_dir, cfg, setup.run, work_dir=Path(work), device=device)
-        if args.watch:
-            watch(run_dir, evaluate, teacher=teacher, poll_seconds=args.poll_seconds)
-        else:
-            print(evaluate_pending(run_dir, evaluate, teacher))
+        try:
+            if args.watch:
+                watch(run_dir, evaluate, teacher=teacher, poll_seconds=args.poll_seconds)
+            else:
+                print(evaluate_pending(run_dir, evaluate, teacher))
+        except ValueError as e:  # a damaged checkpoint, a LoRA base teacher that cannot be loaded: cause and fix
+            sys.exit(f"error: {e}")
 
 
 def build_setup(cfg, run_dir: Path, device: str):

@@ -47,7 +47,7 @@ from ard_scale.checkpoint.export_files import (
 )
 from ard_scale.checkpoint.layout import LATEST, rank_file, step_of
 from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, verify_dir
-from ard_scale.checkpoint.student_meta import schedule_from_dict, student_architecture
+from ard_scale.checkpoint.student_meta import lora_layout, schedule_from_dict, student_architecture
 from ard_scale.config import to_dict
 from ard_scale.config.ard import ARDConfig
 from ard_scale.errors import UserError
@@ -366,6 +366,14 @@ def sample_noise(student: ARDStudent, batch_size: int, seed: int) -> torch.Tenso
     return torch.randn(batch_size, *shape, generator=g)
 
 
+def _compared_ard(arch: dict) -> dict:
+    """The ARD settings that decide whether a student's weights fit another: not the history-attention kernel nor
+    student.lora.share_teacher, which give the same numbers (neither is part of the config hash)."""
+    ard = {k: v for k, v in arch["ard"].items() if k != "attention"}
+    ard["lora"] = lora_layout(arch)
+    return ard
+
+
 def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: bool = True) -> str:
     """Initialise `student` (a plain module, before DeepSpeed wraps it) from the latest checkpoint of another run,
     e.g. the regression stage for the GAN stage. Its ARD settings must match. Returns a description of the source."""
@@ -382,9 +390,10 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
             f"teacher.family={ours['family']}: the GAN stage starts from a regression run of its own teacher; give "
             f"that run's teacher section (teacher.family={arch['family']}), or a {ours['family']} run as gan.init_from"
         )
-    differing = sorted(k for k in ours["ard"] if arch["ard"].get(k) != ours["ard"][k])
+    theirs, mine = _compared_ard(arch), _compared_ard(ours)
+    differing = sorted(k for k in mine if theirs.get(k) != mine[k])
     if differing:
-        listing = "; ".join(f"{k}: {arch['ard'].get(k)!r} there, {ours['ard'][k]!r} here" for k in differing)
+        listing = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine[k]!r} here" for k in differing)
         raise UserError(
             f"gan.init_from: {run_dir} holds a {arch['family']} student with other ARD settings ({listing}); use the "
             "same student section as that run"

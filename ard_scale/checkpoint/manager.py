@@ -400,6 +400,8 @@ class CheckpointManager:
             return None
         tag = self.loaded_tag = self._intact_tag(tag)
         meta = self.meta(tag)
+        # first: a LoRA checkpoint for a full student (or the reverse) is no recipe change allow_recipe_change can pass
+        check_student_kind(meta.get("student"), engine.module, self.dir / tag)
         self.check_recipe(tag)
         rank, world = _rank_world()
         universal = bool(getattr(engine, "load_universal_checkpoint", lambda: False)())
@@ -426,7 +428,6 @@ class CheckpointManager:
                     f"checkpoint {self.dir / tag} has no {rank_file(self.dir / tag, rank).name} for rank {rank}: it "
                     "is damaged (restore the file, or remove the checkpoint to resume from an older one)"
                 )
-        check_student_kind(meta.get("student"), engine.module, self.dir / tag)
         load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {self.dir / load_tag}")

@@ -52,8 +52,9 @@ def check_student_kind(saved: dict | None, module: torch.nn.Module, where: Path 
     keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
     raise UserError(
         f"checkpoint {where} holds {kind(theirs)}, but this recipe builds {kind(mine)}; differing student.lora keys: "
-        f"{', '.join(keys)}. Use the recipe's student.lora settings of that run (see its config.yaml), or start a "
-        "new run in another checkpoint.run_dir"
+        f"{', '.join(keys)}. Use the recipe's student.lora settings of that run (see {Path(where) / 'config.yaml'}), "
+        "or start a new run in another checkpoint.run_dir",
+        every_rank=True,  # the same checkpoint meta and recipe on every rank
     )
 
 

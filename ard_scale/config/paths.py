@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from pathlib import Path
 
 from ard_scale.config.loader import ConfigError
 from ard_scale.config.schema import ConfigWarning
@@ -178,7 +179,10 @@ def missing_paths(cfg) -> list[str]:
     if cfg.train.trajectory_source == "offline":
         need("data.trajectory_path", cfg.data.trajectory_path, "a dump of launchers/dump_trajectories.py")
     if cfg.gan.enabled:
-        need("gan.init_from", cfg.gan.init_from, "the run directory of a trained regression run")
+        # read by a fresh run only: a resume continues from its own checkpoints, so a regression run moved or deleted
+        # since the GAN stage started must not stop its requeued job
+        if not (Path(cfg.checkpoint.run_dir) / "checkpoints" / "latest").is_file():
+            need("gan.init_from", cfg.gan.init_from, "the run directory of a trained regression run")
         init, run = cfg.gan.init_from, cfg.checkpoint.run_dir
         if init is not None and not is_remote(init) and os.path.realpath(init) == os.path.realpath(run):
             # resuming the regression run's own checkpoints as the GAN stage: retention would delete them

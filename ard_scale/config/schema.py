@@ -185,6 +185,11 @@ class RootConfig:
             out.append(f"pooled_encoder_2 is ignored: family {self.teacher.family!r} reads no second CLIP encoder")
         if self.train.trajectory_source != "replay" and self.train.replay_times != 1:
             out.append(f"train.replay_times is ignored with trajectory_source {self.train.trajectory_source!r}")
+        if self.gan.init_from is not None and not self.gan.enabled:
+            out.append(
+                f"gan.init_from={self.gan.init_from!r} is ignored: gan.enabled is false, so the student starts from "
+                "the teacher's weights, not that run's; add gan.enabled=true for the GAN stage"
+            )
         if self.zero.gather_teacher_once and self.zero.teacher_stage == 0:
             out.append("zero.gather_teacher_once is ignored: zero.teacher_stage 0 keeps the teacher whole")
         if self.diffusion.guide_first_channels is not None and self.diffusion.guidance_scale == 1:

@@ -12,6 +12,7 @@ from ard_scale.config import RootConfig
 from ard_scale.data import build_loader
 from ard_scale.data.samples import BatchStream
 from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
+from ard_scale.diffusion.trajectory import uniform_teacher_grid
 from ard_scale.distributed.collectives import streaming_build_turn
 from ard_scale.distributed.engines import (
     build_frozen_engine,
@@ -223,6 +224,12 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             student_times=schedule.grid(cfg.student.num_steps).tolist(),
             latent_shape=shape,
             family=teacher.family,
+            sampler={
+                "teacher_grid": uniform_teacher_grid(schedule, cfg.student.num_steps, cfg.diffusion.substeps).tolist(),
+                "solver": cfg.diffusion.solver,
+                "guidance_scale": cfg.diffusion.guidance_scale,
+                "guided_channels": cfg.diffusion.guide_first_channels,
+            },
         )
     return Run(
         rank=rank,

@@ -143,6 +143,8 @@ def train(cfg: RootConfig) -> list[float]:
     dropped = SkipCounter()  # this rank's valid samples left out because another rank's micro-batch had none
     track_state(ckpt, run, progress, dropped, gan, watch, ema)
     resumed = ckpt.resume(run.engine)
+    if rank == 0:  # only once the checkpoint accepted this recipe: a refused resume leaves the run's own as it was
+        dump_yaml(cfg, run_dir / "config.yaml")
     if resumed is not None:
         say(rank, f"resumed from step {progress.step} ({ckpt.dir / resumed.tag}, {progress.samples_seen} samples)")
         if not resumed.same_world:
@@ -195,14 +197,12 @@ def train(cfg: RootConfig) -> list[float]:
 
 
 def open_run_dir(cfg: RootConfig, rank: int) -> CheckpointManager:
-    """checkpoint.run_dir, created and held by this run (`lock_run_dir`), with the resolved recipe in config.yaml
-    (rank 0), and its checkpoint manager."""
+    """checkpoint.run_dir, created and held by this run (`lock_run_dir`), and its checkpoint manager. The resolved
+    recipe goes to config.yaml once the resume has accepted it (`train`)."""
     ck = cfg.checkpoint
     run_dir = Path(ck.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_dir(run_dir, rank)  # one run per folder: a second one stops here, before it writes
-    if rank == 0:
-        dump_yaml(cfg, run_dir / "config.yaml")
     return CheckpointManager(
         run_dir, keep_last=ck.keep_last, config_dict=to_dict(cfg), allow_recipe_change=ck.allow_recipe_change
     )

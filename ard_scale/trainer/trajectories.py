@@ -219,10 +219,36 @@ def check_offline_dump(
     student_times: list[float],
     latent_shape: tuple,
     family: str,
+    sampler: dict | None = None,
 ) -> None:
     """Refuse a trajectory dump whose student grid, latent shape or condition differs from the recipe's, naming
-    both."""
+    both; with `sampler` ({"teacher_grid", "solver", "guidance_scale", "guided_channels"} of the recipe), also one
+    whose teacher was solved on another grid, with another solver or at another guidance (meta.json records them):
+    the run's recipe, its export and its evaluation would claim a sampler the trajectories were not made with."""
     problems = []
+    for key, value in (sampler or {}).items():
+        dumped = meta.get(key)
+        if key == "teacher_grid":
+            same = (
+                dumped is not None
+                and len(dumped) == len(value)
+                and all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(dumped, value, strict=True))
+            )
+        else:
+            same = dumped == value
+        if key in meta and not same:
+            what = {
+                "teacher_grid": "teacher grid (diffusion.substeps, diffusion.schedule)",
+                "solver": "diffusion.solver",
+                "guidance_scale": "diffusion.guidance_scale",
+                "guided_channels": "diffusion.guide_first_channels",
+            }.get(key, key)
+            if key == "teacher_grid":
+                problems.append(
+                    f"{what}: the dump's teacher took {len(dumped) - 1} steps, the recipe's takes {len(value) - 1}"
+                )
+            else:
+                problems.append(f"{what}: the dump has {dumped!r}, the recipe {value!r}")
     wanted = get_family(family).condition_kind
     if condition_kind is None:
         problems.append(
@@ -248,5 +274,6 @@ def check_offline_dump(
     if problems:
         raise UserError(
             f"the offline trajectories at data.trajectory_path={path!r} do not fit this recipe: {'; '.join(problems)}. "
-            "Dump them again for this recipe (launchers/dump_trajectories.py RECIPE --out DIR) or fix the recipe"
+            "Dump them again for this recipe (launchers/dump_trajectories.py RECIPE --out DIR) or fix the recipe",
+            every_rank=True,  # one dump, one recipe: every rank finds the same
         )

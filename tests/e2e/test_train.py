@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,24 @@ def test_resume_continues_the_loss_sequence_bit_identically(tiny_run, tmp_path):
     assert all(REQUIRED <= m.keys() for m in uninterrupted)
     assert all(m["nan_skips"] == 0 and m["skipped_samples"] == 0 for m in uninterrupted)
     assert (full / "config.yaml").is_file() and (full / "metrics.png").is_file()  # drawn at the end of the run
+
+
+@pytest.mark.distributed
+def test_a_refused_resume_leaves_the_runs_config_yaml_and_names_the_real_cause_first(tiny_run, tmp_path):
+    """RUN_DIR/config.yaml is the recipe the run trains under: a resume its checkpoint refuses must not overwrite it
+    with the refused recipe. A LoRA recipe on a full student's checkpoint is refused as such, not as a recipe change
+    that checkpoint.allow_recipe_change would pass (it would not)."""
+    split = resume_copy(tiny_run, 3, tmp_path / "split")
+    shutil.copy(tiny_run / "config.yaml", split / "config.yaml")
+    before = (split / "config.yaml").read_text()
+    changed = train(split, *TINY_RUN, "train.lr=0.5")
+    said_once(changed, "differing keys: train.lr: 0.001 -> 0.5")
+    assert (split / "config.yaml").read_text() == before
+    lora = train(split, *TINY_RUN, "student.lora.rank=4")
+    said_once(lora, "holds a full student, but this recipe builds a LoRA student")
+    assert "allow_recipe_change" not in lora.stderr
+    assert f"see {split / 'checkpoints' / 'step_00000003' / 'config.yaml'}" in lora.stderr
+    assert (split / "config.yaml").read_text() == before
 
 
 def test_a_malformed_recipe_is_one_clear_error(tmp_path):

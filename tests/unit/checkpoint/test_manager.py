@@ -341,3 +341,31 @@ def test_gan_init_from_a_run_of_another_teacher_family_names_the_teacher_not_the
         "the GAN stage starts from a regression run of its own teacher; give that run's teacher section "
         "(teacher.family=pixart), or a dit run as gan.init_from"
     )
+
+
+def test_gan_init_from_accepts_a_run_differing_only_in_attention_kernel_or_teacher_sharing(tmp_path, monkeypatch):
+    """student.attention and student.lora.share_teacher give the same numbers (README; not in the config hash), but a
+    GAN stage setting either otherwise than its regression run was refused as "other ARD settings"."""
+    import ard_scale.checkpoint.export as export
+    from ard_scale.checkpoint.student_meta import student_architecture
+    from ard_scale.config.ard import ARDConfig, LoRAConfig
+    from ard_scale.diffusion.schedules import VPSchedule
+    from ard_scale.models.student import ARDStudent
+    from ard_scale.models.teachers import build_teacher
+
+    lora = LoRAConfig(rank=2, share_teacher=False)
+    student = ARDStudent(
+        build_teacher("dit", "debug", num_embeds_ada_norm=10),
+        ARDConfig(num_steps=4, num_causal_layers=2, attention="sdpa", lora=lora),
+        VPSchedule(),
+    )
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    arch = student_architecture(student)
+    shared = {**arch["ard"]["lora"], "share_teacher": True}
+    saved = {**arch, "ard": {**arch["ard"], "attention": "auto", "lora": shared}}
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    monkeypatch.setattr(export, "student_state_dict", lambda *a, **k: (state, saved, "step_00000006", "ema"))
+    export.load_student_weights(student, tmp_path / "run")
+    saved["ard"]["num_causal_layers"] = 1  # a real difference is still refused
+    with pytest.raises(ValueError, match=r"other ARD settings \(num_causal_layers: 1 there, 2 here\)"):
+        export.load_student_weights(student, tmp_path / "run")

@@ -191,6 +191,13 @@ def test_ignored_settings_warn(tmp_path):
         load_config(p, ["train.trajectory_source=replay", "train.replay_times=3"])
 
 
+def test_gan_init_from_without_the_gan_stage_warns_that_the_student_starts_from_the_teacher(tmp_path):
+    """The GAN stage's command without gan.enabled=true trained a fresh regression run, silently."""
+    p = write(tmp_path, MINIMAL)
+    with pytest.warns(ConfigWarning, match="gan.init_from='runs/reg' is ignored: gan.enabled is false"):
+        load_config(p, ["gan.init_from=runs/reg"])
+
+
 # ------------------------------------------------------------------------------------------------- dump, hash, diff
 
 

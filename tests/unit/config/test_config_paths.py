@@ -265,3 +265,15 @@ def test_a_gan_stage_started_from_its_own_run_dir_is_refused(tmp_path):
     same = missing_paths(load_config("recipes/tiny_cpu.yaml", [*gan, f"checkpoint.run_dir={run}/"]))
     assert any(p.startswith("gan.init_from:") and "checkpoint.run_dir" in p for p in same), same
     assert missing_paths(load_config("recipes/tiny_cpu.yaml", [*gan, f"checkpoint.run_dir={tmp_path / 'gan'}"])) == []
+
+
+def test_a_gan_stage_resumes_after_its_init_from_run_was_removed(tmp_path):
+    """gan.init_from is read by a fresh run only; a GAN stage's requeued job was refused for ever once the regression
+    run it started from had been moved or deleted (and changing the key is a recipe change)."""
+    gone, run = tmp_path / "regression", tmp_path / "gan"
+    gan = ["gan.enabled=true", "gan.warmup_steps=1", "train.max_steps=3", f"gan.init_from={gone}"]
+    cfg = load_config("recipes/tiny_cpu.yaml", [*gan, f"checkpoint.run_dir={run}"])
+    assert any(p.startswith("gan.init_from:") for p in missing_paths(cfg))  # a fresh run needs it
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_00000002")
+    assert missing_paths(cfg) == []

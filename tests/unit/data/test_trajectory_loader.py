@@ -73,6 +73,25 @@ def test_a_dump_for_another_recipe_is_refused_naming_both(dump, mds_env):
                            latent_shape=(4, 8, 8), family="pixart")  # fmt: skip
 
 
+def test_a_dump_of_another_teacher_sampler_is_refused_naming_both(dump, mds_env):
+    """The dump (2 substeps, ddim, guidance 1) trained silently under a recipe with another guidance, solver and
+    substeps: the run's config, export and evaluation then claim a sampler its trajectories were not made with."""
+    loader = trajectory_loader(_config(dump), rank=0, world_size=1)
+    args = (loader.meta, loader.sample_shape(), loader.condition_kind())
+    kw = dict(path=str(dump), student_times=VPSchedule().grid(2).tolist(), latent_shape=(4, 8, 8), family="dit")
+    same = {"teacher_grid": VPSchedule().grid(4).tolist(), "solver": "ddim", "guidance_scale": 1.0,
+            "guided_channels": None}  # fmt: skip
+    check_offline_dump(*args, **kw, sampler=same)
+    other = {"teacher_grid": VPSchedule().grid(6).tolist(), "solver": "euler", "guidance_scale": 4.5,
+             "guided_channels": None}  # fmt: skip
+    with pytest.raises(ValueError) as e:
+        check_offline_dump(*args, **kw, sampler=other)
+    msg = str(e.value)
+    assert "diffusion.guidance_scale: the dump has 1.0, the recipe 4.5" in msg
+    assert "diffusion.solver: the dump has 'ddim', the recipe 'euler'" in msg
+    assert "the dump's teacher took 4 steps, the recipe's takes 6" in msg and "dump_trajectories.py" in msg
+
+
 def test_a_folder_that_is_not_a_dump_is_a_clear_error(tmp_path, mds_env):
     with pytest.raises(ValueError, match="no meta.json"):
         trajectory_loader(_config(tmp_path), rank=0, world_size=1)

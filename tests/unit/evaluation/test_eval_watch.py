@@ -177,3 +177,31 @@ def test_main_takes_eval_overrides_and_says_to_pass_them_there(tmp_path):
     assert (built[0].fid_inception_path, built[0].num_samples) == ("/weights/inception.pth", 8)
     with pytest.raises(SystemExit, match=r"eval.num_sample"):  # a mistyped key: the recipe check's own message
         mod.main([str(run), "eval.num_sample=8"])
+
+
+def test_a_checkpoint_the_run_removes_before_its_turn_is_skipped_not_a_crash(tmp_path, capsys):
+    """eval.py --watch beside a running run: retention (checkpoint.keep_last) deletes a checkpoint the watcher listed
+    while it evaluated an earlier one; the watcher died with a traceback from the export."""
+    run = tmp_path / "run"
+    for step in (1, 2, 3):
+        fake_checkpoint(run, step, meta=True)
+    set_latest(run, 3)
+
+    def evaluate(step, folder):
+        if step == 1:  # while step 1 is evaluated, the trainer saves and removes step 2
+            import shutil
+
+            shutil.rmtree(run / "checkpoints" / "step_00000002")
+        if not folder.is_dir():
+            raise ValueError(f"checkpoint tag {folder.name!r}: {folder} does not exist")
+        return {"clip_score": float(step)}
+
+    assert load_launcher().evaluate_pending(run, evaluate) == [1, 3]
+    assert "skipping step_00000002: the run removed it" in capsys.readouterr().err
+
+    def damaged(step, folder):
+        raise ValueError(f"checkpoint {folder} is damaged")
+
+    fake_checkpoint(run, 4, meta=True)
+    with pytest.raises(ValueError, match="damaged"):  # a checkpoint still there that fails stays an error
+        load_launcher().evaluate_pending(run, damaged)
