@@ -222,6 +222,8 @@ NOT_HASHED: tuple[str, ...] = (
     "zero.offload_params",
     "student.lora.share_teacher",  # one copy of the base weights or two: the same numbers, other memory
     "student.attention",  # flex or sdpa history attention: the same numbers (to rounding), another kernel
+    "gan.divergence_factor",  # the watchdog's threshold and whether it stops the run: what its warning advises to
+    "gan.stop_on_divergence",  # change on resume, and neither changes a number the run computes
 )
 
 
