@@ -379,7 +379,10 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
     e.g. the regression stage for the GAN stage. Its ARD settings must match. Returns a description of the source."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
-        raise UserError(f"gan.init_from: {run_dir} has no checkpoints/ folder; give the run directory of a trained run")
+        raise UserError(
+            f"gan.init_from: {run_dir} has no checkpoints/ folder; give the run directory of a trained run",
+            every_rank=True,  # every rank starts the GAN stage from the same run
+        )
     state, arch, tag, weights = student_state_dict(
         run_dir, use_ema=use_ema, earlier_fix="to start from {tag}, write {tag} into {run_dir}/checkpoints/latest"
     )  # gan.init_from starts from the checkpoint `latest` names
@@ -388,7 +391,8 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
         raise UserError(
             f"gan.init_from: {run_dir} holds a {arch['family']} student, and this recipe's teacher is "
             f"teacher.family={ours['family']}: the GAN stage starts from a regression run of its own teacher; give "
-            f"that run's teacher section (teacher.family={arch['family']}), or a {ours['family']} run as gan.init_from"
+            f"that run's teacher section (teacher.family={arch['family']}), or a {ours['family']} run as gan.init_from",
+            every_rank=True,
         )
     theirs, mine = _compared_ard(arch), _compared_ard(ours)
     differing = sorted(k for k in mine if theirs.get(k) != mine[k])
@@ -396,10 +400,13 @@ def load_student_weights(student: ARDStudent, run_dir: str | Path, *, use_ema: b
         listing = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine[k]!r} here" for k in differing)
         raise UserError(
             f"gan.init_from: {run_dir} holds a {arch['family']} student with other ARD settings ({listing}); use the "
-            "same student section as that run"
+            "same student section as that run",
+            every_rank=True,
         )
     try:
         student.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"gan.init_from: the student in {run_dir}/{tag} does not fit this recipe's teacher: {e}") from e
+        raise UserError(
+            f"gan.init_from: the student in {run_dir}/{tag} does not fit this recipe's teacher: {e}", every_rank=True
+        ) from e
     return f"{run_dir}/checkpoints/{tag} ({weights})"

@@ -107,6 +107,7 @@ class Run:
     codec: LatentCodec | FrameLatentCodec | PixelCodec
     trajectories: TrajectorySource  # the step's (ard_scale/trainer/trajectories.py); its state is per rank
     latent_shape: tuple[int, int, int]  # (C, H, W) of a trajectory state at data.resolution
+    init_from: str | None = None  # the checkpoint a fresh GAN stage's student started from (gan.init_from)
 
     @property
     def student(self) -> ARDStudent:
@@ -181,8 +182,9 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     guidance = embedded_guidance(cfg, teacher)
     student = ARDStudent(teacher, cfg.student, schedule, latent_shape=shape, guidance=guidance)
     student.activation_checkpointing = tr.activation_checkpointing
+    init_from = None
     if fresh and cfg.gan.enabled and cfg.gan.init_from is not None:
-        load_student_weights(student, cfg.gan.init_from, use_ema=cfg.gan.init_from_ema)
+        init_from = load_student_weights(student, cfg.gan.init_from, use_ema=cfg.gan.init_from_ema)
 
     micro = cfg.data.batch_size
     ds_cfg = student_ds_config(
@@ -257,4 +259,5 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             device=engine.device,
         ),
         latent_shape=shape,
+        init_from=init_from,
     )

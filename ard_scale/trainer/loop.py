@@ -145,6 +145,8 @@ def train(cfg: RootConfig) -> list[float]:
     resumed = ckpt.resume(run.engine)
     if rank == 0:  # only once the checkpoint accepted this recipe: a refused resume leaves the run's own as it was
         dump_yaml(cfg, run_dir / "config.yaml")
+    if run.init_from is not None:
+        say(rank, f"the GAN stage's student starts from {run.init_from}")
     if resumed is not None:
         say(rank, f"resumed from step {progress.step} ({ckpt.dir / resumed.tag}, {progress.samples_seen} samples)")
         if not resumed.same_world:

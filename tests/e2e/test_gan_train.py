@@ -39,10 +39,12 @@ def test_gan_stage_starts_from_a_regression_run_and_resumes_bit_identically(tiny
     regression = tiny_run  # 6 regression steps (tests/e2e/conftest.py)
     full, split = tmp_path / "full", tmp_path / "split"
     init = f"gan.init_from={regression}"
-    train(full, *GAN, init, "train.max_steps=3", "checkpoint.every=2")
+    started = train(full, *GAN, init, "train.max_steps=3", "checkpoint.every=2")
+    assert started.stderr.count(f"the GAN stage's student starts from {regression}/checkpoints/step_") == 1
     resume_copy(full, 2, split)  # what a GAN run stopped after step 2 holds
     resumed = train(split, *GAN, init, "train.max_steps=3", "checkpoint.every=2")
     assert "resumed from step 2 " in resumed.stderr  # from its own step-2 checkpoint, not from init_from
+    assert "the GAN stage's student starts from" not in resumed.stderr
     # ZeRO stage 0 (replicated teacher), started by DeepSpeed's own launcher: the same numbers. The adaptive weight's
     # gradients never run a backward into the engine's (DeepSpeed-hooked) output, which ZeRO 0 refuses and ZeRO 1-2
     # answer by reducing an empty bucket.
