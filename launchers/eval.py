@@ -164,7 +164,10 @@ def main(argv=None) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     if not (run_dir / "checkpoints").is_dir():
-        sys.exit(f"error: {run_dir / 'checkpoints'} does not exist: is {run_dir} a run directory?")
+        if not args.watch:
+            sys.exit(f"error: {run_dir / 'checkpoints'} does not exist: is {run_dir} a run directory?")
+        # an eval job submitted beside its training job may start first: wait for the run's first checkpoint
+        print(f"[eval] waiting for {run_dir / 'checkpoints'}: the run has saved nothing yet", file=sys.stderr)
     checkpoints = complete_checkpoints(run_dir)
 
     import tempfile

@@ -152,6 +152,27 @@ def test_main_errors_name_what_is_missing(tmp_path):
         mod.main([str(run)])
 
 
+def test_watch_waits_for_a_run_that_has_saved_nothing_yet(tmp_path, monkeypatch, capsys):
+    """An eval job may start before its training job has made RUN_DIR/checkpoints: --watch waits for the first
+    checkpoint (here it appears during the first poll), then reads its recipe; without --watch that is an error."""
+    import shutil
+    import types
+
+    mod = load_launcher()
+    run = tmp_path / "run"
+    recipe = next(p for p in sorted((LAUNCHER.parents[1] / "recipes").glob("*.yaml")) if "tiny" in p.name)
+
+    def first_save(seconds):  # the run saves while the watcher sleeps
+        shutil.copy(recipe, fake_checkpoint(run, 10, meta=True) / "config.yaml")
+
+    monkeypatch.setattr(mod, "time", types.SimpleNamespace(sleep=first_save))
+    with pytest.raises(SystemExit, match="nothing to evaluate offline"):  # it read the recipe of step 10
+        mod.main([str(run), "--watch", "--poll-seconds", "1"])
+    assert f"waiting for {run / 'checkpoints'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="does not exist: is"):
+        mod.main([str(tmp_path / "other")])
+
+
 def test_main_takes_eval_overrides_and_says_to_pass_them_there(tmp_path):
     """The message said "set eval.fid_inception_path ... in the recipe", but eval.py reads the checkpoint's
     config.yaml: its eval section is set on eval.py's command line, and nothing else is."""
