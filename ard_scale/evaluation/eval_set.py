@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,6 +107,13 @@ def reference_stats_from_shards(
         count += feats.shape[0]
     if seen < 2:
         raise UserError(f"the shard set {path!r} has {seen} decodable images; FID reference statistics need >= 2")
+    if seen < num_images and rank == 0:
+        warnings.warn(
+            f"FID reference statistics from the {seen} images of {path!r}, fewer than the {num_images} asked for "
+            f"(eval.fid_reference_num_images): an FID against so few reference images runs high. Give a larger shard "
+            f"set, or set eval.fid_reference_num_images={seen} so the recipe says what the number is measured against",
+            stacklevel=2,
+        )
     sums = torch.cat([total, outer.flatten(), torch.tensor([float(count)], dtype=torch.float64)])[None]
     if gather is not None:
         sums = gather(sums.to(fid.device)).cpu().sum(0, keepdim=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ard_scale.data import bundled_digits_path
+from ard_scale.data.bundled import NUM_SAMPLES
 from ard_scale.diffusion.condition import Condition
 from ard_scale.evaluation.eval_set import (
     cache_key,
@@ -88,6 +89,15 @@ def test_reference_stats_are_the_first_images_whatever_the_rank_split(tiny_featu
         np.testing.assert_allclose(
             stats.sigma, expected.sigma, rtol=1e-5, atol=1e-9
         )  # float32 conv rounding varies with the batch
+
+
+def test_reference_stats_from_a_set_smaller_than_asked_say_how_many_images_they_hold(tiny_features, recwarn):
+    fid = FID(tiny_features)
+    held = NUM_SAMPLES  # the bundled digits
+    reference_stats_from_shards(fid, DIGITS, "webdataset", resolution=8, num_images=held, batch_size=512)
+    assert not [w for w in recwarn if "FID reference statistics" in str(w.message)]  # all there: nothing to say
+    with pytest.warns(UserWarning, match=f"from the {held} images of .*, fewer than the {held + 1} asked for"):
+        reference_stats_from_shards(fid, DIGITS, "webdataset", resolution=8, num_images=held + 1, batch_size=512)
 
 
 def test_remote_shards_are_refused_with_the_fix():
