@@ -18,6 +18,7 @@ exports of the trainable state never carry the 12B frozen base, which is rebuilt
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -51,6 +52,16 @@ def add_adapters(backbone: nn.Module, cfg: LoRAConfig, names: list[str]) -> None
         raise UserError(
             f"student.lora.targets {cfg.targets!r} match no Linear layer in the teacher's blocks; give suffixes of "
             "module names inside a block (e.g. attn.to_q, ff.net.2) or null for the family's default"
+        )
+    layers = dict(backbone.named_modules())
+    full = [n for n in names if cfg.rank >= min(layers[n].in_features, layers[n].out_features)]
+    if full:
+        warnings.warn(
+            f"student.lora.rank={cfg.rank} is at least the width of {len(full)} of the {len(names)} adapted layers "
+            f"(e.g. {full[0]}: {layers[full[0]].in_features} -> {layers[full[0]].out_features}): there an adapter "
+            "holds more numbers than the layer and can express nothing more. Lower student.lora.rank, or train a "
+            "full student (student.lora.rank=0)",
+            stacklevel=2,
         )
     config = LoraConfig(
         r=cfg.rank,

@@ -142,6 +142,15 @@ def test_targets_that_match_nothing_are_an_error(teacher):
         lora_student(teacher, targets=["no_such_layer"])
 
 
+def test_a_rank_as_wide_as_the_layers_it_adapts_is_said_to_gain_nothing(teacher):
+    widths = [min(m.in_features, m.out_features) for m in teacher.modules() if isinstance(m, torch.nn.Linear)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a rank below every adapted layer's width: nothing to say
+        lora_student(teacher, rank=min(widths) - 1)
+    with pytest.warns(UserWarning, match=rf"student.lora.rank={max(widths)} is at least the width of \d+ of the \d+"):
+        lora_student(teacher, rank=max(widths))
+
+
 @pytest.mark.parametrize("family", ["flux", "sd3", "qwen_image"])
 def test_the_adapter_file_loads_into_the_diffusers_model_as_the_merged_weights(family, tmp_path):
     """The adapter-only export is diffusers' LoRA layout: `load_lora_adapter(prefix="transformer")` on the plain
