@@ -4,7 +4,9 @@
     python launchers/eval.py RUN_DIR --watch         # ... and keep polling for new ones (e.g. as its own Slurm job)
     python launchers/eval.py RUN_DIR eval.fid_inception_path=PATH eval.num_samples=8   # eval.* settings win
 
-Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (atomically: a restarted job skips what is written) and
+Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (atomically: a restarted job skips what is written; a rerun
+with other eval settings that change the numbers, e.g. eval.num_samples, evaluates it again, since each result records
+them) and
 RUN_DIR/eval/metrics.png, FID and CLIP score against step with the teacher's values as reference lines. The teacher's
 values are computed once per recipe and cached (eval.cache_dir, default RUN_DIR/eval/cache; keyed on the teacher,
 its sampler and the evaluation set, so the in-loop evaluation and this job share them). A checkpoint is complete
@@ -36,6 +38,11 @@ from ard_scale.checkpoint.safe_load import META  # noqa: E402
 from ard_scale.config.loader import check_override_sections  # noqa: E402
 
 METRICS = (("fid", "FID (lower is better)"), ("clip_score", "CLIP score (higher is better)"))
+# the eval settings a result's numbers depend on (not every, batch_size, grid_size, cache_dir): recorded beside them
+MEASURED_WITH = (
+    "num_samples", "use_ema", "fid_inception_path", "fid_reference_path", "fid_reference_num_images", "clip_path",
+    "clip_model", "prompts_path",
+)  # fmt: skip
 Evaluate = Callable[[int, Path], dict]  # (step, checkpoint folder) -> {"fid": ..., "clip_score": ...}
 
 
@@ -93,15 +100,29 @@ def plot(run_dir: Path, teacher: dict | None) -> Path:
     return out
 
 
-def evaluate_pending(run_dir: Path, evaluate: Evaluate, teacher: dict | None = None) -> list[int]:
-    """Evaluate each complete checkpoint that has no result yet, write its JSON and the plot; the steps done."""
+def eval_settings(cfg) -> dict:
+    """What a result was measured with (MEASURED_WITH of the recipe's eval section)."""
+    return {key: getattr(cfg.eval, key) for key in MEASURED_WITH}
+
+
+def evaluate_pending(
+    run_dir: Path, evaluate: Evaluate, teacher: dict | None = None, settings: dict | None = None
+) -> list[int]:
+    """Evaluate each complete checkpoint that has no result yet, or one measured with other `settings` (its result
+    records them; one from before they were recorded stands), write its JSON and the plot; the steps done."""
     done = []
     for step, folder in complete_checkpoints(run_dir):
         path = result_path(run_dir, step)
         if path.is_file():
-            continue
+            before = json.loads(path.read_text(encoding="utf-8")).get("settings")
+            if settings is None or before is None or before == settings:
+                continue
+            changed = ", ".join(f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v)
+            print(f"[eval] evaluating {folder.name} again: its result was measured with {changed}", file=sys.stderr)
         try:
             result = {"step": step, **evaluate(step, folder)}
+            if settings is not None:
+                result["settings"] = settings
         except Exception:
             if folder.is_dir():
                 raise
@@ -125,10 +146,11 @@ def watch(
     teacher: dict | None = None,
     poll_seconds: float = 60.0,
     should_stop: Callable[[], bool] = lambda: False,
+    settings: dict | None = None,
 ) -> None:
     """Poll for complete checkpoints and evaluate each once, until `should_stop()` (checked between polls)."""
     while True:
-        evaluate_pending(run_dir, evaluate, teacher)
+        evaluate_pending(run_dir, evaluate, teacher, settings)
         if should_stop():
             return
         time.sleep(poll_seconds)  # the polling period, not synchronisation: a missed checkpoint is seen next poll
@@ -200,10 +222,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="ard_eval_") as work:
         evaluate = student_evaluate(run_dir, cfg, setup.run, work_dir=Path(work), device=device)
         try:
+            settings = eval_settings(cfg)
             if args.watch:
-                watch(run_dir, evaluate, teacher=teacher, poll_seconds=args.poll_seconds)
+                watch(run_dir, evaluate, teacher=teacher, poll_seconds=args.poll_seconds, settings=settings)
             else:
-                print(evaluate_pending(run_dir, evaluate, teacher))
+                print(evaluate_pending(run_dir, evaluate, teacher, settings))
         except ValueError as e:  # a damaged checkpoint, a LoRA base teacher that cannot be loaded: cause and fix
             sys.exit(f"error: {e}")
 

@@ -88,6 +88,21 @@ def test_each_checkpoint_evaluated_exactly_once_across_restart(tmp_path):
         assert img.format == "PNG" and img.width > 100
 
 
+def test_a_rerun_with_other_eval_settings_evaluates_again_and_records_them(tmp_path, capsys):
+    run = tmp_path / "run"
+    fake_checkpoint(run, 100, meta=True)
+    mod, counting = load_launcher(), CountingEvaluate()
+    four, eight = {"num_samples": 4, "use_ema": True}, {"num_samples": 8, "use_ema": True}
+    assert mod.evaluate_pending(run, counting, settings=four) == [100]
+    assert mod.evaluate_pending(run, counting, settings=four) == []  # measured with these: it stands
+    assert mod.evaluate_pending(run, counting, settings=eight) == [100]
+    assert "evaluating step_00000100 again: its result was measured with num_samples: 4 -> 8" in capsys.readouterr().err
+    assert counting.calls == [100, 100] and mod.read_results(run)[0]["settings"] == eight
+    fake_checkpoint(run, 200, meta=True)
+    (run / "eval" / "step_00000200.json").write_text(json.dumps({"step": 200, "fid": 1.0}))  # before they were kept
+    assert mod.evaluate_pending(run, counting, settings=eight) == []
+
+
 def test_student_evaluate_exports_each_tag_and_runs_the_evaluator(tmp_path, monkeypatch, tiny_features):
     """The launcher's glue: checkpoint tag -> export (EMA as configured) -> student.sample through the Evaluator.
     The export itself (DeepSpeed files) is ard_scale.checkpoint's and is stubbed here with a debug student."""
