@@ -46,7 +46,7 @@ from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.solvers import SOLVERS  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory, uniform_teacher_grid  # noqa: E402
-from ard_scale.models.teachers import load_teacher  # noqa: E402
+from ard_scale.models.teachers import load_teacher, teacher_identity  # noqa: E402
 
 
 def schedule_from(teacher_path: Path, objective: str | None):
@@ -245,6 +245,12 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "teacher": str(args.teacher) if args.teacher is not None else f"{cfg.teacher.family} size {cfg.teacher.size}",
+        "teacher_identity": teacher_identity(
+            args.teacher,
+            teacher.family,
+            None if cfg is None else cfg.teacher.size,
+            None if cfg is None else cfg.train.seed,
+        ),  # what the trainer compares: which weights solved these trajectories
         "schedule": {"type": type(schedule).__name__, **vars(schedule)},
         "student_times": student_grid.tolist(),
         "teacher_grid": teacher_grid.tolist(),

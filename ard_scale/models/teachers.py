@@ -17,7 +17,7 @@ from torch import nn
 from ard_scale.diffusion.condition import Condition
 from ard_scale.errors import UserError
 from ard_scale.models.families import FAMILIES, Family, family_of_class, get_family
-from ard_scale.models.folders import model_folder
+from ard_scale.models.folders import encoder_fingerprint, model_folder
 
 SIZES: dict[str, dict[str, dict]] = {name: fam.sizes for name, fam in FAMILIES.items()}
 
@@ -181,6 +181,16 @@ def load_teacher(path: str | Path, *, dtype: torch.dtype = torch.float32, family
         raise UserError(problem, every_rank=True)
     model = spec.model_class.from_pretrained(model_folder(path), torch_dtype=dtype)
     return Teacher(model).eval().requires_grad_(False)
+
+
+def teacher_identity(path: str | Path | None, family: str, size: str | None, seed: int | None) -> dict:
+    """What tells one teacher's weights from another's, for a record of what was made with them (an offline dump):
+    a folder's `fingerprint` (`encoder_fingerprint`: the same for a copy elsewhere; None where it cannot be read), or
+    a named size's random weights by family, size and the seed they are drawn from. Two identities of different
+    kinds cannot be compared (a folder may hold a named size's weights)."""
+    if path is not None:
+        return {"fingerprint": encoder_fingerprint(str(path), "transformer")}
+    return {"family": family, "size": size, "seed": seed}
 
 
 def teacher_from_config(section, seed: int | None = 0) -> Teacher:

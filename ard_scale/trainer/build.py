@@ -22,7 +22,7 @@ from ard_scale.distributed.engines import (
 )
 from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.student import ARDStudent
-from ard_scale.models.teachers import Teacher, teacher_from_config
+from ard_scale.models.teachers import Teacher, teacher_from_config, teacher_identity
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
 from ard_scale.trainer.checks import check_attention, check_channel_options
 from ard_scale.trainer.conditioning import SLOTS, Conditioner, distilled_guidance, precomputed_null
@@ -231,6 +231,9 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
                 "solver": cfg.diffusion.solver,
                 "guidance_scale": cfg.diffusion.guidance_scale,
                 "guided_channels": cfg.diffusion.guide_first_channels,
+                "teacher_identity": teacher_identity(
+                    cfg.teacher.path, cfg.teacher.family, cfg.teacher.size, cfg.train.seed
+                ),
             },
         )
     return Run(

@@ -222,12 +222,15 @@ def check_offline_dump(
     sampler: dict | None = None,
 ) -> None:
     """Refuse a trajectory dump whose student grid, latent shape or condition differs from the recipe's, naming
-    both; with `sampler` ({"teacher_grid", "solver", "guidance_scale", "guided_channels"} of the recipe), also one
-    whose teacher was solved on another grid, with another solver or at another guidance (meta.json records them):
+    both; with `sampler` ({"teacher_grid", "solver", "guidance_scale", "guided_channels", "teacher_identity"} of the
+    recipe), also one solved by another teacher, on another grid, with another solver or at another guidance
+    (meta.json records them; a dump from before a key was recorded is not checked on it):
     the run's recipe, its export and its evaluation would claim a sampler the trajectories were not made with."""
     problems = []
     for key, value in (sampler or {}).items():
         dumped = meta.get(key)
+        if key == "teacher_identity" and (not isinstance(dumped, dict) or set(dumped) != set(value)):
+            continue  # a folder's fingerprint against a named size's seed: not comparable (see teacher_identity)
         if key == "teacher_grid":
             same = (
                 dumped is not None
@@ -242,6 +245,7 @@ def check_offline_dump(
                 "solver": "diffusion.solver",
                 "guidance_scale": "diffusion.guidance_scale",
                 "guided_channels": "diffusion.guide_first_channels",
+                "teacher_identity": "the teacher (teacher.path's weights, or teacher.size and train.seed)",
             }.get(key, key)
             if key == "teacher_grid" and len(dumped) != len(value):
                 problems.append(

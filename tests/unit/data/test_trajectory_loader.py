@@ -92,6 +92,32 @@ def test_a_dump_of_another_teacher_sampler_is_refused_naming_both(dump, mds_env)
     assert "the dump's teacher took 4 steps, the recipe's takes 6" in msg and "dump_trajectories.py" in msg
 
 
+def test_a_dump_solved_by_another_teachers_weights_is_refused(dump, mds_env, tmp_path):
+    """meta.json records which weights solved the trajectories: the same folder (or a copy of it) passes; another
+    teacher of the same architecture, or a named size drawn from another seed, is refused."""
+    import shutil
+
+    from ard_scale.models.teachers import teacher_identity
+
+    loader = trajectory_loader(_config(dump), rank=0, world_size=1)
+    args = (loader.meta, loader.sample_shape(), loader.condition_kind())
+    kw = dict(path=str(dump), student_times=VPSchedule().grid(2).tolist(), latent_shape=(4, 8, 8), family="dit")
+    shutil.copytree(dump.parent / "teacher", tmp_path / "copy")
+    build_teacher("dit", "debug", seed=4).model.save_pretrained(tmp_path / "other")  # same shapes, other weights
+    for folder in (dump.parent / "teacher", tmp_path / "copy"):
+        check_offline_dump(*args, **kw, sampler={"teacher_identity": teacher_identity(folder, "dit", None, None)})
+    with pytest.raises(ValueError, match=r"the teacher \(teacher.path's weights, or teacher.size and train.seed\)"):
+        other = teacher_identity(tmp_path / "other", "dit", None, None)
+        check_offline_dump(*args, **kw, sampler={"teacher_identity": other})
+    # a named size cannot be told from a folder (the folder may hold its weights): not compared; two seeds can
+    check_offline_dump(*args, **kw, sampler={"teacher_identity": teacher_identity(None, "dit", "debug", 3)})
+    drawn = {**loader.meta, "teacher_identity": teacher_identity(None, "dit", "debug", 0)}
+    with pytest.raises(ValueError, match="the dump has {'family': 'dit', 'size': 'debug', 'seed': 0}, the recipe"):
+        check_offline_dump(
+            drawn, *args[1:], **kw, sampler={"teacher_identity": teacher_identity(None, "dit", "debug", 7)}
+        )
+
+
 def test_a_folder_that_is_not_a_dump_is_a_clear_error(tmp_path, mds_env):
     with pytest.raises(ValueError, match="no meta.json"):
         trajectory_loader(_config(tmp_path), rank=0, world_size=1)
