@@ -90,7 +90,10 @@ def test_retention_keeps_last_k_complete(run):
 
 
 class NeverLoads:
-    """Stands in for an engine: these checks must refuse before DeepSpeed is asked to load anything."""
+    """Stands in for an engine: these checks must refuse before DeepSpeed is asked to load anything. Its module is
+    no ARD student, so the LoRA-or-full check (checked first, test_manager.py) has nothing to compare."""
+
+    module = torch.nn.Identity()
 
     def load_universal_checkpoint(self):
         return False
