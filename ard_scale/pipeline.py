@@ -53,7 +53,14 @@ from ard_scale.models.folders import tokenizer_folder
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec
-from ard_scale.pipeline_args import check_fixed, draw_noise, integer_labels, prompt_list, sides_text
+from ard_scale.pipeline_args import (
+    check_fixed,
+    check_label_range,
+    draw_noise,
+    integer_labels,
+    prompt_list,
+    sides_text,
+)
 from ard_scale.trainer.build import build_codec_for, build_conditioner
 from ard_scale.trainer.conditioning import SLOTS, Conditioner
 from ard_scale.utils.folders import check_new_folder, check_room, tensor_bytes, writing_folder
@@ -398,9 +405,7 @@ class ARDPipeline:
             if class_labels is None or prompt is not None:
                 raise UserError("this student is class-conditional: pass class_labels=[...] (no prompt)")
             labels = integer_labels(class_labels)
-            num_classes = self.student.family.num_classes(self.student.backbone)
-            if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
-                raise UserError(f"class_labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+            check_label_range(labels, self.student.family.num_classes(self.student.backbone))
             return Condition(labels=labels.repeat_interleave(per_prompt))
         if prompt is None or class_labels is not None:
             raise UserError("this student is text-conditional: pass prompt='...' or a list of prompts (no labels)")

@@ -105,6 +105,12 @@ def integer_labels(class_labels) -> torch.Tensor:
     return torch.tensor([int(c) for c in items], dtype=torch.long)
 
 
+def check_label_range(labels: torch.Tensor, num_classes: int | None, name: str = "class_labels") -> None:
+    """Refuse labels outside a class-conditional family's 0..num_classes-1 (None: any); `name`: the argument."""
+    if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{name} must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+
+
 def prompt_list(prompt) -> list[str]:
     """`prompt` (a string or a list of strings) as a non-empty list; refuses others."""
     prompts = [prompt] if isinstance(prompt, str) else prompt

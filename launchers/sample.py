@@ -132,10 +132,11 @@ def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     # --teacher: an adapter export's base
     student = load_exported_student(args.export_dir, teacher=args.teacher, verify=args.verify)
     if args.class_labels is not None:
-        num_classes = student.family.num_classes(student.backbone)  # the pipeline's check (ARDPipeline._condition)
-        if num_classes is not None and not all(0 <= c < num_classes for c in args.class_labels):
-            raise ValueError(f"--class-labels must lie in 0..{num_classes - 1}, got {args.class_labels}")
-        cond, labels = Condition(labels=torch.tensor(args.class_labels)), [f"class {c}" for c in args.class_labels]
+        from ard_scale.pipeline_args import check_label_range  # the pipeline's own check
+
+        class_labels = torch.tensor(args.class_labels)
+        check_label_range(class_labels, student.family.num_classes(student.backbone), "--class-labels")
+        cond, labels = Condition(labels=class_labels), [f"class {c}" for c in args.class_labels]
     elif args.prompts_embeddings is not None:
         emb = torch.load(args.prompts_embeddings, map_location="cpu", weights_only=True)
         emb = emb if isinstance(emb, dict) else {"text": emb}

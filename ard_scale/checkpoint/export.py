@@ -46,7 +46,7 @@ from ard_scale.checkpoint.export_files import (
     write_checksums,
 )
 from ard_scale.checkpoint.layout import LATEST, rank_file, step_of
-from ard_scale.checkpoint.safe_load import CONFIG, META, read_meta, safe_load, verify_dir
+from ard_scale.checkpoint.safe_load import CONFIG, META, complete_tags, read_meta, safe_load, verify_dir
 from ard_scale.checkpoint.student_meta import lora_layout, schedule_from_dict, student_architecture
 from ard_scale.config import to_dict
 from ard_scale.config.ard import ARDConfig
@@ -80,13 +80,6 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
             "(choose one with --tag)"
         )
     return tag
-
-
-def complete_tags(ckpt_dir: Path) -> list[str]:
-    """Tags of the complete checkpoints in `ckpt_dir` (their folder holds the completion marker), oldest first;
-    not their universal conversions."""
-    tags = [p.name for p in ckpt_dir.glob("step_*") if step_of(p.name) is not None and (p / META).is_file()]
-    return sorted(tags, key=step_of)
 
 
 def _client_state(tag_dir: Path) -> dict:

@@ -49,7 +49,16 @@ from ard_scale.checkpoint.layout import (
     step_of,
     tag_of,
 )
-from ard_scale.checkpoint.safe_load import CONFIG, META, file_digest, read_meta, safe_load, tag_problems, verify_dir
+from ard_scale.checkpoint.safe_load import (
+    CONFIG,
+    META,
+    complete_tags,
+    file_digest,
+    read_meta,
+    safe_load,
+    tag_problems,
+    verify_dir,
+)
 from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
 from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
 from ard_scale.errors import UserError
@@ -155,10 +164,7 @@ class CheckpointManager:
 
     def complete_tags(self) -> list[str]:
         """Complete step tags, oldest first."""
-        return sorted(
-            (p.name for p in self.dir.glob("step_*") if step_of(p.name) is not None and (p / META).is_file()),
-            key=step_of,
-        )
+        return complete_tags(self.dir)
 
     def resume_ds_config(self, ds_config: dict) -> dict:
         """`ds_config` plus `checkpoint.load_universal=true` when the latest checkpoint was written by a different

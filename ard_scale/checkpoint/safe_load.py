@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from ard_scale.checkpoint.layout import step_of
 from ard_scale.errors import UserError
 
 META = "ard_checkpoint.json"
@@ -68,6 +69,13 @@ def file_digest(path: str | Path) -> dict:
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
     return {"size": size, CHECKSUM: f"{crc:08x}"}
+
+
+def complete_tags(ckpt_dir: str | Path) -> list[str]:
+    """Tags of the complete checkpoints in `ckpt_dir` (their folder holds the completion marker), oldest first;
+    not their universal conversions."""
+    tags = [p.name for p in Path(ckpt_dir).glob("step_*") if step_of(p.name) is not None and (p / META).is_file()]
+    return sorted(tags, key=step_of)
 
 
 def read_meta(tag_dir: str | Path) -> dict:
