@@ -52,14 +52,15 @@ def fit_problems(cfg) -> list[str]:
     """`teacher_problems` of the recipe's teacher, from teacher.size or teacher.path's config.json and the VAE's
     config; [] where those are not on this machine (`missing_paths` says so)."""
     from ard_scale.models.families import get_family
-    from ard_scale.models.teachers import other_family
+    from ard_scale.models.teachers import family_of_folder, other_family
     from ard_scale.models.vae import vae_downsample
 
     if cfg.teacher.size is None and cfg.teacher.path is None:
         return []
     spec = get_family(cfg.teacher.family)
     try:
-        if cfg.teacher.path is not None and (problem := other_family(cfg.teacher.path, cfg.teacher.family)):
+        path = cfg.teacher.path
+        if path is not None and (problem := other_family(family_of_folder(path), path, cfg.teacher.family)):
             return [problem]
         config = teacher_config(cfg)
         side = cfg.data.resolution // vae_downsample(size=cfg.vae.size, path=cfg.vae.path)

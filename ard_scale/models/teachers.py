@@ -161,10 +161,9 @@ def family_of_folder(path: str | Path) -> type[Family]:
     return spec
 
 
-def other_family(path: str | Path, family: str) -> str | None:
-    """What is wrong with teacher folder `path` for the recipe's `teacher.family`: None when it holds that family's
-    model (read from its config, no weights loaded)."""
-    spec = family_of_folder(path)
+def other_family(spec: type[Family], path: str | Path, family: str) -> str | None:
+    """What is wrong with teacher folder `path`, which holds a model of family `spec` (`family_of_folder`), for the
+    recipe's `teacher.family`: None when it is that family."""
     if spec.name == family:
         return None
     return (
@@ -177,7 +176,7 @@ def load_teacher(path: str | Path, *, dtype: torch.dtype = torch.float32, family
     """Load a teacher from a local diffusers folder (the model folder, or a pipeline folder with `transformer/`).
     With `family` given (the recipe's `teacher.family`), a folder holding another family's model is an error."""
     spec = family_of_folder(path)
-    if family is not None and (problem := other_family(path, family)) is not None:
+    if family is not None and (problem := other_family(spec, path, family)) is not None:
         raise UserError(problem, every_rank=True)
     model = spec.model_class.from_pretrained(model_folder(path), torch_dtype=dtype)
     return Teacher(model).eval().requires_grad_(False)
