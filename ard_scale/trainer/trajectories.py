@@ -210,6 +210,44 @@ def build_trajectory_source(
     raise UserError(f"train.trajectory_source: unknown {source!r}; choose 'online', 'replay' or 'offline'")
 
 
+# meta.json's record of the teacher's sampler -> the recipe setting each reflects (`check_offline_dump`)
+SAMPLER_SETTINGS = {
+    "teacher_grid": "teacher grid (diffusion.substeps, diffusion.schedule)",
+    "solver": "diffusion.solver",
+    "guidance_scale": "diffusion.guidance_scale",
+    "guided_channels": "diffusion.guide_first_channels",
+    "teacher_identity": "the teacher (teacher.path's weights, or teacher.size and train.seed)",
+}
+
+
+def _same_times(dumped: list[float], ours: list[float]) -> bool:
+    if len(dumped) != len(ours):
+        return False
+    return all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(dumped, ours, strict=True))
+
+
+def _sampler_problems(meta: dict, sampler: dict) -> list[str]:
+    """How the dump's recorded sampler (meta.json) differs from the recipe's `sampler`, one line per setting; a
+    setting the dump predates is not checked."""
+    out = []
+    for key, value in sampler.items():
+        if key not in meta:
+            continue
+        dumped, what = meta[key], SAMPLER_SETTINGS[key]
+        if key == "teacher_grid":
+            if len(dumped) != len(value):
+                out.append(
+                    f"{what}: the dump's teacher took {len(dumped) - 1} steps, the recipe's takes {len(value) - 1}"
+                )
+            elif not _same_times(dumped, value):
+                out.append(f"{what}: the dump's teacher took its {len(value) - 1} steps at other times")
+        elif key == "teacher_identity" and (not isinstance(dumped, dict) or set(dumped) != set(value)):
+            continue  # a folder's fingerprint against a named size's seed: not comparable (see teacher_identity)
+        elif dumped != value:
+            out.append(f"{what}: the dump has {dumped!r}, the recipe {value!r}")
+    return out
+
+
 def check_offline_dump(
     meta: dict,
     sample_shape: tuple[int, ...],
@@ -226,35 +264,7 @@ def check_offline_dump(
     recipe), also one solved by another teacher, on another grid, with another solver or at another guidance
     (meta.json records them; a dump from before a key was recorded is not checked on it):
     the run's recipe, its export and its evaluation would claim a sampler the trajectories were not made with."""
-    problems = []
-    for key, value in (sampler or {}).items():
-        dumped = meta.get(key)
-        if key == "teacher_identity" and (not isinstance(dumped, dict) or set(dumped) != set(value)):
-            continue  # a folder's fingerprint against a named size's seed: not comparable (see teacher_identity)
-        if key == "teacher_grid":
-            same = (
-                dumped is not None
-                and len(dumped) == len(value)
-                and all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(dumped, value, strict=True))
-            )
-        else:
-            same = dumped == value
-        if key in meta and not same:
-            what = {
-                "teacher_grid": "teacher grid (diffusion.substeps, diffusion.schedule)",
-                "solver": "diffusion.solver",
-                "guidance_scale": "diffusion.guidance_scale",
-                "guided_channels": "diffusion.guide_first_channels",
-                "teacher_identity": "the teacher (teacher.path's weights, or teacher.size and train.seed)",
-            }.get(key, key)
-            if key == "teacher_grid" and len(dumped) != len(value):
-                problems.append(
-                    f"{what}: the dump's teacher took {len(dumped) - 1} steps, the recipe's takes {len(value) - 1}"
-                )
-            elif key == "teacher_grid":
-                problems.append(f"{what}: the dump's teacher took its {len(value) - 1} steps at other times")
-            else:
-                problems.append(f"{what}: the dump has {dumped!r}, the recipe {value!r}")
+    problems = _sampler_problems(meta, sampler or {})
     wanted = get_family(family).condition_kind
     if condition_kind is None:
         problems.append(
@@ -264,9 +274,7 @@ def check_offline_dump(
     elif condition_kind != wanted:
         problems.append(f"condition: the dump stores {condition_kind}, teacher.family={family!r} needs {wanted}")
     dumped_times = [float(t) for t in meta.get("student_times", [])]
-    if len(dumped_times) != len(student_times) or any(
-        abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in zip(dumped_times, student_times, strict=False)
-    ):
+    if not _same_times(dumped_times, student_times):
         problems.append(
             f"student grid: the dump has {len(dumped_times) - 1} steps at times {dumped_times}, the recipe "
             f"(student.num_steps={len(student_times) - 1}, diffusion.schedule) has {student_times}"
