@@ -296,20 +296,20 @@ class ARDPipeline:
                 )
         new_h = h if height is None else height // down
         new_w = w if width is None else width // down
-        if new_h != new_w:
-            raise UserError(f"height and width must be equal (square latents), got {height}×{width}; {distilled}")
         try:
-            self.student.family.check_latent_side(self.student.backbone, new_h)
+            self.student.family.check_latent_size(self.student.backbone, new_h, new_w)
         except ValueError:  # the family says it in terms of the recipe (data.resolution): say it in terms of the call
             hint = "give latents of that size" if asked else "leave height and width out for that size"
             raise UserError(
                 f"{asked or f'height={new_h * down}, width={new_w * down}'}: this {self.student.family.name} student "
                 f"samples {sides_text(self.student.family, self.student.backbone, down)}; {distilled} ({hint})"
             ) from None
-        if new_h != h:
+        trained = [(h, w), *(self.student.latent_sizes or [])]
+        if (new_h, new_w) not in trained:
+            buckets = " and its aspect-ratio buckets" if self.student.latent_sizes else ""
             warnings.warn(
-                f"{distilled}; at {new_h * down}×{new_w * down} px it samples a size it was not trained at, and its "
-                "images may be worse (leave height and width out for the distilled size)",
+                f"{distilled}{buckets}; at {new_h * down}×{new_w * down} px it samples a size it was not trained at, "
+                "and its images may be worse (leave height and width out for the distilled size)",
                 UserWarning,
                 stacklevel=4,  # the caller of __call__ (through torch.no_grad's wrapper)
             )

@@ -55,13 +55,19 @@ def sides_text(family, backbone, down: int) -> str:
         except ValueError:
             continue
         sides.append(side)
+    multiple = family.other_aspects(backbone)
+    if len(sides) == 1 and multiple is not None:
+        return (
+            f"{sides[0] * down}×{sides[0] * down} px, or other aspect ratios with sides that are multiples of "
+            f"{multiple * down} px"
+        )
     if len(sides) == 1:
         return f"{sides[0] * down}×{sides[0] * down} px only"
     step = sides[0]
     if sides != list(range(step, sides[-1] + 1, step)):
         return "sides of " + ", ".join(str(s * down) for s in sides[:8]) + (" … px" if len(sides) > 8 else " px")
     upto = "" if sides[-1] == limit - limit % step else f" up to {sides[-1] * down}"
-    return f"square sides that are multiples of {step * down} px{upto}"
+    return f"heights and widths that are multiples of {step * down} px{upto}"
 
 
 def check_generator(generator, none_ok: bool = False) -> None:

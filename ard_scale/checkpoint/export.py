@@ -6,8 +6,9 @@ An export folder holds:
   diffusers class's `from_pretrained`);
 - `ard_heads.safetensors`: every student head (`heads.{s}.…`; head 0 repeated for completeness);
 - `ard_config.json`: family, ARD settings (S, N, mask, heads, output), the schedule, `sampling` (the latent
-  shape (C, H, W) it was trained on and the embedded guidance value of a guidance-distilled teacher, null for
-  others), and where the weights came from (run, tag, `ema` or `raw`);
+  shape (C, H, W) it was trained on, the (H, W) of its aspect-ratio buckets where it was trained on those, and the
+  embedded guidance value of a guidance-distilled teacher, null for others), and where the weights came from (run,
+  tag, `ema` or `raw`);
 - `ard_checksums.json`, written last: the size and CRC-32 of every file above (`write_checksums`). Loading checks it
   first (`verify_export`), so a flipped byte, a truncated copy or a file missing from a moved folder is an error
   naming the file, not different weights or a reader's crash.
@@ -177,6 +178,7 @@ def _student_of(teacher: Teacher, arch: dict, ard: dict | None = None) -> ARDStu
         schedule_from_dict(arch["schedule"]),
         latent_shape=sampling.get("latent_shape"),
         guidance=sampling.get("guidance"),
+        latent_sizes=sampling.get("latent_sizes"),
     )
 
 

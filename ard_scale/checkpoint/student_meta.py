@@ -24,7 +24,11 @@ def student_architecture(module: torch.nn.Module) -> dict | None:
         "backbone_config": json.loads(module.backbone.to_json_string()),
         "ard": to_dict(module.cfg),
         "schedule": schedule_to_dict(module.schedule),
-        "sampling": {"latent_shape": module.latent_shape, "guidance": module.guidance},
+        "sampling": {
+            "latent_shape": module.latent_shape,
+            "guidance": module.guidance,
+            **({"latent_sizes": module.latent_sizes} if module.latent_sizes is not None else {}),
+        },
     }
 
 

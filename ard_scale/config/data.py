@@ -66,7 +66,15 @@ class DataConfig:
         out = []
         if self.resolution % 8:
             out.append(f"resolution: must be a multiple of 8, got {self.resolution}")
+        if self.buckets and self.format == "mds":
+            out.append(MDS_BUCKETS)
         return out
+
+
+MDS_BUCKETS = (
+    "buckets: true needs format 'webdataset': MDS resume state is one global sample count, which per-rank bucket "
+    "buffers cannot express; use fixed-resolution MDS (buckets: false) or webdataset shards"
+)
 
 
 def check_readable(config: DataConfig, path_key: str = "path") -> DataConfig:

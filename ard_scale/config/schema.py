@@ -152,6 +152,23 @@ class RootConfig:
                 "train.trajectory_source: 'offline' streams stored trajectories, which carry no real images for "
                 "gan.enabled; use 'online' or 'replay' for the GAN stage"
             )
+        if d.buckets and tr.trajectory_source == "offline":
+            out.append(
+                "data.buckets: offline trajectories keep the one size they were dumped at; set data.buckets=false, or "
+                "use train.trajectory_source 'online' to distil on the buckets"
+            )
+        if d.buckets and self.diffusion.schedule == "flow" and self.diffusion.dynamic_shift:
+            out.append(
+                "data.buckets: diffusion.dynamic_shift sets the shift from the image token count at data.resolution, "
+                "and the buckets' counts differ (each would need its own student grid); set data.buckets=false, or "
+                "diffusion.dynamic_shift=false with a fixed diffusion.shift"
+            )
+        if d.buckets and self.gan.enabled and tr.trajectory_source == "replay":
+            out.append(
+                "data.buckets: with gan.enabled and train.trajectory_source 'replay', a replayed trajectory keeps its "
+                "bucket while each step's real images come from a new batch (another bucket); use 'online' for the "
+                "GAN stage, or data.buckets=false"
+            )
         if tr.loss_weights is not None and len(tr.loss_weights) != self.student.num_steps:
             out.append(
                 f"train.loss_weights: {len(tr.loss_weights)} weights for student.num_steps={self.student.num_steps}; "

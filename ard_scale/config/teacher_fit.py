@@ -1,6 +1,6 @@
 """What the teacher's architecture refuses of a recipe, found before anything is built: a teacher folder of another
 family, a student.num_causal_layers beyond its depth, gan.layers it does not have, a data.resolution its fixed
-positional embedding does not take.
+positional embedding does not take, data.buckets whose sizes it does not take.
 
 `python -m ard_scale.config`, launchers/train.py (through `check_paths`) and the planner ask it; the trainer's own
 checks (`ARDConfig.validate`, `Family.check_latent_side`, the GAN backbone) would otherwise find these only after the
@@ -14,9 +14,31 @@ import json
 from types import SimpleNamespace
 
 
-def teacher_problems(cfg, spec, depth: int, model, side: int) -> list[str]:
+def bucket_problems(spec, model, resolution: int, down: int) -> list[str]:
+    """data.buckets' problem with a teacher of family `spec` (`model`: as for `teacher_problems`): the aspect-ratio
+    buckets at `resolution`, in latents of a VAE downsampling by `down`, that it does not take (one line, or none)."""
+    from ard_scale.data.transforms import bucket_table
+
+    bad = []
+    for height, width in bucket_table(resolution).values():
+        try:
+            spec.check_latent_size(model, height // down, width // down)
+        except ValueError:
+            bad.append(f"{height}×{width}")
+    if not bad:
+        return []
+    shown = ", ".join(bad[:4]) + (", …" if len(bad) > 4 else "")
+    return [
+        f"data.buckets: this {spec.name} teacher does not take {len(bad)} of the aspect-ratio buckets at "
+        f"data.resolution={resolution} ({shown} px; a fixed positional embedding takes its own square only); set "
+        "data.buckets=false, or a data.resolution whose buckets it takes"
+    ]
+
+
+def teacher_problems(cfg, spec, depth: int, model, side: int, down: int = 1) -> list[str]:
     """The recipe's problems with a teacher of family `spec` and `depth` blocks; `model`: the network, or anything
-    with its `config` (what `check_latent_side` reads); `side`: the latent side at data.resolution."""
+    with its `config` (what `check_latent_side` reads); `side`: the latent side at data.resolution, the VAE
+    downsampling by `down`."""
     out = []
     depth_problem = cfg.student.depth_problem(depth)
     if depth_problem is not None:
@@ -28,6 +50,8 @@ def teacher_problems(cfg, spec, depth: int, model, side: int) -> list[str]:
         spec.check_latent_side(model, side)
     except ValueError as e:
         out.append(str(e))
+    if cfg.data.buckets:
+        out += bucket_problems(spec, model, cfg.data.resolution, down)
     return out
 
 
@@ -63,7 +87,8 @@ def fit_problems(cfg) -> list[str]:
         if path is not None and (problem := other_family(family_of_folder(path), path, cfg.teacher.family)):
             return [problem]
         config = teacher_config(cfg)
-        side = cfg.data.resolution // vae_downsample(size=cfg.vae.size, path=cfg.vae.path)
+        down = vae_downsample(size=cfg.vae.size, path=cfg.vae.path)
     except (ValueError, OSError):  # a folder missing_paths reports, or a size the recipe check names
         return []
-    return teacher_problems(cfg, spec, spec.config_depth(config), configured(config), side)
+    side = cfg.data.resolution // down
+    return teacher_problems(cfg, spec, spec.config_depth(config), configured(config), side, down)

@@ -15,7 +15,7 @@ from typing import Any
 
 from streaming import StreamingDataLoader, StreamingDataset
 
-from ard_scale.config.data import DataConfig
+from ard_scale.config.data import MDS_BUCKETS, DataConfig
 from ard_scale.data.samples import BadSample, SkipCounter, collate, decode_sample
 from ard_scale.data.shard_paths import check_mds_folder, is_remote
 from ard_scale.data.streaming_world import streaming_build
@@ -81,10 +81,7 @@ class MDSLoader:
 
     def __init__(self, config: DataConfig, *, rank: int, world_size: int):
         if config.buckets:
-            raise UserError(
-                "data.buckets=true needs data.format='webdataset': MDS resume state is one global sample count, "
-                "which per-rank bucket buffers cannot express; use fixed-resolution MDS or webdataset shards"
-            )
+            raise UserError(f"data.{MDS_BUCKETS}")
         self.config, self.rank, self.world_size = config, rank, world_size
         if is_remote(config.path):
             if not config.cache_dir:

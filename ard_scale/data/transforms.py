@@ -30,6 +30,12 @@ def bucket_table(resolution: int) -> dict[float, tuple[int, int]]:
     }
 
 
+def bucket_latent_sizes(resolution: int, downsample: int) -> list[tuple[int, int]]:
+    """The (height, width) of each bucket of `bucket_table(resolution)` in latents of a VAE downsampling by
+    `downsample` (1: pixel space), in the table's order, each once."""
+    return list(dict.fromkeys((h // downsample, w // downsample) for h, w in bucket_table(resolution).values()))
+
+
 def nearest_bucket(height: int, width: int, table: dict[float, tuple[int, int]]) -> tuple[int, int]:
     """The (height, width) bucket whose ratio is closest to height/width, as PixArt-Σ picks it."""
     ratio = height / width

@@ -42,12 +42,15 @@ class ARDStudent(nn.Module):
         *,
         latent_shape: tuple[int, int, int] | None = None,
         guidance: float | None = None,
+        latent_sizes: list[tuple[int, int]] | None = None,
     ):
-        """`latent_shape` (C, H, W) of the states it was trained on and the embedded `guidance` value its
-        conditions carried (guidance-distilled teachers): recorded with its checkpoints and exports, so a sampler
-        built from an export draws the same noise and conditions as the in-training one."""
+        """`latent_shape` (C, H, W) of the states it was trained on (the default size to sample), the (H, W) of
+        each aspect-ratio bucket it was also trained on (`latent_sizes`, data.buckets) and the embedded `guidance`
+        value its conditions carried (guidance-distilled teachers): recorded with its checkpoints and exports, so a
+        sampler built from an export draws the same noise and conditions as the in-training one."""
         super().__init__()
         self.latent_shape = None if latent_shape is None else tuple(int(n) for n in latent_shape)
+        self.latent_sizes = None if latent_sizes is None else [(int(h), int(w)) for h, w in latent_sizes]
         self.guidance = guidance
         cfg.validate(depth=teacher.depth)
         self.cfg, self.schedule = cfg, schedule

@@ -64,7 +64,9 @@ def measure(cfg: RootConfig) -> tuple[Measured, str]:
     micro batch, and the text encoders' passes; and the history-attention kernel the student was planned with."""
     dtype, B, S = DTYPES[cfg.train.precision], cfg.data.batch_size, cfg.student.num_steps
     teacher, teacher_source = meta_teacher(cfg)
-    refused = teacher_problems(cfg, teacher.spec, teacher.depth, teacher.model, latent_side(cfg))  # not planned
+    side = latent_side(cfg)
+    down = cfg.data.resolution // side
+    refused = teacher_problems(cfg, teacher.spec, teacher.depth, teacher.model, side, down)  # not planned
     if refused:
         raise ConfigError("recipe", refused)
     # a guidance-distilled teacher (FLUX.1-dev) embeds the scale: one forward per solver evaluation, no CFG pass

@@ -9,8 +9,10 @@ import torch
 
 from ard_scale.checkpoint.export import load_student_weights
 from ard_scale.config import RootConfig
+from ard_scale.config.teacher_fit import bucket_problems
 from ard_scale.data import build_loader
 from ard_scale.data.samples import BatchStream
+from ard_scale.data.transforms import bucket_latent_sizes
 from ard_scale.diffusion.schedules import Schedule, schedule_for_recipe
 from ard_scale.diffusion.trajectory import uniform_teacher_grid
 from ard_scale.distributed.collectives import streaming_build_turn
@@ -20,6 +22,7 @@ from ard_scale.distributed.engines import (
     frozen_ds_config,
     student_ds_config,
 )
+from ard_scale.errors import UserError
 from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config, teacher_identity
@@ -42,6 +45,18 @@ def latent_shape(cfg: RootConfig, teacher: Teacher) -> tuple[int, int, int]:
     side = latent_side(cfg)
     teacher.spec.check_latent_side(teacher.model, side)
     return (teacher.in_channels, side, side)
+
+
+def bucket_sizes(cfg: RootConfig, teacher: Teacher) -> list[tuple[int, int]] | None:
+    """(H, W) of the trajectory states of each aspect-ratio bucket with data.buckets (None without), each refused
+    unless the teacher takes it (`Family.check_latent_size`)."""
+    if not cfg.data.buckets:
+        return None
+    down = vae_downsample(size=cfg.vae.size, path=cfg.vae.path)
+    problems = bucket_problems(teacher.spec, teacher.model, cfg.data.resolution, down)
+    if problems:
+        raise UserError(problems[0], every_rank=True)
+    return bucket_latent_sizes(cfg.data.resolution, down)
 
 
 def build_schedule(cfg: RootConfig, patch_size: int = 2) -> Schedule:
@@ -106,7 +121,7 @@ class Run:
     # images <-> the teacher's states (replicated; GAN reals, eval decoding)
     codec: LatentCodec | FrameLatentCodec | PixelCodec
     trajectories: TrajectorySource  # the step's (ard_scale/trainer/trajectories.py); its state is per rank
-    latent_shape: tuple[int, int, int]  # (C, H, W) of a trajectory state at data.resolution
+    latent_shape: tuple[int, int, int]  # (C, H, W) of a state at data.resolution (with data.buckets: the square's)
     init_from: str | None = None  # the checkpoint a fresh GAN stage's student started from (gan.init_from)
 
     @property
@@ -176,11 +191,11 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     tr, zero = cfg.train, cfg.zero
     torch.manual_seed(tr.seed)  # identical student initialisation on every rank
     teacher = build_teacher_model(cfg)
-    shape = latent_shape(cfg, teacher)
+    shape, buckets = latent_shape(cfg, teacher), bucket_sizes(cfg, teacher)
     check_channel_options(cfg, teacher)
     schedule = build_schedule(cfg, teacher.patch_size)
     guidance = embedded_guidance(cfg, teacher)
-    student = ARDStudent(teacher, cfg.student, schedule, latent_shape=shape, guidance=guidance)
+    student = ARDStudent(teacher, cfg.student, schedule, latent_shape=shape, guidance=guidance, latent_sizes=buckets)
     student.activation_checkpointing = tr.activation_checkpointing
     init_from = None
     if fresh and cfg.gan.enabled and cfg.gan.init_from is not None:
@@ -258,6 +273,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             diffusion=cfg.diffusion,
             guide=teacher.spec.guide,
             gather_teacher_once=zero.gather_teacher_once,
+            bucket_downsample=None if buckets is None else vae_downsample(size=cfg.vae.size, path=cfg.vae.path),
             replay_times=tr.replay_times,
             device=engine.device,
         ),

@@ -232,7 +232,8 @@ def discriminator_step_loss(
     return loss_d, real_logits.detach(), fake_logits.detach()
 
 
-def real_latents(run: Run, batch: dict[str, Any], device) -> torch.Tensor:
+def real_latents(run: Run, batch: dict[str, Any], shape: tuple[int, ...], device) -> torch.Tensor:
+    """The batch's real images encoded to latents, which must have the fakes' (C, H, W) `shape`."""
     images = batch.get("images")
     if images is None:
         raise UserError(
@@ -240,10 +241,10 @@ def real_latents(run: Run, batch: dict[str, Any], device) -> torch.Tensor:
             "shards in data.path (the GAN reals) or disable gan.enabled"
         )
     latents = run.codec.encode(images.to(device))
-    if tuple(latents.shape[1:]) != run.latent_shape:
+    if tuple(latents.shape[1:]) != tuple(shape):
         raise UserError(
-            f"real images of {tuple(images.shape[1:])} encode to {tuple(latents.shape[1:])}, but the teacher takes "
-            f"{run.latent_shape}: set data.resolution to the teacher's resolution (or use the teacher's VAE)"
+            f"real images of {tuple(images.shape[1:])} encode to {tuple(latents.shape[1:])}, but the teacher's states "
+            f"are {tuple(shape)}: set data.resolution to the teacher's resolution (or use the teacher's VAE)"
         )
     return latents
 
@@ -309,7 +310,7 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
     t0 = time.perf_counter()
     states, cond = teacher_states(run, batch, step)
     t1 = time.perf_counter()
-    reals = real_latents(run, batch, states.device)
+    reals = real_latents(run, batch, tuple(states.shape[2:]), states.device)
     noise = GANNoise.draw(gan.seed, step, run.rank, tuple(reals.shape), run.schedule.t_max, states.device)
 
     g = generator_phase(run, gan, states, cond, noise, step)

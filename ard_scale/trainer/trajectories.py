@@ -80,7 +80,9 @@ class OnlineTrajectories:
     """The teacher's ODE on every call: `teacher` (the frozen engine, or the Teacher itself) solves the batch's
     conditions from `conditioner` on `schedule` at the student's `num_student_steps`, with `diffusion`'s solver
     settings and the family's CFG combination `guide`, from the noise of `seeds`; `gather_teacher_once` fetches a
-    ZeRO-3 teacher's weights once per trajectory batch. States land on `device`."""
+    ZeRO-3 teacher's weights once per trajectory batch. States land on `device`. With `bucket_downsample` (the VAE's
+    downsampling, for data.buckets) the states take the size of the batch's images (its aspect-ratio bucket) in
+    place of `latent_shape`'s."""
 
     def __init__(
         self,
@@ -94,12 +96,21 @@ class OnlineTrajectories:
         diffusion: DiffusionConfig,
         guide=None,
         gather_teacher_once: bool = False,
+        bucket_downsample: int | None = None,
         device: torch.device | str = "cpu",
     ):
         self.teacher, self.schedule, self.conditioner, self.seeds = teacher, schedule, conditioner, seeds
         self.latent_shape, self.num_student_steps, self.diffusion = latent_shape, num_student_steps, diffusion
         self.guide, self.gather_teacher_once, self.device = guide, gather_teacher_once, device
+        self.bucket_downsample = bucket_downsample
         self.num_solved = 0
+
+    def shape_of(self, batch: dict[str, Any]) -> tuple[int, int, int]:
+        """(C, H, W) of this batch's states: `latent_shape`, or with buckets its images' size in latents."""
+        if self.bucket_downsample is None:
+            return self.latent_shape
+        height, width = batch["images"].shape[-2:]
+        return (self.latent_shape[0], height // self.bucket_downsample, width // self.bucket_downsample)
 
     def __call__(self, batch: dict[str, Any], step: int, micro: int = 0) -> tuple[torch.Tensor, Condition]:
         d = self.diffusion
@@ -109,7 +120,7 @@ class OnlineTrajectories:
             self.teacher,
             self.schedule,
             cond,
-            latent_shape=self.latent_shape,
+            latent_shape=self.shape_of(batch),
             seeds=self.seeds(step, cond.batch_size, micro),
             null_cond=null,
             guidance_scale=self.conditioner.cfg_scale,  # 1 for a guidance-embedding teacher: cond carries the value

@@ -42,7 +42,7 @@ def main(out_dir: str) -> None:
         )
         batch = next(batches)
         states, cond = teacher_states(run, batch, step)
-        reals = real_latents(run, batch, states.device)
+        reals = real_latents(run, batch, tuple(states.shape[2:]), states.device)
         noise = GANNoise.draw(cfg.train.seed, step, rank, tuple(reals.shape), run.schedule.t_max, states.device)
         student0, heads0 = full_student(run), clone(gan.disc.state_dict())
 

@@ -1,6 +1,7 @@
 """ARDPipeline's height/width: a size its VAE cannot produce is refused with the reason, never rounded down; one its
 family cannot take is refused naming height/width and the sizes it can (not the recipe's data.resolution); one it
-takes but the student was not distilled at warns."""
+takes but the student was not distilled at warns; so does a non-square one, unless the student was distilled on it
+(an aspect-ratio bucket, data.buckets)."""
 
 import warnings
 
@@ -28,13 +29,16 @@ def test_a_size_the_vae_cannot_produce_is_refused_not_rounded(flux_pipe):
 
 @pytest.fixture(scope="module")
 def pixart_pipe(tiny_pipeline):
-    return tiny_pipeline("recipes/tiny_t2i_cpu.yaml")  # a fixed positional embedding: one size only
+    return tiny_pipeline("recipes/tiny_t2i_cpu.yaml")  # one square (its own), other aspect ratios around it
 
 
 def test_a_size_the_family_cannot_take_names_height_width_and_the_sizes_it_samples(pixart_pipe, flux_pipe):
     with pytest.raises(ValueError) as e:
         pixart_pipe("a cat", height=64, width=64)
-    assert str(e.value).startswith("height=64, width=64: this pixart student samples 32×32 px only; this student was")
+    assert str(e.value).startswith(
+        "height=64, width=64: this pixart student samples 32×32 px, or other aspect ratios with sides that are "
+        "multiples of 8 px; this student was"
+    )
     assert "distilled at 32×32 px" in str(e.value) and "data.resolution" not in str(e.value)
     with pytest.raises(
         ValueError, match=r"latents of shape \(1, 4, 16, 16\) \(64×64 px\): this pixart student samples"
@@ -43,7 +47,7 @@ def test_a_size_the_family_cannot_take_names_height_width_and_the_sizes_it_sampl
     down = flux_pipe.codec.downsample  # FLUX packs 2×2 latents: an odd latent side is refused
     with pytest.raises(ValueError) as e:
         flux_pipe("a cat", height=13 * down, width=13 * down)
-    assert f"samples square sides that are multiples of {2 * down} px" in str(e.value), e.value
+    assert f"samples heights and widths that are multiples of {2 * down} px" in str(e.value), e.value
     assert "data.resolution" not in str(e.value)
 
 
@@ -57,3 +61,24 @@ def test_a_size_the_student_was_not_distilled_at_warns_naming_the_distilled_size
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         flux_pipe("a cat", height=8 * down, width=8 * down, output_type="latent")  # the distilled size: no warning
+
+
+def test_a_non_square_size_samples_and_warns_unless_it_is_one_of_the_students_buckets():
+    from conftest import build_tiny_pipeline
+
+    from ard_scale.data.transforms import bucket_latent_sizes
+
+    pipe = build_tiny_pipeline("recipes/tiny_t2i_cpu.yaml")  # PixArt: 32×32 px, 8×8 latents
+    down = pipe.codec.downsample
+    with pytest.warns(UserWarning, match="a size it was not trained at"):
+        out = pipe("a cat", height=4 * down, width=12 * down, output_type="latent")
+    assert out.latents.shape[-2:] == (4, 12)
+    pipe.student.latent_sizes = bucket_latent_sizes(32, down)  # as data.buckets records it
+    assert (4, 12) in pipe.student.latent_sizes and (4, 10) not in pipe.student.latent_sizes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe("a cat", height=4 * down, width=12 * down, output_type="latent")  # a bucket it was distilled on
+    with pytest.warns(UserWarning, match="distilled at 32×32 px and its aspect-ratio buckets; at 16×40 px"):
+        pipe("a cat", height=4 * down, width=10 * down, output_type="latent")
+    with pytest.raises(ValueError, match="height=12, width=40: this pixart student samples"):
+        pipe("a cat", height=3 * down, width=10 * down)  # an odd latent side: not a multiple of the patch

@@ -141,6 +141,19 @@ class Family:
             )
 
     @classmethod
+    def check_latent_size(cls, model: nn.Module, height: int, width: int) -> None:
+        """Raise unless the network takes height×width latents (an aspect-ratio bucket, a pipeline call): by default
+        when it takes each side (`check_latent_side`), so a fixed positional embedding takes its square only."""
+        for side in dict.fromkeys((height, width)):
+            cls.check_latent_side(model, side)
+
+    @classmethod
+    def other_aspects(cls, model: nn.Module) -> int | None:
+        """For a message: the latent multiple of non-square sizes the network takes beside its squares, where its
+        squares alone do not say so (PixArt); None otherwise."""
+        return None
+
+    @classmethod
     def blocks(cls, model: nn.Module) -> list[nn.Module]:
         """The transformer blocks in input-to-output order (N counts from the first)."""
         return list(model.transformer_blocks)

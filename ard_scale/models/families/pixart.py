@@ -86,6 +86,25 @@ class PixArtFamily(AdaLNFamily):
             )
 
     @classmethod
+    def check_latent_size(cls, model, height, width):
+        # PixArt-Σ trains on aspect-ratio buckets around its resolution (PixArtSigmaPipeline's resolution binning):
+        # its PatchEmbed builds the sin-cos table for the size it is given, scaled as for its own square.
+        if height == width:
+            return cls.check_latent_side(model, height)
+        p = cls.patch_size(model)
+        if height % p or width % p:
+            raise UserError(
+                f"{height}×{width} latents: a PixArt teacher takes non-square latents whose sides are multiples of its "
+                f"patch size {p}; use buckets (or a height and width) that are multiples of {p} × the VAE's "
+                "downsampling",
+                every_rank=True,
+            )
+
+    @classmethod
+    def other_aspects(cls, model):
+        return cls.patch_size(model)
+
+    @classmethod
     def text_dim(cls, model):
         return model.config.caption_channels
 

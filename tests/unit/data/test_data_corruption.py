@@ -107,7 +107,7 @@ def test_settings_that_cannot_resume_exactly_are_errors(tmp_path, mds_env):
         build_loader(wds_config("https://example.com/s-{000..003}.tar"), rank=0, world_size=1)
     with pytest.raises(ValueError, match="data.cache_dir"):
         build_loader(wds_config("s3://bucket/mds", format="mds"), rank=0, world_size=1)
-    with pytest.raises(ValueError, match="data.buckets=true needs data.format='webdataset'"):
+    with pytest.raises(ValueError, match="data.buckets: true needs format 'webdataset'"):
         build_loader(wds_config(tmp_path, format="mds", buckets=True), rank=0, world_size=1)
 
 

@@ -115,6 +115,30 @@ def test_kv_cached_sampling_equals_the_full_sequence_forward(teacher, family, ma
     assert torch.equal(student.sample(noise, cond), sampled[:, -1])
 
 
+def test_non_square_latents_keep_invariants_2_and_3(teacher, family):
+    """Aspect-ratio buckets (data.buckets) and pipeline calls at another height/width: on 8×12 latents, which every
+    family but DiT (a fixed positional embedding: its own square only) takes, KV-cached sampling equals the
+    teacher-forced forward, and the untrained N = 0 student the teacher's own sampler."""
+    if family == "dit":
+        with pytest.raises(ValueError, match="positional embedding is fixed"):
+            teacher.spec.check_latent_size(teacher.model, 8, 12)
+        return
+    teacher.spec.check_latent_size(teacher.model, 8, 12)
+    cond = make_condition(family, B)
+    noise = torch.randn(B, teacher.in_channels, 8, 12, generator=torch.Generator().manual_seed(3))
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=3), VPSchedule()).eval()
+    distinct_heads(student)
+    sampled = student.sample(noise, cond, return_states=True)
+    with torch.no_grad():
+        teacher_forced = student.predict_next(sampled[:, :S], cond)
+    assert sampled.shape == (B, S + 1, teacher.in_channels, 8, 12)
+    assert rel_err(teacher_forced, sampled[:, 1:]) <= 1e-5
+    baseline = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=0), VPSchedule()).eval()
+    with torch.no_grad():
+        reference = teacher_sampler(teacher, VPSchedule(), noise, cond, S)
+    assert rel_err(baseline.sample(noise, cond, return_states=True), reference) <= 1e-5
+
+
 @pytest.mark.parametrize(
     "schedule",
     [VPSchedule(), VPSchedule(prediction_type="v_prediction"), FlowSchedule()],
