@@ -56,6 +56,9 @@ class CLIPScore:
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
+        # open_clip resizes with bilinear where the model's preprocess config says so (MobileCLIP, CLIPA, PE), else
+        # bicubic (its image_transform maps every other value, 'random' included, to bicubic at inference)
+        self.interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
         self.scores: list[torch.Tensor] = []
 
     @classmethod
@@ -67,15 +70,17 @@ class CLIPScore:
         return next(self.model.parameters()).device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Float [0, 1] (B, 3, H, W) -> the model's input: shorter side resized (bicubic), centre crop, normalised,
-        as open_clip's own image transform does for PIL images."""
+        """Float [0, 1] (B, 3, H, W) -> the model's input: shorter side resized (bicubic, or bilinear where the
+        model's preprocess config says so), centre crop, normalised, as open_clip's own image transform does for PIL
+        images."""
         x = images.float().to(self.device)
         h, w = x.shape[-2:]
         th, tw = self.size
         scale = max(th / h, tw / w)
         if (h, w) != (th, tw):
             nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+            x = F.interpolate(x, size=(nh, nw), mode=self.interpolation, align_corners=False, antialias=True)
+            x = x.clamp(0, 1)
             top, left = (nh - th) // 2, (nw - tw) // 2
             x = x[..., top : top + th, left : left + tw]
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
