@@ -118,6 +118,27 @@ def test_flow_euler_matches_diffusers_flow_match_euler_scheduler():
         diffusers_grid(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
 
 
+@pytest.mark.parametrize("sigmas", ["diffusers", "ours"])
+def test_dpm_solver_2m_on_flow_matches_diffusers_flow_sigmas(sigmas):
+    # DPMSolverMultistepScheduler's flow sigmas start below 1; our grid starts at σ = 1, where α = 0 and λ = -inf
+    sched = DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    sched.set_timesteps(8)
+    schedule = FlowSchedule(shift=3.0)
+    if sigmas == "ours":
+        sched.sigmas = schedule.grid(8).float()
+    den = GaussianDenoiser(schedule)
+    x = x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    ref = [x]
+    for i, t in enumerate(sched.timesteps):  # fed 1000·σ: the scheduler's integer timesteps round it
+        x = sched.step(den(x, 1000 * sched.sigmas[i].expand(2)), t, x, return_dict=False)[0]
+        ref.append(x)
+    ours = []
+    solve(lambda x, t: den(x, t), schedule, x_T, sched.sigmas.double(), "dpm++2m", on_state=lambda i, x: ours.append(x))
+    for i in range(len(ref)):
+        assert _rel(ours[i], ref[i]) < 1e-5, i
+    assert _rel(solve(lambda x, t: den(x, t), schedule, x_T, sched.sigmas.double(), "ddim"), x) > 1e-3  # can fail
+
+
 def test_cfg_is_one_batched_forward_with_the_guidance_formula():
     schedule = VPSchedule()
     den = GaussianDenoiser(schedule, label_shift=0.5)
