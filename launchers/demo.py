@@ -55,6 +55,7 @@ def compare(cfg, run_dir: Path) -> dict:
     from ard_scale.checkpoint.export import export_student, load_exported_student
     from ard_scale.data.bundled import load_digits
     from ard_scale.diffusion.condition import Condition
+    from ard_scale.diffusion.solvers import num_evals
     from ard_scale.diffusion.trajectory import teacher_trajectory
     from ard_scale.evaluation.grids import save_png
     from ard_scale.models.teachers import load_teacher
@@ -86,7 +87,8 @@ def compare(cfg, run_dir: Path) -> dict:
         "student_vs_teacher_mse": float((student_x - teacher_x).pow(2).mean()),
         "teacher_class_accuracy": sample_accuracy(teacher_x, labels, real, real_labels),
         "student_class_accuracy": sample_accuracy(student_x, labels, real, real_labels),
-        "teacher_network_calls_per_sample": d.substeps * cfg.student.num_steps * (2 if d.guidance_scale != 1 else 1),
+        "teacher_network_calls_per_sample": num_evals(d.solver, d.substeps * cfg.student.num_steps)
+        * (2 if d.guidance_scale != 1 else 1),
         "student_network_calls_per_sample": cfg.student.num_steps,
     }
     grid = demo_grid(

@@ -35,6 +35,12 @@ SOLVERS = ("ddim", "euler", "heun", "dpm++2m")
 NUM_EVALS_PER_STEP = {"ddim": 1, "euler": 1, "heun": 2, "dpm++2m": 1}
 
 
+def num_evals(solver: str, num_steps: int) -> int:
+    """Network evaluations of `solve` over `num_steps` steps of a grid ending at the clean endpoint (σ = 0), onto
+    which every solver takes a one-evaluation step (Heun's is an Euler step)."""
+    return NUM_EVALS_PER_STEP[solver] * (num_steps - 1) + 1
+
+
 def check_solver(solver: str) -> None:
     if solver not in SOLVERS:
         raise UserError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")

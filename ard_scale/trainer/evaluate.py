@@ -37,6 +37,7 @@ from ard_scale.config.models import DiffusionConfig
 from ard_scale.config.training import EvalConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
+from ard_scale.diffusion.solvers import num_evals
 from ard_scale.diffusion.trajectory import teacher_trajectory
 from ard_scale.distributed.collectives import all_ranks
 from ard_scale.distributed.ema import ZeroEMA
@@ -84,7 +85,8 @@ class TeacherSampler:
     @property
     def calls(self) -> int:
         """Teacher forwards per sample."""
-        return self.diffusion.substeps * self.num_student_steps * (2 if self.cfg_scale != 1 else 1)
+        steps = self.diffusion.substeps * self.num_student_steps
+        return num_evals(self.diffusion.solver, steps) * (2 if self.cfg_scale != 1 else 1)
 
     def __call__(self, noise: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The final state of the teacher's sampler from `noise`."""

@@ -11,11 +11,14 @@ import torch
 from eval_assets import write_random_inception, write_tiny_clip_folder, write_tiny_t5
 
 from ard_scale.config import load_config
+from ard_scale.config.models import DiffusionConfig
+from ard_scale.diffusion.condition import Condition
+from ard_scale.diffusion.schedules import VPSchedule
 from ard_scale.evaluation.eval_set import cache_key
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.vae import build_codec
 from ard_scale.trainer.build import build_conditioner, build_schedule, build_teacher_model
-from ard_scale.trainer.evaluate import build_eval_setup, reference_description
+from ard_scale.trainer.evaluate import TeacherSampler, build_eval_setup, reference_description
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,22 @@ def test_teacher_metrics_computed_once_per_recipe_and_keyed_on_the_sampler(tmp_p
     guided.teacher_metrics()
     assert guided_calls
     assert len(list((tmp_path / "eval" / "cache").glob("teacher_*.json"))) == 2
+
+
+@pytest.mark.parametrize("solver", ["ddim", "heun", "dpm++2m"])
+def test_teacher_calls_in_the_grid_label_are_the_forwards_its_sampler_makes(solver):
+    """Heun evaluates twice per step but once on its Euler step onto the clean endpoint; CFG doubles every one."""
+    seen = []
+
+    def denoise(x, t, cond):
+        seen.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    d = DiffusionConfig(schedule="vp", prediction_type="epsilon", solver=solver, substeps=3, guidance_scale=1.5)
+    null_for = Condition(labels=torch.zeros(1, dtype=torch.long)).repeat_interleave
+    sampler = TeacherSampler(denoise, VPSchedule(), null_for, 1.5, 4, d, (4, 8, 8))
+    sampler(torch.randn(1, 4, 8, 8), Condition(labels=torch.ones(1, dtype=torch.long)))
+    assert sampler.calls == sum(seen)
 
 
 def test_clear_errors(tmp_path, assets):
