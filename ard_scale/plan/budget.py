@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ard_scale.config import RootConfig
-from ard_scale.diffusion.solvers import NUM_EVALS_PER_STEP
+from ard_scale.diffusion.solvers import num_evals
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher
@@ -183,7 +183,7 @@ def flops(cfg: RootConfig, m: Measured) -> dict:
     the batch)."""
     B, S, K = m.batch, cfg.student.num_steps, cfg.diffusion.substeps
     teacher_fwd, student_fwd = m.teacher_flops // m.teacher_batch, m.student_flops // B
-    nfe = S * K * NUM_EVALS_PER_STEP[cfg.diffusion.solver] * (2 if m.guided else 1)
+    nfe = num_evals(cfg.diffusion.solver, S * K) * (2 if m.guided else 1)
     trajectory_share = {"online": 1.0, "replay": 1.0 / cfg.train.replay_times, "offline": 0.0}
     share = trajectory_share[cfg.train.trajectory_source]
     samples = B * cfg.train.grad_accum  # per GPU per optimizer step

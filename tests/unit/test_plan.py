@@ -77,6 +77,10 @@ def test_teacher_trajectory_flops_are_s_k_cfg_teacher_forwards(imagenet, t2i):
         assert p["flops"]["teacher_trajectory"] == S * K * 2 * forward * B
         passes = 4 if cfg.train.activation_checkpointing else 3
         assert p["flops"]["student_fwd_bwd"] == passes * p["flops"]["student_forward_per_sample"] * B
+    # Heun: two forwards per step but one on its last (an Euler step onto the clean end), per CFG branch
+    cfg = load_config("recipes/imagenet_256.yaml", ["diffusion.solver=heun"])
+    S, K = cfg.student.num_steps, cfg.diffusion.substeps
+    assert plan(cfg, GPUS)["flops"]["teacher_forwards_per_sample"] == (2 * (S * K - 1) + 1) * 2
     _, p = imagenet
     assert p["flops"]["teacher_forward_per_sample"] == pytest.approx(237.3e9, rel=1e-3)  # 2 × DiT-XL/2's 118.6 GMACs
 
