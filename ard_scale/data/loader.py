@@ -81,6 +81,7 @@ class WebdatasetLoader:
         skips = SkipCounter(self.skips.counts)
         buffers: dict[tuple[int, int], list[tuple[int, dict]]] = {}
         shard_stats: dict[tuple[int, int], list[int]] = {}  # (epoch, shard) -> [seen, good] on this rank
+        epoch_stats: dict[int, list[int]] = {}  # epoch -> [seen, good] on this rank
 
         def snapshot(next_position: int) -> None:
             self.position = min([b[0][0] for b in buffers.values()] + [next_position])
@@ -91,14 +92,18 @@ class WebdatasetLoader:
             assert chunk["chunk"] == expected, "chunks must arrive in order"
             for position, shard_key, sample in zip(chunk["positions"], chunk["shards"], chunk["samples"], strict=True):
                 stats = shard_stats.setdefault(shard_key, [0, 0])
+                in_epoch = epoch_stats.setdefault(shard_key[0], [0, 0])
                 stats[0] += 1
+                in_epoch[0] += 1
                 if position in done:
                     stats[1] += 1  # consumed before the resume; it counted then
+                    in_epoch[1] += 1
                 elif isinstance(sample, str):
                     skips.add(sample)
                     done.add(position)
                 else:
                     stats[1] += 1
+                    in_epoch[1] += 1
                     bucket = buffers.setdefault(tuple(sample["image"].shape[1:]), [])
                     bucket.append((position, sample))
                     if len(bucket) == batch_size:
@@ -107,11 +112,19 @@ class WebdatasetLoader:
                         snapshot(position + 1)
                         self.num_samples_yielded += batch_size
                         yield collate([s for _, s in bucket])
-                if stats[1] == 0 and stats[0] == self.plan.shard_share(*shard_key):
-                    url = self.shards[shard_key[1]].url
+                # a shard split between ranks may hold its valid samples in another rank's part: only a shard this
+                # rank reads whole this epoch is known to yield nothing
+                shard = self.shards[shard_key[1]]
+                if stats[1] == 0 and stats[0] == shard.num_samples:
                     raise UserError(
-                        f"webdataset shard {url!r} has no valid sample (all {stats[0]} read on rank {self.rank} "
+                        f"webdataset shard {shard.url!r} has no valid sample (all {stats[0]} read on rank {self.rank} "
                         f"were skipped: {dict(skips.counts)}); rebuild or remove it"
+                    )
+                if in_epoch[1] == 0 and in_epoch[0] == self.plan.num_per_epoch:  # else it would skip forever
+                    urls = sorted({self.shards[i].url for e, i in shard_stats if e == shard_key[0]})
+                    raise UserError(
+                        f"rank {self.rank} read no valid sample in epoch {shard_key[0]}: its part of webdataset shards "
+                        f"{urls} was all skipped ({dict(skips.counts)}); rebuild or remove them"
                     )
         # Finite run: flush partial buckets in the order their oldest sample arrived; the state (and skip counter)
         # as of each flushed batch includes everything read before it.

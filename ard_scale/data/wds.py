@@ -90,13 +90,6 @@ class RankPlan:
         slot = int(np.searchsorted(self._starts, global_index, side="right")) - 1
         return epoch, int(order[slot]), int(global_index - self._starts[slot])
 
-    def shard_share(self, epoch: int, shard_index: int) -> int:
-        """How many of `shard_index`'s samples fall in this rank's span in `epoch`."""
-        order = self.order(epoch)
-        slot = int(np.nonzero(order == shard_index)[0][0])
-        lo, hi = self._starts[slot], self._starts[slot + 1]
-        return int(max(0, min(hi, self.span_start + self.num_per_epoch) - max(lo, self.span_start)))
-
 
 class TarReader:
     """Reads one shard front to back; `read(offset)` returns that sample's {ext: bytes}, skipping the bytes

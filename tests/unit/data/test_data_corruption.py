@@ -64,6 +64,20 @@ def test_all_bad_shard_is_an_error_naming_it(tmp_path):
         read_all(loader)
 
 
+def test_a_shard_split_between_ranks_is_not_all_bad_where_one_part_is(tmp_path):
+    bad = lambda key: [(f"{key}.png", b"bad"), (f"{key}.txt", b"c")]  # noqa: E731
+    write_tar(tmp_path / "s0.tar", good_members("a0", 0) + good_members("a1", 1) + bad("a2") + bad("a3"))
+    write_tar(tmp_path / "s1.tar", [m for i in range(4) for m in good_members(f"b{i}", 10 + i)])
+    config = wds_config(tmp_path, shuffle=False, batch_size=1)
+    # 3 ranks: rank 1 reads a2, a3 (s0's corrupt tail; a0, a1 are rank 0's) and b0
+    keys = [read_all(build_loader(config, rank=rank, world_size=3)) for rank in range(3)]
+    assert keys == [["a0", "a1"], ["b0"], ["b1", "b2", "b3"]]
+    # a rank whose whole part of an epoch is corrupt is still an error (it would skip forever), whole shard or not
+    write_tar(tmp_path / "bad.tar", bad("x0") + bad("x1"))
+    with pytest.raises(ValueError, match=r"rank 1 read no valid sample in epoch 0.*bad\.tar"):
+        read_all(build_loader(wds_config(tmp_path / "bad.tar", batch_size=1), rank=1, world_size=2))
+
+
 def test_missing_and_empty_paths_are_errors(tmp_path):
     with pytest.raises(ValueError, match="nowhere/s-000.tar"):
         build_loader(wds_config(str(tmp_path / "nowhere" / "s-{000..001}.tar")), rank=0, world_size=1)
