@@ -25,22 +25,27 @@ from ard_scale.errors import UserError
 COLUMNS = {"key": "str", "image": "bytes", "caption": "str"}
 
 
+def shard_name(shard) -> str:
+    """The file of a streaming shard reader, as errors name it."""
+    return os.path.join(shard.dirname, shard.split, shard.raw_data.basename)
+
+
 class DecodingStreamingDataset(StreamingDataset):
-    """StreamingDataset whose items are decoded, transformed samples, or {"bad": reason} for a skipped one."""
+    """StreamingDataset whose items are decoded, transformed samples, or {"bad": reason} for a skipped one; each
+    carries its shard's file and its sample id."""
 
     def __init__(self, *, resolution: int, **kwargs: Any):
         super().__init__(**kwargs)
         self.resolution = resolution
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict:
-        shard = self.shards[self.spanner[sample_id][0]]
-        shard_name = os.path.join(shard.dirname, shard.split, shard.raw_data.basename)
+        where = {"shard": shard_name(self.shards[self.spanner[sample_id][0]]), "id": sample_id}
         try:
             raw = super().get_item(sample_id, retry)
         except RuntimeError:
             raise  # a shard that cannot be fetched is not one bad sample
         except Exception as e:  # a corrupt shard body shows up as arbitrary decode errors
-            return {"bad": f"unreadable MDS sample ({type(e).__name__})", "shard": shard_name}
+            return {"bad": f"unreadable MDS sample ({type(e).__name__})", **where}
         label = raw.get("label")  # -1: the writer's mark for a sample without a class label
         try:
             sample = decode_sample(
@@ -49,9 +54,8 @@ class DecodingStreamingDataset(StreamingDataset):
                 t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"), pooled_emb=raw.get("pooled_emb"),
             )  # fmt: skip
         except BadSample as e:
-            return {"bad": str(e), "shard": shard_name}
-        sample["shard"] = shard_name
-        return sample
+            return {"bad": str(e), **where}
+        return {**sample, **where}
 
 
 def collate_mds(items: list[dict]) -> dict:
@@ -60,7 +64,7 @@ def collate_mds(items: list[dict]) -> dict:
     batch = collate(good) if good else {"images": None, "captions": [], "keys": []}
     batch["num_raw"] = len(items)
     batch["skipped"] = [item["bad"] for item in items if "bad" in item]
-    batch["shards"] = [(item["shard"], "bad" not in item) for item in items]
+    batch["shards"] = [(item["shard"], item["id"], "bad" not in item) for item in items]
     return batch
 
 
@@ -102,10 +106,12 @@ class MDSLoader:
             self.dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=collate_mds,
             prefetch_factor=config.prefetch_factor if workers else None, persistent_workers=False,
         )  # fmt: skip
+        self.shard_sizes = {shard_name(shard): shard.samples for shard in self.dataset.shards}
         self.epoch = 0
         self.skips = SkipCounter()
         self.num_samples_yielded = 0
         self._resume: dict | None = None
+        self._resumed_mid_epoch = False
 
     @property
     def num_skipped(self) -> int:
@@ -115,20 +121,33 @@ class MDSLoader:
     def __iter__(self):
         while self.config.num_epochs is None or self.epoch < self.config.num_epochs:
             good_per_shard: dict[str, int] = {}  # this epoch, this rank
+            read_per_shard: dict[str, set[int]] = {}  # sample ids, this epoch, this rank
+            partial, self._resumed_mid_epoch = self._resumed_mid_epoch, False
             for batch in self.dataloader:
                 for reason in batch.pop("skipped"):
                     self.skips.add(reason)
-                for shard, good in batch.pop("shards"):
+                for shard, sample_id, good in batch.pop("shards"):
                     good_per_shard[shard] = good_per_shard.get(shard, 0) + good
+                    read_per_shard.setdefault(shard, set()).add(sample_id)
                 batch.pop("num_raw")
                 self._resume = self.dataloader.state_dict()
                 self.num_samples_yielded += len(batch["keys"])
                 yield batch  # also when empty: see the class docstring
-            all_bad = sorted(shard for shard, good in good_per_shard.items() if not good)
+            # a shard's valid samples may have gone to another rank (or been read before a resume): only a shard this
+            # rank read whole is known to yield nothing
+            all_bad = sorted(
+                shard for shard, good in good_per_shard.items()
+                if not good and len(read_per_shard[shard]) == self.shard_sizes[shard]
+            )  # fmt: skip
             if all_bad:
                 raise UserError(
                     f"MDS shards {all_bad} had no valid sample on rank {self.rank} in epoch {self.epoch} "
                     f"(skipped: {dict(self.skips.counts)}); rebuild or remove them"
+                )
+            if good_per_shard and not any(good_per_shard.values()) and not partial:  # else it would skip forever
+                raise UserError(
+                    f"rank {self.rank} read no valid sample in epoch {self.epoch}: its part of MDS shards "
+                    f"{sorted(good_per_shard)} was all skipped ({dict(self.skips.counts)}); rebuild or remove them"
                 )
             self.epoch += 1
 
@@ -162,5 +181,6 @@ class MDSLoader:
         self._resume = state["stream"]
         if state["stream"] is not None:
             self.dataloader.load_state_dict(state["stream"])
+            self._resumed_mid_epoch = state["stream"]["sample_in_epoch"] > 0
         self.skips = SkipCounter(state["skipped"])
         self.num_samples_yielded = int(state["num_samples_yielded"])

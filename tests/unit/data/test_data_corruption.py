@@ -116,6 +116,33 @@ def test_mds_bad_samples_skipped_and_all_bad_is_an_error(tmp_path, mds_env):
         read_all(loader)
 
 
+def test_mds_resume_inside_a_shards_corrupt_tail_is_not_an_all_bad_shard(tmp_path, mds_env):
+    import itertools
+    import json
+    import shutil
+
+    def write(folder, bad):  # 16 samples of one size, so the shards split at the same sample whichever are corrupt
+        writer = MDSWriterAdapter(str(folder), shard_bytes=6 << 10)
+        for i in range(16):
+            data = image_bytes(16, 16, seed=i, fmt="BMP")
+            writer.write({"key": f"m{i}", "image": b"\0" * len(data) if i in bad else data, "caption": f"c{i}"})
+        writer.finish()
+        return [shard["samples"] for shard in json.loads((folder / "index.json").read_text())["shards"]]
+
+    first_shard = write(tmp_path / "probe", ())[0]
+    assert 3 <= first_shard < 16
+    write(tmp_path / "a", {first_shard - 2, first_shard - 1})  # the first shard's last two samples are corrupt
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # a StreamingDataset owns its folder while alive
+    cfg = lambda name: wds_config(tmp_path / name, format="mds", shuffle=False, batch_size=first_shard - 2)  # noqa: E731
+    first = build_loader(cfg("a"), rank=0, world_size=1)
+    head = [b["keys"] for b in itertools.islice(first, 1)]
+    assert head == [[f"m{i}" for i in range(first_shard - 2)]]
+    resumed = build_loader(cfg("b"), rank=0, world_size=1)
+    resumed.load_state_dict(first.state_dict())  # the first shard's rest on this rank: its two corrupt samples
+    tail = read_all(resumed)
+    assert tail == [f"m{i}" for i in range(first_shard, 16)] and resumed.num_skipped == 2
+
+
 def test_settings_that_cannot_resume_exactly_are_errors(tmp_path, mds_env):
     with pytest.raises(ValueError, match="remote.*shards.json"):
         build_loader(wds_config("https://example.com/s-{000..003}.tar"), rank=0, world_size=1)
