@@ -16,7 +16,8 @@ shards (precompute_text.py stores it), else TEACHER/null_caption.pt.
 
 Resumable: samples are written in chunks of `--chunk-size`, each its own MDS folder DIR/chunk_NNNNN written by
 `streaming.MDSWriter`; a chunk whose `index.json` exists is complete and skipped on re-run, a partial one is
-rewritten. Every chunk is a function of its sample indices only, so a resumed dump equals an uninterrupted one.
+rewritten, and so is the short last chunk of a dump rerun with a larger `--num-samples` (which extends it). Every
+chunk is a function of its sample indices only, so a resumed or extended dump equals an uninterrupted one.
 
 Columns per sample: `seed` int64; `label` int64 (-1 for captions); `caption_index` int64 (-1 for classes);
 `states` float32 (S+1, C, H, W) noisy x_{τ_S} … x_{τ_0}; `x0` float32 (S+1, C, H, W) with `--record x0`. With
@@ -154,6 +155,12 @@ def text_conditions(teacher, emb_BLC, mask_BL, pooled_BD, null: Condition | None
     return cond, None if null is None else batch_null(null, *emb_BLC.shape[:2])
 
 
+def chunk_samples(chunk_dir: Path) -> int:
+    """Samples in a finished chunk, 0 where its index.json is not written (not begun, or interrupted)."""
+    index = chunk_dir / "index.json"
+    return sum(s["samples"] for s in json.loads(index.read_text())["shards"]) if index.is_file() else 0
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -277,7 +284,8 @@ def main(argv=None) -> dict:
     for start in range(0, args.num_samples, args.chunk_size):
         chunk_dir = args.out / f"chunk_{start // args.chunk_size:05d}"
         stop = min(start + args.chunk_size, args.num_samples)
-        if (chunk_dir / "index.json").is_file():
+        # finished with these samples: a dump extended with a larger --num-samples rewrites its short last chunk
+        if chunk_samples(chunk_dir) >= stop - start:
             skipped += stop - start
             for _ in range(stop - start if stream is not None else 0):
                 next(stream)  # keep sample i on caption i mod n

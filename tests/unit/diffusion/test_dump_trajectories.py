@@ -90,6 +90,12 @@ def test_dump_matches_online_trajectories_and_resumes(tmp_path):
     again = _read(out / "chunk_00001")
     assert all((a["states"] == b["states"]).all() for a, b in zip(again, rows[4:], strict=True))
 
+    # extended with a larger --num-samples: the short last chunk (samples 4, 5) is completed, not kept with a hole
+    argv[argv.index("--num-samples") + 1] = "10"
+    assert main(argv) == {"written": 6, "skipped": 4}
+    seeds = [r["seed"] for c in ("chunk_00000", "chunk_00001", "chunk_00002") for r in _read(out / c)]
+    assert seeds == list(range(100, 110))
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
