@@ -23,20 +23,28 @@ def _key(relative_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", stem.replace(os.sep, "__"))
 
 
-def _entries_from_folder(folder: str) -> Iterator[tuple[str, str | None, int | None]]:
+def _entries_from_folder(folder: str, skipped: Counter) -> Iterator[tuple[str, str | None, object]]:
     for root, _, files in os.walk(folder):
         for name in sorted(files):
             if name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
                 continue
             path = os.path.join(root, name)
             txt = os.path.splitext(path)[0] + ".txt"
-            caption = open(txt, encoding="utf-8").read() if os.path.isfile(txt) else None
+            try:
+                caption = open(txt, encoding="utf-8").read() if os.path.isfile(txt) else None
+            except UnicodeDecodeError:
+                skipped["caption is not UTF-8"] += 1
+                continue
             meta = os.path.splitext(path)[0] + ".json"
-            label = json.load(open(meta)).get("label") if os.path.isfile(meta) else None
+            try:
+                label = json.load(open(meta, encoding="utf-8")).get("label") if os.path.isfile(meta) else None
+            except (ValueError, AttributeError):  # not JSON (or not UTF-8: a ValueError too), or not an object
+                skipped["undecodable .json"] += 1
+                continue
             yield path, caption, label
 
 
-def _entries_from_table(table: str) -> Iterator[tuple[str, str | None, int | None]]:
+def _entries_from_table(table: str) -> Iterator[tuple[str, str | None, object]]:
     root = os.path.dirname(os.path.abspath(table))
     with open(table, encoding="utf-8", newline="") as f:
         rows = csv.DictReader(f) if table.endswith(".csv") else (json.loads(line) for line in f if line.strip())
@@ -44,13 +52,13 @@ def _entries_from_table(table: str) -> Iterator[tuple[str, str | None, int | Non
             if "path" not in row or "caption" not in row:
                 raise UserError(f"{table!r}: every row needs 'path' and 'caption' fields, got {sorted(row)}")
             label = row.get("label")
-            yield os.path.join(root, row["path"]), row["caption"], None if label in (None, "") else int(label)
+            yield os.path.join(root, row["path"]), row["caption"], None if label in (None, "") else label
 
 
 def iter_source(source: str, skipped: Counter) -> Iterator[dict]:
     """Samples (key, image bytes, ext, caption, label) from `source`; bad ones are counted in `skipped` by reason."""
     if os.path.isdir(source):
-        entries, root = _entries_from_folder(source), source
+        entries, root = _entries_from_folder(source, skipped), source
     elif source.endswith((".csv", ".jsonl")) and os.path.isfile(source):
         entries, root = _entries_from_table(source), os.path.dirname(os.path.abspath(source))
     else:
@@ -60,6 +68,11 @@ def iter_source(source: str, skipped: Counter) -> Iterator[dict]:
         key = _key(os.path.relpath(path, root))
         if caption is None or not caption.strip():
             skipped["missing caption"] += 1
+            continue
+        try:
+            label = None if label is None else int(label)  # a .csv gives text
+        except (TypeError, ValueError):
+            skipped["label is not an integer"] += 1
             continue
         if key in seen:
             skipped["duplicate key"] += 1

@@ -40,6 +40,22 @@ def test_build_shards_from_jsonl_reports_skips(tmp_path, capsys, mds_env):
     assert [int(x) for b in batches for x in b["labels"]] == [label for _, _, label in expected]
 
 
+def test_build_shards_skips_and_counts_a_bad_caption_json_or_label(tmp_path, capsys):
+    make_image_folder(str(tmp_path / "img"), 5)
+    (tmp_path / "img" / "img-0001.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "img" / "img-0002.json").write_text("{not json")
+    (tmp_path / "img" / "img-0003.json").write_text('{"label": "cat"}')
+    counts = load_launcher("build_shards").main(
+        [str(tmp_path / "img"), str(tmp_path / "out"), "--formats", "webdataset"]
+    )
+    assert counts == {"webdataset": 2}
+    out = capsys.readouterr().out
+    assert "skipped 3" in out and "caption is not UTF-8" in out and "undecodable .json" in out
+    assert "label is not an integer" in out
+    keys = [k for b in read("webdataset", tmp_path / "out" / "webdataset") for k in b["keys"]]
+    assert keys == ["img-0000", "img-0004"]
+
+
 def test_a_shard_set_is_written_whole_or_not_at_all(tmp_path, mds_env):
     from ard_scale.data.sources import iter_source
     from ard_scale.data.writers import write_shards
