@@ -49,7 +49,10 @@ def decode_sample(
         raise BadSample(f"undecodable image ({type(e).__name__})") from e
     sample = {"key": key, "caption": caption.strip(), "image": image}
     if label is not None:
-        sample["label"] = int(label)
+        try:
+            sample["label"] = int(label)
+        except (TypeError, ValueError) as e:  # a .json label like "cat"
+            raise BadSample("label is not an integer") from e
     if t5_emb is not None:
         sample["t5_emb"] = torch.from_numpy(np.asarray(t5_emb, dtype=np.float32))
         sample["t5_mask"] = torch.from_numpy(np.asarray(t5_mask, dtype=np.int64))

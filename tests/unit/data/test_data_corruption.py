@@ -45,6 +45,12 @@ def test_bad_samples_skipped_and_counted(tmp_path, num_workers):
     assert loader.state_dict()["skipped"] == dict(loader.skips.counts)
 
 
+def test_a_sample_whose_json_label_is_not_an_integer_is_skipped_and_counted(tmp_path):
+    write_tar(tmp_path / "s0.tar", good_members("a0", 0) + good_members("a1", 1) + [("a1.json", b'{"label": "cat"}')])
+    loader = build_loader(wds_config(tmp_path), rank=0, world_size=1)
+    assert read_all(loader) == ["a0"] and loader.skips.counts == {"label is not an integer": 1}
+
+
 def test_truncated_shard_counts_the_lost_tail(tmp_path):
     write_tar(tmp_path / "s0.tar", [m for i in range(6) for m in good_members(f"t{i}", i, size=(64, 64))])
     data = (tmp_path / "s0.tar").read_bytes()
