@@ -80,15 +80,30 @@ def student_ds_config(
     grad_clip: float = 1.0,
     zero_stage: int = 3,
     precision: str = "fp32",
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
 ) -> dict:
+    """The student engine's DeepSpeed config. `offload_optimizer`/`offload_params` (zero.offload_*) keep the optimizer
+    state / the parameters in CPU memory; the optimizer is then DeepSpeed's CPU Adam (a C++ op DeepSpeed builds on
+    first use), which steps the offloaded state where it lies; else torch's AdamW."""
+    zero: dict = {"stage": zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": zero,
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": lr, "betas": list(betas), "weight_decay": weight_decay, "torch_adam": True},
+            "params": {
+                "lr": lr,
+                "betas": list(betas),
+                "weight_decay": weight_decay,
+                "torch_adam": not offload_optimizer,
+            },
         },
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},

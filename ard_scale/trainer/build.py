@@ -185,6 +185,28 @@ def build_data(cfg: RootConfig, rank: int, world_size: int):
     return build_loader(cfg.data, rank=rank, world_size=world_size)
 
 
+def student_engine_config(cfg: RootConfig) -> dict:
+    """The student engine's DeepSpeed config for the recipe: batch, optimizer, ZeRO stage and offload, precision, and
+    the learning-rate schedule."""
+    tr, zero = cfg.train, cfg.zero
+    ds_cfg = student_ds_config(
+        micro_batch=cfg.data.batch_size,
+        grad_accum=tr.grad_accum,
+        lr=tr.lr,
+        betas=tr.betas,
+        weight_decay=tr.weight_decay,
+        grad_clip=tr.grad_clip or 0.0,
+        zero_stage=zero.stage,
+        precision=tr.precision,
+        offload_optimizer=zero.offload_optimizer,
+        offload_params=zero.offload_params,
+    )
+    scheduler = ds_scheduler(cfg)
+    if scheduler:
+        ds_cfg["scheduler"] = scheduler
+    return ds_cfg
+
+
 def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=None, fresh: bool = True) -> Run:
     """`adapt_ds_config(ds_config) -> ds_config` lets the checkpoint manager switch on universal loading. `fresh`:
     the run has no checkpoint of its own, so `gan.init_from` (if set) initialises the student."""
@@ -202,19 +224,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
         init_from = load_student_weights(student, cfg.gan.init_from, use_ema=cfg.gan.init_from_ema)
 
     micro = cfg.data.batch_size
-    ds_cfg = student_ds_config(
-        micro_batch=micro,
-        grad_accum=tr.grad_accum,
-        lr=tr.lr,
-        betas=tr.betas,
-        weight_decay=tr.weight_decay,
-        grad_clip=tr.grad_clip or 0.0,
-        zero_stage=zero.stage,
-        precision=tr.precision,
-    )
-    scheduler = ds_scheduler(cfg)
-    if scheduler:
-        ds_cfg["scheduler"] = scheduler
+    ds_cfg = student_engine_config(cfg)
     if adapt_ds_config is not None:
         ds_cfg = adapt_ds_config(ds_cfg)
     engine, _ = build_student_engine(student, ds_cfg)

@@ -1,7 +1,8 @@
 """Real DeepSpeed ZeRO-3 on gloo: a ZeRO-3 student engine trained on trajectories from a frozen ZeRO-3 teacher engine.
 
 The first-step loss is the same on 1 rank and on 2 ranks (same global batch) and equals plain PyTorch without
-DeepSpeed; the loss falls on a fixed batch."""
+DeepSpeed; the loss falls on a fixed batch. zero.offload_optimizer/offload_params reach DeepSpeed (its CPU Adam steps
+the offloaded state) and train like the run without them."""
 
 import json
 from pathlib import Path
@@ -17,8 +18,8 @@ SCRIPT = Path(__file__).with_name("zero3_train_steps.py")
 FAMILIES = ("dit", "pixart")
 
 
-def run(world: int, out: Path) -> dict:
-    proc = torchrun(world, SCRIPT, out, *FAMILIES)
+def run(world: int, out: Path, *families: str) -> dict:
+    proc = torchrun(world, SCRIPT, out, *(families or FAMILIES))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
@@ -39,3 +40,14 @@ def test_zero3_student_and_teacher_engines_train_like_plain_pytorch(runs, family
     assert two["losses"][0] == pytest.approx(one["losses"][0], rel=1e-6)
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)  # same math, different reduction order
     assert two["losses"][-1] < 0.5 * two["losses"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_offload_settings_reach_deepspeed_and_train_like_the_run_without(runs, tmp_path):
+    offloaded = run(2, tmp_path / "offload.json", "offload", "dit")["dit"]
+    assert offloaded["offload"] == [True, True] and offloaded["optimizer"] == "DeepSpeedCPUAdam"
+    plain = runs[1]["dit"]
+    assert plain["offload"] == [False, False] and plain["optimizer"] == "AdamW"
+    assert offloaded["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-6)  # before any update
+    assert offloaded["losses"] == pytest.approx(plain["losses"], rel=1e-4)  # CPU Adam: the same update in C++

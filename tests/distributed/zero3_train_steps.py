@@ -1,6 +1,7 @@
 """Run by torchrun from test_zero3_student.py: a few ARD regression steps with a ZeRO-3 student engine and a frozen
 ZeRO-3 teacher engine generating guided trajectories on the fly (gathered once per batch), for each family named on
-the command line in turn (one launch for all of them). Writes {family: losses} as JSON."""
+the command line in turn (one launch for all of them), optionally with the student's optimizer state and parameters
+offloaded to CPU memory. Writes {family: losses, optimizer and offload settings} as JSON."""
 
 import json
 import sys
@@ -27,7 +28,7 @@ from ard_scale.models.teachers import build_teacher
 GLOBAL_BATCH, STEPS, S = 4, 6, 4
 
 
-def train_steps(family: str, rank: int, world: int) -> dict:
+def train_steps(family: str, rank: int, world: int, offload: bool = False) -> dict:
     micro = GLOBAL_BATCH // world
     torch.manual_seed(0)
     teacher = build_teacher(family, "debug", seed=1)
@@ -69,7 +70,10 @@ def train_steps(family: str, rank: int, world: int) -> dict:
         reference = loss_fn(student, states(teacher), cond)[0].item()
 
     teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=micro))
-    engine, _ = build_student_engine(student, student_ds_config(micro_batch=micro, lr=1e-3, grad_clip=1.0))
+    ds_config = student_ds_config(
+        micro_batch=micro, lr=1e-3, grad_clip=1.0, offload_optimizer=offload, offload_params=offload
+    )
+    engine, _ = build_student_engine(student, ds_config)
     losses = []
     for _ in range(STEPS):
         trajectory = states(teacher_engine, gather=lambda: gather_once(teacher_engine))
@@ -79,12 +83,19 @@ def train_steps(family: str, rank: int, world: int) -> dict:
         mean = loss.detach().clone()
         torch.distributed.all_reduce(mean)
         losses.append(mean.item() / world)
-    return {"losses": losses, "reference_first_loss": reference}
+    return {
+        "losses": losses,
+        "reference_first_loss": reference,
+        "optimizer": type(engine.optimizer.optimizer).__name__,  # the one ZeRO-3 steps its fp32 partitions with
+        "offload": [bool(engine.zero_offload_optimizer()), bool(engine.zero_offload_param())],
+    }
 
 
 def main(out_path: str, *families: str) -> None:
+    """`families`, optionally after `offload` (zero.offload_optimizer and zero.offload_params on)."""
     rank, world = init_distributed()
-    results = {family: train_steps(family, rank, world) for family in families}
+    offload = families[:1] == ("offload",)
+    results = {family: train_steps(family, rank, world, offload) for family in families[offload:]}
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)

@@ -1,5 +1,6 @@
 """Class labels beyond teacher.num_classes, channel options beyond the
-latent's channels, metrics.jsonl kept strict JSON, and the reachability check of train.max_steps (one process)."""
+latent's channels, metrics.jsonl kept strict JSON, the reachability check of train.max_steps, and the recipe's ZeRO
+offload settings in the student engine's DeepSpeed config (one process)."""
 
 import json
 import math
@@ -10,7 +11,7 @@ import torch
 from ard_scale.config import ConfigError, load_config
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.solvers import guided_model
-from ard_scale.trainer.build import build_conditioner, build_teacher_model
+from ard_scale.trainer.build import build_conditioner, build_teacher_model, student_engine_config
 from ard_scale.trainer.checks import check_channel_options
 from ard_scale.trainer.loop import MetricsLog, all_finite, check_reachable
 
@@ -67,3 +68,15 @@ def test_max_steps_beyond_what_finite_data_gives_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train.max_steps: 4 steps cannot be reached.* at most 3 steps"):
         check_reachable(cfg, 7, rank=0, world=1)
     check_reachable(cfg, 2, rank=0, world=1, start=3)  # a universal resume restarts the stream at step 3
+
+
+def test_zero_offload_settings_reach_the_student_engines_config():
+    plain = student_engine_config(load_config(RECIPE))
+    assert plain["zero_optimization"] == {"stage": 3} and plain["optimizer"]["params"]["torch_adam"]
+    cfg = load_config(RECIPE, ["zero.offload_optimizer=true", "zero.offload_params=true"])
+    ds = student_engine_config(cfg)
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert not ds["optimizer"]["params"]["torch_adam"]  # DeepSpeed's CPU Adam steps the offloaded state
+    only_optimizer = student_engine_config(load_config(RECIPE, ["zero.offload_optimizer=true"]))["zero_optimization"]
+    assert "offload_optimizer" in only_optimizer and "offload_param" not in only_optimizer
