@@ -180,7 +180,11 @@ class ReplayTrajectories(OnlineTrajectories):
                 f"run has {self.replay_times}; resume with the same value (or start a new run)"
             )
         self.cycle_start = state["cycle_start"]
-        self.cache = {int(m): (states, Condition(**cond)) for m, (states, cond) in state["cache"].items()}
+        # the rank file is read onto the CPU: back to where this run's student reads its states
+        self.cache = {
+            int(m): (states.to(self.device), Condition(**cond).to(self.device))
+            for m, (states, cond) in state["cache"].items()
+        }
 
 
 class OfflineTrajectories:
