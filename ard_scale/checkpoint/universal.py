@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 from ard_scale.checkpoint.layout import LATEST, UNIVERSAL_SUFFIX, atomic_write_text
@@ -64,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="the run's checkpoint.run_dir")
     parser.add_argument("--tag", default=None, help="checkpoint tag to convert (default: the one `latest` names)")
     args = parser.parse_args(argv)
-    print(to_universal(args.run_dir, args.tag))
+    try:
+        out = to_universal(args.run_dir, args.tag)
+    except UserError as e:  # no or a damaged checkpoint: one line naming it and the fix, as the launchers print
+        sys.exit(f"error: {e}")
+    print(out)
 
 
 if __name__ == "__main__":

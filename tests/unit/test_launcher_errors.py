@@ -38,6 +38,7 @@ CASES = {
     "export": ("export", ["{tmp}/no_run"], "no complete checkpoint to export"),
     "eval": ("eval", ["{tmp}/no_run"], "is {tmp}/no_run a run directory?"),
     "plan": ("-m ard_scale.plan", ["{tmp}/no_recipe.yaml", "--gpus", "8"], "cannot read the recipe file"),
+    "universal": ("-m ard_scale.checkpoint.universal", ["{tmp}/no_run"], "has no complete checkpoint to convert"),
 }
 
 
