@@ -1,8 +1,8 @@
 """Real DeepSpeed ZeRO-3 on gloo: a ZeRO-3 student engine trained on trajectories from a frozen ZeRO-3 teacher engine.
 
 The first-step loss is the same on 1 rank and on 2 ranks (same global batch) and equals plain PyTorch without
-DeepSpeed; the loss falls on a fixed batch. zero.offload_optimizer/offload_params reach DeepSpeed (its CPU Adam steps
-the offloaded state) and train like the run without them."""
+DeepSpeed; the loss falls on a fixed batch. zero.offload_optimizer/offload_params reach DeepSpeed and train like the
+run without them."""
 
 import json
 from pathlib import Path
@@ -46,8 +46,7 @@ def test_zero3_student_and_teacher_engines_train_like_plain_pytorch(runs, family
 @pytest.mark.distributed
 def test_offload_settings_reach_deepspeed_and_train_like_the_run_without(runs, tmp_path):
     offloaded = run(2, tmp_path / "offload.json", "offload", "dit")["dit"]
-    assert offloaded["offload"] == [True, True] and offloaded["optimizer"] == "DeepSpeedCPUAdam"
     plain = runs[1]["dit"]
-    assert plain["offload"] == [False, False] and plain["optimizer"] == "AdamW"
-    assert offloaded["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-6)  # before any update
-    assert offloaded["losses"] == pytest.approx(plain["losses"], rel=1e-4)  # CPU Adam: the same update in C++
+    assert offloaded["offload"] == [True, True] and plain["offload"] == [False, False]
+    assert offloaded["optimizer"] == plain["optimizer"] == "AdamW"  # one optimizer state, with or without offload
+    assert offloaded["losses"] == pytest.approx(plain["losses"], rel=1e-6)  # where the state lives, not the numbers

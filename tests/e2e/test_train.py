@@ -61,6 +61,20 @@ def test_resume_continues_the_loss_sequence_bit_identically(tiny_run, tmp_path):
     assert (full / "config.yaml").is_file() and (full / "metrics.png").is_file()  # drawn at the end of the run
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_resume_may_switch_zero_offload_on(tiny_run, tmp_path):
+    """The recipe check lets zero.offload_* change on resume (a run moved to GPUs with less memory): the optimizer
+    state saved without offload loads into the offloaded engine, which then trains as the run went on without it."""
+    split = resume_copy(tiny_run, 3, tmp_path / "offload")
+    resumed = train(split, *TINY_RUN, "zero.offload_optimizer=true", "zero.offload_params=true")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed.stderr.count("[ard_scale] resumed from step 3 (") == 1
+    uninterrupted, pieces = metrics(tiny_run), metrics(split)
+    assert [m["step"] for m in pieces] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in pieces] == pytest.approx([m["loss"] for m in uninterrupted], rel=1e-5)
+
+
 @pytest.mark.distributed
 def test_a_refused_resume_leaves_the_runs_config_yaml_and_names_the_real_cause_first(tiny_run, tmp_path):
     """RUN_DIR/config.yaml is the recipe the run trains under: a resume its checkpoint refuses must not overwrite it
