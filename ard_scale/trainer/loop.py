@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import sys
 import time
 import warnings
@@ -30,23 +29,7 @@ from ard_scale.trainer.build import build_run
 from ard_scale.trainer.evaluate import build_loop_evaluation
 from ard_scale.trainer.gan import DivergenceWatch, build_gan, gan_step
 from ard_scale.trainer.step import any_rank, regression_step
-
-
-class StopSignal:
-    """SIGTERM, SIGUSR1 (Slurm's pre-emption warning) and SIGINT (Ctrl-C) set a flag; the loop checkpoints and exits
-    cleanly. `restore()` puts the previous handlers back."""
-
-    def __init__(self):
-        self.received = False
-        signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        self.received = True
+from ard_scale.trainer.stop import DataPosition, StopSignal
 
 
 class ProcessRNG:
@@ -141,7 +124,8 @@ def train(cfg: RootConfig) -> list[float]:
     ema = ZeroEMA(run.engine, cfg.train.ema_decay) if cfg.train.ema_decay else None
     progress = Progress()
     dropped = SkipCounter()  # this rank's valid samples left out because another rank's micro-batch had none
-    track_state(ckpt, run, progress, dropped, gan, watch, ema)
+    position = DataPosition(run.loader)
+    track_state(ckpt, run, position, progress, dropped, gan, watch, ema)
     resumed = ckpt.resume(run.engine)
     if rank == 0:  # only once the checkpoint accepted this recipe: a refused resume leaves the run's own as it was
         dump_yaml(cfg, run_dir / "config.yaml")
@@ -161,11 +145,14 @@ def train(cfg: RootConfig) -> list[float]:
     saved_step = progress.step
     while progress.step < cfg.train.max_steps:
         t0 = time.perf_counter()
-        drawn = draw_micro_batches(batches, cfg.train.grad_accum, dropped)  # collective
-        if drawn is None:  # some rank's finite data ended: every rank stops here, at the same step
+        position.mark()
+        drawn = draw_micro_batches(batches, cfg.train.grad_accum, dropped, stop)  # collective
+        if drawn is STOPPED:  # a job-wide stop signal took some rank's data workers with it mid-draw
+            position.rewind()  # this step's draws were not trained on: a resume draws them again
+        if drawn is None or drawn is STOPPED:  # every rank stops here, at the same step
             if progress.step > saved_step:
                 ckpt.save_tracked(run.engine, progress.step)
-            say(rank, data_ended(cfg, run_dir, progress.step))
+            say(rank, data_ended(cfg, run_dir, progress.step) if drawn is None else stopped(ckpt, progress.step))
             break
         micro_batches, step_samples = drawn
         metrics = optimizer_step(run, gan, ema, micro_batches, progress.step)
@@ -186,9 +173,7 @@ def train(cfg: RootConfig) -> list[float]:
             saved_step = progress.step
         raise_if_unhealthy(progress, run_dir, too_many_nan=too_many_nan, diverged=diverged)
         if stopping:
-            say(
-                rank, f"stop signal: checkpoint of step {progress.step} in {ckpt.dir}; rerun the same command to resume"
-            )
+            say(rank, stopped(ckpt, progress.step))
             break
     bar.close()
     log.close()
@@ -234,7 +219,13 @@ def check_global_batch(cfg: RootConfig, world: int) -> None:
         )
 
 
-def track_state(ckpt: CheckpointManager, run, progress: Progress, dropped: SkipCounter, gan, watch, ema) -> None:
+def stopped(ckpt: CheckpointManager, step: int) -> str:
+    return f"stop signal: checkpoint of step {step} in {ckpt.dir}; rerun the same command to resume"
+
+
+def track_state(
+    ckpt: CheckpointManager, run, position: DataPosition, progress: Progress, dropped: SkipCounter, gan, watch, ema
+) -> None:
     """Register every piece a resume must restore. Global: the counters and the GAN heads with their optimizer (the
     same on every rank); per rank: the data position, the dropped-sample counts, the RNGs, the trajectory source
     (e.g. the replay cache mid-cycle) and the EMA shard. The student engine itself is DeepSpeed's."""
@@ -242,7 +233,7 @@ def track_state(ckpt: CheckpointManager, run, progress: Progress, dropped: SkipC
     if gan is not None:  # optional: a regression checkpoint resumed as a GAN stage (allow_recipe_change)
         ckpt.track("gan", gan, optional=True)
         ckpt.track("gan_watch", watch, optional=True)
-    ckpt.track("data", run.loader, per_rank=True)
+    ckpt.track("data", position, per_rank=True)
     ckpt.track("dropped", dropped, per_rank=True)
     ckpt.track("rng", ProcessRNG(), per_rank=True)
     ckpt.track("trajectories", run.trajectories, per_rank=True)
@@ -342,18 +333,39 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
-def draw_micro_batches(batches, grad_accum: int, dropped: SkipCounter) -> tuple[list[dict], int] | None:
-    """The step's `grad_accum` micro-batches and their number of samples summed over ranks, or None on every rank
-    once any rank's data has ended. Collective (one small all-reduce per micro-batch): every rank draws the same
-    number of batches, so ranks stay in lockstep whatever their data does. A micro-batch with no valid sample on any
-    rank (an all-corrupt MDS batch) is drawn again on every rank; the other ranks' samples of that draw are counted
-    in `dropped`."""
+STOPPED = "stopped"  # what draw_micro_batches answers when a stop signal took a rank's data workers
+
+
+def draw_micro_batches(
+    batches, grad_accum: int, dropped: SkipCounter, stop: StopSignal | None = None
+) -> tuple[list[dict], int] | None | str:
+    """The step's `grad_accum` micro-batches and their number of samples summed over ranks, None on every rank
+    once any rank's data has ended, or STOPPED on every rank once a draw failed on some rank after a stop signal (a
+    job-wide SIGTERM kills the DataLoader workers too: see ard_scale/trainer/stop.py). Collective (one small
+    all-reduce per micro-batch): every rank draws the same number of batches, so ranks stay in lockstep whatever
+    their data does. A micro-batch with no valid sample on any rank (an all-corrupt MDS batch) is drawn again on
+    every rank; the other ranks' samples of that draw are counted in `dropped`."""
     micro: list[dict] = []
     total = 0
     while len(micro) < grad_accum:
-        batch = next(batches, None)
+        failed = False
+        try:
+            batch = next(batches, None)
+        except RuntimeError:  # torch's "DataLoader worker ... exited unexpectedly"
+            if stop is None or not stop.received:
+                raise
+            batch, failed = None, True
         n = 0 if batch is None else num_samples(batch)
-        agreed = sum_over_ranks({"ended": batch is None, "empty": batch is not None and n == 0, "samples": n})
+        agreed = sum_over_ranks(
+            {
+                "stopped": failed,
+                "ended": batch is None and not failed,
+                "empty": batch is not None and n == 0,
+                "samples": n,
+            }
+        )
+        if agreed["stopped"]:
+            return STOPPED
         if agreed["ended"]:
             return None
         if agreed["empty"]:

@@ -1,5 +1,5 @@
 """A signal-requested stop under torchrun: every rank saves the step it reached and exits 0, so the
-torchrun agent exits 0 too.
+torchrun agent exits 0 too, also when the signal killed the ranks' data workers first.
 
 What torch does when the *agent* itself gets SIGTERM (torch 2.14, torch/distributed/elastic/agent/server/api.py,
 `SimpleElasticAgent.run`): it forwards SIGTERM to every rank ("Sending process N closing signal SIGTERM"), waits up to
@@ -26,11 +26,14 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def test_sigterm_to_every_rank_checkpoints_and_torchrun_exits_0(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_to_every_rank_checkpoints_and_torchrun_exits_0(tmp_path, workers):
+    """With data workers, the SIGTERM reaches them first, as a job-wide one may (Slurm's time limit, scancel,
+    pre-emption): torch's worker dies of it, and the rank must still save and exit 0 (ard_scale/trainer/stop.py)."""
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "launchers/train.py", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={run_dir}", "train.max_steps=1000",
-           "checkpoint.every=1000"]  # fmt: skip
+           "checkpoint.every=1000", f"data.num_workers={workers}"]  # fmt: skip
     with open(tmp_path / "stderr", "w") as err:
         agent = subprocess.Popen(cmd, env=launch_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
         try:
@@ -41,7 +44,9 @@ def test_sigterm_to_every_rank_checkpoints_and_torchrun_exits_0(tmp_path):
                 time.sleep(0.2)  # polling for a file the run writes, not synchronisation
             ranks = children(agent.pid)
             assert len(ranks) == 2, ranks
-            for pid in ranks:  # what the agent does with its own SIGTERM, and what Slurm's step signal does
+            data_workers = [w for pid in ranks for w in children(pid)]
+            assert len(data_workers) == 2 * workers, data_workers
+            for pid in data_workers + ranks:  # what Slurm's job signal does; the agent forwards its own to the ranks
                 os.kill(pid, signal.SIGTERM)
             rc = agent.wait(timeout=300)
         finally:
