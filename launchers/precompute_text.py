@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -104,15 +105,16 @@ def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
     return family, sections, dtype
 
 
-def _write(args, family, encoders: dict, sections: dict, out_dir: str) -> int:
+def _write(args, family, encoders: dict, sections: dict, out_dir: str) -> tuple[int, Counter]:
     """Every caption of the shard set encoded into MDS shards in `out_dir`, then the null condition and the record of
-    the encoding beside them; returns the number of samples."""
+    the encoding beside them; returns the number of samples, and those skipped by reason (what training would skip:
+    `iter_shard_set`)."""
     from ard_scale.data.text_encoding import write_text_encoding
     from ard_scale.trainer.conditioning import SLOTS, encode_text
 
-    writer, num_written = None, 0
+    writer, num_written, skipped = None, 0, Counter()
     progress = tqdm(desc="captions", unit="caption", file=sys.stderr)
-    for batch in _batches(iter_shard_set(args.shards, args.format), args.batch_size):
+    for batch in _batches(iter_shard_set(args.shards, args.format, skipped), args.batch_size):
         text = encode_text(family, encoders, [s["caption"] for s in batch])
         mask_BL = text.mask if text.mask is not None else torch.ones(text.tokens.shape[:2])  # reads every token
         columns = {"t5_emb": _half(text.tokens, "t5_emb"), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
@@ -140,7 +142,7 @@ def _write(args, family, encoders: dict, sections: dict, out_dir: str) -> int:
         null={"text": null.tokens[0], "text_mask": None if null.mask is None else null.mask[0],
               "pooled": None if null.pooled is None else null.pooled[0]},
     )  # fmt: skip
-    return num_written
+    return num_written, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         sys.exit(f"error: {e}")
     with writing_folder(args.out_dir, what="precomputed shards") as out:  # whole or not at all
-        num_written = _write(args, family, encoders, sections, str(out))
+        num_written, skipped = _write(args, family, encoders, sections, str(out))
     what = " + ".join(encoders) + " embeddings" + (" with the pooled one" if "clip" in encoders else "")
     print(f"wrote {num_written} samples with {family.name}'s {what} to {args.out_dir}")
+    if skipped:  # as build_shards reports them
+        print(f"skipped {sum(skipped.values())}" + "".join(f"\n  {n:6d}  {why}" for why, n in skipped.most_common()))
     return num_written
 
 

@@ -23,6 +23,31 @@ def _key(relative_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", stem.replace(os.sep, "__"))
 
 
+def _raw_wds_sample(key: str, fields: dict[str, bytes]) -> dict:
+    """A tar sample's raw fields as `iter_shard_set` yields them; raises BadSample where the readers would skip it."""
+    from ard_scale.data.samples import BadSample
+
+    image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
+    if image is None:
+        raise BadSample("missing image")
+    if "txt" not in fields:
+        raise BadSample("missing caption")
+    try:
+        caption = fields["txt"].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadSample("caption is not UTF-8") from e
+    try:
+        meta = json.loads(fields["json"]) if "json" in fields else {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadSample("undecodable .json") from e
+    label = meta.get("label") if isinstance(meta, dict) else None
+    try:
+        label = None if label is None else int(label)
+    except (TypeError, ValueError) as e:
+        raise BadSample("label is not an integer") from e
+    return {"key": key, "image": image, "caption": caption, "label": label}
+
+
 def _entries_from_folder(folder: str, skipped: Counter) -> Iterator[tuple[str, str | None, object]]:
     for root, _, files in os.walk(folder):
         for name in sorted(files):
@@ -94,8 +119,12 @@ def iter_source(source: str, skipped: Counter) -> Iterator[dict]:
         yield {"key": key, "image": data, "ext": ext, "caption": caption.strip(), "label": label}
 
 
-def iter_shard_set(path: str, format: str) -> Iterator[dict]:
-    """Raw samples (key, image bytes, caption, label) of a built local shard set, in storage order."""
+def iter_shard_set(path: str, format: str, skipped: Counter | None = None) -> Iterator[dict]:
+    """Raw samples (key, image bytes, caption, label) of a built local shard set, in storage order. A sample the
+    training readers would skip (no image or caption, a caption that is not UTF-8, an undecodable .json, a label that
+    is not an integer, an unreadable MDS sample; past a tar's corrupt member, the rest of that shard) is left out and
+    counted in `skipped` by reason."""
+    skipped = Counter() if skipped is None else skipped
     path = resolve_data_path(path)
     if format == "mds":
         from streaming.base.format import reader_from_json
@@ -106,7 +135,11 @@ def iter_shard_set(path: str, format: str) -> Iterator[dict]:
         for shard_obj in json.load(open(index))["shards"]:
             reader = reader_from_json(path, None, shard_obj)
             for i in range(reader.samples):
-                row = reader[i]
+                try:
+                    row = reader[i]
+                except Exception as e:  # a corrupt shard body shows up as arbitrary decode errors
+                    skipped[f"unreadable MDS sample ({type(e).__name__})"] += 1
+                    continue
                 label = row.get("label")
                 yield {"key": row["key"], "image": row["image"], "caption": row["caption"],
                        "label": None if label is None or label < 0 else int(label)}  # fmt: skip
@@ -119,13 +152,15 @@ def iter_shard_set(path: str, format: str) -> Iterator[dict]:
             for offset in range(shard.num_samples):
                 try:
                     key, fields = reader.read(offset, want=True)
-                except BadSample:
+                except BadSample as e:  # the tar broke off here: nothing after it reads either
+                    skipped[f"{e} (and the rest of its shard)"] += shard.num_samples - offset
                     break
-                image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
-                if image is None or "txt" not in fields:
+                try:
+                    raw = _raw_wds_sample(key, fields)
+                except BadSample as e:
+                    skipped[str(e)] += 1
                     continue
-                meta = json.loads(fields["json"]) if "json" in fields else {}
-                yield {"key": key, "image": image, "caption": fields["txt"].decode("utf-8"), "label": meta.get("label")}
+                yield raw
             reader.close()
     else:
         raise UserError(f"format={format!r}; choose 'webdataset' or 'mds'")

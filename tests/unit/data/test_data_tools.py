@@ -112,6 +112,45 @@ def test_precompute_text_carries_t5_embeddings(tmp_path, tiny_t5, mds_env):
     assert torch.allclose(batch["t5_emb"], emb, atol=2e-3)  # stored as float16
 
 
+def test_precompute_text_skips_and_counts_what_training_would_skip(tmp_path, tiny_t5, mds_env, capsys):
+    """A caption that is not UTF-8, an undecodable .json, a label that is not an integer, a sample without caption
+    and a tar that breaks off: the good samples are encoded, the rest counted by reason (before: a
+    UnicodeDecodeError stopped the tool, and a broken tar's remaining samples went uncounted)."""
+    from collections import Counter
+
+    from data_helpers import good_members, image_bytes, write_index, write_tar
+
+    from ard_scale.data.sources import iter_shard_set
+
+    shards = tmp_path / "wds"
+    shards.mkdir()
+    png = image_bytes(24, 24, seed=9)
+    write_tar(str(shards / "a.tar"), [
+        *good_members("a0", 0),
+        ("a1.png", png), ("a1.txt", b"caf\xe9"),  # latin-1
+        ("a2.png", png), ("a2.txt", b"ok"), ("a2.json", b"{not json"),
+        ("a3.png", png), ("a3.txt", b"ok"), ("a3.json", b'{"label": "cat"}'),
+        ("a4.png", png),  # no caption
+        *good_members("a5", 5),
+    ])  # fmt: skip
+    write_tar(str(shards / "b.tar"), [*good_members("b0", 6), *good_members("b1", 7)])
+    data = (shards / "b.tar").read_bytes()
+    (shards / "b.tar").write_bytes(data[: data.index(b"b1.png") + 700])  # b1 cut off inside its image
+    write_index(str(shards), {"a.tar": 6, "b.tar": 2})
+    skipped = Counter()
+    assert [s["key"] for s in iter_shard_set(str(shards), "webdataset", skipped)] == ["a0", "a5", "b0"]
+    assert skipped == {
+        "caption is not UTF-8": 1,
+        "undecodable .json": 1,
+        "label is not an integer": 1,
+        "missing caption": 1,
+        "truncated or corrupt shard (ReadError) (and the rest of its shard)": 1,
+    }
+    written = load_launcher("precompute_text").main([str(shards), str(tmp_path / "out"), "--t5", tiny_t5,
+                                                     "--format", "webdataset", "--max-length", "8"])  # fmt: skip
+    assert written == 3 and "skipped 5\n" in capsys.readouterr().out
+
+
 def test_pixart_captions_are_precomputed_as_its_pipeline_encodes_them_and_recorded_so(tmp_path, tiny_t5, mds_env):
     """PixArtSigmaPipeline lower-cases and strips a prompt before T5: precomputed captions are encoded that way and
     text_encoding.json says so; shards recorded otherwise (or before the record said) get a warning, not a refusal:
