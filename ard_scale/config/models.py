@@ -205,7 +205,9 @@ class DiffusionConfig:
     guide_first_channels: int | None = None
     """Apply guidance only to the first C latent channels (DiT's reference sampler: 3 of 4); null = all."""
     record: Literal["noisy", "x0"] = "noisy"
-    """Recorded state at each student time: the noisy x_τ (the paper) or the teacher's x̂0 (the re-implementation)."""
+    """Recorded state at each student time: the noisy x_τ (the paper), the student's regression target. 'x0' (the
+    re-implementation's teacher x̂0) is refused: the trainer regresses the noisy states only; the x̂0 can be stored
+    beside them in a dump (launchers/dump_trajectories.py --record x0)."""
     shift: float = 1.0
     """'flow' only: static time shift s of the sigma grid, σ' = s·σ / (1 + (s-1)·σ) (SD3: 3.0; 1 = none)."""
     dynamic_shift: bool = False
@@ -244,6 +246,12 @@ class DiffusionConfig:
             out.append(f"beta_start/beta_end: need beta_start < beta_end, got {self.beta_start}, {self.beta_end}")
         if self.schedule != "flow" and (self.shift != 1.0 or self.dynamic_shift):
             out.append("shift/dynamic_shift: time shifts apply to schedule 'flow' only")
+        if self.record == "x0":
+            out.append(
+                "record: 'x0' is not a training target here: the trainer regresses the teacher's noisy states x_τ; set "
+                "diffusion.record=noisy (launchers/dump_trajectories.py --record x0 stores the teacher's x̂0 beside "
+                "them in a dump)"
+            )
         if self.dynamic_shift and self.base_seq_len >= self.max_seq_len:
             out.append(f"base_seq_len/max_seq_len: need base < max, got {self.base_seq_len}, {self.max_seq_len}")
         return out

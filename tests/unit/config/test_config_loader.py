@@ -139,6 +139,13 @@ def test_cross_section_problems_are_reported_together(tmp_path):
     assert sum(line.startswith("data.path") for line in e.problems) == 2
 
 
+def test_x0_record_is_refused_since_the_trainer_regresses_the_noisy_states(tmp_path):
+    """diffusion.record=x0 trained on the noisy states all the same (the trajectory sources return `states`)."""
+    e = errors_of(write(tmp_path, MINIMAL), ["diffusion.record=x0"])
+    assert any(line.startswith("diffusion.record: 'x0' is not a training target") for line in e.problems), str(e)
+    load_config(write(tmp_path, MINIMAL), ["diffusion.record=noisy"])
+
+
 def test_every_frozen_component_takes_a_size_or_a_path_not_both(tmp_path):
     data = yaml.safe_load(yaml.safe_dump(MINIMAL))
     sections = ["text_encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encoder", "vae"]
