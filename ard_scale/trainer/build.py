@@ -234,7 +234,8 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     elif zero.teacher_stage == 3:
         teacher_engine = build_frozen_engine(teacher, frozen_ds_config(micro_batch=micro, precision=tr.precision))
     else:
-        teacher_engine = teacher.to(engine.device)  # replicated: every rank holds it whole on its device
+        # replicated: every rank holds it whole on its device, in train.precision as a frozen engine would cast it
+        teacher_engine = teacher.to(engine.device, PRECISIONS[tr.precision])
 
     conditioner = build_conditioner(cfg, teacher, engine.device)
     if zero.teacher_stage == 3:  # the frozen text encoders are partitioned like the teacher (in their own dtype)
