@@ -64,13 +64,17 @@ def frozen_memory(num_params: int, stage: int, gpus: int, precision: str) -> dic
     return {"params": num_params * DTYPES[precision].itemsize / (gpus if stage == 3 else 1), "grads": 0, "optimizer": 0}
 
 
-def _frozen_encoder(n: int, cfg: RootConfig, gpus: int, working_set: int, source: str) -> dict:
-    """A text encoder in the run's precision, partitioned at teacher_stage 3 like the teacher."""
+T5_PRECISION = "fp32"  # the trainer loads T5 (and CLIP) in fp32 whatever train.precision (conditioning.load_encoder)
+
+
+def _frozen_encoder(n: int, cfg: RootConfig, gpus: int, working_set: int, source: str, precision: str) -> dict:
+    """A text encoder in `precision` (the trainer's: T5 fp32, Qwen2.5-VL the run's), partitioned at teacher_stage 3
+    like the teacher."""
     stage = cfg.zero.teacher_stage
     return {
         "num_params": n,
         "zero_stage": stage,
-        **frozen_memory(n, stage, gpus, cfg.train.precision),
+        **frozen_memory(n, stage, gpus, precision),
         "activations": working_set,
         "source": source,
     }
@@ -112,9 +116,11 @@ def _models(cfg: RootConfig, m: Measured, gpus: int) -> dict[str, dict]:
         },
     }
     if m.t5 is not None:
-        models["t5"] = _frozen_encoder(num_params(m.t5), cfg, gpus, m.t5_working_set, m.sources["t5"])
+        models["t5"] = _frozen_encoder(num_params(m.t5), cfg, gpus, m.t5_working_set, m.sources["t5"], T5_PRECISION)
     if m.qwen is not None:
-        models["qwen2.5-vl"] = _frozen_encoder(num_params(m.qwen), cfg, gpus, m.qwen_working_set, m.sources["qwen"])
+        models["qwen2.5-vl"] = _frozen_encoder(
+            num_params(m.qwen), cfg, gpus, m.qwen_working_set, m.sources["qwen"], cfg.train.precision
+        )
     if cfg.gan.enabled:  # replicated fp32 heads with their own AdamW: weights + grads + 2 moments, on every GPU
         heads = m.teacher.depth if cfg.gan.layers is None else len(cfg.gan.layers)
         with torch.device("meta"):
@@ -157,7 +163,7 @@ def memory(cfg: RootConfig, m: Measured, gpus: int, gpu_mem_gb: float) -> dict:
     phases = {
         "student_fwd_bwd": models["student"]["activations"] + gan_features,
         "teacher_trajectory": m.teacher_working_set + (gathered_once if z.gather_teacher_once else gathered_per_step),
-        "t5_encode": m.t5_working_set + _largest_gathered(t5_blocks, z.teacher_stage, weight_b),
+        "t5_encode": m.t5_working_set + _largest_gathered(t5_blocks, z.teacher_stage, DTYPES[T5_PRECISION].itemsize),
         "qwen_encode": m.qwen_working_set + _largest_gathered(qwen_layers, z.teacher_stage, weight_b),
     }
     peak = persistent + max(phases.values())

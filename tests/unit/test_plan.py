@@ -47,11 +47,23 @@ def test_named_debug_sizes_are_planned_as_the_trainer_builds_them():
     assert p["models"]["teacher"]["num_params"] == count(build_teacher("pixart", "debug"))
 
 
+def test_text_encoder_bytes_are_those_of_the_encoder_the_trainer_loads():
+    """A bf16 run holds T5 in fp32 (conditioning.load_encoder); the planner counted it at 2 bytes a weight."""
+    from ard_scale.models.families import get_family
+    from ard_scale.trainer.build import PRECISIONS
+    from ard_scale.trainer.conditioning import load_encoder
+
+    cfg = load_config("recipes/tiny_t2i_cpu.yaml", ["train.precision=bf16", "zero.teacher_stage=0"])
+    loaded = load_encoder("t5", cfg.text_encoder, get_family("pixart"), dtype=PRECISIONS["bf16"]).model
+    held = sum(p.numel() * p.element_size() for p in loaded.parameters())
+    assert plan(cfg, 2)["models"]["t5"]["params"] == held
+
+
 def test_zero3_bytes_scale_as_one_over_gpus_and_zero2_replicates_weights(imagenet, t2i):
-    _, q = t2i  # student ZeRO-3, teacher and T5 ZeRO-3, bf16
-    for name in ("student", "teacher", "t5"):
+    _, q = t2i  # student ZeRO-3, teacher and T5 ZeRO-3, bf16 (T5 held in fp32: see the test below)
+    for name, weight_b in (("student", 2), ("teacher", 2), ("t5", 4)):
         m = q["models"][name]
-        assert m["params"] == pytest.approx(2 * m["num_params"] / GPUS)
+        assert m["params"] == pytest.approx(weight_b * m["num_params"] / GPUS)
     s = q["models"]["student"]
     assert s["grads"] == pytest.approx(2 * s["num_params"] / GPUS)
     assert s["optimizer"] == pytest.approx(12 * s["num_params"] / GPUS)  # fp32 master + 2 moments
