@@ -207,6 +207,17 @@ class RootConfig:
                 f"gan.init_from={self.gan.init_from!r} is ignored: gan.enabled is false, so the student starts from "
                 "the teacher's weights, not that run's; add gan.enabled=true for the GAN stage"
             )
+        gan, gan_default = self.gan, GANConfig()
+        if gan.adaptive and gan.weight != gan_default.weight:
+            out.append(
+                f"gan.weight={gan.weight} is ignored: gan.adaptive computes the weight (scale it with "
+                "gan.adaptive_lambda), or set gan.adaptive=false for a fixed weight"
+            )
+        if not gan.adaptive and (gan.adaptive_lambda, gan.adaptive_max) != (
+            gan_default.adaptive_lambda,
+            gan_default.adaptive_max,
+        ):
+            out.append("gan.adaptive_lambda/adaptive_max are ignored: gan.adaptive is false (the weight is gan.weight)")
         if self.zero.gather_teacher_once and self.zero.teacher_stage == 0:
             out.append("zero.gather_teacher_once is ignored: zero.teacher_stage 0 keeps the teacher whole")
         if self.diffusion.guide_first_channels is not None and self.diffusion.guidance_scale == 1:

@@ -198,6 +198,19 @@ def test_ignored_settings_warn(tmp_path):
         load_config(p, ["train.trajectory_source=replay", "train.replay_times=3"])
 
 
+def test_the_gan_weight_setting_the_adaptive_weight_replaces_warns(tmp_path):
+    """gan.weight with gan.adaptive (the default), or adaptive_lambda without it, changed nothing, silently."""
+    p = write(tmp_path, MINIMAL)
+    with pytest.warns(ConfigWarning, match=r"gan.weight=0.1 is ignored: gan.adaptive computes the weight"):
+        load_config(p, ["gan.weight=0.1"])
+    with pytest.warns(ConfigWarning, match="gan.adaptive_lambda/adaptive_max are ignored: gan.adaptive is false"):
+        load_config(p, ["gan.adaptive=false", "gan.adaptive_lambda=10"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(p, ["gan.adaptive=false", "gan.weight=0.1"])
+        load_config(p, ["gan.adaptive_lambda=10"])
+
+
 def test_gan_init_from_without_the_gan_stage_warns_that_the_student_starts_from_the_teacher(tmp_path):
     """The GAN stage's command without gan.enabled=true trained a fresh regression run, silently."""
     p = write(tmp_path, MINIMAL)
