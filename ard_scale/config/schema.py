@@ -242,6 +242,7 @@ NOT_HASHED: tuple[str, ...] = (
     "log",
     "data.num_workers",
     "data.prefetch_factor",
+    "data.chunk_size",  # how many samples a worker decodes at a time: the stream and its positions do not change
     "data.cache_dir",
     "train.max_steps",
     "train.max_consecutive_nan",

@@ -57,6 +57,17 @@ def test_worker_count_does_not_change_the_stream(shards):
     assert streams[0] == streams[1]
 
 
+def test_chunk_size_does_not_change_the_stream_or_a_resume(shards):
+    """data.chunk_size may change on resume (it is not hashed): the stream and a resumed position are the same."""
+    streams = [keys_of(build_loader(config(shards, num_workers=2, chunk_size=c), rank=0, world_size=2)) for c in (1, 5)]
+    assert streams[0] == streams[1]
+    first = build_loader(config(shards, num_workers=2, chunk_size=1), rank=0, world_size=2)
+    head = keys_of(first, limit=3)
+    resumed = build_loader(config(shards, num_workers=2, chunk_size=5), rank=0, world_size=2)
+    resumed.load_state_dict(first.state_dict())
+    assert head + keys_of(resumed) == streams[0]
+
+
 def test_bucket_batches_and_exact_resume_with_workers(tmp_path):
     sizes = [(64, 32), (32, 64), (48, 48), (80, 40), (40, 40), (40, 80)]
     members = []
