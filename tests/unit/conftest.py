@@ -30,6 +30,12 @@ def build_tiny_pipeline(recipe: str) -> ARDPipeline:
 
 
 @pytest.fixture(scope="session")
+def fresh_tiny_pipeline():
+    """fresh_tiny_pipeline(recipe): `build_tiny_pipeline`, a new one each call (for a test that changes it)."""
+    return build_tiny_pipeline
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline():
     """tiny_pipeline(recipe): `build_tiny_pipeline`, built once per recipe."""
     return functools.cache(build_tiny_pipeline)

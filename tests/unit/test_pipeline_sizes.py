@@ -63,12 +63,10 @@ def test_a_size_the_student_was_not_distilled_at_warns_naming_the_distilled_size
         flux_pipe("a cat", height=8 * down, width=8 * down, output_type="latent")  # the distilled size: no warning
 
 
-def test_a_non_square_size_samples_and_warns_unless_it_is_one_of_the_students_buckets():
-    from conftest import build_tiny_pipeline
-
+def test_a_non_square_size_samples_and_warns_unless_it_is_one_of_the_students_buckets(fresh_tiny_pipeline):
     from ard_scale.data.transforms import bucket_latent_sizes
 
-    pipe = build_tiny_pipeline("recipes/tiny_t2i_cpu.yaml")  # PixArt: 32×32 px, 8×8 latents
+    pipe = fresh_tiny_pipeline("recipes/tiny_t2i_cpu.yaml")  # PixArt: 32×32 px, 8×8 latents
     down = pipe.codec.downsample
     with pytest.warns(UserWarning, match="a size it was not trained at"):
         out = pipe("a cat", height=4 * down, width=12 * down, output_type="latent")
