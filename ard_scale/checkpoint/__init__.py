@@ -2,6 +2,7 @@
 
 from ard_scale.checkpoint.manager import CheckpointManager, CheckpointSaveError
 from ard_scale.checkpoint.run_lock import RunDirInUse
-from ard_scale.checkpoint.universal import to_universal
 
-__all__ = ["CheckpointManager", "CheckpointSaveError", "RunDirInUse", "to_universal"]
+# universal (to_universal) is not imported here: `python -m ard_scale.checkpoint.universal` would then run a module
+# already imported by its package (runpy's RuntimeWarning)
+__all__ = ["CheckpointManager", "CheckpointSaveError", "RunDirInUse"]
