@@ -3,6 +3,7 @@
     python launchers/sample.py PIPELINE_DIR --prompt "a red circle on white" [--prompt ...] [--out DIR] [--seed 0]
     python launchers/sample.py PIPELINE_DIR --prompts-file prompts.txt        # one prompt per line
     python launchers/sample.py PIPELINE_DIR --class-labels 1 2 3              # class-conditional students
+    python launchers/sample.py PIPELINE_DIR --prompt "a tall tower" --height 1344 --width 768   # another size
 
 PIPELINE_DIR is a folder written by launchers/export.py (ard_scale.pipeline.ARDPipeline: the KV-cached S-step
 sampler, the recipe's text encoders, decoding through the VAE). Sample i starts from noise seeded `seed + i`, so a
@@ -68,6 +69,8 @@ def main(argv=None) -> list[Path]:
     parser.add_argument("--teacher", type=Path, default=None, help="a LoRA adapter export's base teacher folder")
     parser.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     parser.add_argument("--ncol", type=int, default=8, help="images per grid row")
+    parser.add_argument("--height", type=int, help="image height in px (default: the distilled size)")
+    parser.add_argument("--width", type=int, help="image width in px (a student distilled on data.buckets takes those)")
     parser.add_argument("--save-tensor", type=Path, default=None, help="also torch.save the final states here")
     parser.add_argument(
         "--no-verify", dest="verify", action="store_false", help="skip the checksum check of the folder"
@@ -117,8 +120,9 @@ def _sample(args, prompts: list[str] | None) -> tuple[torch.Tensor, np.ndarray, 
             raise ValueError("--prompts-embeddings is for bare student folders; give --prompt to a pipeline")
         pipe = ARDPipeline.from_pretrained(args.export_dir, verify=args.verify)
         n = len(prompts) if prompts else len(args.class_labels)
-        noise = _noise(pipe._latent_shape(None, None), n, args.seed)
-        out = pipe(prompts, class_labels=args.class_labels, latents=noise, output_type="pt")
+        seeds = [torch.Generator().manual_seed(args.seed + i) for i in range(n)]  # sample i: the noise of seed + i
+        out = pipe(prompts, class_labels=args.class_labels, generator=seeds, height=args.height, width=args.width,
+                   output_type="pt")  # fmt: skip
         images = (out.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         labels = prompts if prompts else [f"class {c}" for c in args.class_labels]
         return out.latents, images, labels
@@ -129,6 +133,11 @@ def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     from ard_scale.checkpoint.export import load_exported_student, sample_noise
     from ard_scale.diffusion.condition import Condition
 
+    if args.height is not None or args.width is not None:
+        raise ValueError(
+            "--height/--width: a bare student folder samples at the size it was distilled at; export a pipeline "
+            "(launchers/export.py without --student-only) to sample other sizes"
+        )
     # --teacher: an adapter export's base
     student = load_exported_student(args.export_dir, teacher=args.teacher, verify=args.verify)
     if args.class_labels is not None:

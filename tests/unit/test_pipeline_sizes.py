@@ -80,3 +80,34 @@ def test_a_non_square_size_samples_and_warns_unless_it_is_one_of_the_students_bu
         pipe("a cat", height=4 * down, width=10 * down, output_type="latent")
     with pytest.raises(ValueError, match="height=12, width=40: this pixart student samples"):
         pipe("a cat", height=3 * down, width=10 * down)  # an odd latent side: not a multiple of the patch
+
+
+def test_sample_py_samples_the_height_and_width_asked_from_the_noise_of_seed_plus_i(
+    fresh_tiny_pipeline, tmp_path, monkeypatch
+):
+    import runpy
+    import sys
+
+    from ard_scale.pipeline import MODEL_INDEX, ARDPipeline
+    from ard_scale.utils.launch import ROOT
+
+    pipe = fresh_tiny_pipeline("recipes/tiny_flux_cpu.yaml")  # FLUX takes non-square sizes
+    down, C = pipe.codec.downsample, pipe._latent_shape(None, None)[0]
+    (tmp_path / MODEL_INDEX).write_text("{}")  # a pipeline folder, loaded as `pipe` (the tiny one, not an export)
+    monkeypatch.setattr(ARDPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: pipe))
+
+    def sample(*extra):
+        argv = ["sample", str(tmp_path), "--prompt", "a cat", "--prompt", "a dog", "--seed", "5", *extra]
+        monkeypatch.setattr(sys, "argv", argv)
+        runpy.run_path(str(ROOT / "launchers" / "sample.py"), run_name="__main__")
+
+    with pytest.warns(UserWarning, match="a size it was not trained at"):
+        sample("--height", str(12 * down), "--width", str(8 * down), "--out", str(tmp_path / "s"),
+               "--save-tensor", str(tmp_path / "x.pt"))  # fmt: skip
+    states = torch.load(tmp_path / "x.pt")
+    noise = torch.stack([torch.randn(C, 12, 8, generator=torch.Generator().manual_seed(5 + i)) for i in range(2)])
+    with pytest.warns(UserWarning, match="a size it was not trained at"):
+        expected = pipe(["a cat", "a dog"], latents=noise, output_type="latent").latents
+    assert states.shape == (2, C, 12, 8) and torch.equal(states, expected)
+    sample("--out", str(tmp_path / "d"), "--save-tensor", str(tmp_path / "d.pt"))  # the distilled size by default
+    assert torch.load(tmp_path / "d.pt").shape[-2:] == pipe._latent_shape(None, None)[1:]

@@ -23,8 +23,9 @@ def sample(tmp_path, monkeypatch):
     loads = []
     monkeypatch.setattr(export, "load_exported_student", lambda *a, **k: loads.append(a) or student)
 
-    def run(out):
-        monkeypatch.setattr(sys, "argv", ["sample", str(tmp_path), "--class-labels", "3", "4", "--out", str(out)])
+    def run(out, *extra):
+        argv = ["sample", str(tmp_path), "--class-labels", "3", "4", "--out", str(out), *extra]
+        monkeypatch.setattr(sys, "argv", argv)
         runpy.run_path(str(ROOT / "launchers" / "sample.py"), run_name="__main__")
 
     run.loads = loads
@@ -67,3 +68,10 @@ def test_a_failed_write_leaves_no_out_folder(sample, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="error: no room for grid.png"):
         sample(tmp_path / "samples")
     assert not (tmp_path / "samples").exists()  # not the samples without their grid
+
+
+def test_a_bare_student_refuses_another_size(sample, tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        sample(tmp_path / "samples", "--height", "64")
+    assert str(stopped.value.code).startswith("error: --height/--width: a bare student folder samples at the size")
+    assert sample.loads == [] and not (tmp_path / "samples").exists()
