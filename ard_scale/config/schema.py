@@ -218,6 +218,19 @@ class RootConfig:
             gan_default.adaptive_max,
         ):
             out.append("gan.adaptive_lambda/adaptive_max are ignored: gan.adaptive is false (the weight is gan.weight)")
+        d, d_default = self.diffusion, DiffusionConfig(schedule="flow", prediction_type="flow", guidance_scale=1)
+        if d.dynamic_shift and d.shift != d_default.shift:
+            out.append(
+                f"diffusion.shift={d.shift} is ignored: diffusion.dynamic_shift sets the shift from the image token "
+                "count (base_shift/max_shift); set dynamic_shift=false for a static shift"
+            )
+        curve = ("base_shift", "max_shift", "base_seq_len", "max_seq_len")
+        changed = [k for k in curve if getattr(d, k) != getattr(d_default, k)]
+        if not d.dynamic_shift and changed:
+            out.append(
+                f"diffusion.{'/'.join(changed)} is ignored without diffusion.dynamic_shift (the static shift is "
+                "diffusion.shift); add diffusion.dynamic_shift=true for the resolution-dependent shift"
+            )
         if self.zero.gather_teacher_once and self.zero.teacher_stage == 0:
             out.append("zero.gather_teacher_once is ignored: zero.teacher_stage 0 keeps the teacher whole")
         if self.diffusion.guide_first_channels is not None and self.diffusion.guidance_scale == 1:

@@ -211,6 +211,20 @@ def test_the_gan_weight_setting_the_adaptive_weight_replaces_warns(tmp_path):
         load_config(p, ["gan.adaptive_lambda=10"])
 
 
+def test_a_shift_setting_the_other_shift_mode_ignores_warns(tmp_path):
+    """diffusion.shift under dynamic_shift, or the dynamic shift's curve without it, changed nothing, silently."""
+    flow = {**MINIMAL, "diffusion": {"schedule": "flow", "prediction_type": "flow", "guidance_scale": 1.5}}
+    p = write(tmp_path, flow)
+    with pytest.warns(ConfigWarning, match=r"diffusion.shift=3.0 is ignored: diffusion.dynamic_shift sets"):
+        load_config(p, ["diffusion.dynamic_shift=true", "diffusion.shift=3.0"])
+    with pytest.warns(ConfigWarning, match="diffusion.max_shift/max_seq_len is ignored without diffusion.dynamic"):
+        load_config(p, ["diffusion.shift=3.0", "diffusion.max_shift=0.9", "diffusion.max_seq_len=8192"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(p, ["diffusion.shift=3.0"])
+        load_config(p, ["diffusion.dynamic_shift=true", "diffusion.max_shift=0.9", "diffusion.max_seq_len=8192"])
+
+
 def test_gan_init_from_without_the_gan_stage_warns_that_the_student_starts_from_the_teacher(tmp_path):
     """The GAN stage's command without gan.enabled=true trained a fresh regression run, silently."""
     p = write(tmp_path, MINIMAL)
