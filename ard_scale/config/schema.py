@@ -231,11 +231,13 @@ class RootConfig:
                 f"diffusion.{'/'.join(changed)} is ignored without diffusion.dynamic_shift (the static shift is "
                 "diffusion.shift); add diffusion.dynamic_shift=true for the resolution-dependent shift"
             )
-        if self.zero.gather_teacher_once and self.zero.teacher_stage == 0:
-            out.append("zero.gather_teacher_once is ignored: zero.teacher_stage 0 keeps the teacher whole")
+        lora = self.student.lora
+        shared = lora.enabled and lora.share_teacher  # the teacher's weights are the student engine's, at zero.stage
+        if self.zero.gather_teacher_once and (self.zero.stage < 3 if shared else self.zero.teacher_stage == 0):
+            held = f"zero.stage {self.zero.stage} (share_teacher)" if shared else "zero.teacher_stage 0"
+            out.append(f"zero.gather_teacher_once is ignored: {held} keeps the teacher whole")
         if self.diffusion.guide_first_channels is not None and self.diffusion.guidance_scale == 1:
             out.append("diffusion.guide_first_channels is ignored: guidance_scale 1 means no guidance")
-        lora = self.student.lora
         if lora.enabled and lora.share_teacher and self.zero.teacher_stage != self.zero.stage:
             out.append(
                 f"zero.teacher_stage {self.zero.teacher_stage} is ignored: a LoRA student with share_teacher holds the "

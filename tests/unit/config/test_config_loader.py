@@ -225,6 +225,22 @@ def test_a_shift_setting_the_other_shift_mode_ignores_warns(tmp_path):
         load_config(p, ["diffusion.dynamic_shift=true", "diffusion.max_shift=0.9", "diffusion.max_seq_len=8192"])
 
 
+def test_gather_teacher_once_warns_only_where_the_teacher_is_held_whole(tmp_path):
+    """A LoRA student sharing the teacher holds its weights at zero.stage, whatever zero.teacher_stage says: there
+    gather_teacher_once works at stage 3 (it warned "ignored") and is ignored below it."""
+    p = write(tmp_path, MINIMAL)
+    once = "zero.gather_teacher_once=true"
+    with pytest.warns(ConfigWarning, match="gather_teacher_once is ignored: zero.teacher_stage 0 keeps the teacher"):
+        load_config(p, [once, "zero.teacher_stage=0"])
+    shared = ["student.lora.rank=4", "zero.teacher_stage=0"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_config(p, [once, *shared])
+    assert not [w for w in caught if "gather_teacher_once" in str(w.message)]
+    with pytest.warns(ConfigWarning, match=r"ignored: zero.stage 2 \(share_teacher\) keeps the teacher whole"):
+        load_config(p, [once, *shared, "zero.stage=2"])
+
+
 def test_gan_init_from_without_the_gan_stage_warns_that_the_student_starts_from_the_teacher(tmp_path):
     """The GAN stage's command without gan.enabled=true trained a fresh regression run, silently."""
     p = write(tmp_path, MINIMAL)
