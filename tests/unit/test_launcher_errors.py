@@ -62,7 +62,8 @@ def test_a_launcher_reports_a_user_error_in_one_line(case, tmp_path, monkeypatch
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=work, t5=t5) for a in args)])
     with pytest.raises(SystemExit) as stopped:
-        if launcher.startswith("-m "):
+        if launcher.startswith("-m "):  # as `python -m` runs it: not a module this process imported already
+            monkeypatch.delitem(sys.modules, launcher[3:], raising=False)
             runpy.run_module(launcher[3:], run_name="__main__", alter_sys=True)
         else:
             runpy.run_path(str(ROOT / "launchers" / f"{launcher}.py"), run_name="__main__")
