@@ -87,8 +87,9 @@ def compare(cfg, run_dir: Path) -> dict:
         "student_vs_teacher_mse": float((student_x - teacher_x).pow(2).mean()),
         "teacher_class_accuracy": sample_accuracy(teacher_x, labels, real, real_labels),
         "student_class_accuracy": sample_accuracy(student_x, labels, real, real_labels),
-        "teacher_network_calls_per_sample": num_evals(d.solver, d.substeps * cfg.student.num_steps)
-        * (2 if d.guidance_scale != 1 else 1),
+        "teacher_network_calls_per_sample": num_evals(
+            d.solver, d.substeps * cfg.student.num_steps, guided=d.guidance_scale != 1
+        ),
         "student_network_calls_per_sample": cfg.student.num_steps,
     }
     grid = demo_grid(

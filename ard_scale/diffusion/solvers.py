@@ -35,10 +35,11 @@ SOLVERS = ("ddim", "euler", "heun", "dpm++2m")
 NUM_EVALS_PER_STEP = {"ddim": 1, "euler": 1, "heun": 2, "dpm++2m": 1}
 
 
-def num_evals(solver: str, num_steps: int) -> int:
-    """Network evaluations of `solve` over `num_steps` steps of a grid ending at the clean endpoint (σ = 0), onto
-    which every solver takes a one-evaluation step (Heun's is an Euler step)."""
-    return NUM_EVALS_PER_STEP[solver] * (num_steps - 1) + 1
+def num_evals(solver: str, num_steps: int, *, guided: bool = False) -> int:
+    """Network evaluations per sample of `solve` over `num_steps` steps of a grid ending at the clean endpoint
+    (σ = 0), onto which every solver takes a one-evaluation step (Heun's is an Euler step); twice as many `guided`
+    (a CFG pass beside each)."""
+    return (NUM_EVALS_PER_STEP[solver] * (num_steps - 1) + 1) * (2 if guided else 1)
 
 
 def check_solver(solver: str) -> None:

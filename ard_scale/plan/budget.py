@@ -189,7 +189,7 @@ def flops(cfg: RootConfig, m: Measured) -> dict:
     the batch)."""
     B, S, K = m.batch, cfg.student.num_steps, cfg.diffusion.substeps
     teacher_fwd, student_fwd = m.teacher_flops // m.teacher_batch, m.student_flops // B
-    nfe = num_evals(cfg.diffusion.solver, S * K) * (2 if m.guided else 1)
+    nfe = num_evals(cfg.diffusion.solver, S * K, guided=m.guided)
     trajectory_share = {"online": 1.0, "replay": 1.0 / cfg.train.replay_times, "offline": 0.0}
     share = trajectory_share[cfg.train.trajectory_source]
     samples = B * cfg.train.grad_accum  # per GPU per optimizer step

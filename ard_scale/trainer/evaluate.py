@@ -86,7 +86,7 @@ class TeacherSampler:
     def calls(self) -> int:
         """Teacher forwards per sample."""
         steps = self.diffusion.substeps * self.num_student_steps
-        return num_evals(self.diffusion.solver, steps) * (2 if self.cfg_scale != 1 else 1)
+        return num_evals(self.diffusion.solver, steps, guided=self.cfg_scale != 1)
 
     def __call__(self, noise: torch.Tensor, cond: Condition) -> torch.Tensor:
         """The final state of the teacher's sampler from `noise`."""
