@@ -32,6 +32,27 @@ def decode_sample(
     pooled_emb: np.ndarray | None = None,
 ) -> dict:
     """Decode and transform one sample; raises BadSample naming what is wrong with it."""
+    caption = caption_text(image_bytes, caption)
+    if len(image_bytes) == 0:
+        raise BadSample("zero-size image")
+    try:
+        image = load_image(image_bytes, resolution, table)
+    except Exception as e:  # PIL raises a zoo of types for broken files
+        raise BadSample(f"undecodable image ({type(e).__name__})") from e
+    sample = {"key": key, "caption": caption.strip(), "image": image}
+    if label is not None:
+        sample["label"] = integer_label(label)
+    if t5_emb is not None:
+        sample["t5_emb"] = torch.from_numpy(np.asarray(t5_emb, dtype=np.float32))
+        sample["t5_mask"] = torch.from_numpy(np.asarray(t5_mask, dtype=np.int64))
+    if pooled_emb is not None:
+        sample["pooled_emb"] = torch.from_numpy(np.asarray(pooled_emb, dtype=np.float32))
+    return sample
+
+
+def caption_text(image_bytes: bytes | None, caption: str | bytes | None) -> str:
+    """The caption as text; raises BadSample for a sample without image or caption, or with a caption that is not
+    UTF-8 (what a sample must have before its image is decoded)."""
     if image_bytes is None:
         raise BadSample("missing image")
     if caption is None:
@@ -41,28 +62,20 @@ def decode_sample(
             caption = caption.decode("utf-8")
         except UnicodeDecodeError as e:
             raise BadSample("caption is not UTF-8") from e
-    if len(image_bytes) == 0:
-        raise BadSample("zero-size image")
+    return caption
+
+
+def integer_label(label) -> int:
+    """A class label as an int; raises BadSample for one like "cat"."""
     try:
-        image = load_image(image_bytes, resolution, table)
-    except Exception as e:  # PIL raises a zoo of types for broken files
-        raise BadSample(f"undecodable image ({type(e).__name__})") from e
-    sample = {"key": key, "caption": caption.strip(), "image": image}
-    if label is not None:
-        try:
-            sample["label"] = int(label)
-        except (TypeError, ValueError) as e:  # a .json label like "cat"
-            raise BadSample("label is not an integer") from e
-    if t5_emb is not None:
-        sample["t5_emb"] = torch.from_numpy(np.asarray(t5_emb, dtype=np.float32))
-        sample["t5_mask"] = torch.from_numpy(np.asarray(t5_mask, dtype=np.int64))
-    if pooled_emb is not None:
-        sample["pooled_emb"] = torch.from_numpy(np.asarray(pooled_emb, dtype=np.float32))
-    return sample
+        return int(label)
+    except (TypeError, ValueError) as e:
+        raise BadSample("label is not an integer") from e
 
 
-def decode_wds_sample(key: str, fields: dict[str, bytes], **kwargs) -> dict:
-    """Decode an img2dataset-style sample: {ext: bytes} with an image, a .txt caption and an optional .json."""
+def wds_fields(fields: dict[str, bytes]) -> tuple[bytes | None, bytes | None, Any]:
+    """The image bytes, caption bytes and .json label (None where absent) of an img2dataset-style sample ({ext:
+    bytes}); raises BadSample for an undecodable .json."""
     image_bytes = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
     label = None
     if "json" in fields:
@@ -71,7 +84,13 @@ def decode_wds_sample(key: str, fields: dict[str, bytes], **kwargs) -> dict:
         except (ValueError, UnicodeDecodeError) as e:
             raise BadSample("undecodable .json") from e
         label = meta.get("label") if isinstance(meta, dict) else None
-    return decode_sample(key, image_bytes, fields.get("txt"), label=label, **kwargs)
+    return image_bytes, fields.get("txt"), label
+
+
+def decode_wds_sample(key: str, fields: dict[str, bytes], **kwargs) -> dict:
+    """Decode an img2dataset-style sample: {ext: bytes} with an image, a .txt caption and an optional .json."""
+    image_bytes, caption, label = wds_fields(fields)
+    return decode_sample(key, image_bytes, caption, label=label, **kwargs)
 
 
 def collate(samples: list[dict]) -> dict:

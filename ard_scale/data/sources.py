@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from ard_scale.data.bundled import resolve_data_path
-from ard_scale.data.samples import IMAGE_EXTENSIONS
+from ard_scale.data.samples import IMAGE_EXTENSIONS, caption_text, integer_label, wds_fields
 from ard_scale.errors import UserError
 
 
@@ -24,28 +24,11 @@ def _key(relative_path: str) -> str:
 
 
 def _raw_wds_sample(key: str, fields: dict[str, bytes]) -> dict:
-    """A tar sample's raw fields as `iter_shard_set` yields them; raises BadSample where the readers would skip it."""
-    from ard_scale.data.samples import BadSample
-
-    image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
-    if image is None:
-        raise BadSample("missing image")
-    if "txt" not in fields:
-        raise BadSample("missing caption")
-    try:
-        caption = fields["txt"].decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadSample("caption is not UTF-8") from e
-    try:
-        meta = json.loads(fields["json"]) if "json" in fields else {}
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadSample("undecodable .json") from e
-    label = meta.get("label") if isinstance(meta, dict) else None
-    try:
-        label = None if label is None else int(label)
-    except (TypeError, ValueError) as e:
-        raise BadSample("label is not an integer") from e
-    return {"key": key, "image": image, "caption": caption, "label": label}
+    """A tar sample's raw fields as `iter_shard_set` yields them; raises BadSample where the training readers'
+    checks before the image decode would skip it (`decode_wds_sample`)."""
+    image, caption, label = wds_fields(fields)
+    caption = caption_text(image, caption)
+    return {"key": key, "image": image, "caption": caption, "label": None if label is None else integer_label(label)}
 
 
 def _entries_from_folder(folder: str, skipped: Counter) -> Iterator[tuple[str, str | None, object]]:
