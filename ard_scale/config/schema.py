@@ -238,7 +238,7 @@ class RootConfig:
             out.append(f"zero.gather_teacher_once is ignored: {held} keeps the teacher whole")
         if self.diffusion.guide_first_channels is not None and self.diffusion.guidance_scale == 1:
             out.append("diffusion.guide_first_channels is ignored: guidance_scale 1 means no guidance")
-        if lora.enabled and lora.share_teacher and self.zero.teacher_stage != self.zero.stage:
+        if shared and self.zero.teacher_stage != self.zero.stage:
             out.append(
                 f"zero.teacher_stage {self.zero.teacher_stage} is ignored: a LoRA student with share_teacher holds the "
                 f"teacher's weights in its own engine, at zero.stage {self.zero.stage}"
