@@ -16,7 +16,8 @@ shards (precompute_text.py stores it), else TEACHER/null_caption.pt.
 
 Resumable: samples are written in chunks of `--chunk-size`, each its own MDS folder DIR/chunk_NNNNN written by
 `streaming.MDSWriter`; a chunk whose `index.json` exists is complete and skipped on re-run, a partial one is
-rewritten, and so is the short last chunk of a dump rerun with a larger `--num-samples` (which extends it). Every
+rewritten, and so is the short last chunk of a dump rerun with a larger `--num-samples` (which extends it; a
+smaller one is refused, since the trainer reads every complete chunk). Every
 chunk is a function of its sample indices only, so a resumed or extended dump equals an uninterrupted one.
 
 Columns per sample: `seed` int64; `label` int64 (-1 for captions); `caption_index` int64 (-1 for classes);
@@ -278,6 +279,12 @@ def main(argv=None) -> dict:
         "num_samples": None,
     }:
         raise ValueError(f"{args.out} holds a dump with other settings (see meta.json); use a new --out folder")
+    held = json.loads(meta_file.read_text())["num_samples"] if meta_file.is_file() else 0
+    if args.num_samples < held:  # its later chunks would stay, and the trainer reads every complete chunk
+        raise ValueError(
+            f"{args.out} already holds {held} samples, more than --num-samples {args.num_samples}; the trainer would "
+            f"read all {held}: use a new --out folder, or rerun with --num-samples {held} or more"
+        )
     meta_file.write_text(json.dumps(meta, indent=2))
 
     written = skipped = 0

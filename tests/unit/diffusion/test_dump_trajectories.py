@@ -96,6 +96,13 @@ def test_dump_matches_online_trajectories_and_resumes(tmp_path):
     seeds = [r["seed"] for c in ("chunk_00000", "chunk_00001", "chunk_00002") for r in _read(out / c)]
     assert seeds == list(range(100, 110))
 
+    # a smaller --num-samples would leave chunks the trainer reads: refused, nothing removed
+    argv[argv.index("--num-samples") + 1] = "4"
+    with pytest.raises(ValueError, match="already holds 10 samples.*--num-samples 10 or more"):
+        main(argv)
+    assert json.loads((out / "meta.json").read_text())["num_samples"] == 10
+    assert (out / "chunk_00002" / "index.json").is_file()
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
