@@ -134,6 +134,25 @@ class Resumed:
     same_world: bool
 
 
+def schedule_moved(saved: dict, current: dict) -> str | None:
+    """What a changed train.max_steps does to a run resumed under a decaying LR schedule (None: nothing). The step
+    budget is not part of the recipe hash — extending a run is a resume —, but a linear or cosine schedule decays to
+    0 at max_steps, and DeepSpeed's scheduler keeps only its step count: the resumed run's learning rate follows the
+    new end from the resumed step on, a jump where the two curves differ."""
+    old, new = saved.get("train", {}), current.get("train", {})
+    schedule = new.get("lr_schedule")
+    if schedule not in ("linear", "cosine") or old.get("lr_schedule") != schedule:
+        return None
+    if old.get("max_steps") == new.get("max_steps"):
+        return None
+    return (
+        f"train.max_steps changed from {old.get('max_steps')} to {new.get('max_steps')} on resume of a run with "
+        f"train.lr_schedule {schedule}: the learning rate now decays to 0 at step {new.get('max_steps')}, so it "
+        f"changes at the resumed step instead of following the run's curve; resume with "
+        f"train.max_steps={old.get('max_steps')} to keep it"
+    )
+
+
 class CheckpointManager:
     """The one owner of persistence. Every rank constructs it with the same arguments and calls `save` and
     `load_latest` together (both are collective)."""
@@ -340,6 +359,9 @@ class CheckpointManager:
         """Raise ValueError if `tag` was written under a recipe whose training-defining keys differ from ours."""
         path = self.dir / tag / CONFIG
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        moved = schedule_moved(saved, self.config)
+        if moved:
+            warnings.warn(moved, stacklevel=3)
         changes = recipe_changes(saved, self.config)
         if not changes:
             return

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import warnings
 import zlib
 from pathlib import Path
 
@@ -104,6 +105,28 @@ def test_recipe_change_refused_unless_allowed(tmp_path, cfg):
         assert allowed.load_latest(FakeEngine()) == ({"step": 5}, {"r": 0})
     only_logging = to_dict(load_config(RECIPE, ["log.every=7", "train.max_steps=1000"]))
     assert CheckpointManager(tmp_path, keep_last=1, config_dict=only_logging).load_latest(FakeEngine()) is not None
+
+
+def test_a_new_step_budget_under_a_decaying_schedule_warns_that_the_learning_rate_moves(tmp_path):
+    cosine = ["train.lr_schedule=cosine", "train.max_steps=100"]
+    CheckpointManager(tmp_path, keep_last=1, config_dict=to_dict(load_config(RECIPE, cosine))).save(
+        FakeEngine(), 5, {"step": 5}, {"r": 0}
+    )
+    longer = to_dict(load_config(RECIPE, [*cosine, "train.max_steps=400"]))
+    with pytest.warns(UserWarning, match=r"from 100 to 400 .*cosine.*train\.max_steps=100 to keep it"):
+        assert CheckpointManager(tmp_path, keep_last=1, config_dict=longer).load_latest(FakeEngine()) is not None
+    same = to_dict(load_config(RECIPE, cosine))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same budget: no warning
+        assert CheckpointManager(tmp_path, keep_last=1, config_dict=same).load_latest(FakeEngine()) is not None
+
+
+def test_a_new_step_budget_under_a_constant_schedule_resumes_silently(tmp_path, cfg):
+    CheckpointManager(tmp_path, keep_last=1, config_dict=cfg).save(FakeEngine(), 5, {"step": 5}, {"r": 0})
+    longer = to_dict(load_config(RECIPE, ["train.max_steps=1000"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert CheckpointManager(tmp_path, keep_last=1, config_dict=longer).load_latest(FakeEngine()) is not None
 
 
 def test_full_ema_reassembles_zero3_shards_and_prefers_ema_full(tmp_path, cfg):
