@@ -58,5 +58,11 @@ class ReplicatedModule:
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Parameters and optimizer moments from `state`; the learning rate, betas and weight decay stay this run's
+        (torch's `load_state_dict` would put back the saved ones, so a resume with a changed `gan.d_lr` or
+        `gan.d_betas` would silently keep the old)."""
+        configured = [{k: g[k] for k in ("lr", "betas", "weight_decay")} for g in self.optimizer.param_groups]
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, configured, strict=True):
+            group.update(settings)

@@ -6,9 +6,10 @@ adapters (peft) on the blocks' projections, and trains the adapters and the head
 
 With `share_teacher` the base weights exist once: the student's backbone is a structural copy of the teacher's
 module whose parameters *are* the teacher's `Parameter` objects (a deep copy with the teacher's tensors in its
-memo); the adapters wrap those layers in the backbone only. The teacher role is the teacher's own, unmodified
-diffusers module — no adapter toggling, no prepared attention processors, its own final layer — so its output is
-the plain teacher's bit for bit, whatever the adapters have learned. The student registers the teacher module as a
+memo); the adapters wrap those layers in the backbone only, and `train_also` parameters become the backbone's
+own copies. The teacher role is the teacher's own, unmodified diffusers module — no adapter toggling, no prepared
+attention processors, its own final layer — so its output is the plain teacher's bit for bit, whatever the
+student has learned. The student registers the teacher module as a
 submodule (`ARDStudent.teacher_model`), so a ZeRO-3 engine partitions every shared parameter once and fetches it
 for either role through the same hooks.
 
@@ -42,10 +43,13 @@ def target_names(blocks: Iterable[tuple[str, nn.Module]], suffixes: Iterable[str
     return out
 
 
-def add_adapters(backbone: nn.Module, cfg: LoRAConfig, names: list[str]) -> None:
+def add_adapters(
+    backbone: nn.Module, cfg: LoRAConfig, names: list[str], frozen: Iterable[nn.Parameter] | None = None
+) -> None:
     """LoRA adapters (A random, B zero: the student starts as the full-copy student) on the Linear modules `names`
     of `backbone`, in place. Everything else in the backbone is frozen except parameters whose name contains a
-    `cfg.train_also` substring."""
+    `cfg.train_also` substring; those of them that are among `frozen` (the shared teacher's own parameters) are
+    replaced by trainable copies (`untie_trained`)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if not names:
@@ -73,6 +77,25 @@ def add_adapters(backbone: nn.Module, cfg: LoRAConfig, names: list[str]) -> None
     inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)
     for name, p in backbone.named_parameters():
         p.requires_grad_(".lora_" in name or any(s in name for s in cfg.train_also))
+    untie_trained(backbone, frozen or ())
+
+
+def untie_trained(backbone: nn.Module, frozen: Iterable[nn.Parameter]) -> None:
+    """Give `backbone` its own copy of every trainable parameter that is one of the `frozen` ones (the shared
+    teacher's: `train_also` matches some of them), and freeze the originals again: training them would change the
+    teacher role too, which must stay the plain teacher. Parameters tied within the backbone stay tied."""
+    frozen_ids = {id(p) for p in frozen}
+    copies: dict[int, nn.Parameter] = {}
+    for module in backbone.modules():
+        for key, p in list(module._parameters.items()):
+            if p is None or not p.requires_grad or id(p) not in frozen_ids:
+                continue
+            if id(p) not in copies:
+                copies[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=True)
+            module._parameters[key] = copies[id(p)]
+    for p in frozen:
+        if id(p) in copies:
+            p.requires_grad_(False)
 
 
 def is_adapter_key(key: str) -> bool:

@@ -75,7 +75,9 @@ class ARDStudent(nn.Module):
         )
         if lora.enabled:
             suffixes = lora.targets if lora.targets is not None else self.family.lora_targets
-            add_adapters(self.backbone, lora, target_names(self.family.named_blocks(self.backbone), suffixes))
+            names = target_names(self.family.named_blocks(self.backbone), suffixes)
+            # shared: the teacher's parameters that train_also matches get the backbone's own trainable copy
+            add_adapters(self.backbone, lora, names, frozen=list(teacher.model.parameters()) if share else None)
             trainable_state_only(self)
         with torch.device("cpu"):  # structure, not weights: stays on CPU even when the model is built on meta
             self.grid = schedule.grid(cfg.num_steps)  # (S+1,) float64: τ_S … τ_1 and the clean end

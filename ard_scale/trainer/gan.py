@@ -21,7 +21,9 @@ Every step, on every rank, in this order (the branch on `gan.warmup_steps` depen
 2. Discriminator phase. Fakes (x̂0 detached) and reals (the batch's images through the VAE), re-noised the same
    way, go through the backbone under `no_grad` (the student is not touched), then the heads (train mode) give L_D
    (+ the approximate R1 penalty); the heads step with their own optimizer and LR (ReplicatedModule: gradients
-   averaged over ranks, then zeroed).
+   averaged over ranks, then zeroed). Each is judged under its own condition: the fakes under the trajectory's, the
+   reals under their batch's (`real_condition`: the same unless `train.trajectory_source: replay` reused an earlier
+   batch's trajectory).
 
 The heads and their optimizer are checkpointed in the global client state with everything else; a GAN run can
 start from a regression run's checkpoint (`gan.init_from`).
@@ -214,22 +216,34 @@ def discriminator_step_loss(
     cond: Condition,
     noise: GANNoise,
     cfg: GANConfig,
+    real_cond: Condition | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(L_D [+ approximate R1], real logits, fake logits); the backbone runs without gradients."""
+    """(L_D [+ approximate R1], real logits, fake logits); the backbone runs without gradients. The fakes are judged
+    under `cond`, the reals under `real_cond` (their own condition; default `cond`)."""
+    real_cond = cond if real_cond is None else real_cond
     with torch.no_grad():
         x_fake = add_noise(schedule, fake0.detach(), noise.t_fake, noise.noise_fake)
         x_real = add_noise(schedule, real0, noise.t_real, noise.noise_real)
         f_fake = [f.detach() for f in features(x_fake, noise.t_fake, cond)]
-        f_real = [f.detach() for f in features(x_real, noise.t_real, cond)]
+        f_real = [f.detach() for f in features(x_real, noise.t_real, real_cond)]
         f_pert = None
         if cfg.r1_weight:
             x_pert = x_real + cfg.r1_sigma * noise.r1
-            f_pert = [f.detach() for f in features(x_pert, noise.t_real, cond)]
-    real_logits, fake_logits = disc(f_real, cond), disc(f_fake, cond)
+            f_pert = [f.detach() for f in features(x_pert, noise.t_real, real_cond)]
+    real_logits, fake_logits = disc(f_real, real_cond), disc(f_fake, cond)
     loss_d = discriminator_loss(real_logits, fake_logits, cfg.loss)
     if f_pert is not None:
-        loss_d = loss_d + cfg.r1_weight * approximate_r1(real_logits, disc(f_pert, cond))
+        loss_d = loss_d + cfg.r1_weight * approximate_r1(real_logits, disc(f_pert, real_cond))
     return loss_d, real_logits.detach(), fake_logits.detach()
+
+
+def real_condition(trajectories, conditioner, batch: dict[str, Any], cond: Condition) -> Condition:
+    """The condition of the batch's real images: the trajectory's `cond`, unless the trajectory source replayed an
+    earlier batch's trajectory (`train.trajectory_source: replay`), whose labels or captions are not these images'
+    — then the batch's own, from `conditioner` (every rank alike: the replay cycle depends on the step only)."""
+    if not trajectories.replayed:
+        return cond
+    return conditioner(batch)[0]
 
 
 def real_latents(run: Run, batch: dict[str, Any], shape: tuple[int, ...], device) -> torch.Tensor:
@@ -290,12 +304,20 @@ def generator_phase(
 
 
 def discriminator_phase(
-    run: Run, gan: GANStage, x0_hat: torch.Tensor, reals: torch.Tensor, cond: Condition, noise: GANNoise, skip: bool
+    run: Run,
+    gan: GANStage,
+    x0_hat: torch.Tensor,
+    reals: torch.Tensor,
+    cond: Condition,
+    noise: GANNoise,
+    skip: bool,
+    real_cond: Condition | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One update of the heads on detached fakes and re-noised reals. Returns (L_D, real logits, fake logits)."""
+    """One update of the heads on detached fakes (under `cond`) and re-noised reals (under `real_cond`, default
+    `cond`). Returns (L_D, real logits, fake logits)."""
     gan.unfreeze()
     loss_d, real_logits, fake_logits = discriminator_step_loss(
-        gan.features, gan.disc, run.schedule, x0_hat, reals, cond, noise, gan.cfg
+        gan.features, gan.disc, run.schedule, x0_hat, reals, cond, noise, gan.cfg, real_cond
     )
     if not (skip or any_rank(not torch.isfinite(loss_d).item())):
         loss_d.backward()
@@ -311,6 +333,7 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
     states, cond = teacher_states(run, batch, step)
     t1 = time.perf_counter()
     reals = real_latents(run, batch, tuple(states.shape[2:]), states.device)
+    real_cond = real_condition(run.trajectories, run.conditioner, batch, cond)
     noise = GANNoise.draw(gan.seed, step, run.rank, tuple(reals.shape), run.schedule.t_max, states.device)
 
     g = generator_phase(run, gan, states, cond, noise, step)
@@ -323,7 +346,7 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
         if grad_norm is None:
             grad_norm = run.engine.get_global_grad_norm()
     t2 = time.perf_counter()
-    loss_d, real_logits, fake_logits = discriminator_phase(run, gan, g.x0_hat, reals, cond, noise, skip=nan)
+    loss_d, real_logits, fake_logits = discriminator_phase(run, gan, g.x0_hat, reals, cond, noise, nan, real_cond)
     t3 = time.perf_counter()
 
     return {

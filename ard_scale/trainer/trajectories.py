@@ -18,6 +18,8 @@ replay   R = train.replay_times. The steps c … c+R-1 with c % R == 0 form a cy
          - Noise: a reused trajectory keeps the noise it was solved from (the seeds of step c); the regression
            loss has no other randomness. Per-step randomness elsewhere (e.g. a GAN's re-noising) stays keyed on the
            step itself.
+         - `replayed` says whether the last call returned an earlier step's pair, whose condition is not the
+           batch's: the GAN stage then encodes the batch's own condition for its real images.
          - Resume: the cache (states and condition of every micro-batch, and its cycle start) is part of this
            rank's checkpoint state (`state_dict`), so stopping inside a cycle and resuming continues it with the
            same trajectories, bit for bit. A universal checkpoint on another world size carries no per-rank state:
@@ -104,6 +106,7 @@ class OnlineTrajectories:
         self.guide, self.gather_teacher_once, self.device = guide, gather_teacher_once, device
         self.bucket_downsample = bucket_downsample
         self.num_solved = 0
+        self.replayed = False  # the last call's condition is the batch's own (see ReplayTrajectories)
 
     def shape_of(self, batch: dict[str, Any]) -> tuple[int, int, int]:
         """(C, H, W) of this batch's states: `latent_shape`, or with buckets its images' size in latents."""
@@ -160,7 +163,8 @@ class ReplayTrajectories(OnlineTrajectories):
         start = step - step % self.replay_times
         if self.cycle_start is not None and self.cycle_start < start <= step:  # a new cycle began
             self.cycle_start, self.cache = None, {}
-        if micro not in self.cache:  # a cycle's first step, or a resume without the cache (new world size)
+        self.replayed = micro in self.cache
+        if not self.replayed:  # a cycle's first step, or a resume without the cache (new world size)
             self.cache[micro] = super().__call__(batch, step, micro)
             if self.cycle_start is None:
                 self.cycle_start = step
@@ -193,6 +197,7 @@ class OfflineTrajectories:
     (`Conditioner.stored`: the family's mask rule, a guidance-distilled teacher's embedded value)."""
 
     num_solved = 0
+    replayed = False
 
     def __init__(self, conditioner, device: torch.device | str = "cpu"):
         self.conditioner, self.device = conditioner, device

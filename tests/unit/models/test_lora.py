@@ -93,6 +93,27 @@ def test_shared_and_separate_lora_students_train_to_the_same_numbers(teacher, fa
         assert torch.equal(sa[k], sb[k]), k
 
 
+def test_train_also_trains_a_copy_never_the_shared_teachers_own_weights(teacher, family):
+    """`train_also` parameters of a shared student are the backbone's own copies: training them leaves the teacher
+    role the plain teacher, and the shared student trains to the separate one's numbers."""
+    plain = copy.deepcopy(teacher)
+    also = ["transformer_blocks.0."]  # every family's first block: norms, modulation, the adapted layers' base
+    a, b = lora_student(teacher, train_also=also), lora_student(copy.deepcopy(teacher), share=False, train_also=also)
+    trained = {n: p.detach().clone() for n, p in a.named_parameters() if n.startswith("backbone.") and p.requires_grad
+               and ".lora_" not in n}  # fmt: skip
+    assert trained, "train_also matched nothing: the test would not see a leak into the teacher"
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    la, lb = train_steps(a, family), train_steps(b, family)
+    assert la == lb
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and set(trained) <= set(sa)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert any(not torch.equal(sa[n], before) for n, before in trained.items()), "train_also did not train"
+    for (name, p), q in zip(teacher.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
 def test_the_merged_backbone_is_the_adapted_backbone(teacher, family):
     student = lora_student(teacher, alpha=8.0)
     with torch.no_grad():
