@@ -173,3 +173,27 @@ def test_clear_errors(tmp_path, assets):
         setup_for(tmp_path, f"eval.fid_inception_path={tmp_path / 'no_inception.pth'}")
     with pytest.raises(ValueError, match="no_clip"):
         setup_for(tmp_path, *pixart(assets, f"eval.clip_path={tmp_path / 'no_clip'}"))
+
+
+def test_grid_labels_run_no_text_encoder(tmp_path, assets, monkeypatch):
+    """Rank 0 alone labels the in-loop grid: a T5 forward there would be a ZeRO-3 all-gather the other ranks never
+    join (the run hangs once the encoder is big enough to be partitioned), so the labels are the prompts as written."""
+    from ard_scale.trainer.conditioning import Conditioner
+
+    setup, _, _ = setup_for(tmp_path, *pixart(assets, f"eval.prompts_path={assets['prompts']}"))
+    encoded, encode = [], Conditioner._encode
+
+    def counted(self, captions):
+        encoded.append(captions)
+        return encode(self, captions)
+
+    monkeypatch.setattr(Conditioner, "_encode", counted)
+    labels = setup.grid_labels(4)
+    assert labels == ["a handwritten digit one", "a handwritten digit two", "a handwritten digit three"] + [
+        "a handwritten digit one"
+    ]
+    assert encoded == []
+    setup.condition_for(torch.arange(2))  # what every rank runs together does encode (the counter sees it)
+    assert encoded == [["a handwritten digit one", "a handwritten digit two"]]
+    class_setup, _, _ = setup_for(tmp_path)
+    assert class_setup.grid_labels(12)[9:] == ["class 9", "class 0", "class 1"]  # sample i is class i mod 10
