@@ -8,7 +8,8 @@ Cached, keyed on what defines them (eval.cache_dir, default RUN_DIR/eval/cache):
 - `fid_reference_<key>.npz`: reference statistics computed once from data.path (key: shard set, resolution, number
   of images, Inception weights file), unless eval.fid_reference_path gives an .npz;
 - `teacher_<key>.json`: the teacher's metrics (key: teacher, diffusion sampler, VAE, text encoder, the evaluation
-  set and noise, the metrics' weights and reference), so every student number sits beside its teacher's.
+  set and its noise — seeds and shape, i.e. data.resolution —, the metrics' weights and reference), so every student
+  number sits beside its teacher's.
 
 In the loop, every eval.every steps, on every rank (the models are sharded: a forward is a collective, so all ranks
 generate, each its share, and the results are gathered): the EMA weights swapped in (eval.use_ema), the module in
@@ -233,7 +234,8 @@ def build_eval_setup(
 
         null_for = teacher.null_condition
         eval_set = {"num_classes": num_classes}
-    eval_set.update(num_samples=ev.num_samples, seed=EVAL_SEED)
+    noise_shape = latent_shape(cfg, teacher)  # data.resolution's latents: the teacher's numbers depend on the size
+    eval_set.update(num_samples=ev.num_samples, seed=EVAL_SEED, noise_shape=list(noise_shape))
 
     # metrics
     fid = clip = None
@@ -285,7 +287,7 @@ def build_eval_setup(
         conditioner.cfg_scale,
         cfg.student.num_steps,
         cfg.diffusion,
-        latent_shape(cfg, teacher),
+        noise_shape,
         guide=teacher.spec.guide,
         gather_once=cfg.zero.gather_teacher_once and cfg.zero.teacher_stage == 3,
     )

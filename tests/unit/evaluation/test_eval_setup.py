@@ -34,10 +34,8 @@ def assets(tmp_path_factory):
     }
 
 
-def setup_for(run_dir, *overrides):
-    cfg = load_config(
-        "recipes/tiny_cpu.yaml", ["eval.num_samples=3", "eval.batch_size=2", "eval.grid_size=2", *overrides]
-    )
+def setup_for(run_dir, *overrides, recipe="recipes/tiny_cpu.yaml"):
+    cfg = load_config(recipe, ["eval.num_samples=3", "eval.batch_size=2", "eval.grid_size=2", *overrides])
     teacher = build_teacher_model(cfg)
     schedule = build_schedule(cfg)
     codec = build_codec(size=cfg.vae.size, path=None, scaling_factor=None, channels=teacher.in_channels)
@@ -197,3 +195,18 @@ def test_grid_labels_run_no_text_encoder(tmp_path, assets, monkeypatch):
     assert encoded == [["a handwritten digit one", "a handwritten digit two"]]
     class_setup, _, _ = setup_for(tmp_path)
     assert class_setup.grid_labels(12)[9:] == ["class 9", "class 0", "class 1"]  # sample i is class i mod 10
+
+
+def test_teacher_metrics_keyed_on_the_resolution(tmp_path, assets):
+    """The teacher samples at data.resolution: a run of the same teacher at another resolution sharing the cache
+    (eval.cache_dir) gets the teacher's numbers at its own size, not the cached ones of the other size (SD3 takes
+    either size)."""
+    more = (f"eval.prompts_path={assets['prompts']}", f"eval.clip_path={assets['clip']}")
+    small, _, _ = setup_for(tmp_path, *more, recipe="recipes/tiny_sd3_cpu.yaml")
+    small_values = small.teacher_metrics()
+    large, _, large_calls = setup_for(tmp_path, *more, "data.resolution=64", recipe="recipes/tiny_sd3_cpu.yaml")
+    assert large.teacher_sample.noise_shape == (4, 16, 16) and small.teacher_sample.noise_shape == (4, 8, 8)
+    large_values = large.teacher_metrics()
+    assert large_calls  # sampled at 64 px, not read from the 32 px cache
+    assert large_values["clip_score"] != small_values["clip_score"]
+    assert len(list((tmp_path / "eval" / "cache").glob("teacher_*.json"))) == 2
