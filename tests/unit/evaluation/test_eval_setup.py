@@ -210,3 +210,15 @@ def test_teacher_metrics_keyed_on_the_resolution(tmp_path, assets):
     assert large_calls  # sampled at 64 px, not read from the 32 px cache
     assert large_values["clip_score"] != small_values["clip_score"]
     assert len(list((tmp_path / "eval" / "cache").glob("teacher_*.json"))) == 2
+
+
+def test_fid_with_one_sample_is_refused_when_the_recipe_loads(tmp_path, assets):
+    """FID's covariance needs 2 generated images: eval.num_samples=1 with FID is a config error naming the key when
+    the recipe loads, not an error at the first evaluation after training to it (before that step's checkpoint)."""
+    from ard_scale.config import ConfigError
+
+    one_sample = [f"eval.fid_inception_path={assets['inception']}", "eval.num_samples=1"]
+    with pytest.raises(ConfigError, match=r"eval\.num_samples: FID .* needs >= 2 generated images .*, got 1"):
+        load_config("recipes/tiny_cpu.yaml", one_sample)
+    setup, student, _ = setup_for(tmp_path, *pixart(assets, f"eval.clip_path={assets['clip']}"), "eval.num_samples=1")
+    assert set(setup.run(student.sample)) == {"num_samples", "clip_score"}  # one sample is enough for CLIP score
