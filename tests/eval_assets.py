@@ -45,13 +45,15 @@ def write_tiny_clip_folder(folder: Path) -> Path:
     return folder
 
 
-def write_tiny_t5(folder: Path, d_model: int = 24) -> Path:
+def write_tiny_t5(folder: Path, d_model: int = 24, vocab_size: int = 384) -> Path:
     """A random 1-layer T5 encoder with the byte-level ByT5 tokenizer (no vocabulary file); d_model 24 matches the
-    debug PixArt teacher's caption channels."""
+    debug PixArt teacher's caption channels. ByT5 uses ids below 384; a larger `vocab_size` (e.g. 5000: 120k embedding
+    weights, over DeepSpeed's 1e5 stage3_param_persistence_threshold) makes ZeRO-3 partition the encoder, as it does
+    a real T5, so that every forward of it is a collective."""
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    config = T5Config(vocab_size=384, d_model=d_model, d_kv=8, num_heads=2, d_ff=32, num_layers=1)
+    config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, num_heads=2, d_ff=32, num_layers=1)
     T5EncoderModel(config).save_pretrained(folder)
     ByT5Tokenizer().save_pretrained(folder)
     return folder

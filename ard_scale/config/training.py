@@ -230,6 +230,11 @@ class EvalConfig:
         out = []
         if self.clip_model is not None and self.clip_path is None:
             out.append("clip_model: set without clip_path; give the local checkpoint file in clip_path")
+        if self.fid_inception_path is not None and self.num_samples < 2:  # else the first evaluation fails
+            out.append(
+                f"num_samples: FID (fid_inception_path is set) needs >= 2 generated images for a covariance, got "
+                f"{self.num_samples}; raise num_samples or set fid_inception_path to null"
+            )
         return out
 
 

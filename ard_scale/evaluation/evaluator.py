@@ -10,6 +10,7 @@ any number of ranks. Metric statistics are combined with an injected `gather` (a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -109,15 +110,19 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, generate_fn: GenerateFn) -> dict[str, float]:
-        """Generate this rank's share, update the metrics, combine across ranks; the same dict on every rank."""
+        """Generate this rank's share, update the metrics, combine across ranks; the same dict on every rank. Any
+        sample with a NaN/Inf pixel makes every metric NaN (null in metrics.jsonl) with a warning: scored as the
+        black or white image uint8 would make of it, it gives a number that measures nothing."""
         for metric in (self.fid, self.clip):
             if metric is not None:
                 metric.reset()
+        num_nonfinite = 0
         for indices, num_valid in rank_batches(self.cfg.num_samples, self.cfg.batch_size, self.rank, self.world_size):
             images, captions = generate_fn(indices)  # called on every rank, padded batches included
             if num_valid == 0:
                 continue
             images = images[:num_valid]
+            num_nonfinite += int((~images.isfinite()).flatten(1).any(1).sum())
             if self.fid is not None:
                 self.fid.update(images)
             if self.clip is not None:
@@ -125,6 +130,18 @@ class Evaluator:
                     raise UserError("CLIP score needs captions: generate_fn returned None (class-conditional model?)")
                 self.clip.update(images, list(captions)[:num_valid])
         out = {"num_samples": float(self.cfg.num_samples)}
+        counts_11 = torch.tensor([[float(num_nonfinite)]], dtype=torch.float64)
+        num_nonfinite = int(self.gather(counts_11).sum()) if self.gather is not None else num_nonfinite  # collective
+        if num_nonfinite:
+            if self.rank == 0:
+                warnings.warn(
+                    f"evaluation: {num_nonfinite} of {self.cfg.num_samples} generated images hold NaN/Inf pixels, so "
+                    "FID and CLIP score are NaN (null in metrics.jsonl): the sampler overflowed or its weights are not "
+                    "finite; check loss and grad_norm in metrics.jsonl (launchers/eval.py samples checkpoints in fp32)",
+                    stacklevel=2,
+                )
+            out.update({k: math.nan for k, m in (("fid", self.fid), ("clip_score", self.clip)) if m is not None})
+            return out
         if self.fid is not None:
             out["fid"] = self.fid.compute(self.gather)
         if self.clip is not None:

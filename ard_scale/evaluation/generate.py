@@ -18,13 +18,15 @@ Sample = Callable[[torch.Tensor, Condition], torch.Tensor]
 
 
 def pixels_01(x_BCHW: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] pixel-space samples -> [0, 1] RGB (grey repeated to 3 channels)."""
+    """[-1, 1] pixel-space samples -> [0, 1] RGB (grey repeated to 3 channels). NaN and ±Inf come out as NaN (the
+    clamp would turn ±Inf into white or black pixels), so the Evaluator sees which samples failed."""
     if x_BCHW.shape[1] not in (1, 3):
         raise UserError(
             f"metrics need decoded pixels (1 or 3 channels), got {x_BCHW.shape[1]} channels: latent-space students "
             "need a VAE decode before evaluation"
         )
-    x = (x_BCHW.float().clamp(-1, 1) + 1) / 2
+    x = x_BCHW.float()
+    x = (torch.where(x.isfinite(), x, torch.nan).clamp(-1, 1) + 1) / 2
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 

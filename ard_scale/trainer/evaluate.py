@@ -8,7 +8,8 @@ Cached, keyed on what defines them (eval.cache_dir, default RUN_DIR/eval/cache):
 - `fid_reference_<key>.npz`: reference statistics computed once from data.path (key: shard set, resolution, number
   of images, Inception weights file), unless eval.fid_reference_path gives an .npz;
 - `teacher_<key>.json`: the teacher's metrics (key: teacher, diffusion sampler, VAE, text encoder, the evaluation
-  set and noise, the metrics' weights and reference), so every student number sits beside its teacher's.
+  set and its noise — seeds and shape, i.e. data.resolution —, the metrics' weights and reference), so every student
+  number sits beside its teacher's.
 
 In the loop, every eval.every steps, on every rank (the models are sharded: a forward is a collective, so all ranks
 generate, each its share, and the results are gathered): the EMA weights swapped in (eval.use_ema), the module in
@@ -117,6 +118,7 @@ class EvalSetup:
     settings: EvalConfig  # the recipe's eval section
     evaluator: Evaluator
     condition_for: ConditionFn  # global sample indices -> (condition, captions or None)
+    labels_for: Callable[[torch.Tensor], list[str]]  # global sample indices -> what each shows (runs no model)
     teacher_sample: TeacherSampler
     decode: Callable[[torch.Tensor], torch.Tensor]  # latents -> [-1, 1] pixels
     device: torch.device
@@ -143,9 +145,9 @@ class EvalSetup:
         )
 
     def grid_labels(self, num: int) -> list[str]:
-        """What sample i of the grid shows: its prompt, or its class."""
-        cond, captions = self.condition_for(torch.arange(num))
-        return list(captions) if captions is not None else [f"class {int(c)}" for c in cond.labels]
+        """What sample i of the grid shows: its prompt, or its class. Runs no model (no text encoder): rank 0 alone
+        calls it, and a forward of a ZeRO-3 partitioned encoder on one rank is a collective the others never join."""
+        return self.labels_for(torch.arange(num))
 
     def row_labels(self) -> list[str]:
         sampler = self.teacher_sample
@@ -210,8 +212,11 @@ def build_eval_setup(
         else:
             prompts = data_captions(cfg.data.path, cfg.data.format, max(ev.num_samples, ev.grid_size))
 
+        def labels_for(indices: torch.Tensor) -> list[str]:
+            return [prompts[int(i) % len(prompts)] for i in indices]
+
         def condition_for(indices: torch.Tensor) -> tuple[Condition, list[str]]:
-            captions = [prompts[int(i) % len(prompts)] for i in indices]
+            captions = labels_for(indices)
             return conditioner({"captions": captions})[0], captions
 
         def null_for(batch_size: int) -> Condition:
@@ -224,9 +229,13 @@ def build_eval_setup(
         def condition_for(indices: torch.Tensor) -> tuple[Condition, None]:
             return Condition(labels=indices.long() % num_classes), None
 
+        def labels_for(indices: torch.Tensor) -> list[str]:
+            return [f"class {int(i) % num_classes}" for i in indices]
+
         null_for = teacher.null_condition
         eval_set = {"num_classes": num_classes}
-    eval_set.update(num_samples=ev.num_samples, seed=EVAL_SEED)
+    noise_shape = latent_shape(cfg, teacher)  # data.resolution's latents: the teacher's numbers depend on the size
+    eval_set.update(num_samples=ev.num_samples, seed=EVAL_SEED, noise_shape=list(noise_shape))
 
     # metrics
     fid = clip = None
@@ -278,7 +287,7 @@ def build_eval_setup(
         conditioner.cfg_scale,
         cfg.student.num_steps,
         cfg.diffusion,
-        latent_shape(cfg, teacher),
+        noise_shape,
         guide=teacher.spec.guide,
         gather_once=cfg.zero.gather_teacher_once and cfg.zero.teacher_stage == 3,
     )
@@ -286,6 +295,7 @@ def build_eval_setup(
         settings=ev,
         evaluator=evaluator,
         condition_for=condition_for,
+        labels_for=labels_for,
         teacher_sample=teacher_sample,
         decode=codec.decode,
         device=device,

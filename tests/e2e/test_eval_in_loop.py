@@ -1,8 +1,8 @@
 """In-loop evaluation end to end on 2 ranks (real DeepSpeed ZeRO-3 on gloo): evaluation runs on every rank with the
 EMA swapped in and leaves training bit-identical; without weights files it still writes the teacher-over-student grid
-and says what it skipped; the text-to-image path (prompts -> T5 -> sharded student -> VAE -> CLIP score) gives, split
-over 2 ranks, the teacher's numbers one process computes, and the offline job on the run's checkpoint agrees with the
-in-loop numbers and reuses the cached teacher values."""
+and says what it skipped; the text-to-image path (prompts -> partitioned T5 -> sharded student -> VAE -> CLIP score)
+gives, split over 2 ranks, the teacher's numbers one process computes, and the offline job on the run's checkpoint
+agrees with the in-loop numbers and reuses the cached teacher values."""
 
 import importlib.util
 import json
@@ -85,7 +85,8 @@ def test_eval_leaves_training_bit_identical_and_writes_grids_without_weights(tin
 def test_text_to_image_eval_on_two_ranks_matches_one_process(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten digit one\na handwritten digit two\na handwritten digit three\n")
-    t5, clip = write_tiny_t5(tmp_path / "t5"), write_tiny_clip_folder(tmp_path / "clip")
+    # a T5 that ZeRO-3 partitions: encoding on rank 0 alone (the grid's labels) would hang the run
+    t5, clip = write_tiny_t5(tmp_path / "t5", vocab_size=5000), write_tiny_clip_folder(tmp_path / "clip")
     overrides = ["teacher.family=pixart", "teacher.num_classes=null", f"text_encoder.path={t5}",
                  "text_encoder.max_length=16", f"eval.prompts_path={prompts}", f"eval.clip_path={clip}"]  # fmt: skip
     run_dir = tmp_path / "run"

@@ -34,10 +34,8 @@ def assets(tmp_path_factory):
     }
 
 
-def setup_for(run_dir, *overrides):
-    cfg = load_config(
-        "recipes/tiny_cpu.yaml", ["eval.num_samples=3", "eval.batch_size=2", "eval.grid_size=2", *overrides]
-    )
+def setup_for(run_dir, *overrides, recipe="recipes/tiny_cpu.yaml"):
+    cfg = load_config(recipe, ["eval.num_samples=3", "eval.batch_size=2", "eval.grid_size=2", *overrides])
     teacher = build_teacher_model(cfg)
     schedule = build_schedule(cfg)
     codec = build_codec(size=cfg.vae.size, path=None, scaling_factor=None, channels=teacher.in_channels)
@@ -173,3 +171,54 @@ def test_clear_errors(tmp_path, assets):
         setup_for(tmp_path, f"eval.fid_inception_path={tmp_path / 'no_inception.pth'}")
     with pytest.raises(ValueError, match="no_clip"):
         setup_for(tmp_path, *pixart(assets, f"eval.clip_path={tmp_path / 'no_clip'}"))
+
+
+def test_grid_labels_run_no_text_encoder(tmp_path, assets, monkeypatch):
+    """Rank 0 alone labels the in-loop grid: a T5 forward there would be a ZeRO-3 all-gather the other ranks never
+    join (the run hangs once the encoder is big enough to be partitioned), so the labels are the prompts as written."""
+    from ard_scale.trainer.conditioning import Conditioner
+
+    setup, _, _ = setup_for(tmp_path, *pixart(assets, f"eval.prompts_path={assets['prompts']}"))
+    encoded, encode = [], Conditioner._encode
+
+    def counted(self, captions):
+        encoded.append(captions)
+        return encode(self, captions)
+
+    monkeypatch.setattr(Conditioner, "_encode", counted)
+    labels = setup.grid_labels(4)
+    assert labels == ["a handwritten digit one", "a handwritten digit two", "a handwritten digit three"] + [
+        "a handwritten digit one"
+    ]
+    assert encoded == []
+    setup.condition_for(torch.arange(2))  # what every rank runs together does encode (the counter sees it)
+    assert encoded == [["a handwritten digit one", "a handwritten digit two"]]
+    class_setup, _, _ = setup_for(tmp_path)
+    assert class_setup.grid_labels(12)[9:] == ["class 9", "class 0", "class 1"]  # sample i is class i mod 10
+
+
+def test_teacher_metrics_keyed_on_the_resolution(tmp_path, assets):
+    """The teacher samples at data.resolution: a run of the same teacher at another resolution sharing the cache
+    (eval.cache_dir) gets the teacher's numbers at its own size, not the cached ones of the other size (SD3 takes
+    either size)."""
+    more = (f"eval.prompts_path={assets['prompts']}", f"eval.clip_path={assets['clip']}")
+    small, _, _ = setup_for(tmp_path, *more, recipe="recipes/tiny_sd3_cpu.yaml")
+    small_values = small.teacher_metrics()
+    large, _, large_calls = setup_for(tmp_path, *more, "data.resolution=64", recipe="recipes/tiny_sd3_cpu.yaml")
+    assert large.teacher_sample.noise_shape == (4, 16, 16) and small.teacher_sample.noise_shape == (4, 8, 8)
+    large_values = large.teacher_metrics()
+    assert large_calls  # sampled at 64 px, not read from the 32 px cache
+    assert large_values["clip_score"] != small_values["clip_score"]
+    assert len(list((tmp_path / "eval" / "cache").glob("teacher_*.json"))) == 2
+
+
+def test_fid_with_one_sample_is_refused_when_the_recipe_loads(tmp_path, assets):
+    """FID's covariance needs 2 generated images: eval.num_samples=1 with FID is a config error naming the key when
+    the recipe loads, not an error at the first evaluation after training to it (before that step's checkpoint)."""
+    from ard_scale.config import ConfigError
+
+    one_sample = [f"eval.fid_inception_path={assets['inception']}", "eval.num_samples=1"]
+    with pytest.raises(ConfigError, match=r"eval\.num_samples: FID .* needs >= 2 generated images .*, got 1"):
+        load_config("recipes/tiny_cpu.yaml", one_sample)
+    setup, student, _ = setup_for(tmp_path, *pixart(assets, f"eval.clip_path={assets['clip']}"), "eval.num_samples=1")
+    assert set(setup.run(student.sample)) == {"num_samples", "clip_score"}  # one sample is enough for CLIP score

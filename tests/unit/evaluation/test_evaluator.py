@@ -1,12 +1,14 @@
 """Evaluator: every sample generated exactly once across ranks with the same number of generate calls per rank, and
 2 ranks (threads exchanging through a real all-gather-like barrier) give the 1-process numbers."""
 
+import math
 import threading
 
 import pytest
 import torch
 
 from ard_scale.config import EvalConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.evaluation.clip_score import CLIPScore
 from ard_scale.evaluation.evaluator import Evaluator, rank_batches
 from ard_scale.evaluation.fid import FID
@@ -85,3 +87,31 @@ def test_two_ranks_equal_one_process(tiny_features, tiny_clip):
 def test_world_size_without_gather_is_an_error():
     with pytest.raises(ValueError, match="gather"):
         Evaluator(EvalConfig(), world_size=2)
+
+
+def test_nonfinite_samples_make_the_metrics_nan_with_a_warning(tiny_features, tiny_clip):
+    """A sampler that overflows gives NaN (or ±Inf) pixels; as uint8 they are black or white images, which FID and
+    CLIP would score as a plausible number. Through the real generate_fn path (pixels_01), a single bad sample out of 7
+    makes both metrics NaN and says why; the finite run is unchanged."""
+    from ard_scale.evaluation.generate import conditional_generate_fn
+
+    def sample(noise, cond):  # pixel-space sampler: sample 3 overflows to +Inf, sample 5 is NaN
+        x = torch.tanh(noise).clone()
+        x[cond.labels == 3] = torch.inf
+        x[cond.labels == 5] = torch.nan
+        return x
+
+    def condition_for(indices):
+        return Condition(labels=indices.long()), [CAPTIONS[int(i) % len(CAPTIONS)] for i in indices]
+
+    reals = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = FID(tiny_features).reference_from_images([reals])
+    clip = CLIPScore.from_pretrained("ard-tiny-clip", tiny_clip[0])
+    evaluator = Evaluator(EvalConfig(num_samples=7, batch_size=4), fid=FID(tiny_features, ref), clip=clip)
+    gen = conditional_generate_fn(sample, noise_shape=(3, 8, 8), condition_for=condition_for, seed=3)
+    with pytest.warns(UserWarning, match="2 of 7 generated images hold NaN/Inf"):
+        values = evaluator.run(gen)
+    assert math.isnan(values["fid"]) and math.isnan(values["clip_score"])
+
+    finite = evaluator.run(lambda idx: gen(idx % 3))  # samples 0-2 only: no warning, finite numbers
+    assert math.isfinite(finite["fid"]) and math.isfinite(finite["clip_score"])
