@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import sys
 
@@ -128,6 +129,21 @@ def replicated_grad_norm(engine) -> float | None:
         engine.allreduce_gradients()
     norms = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def step_student(engine) -> float | None:
+    """`engine.step()` after the step's last backward, unless the gradient is not finite; returns the global gradient
+    norm (None where DeepSpeed reports none). DeepSpeed skips a step whose gradient norm is NaN/Inf itself at ZeRO
+    stages 1-3 and in bf16/fp16 (its overflow check), but a stage 0 fp32 engine clips by that norm and its optimizer
+    writes NaN into the weights (and from them into every later loss, the EMA and the next checkpoint): there the
+    gradients are dropped and the update skipped the same way (the LR schedule does not advance). Every rank sees the
+    same norm (`replicated_grad_norm`), so all skip together."""
+    norm = replicated_grad_norm(engine)
+    if norm is not None and not math.isfinite(norm) and not (engine.bfloat16_enabled() or engine.fp16_enabled()):
+        engine.zero_grad()
+        return norm
+    engine.step()
+    return engine.get_global_grad_norm() if norm is None else norm
 
 
 def frozen_ds_config(*, micro_batch: int, zero_stage: int = 3, precision: str = "fp32") -> dict:

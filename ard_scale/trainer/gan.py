@@ -31,6 +31,7 @@ start from a regression run's checkpoint (`gan.init_from`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ import torch.distributed as dist
 from ard_scale.config.training import GANConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import add_noise
-from ard_scale.distributed.engines import replicated_grad_norm
+from ard_scale.distributed.engines import step_student
 from ard_scale.distributed.replicated import ReplicatedModule
 from ard_scale.errors import UserError
 from ard_scale.losses.gan import adaptive_weight, approximate_r1, discriminator_loss, generator_loss
@@ -341,10 +342,7 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
     grad_norm = None
     if not nan:
         run.engine.backward(g.total)
-        grad_norm = replicated_grad_norm(run.engine)  # stage 0 only: DeepSpeed reports none there
-        run.engine.step()
-        if grad_norm is None:
-            grad_norm = run.engine.get_global_grad_norm()
+        grad_norm = step_student(run.engine)  # a non-finite gradient is never stepped
     t2 = time.perf_counter()
     loss_d, real_logits, fake_logits = discriminator_phase(run, gan, g.x0_hat, reals, cond, noise, nan, real_cond)
     t3 = time.perf_counter()
@@ -363,5 +361,5 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
         "teacher_s": t1 - t0,
         "student_s": t2 - t1,
         "discriminator_s": t3 - t2,
-        "nan": nan,
+        "nan": nan or not math.isfinite(grad_norm),  # skipped: a NaN/Inf loss or gradient
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch.distributed as dist
 
 from ard_scale.diffusion.condition import Condition
 from ard_scale.distributed.collectives import any_rank
-from ard_scale.distributed.engines import replicated_grad_norm
+from ard_scale.distributed.engines import step_student
 from ard_scale.trainer.build import Run
 
 __all__ = ["any_rank", "mean_over_ranks", "regression_step", "teacher_states"]
@@ -54,10 +55,7 @@ def regression_step(run: Run, micro_batches: list[dict[str, Any]], step: int) ->
     t1 = time.perf_counter()
     grad_norm = None
     if finite:
-        grad_norm = replicated_grad_norm(run.engine)  # stage 0 only: DeepSpeed reports none there
-        run.engine.step()
-        if grad_norm is None:
-            grad_norm = run.engine.get_global_grad_norm()
+        grad_norm = step_student(run.engine)  # a non-finite gradient is never stepped
     student_s += time.perf_counter() - t1
     return {
         "step": step + 1,
@@ -68,5 +66,5 @@ def regression_step(run: Run, micro_batches: list[dict[str, Any]], step: int) ->
         "teacher_s": teacher_s,
         "student_s": student_s,
         "teacher_batches": run.trajectories.num_solved - solved_before,
-        "nan": finite < len(micro_batches),
+        "nan": finite < len(micro_batches) or not math.isfinite(grad_norm),  # skipped: a NaN/Inf loss or gradient
     }
