@@ -146,6 +146,19 @@ def step_student(engine) -> float | None:
     return engine.get_global_grad_norm() if norm is None else norm
 
 
+def reapply_optimizer_settings(engine, *, lr: float, betas, weight_decay: float) -> None:
+    """Put this run's optimizer settings back after a resume: DeepSpeed's `load_checkpoint` restores the saved
+    param_groups with the Adam moments, so a train.lr, train.betas or train.weight_decay changed on resume (under
+    checkpoint.allow_recipe_change, as the NaN stop advises for train.lr) silently did nothing. The learning rate is
+    the LR schedule's at its restored step where there is one (its own settings are this run's), else `lr`; an
+    unchanged recipe gets back exactly the values it saved."""
+    groups = engine.optimizer.param_groups
+    scheduler = getattr(engine, "lr_scheduler", None)
+    lrs = scheduler.get_lr() if scheduler is not None else [lr] * len(groups)
+    for group, group_lr in zip(groups, lrs, strict=True):
+        group.update(lr=group_lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
 def frozen_ds_config(*, micro_batch: int, zero_stage: int = 3, precision: str = "fp32") -> dict:
     return {
         "train_micro_batch_size_per_gpu": micro_batch,

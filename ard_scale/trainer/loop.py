@@ -22,7 +22,7 @@ from ard_scale.config import ConfigError, RootConfig, dump_yaml, to_dict
 from ard_scale.data.samples import SkipCounter
 from ard_scale.distributed.collectives import sum_counts_over_ranks, sum_over_ranks
 from ard_scale.distributed.ema import ZeroEMA
-from ard_scale.distributed.engines import init_distributed
+from ard_scale.distributed.engines import init_distributed, reapply_optimizer_settings
 from ard_scale.errors import UserError
 from ard_scale.evaluation.plots import plot_metrics
 from ard_scale.trainer.build import build_run
@@ -132,6 +132,8 @@ def train(cfg: RootConfig) -> list[float]:
     if run.init_from is not None:
         say(rank, f"the GAN stage's student starts from {run.init_from}")
     if resumed is not None:
+        tr = cfg.train  # this run's, not the checkpoint's (DeepSpeed restores the saved ones)
+        reapply_optimizer_settings(run.engine, lr=tr.lr, betas=tr.betas, weight_decay=tr.weight_decay)
         say(rank, f"resumed from step {progress.step} ({ckpt.dir / resumed.tag}, {progress.samples_seen} samples)")
         if not resumed.same_world:
             continue_on_new_world(ckpt, run, ema, progress.step, world)

@@ -91,6 +91,10 @@ def test_a_refused_resume_leaves_the_runs_config_yaml_and_names_the_real_cause_f
     assert "allow_recipe_change" not in lora.stderr
     assert f"see {split / 'checkpoints' / 'step_00000003' / 'config.yaml'}" in lora.stderr
     assert (split / "config.yaml").read_text() == before
+    # allowed, the new learning rate is the one the resumed steps take (DeepSpeed restored the saved one)
+    allowed = train(split, *TINY_RUN, "train.max_steps=4", "train.lr=0.0005", "checkpoint.allow_recipe_change=true")
+    assert allowed.returncode == 0, allowed.stderr[-4000:]
+    assert [(m["step"], m["lr"]) for m in metrics(split) if m["step"] > 3] == [(4, 0.0005)]
 
 
 def test_a_malformed_recipe_is_one_clear_error(tmp_path):
