@@ -56,6 +56,7 @@ from ard_scale.models.vae import FrameLatentCodec, LatentCodec
 from ard_scale.pipeline_args import (
     check_fixed,
     check_label_range,
+    check_output_type,
     draw_noise,
     integer_labels,
     prompt_list,
@@ -234,7 +235,7 @@ def _component_paths(folder: Path) -> list[str]:
 
 @dataclass
 class ARDPipelineOutput:
-    images: list | torch.Tensor  # PIL images, or (B, 3, H, W) in [0, 1] with output_type="pt"
+    images: list | np.ndarray | torch.Tensor  # PIL images; (B, H, W, 3) in [0, 1] ("np"); (B, 3, H, W) in [0, 1] ("pt")
     latents: torch.Tensor  # the student's final states (B, C, h, w)
 
 
@@ -341,12 +342,14 @@ class ARDPipeline:
             ask for num_images_per_prompt instead), and height/width, if given too, must be its size.
         height, width: the image size (default: the size the student was distilled at); another size its family
             takes (FLUX, SD3, Qwen-Image) warns, one it cannot take is refused naming those it can.
-        output_type: 'pil' (list of PIL images), 'pt' ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding).
+        output_type: 'pil' (list of PIL images), 'np' ((B, H, W, 3) float32 in [0, 1], as diffusers), 'pt'
+            ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding); another is refused before sampling.
         num_inference_steps, guidance_scale, negative_prompt: fixed at distillation (model_index.json's "ard"
             section): the student takes its own step count and the guidance it was distilled at (no CFG pass, so no
             negative prompt); the same values are accepted, others refused."""
         steps, guidance = self.student.num_steps, self.cfg.diffusion.guidance_scale  # model_index.json's "ard"
         check_fixed(steps, guidance, num_inference_steps, guidance_scale, negative_prompt)
+        check_output_type(output_type)
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int):
             raise TypeError(f"num_images_per_prompt must be an int ≥ 1, got {num_images_per_prompt!r}")
         if num_images_per_prompt < 1:
@@ -364,11 +367,12 @@ class ARDPipeline:
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         if output_type == "pt":
             return ARDPipelineOutput(images=images.cpu(), latents=x)
-        if output_type != "pil":
-            raise UserError(f"output_type must be 'pil', 'pt' or 'latent', got {output_type!r}")
+        arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "np":
+            return ARDPipelineOutput(images=arrays, latents=x)
         from PIL import Image
 
-        arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        arrays = (arrays * 255).round().astype(np.uint8)
         return ARDPipelineOutput(images=[Image.fromarray(a) for a in arrays], latents=x)
 
     def _check_latents(self, latents, n: int, per_prompt: int, height, width, generator) -> None:
