@@ -339,7 +339,8 @@ class ARDPipeline:
             from its own noise. generator: one torch.Generator (CPU) for all the noise, or a list of them, one per
             image (as diffusers). latents: the noise itself, (number of images, C, h, w); its batch must equal the
             number of images (prompts × num_images_per_prompt: a single prompt is not broadcast over several latents,
-            ask for num_images_per_prompt instead), and height/width, if given too, must be its size.
+            ask for num_images_per_prompt instead), and height/width, if given too, must be its size; it is taken in
+            fp32 (the states between steps are fp32 whatever the pipeline's dtype, as in training).
         height, width: the image size (default: the size the student was distilled at); another size its family
             takes (FLUX, SD3, Qwen-Image) warns, one it cannot take is refused naming those it can.
         output_type: 'pil' (list of PIL images), 'np' ((B, H, W, 3) float32 in [0, 1], as diffusers), 'pt'
@@ -360,7 +361,8 @@ class ARDPipeline:
             latents = draw_noise(n, self._latent_shape(height, width), generator)
         else:
             self._check_latents(latents, n, num_images_per_prompt, height, width, generator)
-        x = self.student.sample(latents.to(self.device), cond.to(self.device))
+        # fp32 states, as the in-training sampler keeps them (bf16/fp16 noise would run every DDIM/Euler step in it)
+        x = self.student.sample(latents.to(self.device, torch.float32), cond.to(self.device))
         if output_type == "latent":
             return ARDPipelineOutput(images=x, latents=x)
         images = (self.codec.decode(x).float().clamp(-1, 1) + 1) / 2

@@ -109,3 +109,13 @@ def test_output_type_np_gives_diffusers_float_arrays_and_an_unknown_one_is_refus
     assert passes == []  # refused before any network pass
     assert isinstance(arrays, np.ndarray) and arrays.dtype == np.float32 and arrays.shape == (2, 32, 32, 3)
     np.testing.assert_array_equal(arrays, pt.permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_latents_are_sampled_in_fp32_states_as_in_training(text_pipe, dtype):
+    """Latents given in bf16/fp16 (as diffusers' randn_tensor draws them for a half-precision pipeline) kept that dtype
+    through every DDIM step between the network passes: other images than the in-training sampler's fp32 states."""
+    noise = latents(text_pipe, 1).to(dtype)
+    out = text_pipe("a", latents=noise, output_type="latent").latents
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, text_pipe("a", latents=noise.float(), output_type="latent").latents, rtol=0, atol=0)
