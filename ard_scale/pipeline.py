@@ -38,6 +38,7 @@ import torch
 
 from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
 from ard_scale.checkpoint.export_files import (
+    ARD_CONFIG_FILE,
     read_json,
     reading_export,
     verify_export,
@@ -163,6 +164,8 @@ def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, 
     student = load_exported_student(student_dir, verify=False)  # just written
     teacher = Teacher(student.backbone)
 
+    # what the student holds: 'raw' where the checkpoint has no EMA, whatever `use_ema` asked for
+    weights = read_json(student_dir / ARD_CONFIG_FILE)["source"]["weights"]
     recipe = to_dict(cfg)
     components = {"transformer": ["ard_scale", "ARDStudent"]}
     conditioner = build_conditioner(cfg, teacher, for_eval=True)
@@ -201,7 +204,7 @@ def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, 
             "guidance": teacher.spec.guidance,  # 'cfg': baked into the student; 'embedded': its conditions carry it
             "resolution": cfg.data.resolution,
             "latent_shape": list(student.latent_shape) if student.latent_shape else None,
-            "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": "ema" if use_ema else "raw"},
+            "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights},
         },
     }
     (out_dir / MODEL_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
