@@ -78,6 +78,9 @@ ENCODER_FOLDERS = {
 RECIPE = "recipe.yaml"
 # recipe sections an export may set (`overrides`): where the encoders and VAE are, never what the student is
 OVERRIDABLE = ("text_encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encoder", "vae")
+# the keys of those sections that say where the weights are; the others (max_length, scaling_factor, ...) are what
+# the student was trained with
+OVERRIDABLE_KEYS = ("path", "size")
 FORMAT_VERSION = 1
 
 
@@ -134,8 +137,9 @@ def export_pipeline(
 ) -> Path:
     """Write checkpoint `tag` (default: latest) of `run_dir` as a pipeline folder (see the module docstring). A LoRA
     student is merged into a plain full student; `teacher`: its base teacher folder, if not its recipe's.
-    `overrides`: dotted `key=value` settings of the encoder and VAE sections (OVERRIDABLE), e.g. the text encoders of
-    a run trained on precomputed text, whose recipe needs to name none. A failed export leaves no folder behind
+    `overrides`: dotted `key=value` settings of where the encoders and VAE are (the `path` or `size` of the
+    OVERRIDABLE sections), e.g. the text encoders of a run trained on precomputed text, whose recipe needs to name
+    none. A failed export leaves no folder behind
     (`writing_folder`)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     tag = resolve_tag(run_dir / "checkpoints", tag)
@@ -143,6 +147,7 @@ def export_pipeline(
     if not recipe_file.is_file():
         raise UserError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
     check_override_sections(overrides, OVERRIDABLE, tool="export", why="the student is the checkpoint's")
+    _check_override_keys(overrides)
     cfg = load_config(recipe_file, list(overrides))
     check_new_folder(out_dir, "pipeline")
     unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
@@ -155,6 +160,18 @@ def export_pipeline(
     with writing_folder(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
         _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
+
+
+def _check_override_keys(overrides: Sequence[str]) -> None:
+    """Refuse export overrides of an encoder or VAE section's keys other than `path` and `size`: its token count
+    (max_length) and latent scaling are the ones the student was trained with, from the checkpoint's recipe."""
+    others = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[-1] not in OVERRIDABLE_KEYS]
+    if others:
+        raise UserError(
+            f"export overrides may set only where the encoders and VAE are (SECTION.path or SECTION.size), got "
+            f"{others}: their other settings (max_length, scaling_factor, shift_factor, ...) are the ones the student "
+            "was trained with, taken from the checkpoint's recipe; leave them out"
+        )
 
 
 def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, use_ema: bool, link: bool, teacher):
