@@ -127,6 +127,8 @@ def main(argv=None) -> list[Path]:
 
     try:
         check_new_folder(args.out, "samples")  # before the slow part; a grid beside older samples would mislead
+        if args.save_tensor is not None and not args.save_tensor.resolve().parent.is_dir():
+            raise ValueError(f"--save-tensor {args.save_tensor}: its folder {args.save_tensor.parent} does not exist")
         prompts = read_prompts(args.prompts_file) if args.prompts_file else args.prompt
         states, images, labels = _sample(args, prompts)
         with writing_folder(args.out, what="samples") as folder:  # whole or not at all, as the other tools write
