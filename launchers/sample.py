@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,13 @@ def _sample(args, prompts: list[str] | None) -> tuple[torch.Tensor, np.ndarray, 
     if (args.export_dir / MODEL_INDEX).is_file():
         if args.prompts_embeddings is not None:
             raise ValueError("--prompts-embeddings is for bare student folders; give --prompt to a pipeline")
+        if args.teacher is not None:
+            warnings.warn(
+                f"--teacher {args.teacher} is ignored: {args.export_dir} is a pipeline folder, whose student is whole "
+                "(a LoRA student is merged into it; --teacher is for --lora-adapter exports)",
+                UserWarning,
+                stacklevel=1,
+            )
         pipe = ARDPipeline.from_pretrained(args.export_dir, verify=args.verify)
         n = len(prompts) if prompts else len(args.class_labels)
         seeds = [torch.Generator().manual_seed(args.seed + i) for i in range(n)]  # sample i: the noise of seed + i
