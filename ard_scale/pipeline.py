@@ -38,6 +38,7 @@ import torch
 
 from ard_scale.checkpoint.export import export_student, load_exported_student, resolve_tag
 from ard_scale.checkpoint.export_files import (
+    ARD_CONFIG_FILE,
     read_json,
     reading_export,
     verify_export,
@@ -56,6 +57,7 @@ from ard_scale.models.vae import FrameLatentCodec, LatentCodec
 from ard_scale.pipeline_args import (
     check_fixed,
     check_label_range,
+    check_output_type,
     draw_noise,
     integer_labels,
     prompt_list,
@@ -76,6 +78,9 @@ ENCODER_FOLDERS = {
 RECIPE = "recipe.yaml"
 # recipe sections an export may set (`overrides`): where the encoders and VAE are, never what the student is
 OVERRIDABLE = ("text_encoder", "pooled_encoder", "pooled_encoder_2", "qwen_encoder", "vae")
+# the keys of those sections that say where the weights are; the others (max_length, scaling_factor, ...) are what
+# the student was trained with
+OVERRIDABLE_KEYS = ("path", "size")
 FORMAT_VERSION = 1
 
 
@@ -132,8 +137,9 @@ def export_pipeline(
 ) -> Path:
     """Write checkpoint `tag` (default: latest) of `run_dir` as a pipeline folder (see the module docstring). A LoRA
     student is merged into a plain full student; `teacher`: its base teacher folder, if not its recipe's.
-    `overrides`: dotted `key=value` settings of the encoder and VAE sections (OVERRIDABLE), e.g. the text encoders of
-    a run trained on precomputed text, whose recipe needs to name none. A failed export leaves no folder behind
+    `overrides`: dotted `key=value` settings of where the encoders and VAE are (the `path` or `size` of the
+    OVERRIDABLE sections), e.g. the text encoders of a run trained on precomputed text, whose recipe needs to name
+    none. A failed export leaves no folder behind
     (`writing_folder`)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     tag = resolve_tag(run_dir / "checkpoints", tag)
@@ -141,6 +147,7 @@ def export_pipeline(
     if not recipe_file.is_file():
         raise UserError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
     check_override_sections(overrides, OVERRIDABLE, tool="export", why="the student is the checkpoint's")
+    _check_override_keys(overrides)
     cfg = load_config(recipe_file, list(overrides))
     check_new_folder(out_dir, "pipeline")
     unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
@@ -155,6 +162,18 @@ def export_pipeline(
     return out_dir
 
 
+def _check_override_keys(overrides: Sequence[str]) -> None:
+    """Refuse export overrides of an encoder or VAE section's keys other than `path` and `size`: its token count
+    (max_length) and latent scaling are the ones the student was trained with, from the checkpoint's recipe."""
+    others = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[-1] not in OVERRIDABLE_KEYS]
+    if others:
+        raise UserError(
+            f"export overrides may set only where the encoders and VAE are (SECTION.path or SECTION.size), got "
+            f"{others}: their other settings (max_length, scaling_factor, shift_factor, ...) are the ones the student "
+            "was trained with, taken from the checkpoint's recipe; leave them out"
+        )
+
+
 def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, use_ema: bool, link: bool, teacher):
     import diffusers
 
@@ -162,6 +181,8 @@ def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, 
     student = load_exported_student(student_dir, verify=False)  # just written
     teacher = Teacher(student.backbone)
 
+    # what the student holds: 'raw' where the checkpoint has no EMA, whatever `use_ema` asked for
+    weights = read_json(student_dir / ARD_CONFIG_FILE)["source"]["weights"]
     recipe = to_dict(cfg)
     components = {"transformer": ["ard_scale", "ARDStudent"]}
     conditioner = build_conditioner(cfg, teacher, for_eval=True)
@@ -200,7 +221,7 @@ def _write_pipeline(cfg: RootConfig, run_dir: Path, out_dir: Path, *, tag: str, 
             "guidance": teacher.spec.guidance,  # 'cfg': baked into the student; 'embedded': its conditions carry it
             "resolution": cfg.data.resolution,
             "latent_shape": list(student.latent_shape) if student.latent_shape else None,
-            "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": "ema" if use_ema else "raw"},
+            "source": {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights},
         },
     }
     (out_dir / MODEL_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
@@ -234,7 +255,7 @@ def _component_paths(folder: Path) -> list[str]:
 
 @dataclass
 class ARDPipelineOutput:
-    images: list | torch.Tensor  # PIL images, or (B, 3, H, W) in [0, 1] with output_type="pt"
+    images: list | np.ndarray | torch.Tensor  # PIL images; (B, H, W, 3) in [0, 1] ("np"); (B, 3, H, W) in [0, 1] ("pt")
     latents: torch.Tensor  # the student's final states (B, C, h, w)
 
 
@@ -338,15 +359,18 @@ class ARDPipeline:
             from its own noise. generator: one torch.Generator (CPU) for all the noise, or a list of them, one per
             image (as diffusers). latents: the noise itself, (number of images, C, h, w); its batch must equal the
             number of images (prompts × num_images_per_prompt: a single prompt is not broadcast over several latents,
-            ask for num_images_per_prompt instead), and height/width, if given too, must be its size.
+            ask for num_images_per_prompt instead), and height/width, if given too, must be its size; it is taken in
+            fp32 (the states between steps are fp32 whatever the pipeline's dtype, as in training).
         height, width: the image size (default: the size the student was distilled at); another size its family
             takes (FLUX, SD3, Qwen-Image) warns, one it cannot take is refused naming those it can.
-        output_type: 'pil' (list of PIL images), 'pt' ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding).
+        output_type: 'pil' (list of PIL images), 'np' ((B, H, W, 3) float32 in [0, 1], as diffusers), 'pt'
+            ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding); another is refused before sampling.
         num_inference_steps, guidance_scale, negative_prompt: fixed at distillation (model_index.json's "ard"
             section): the student takes its own step count and the guidance it was distilled at (no CFG pass, so no
             negative prompt); the same values are accepted, others refused."""
         steps, guidance = self.student.num_steps, self.cfg.diffusion.guidance_scale  # model_index.json's "ard"
         check_fixed(steps, guidance, num_inference_steps, guidance_scale, negative_prompt)
+        check_output_type(output_type)
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int):
             raise TypeError(f"num_images_per_prompt must be an int ≥ 1, got {num_images_per_prompt!r}")
         if num_images_per_prompt < 1:
@@ -357,18 +381,20 @@ class ARDPipeline:
             latents = draw_noise(n, self._latent_shape(height, width), generator)
         else:
             self._check_latents(latents, n, num_images_per_prompt, height, width, generator)
-        x = self.student.sample(latents.to(self.device), cond.to(self.device))
+        # fp32 states, as the in-training sampler keeps them (bf16/fp16 noise would run every DDIM/Euler step in it)
+        x = self.student.sample(latents.to(self.device, torch.float32), cond.to(self.device))
         if output_type == "latent":
             return ARDPipelineOutput(images=x, latents=x)
         images = (self.codec.decode(x).float().clamp(-1, 1) + 1) / 2
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         if output_type == "pt":
             return ARDPipelineOutput(images=images.cpu(), latents=x)
-        if output_type != "pil":
-            raise UserError(f"output_type must be 'pil', 'pt' or 'latent', got {output_type!r}")
+        arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "np":
+            return ARDPipelineOutput(images=arrays, latents=x)
         from PIL import Image
 
-        arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        arrays = (arrays * 255).round().astype(np.uint8)
         return ARDPipelineOutput(images=[Image.fromarray(a) for a in arrays], latents=x)
 
     def _check_latents(self, latents, n: int, per_prompt: int, height, width, generator) -> None:

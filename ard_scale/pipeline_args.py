@@ -29,6 +29,17 @@ def check_fixed(steps: int, guidance: float, num_inference_steps, guidance_scale
         )
 
 
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def check_output_type(output_type) -> None:
+    """Refuse an `output_type` other than diffusers' 'pil', 'np', 'pt' and 'latent', before any sampling."""
+    if output_type not in OUTPUT_TYPES:
+        raise UserError(
+            f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}; nothing was sampled"
+        )
+
+
 def draw_noise(n: int, shape: tuple[int, int, int], generator) -> torch.Tensor:
     """(n, *shape) noise on the CPU: from one generator, or from generator[i] for image i."""
     if isinstance(generator, (list, tuple)):

@@ -16,9 +16,10 @@ teacher with `load_lora_adapter(folder, prefix="transformer")`), the heads and `
 teacher; `load_exported_student(folder)` and launchers/sample.py apply it to that teacher. A LoRA checkpoint has no
 base weights: --teacher DIR names the teacher folder if the recipe's teacher.path has moved.
 
-SECTION.KEY=VALUE settings of the encoder and VAE sections (text_encoder, pooled_encoder, pooled_encoder_2,
-qwen_encoder, vae) change where the pipeline takes them from: a run trained on precomputed text may name no text
-encoder, and a pipeline encodes prompts (e.g. qwen_encoder.path=/models/qwen-image).
+SECTION.path=DIR or SECTION.size=NAME settings of the encoder and VAE sections (text_encoder, pooled_encoder,
+pooled_encoder_2, qwen_encoder, vae) change where the pipeline takes them from: a run trained on precomputed text may
+name no text encoder, and a pipeline encodes prompts (e.g. qwen_encoder.path=/models/qwen-image). Their other keys
+(max_length, scaling_factor, ...) are the checkpoint recipe's, what the student was trained with.
 """
 
 from __future__ import annotations

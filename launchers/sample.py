@@ -22,7 +22,9 @@ the export command that writes the folder again); --no-verify skips that read.
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,51 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+EMBEDDING_KEYS = ("text", "text_mask", "pooled")
+
+
+def read_embeddings(path: Path, student) -> dict[str, torch.Tensor]:
+    """--prompts-embeddings: a (B, L, D) tensor of text embeddings, or a dict of them ("text") with a (B, L) mask
+    ("text_mask") and a (B, D_pool) pooled embedding ("pooled"), checked against the shapes `student` reads (its
+    family's `example_condition`); the text and pooled embeddings in fp32 (the shards store float16)."""
+    what = f"--prompts-embeddings {path}"
+    if student.family.condition_kind != "text":
+        raise ValueError(f"{what}: this {student.family.name} student is class-conditional; give --class-labels")
+    try:
+        emb = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"cannot read {what}: {e}") from None
+    emb = emb if isinstance(emb, dict) else {"text": emb}
+    if "text" not in emb or set(emb) - set(EMBEDDING_KEYS):
+        raise ValueError(f"{what}: a dict must hold 'text' and may hold 'text_mask' and 'pooled'; got {sorted(emb)}")
+    example = student.family.example_condition(student.backbone, 1, "cpu", 1)
+    width = example.text.shape[-1]
+    text = emb["text"]
+    if not isinstance(text, torch.Tensor) or text.ndim != 3 or not text.is_floating_point() or text.shape[-1] != width:
+        got = tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__
+        raise ValueError(
+            f"{what}: the text embeddings must be a float tensor (prompts, tokens, {width}), got {got} (one prompt's "
+            "(tokens, width) embedding: add a batch dimension, text[None])"
+        )
+    B, L = text.shape[:2]
+    wanted = {"text_mask": (B, L), "pooled": None if example.pooled is None else (B, example.pooled.shape[-1])}
+    for key, shape in wanted.items():
+        value = emb.get(key)
+        if value is None and key == "pooled" and shape is not None:
+            raise ValueError(
+                f"{what}: this {student.family.name} student also reads a pooled text embedding: give a dict with "
+                f"'text' and 'pooled' {shape}"
+            )
+        if value is None:
+            continue
+        if shape is None:
+            raise ValueError(f"{what}: this {student.family.name} student reads no {key!r}; leave it out")
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{what}: {key!r} must be {shape} beside text of shape {(B, L, width)}; got {got}")
+    return {k: (v.float() if k != "text_mask" else v) for k, v in emb.items() if v is not None}
+
+
 def main(argv=None) -> list[Path]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -81,6 +128,8 @@ def main(argv=None) -> list[Path]:
 
     try:
         check_new_folder(args.out, "samples")  # before the slow part; a grid beside older samples would mislead
+        if args.save_tensor is not None and not args.save_tensor.resolve().parent.is_dir():
+            raise ValueError(f"--save-tensor {args.save_tensor}: its folder {args.save_tensor.parent} does not exist")
         prompts = read_prompts(args.prompts_file) if args.prompts_file else args.prompt
         states, images, labels = _sample(args, prompts)
         with writing_folder(args.out, what="samples") as folder:  # whole or not at all, as the other tools write
@@ -118,6 +167,13 @@ def _sample(args, prompts: list[str] | None) -> tuple[torch.Tensor, np.ndarray, 
     if (args.export_dir / MODEL_INDEX).is_file():
         if args.prompts_embeddings is not None:
             raise ValueError("--prompts-embeddings is for bare student folders; give --prompt to a pipeline")
+        if args.teacher is not None:
+            warnings.warn(
+                f"--teacher {args.teacher} is ignored: {args.export_dir} is a pipeline folder, whose student is whole "
+                "(a LoRA student is merged into it; --teacher is for --lora-adapter exports)",
+                UserWarning,
+                stacklevel=1,
+            )
         pipe = ARDPipeline.from_pretrained(args.export_dir, verify=args.verify)
         n = len(prompts) if prompts else len(args.class_labels)
         seeds = [torch.Generator().manual_seed(args.seed + i) for i in range(n)]  # sample i: the noise of seed + i
@@ -147,8 +203,7 @@ def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
         check_label_range(class_labels, student.family.num_classes(student.backbone), "--class-labels")
         cond, labels = Condition(labels=class_labels), [f"class {c}" for c in args.class_labels]
     elif args.prompts_embeddings is not None:
-        emb = torch.load(args.prompts_embeddings, map_location="cpu", weights_only=True)
-        emb = emb if isinstance(emb, dict) else {"text": emb}
+        emb = read_embeddings(args.prompts_embeddings, student)
         n = len(emb["text"])
         guidance = None if student.guidance is None else torch.full((n,), student.guidance)
         cond = Condition(text=emb["text"], text_mask=emb.get("text_mask"), pooled=emb.get("pooled"), guidance=guidance)

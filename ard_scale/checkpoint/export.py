@@ -255,6 +255,13 @@ def export_student(
             f"{run_dir}/checkpoints/{tag} holds a full student (no student.lora): export it without "
             "adapter_only (--lora-adapter)"
         )
+    if teacher is not None and not lora.enabled:
+        warnings.warn(
+            f"teacher={teacher} is ignored: {run_dir}/checkpoints/{tag} holds a full student, with its own backbone "
+            "weights (a base teacher is for LoRA students; leave --teacher out)",
+            UserWarning,
+            stacklevel=2,
+        )
     source = {"run_dir": str(run_dir.resolve()), "tag": tag, "weights": weights}
     ard = arch["ard"]
     need = tensor_bytes(state.values())  # an adapter export: the trainable state; a full one: the merged student
@@ -312,6 +319,13 @@ def load_exported_student(
         arch = {"ard": ard_config["ard"], "schedule": ard_config["schedule"], "sampling": ard_config.get("sampling")}
         if (path / LORA_FILE).is_file():
             return _load_adapter_export(path, ard_config, arch, dtype, teacher)
+        if teacher is not None:
+            warnings.warn(
+                f"teacher={teacher} is ignored: {path} holds a full student, with its own backbone weights (a base "
+                "teacher is for LoRA adapter exports, launchers/export.py --lora-adapter; leave --teacher out)",
+                UserWarning,
+                stacklevel=2,
+            )
         student = _student_of(load_teacher(path, dtype=dtype), arch)
         heads = {k.removeprefix("heads."): v.to(dtype) for k, v in load_file(str(path / HEADS_FILE)).items()}
     student.heads.load_state_dict(heads, strict=True)
@@ -335,8 +349,8 @@ def _load_adapter_export(path: Path, ard_config: dict, arch: dict, dtype, teache
             model = teacher_from_config(section, base.get("seed", 0))
     except (ValueError, OSError) as e:
         raise UserError(
-            f"{path} holds LoRA adapters for the teacher {teacher or base.get('path') or base.get('size')!r}, which "
-            f"could not be loaded ({e}); pass teacher=DIR (launchers/sample.py --teacher DIR)"
+            f"{path} holds LoRA adapters for the teacher {str(teacher or base.get('path') or base.get('size'))!r}, "
+            f"which could not be loaded ({e}); pass teacher=DIR (launchers/sample.py --teacher DIR)"
         ) from e
     student = _student_of(model.to(dtype), arch)
     adapters = load_file(str(path / LORA_FILE))  # diffusers' keys: transformer.<module>.lora_A.weight

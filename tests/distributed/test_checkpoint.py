@@ -197,6 +197,26 @@ def test_the_exported_pipeline_samples_class_labels_as_the_in_training_sampler(r
         pipe("a prompt")
 
 
+def test_a_pipeline_of_a_checkpoint_without_ema_says_it_holds_the_raw_weights(run, tmp_path):
+    """model_index.json said "weights": "ema" whenever the EMA was asked for, also of a checkpoint with none (this
+    run's), whose export holds the raw weights (as its transformer/ard_config.json said)."""
+    from ard_scale.pipeline import export_pipeline
+
+    with pytest.warns(UserWarning, match="has no EMA; using the raw weights"):
+        folder = export_pipeline(run["run_dir"], tmp_path / "pipe")  # use_ema=True, the default
+    index = json.loads((folder / "model_index.json").read_text())
+    student = json.loads((folder / "transformer" / "ard_config.json").read_text())
+    assert index["ard"]["source"]["weights"] == student["source"]["weights"] == "raw"
+
+
+def test_a_base_teacher_given_for_a_full_student_is_said_to_be_ignored(run, tmp_path):
+    """teacher= (--teacher) only serves LoRA students; for this run's full student it was dropped without a word."""
+    with pytest.warns(UserWarning, match="teacher=.*elsewhere is ignored: .* holds a full student"):
+        out = export_student(run["run_dir"], tmp_path / "student", use_ema=False, teacher=tmp_path / "elsewhere")
+    with pytest.warns(UserWarning, match="teacher=.*elsewhere is ignored: .* holds a full student"):
+        load_exported_student(out, teacher=tmp_path / "elsewhere")
+
+
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     from ard_scale.pipeline import export_pipeline

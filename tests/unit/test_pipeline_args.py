@@ -2,6 +2,7 @@
 never a library's own error or a silent change of meaning; diffusers' num_images_per_prompt and lists of generators
 work as there, and its sampling settings the student fixed at distillation are refused unless they are its own."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,33 @@ def test_a_generator_beside_latents_is_said_to_be_ignored_and_changes_nothing(te
     with pytest.warns(UserWarning, match="generator is ignored: the latents given are the noise"):
         out = text_pipe("a", latents=noise, generator=torch.Generator().manual_seed(9), output_type="latent")
     torch.testing.assert_close(out.latents, text_pipe("a", latents=noise, output_type="latent").latents)
+
+
+def test_output_type_np_gives_diffusers_float_arrays_and_an_unknown_one_is_refused_before_sampling(labels_pipe):
+    """output_type="np" (diffusers' (B, H, W, 3) floats in [0, 1]) was refused, and only after the S network passes
+    and the VAE decode had run."""
+    noise = latents(labels_pipe, 2)
+    passes = []  # the student's patch embedder runs once per network pass
+    hook = labels_pipe.student.backbone.pos_embed.register_forward_pre_hook(lambda *a: passes.append(1))
+    try:
+        pt = labels_pipe(class_labels=[1, 2], latents=noise, output_type="pt").images
+        assert len(passes) == 4  # S = 4
+        arrays = labels_pipe(class_labels=[1, 2], latents=noise, output_type="np").images
+        passes.clear()
+        with pytest.raises(ValueError, match=r"output_type must be one of 'pil', 'np', 'pt', 'latent', got 'numpy'"):
+            labels_pipe(class_labels=[1], latents=latents(labels_pipe, 1), output_type="numpy")
+    finally:
+        hook.remove()
+    assert passes == []  # refused before any network pass
+    assert isinstance(arrays, np.ndarray) and arrays.dtype == np.float32 and arrays.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(arrays, pt.permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_latents_are_sampled_in_fp32_states_as_in_training(text_pipe, dtype):
+    """Latents given in bf16/fp16 (as diffusers' randn_tensor draws them for a half-precision pipeline) kept that dtype
+    through every DDIM step between the network passes: other images than the in-training sampler's fp32 states."""
+    noise = latents(text_pipe, 1).to(dtype)
+    out = text_pipe("a", latents=noise, output_type="latent").latents
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, text_pipe("a", latents=noise.float(), output_type="latent").latents, rtol=0, atol=0)

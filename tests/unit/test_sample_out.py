@@ -5,6 +5,7 @@ import runpy
 import sys
 
 import pytest
+import torch
 
 from ard_scale.config import load_config
 from ard_scale.models.student import ARDStudent
@@ -75,3 +76,26 @@ def test_a_bare_student_refuses_another_size(sample, tmp_path):
         sample(tmp_path / "samples", "--height", "64")
     assert str(stopped.value.code).startswith("error: --height/--width: a bare student folder samples at the size")
     assert sample.loads == [] and not (tmp_path / "samples").exists()
+
+
+def test_a_save_tensor_path_in_a_missing_folder_is_refused_before_sampling(sample, tmp_path):
+    """--save-tensor into a folder that does not exist was a torch.save traceback after the samples were written."""
+    with pytest.raises(SystemExit, match=r"error: --save-tensor .*x.pt: its folder .*no_such_folder does not exist"):
+        sample(tmp_path / "out", "--save-tensor", str(tmp_path / "no_such_folder" / "x.pt"))
+    assert not (tmp_path / "out").exists() and sample.loads == []  # nothing sampled, nothing written
+    sample(tmp_path / "out", "--save-tensor", str(tmp_path / "x.pt"))
+    assert torch.load(tmp_path / "x.pt").shape[0] == 2
+
+
+def test_a_teacher_given_for_a_pipeline_folder_is_said_to_be_ignored(fresh_tiny_pipeline, tmp_path, monkeypatch):
+    """--teacher serves LoRA adapter exports only; with a pipeline folder (its LoRA student merged) it did nothing."""
+    from ard_scale.pipeline import MODEL_INDEX, ARDPipeline
+
+    pipe = fresh_tiny_pipeline("recipes/tiny_cpu.yaml")
+    (tmp_path / MODEL_INDEX).write_text("{}")  # a pipeline folder, loaded as `pipe` (the tiny one, not an export)
+    monkeypatch.setattr(ARDPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: pipe))
+    argv = ["sample", str(tmp_path), "--class-labels", "3", "--teacher", "/models/t", "--out", str(tmp_path / "o")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.warns(UserWarning, match="--teacher /models/t is ignored: .* is a pipeline folder"):
+        runpy.run_path(str(ROOT / "launchers" / "sample.py"), run_name="__main__")
+    assert (tmp_path / "o" / "grid.png").is_file()
