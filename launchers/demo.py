@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ard_scale.config import ConfigError, load_config  # noqa: E402
+from ard_scale.utils.cli import count  # noqa: E402
 from ard_scale.utils.launch import torchrun  # noqa: E402
 from ard_scale.utils.noise import eval_seeds  # noqa: E402
 
@@ -124,7 +125,7 @@ def main(argv=None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("overrides", nargs="*", help="dotted overrides for recipes/demo_digits.yaml")
-    parser.add_argument("--nproc", type=int, default=2, help="training ranks")
+    parser.add_argument("--nproc", type=count(), default=2, help="training ranks")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(RECIPE, args.overrides)
