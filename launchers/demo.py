@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ard_scale.config import ConfigError, load_config  # noqa: E402
+from ard_scale.config.paths import check_paths  # noqa: E402
+from ard_scale.utils.cli import count  # noqa: E402
 from ard_scale.utils.launch import torchrun  # noqa: E402
 from ard_scale.utils.noise import eval_seeds  # noqa: E402
 
@@ -124,7 +127,7 @@ def main(argv=None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("overrides", nargs="*", help="dotted overrides for recipes/demo_digits.yaml")
-    parser.add_argument("--nproc", type=int, default=2, help="training ranks")
+    parser.add_argument("--nproc", type=count(), default=2, help="training ranks")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(RECIPE, args.overrides)
@@ -133,7 +136,13 @@ def main(argv=None) -> dict:
     os.chdir(ROOT)  # the recipe's paths are relative to the repository root
     run_dir = Path(cfg.checkpoint.run_dir)
     fit_teacher_if_missing(Path(cfg.teacher.path))
-    distil(args.overrides, args.nproc)
+    try:
+        check_paths(cfg, source=str(RECIPE))  # as train.py does, once here rather than inside torchrun's traceback
+        distil(args.overrides, args.nproc)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    except subprocess.CalledProcessError as e:  # train.py said why (an `error:` line above, or its traceback)
+        sys.exit(f"error: training stopped with exit status {e.returncode} (its error is above); nothing was exported")
     metrics = compare(cfg, run_dir)
     print(f"[demo] {json.dumps(metrics)}")
     print(f"[demo] samples: {run_dir / 'demo.png'} (one column per class; teacher rows above 4-step student rows)")

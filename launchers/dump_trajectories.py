@@ -49,6 +49,7 @@ from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.solvers import SOLVERS  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory, uniform_teacher_grid  # noqa: E402
 from ard_scale.models.teachers import load_teacher, teacher_identity  # noqa: E402
+from ard_scale.utils.cli import count  # noqa: E402
 
 
 def schedule_from(teacher_path: Path, objective: str | None):
@@ -169,12 +170,12 @@ def main(argv=None) -> dict:
     parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying defaults")
     parser.add_argument("--teacher", type=Path, help="local diffusers teacher folder")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--num-samples", type=int, required=True)
+    parser.add_argument("--num-samples", type=count(), required=True)
     parser.add_argument("--captions", type=Path, help="(n+1, L, C) caption embeddings, last row the null caption")
     parser.add_argument("--data", help="MDS caption shards carrying T5 embeddings: the conditions of a text teacher")
     parser.add_argument("--null-caption", type=Path, help="with --data: the null caption (default TEACHER/...)")
-    parser.add_argument("--steps", type=int, help="S student steps (default 4)")
-    parser.add_argument("--substeps", type=int, help="K teacher sub-steps per student interval (default 6)")
+    parser.add_argument("--steps", type=count(), help="S student steps (default 4)")
+    parser.add_argument("--substeps", type=count(), help="K teacher sub-steps per student interval (default 6)")
     parser.add_argument("--solver", choices=SOLVERS)
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--guided-channels", type=int)
@@ -184,8 +185,8 @@ def main(argv=None) -> dict:
         choices=("epsilon", "v_prediction", "flow"),
         help="without a recipe (default: the folder's scheduler); with one, the recipe builds the trainer's schedule",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=count(), default=64)
+    parser.add_argument("--chunk-size", type=count(), default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -198,8 +199,6 @@ def main(argv=None) -> dict:
     if args.teacher is None and (cfg is None or cfg.teacher.size is None):
         parser.error("give --teacher PATH (or a recipe with teacher.path or teacher.size)")
     args.teacher = None if args.teacher is None else Path(args.teacher)
-    if args.num_samples < 1 or args.chunk_size < 1 or args.batch_size < 1:
-        parser.error("--num-samples, --chunk-size and --batch-size must be >= 1")
 
     from streaming import MDSWriter
 

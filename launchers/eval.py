@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ard_scale.checkpoint.layout import LATEST, atomic_write_text, step_of, tag_of  # noqa: E402
 from ard_scale.checkpoint.safe_load import META  # noqa: E402
 from ard_scale.config.loader import check_override_sections  # noqa: E402
+from ard_scale.utils.cli import positive  # noqa: E402
 
 METRICS = (("fid", "FID (lower is better)"), ("clip_score", "CLIP score (higher is better)"))
 # the eval settings a result's numbers depend on (not every, batch_size, grid_size, cache_dir): recorded beside them
@@ -178,7 +179,7 @@ def main(argv=None) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="evaluation settings, e.g. eval.fid_inception_path=PATH")
     parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
-    parser.add_argument("--poll-seconds", type=float, default=60.0)
+    parser.add_argument("--poll-seconds", type=positive, default=60.0)
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     run_dir = args.run_dir
     try:

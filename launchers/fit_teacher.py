@@ -58,6 +58,7 @@ from ard_scale.diffusion.trajectory import teacher_trajectory  # noqa: E402
 from ard_scale.models.families import FAMILIES, get_family  # noqa: E402
 from ard_scale.models.teachers import Teacher, build_teacher  # noqa: E402
 from ard_scale.trainer.conditioning import Conditioner  # noqa: E402
+from ard_scale.utils.cli import count, positive  # noqa: E402
 
 NUM_CLASSES = 10
 CAPTION_TOKENS = 4
@@ -248,22 +249,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--family", choices=sorted(FAMILIES))
     parser.add_argument("--size", help="named teacher size (default debug)")
     parser.add_argument("--objective", choices=("epsilon", "v_prediction", "flow"))
-    parser.add_argument("--resolution", type=int, help="pixel resolution trained at (default: the recipe's, else 8)")
+    parser.add_argument("--resolution", type=count(), help="pixel resolution (default: the recipe's, else 8)")
     parser.add_argument("--data", help="a shard set (folder) to train on instead of the in-memory digits")
     parser.add_argument("--data-format", choices=("webdataset", "mds"), help="format of --data")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=1, help="image channels (1: mean over RGB)")
-    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="dit on shards: class labels 0..N-1")
+    parser.add_argument("--num-classes", type=count(), default=NUM_CLASSES, help="dit on shards: class labels 0..N-1")
     parser.add_argument("--text-encoder", help="pixart on shards: local T5 folder to encode the captions with")
-    parser.add_argument("--max-length", type=int, default=120, help="T5 tokens per caption with --text-encoder")
-    parser.add_argument("--width", type=int, default=64, help="transformer width D (heads of 32)")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-length", type=count(), default=120, help="T5 tokens per caption with --text-encoder")
+    parser.add_argument("--width", type=count(), default=64, help="transformer width D (heads of 32)")
+    parser.add_argument("--layers", type=count(), default=4)
+    parser.add_argument("--steps", type=count(), default=2000)
+    parser.add_argument("--batch-size", type=count(), default=64)
+    parser.add_argument("--lr", type=positive, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default 1: fastest for debug-size models)")
-    parser.add_argument("--sample-steps", type=int, default=24, help="DDIM/Euler steps for the sample grid")
+    parser.add_argument("--threads", type=count(), help="torch CPU threads (default 1: fastest for debug-size models)")
+    parser.add_argument("--sample-steps", type=count(), default=24, help="DDIM/Euler steps for the sample grid")
     parser.add_argument(
         "--guidance", type=float, default=1.5, help="guidance scale for the sample grid (FLUX: the embedded value)"
     )

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ard_scale.data.sources import iter_shard_set
 from ard_scale.data.writers import MDSWriterAdapter
 from ard_scale.models.families import FAMILIES, get_family
+from ard_scale.utils.cli import count
 
 
 def _batches(iterable, size):
@@ -158,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pooled-encoder", default=None, help="CLIP text encoder folder (or pipeline folder) for pooled_emb"
     )
-    parser.add_argument("--pooled-max-length", type=int, help="CLIP tokens per caption (default 77)")
+    parser.add_argument("--pooled-max-length", type=count(), help="CLIP tokens per caption (default 77)")
     parser.add_argument("--format", choices=["webdataset", "mds"], default="mds", help="format of SHARDS")
-    parser.add_argument("--max-length", type=int, help="T5 tokens per caption (default 120; PixArt-Σ uses 300)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--shard-size", type=int, default=256 << 20, help="bytes per output shard")
+    parser.add_argument("--max-length", type=count(), help="T5 tokens per caption (default 120; PixArt-Σ uses 300)")
+    parser.add_argument("--batch-size", type=count(), default=64)
+    parser.add_argument("--shard-size", type=count(), default=256 << 20, help="bytes per output shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     from ard_scale.data.bundled import resolve_data_path

@@ -1,6 +1,7 @@
 """What the teacher's architecture refuses of a recipe, found before anything is built: a teacher folder of another
 family, a student.num_causal_layers beyond its depth, gan.layers it does not have, a data.resolution its fixed
-positional embedding does not take, data.buckets whose sizes it does not take.
+positional embedding does not take, data.buckets whose sizes it does not take; and a teacher.size or vae.size that
+names no size at all (`size_problems`).
 
 `python -m ard_scale.config`, launchers/train.py (through `check_paths`) and the planner ask it; the trainer's own
 checks (`ARDConfig.validate`, `Family.check_latent_side`, the GAN backbone) would otherwise find these only after the
@@ -72,6 +73,25 @@ def configured(config: dict) -> SimpleNamespace:
     return SimpleNamespace(config=SimpleNamespace(**config))
 
 
+def size_problems(cfg, spec) -> list[str]:
+    """The recipe's named sizes that no builder has (teacher.size of family `spec`, vae.size): the trainer would refuse
+    them only once its ranks are up."""
+    from ard_scale.models.vae import SIZES as VAE_SIZES
+
+    out = []
+    if cfg.teacher.size is not None and cfg.teacher.size not in spec.sizes:
+        out.append(
+            f"teacher.size: unknown {spec.name} size {cfg.teacher.size!r}; choose one of {', '.join(spec.sizes)}, or "
+            "give teacher.path (a local folder) instead"
+        )
+    if cfg.vae.size is not None and cfg.vae.size not in VAE_SIZES:
+        out.append(
+            f"vae.size: unknown size {cfg.vae.size!r}; choose one of {', '.join(VAE_SIZES)}, or give vae.path (a local "
+            "folder) instead"
+        )
+    return out
+
+
 def fit_problems(cfg) -> list[str]:
     """`teacher_problems` of the recipe's teacher, from teacher.size or teacher.path's config.json and the VAE's
     config; [] where those are not on this machine (`missing_paths` says so)."""
@@ -82,13 +102,16 @@ def fit_problems(cfg) -> list[str]:
     if cfg.teacher.size is None and cfg.teacher.path is None:
         return []
     spec = get_family(cfg.teacher.family)
+    unknown = size_problems(cfg, spec)
+    if unknown:  # nothing to read the architecture from
+        return unknown
     try:
         path = cfg.teacher.path
         if path is not None and (problem := other_family(family_of_folder(path), path, cfg.teacher.family)):
             return [problem]
         config = teacher_config(cfg)
         down = vae_downsample(size=cfg.vae.size, path=cfg.vae.path)
-    except (ValueError, OSError):  # a folder missing_paths reports, or a size the recipe check names
+    except (ValueError, OSError):  # a folder missing_paths reports
         return []
     side = cfg.data.resolution // down
     return teacher_problems(cfg, spec, spec.config_depth(config), configured(config), side, down)

@@ -10,6 +10,7 @@ from pathlib import Path
 import ard_scale.plan as plan_module
 from ard_scale.config import load_config
 from ard_scale.plan.budget import GB
+from ard_scale.utils.cli import count, positive
 
 
 def format_plan(p: dict) -> str:
@@ -75,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.batch_size=8")
-    parser.add_argument("--gpus", type=int, required=True)
-    parser.add_argument("--gpu-mem-gb", type=float, default=80.0)
+    parser.add_argument("--gpus", type=count(), required=True)
+    parser.add_argument("--gpu-mem-gb", type=positive, default=80.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the plan as JSON here")
     args = parser.parse_intermixed_args(argv)  # overrides may come after the options
+    if args.json is not None and not args.json.resolve().parent.is_dir():  # before planning, not after
+        sys.exit(
+            f"error: --json {args.json}: its folder {args.json.parent} does not exist; create it or write elsewhere"
+        )
     try:
         result = plan_module.plan(load_config(args.recipe, args.overrides), args.gpus, args.gpu_mem_gb)
     except ValueError as e:  # a bad recipe (ConfigError), a GPU count, a missing size: the cause, no traceback

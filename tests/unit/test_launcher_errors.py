@@ -105,3 +105,58 @@ def test_train_says_a_recipe_warning_on_rank_0_only(rank, tmp_path, monkeypatch,
         runpy.run_path(str(ROOT / "launchers" / "train.py"), run_name="__main__")
     said = [str(w.message) for w in recwarn if issubclass(w.category, ConfigWarning)]
     assert said == (["train.replay_times is ignored with trajectory_source 'online'"] if rank == "0" else [])
+
+
+# (launcher, its arguments with one bad number, the usage line argparse prints); {tmp}: the test's empty folder.
+# Before, these ran: precompute_text --batch-size 0 said "no sample in 'bundled:digits/mds'" (the shards are fine),
+# fit_teacher --resolution 0 fitted at 8 px, --steps 0 fitted and then divided by zero, plan --gpu-mem-gb -1 printed
+# "DOES NOT FIT in -1 GB".
+BAD_NUMBERS = {
+    "precompute_text-batch_size": (
+        "precompute_text",
+        ["bundled:digits/mds", "{tmp}/text", "--recipe", "recipes/tiny_t2i_cpu.yaml", "--batch-size", "0"],
+        "argument --batch-size: must be an integer >= 1, got 0",
+    ),
+    "precompute_text-max_length": (
+        "precompute_text",
+        ["bundled:digits/mds", "{tmp}/text", "--recipe", "recipes/tiny_t2i_cpu.yaml", "--max-length", "-5"],
+        "argument --max-length: must be an integer >= 1, got -5",
+    ),
+    "fit_teacher-resolution": (
+        "fit_teacher",
+        ["--out", "{tmp}/teacher", "--resolution", "0", "--steps", "1"],
+        "argument --resolution: must be an integer >= 1, got 0",
+    ),
+    "fit_teacher-steps": ("fit_teacher", ["--out", "{tmp}/teacher", "--steps", "0"], "argument --steps: must be an"),
+    "fit_teacher-lr": ("fit_teacher", ["--out", "{tmp}/t", "--lr", "nan"], "argument --lr: must be a finite number"),
+    "dump_trajectories-substeps": (
+        "dump_trajectories",
+        ["recipes/tiny_cpu.yaml", "--out", "{tmp}/dump", "--num-samples", "1", "--substeps", "0"],
+        "argument --substeps: must be an integer >= 1, got 0",
+    ),
+    "demo-nproc": ("demo", ["--nproc", "0"], "argument --nproc: must be an integer >= 1, got 0"),
+    "eval-poll_seconds": ("eval", ["{tmp}/run", "--poll-seconds", "-1"], "argument --poll-seconds: must be a finite"),
+    "plan-gpu_mem": (
+        "-m ard_scale.plan",
+        ["recipes/tiny_cpu.yaml", "--gpus", "2", "--gpu-mem-gb", "-1"],
+        "argument --gpu-mem-gb: must be a finite number > 0, got -1",
+    ),
+    "plan-gpus": ("-m ard_scale.plan", ["recipes/tiny_cpu.yaml", "--gpus", "x"], "argument --gpus: expected an"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NUMBERS))
+def test_a_launcher_refuses_a_bad_number_before_any_work(case, tmp_path, monkeypatch, capsys):
+    launcher, args, message = BAD_NUMBERS[case]
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=tmp_path) for a in args)])
+    with pytest.raises(SystemExit) as stopped:
+        if launcher.startswith("-m "):
+            monkeypatch.delitem(sys.modules, launcher[3:], raising=False)
+            runpy.run_module(launcher[3:], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(str(ROOT / "launchers" / f"{launcher}.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err  # argparse's usage error
+    assert message in err.splitlines()[-1], err
+    assert not any(tmp_path.iterdir())  # refused before writing anything

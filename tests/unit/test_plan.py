@@ -118,6 +118,17 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     assert saved["recipe"]["micro_batch"] == 4 and saved["recipe"]["gpus"] == 2
 
 
+def test_cli_refuses_a_json_path_it_cannot_write_before_planning(tmp_path, capsys):
+    """It planned, printed the table and then failed with a FileNotFoundError traceback."""
+    out = tmp_path / "no_such_folder" / "plan.json"
+    with pytest.raises(SystemExit) as stopped:
+        main(["recipes/tiny_cpu.yaml", "--gpus", "2", "--json", str(out)])
+    assert stopped.value.code == (
+        f"error: --json {out}: its folder {out.parent} does not exist; create it or write elsewhere"
+    )
+    assert capsys.readouterr().out == ""
+
+
 def test_gan_stage_adds_the_replicated_heads_and_the_feature_passes():
     cfg = load_config(
         "recipes/tiny_cpu.yaml", ["gan.enabled=true", "gan.warmup_steps=1", "gan.layers=[1,3]", "gan.r1_weight=0.1"]

@@ -36,6 +36,17 @@ def test_the_recipe_check_names_what_the_teachers_architecture_refuses():
     assert resolution.startswith("data.resolution gives 16×16 latents, but this dit teacher takes 8×8")
 
 
+def test_the_recipe_check_names_a_size_no_builder_has():
+    """It passed teacher.size=xl (and any vae.size): the trainer refused it only once its ranks were up."""
+    assert problems("teacher.size=dit_xl_2_256", "data.resolution=128") == []  # 32×32 latents
+    assert problems("teacher.size=xl", "vae.size=big") == [
+        "teacher.size: unknown dit size 'xl'; choose one of debug, dit_xl_2_256, or give teacher.path (a local "
+        "folder) instead",
+        "vae.size: unknown size 'big'; choose one of debug, debug_qwen_image, or give vae.path (a local folder) "
+        "instead",
+    ]
+
+
 def test_the_architecture_comes_from_the_teacher_folder_too(tmp_path):
     build_teacher("dit", "debug").model.save_pretrained(tmp_path / "teacher")  # the same network, as a folder
     folder = [f"teacher.path={tmp_path / 'teacher'}", "teacher.size=null"]
