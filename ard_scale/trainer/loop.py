@@ -173,7 +173,7 @@ def train(cfg: RootConfig) -> list[float]:
         if due or stopping or too_many_nan or diverged:
             ckpt.save_tracked(run.engine, progress.step)
             saved_step = progress.step
-        raise_if_unhealthy(progress, run_dir, too_many_nan=too_many_nan, diverged=diverged)
+        raise_if_unhealthy(progress, run_dir, too_many_nan=too_many_nan, diverged=diverged, gan=gan is not None)
         if stopping:
             say(rank, stopped(ckpt, progress.step))
             break
@@ -280,13 +280,19 @@ def watch_divergence(cfg: RootConfig, watch: DivergenceWatch, step: int, metrics
     return bool(message) and cfg.gan.stop_on_divergence
 
 
-def raise_if_unhealthy(progress: Progress, run_dir: Path, *, too_many_nan: bool, diverged: bool) -> None:
-    """After the checkpoint of the step was saved: stop with the error that names the cause and the fix."""
+def raise_if_unhealthy(
+    progress: Progress, run_dir: Path, *, too_many_nan: bool, diverged: bool, gan: bool = False
+) -> None:
+    """After the checkpoint of the step was saved: stop with the error that names the cause and the fix. The saved
+    weights are those before the NaN streak: no update is taken from a NaN/Inf loss or gradient (`step_student`)."""
     step = progress.step
     if too_many_nan:  # both decisions are every rank's alike (the NaN flag is any rank's, the losses are averaged)
+        stage = "; in the GAN stage, lower gan.weight or gan.d_lr too" if gan else ""
         raise UserError(
-            f"the loss was NaN/Inf for {progress.nan_streak} steps in a row (up to step {step}); a checkpoint was "
-            f"saved in {run_dir}. Lower train.lr, check the data and teacher, or raise train.max_consecutive_nan",
+            f"the loss or its gradient was NaN/Inf for {progress.nan_streak} steps in a row (up to step {step}); a "
+            f"checkpoint was saved in {run_dir} (no NaN/Inf reached the weights). Resume it with a lower train.lr and "
+            f"checkpoint.allow_recipe_change=true{stage}, check the data and teacher, or raise "
+            "train.max_consecutive_nan",
             every_rank=True,
         )
     if diverged:

@@ -127,7 +127,8 @@ def test_nan_losses_are_skipped_then_stop_with_a_checkpoint_and_a_clear_error(tm
         "checkpoint.every=100",
     )
     assert proc.returncode != 0
-    said_once(proc, "error: the loss was NaN/Inf for 2 steps in a row")
+    said_once(proc, "error: the loss or its gradient was NaN/Inf for 2 steps in a row")
+    assert "Resume it with a lower train.lr and checkpoint.allow_recipe_change=true, check" in proc.stderr
     logged = metrics(run_dir)  # parse_constant refuses NaN/Infinity: strict JSON
     assert logged[-1]["nan_skips"] >= 2 and logged[-1]["nan"]
     # here the gradient norm overflows while the loss is still finite: logged as null (was Infinity, not JSON), and
