@@ -133,6 +133,12 @@ def main(argv=None) -> dict:
         cfg = load_config(RECIPE, args.overrides)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    if cfg.teacher.path is None:  # a named size: random weights, nothing fitted to compare the student with
+        sys.exit(
+            f"error: teacher.size={cfg.teacher.size}: the demo distils the teacher launchers/fit_teacher.py fits on "
+            "the digits, kept at teacher.path; drop the teacher.size and teacher.path overrides (or give "
+            "teacher.path=DIR to fit or reuse it there), or distil a named size with launchers/train.py"
+        )
     os.chdir(ROOT)  # the recipe's paths are relative to the repository root
     run_dir = Path(cfg.checkpoint.run_dir)
     fit_teacher_if_missing(Path(cfg.teacher.path))
