@@ -35,13 +35,21 @@ PER_CLASS = 8
 
 
 def fit_teacher_if_missing(teacher_dir: Path) -> None:
+    """Reuse the teacher fitted into `teacher_dir` on an earlier run, else fit one there (a new or empty folder)."""
     if (teacher_dir / "transformer" / "config.json").is_file():
         print(f"[demo] reusing the teacher in {teacher_dir}")
         return
-    print(f"[demo] fitting the teacher on the bundled digits -> {teacher_dir} (a few minutes)")
     sys.path.insert(0, str(ROOT / "launchers"))
     import fit_teacher
 
+    try:
+        fit_teacher.check_out(teacher_dir)
+    except ValueError:
+        sys.exit(
+            f"error: teacher.path {teacher_dir} holds files but no fitted teacher (no transformer/config.json); "
+            "remove it to fit the teacher there, or give teacher.path=DIR (a new folder or a fitted teacher)"
+        )
+    print(f"[demo] fitting the teacher on the bundled digits -> {teacher_dir} (a few minutes)")
     fit_teacher.main(["--out", str(teacher_dir), "--family", "dit"])
 
 
