@@ -35,13 +35,21 @@ PER_CLASS = 8
 
 
 def fit_teacher_if_missing(teacher_dir: Path) -> None:
+    """Reuse the teacher fitted into `teacher_dir` on an earlier run, else fit one there (a new or empty folder)."""
     if (teacher_dir / "transformer" / "config.json").is_file():
         print(f"[demo] reusing the teacher in {teacher_dir}")
         return
-    print(f"[demo] fitting the teacher on the bundled digits -> {teacher_dir} (a few minutes)")
     sys.path.insert(0, str(ROOT / "launchers"))
     import fit_teacher
 
+    try:
+        fit_teacher.check_out(teacher_dir)
+    except ValueError:
+        sys.exit(
+            f"error: teacher.path {teacher_dir} holds files but no fitted teacher (no transformer/config.json); "
+            "remove it to fit the teacher there, or give teacher.path=DIR (a new folder or a fitted teacher)"
+        )
+    print(f"[demo] fitting the teacher on the bundled digits -> {teacher_dir} (a few minutes)")
     fit_teacher.main(["--out", str(teacher_dir), "--family", "dit"])
 
 
@@ -133,6 +141,12 @@ def main(argv=None) -> dict:
         cfg = load_config(RECIPE, args.overrides)
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    if cfg.teacher.path is None:  # a named size: random weights, nothing fitted to compare the student with
+        sys.exit(
+            f"error: teacher.size={cfg.teacher.size}: the demo distils the teacher launchers/fit_teacher.py fits on "
+            "the digits, kept at teacher.path; drop the teacher.size and teacher.path overrides (or give "
+            "teacher.path=DIR to fit or reuse it there), or distil a named size with launchers/train.py"
+        )
     os.chdir(ROOT)  # the recipe's paths are relative to the repository root
     run_dir = Path(cfg.checkpoint.run_dir)
     fit_teacher_if_missing(Path(cfg.teacher.path))

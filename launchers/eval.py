@@ -4,14 +4,13 @@
     python launchers/eval.py RUN_DIR --watch         # ... and keep polling for new ones (e.g. as its own Slurm job)
     python launchers/eval.py RUN_DIR eval.fid_inception_path=PATH eval.num_samples=8   # eval.* settings win
 
-Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (atomically: a restarted job skips what is written; a rerun
-with other eval settings that change the numbers, e.g. eval.num_samples, evaluates it again, since each result records
-them) and
-RUN_DIR/eval/metrics.png, FID and CLIP score against step with the teacher's values as reference lines. The teacher's
-values are computed once per recipe and cached (eval.cache_dir, default RUN_DIR/eval/cache; keyed on the teacher,
-its sampler and the evaluation set, so the in-loop evaluation and this job share them). A checkpoint is complete
-when RUN_DIR/checkpoints/latest names it or a later step, or when its folder holds ard_checkpoint.json (see
-ard_scale/checkpoint/manager.py).
+Writes RUN_DIR/eval/step_XXXXXXXX.json per checkpoint (strict JSON: a NaN metric is null, as in metrics.jsonl;
+atomically: a restarted job skips what is written; a rerun with other eval settings that change the numbers, e.g.
+eval.num_samples, evaluates it again, since each result records them) and RUN_DIR/eval/metrics.png, FID and CLIP score
+against step with the teacher's values as reference lines. The teacher's values are computed once per recipe and cached
+(eval.cache_dir, default RUN_DIR/eval/cache; keyed on the teacher, its sampler and the evaluation set, so the in-loop
+evaluation and this job share them). A checkpoint is complete when RUN_DIR/checkpoints/latest names it or a later step,
+or when its folder holds ard_checkpoint.json (see ard_scale/checkpoint/manager.py).
 
 Each checkpoint is exported (EMA weights if eval.use_ema), its student sampled in S steps on the recipe's evaluation
 set (classes; or prompts from eval.prompts_path / the data's captions, T5-encoded), decoded by the recipe's VAE and
@@ -37,6 +36,7 @@ from ard_scale.checkpoint.layout import LATEST, atomic_write_text, step_of, tag_
 from ard_scale.checkpoint.safe_load import META  # noqa: E402
 from ard_scale.config.loader import check_override_sections  # noqa: E402
 from ard_scale.utils.cli import positive  # noqa: E402
+from ard_scale.utils.strict_json import strict_json  # noqa: E402
 
 METRICS = (("fid", "FID (lower is better)"), ("clip_score", "CLIP score (higher is better)"))
 # the eval settings a result's numbers depend on (not every, batch_size, grid_size, cache_dir): recorded beside them
@@ -84,7 +84,7 @@ def plot(run_dir: Path, teacher: dict | None) -> Path:
     results = read_results(run_dir)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.5), squeeze=False)
     for ax, (key, label) in zip(axes[0], METRICS, strict=True):
-        points = [(r["step"], r[key]) for r in results if key in r]
+        points = [(r["step"], r[key]) for r in results if key in r]  # a null (NaN) metric: a gap
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label="student")
         if teacher and key in teacher:
@@ -134,7 +134,8 @@ def evaluate_pending(
             )
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
+        # strict JSON: a NaN FID or CLIP score (a sample with NaN pixels) is null, as in metrics.jsonl
+        atomic_write_text(path, json.dumps(strict_json(result), indent=1, sort_keys=True))
         done.append(step)
         plot(run_dir, teacher)  # after every checkpoint: a long backlog shows progress
     return done

@@ -5,9 +5,10 @@
 
 Default: a pipeline folder (model_index.json, transformer/, scheduler/, text encoders, VAE, recipe.yaml; see
 ard_scale/pipeline.py) that `ARDPipeline.from_pretrained(DIR)` and launchers/sample.py load. --link symlinks the
-encoders and VAE to the folders the recipe named instead of copying them. --student-only writes the student folder
-alone: the backbone as the teacher's diffusers class (head 0 as its final layer), `ard_heads.safetensors` and
-`ard_config.json` (ard_scale/checkpoint/export.py). Weights: the EMA when the checkpoint has one, else (and with
+encoders and VAE to the folders the recipe named instead of copying them (a pipeline's only: refused with
+--student-only or --lora-adapter). --student-only writes the student folder alone: the backbone as the teacher's
+diffusers class (head 0 as its final layer), `ard_heads.safetensors` and `ard_config.json`
+(ard_scale/checkpoint/export.py). Weights: the EMA when the checkpoint has one, else (and with
 --raw) the raw student rebuilt from the ZeRO shards.
 
 A LoRA student (student.lora.rank > 0) exports merged by default (a plain full student, as above). --lora-adapter
@@ -52,10 +53,17 @@ def main(argv=None) -> Path:
     from ard_scale.pipeline import export_pipeline
 
     try:
+        if args.student_only or args.lora_adapter:  # before the checkpoint is read
+            student_flag = "--student-only" if args.student_only else "--lora-adapter"
+            if args.overrides:
+                raise ValueError("encoder/VAE overrides are for a pipeline export; a student folder holds neither")
+            if args.link:
+                raise ValueError(
+                    f"--link links a pipeline's encoders and VAE, and a {student_flag} folder holds neither: leave out "
+                    f"--link (or leave out {student_flag} to export a pipeline that links them)"
+                )
         tag = resolve_tag(args.run_dir / "checkpoints", args.tag)
         out = args.out or args.run_dir / "export" / tag
-        if args.overrides and (args.student_only or args.lora_adapter):
-            raise ValueError("encoder/VAE overrides are for a pipeline export; a student folder holds neither")
         if args.student_only or args.lora_adapter:
             out = export_student(
                 args.run_dir, out, tag=tag, use_ema=not args.raw, adapter_only=args.lora_adapter, teacher=args.teacher

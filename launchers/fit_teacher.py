@@ -27,7 +27,9 @@ gets `--guidance`. On shards: `dit` and `pixart` only.
 
 Writes OUT/transformer (diffusers `save_pretrained`, loads with `ard_scale.models.teachers.load_teacher`),
 OUT/scheduler, OUT/fit.json (loss curve, sample class accuracy) and OUT/samples.png (one row per class, sampled
-with the teacher trajectory generator). Sample quality: `sample_accuracy` is the fraction of generated samples
+with the teacher trajectory generator), whole or not at all (`ard_scale.utils.folders.writing_folder`). OUT must be new
+or empty, checked before the fit: a teacher already there is replaced only with `--overwrite` (a run distilled from it
+would then resume against other weights). Sample quality: `sample_accuracy` is the fraction of generated samples
 that a 5-nearest-neighbour classifier over the real digits assigns to their conditioning class (chance 0.1); it is
 null for shard data (fit.json says why), whose samples.png has one row per condition of the first batch.
 """
@@ -55,10 +57,12 @@ from ard_scale.data.bundled import load_digits  # noqa: E402
 from ard_scale.diffusion.condition import Condition  # noqa: E402
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory  # noqa: E402
+from ard_scale.errors import UserError  # noqa: E402
 from ard_scale.models.families import FAMILIES, get_family  # noqa: E402
 from ard_scale.models.teachers import Teacher, build_teacher  # noqa: E402
 from ard_scale.trainer.conditioning import Conditioner  # noqa: E402
 from ard_scale.utils.cli import count, positive  # noqa: E402
+from ard_scale.utils.folders import check_new_folder, writing_folder  # noqa: E402
 
 NUM_CLASSES = 10
 CAPTION_TOKENS = 4
@@ -245,7 +249,10 @@ def main(argv=None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying family/size/objective defaults")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (diffusers layout)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (diffusers layout): new or empty")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a teacher already in --out (runs distilled from it change)"
+    )
     parser.add_argument("--family", choices=sorted(FAMILIES))
     parser.add_argument("--size", help="named teacher size (default debug)")
     parser.add_argument("--objective", choices=("epsilon", "v_prediction", "flow"))
@@ -269,6 +276,8 @@ def main(argv=None) -> dict:
         "--guidance", type=float, default=1.5, help="guidance scale for the sample grid (FLUX: the embedded value)"
     )
     args = parser.parse_args(argv)
+    if not args.overwrite:  # before the fit, not after it
+        check_out(args.out)
     cfg = load_config(args.recipe) if args.recipe is not None else None  # checked as the trainer checks it
     defaults = {"family": "dit", "size": "debug", "objective": "epsilon", "resolution": 8, **recipe_defaults(cfg)}
     family, size, objective = (getattr(args, k) or defaults[k] for k in ("family", "size", "objective"))
@@ -350,7 +359,6 @@ def main(argv=None) -> dict:
 
     per_class = 8
     shape = (args.channels, args.resolution, args.resolution)
-    args.out.mkdir(parents=True, exist_ok=True)
     if data_path is None:
         samples, sample_labels = sample_classes(
             ema, schedule, conditioner, shape, per_class, args.guidance, args.sample_steps
@@ -362,13 +370,6 @@ def main(argv=None) -> dict:
         cond, null = select(first_cond, rows), select(first_null, rows)
         samples = sample(ema, schedule, cond, null, shape, args.guidance, args.sample_steps)
         acc = None
-    ema.model.save_pretrained(args.out / "transformer")
-    if kind == "text" and data_path is None:
-        torch.save(conditioner.captions, args.out / "captions.pt")
-    elif kind == "text":
-        torch.save({"t5_emb": first_null.text[0], "t5_mask": first_null.text_mask[0]}, args.out / "null_caption.pt")
-    _scheduler_for(schedule).save_pretrained(args.out / "scheduler")
-    save_grid(samples, per_class, args.out / "samples.png", num_rows)
     result = {
         "family": family,
         "objective": objective,
@@ -382,10 +383,30 @@ def main(argv=None) -> dict:
     if data_path is not None:
         result["data"] = {"path": str(data_path), "format": data_format}
         result["sample_accuracy_note"] = "not computed: the 5-NN class check applies to the in-memory digits only"
-    (args.out / "fit.json").write_text(json.dumps({**result, "losses": losses[::10]}, indent=2))
+    # whole or not at all: launchers/demo.py reuses the folder of a teacher that has transformer/config.json
+    with writing_folder(args.out, what="fitted teacher", replace=args.overwrite) as out:
+        ema.model.save_pretrained(out / "transformer")
+        if kind == "text" and data_path is None:
+            torch.save(conditioner.captions, out / "captions.pt")
+        elif kind == "text":
+            torch.save({"t5_emb": first_null.text[0], "t5_mask": first_null.text_mask[0]}, out / "null_caption.pt")
+        _scheduler_for(schedule).save_pretrained(out / "scheduler")
+        save_grid(samples, per_class, out / "samples.png", num_rows)
+        (out / "fit.json").write_text(json.dumps({**result, "losses": losses[::10]}, indent=2))
     quality = "" if acc is None else f"  sample class accuracy {acc:.2f} (chance 0.10)"
     print(f"saved {args.out}  train {train_s:.0f}s{quality}")
     return result
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that holds files: a run distilled from the teacher there would resume against other weights."""
+    try:
+        check_new_folder(out, "fitted teacher")
+    except UserError as e:
+        raise UserError(
+            f"{e}; --overwrite replaces it, but a run distilled from the teacher there then resumes against other "
+            "weights"
+        ) from None
 
 
 def _scheduler_for(schedule):

@@ -7,8 +7,9 @@
 
 PIPELINE_DIR is a folder written by launchers/export.py (ard_scale.pipeline.ARDPipeline: the KV-cached S-step
 sampler, the recipe's text encoders, decoding through the VAE). Sample i starts from noise seeded `seed + i`, so a
-prompt's image does not depend on the others in the batch. Writes OUT/sample_000.png … and OUT/grid.png (the prompt
-or class under each image), whole or not at all; an OUT that exists and is not an empty folder is refused before any
+prompt's image does not depend on the others in the batch. Writes OUT/sample_000.png … (as many digits as the count
+needs: sample_0000.png … from 1,001 samples on, so that the names sort in sample order) and OUT/grid.png (the prompt or
+class under each image), whole or not at all; an OUT that exists and is not an empty folder is refused before any
 sampling (choose a new one).
 
 A bare student folder (export.py --student-only) has no text encoder or VAE: give --prompts-embeddings FILE (a
@@ -139,7 +140,14 @@ def main(argv=None) -> list[Path]:
     if args.save_tensor is not None:
         torch.save(states, args.save_tensor)
     print(f"{len(images)} samples and grid.png in {args.out}")
-    return [args.out / f"sample_{i:03d}.png" for i in range(len(images))]
+    return [args.out / name for name in sample_names(len(images))]
+
+
+def sample_names(n: int) -> list[str]:
+    """The file names of `n` samples: sample_000.png …, numbered as wide as the count needs (sample_0000.png … from
+    1,001 samples on), so that they sort in sample order."""
+    width = max(3, len(str(n - 1)))
+    return [f"sample_{i:0{width}d}.png" for i in range(n)]
 
 
 def _write_samples(folder: Path, images: np.ndarray, labels: list[str], ncol: int) -> None:
@@ -147,8 +155,8 @@ def _write_samples(folder: Path, images: np.ndarray, labels: list[str], ncol: in
 
     from ard_scale.evaluation.grids import labelled_grid, save_png
 
-    for i, img in enumerate(images):
-        Image.fromarray(img).save(folder / f"sample_{i:03d}.png")
+    for name, img in zip(sample_names(len(images)), images, strict=True):
+        Image.fromarray(img).save(folder / name)
     ncol = max(1, min(ncol, len(images)))
     rows = [images[i : i + ncol] for i in range(0, len(images), ncol)]
     rows[-1] = np.concatenate([rows[-1], np.full((ncol - len(rows[-1]), *images.shape[1:]), 255, np.uint8)])

@@ -1,7 +1,7 @@
 """What the teacher's architecture refuses of a recipe, found before anything is built: a teacher folder of another
 family, a student.num_causal_layers beyond its depth, gan.layers it does not have, a data.resolution its fixed
-positional embedding does not take, data.buckets whose sizes it does not take; and a teacher.size or vae.size that
-names no size at all (`size_problems`).
+positional embedding does not take, data.buckets whose sizes it does not take; and a teacher.size, vae.size or text
+encoder size (text_encoder, pooled_encoder, pooled_encoder_2, qwen_encoder) that names no size at all (`size_problems`).
 
 `python -m ard_scale.config`, launchers/train.py (through `check_paths`) and the planner ask it; the trainer's own
 checks (`ARDConfig.validate`, `Family.check_latent_side`, the GAN backbone) would otherwise find these only after the
@@ -74,8 +74,10 @@ def configured(config: dict) -> SimpleNamespace:
 
 
 def size_problems(cfg, spec) -> list[str]:
-    """The recipe's named sizes that no builder has (teacher.size of family `spec`, vae.size): the trainer would refuse
-    them only once its ranks are up."""
+    """The recipe's named sizes that no builder has (teacher.size of family `spec`, vae.size, and the size of each
+    text encoder the family reads): the trainer would refuse them only once its ranks are up."""
+    from ard_scale.config.models import SLOT_SECTIONS
+    from ard_scale.models.encoder_sizes import SLOT_SIZES
     from ard_scale.models.vae import SIZES as VAE_SIZES
 
     out = []
@@ -89,6 +91,14 @@ def size_problems(cfg, spec) -> list[str]:
             f"vae.size: unknown size {cfg.vae.size!r}; choose one of {', '.join(VAE_SIZES)}, or give vae.path (a local "
             "folder) instead"
         )
+    for slot in spec.text_encoders:
+        section, sizes = SLOT_SECTIONS[slot], SLOT_SIZES[slot]
+        size = getattr(cfg, section).size
+        if size is not None and size not in sizes:
+            out.append(
+                f"{section}.size: unknown size {size!r}; choose one of {', '.join(sizes)}, or give {section}.path (a "
+                "local folder) instead"
+            )
     return out
 
 

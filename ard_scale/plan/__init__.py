@@ -40,8 +40,9 @@ import dataclasses
 import torch
 
 from ard_scale.config import ConfigError, RootConfig
-from ard_scale.config.teacher_fit import teacher_problems
+from ard_scale.config.teacher_fit import size_problems, teacher_problems
 from ard_scale.errors import UserError
+from ard_scale.models.families import get_family
 from ard_scale.models.flex import resolve_attention
 from ard_scale.models.student import ARDStudent
 from ard_scale.plan import budget
@@ -64,6 +65,9 @@ def measure(cfg: RootConfig) -> tuple[Measured, str]:
     """The recipe's models on meta, one training forward of the student and one guided teacher evaluation at the
     micro batch, and the text encoders' passes; and the history-attention kernel the student was planned with."""
     dtype, B, S = DTYPES[cfg.train.precision], cfg.data.batch_size, cfg.student.num_steps
+    unknown = size_problems(cfg, get_family(cfg.teacher.family))  # not planned as another size
+    if unknown:
+        raise ConfigError("recipe", unknown)
     teacher, teacher_source = meta_teacher(cfg)
     side = latent_side(cfg)
     down = cfg.data.resolution // side

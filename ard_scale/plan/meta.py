@@ -13,6 +13,7 @@ from ard_scale.config import RootConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import schedule_for_recipe
 from ard_scale.errors import UserError
+from ard_scale.models.encoder_sizes import QWEN_SIZES, T5_SIZES
 from ard_scale.models.families import get_family
 from ard_scale.models.teachers import Teacher, build_teacher
 from ard_scale.models.vae import vae_downsample
@@ -91,13 +92,11 @@ def meta_text_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
         return None, "none"
     from transformers import T5Config, T5EncoderModel
 
-    from ard_scale.models.text_encoder import SIZES
-
     config_file = _config_file(te.path, family.encoder_folders["t5"])
     if config_file is not None:
         config, source = T5Config.from_json_file(config_file), str(config_file)
-    elif te.size in SIZES:  # the encoder `build_t5` trains with
-        config, source = T5Config(**SIZES[te.size]), f"named size {te.size!r}"
+    elif te.size in T5_SIZES:  # the encoder `build_t5` trains with
+        config, source = T5Config(**T5_SIZES[te.size]), f"named size {te.size!r}"
     else:
         config, source = T5Config(**T5_XXL), f"T5-v1.1-XXL encoder (text_encoder.path {te.path} not found here)"
     with torch.device("meta"):
@@ -112,8 +111,6 @@ def meta_qwen_encoder(cfg: RootConfig) -> tuple[nn.Module | None, str]:
     if "qwen" not in family.text_encoders or cfg.text_encoder.use_precomputed:
         return None, "none"
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from ard_scale.models.text_encoder import QWEN_SIZES
 
     qe = cfg.qwen_encoder
     config_file = _config_file(qe.path, family.encoder_folders["qwen"])

@@ -30,6 +30,7 @@ from ard_scale.trainer.evaluate import build_loop_evaluation
 from ard_scale.trainer.gan import DivergenceWatch, build_gan, gan_step
 from ard_scale.trainer.step import any_rank, regression_step
 from ard_scale.trainer.stop import DataPosition, StopSignal
+from ard_scale.utils.strict_json import strict_json
 
 
 class ProcessRNG:
@@ -416,18 +417,6 @@ def all_finite(record: dict) -> bool:
     """No NaN or ±Inf among a record's numbers (also inside lists)."""
     values = [v for value in record.values() for v in (value if isinstance(value, list) else [value])]
     return all(math.isfinite(v) for v in values if isinstance(v, float))
-
-
-def strict_json(value):
-    """`value` with every non-finite float replaced by None: json.dumps writes NaN/Infinity otherwise, which is
-    not JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def _max_mem_gb() -> float:

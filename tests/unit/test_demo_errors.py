@@ -63,3 +63,33 @@ def test_a_failed_training_run_is_one_error_line(teacher, tmp_path, monkeypatch,
     err = capfd.readouterr().err
     assert f"error: {run_dir} is in use by another training run" in err
     assert not (run_dir / "export").exists()
+
+
+def test_a_named_teacher_size_is_one_error_line(tmp_path, monkeypatch, capfd):
+    """teacher.size=debug teacher.path=null (the recipe check's 'set exactly one') stopped with a TypeError traceback:
+    the demo reads and compares the fitted teacher at teacher.path."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        _demo().main(["teacher.size=debug", "teacher.path=null", f"checkpoint.run_dir={run_dir}"])
+    assert stopped.value.code == (
+        "error: teacher.size=debug: the demo distils the teacher launchers/fit_teacher.py fits on the digits, kept at "
+        "teacher.path; drop the teacher.size and teacher.path overrides (or give teacher.path=DIR to fit or reuse it "
+        "there), or distil a named size with launchers/train.py"
+    )
+    assert "Traceback" not in capfd.readouterr().err and not run_dir.exists()
+
+
+def test_a_teacher_path_with_other_files_is_one_error_line(tmp_path, monkeypatch, capfd):
+    """fit_teacher.py refuses an --out that holds files: the demo, which fits into teacher.path when it holds no
+    teacher, says so in its own terms (the folder a fit killed before it wrote transformer/config.json, say)."""
+    monkeypatch.chdir(tmp_path)
+    teacher_dir = tmp_path / "teacher"
+    (teacher_dir / "scheduler").mkdir(parents=True)
+    with pytest.raises(SystemExit) as stopped:
+        _demo().main([f"teacher.path={teacher_dir}", f"checkpoint.run_dir={tmp_path / 'run'}"])
+    assert stopped.value.code == (
+        f"error: teacher.path {teacher_dir} holds files but no fitted teacher (no transformer/config.json); remove it "
+        "to fit the teacher there, or give teacher.path=DIR (a new folder or a fitted teacher)"
+    )
+    assert "Traceback" not in capfd.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]

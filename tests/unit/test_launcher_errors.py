@@ -36,6 +36,11 @@ CASES = {
         "cannot read --prompts-file {tmp}/no_prompts.txt",
     ),
     "export": ("export", ["{tmp}/no_run"], "no complete checkpoint to export"),
+    "export-link": (  # it exported the student folder and said nothing of --link, before reading the run
+        "export",
+        ["{tmp}/no_run", "--student-only", "--link"],
+        "--link links a pipeline's encoders and VAE, and a --student-only folder holds neither: leave out --link",
+    ),
     "eval": ("eval", ["{tmp}/no_run"], "is {tmp}/no_run a run directory?"),
     "plan": ("-m ard_scale.plan", ["{tmp}/no_recipe.yaml", "--gpus", "8"], "cannot read the recipe file"),
     "universal": ("-m ard_scale.checkpoint.universal", ["{tmp}/no_run"], "has no complete checkpoint to convert"),

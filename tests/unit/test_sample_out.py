@@ -99,3 +99,14 @@ def test_a_teacher_given_for_a_pipeline_folder_is_said_to_be_ignored(fresh_tiny_
     with pytest.warns(UserWarning, match="--teacher /models/t is ignored: .* is a pipeline folder"):
         runpy.run_path(str(ROOT / "launchers" / "sample.py"), run_name="__main__")
     assert (tmp_path / "o" / "grid.png").is_file()
+
+
+def test_sample_names_sort_in_sample_order_past_a_thousand(tmp_path):
+    """sample_{i:03d}: from 1,001 samples on, sample_1000.png sorted before sample_101.png."""
+    import numpy as np
+
+    launcher = runpy.run_path(str(ROOT / "launchers" / "sample.py"))
+    launcher["_write_samples"](tmp_path, np.zeros((1001, 4, 4, 3), np.uint8), ["class 0"] * 1001, 64)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name != "grid.png")
+    assert names == [f"sample_{i:04d}.png" for i in range(1001)]  # sorted by name is sample order
+    assert launcher["sample_names"](1000)[-1] == "sample_999.png"  # 3 digits up to 1,000 samples, as before

@@ -47,6 +47,34 @@ def test_the_recipe_check_names_a_size_no_builder_has():
     ]
 
 
+def test_the_recipe_check_and_the_planner_name_a_text_encoder_size_no_builder_has():
+    """It passed text_encoder.size=xxl (and any CLIP or Qwen2.5-VL size): the trainer refused it only once its ranks
+    were up, and the planner planned it as T5-XXL, noting that text_encoder.path None was not found here."""
+
+    def sizes(recipe, *overrides):
+        try:
+            check_paths(load_config(ROOT / "recipes" / recipe, list(overrides)))
+        except ConfigError as e:
+            return e.problems
+        return []
+
+    assert sizes("tiny_t2i_cpu.yaml", "text_encoder.size=xxl") == [
+        "text_encoder.size: unknown size 'xxl'; choose one of debug, or give text_encoder.path (a local folder) instead"
+    ]
+    assert sizes("tiny_sd3_cpu.yaml", "pooled_encoder.size=l", "pooled_encoder_2.size=g") == [
+        "pooled_encoder.size: unknown size 'l'; choose one of debug, debug_narrow, or give pooled_encoder.path (a "
+        "local folder) instead",
+        "pooled_encoder_2.size: unknown size 'g'; choose one of debug, debug_narrow, or give pooled_encoder_2.path (a "
+        "local folder) instead",
+    ]
+    assert sizes("tiny_qwen_image_cpu.yaml", "qwen_encoder.size=7b") == [
+        "qwen_encoder.size: unknown size '7b'; choose one of debug, or give qwen_encoder.path (a local folder) instead"
+    ]
+    assert sizes("tiny_sd3_cpu.yaml") == sizes("tiny_qwen_image_cpu.yaml") == []
+    with pytest.raises(ConfigError, match="text_encoder.size: unknown size 'xxl'; choose one of debug"):
+        plan(load_config(ROOT / "recipes" / "tiny_t2i_cpu.yaml", ["text_encoder.size=xxl"]), 1)
+
+
 def test_the_architecture_comes_from_the_teacher_folder_too(tmp_path):
     build_teacher("dit", "debug").model.save_pretrained(tmp_path / "teacher")  # the same network, as a folder
     folder = [f"teacher.path={tmp_path / 'teacher'}", "teacher.size=null"]

@@ -240,3 +240,22 @@ def test_sample_accuracy_is_the_5nn_class_agreement_with_the_real_digits():
     assert fit.sample_accuracy(samples, (labels + 1) % fit.NUM_CLASSES, real, real_labels) == 0.0
     half = torch.where(labels < 5, labels, (labels + 1) % fit.NUM_CLASSES)
     assert fit.sample_accuracy(samples, half, real, real_labels) == 0.5
+
+
+def test_fit_teacher_refuses_an_out_that_holds_a_teacher_unless_overwrite(tmp_path):
+    """A second fit into the same --out silently replaced the teacher, and a run distilled from it then resumed against
+    other weights: it is refused before the fit, leaving the teacher as it was; --overwrite replaces it whole."""
+    fit, out = _fit_teacher(), tmp_path / "teacher"
+    argv = ["--out", str(out), "--steps", "1", "--sample-steps", "1"]
+    fit.main(argv)
+    weights = (out / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(ValueError) as refused:
+        fit.main([*argv, "--seed", "1"])
+    assert str(refused.value) == (
+        f"{out} exists and is not empty; choose a new folder for the fitted teacher (or remove it); --overwrite "
+        "replaces it, but a run distilled from the teacher there then resumes against other weights"
+    )
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    fit.main([*argv, "--seed", "1", "--overwrite"])
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() != weights
+    assert load_teacher(out).family == "dit" and sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]

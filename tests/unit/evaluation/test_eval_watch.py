@@ -241,3 +241,23 @@ def test_a_checkpoint_the_run_removes_before_its_turn_is_skipped_not_a_crash(tmp
     fake_checkpoint(run, 4, meta=True)
     with pytest.raises(ValueError, match="damaged"):  # a checkpoint still there that fails stays an error
         load_launcher().evaluate_pending(run, damaged)
+
+
+def test_a_nan_metric_is_written_as_null_and_the_results_still_plot(tmp_path):
+    """A checkpoint whose samples hold NaN pixels scores FID NaN (evaluation/evaluator.py): json.dumps wrote a bare NaN,
+    which is not JSON (jq, JavaScript refuse the file); it is null, as in metrics.jsonl, and the plot leaves it out."""
+    run = tmp_path / "run"
+    fake_checkpoint(run, 100, meta=True)
+    fake_checkpoint(run, 200, meta=True)
+    scores = {100: {"fid": float("nan"), "clip_score": 21.0}, 200: {"fid": 4.0, "clip_score": float("inf")}}
+    mod = load_launcher()
+    assert mod.evaluate_pending(run, lambda step, folder: scores[step], {"fid": 0.5, "clip_score": 30.0}) == [100, 200]
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    written = [json.loads(p.read_text(), parse_constant=refuse) for p in sorted((run / "eval").glob("step_*.json"))]
+    assert written == [{"step": 100, "fid": None, "clip_score": 21.0}, {"step": 200, "fid": 4.0, "clip_score": None}]
+    assert mod.read_results(run) == written and mod.evaluate_pending(run, CountingEvaluate()) == []  # both stand
+    with Image.open(run / "eval" / "metrics.png") as img:
+        assert img.format == "PNG"
