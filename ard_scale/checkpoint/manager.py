@@ -60,7 +60,7 @@ from ard_scale.checkpoint.safe_load import (
     verify_dir,
 )
 from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
-from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict
+from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict, with_defaults
 from ard_scale.errors import UserError
 from ard_scale.utils.folders import size_text
 
@@ -365,7 +365,7 @@ class CheckpointManager:
         changes = recipe_changes(saved, self.config)
         if not changes:
             return
-        old, new = training_dict(saved), training_dict(self.config)
+        old, new = training_dict(with_defaults(saved)), training_dict(self.config)
         listing = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changes)
         if self.allow_recipe_change:
             warnings.warn(f"resuming {tag} under a changed recipe ({listing})", stacklevel=3)

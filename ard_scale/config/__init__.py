@@ -13,6 +13,7 @@ from ard_scale.config.schema import (
     load_config,
     recipe_changes,
     training_dict,
+    with_defaults,
 )
 from ard_scale.config.training import CheckpointConfig, EvalConfig, GANConfig, LogConfig, TrainConfig, ZeroConfig
 
@@ -41,4 +42,5 @@ __all__ = [
     "recipe_changes",
     "to_dict",
     "training_dict",
+    "with_defaults",
 ]

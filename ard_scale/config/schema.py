@@ -297,6 +297,21 @@ def config_hash(cfg: RootConfig | dict) -> str:
     return loader.dict_hash(training_dict(cfg))
 
 
+def with_defaults(saved: RootConfig | dict) -> RootConfig | dict:
+    """A checkpoint's config with today's defaults for the keys it lacks: a key absent from a config written by an
+    earlier ard_scale is a setting that version did not have, which behaved as its default does (a new setting's
+    default keeps the old behaviour). Without this every resume after an upgrade that added a setting was refused as a
+    recipe change ('<absent> -> default'). A config that no longer loads (a setting since removed or renamed) is
+    compared as written, so the difference is named."""
+    if isinstance(saved, RootConfig):
+        return saved
+    try:
+        return config_from_dict(saved, "the checkpoint's config.yaml")
+    except loader.ConfigError:
+        return saved
+
+
 def recipe_changes(saved: RootConfig | dict, current: RootConfig | dict) -> list[str]:
-    """Training-defining dotted keys that differ between a checkpoint's config and the current one."""
-    return loader.diff_configs(training_dict(saved), training_dict(current))
+    """Training-defining dotted keys that differ between a checkpoint's config and the current one (keys the
+    checkpoint's config lacks count as their defaults: `with_defaults`)."""
+    return loader.diff_configs(training_dict(with_defaults(saved)), training_dict(current))

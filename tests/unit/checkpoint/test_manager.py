@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.layout import rank_file
@@ -105,6 +106,25 @@ def test_recipe_change_refused_unless_allowed(tmp_path, cfg):
         assert allowed.load_latest(FakeEngine()) == ({"step": 5}, {"r": 0})
     only_logging = to_dict(load_config(RECIPE, ["log.every=7", "train.max_steps=1000"]))
     assert CheckpointManager(tmp_path, keep_last=1, config_dict=only_logging).load_latest(FakeEngine()) is not None
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_as_its_default(tmp_path, cfg):
+    """A key the checkpoint's config.yaml lacks is a setting the ard_scale that wrote it did not have: it compares as
+    its default (what that version did), so an upgrade that adds a setting does not refuse every run's resume."""
+    CheckpointManager(tmp_path, keep_last=1, config_dict=cfg).save(FakeEngine(), 5, {"step": 5}, {"r": 0})
+    saved = tmp_path / "checkpoints" / "step_00000005" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["student"]["window"], old["diffusion"]["record"]  # two settings this 'older version' did not have
+    saved.write_text(yaml.safe_dump(old))  # (its checksum no longer matches: the recipe check is called directly)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CheckpointManager(tmp_path, keep_last=1, config_dict=cfg).check_recipe("step_00000005")
+    # one that is not today's default is still a change, and one today's version no longer knows is named as written
+    changed = to_dict(load_config(RECIPE, ["diffusion.guidance_scale=3.0"]))
+    old["student"]["retired_setting"] = 1
+    saved.write_text(yaml.safe_dump(old))
+    with pytest.raises(ValueError, match=r"diffusion\.guidance_scale: 1\.5 -> 3\.0.*student\.retired_setting: 1 -> "):
+        CheckpointManager(tmp_path, keep_last=1, config_dict=changed).check_recipe("step_00000005")
 
 
 def test_a_new_step_budget_under_a_decaying_schedule_warns_that_the_learning_rate_moves(tmp_path):
