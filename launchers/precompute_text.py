@@ -67,8 +67,9 @@ def _source(section, folder: str) -> dict:
     return {"path": section.path, "size": section.size, "max_length": section.max_length, "fingerprint": fingerprint}
 
 
-def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
-    """(family, slot -> encoder section, Qwen2.5-VL's dtype) from --recipe and the options, which win."""
+def _encoder_sections(args) -> tuple[type, dict, torch.dtype, torch.dtype]:
+    """(family, slot -> encoder section, Qwen2.5-VL's dtype, T5's dtype) from --recipe and the options, which win:
+    the run's, as the trainer encodes (T5 in fp32 unless the recipe's text_encoder.precision is 'run')."""
     from ard_scale.config.models import PooledEncoderConfig, QwenEncoderConfig, TextEncoderConfig
     from ard_scale.trainer.build import PRECISIONS
 
@@ -77,10 +78,11 @@ def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
 
         cfg = load_config(args.recipe)  # a ConfigError is a ValueError: main's caller prints it
         family_name, dtype = args.family or cfg.teacher.family, PRECISIONS[cfg.train.precision]
+        t5_dtype = PRECISIONS[cfg.text_encoder.dtype_name(cfg.train.precision)]
         t5, clip = cfg.text_encoder, cfg.pooled_encoder
         clip_2, qwen = cfg.pooled_encoder_2, cfg.qwen_encoder
     else:
-        family_name, dtype = args.family or "pixart", torch.float32
+        family_name, dtype, t5_dtype = args.family or "pixart", torch.float32, torch.float32
         t5, clip = TextEncoderConfig(max_length=120), PooledEncoderConfig()
         clip_2, qwen = PooledEncoderConfig(), QwenEncoderConfig()
     if args.t5 is not None:
@@ -103,7 +105,7 @@ def _encoder_sections(args) -> tuple[type, dict, torch.dtype]:
             + " and ".join(options.get(slot, "--recipe RECIPE") for slot in missing)
             + " (or a --recipe that names them)"
         )
-    return family, sections, dtype
+    return family, sections, dtype, t5_dtype
 
 
 def _write(args, family, encoders: dict, sections: dict, out_dir: str) -> tuple[int, Counter]:
@@ -173,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # a bad recipe (ConfigError), a used output folder, unreadable shards, a missing encoder: its cause, one line
         check_new_folder(args.out_dir, "precomputed shards")
-        family, sections, dtype = _encoder_sections(args)
+        family, sections, dtype, t5_dtype = _encoder_sections(args)
         check_shard_path(resolve_data_path(args.shards), args.format, path_name="SHARDS", format_option="--format ")
-        encoders = load_text_encoders(family, sections, dtype=dtype, device=args.device)
+        encoders = load_text_encoders(family, sections, dtype=dtype, t5_dtype=t5_dtype, device=args.device)
     except ValueError as e:
         sys.exit(f"error: {e}")
     with writing_folder(args.out_dir, what="precomputed shards") as out:  # whole or not at all

@@ -99,11 +99,20 @@ class TextEncoderConfig:
     """Tokens per caption (PixArt-Σ: 300); longer captions are truncated."""
     use_precomputed: bool = False
     """Read T5 embeddings stored in the data shards instead of running the encoder."""
+    precision: Literal["fp32", "run"] = "fp32"
+    """T5's weights and compute: 'fp32' whatever train.precision, or 'run' for train.precision, as the diffusers
+    pipelines run T5 in their dtype (FLUX.1, PixArt-Σ and SD3.5 in bf16): half the memory in a bf16 run (T5-XXL's
+    4.8B parameters: 9.5 GB instead of 19, split over the ranks at zero.teacher_stage 3) and the pipeline's own
+    prompt embeddings. Also what launchers/precompute_text.py --recipe encodes with."""
 
     BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 8192)}
 
     def problems(self) -> list[str]:
         return _one_source(self.size, self.path)
+
+    def dtype_name(self, run_precision: str) -> str:
+        """The precision T5 runs in ('fp32', 'bf16' or 'fp16') in a run of train.precision `run_precision`."""
+        return run_precision if self.precision == "run" else "fp32"
 
 
 @dataclass(kw_only=True)

@@ -5,7 +5,7 @@
 Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
 - parameters, gradients and optimizer state, ZeRO-paper accounting: mixed precision (bf16/fp16) keeps 2-byte weights
   and gradients plus 12 bytes of AdamW state per trainable parameter (fp32 master, two fp32 moments); fp32 keeps
-  4 + 4 + 8. T5 stays fp32 in any precision (the trainer loads it so); Qwen2.5-VL takes the run's. Stage 1
+  4 + 4 + 8. T5 stays fp32 in any precision unless text_encoder.precision is 'run'; Qwen2.5-VL takes the run's. Stage 1
   partitions the optimizer state, 2 also the gradients, 3 also the weights; the frozen teacher
   and the text encoders (T5, Qwen-Image's Qwen2.5-VL) have weights only (teacher_stage 0 replicates them, 3
   partitions them: the trainer holds the encoders in frozen ZeRO-3 engines too).
@@ -46,7 +46,7 @@ from ard_scale.models.families import get_family
 from ard_scale.models.flex import resolve_attention
 from ard_scale.models.student import ARDStudent
 from ard_scale.plan import budget
-from ard_scale.plan.budget import DTYPES, Measured
+from ard_scale.plan.budget import DTYPES, Measured, t5_precision
 from ard_scale.plan.meta import (
     T5_XXL,
     build_schedule,
@@ -83,7 +83,9 @@ def measure(cfg: RootConfig) -> tuple[Measured, str]:
         student_cfg = dataclasses.replace(cfg.student, attention=history)  # 'flex' on meta too
         student = ARDStudent(teacher, student_cfg, build_schedule(cfg, teacher.patch_size))
     teacher.to(dtype)
-    student.to(dtype)  # T5 stays fp32, as the trainer loads it whatever train.precision (conditioning.load_encoder)
+    student.to(dtype)
+    if t5 is not None:  # fp32 whatever train.precision unless text_encoder.precision is 'run' (as the trainer loads it)
+        t5.to(DTYPES[t5_precision(cfg)])
 
     x, cond, side = example_inputs(teacher, cfg, B, dtype)
     states = x[:, None].expand(B, S, *x.shape[1:]).contiguous()

@@ -64,12 +64,14 @@ def frozen_memory(num_params: int, stage: int, gpus: int, precision: str) -> dic
     return {"params": num_params * DTYPES[precision].itemsize / (gpus if stage == 3 else 1), "grads": 0, "optimizer": 0}
 
 
-T5_PRECISION = "fp32"  # the trainer loads T5 (and CLIP) in fp32 whatever train.precision (conditioning.load_encoder)
+def t5_precision(cfg: RootConfig) -> str:
+    """T5's precision in the trainer: fp32 unless text_encoder.precision is 'run' (conditioning.load_encoder)."""
+    return cfg.text_encoder.dtype_name(cfg.train.precision)
 
 
 def _frozen_encoder(n: int, cfg: RootConfig, gpus: int, working_set: int, source: str, precision: str) -> dict:
-    """A text encoder in `precision` (the trainer's: T5 fp32, Qwen2.5-VL the run's), partitioned at teacher_stage 3
-    like the teacher."""
+    """A text encoder in `precision` (the trainer's: T5 `t5_precision`, Qwen2.5-VL the run's), partitioned at
+    teacher_stage 3 like the teacher."""
     stage = cfg.zero.teacher_stage
     return {
         "num_params": n,
@@ -116,7 +118,9 @@ def _models(cfg: RootConfig, m: Measured, gpus: int) -> dict[str, dict]:
         },
     }
     if m.t5 is not None:
-        models["t5"] = _frozen_encoder(num_params(m.t5), cfg, gpus, m.t5_working_set, m.sources["t5"], T5_PRECISION)
+        models["t5"] = _frozen_encoder(
+            num_params(m.t5), cfg, gpus, m.t5_working_set, m.sources["t5"], t5_precision(cfg)
+        )
     if m.qwen is not None:
         models["qwen2.5-vl"] = _frozen_encoder(
             num_params(m.qwen), cfg, gpus, m.qwen_working_set, m.sources["qwen"], cfg.train.precision
@@ -163,7 +167,8 @@ def memory(cfg: RootConfig, m: Measured, gpus: int, gpu_mem_gb: float) -> dict:
     phases = {
         "student_fwd_bwd": models["student"]["activations"] + gan_features,
         "teacher_trajectory": m.teacher_working_set + (gathered_once if z.gather_teacher_once else gathered_per_step),
-        "t5_encode": m.t5_working_set + _largest_gathered(t5_blocks, z.teacher_stage, DTYPES[T5_PRECISION].itemsize),
+        "t5_encode": m.t5_working_set
+        + _largest_gathered(t5_blocks, z.teacher_stage, DTYPES[t5_precision(cfg)].itemsize),
         "qwen_encode": m.qwen_working_set + _largest_gathered(qwen_layers, z.teacher_stage, weight_b),
     }
     peak = persistent + max(phases.values())

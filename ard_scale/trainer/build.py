@@ -101,6 +101,7 @@ def build_conditioner(cfg: RootConfig, teacher: Teacher, device="cpu", *, for_ev
         keep_encoders=keep,
         null=None if keep else precomputed_null(cfg.data.path),
         qwen_dtype=PRECISIONS[cfg.train.precision],
+        t5_dtype=PRECISIONS[cfg.text_encoder.dtype_name(cfg.train.precision)],
         device=device,
     )
 

@@ -48,7 +48,9 @@ class LoadedEncoder:
     max_length: int
 
 
-def load_encoder(slot: str, section, spec, *, dtype: torch.dtype) -> LoadedEncoder:
+def load_encoder(
+    slot: str, section, spec, *, dtype: torch.dtype, t5_dtype: torch.dtype = torch.float32
+) -> LoadedEncoder:
     """The encoder of `slot` of family `spec` from its recipe section (`path`: a local folder, or the family's
     pipeline folder, read in its `encoder_folders[slot]`; else `size`: random weights, each CLIP slot seeded apart)."""
     from ard_scale.models.text_encoder import build_clip, build_qwen, build_t5, load_clip, load_qwen, load_t5
@@ -57,10 +59,12 @@ def load_encoder(slot: str, section, spec, *, dtype: torch.dtype) -> LoadedEncod
     if section.path is None and section.size is None:
         raise UserError(f"a {spec.name} teacher reads {reads}: set {key}.path ({where}) or {key}.size", every_rank=True)
     subfolders = pipeline_subfolders(spec.encoder_folders[slot])  # where the family's pipeline folder keeps it
-    if slot == "t5":
-        model, tokenizer = (
-            load_t5(section.path, folder=subfolders[0]) if section.path is not None else build_t5(section.size)
-        )
+    if slot == "t5":  # in fp32 unless text_encoder.precision is 'run'; loaded as the pipelines load it (torch_dtype)
+        if section.path is not None:
+            model, tokenizer = load_t5(section.path, dtype=t5_dtype, folder=subfolders[0])
+        else:
+            model, tokenizer = build_t5(section.size)
+            model = model.to(dtype=t5_dtype)
     elif slot == "qwen":  # in the run's precision (QwenImagePipeline runs it in bf16): 8.3B parameters
         loaded = (
             load_qwen(section.path, dtype=dtype, subfolders=subfolders)
@@ -89,12 +93,14 @@ def encode_slot(slot: str, encoder: LoadedEncoder, captions: list[str], *, use_m
     return encode(encoder.model, encoder.tokenizer, captions, max_length=encoder.max_length)
 
 
-def load_text_encoders(spec, sections: dict[str, Any], *, dtype: torch.dtype, device="cpu") -> dict[str, LoadedEncoder]:
+def load_text_encoders(
+    spec, sections: dict[str, Any], *, dtype: torch.dtype, t5_dtype: torch.dtype = torch.float32, device="cpu"
+) -> dict[str, LoadedEncoder]:
     """The encoders family `spec` lists by slot, from their recipe sections (`sections`: slot -> section), on
-    `device`; `dtype`: Qwen2.5-VL's (T5 and CLIP run in fp32)."""
+    `device`; `dtype`: Qwen2.5-VL's, `t5_dtype`: T5's (text_encoder.precision); CLIP runs in fp32."""
     encoders = {}
     for slot in (s for s in SLOTS if s in spec.text_encoders):
-        encoder = load_encoder(slot, sections[slot], spec, dtype=dtype)
+        encoder = load_encoder(slot, sections[slot], spec, dtype=dtype, t5_dtype=t5_dtype)
         encoder.model.to(device)
         encoders[slot] = encoder
     return encoders
@@ -127,7 +133,7 @@ class Conditioner:
     guidance value and there is no null condition (`cfg_scale` is 1). With `keep_encoders` false (precomputed
     embeddings, nothing to evaluate) the encoders are loaded only to encode the null caption, then dropped, or not at
     all where the shards carry that `null` condition too (launchers/precompute_text.py writes it).
-    `qwen_dtype`: Qwen2.5-VL's dtype (T5 and CLIP run in fp32)."""
+    `qwen_dtype`: Qwen2.5-VL's dtype, `t5_dtype`: T5's (text_encoder.precision); CLIP runs in fp32."""
 
     def __init__(
         self,
@@ -138,6 +144,7 @@ class Conditioner:
         keep_encoders: bool = True,
         null: Condition | None = None,
         qwen_dtype: torch.dtype = torch.float32,
+        t5_dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
         spec = teacher.spec
@@ -152,7 +159,7 @@ class Conditioner:
         if not keep_encoders and null is not None:  # precomputed with the shards: no encoder to load
             self.null = null
             return
-        self.encoders = load_text_encoders(spec, sections, dtype=qwen_dtype, device=self.device)
+        self.encoders = load_text_encoders(spec, sections, dtype=qwen_dtype, t5_dtype=t5_dtype, device=self.device)
         if self.cfg_scale != 1:
             self.null = self._encode([spec.null_caption])
         if not keep_encoders:

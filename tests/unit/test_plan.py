@@ -47,15 +47,18 @@ def test_named_debug_sizes_are_planned_as_the_trainer_builds_them():
     assert p["models"]["teacher"]["num_params"] == count(build_teacher("pixart", "debug"))
 
 
-def test_text_encoder_bytes_are_those_of_the_encoder_the_trainer_loads():
-    """A bf16 run holds T5 in fp32 (conditioning.load_encoder); the planner counted it at 2 bytes a weight."""
-    from ard_scale.models.families import get_family
-    from ard_scale.trainer.build import PRECISIONS
-    from ard_scale.trainer.conditioning import load_encoder
+@pytest.mark.parametrize("t5_precision, t5_bytes", [("fp32", 4), ("run", 2)])
+def test_text_encoder_bytes_are_those_of_the_encoder_the_trainer_loads(t5_precision, t5_bytes):
+    """A bf16 run holds T5 in fp32 (the planner once counted it at 2 bytes a weight), or in bf16 with
+    text_encoder.precision 'run': what the trainer's conditioner loads, counted byte for byte."""
+    from ard_scale.models.teachers import build_teacher
+    from ard_scale.trainer.build import build_conditioner
 
-    cfg = load_config("recipes/tiny_t2i_cpu.yaml", ["train.precision=bf16", "zero.teacher_stage=0"])
-    loaded = load_encoder("t5", cfg.text_encoder, get_family("pixart"), dtype=PRECISIONS["bf16"]).model
+    overrides = ["train.precision=bf16", "zero.teacher_stage=0", f"text_encoder.precision={t5_precision}"]
+    cfg = load_config("recipes/tiny_t2i_cpu.yaml", overrides)
+    loaded = build_conditioner(cfg, build_teacher("pixart", "debug")).encoders["t5"].model
     held = sum(p.numel() * p.element_size() for p in loaded.parameters())
+    assert held == t5_bytes * sum(p.numel() for p in loaded.parameters())
     assert plan(cfg, 2)["models"]["t5"]["params"] == held
 
 

@@ -294,6 +294,28 @@ def test_precompute_text_names_the_encoders_a_family_needs_without_a_recipe(tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_precomputed_text_takes_the_recipes_t5_precision(tmp_path, mds_env):
+    """With --recipe, precompute_text encodes with the T5 the trainer loads: in a bf16 run with
+    text_encoder.precision 'run', a bf16 T5, whose tokens float16 holds exactly (fp32 T5 tokens would differ)."""
+    from ard_scale.config import load_config
+    from ard_scale.trainer.build import build_conditioner, build_teacher_model
+
+    recipe_dict = yaml.safe_load(Path("recipes/tiny_flux_cpu.yaml").read_text())
+    recipe_dict["train"]["precision"] = "bf16"
+    recipe_dict["text_encoder"]["precision"] = "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict))
+    make_image_folder(str(tmp_path / "img"), 3)
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "built"), "--formats", "webdataset"])
+    load_launcher("precompute_text").main([str(tmp_path / "built" / "webdataset"), str(tmp_path / "out"),
+                                           "--recipe", str(recipe), "--format", "webdataset"])  # fmt: skip
+    (batch,) = read("mds", tmp_path / "out")
+    cfg = load_config(recipe)
+    online, _ = build_conditioner(cfg, build_teacher_model(cfg))({"captions": batch["captions"]})
+    assert online.text.dtype == torch.bfloat16
+    assert torch.equal(batch["t5_emb"].float(), online.text.half().float())
+
+
 @pytest.mark.parametrize("recipe", ["tiny_sd3_cpu", "tiny_qwen_image_cpu", "tiny_flux_cpu"])
 def test_precomputed_text_is_the_condition_the_trainer_encodes(tmp_path, recipe, mds_env):
     """For every joint-attention family the shards carry what the trainer's own Conditioner gives the teacher for

@@ -35,6 +35,40 @@ def test_captions_are_encoded_as_flux_pipeline_encodes_its_prompt():
     assert not torch.allclose(other.pooled, cond.pooled)
 
 
+def test_a_t5_in_the_runs_precision_encodes_as_a_bf16_flux_pipeline(tmp_path):
+    """text_encoder.precision 'run' in a bf16 run: T5 loaded in bf16 from its folder as FluxPipeline.from_pretrained(
+    torch_dtype=bfloat16) loads it, giving that pipeline's prompt embeddings bit for bit; the default keeps it fp32."""
+    from transformers import T5EncoderModel
+
+    from ard_scale.models.text_encoder import build_t5
+
+    model, tokenizer = build_t5("debug")
+    model.save_pretrained(tmp_path / "t5")
+    tokenizer.save_pretrained(tmp_path / "t5")
+    t5 = ["text_encoder.size=null", f"text_encoder.path={tmp_path / 't5'}", "pooled_encoder.max_length=77"]
+    teacher = build_teacher("flux", "debug")
+    conditioners = {
+        precision: build_conditioner(
+            load_config(RECIPE, [*t5, "train.precision=bf16", f"text_encoder.precision={precision}"]), teacher
+        )
+        for precision in ("fp32", "run")
+    }
+    encoder = conditioners["run"].encoders["t5"].model
+    assert {p.dtype for p in encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in conditioners["fp32"].encoders["t5"].model.parameters()} == {torch.float32}
+    clip = conditioners["run"].encoders["clip"]
+    pipe = FluxPipeline(
+        scheduler=None, vae=None, transformer=None, text_encoder=clip.model, tokenizer=clip.tokenizer,
+        text_encoder_2=T5EncoderModel.from_pretrained(tmp_path / "t5", torch_dtype=torch.bfloat16),
+        tokenizer_2=conditioners["run"].encoders["t5"].tokenizer,
+    )  # fmt: skip
+    text, _, _ = pipe.encode_prompt(CAPTIONS, None, device="cpu", max_sequence_length=8)
+    cond, _ = conditioners["run"]({"captions": CAPTIONS})
+    assert text.dtype == torch.bfloat16 and torch.equal(cond.text, text)
+    in_fp32, _ = conditioners["fp32"]({"captions": CAPTIONS})
+    assert in_fp32.text.dtype == torch.float32 and not torch.equal(in_fp32.text.to(torch.bfloat16), text)
+
+
 def test_precomputed_shards_need_the_pooled_embedding_too():
     cfg = load_config(RECIPE, ["text_encoder.use_precomputed=true", "text_encoder.size=null"])
     conditioner = build_conditioner(cfg, build_teacher("flux", "debug"))
