@@ -189,10 +189,31 @@ def build_frozen_engine(module: torch.nn.Module, config: dict):
 
 def gather_once(engine) -> contextlib.AbstractContextManager:
     """Materialise all of a ZeRO-3 model's parameters for the duration of the block (read-only): a frozen engine's,
-    or a module's whose parameters another engine partitions (the teacher inside a LoRA student's engine)."""
-    import deepspeed
-
+    or a module's whose parameters another engine partitions (the teacher inside a LoRA student's engine). The
+    forwards inside the block then fetch nothing (see `_gathered_and_held`)."""
     params = list(getattr(engine, "module", engine).parameters())
     if not any(hasattr(p, "ds_id") for p in params):
         return contextlib.nullcontext()
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return _gathered_and_held(params)
+
+
+_HELD_BY_GATHER_ONCE = -1  # in a parameter's ds_active_sub_modules: no module's ds_id (those count from 0)
+
+
+@contextlib.contextmanager
+def _gathered_and_held(params: list):
+    """`GatheredParameters` alone does not survive a forward: DeepSpeed's ZeRO-3 hooks release (re-partition) every
+    submodule's parameters after its forward, so the first solver step gave them back and every later one gathered
+    them again, the full all-gather on entry paid on top. A parameter stays resident while some submodule still
+    uses it (`ds_active_sub_modules`): the block holds each one that way, then lets go before they are
+    re-partitioned on exit."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        for p in params:
+            p.ds_active_sub_modules.add(_HELD_BY_GATHER_ONCE)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.ds_active_sub_modules.discard(_HELD_BY_GATHER_ONCE)

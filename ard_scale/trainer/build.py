@@ -279,7 +279,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
             teacher_engine,
             schedule,
             conditioner,
-            seeds=NoiseSeeds(tr.seed, rank, world_size, tr.grad_accum),
+            seeds=NoiseSeeds(tr.seed, rank, world_size, tr.grad_accum, cfg.data.batch_size),
             latent_shape=shape,
             num_student_steps=cfg.student.num_steps,
             diffusion=cfg.diffusion,

@@ -339,7 +339,7 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
 
     g = generator_phase(run, gan, states, cond, noise, step)
     nan = any_rank(not (torch.isfinite(g.total).item() and torch.isfinite(g.loss_g).item()))
-    grad_norm = None
+    grad_norm, lr = None, run.engine.get_lr()[0]  # the step's own: engine.step() advances the LR schedule
     if not nan:
         run.engine.backward(g.total)
         grad_norm = step_student(run.engine)  # a non-finite gradient is never stepped
@@ -356,7 +356,7 @@ def gan_step(run: Run, gan: GANStage, batch: dict[str, Any], step: int) -> dict[
         "gan_weight": float(g.weight),
         "d_real": mean_over_ranks(real_logits.mean()).item(),
         "d_fake": mean_over_ranks(fake_logits.mean()).item(),
-        "lr": run.engine.get_lr()[0],
+        "lr": lr,
         "grad_norm": None if grad_norm is None else float(grad_norm),
         "teacher_s": t1 - t0,
         "student_s": t2 - t1,

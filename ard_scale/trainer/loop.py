@@ -223,6 +223,9 @@ def check_global_batch(cfg: RootConfig, world: int) -> None:
 
 
 def stopped(ckpt: CheckpointManager, step: int) -> str:
+    """The stop's last line. A stop during the first step's draw leaves no checkpoint to name."""
+    if ckpt.latest_tag() is None:
+        return f"stop signal at step {step}: nothing was trained or saved; rerun the same command to start the run"
     return f"stop signal: checkpoint of step {step} in {ckpt.dir}; rerun the same command to resume"
 
 

@@ -53,7 +53,7 @@ def regression_step(run: Run, micro_batches: list[dict[str, Any]], step: int) ->
         per_steps.append(per_step.detach())
         teacher_s, student_s = teacher_s + t1 - t0, student_s + time.perf_counter() - t1
     t1 = time.perf_counter()
-    grad_norm = None
+    grad_norm, lr = None, run.engine.get_lr()[0]  # the step's own: engine.step() advances the LR schedule
     if finite:
         grad_norm = step_student(run.engine)  # a non-finite gradient is never stepped
     student_s += time.perf_counter() - t1
@@ -61,7 +61,7 @@ def regression_step(run: Run, micro_batches: list[dict[str, Any]], step: int) ->
         "step": step + 1,
         "loss": mean_over_ranks(torch.stack(losses).mean()).item(),
         "loss_per_step": mean_over_ranks(torch.stack(per_steps).mean(0)).tolist(),
-        "lr": run.engine.get_lr()[0],
+        "lr": lr,
         "grad_norm": None if grad_norm is None else float(grad_norm),
         "teacher_s": teacher_s,
         "student_s": student_s,

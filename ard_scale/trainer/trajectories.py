@@ -66,16 +66,22 @@ class TrajectorySource(Protocol):
 class NoiseSeeds:
     """Noise seeds keyed on the training position (global step, rank, micro-batch, index): a resumed run draws the
     same noise, and no two samples of a run share one. Micro-batches of one step are numbered after the rank, so
-    grad_accum=2 with batch B draws the same seeds, in the same per-rank order, as grad_accum=1 with batch 2B."""
+    grad_accum=2 with batch B draws the same seeds, in the same per-rank order, as grad_accum=1 with batch 2B.
+
+    Every micro-batch owns `batch_size` (data.batch_size) consecutive indices, however many samples it holds: a
+    short batch (corrupt samples skipped, the end of finite data, a bucket's last batch) takes the first of its
+    own, never another position's (numbered by its own size it drew other ranks' and steps' noise)."""
 
     seed: int  # train.seed
     rank: int
     world_size: int
     grad_accum: int
+    batch_size: int  # data.batch_size: the indices each micro-batch owns
 
-    def __call__(self, step: int, batch_size: int, micro: int = 0) -> list[int]:
-        first = ((step * self.world_size + self.rank) * self.grad_accum + micro) * batch_size
-        return [noise_seed(Stream.TRAIN, self.seed, first + i) for i in range(batch_size)]
+    def __call__(self, step: int, num_samples: int, micro: int = 0) -> list[int]:
+        assert num_samples <= self.batch_size, f"a micro-batch of {num_samples} > data.batch_size={self.batch_size}"
+        first = ((step * self.world_size + self.rank) * self.grad_accum + micro) * self.batch_size
+        return [noise_seed(Stream.TRAIN, self.seed, first + i) for i in range(num_samples)]
 
 
 class OnlineTrajectories:

@@ -49,7 +49,8 @@ def test_a_bucketed_batch_gets_a_teacher_trajectory_of_its_own_size():
     shape, sizes = latent_shape(cfg, teacher), bucket_sizes(cfg, teacher)
     assert shape == (4, 8, 8) and sizes == bucket_latent_sizes(32, 4) and (4, 12) in sizes
     schedule, conditioner = build_schedule(cfg, teacher.patch_size), build_conditioner(cfg, teacher)
-    d, seeds = cfg.diffusion, NoiseSeeds(cfg.train.seed, rank=1, world_size=2, grad_accum=1)
+    d = cfg.diffusion
+    seeds = NoiseSeeds(cfg.train.seed, rank=1, world_size=2, grad_accum=1, batch_size=cfg.data.batch_size)
 
     def source(bucket_downsample):
         return OnlineTrajectories(teacher, schedule, conditioner, seeds=seeds, latent_shape=shape,

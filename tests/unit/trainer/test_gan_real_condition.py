@@ -18,7 +18,7 @@ def test_reals_of_a_replayed_step_are_judged_under_their_own_labels():
     conditioner = build_conditioner(cfg, teacher)
     shape = latent_shape(cfg, teacher)
     source = build_trajectory_source(
-        "replay", teacher, schedule, conditioner, replay_times=2, seeds=NoiseSeeds(0, 0, 1, 1), latent_shape=shape,
+        "replay", teacher, schedule, conditioner, replay_times=2, seeds=NoiseSeeds(0, 0, 1, 1, 2), latent_shape=shape,
         num_student_steps=cfg.student.num_steps, diffusion=cfg.diffusion, guide=teacher.spec.guide,
     )  # fmt: skip
     first, second = {"labels": torch.tensor([1, 2])}, {"labels": torch.tensor([7, 8])}

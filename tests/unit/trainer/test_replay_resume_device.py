@@ -15,7 +15,7 @@ def replay_source(device) -> ReplayTrajectories:
         None,
         None,
         None,
-        seeds=NoiseSeeds(0, 0, 1, 1),
+        seeds=NoiseSeeds(0, 0, 1, 1, 2),
         latent_shape=(4, 8, 8),
         num_student_steps=4,
         diffusion=None,

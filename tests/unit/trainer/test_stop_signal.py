@@ -75,3 +75,18 @@ def test_a_draw_that_fails_after_a_stop_stops_and_rewinds_the_data_position():
     resumed = build_loader(data, rank=0, world_size=1)
     resumed.load_state_dict(position.state_dict())
     assert next(iter(resumed))["keys"] == drawn[-1]  # the micro-batch the stopped step drew and never trained on
+
+
+def test_the_stop_line_names_a_checkpoint_only_where_there_is_one(tmp_path):
+    """A stop signal during the first step's draw (a job-wide SIGTERM as the run starts) saves nothing: the last line
+    said 'checkpoint of step 0 in RUN_DIR/checkpoints' all the same."""
+    from ard_scale.checkpoint.manager import CheckpointManager
+    from ard_scale.trainer.loop import stopped
+
+    ckpt = CheckpointManager(tmp_path, keep_last=1, config_dict={})
+    assert stopped(ckpt, 0) == (
+        "stop signal at step 0: nothing was trained or saved; rerun the same command to start the run"
+    )
+    ckpt.dir.mkdir()
+    (ckpt.dir / "latest").write_text("step_00000003")  # what a save publishes
+    assert stopped(ckpt, 3) == f"stop signal: checkpoint of step 3 in {ckpt.dir}; rerun the same command to resume"

@@ -1,0 +1,59 @@
+"""The metrics a training step returns for metrics.jsonl, from a real one-process DeepSpeed run of the tiny recipe.
+
+`lr` is the learning rate the step's update ran at, in the regression and the GAN step. DeepSpeed advances the LR
+schedule inside `engine.step()`, and the steps read it afterwards, so each record showed the next step's: under a
+warm-up the first steps, which do not move the weights (lr 0, see `ard_scale.trainer.build.ds_scheduler`), were
+logged as already warming up."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ard_scale.utils.launch import ROOT, launch_env
+
+CHILD = """
+import json, sys, tempfile
+import torch
+from ard_scale.config import load_config
+from ard_scale.distributed.engines import init_distributed
+from ard_scale.trainer.build import build_run
+from ard_scale.trainer.gan import build_gan, gan_step
+from ard_scale.trainer.step import regression_step
+
+torch.set_num_threads(1)
+init_distributed()
+overrides = [f"checkpoint.run_dir={tempfile.mkdtemp()}", "zero.stage=0", "zero.teacher_stage=0", "train.max_steps=10",
+             "train.warmup_steps=4", "data.batch_size=1", "diffusion.substeps=1"]
+out = {}
+for stage in ("regression", "gan"):
+    gan_overrides = ["gan.enabled=true", "gan.warmup_steps=1"] if stage == "gan" else []
+    cfg = load_config("recipes/tiny_cpu.yaml", overrides + gan_overrides)
+    run = build_run(cfg, 0, 1)
+    gan = build_gan(run, cfg.gan, seed=cfg.train.seed, grad_clip=cfg.train.grad_clip) if cfg.gan.enabled else None
+    batches, out[stage] = iter(run.loader), []
+    for step in range(3):
+        before = [p.detach().clone() for p in run.student.parameters()]
+        batch = next(batches)
+        metrics = gan_step(run, gan, batch, step) if gan else regression_step(run, [batch], step)
+        moved = any(not torch.equal(a, p) for a, p in zip(before, run.student.parameters()))
+        out[stage].append({"lr": metrics["lr"], "moved": moved})
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def steps():
+    env = {k: v for k, v in launch_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+
+
+@pytest.mark.parametrize("stage", ["regression", "gan"])
+def test_the_logged_lr_is_the_one_the_steps_update_ran_at(steps, stage):
+    # warm-up over 4 steps from 0 (ds_scheduler's closed form, n = steps done: 0, 0, lr·1/4)
+    assert [s["lr"] for s in steps[stage]] == pytest.approx([0.0, 0.0, 1e-3 / 4], rel=1e-12, abs=0)
+    # a step logged at lr 0 left the weights as they were
+    assert [s["moved"] for s in steps[stage]] == [False, False, True]
