@@ -6,13 +6,8 @@ not stop them: the first solver step gave the gathered teacher back and every la
 option paid a full all-gather on top of the per-step ones it promised to replace. Here every parameter is one the
 hooks release (persistence threshold 0), as a real teacher's large weights are."""
 
-import json
-import subprocess
-import sys
-
 import pytest
-
-from ard_scale.utils.launch import ROOT, launch_env
+from one_process import run_child
 
 CHILD = """
 import json
@@ -58,10 +53,7 @@ print("RESULT " + json.dumps(out), flush=True)
 
 @pytest.fixture(scope="module")
 def trajectories():
-    env = {k: v for k, v in launch_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    return run_child(CHILD)
 
 
 def test_the_teacher_stays_gathered_through_every_solver_step_and_is_partitioned_after(trajectories):

@@ -6,12 +6,9 @@ norm and AdamW wrote NaN into every weight (then into every later loss, the EMA 
 `reapply_optimizer_settings`: a resume trains with this run's lr, betas and weight decay, not the saved ones."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-from ard_scale.utils.launch import ROOT, launch_env
+from one_process import run_child
 
 CHILD = """
 import json, sys
@@ -58,13 +55,7 @@ CASES = [(0, "fp32"), (0, "bf16"), (3, "fp32"), (3, "bf16")]
 
 @pytest.fixture(scope="module")
 def results():
-    env = {k: v for k, v in launch_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(CASES)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    return run_child(CHILD, json.dumps(CASES))
 
 
 @pytest.mark.parametrize("stage, precision", CASES)
@@ -116,12 +107,7 @@ print("RESULT " + json.dumps(out), flush=True)
 
 @pytest.fixture(scope="module")
 def resumed_settings():
-    env = {k: v for k, v in launch_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    proc = subprocess.run(
-        [sys.executable, "-c", RESUME_CHILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    return run_child(RESUME_CHILD)
 
 
 @pytest.mark.parametrize("schedule", ["none", "cosine"])

@@ -5,13 +5,8 @@ schedule inside `engine.step()`, and the steps read it afterwards, so each recor
 warm-up the first steps, which do not move the weights (lr 0, see `ard_scale.trainer.build.ds_scheduler`), were
 logged as already warming up."""
 
-import json
-import subprocess
-import sys
-
 import pytest
-
-from ard_scale.utils.launch import ROOT, launch_env
+from one_process import run_child
 
 CHILD = """
 import json, sys, tempfile
@@ -45,10 +40,7 @@ print("RESULT " + json.dumps(out), flush=True)
 
 @pytest.fixture(scope="module")
 def steps():
-    env = {k: v for k, v in launch_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    return run_child(CHILD)
 
 
 @pytest.mark.parametrize("stage", ["regression", "gan"])
