@@ -4,6 +4,9 @@
     python bench/train_step.py --debug --json out.json               # CPU: debug sizes (so it cannot rot)
     python bench/train_step.py --parts peak,student --json out.json  # some parts only
 
+The JSON is rewritten after every part, so a run stopped part-way (gpu_check.sh's STEP_TIMEOUT) keeps the parts it
+finished; `complete` says whether every part asked for ran.
+
 Parts (each reports its own failure; the rest still run):
 - peak:       the device's measured bf16 matmul peak (TFLOP/s), the denominator of `mfu`.
 - student:    student fwd+bwd in bf16 at PixArt-Σ 1024 (L=4096, S=4) and DiT-XL/2 256 (L=256), ARD (N=6) over the
@@ -77,6 +80,14 @@ def build(model: str, debug: bool, device, dtype=None):
     family, size, overrides, _, _ = MODELS[model]
     teacher = build_teacher(family, "debug" if debug else size, device=device, **(overrides if debug else {}))
     return teacher.to(dtype) if dtype is not None else teacher
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Replace `path` with `result` in one step (a run killed while writing leaves the previous version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(result, indent=2, default=str))
+    partial.replace(path)
 
 
 # -- peak ------------------------------------------------------------------------------------------------------------
@@ -359,6 +370,7 @@ def main(argv=None) -> int:
     result["torch"] = torch.__version__
     result["command"] = "python bench/train_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
     failed = []
+    result["complete"] = False  # until every part asked for has run
 
     def section(name, fn):
         print(f"\n== {name}", flush=True)
@@ -371,6 +383,12 @@ def main(argv=None) -> int:
             failed.append(name)
         free(device)
         print(f"   ({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
+        save()
+
+    def save():  # after every part: a run stopped by gpu_check.sh's STEP_TIMEOUT keeps the parts it finished
+        result["failed_parts"] = failed
+        if args.json:
+            write_json(args.json, result)
 
     if "peak" in parts:
         section("peak", lambda: peak(device, args.debug))
@@ -384,10 +402,8 @@ def main(argv=None) -> int:
             result["mfu"] = result["step"]["mfu"]
     if "trajectory" in parts:
         section("trajectory", lambda: trajectory_part(device, args))
-    result["failed_parts"] = failed
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+    result["complete"] = True
+    save()
     print(f"\n== train_step.py done; failed parts: {failed or 'none'}", flush=True)
     return 1 if failed else 0
 
