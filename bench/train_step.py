@@ -310,6 +310,8 @@ def step_part(device, args, peak_tflops: float | None) -> dict:
             print(f"   step batch {B}: out of memory, trying {B // 2}")
             B = B // 2
             cond, null = random_condition(teacher, B, device, T, 1), random_condition(teacher, B, device, T, 2)
+    if device.type == "cuda":  # the step's own peak: not the student part's students nor an out-of-memory try
+        torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup):
         one_step(1 + i)
     rows = [one_step(1 + args.warmup + i) for i in range(args.rounds)]
@@ -362,7 +364,7 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--debug", action="store_true", help="debug sizes (CPU, or a quick CUDA smoke run)")
+    parser.add_argument("--debug", action="store_true", help="debug sizes on the CPU (even where CUDA is present)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--models", default=",".join(MODELS), help="models of the student part")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 6 CUDA, 2 debug)")
