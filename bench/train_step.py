@@ -22,7 +22,8 @@ Parts (each reports its own failure; the rest still run):
               the history attention counted at the blocks its mask allows) / time / measured peak; also per phase:
               `teacher_mfu` (trajectory) and `student_mfu` (student fwd+bwd, the figure of issue 18's 45 % goal).
 - trajectory: bench/trajectory.py (our teacher_trajectory vs PixArtSigmaPipeline's own denoising loop, same model,
-              steps and guidance), at PixArt-Σ 1024 width and depth on CUDA, debug size on CPU.
+              noise, steps and guidance, bf16 weights, no decode), at PixArt-Σ 1024 width and depth on CUDA, debug
+              size on CPU; the part fails (its figures kept) if the two loops' final latents differ.
 """
 
 from __future__ import annotations
@@ -356,7 +357,19 @@ def trajectory_part(device, args) -> dict:
     else:  # PixArt-Σ 1024 depth and width (18 heads x 64 = 1152), 128x128 latents, 24 = 4 x 6 steps
         argv = ["--layers", "28", "--width", "1152", "--latent-size", "128", "--steps", "24", "--repeats", "3"]
         argv += ["--batch", "2"]
-    return trajectory_bench.main(argv + ["--device", device.type])
+    out = trajectory_bench.main(argv + ["--device", device.type, "--dtype", "bf16"])  # bf16 weights, as the step
+    if not out["latents_match"]:  # recorded, then failed: the timing compares two loops that compute different things
+        raise TrajectoryMismatch(out)
+    return out
+
+
+class TrajectoryMismatch(RuntimeError):
+    def __init__(self, result: dict):
+        super().__init__(
+            f"teacher_trajectory's final latents differ from PixArtSigmaPipeline's: rel err "
+            f"{result['max_rel_err_vs_diffusers']:.2e} > {result['latents_tolerance']}"
+        )
+        self.result = result
 
 
 def main(argv=None) -> int:
@@ -404,7 +417,7 @@ def main(argv=None) -> int:
             result[name] = fn()
         except Exception as e:  # report and go on: one device run must tell as much as it can
             traceback.print_exc()
-            result[name] = {"error": f"{type(e).__name__}: {e}"}
+            result[name] = {**getattr(e, "result", {}), "error": f"{type(e).__name__}: {e}"}
             failed.append(name)
         free(device)
         print(f"   ({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
