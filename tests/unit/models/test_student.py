@@ -283,3 +283,24 @@ def test_bf16_weights_take_fp32_states_and_return_fp32_close_to_the_fp32_model(t
         sample = low.sample(states[:, 0], cond)
     assert out.dtype == t_out.dtype == sample.dtype == torch.float32
     assert (out - ref).norm() < 0.05 * ref.norm()
+
+
+def test_features_after_a_checkpointed_backward_are_the_teachers_one_group_pass(teacher, family):
+    """The GAN's discriminator phase reads the student's features after the generator's backward, which recomputes
+    the checkpointed blocks (the lowest, masked one last): they must still be one group per sample, as before it —
+    not the samples of the batch attending to each other as one sample's S groups (B = S here)."""
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule())
+    student.activation_checkpointing = True
+    cond = make_condition(family, S)
+    side = small_side(teacher, want=8)
+    g = torch.Generator().manual_seed(6)
+    x_t = torch.randn(S, teacher.in_channels, side, side, generator=g)
+    t = torch.tensor([900.0, 600.0, 300.0, 100.0])
+    with torch.no_grad():
+        before = student.features(x_t, t, cond, [0, 1])
+    states = torch.randn(S, S, teacher.in_channels, side, side, generator=g)
+    student.predict_next(states, cond).square().mean().backward()
+    with torch.no_grad():
+        after = student.features(x_t, t, cond, [0, 1])
+    for a, b in zip(after, before, strict=True):
+        assert torch.equal(a, b)
