@@ -304,3 +304,21 @@ def test_features_after_a_checkpointed_backward_are_the_teachers_one_group_pass(
         after = student.features(x_t, t, cond, [0, 1])
     for a, b in zip(after, before, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_condition_batch_other_than_the_sample_batch_is_a_clear_error(teacher, family):
+    """4 samples under 2 conditions: PixArt's cross-attention folded the extra samples into the sequence and paired
+    them with the wrong captions without a word, the other families failed inside a layer on a size mismatch."""
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule()).eval()
+    cond = make_condition(family, 2)
+    x = torch.randn(4, teacher.in_channels, 8, 8)
+    calls = {
+        "student forward": lambda: student(x[:, None].expand(-1, S, -1, -1, -1), cond),
+        "student sample": lambda: student.sample(x, cond),
+        "student features": lambda: student.features(x, torch.full((4,), 500.0), cond, [0]),
+        "teacher forward": lambda: teacher(x, torch.full((4,), 500.0), cond),
+        "teacher features": lambda: teacher.features(x, torch.full((4,), 500.0), cond, [0]),
+    }
+    for what, call in calls.items():
+        with torch.no_grad(), pytest.raises(ValueError, match=f"the {what.split()[0]} got 4 samples but 2 conditions"):
+            call()
