@@ -4,6 +4,9 @@
     python bench/train_step.py --debug --json out.json               # CPU: debug sizes (so it cannot rot)
     python bench/train_step.py --parts peak,student --json out.json  # some parts only
 
+The JSON is rewritten after every part, so a run stopped part-way (gpu_check.sh's STEP_TIMEOUT) keeps the parts it
+finished; `complete` says whether every part asked for ran.
+
 Parts (each reports its own failure; the rest still run):
 - peak:       the device's measured bf16 matmul peak (TFLOP/s), the denominator of `mfu`.
 - student:    student fwd+bwd in bf16 at PixArt-Σ 1024 (L=4096, S=4) and DiT-XL/2 256 (L=256), ARD (N=6) over the
@@ -16,9 +19,11 @@ Parts (each reports its own failure; the rest still run):
               student fwd/bwd in a ZeRO-3 bf16 DeepSpeed engine + its AdamW step (fp32 master weights, clipping);
               one process (nccl on CUDA, gloo on CPU); seconds split teacher / student / optimizer, student
               tokens/s, and `mfu` = counted model FLOPs (teacher forwards ×2 for CFG, student 3× its forward with
-              the history attention counted at the blocks its mask allows) / time / measured peak.
+              the history attention counted at the blocks its mask allows) / time / measured peak; also per phase:
+              `teacher_mfu` (trajectory) and `student_mfu` (student fwd+bwd, the figure of issue 18's 45 % goal).
 - trajectory: bench/trajectory.py (our teacher_trajectory vs PixArtSigmaPipeline's own denoising loop, same model,
-              steps and guidance), at PixArt-Σ 1024 width and depth on CUDA, debug size on CPU.
+              noise, steps and guidance, bf16 weights, no decode), at PixArt-Σ 1024 width and depth on CUDA, debug
+              size on CPU; the part fails (its figures kept) if the two loops' final latents differ.
 """
 
 from __future__ import annotations
@@ -77,6 +82,14 @@ def build(model: str, debug: bool, device, dtype=None):
     family, size, overrides, _, _ = MODELS[model]
     teacher = build_teacher(family, "debug" if debug else size, device=device, **(overrides if debug else {}))
     return teacher.to(dtype) if dtype is not None else teacher
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Replace `path` with `result` in one step (a run killed while writing leaves the previous version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(result, indent=2, default=str))
+    partial.replace(path)
 
 
 # -- peak ------------------------------------------------------------------------------------------------------------
@@ -192,7 +205,29 @@ def model_flops(model: str, debug: bool, B: int, text_tokens: int, K: int) -> di
     return {
         "teacher_forward_gflops": teacher_f / 1e9,
         "student_forward_gflops": student_f / 1e9,
+        "teacher_step_gflops": B * 2 * S * K * teacher_f / 1e9,  # S·K solver steps, batched CFG: 2 forwards each
+        "student_step_gflops": B * 3 * student_f / 1e9,  # fwd+bwd: the backward counted as 2 forwards
         "step_gflops": B * (2 * S * K * teacher_f + 3 * student_f) / 1e9,
+    }
+
+
+def step_figures(med: dict, flops: dict, batch: int, tokens_per_state: int, peak_tflops: float | None) -> dict:
+    """The step's derived figures from its median seconds per phase and its counted FLOPs: the split, student
+    tokens/s, achieved TFLOP/s and model FLOPs utilisation against the measured bf16 matmul peak, for the whole step
+    (`mfu`) and for its teacher trajectory and student fwd+bwd alone (issue 18's goal: student ≥ 45 %)."""
+    total = sum(med.values())
+
+    def utilisation(gflops: float, seconds: float) -> float | None:
+        return gflops / seconds / 1e3 / peak_tflops if peak_tflops else None
+
+    return {
+        "step_s": total,
+        "split": {k: v / total for k, v in med.items()},
+        "student_tokens_per_s": batch * S * tokens_per_state / total,
+        "achieved_tflops": flops["step_gflops"] / total / 1e3,
+        "mfu": utilisation(flops["step_gflops"], total),
+        "teacher_mfu": utilisation(flops["teacher_step_gflops"], med["teacher_s"]),
+        "student_mfu": utilisation(flops["student_step_gflops"], med["student_s"]),
     }
 
 
@@ -276,14 +311,15 @@ def step_part(device, args, peak_tflops: float | None) -> dict:
             print(f"   step batch {B}: out of memory, trying {B // 2}")
             B = B // 2
             cond, null = random_condition(teacher, B, device, T, 1), random_condition(teacher, B, device, T, 2)
+    if device.type == "cuda":  # the step's own peak: not the student part's students nor an out-of-memory try
+        torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup):
         one_step(1 + i)
     rows = [one_step(1 + args.warmup + i) for i in range(args.rounds)]
     med = {k: statistics.median(r[k] for r in rows) for k in ("teacher_s", "student_s", "optimizer_s")}
-    total = sum(med.values())
     L = (side // teacher.patch_size) ** 2
     flops = model_flops(model, args.debug, B, T, K)
-    achieved = flops["step_gflops"] / total / 1e3  # TFLOP/s
+    figures = step_figures(med, flops, B, L, peak_tflops)
     out = {
         "model": model,
         "batch": B,
@@ -294,21 +330,22 @@ def step_part(device, args, peak_tflops: float | None) -> dict:
         "activation_checkpointing": args.checkpointing,
         "engine": "deepspeed ZeRO-3 bf16, 1 process",
         "median_s": med,
-        "step_s": total,
-        "split": {k: v / total for k, v in med.items()},
-        "student_tokens_per_s": B * S * L / total,
+        **figures,
         "flops": flops,
-        "achieved_tflops": achieved,
-        "mfu": None if not peak_tflops else achieved / peak_tflops,
         "losses": [r["loss"] for r in rows],
     }
     if device.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(
         f"   {model}: batch {B}, teacher {S * K} steps with CFG, student N={N} ({out['history_attention']}), "
-        f"step {total:.3f} s = teacher {med['teacher_s']:.3f} + student {med['student_s']:.3f} + optimizer "
-        f"{med['optimizer_s']:.3f}; {out['student_tokens_per_s']:.0f} student tokens/s; {achieved:.2f} TFLOP/s"
-        + (f", MFU {out['mfu']:.3f}" if out["mfu"] is not None else "")
+        f"step {out['step_s']:.3f} s = teacher {med['teacher_s']:.3f} + student {med['student_s']:.3f} + optimizer "
+        f"{med['optimizer_s']:.3f}; {out['student_tokens_per_s']:.0f} student tokens/s; "
+        f"{out['achieved_tflops']:.2f} TFLOP/s"
+        + (
+            f", MFU {out['mfu']:.3f} (teacher {out['teacher_mfu']:.3f}, student fwd+bwd {out['student_mfu']:.3f})"
+            if out["mfu"] is not None
+            else ""
+        )
     )
     return out
 
@@ -320,7 +357,19 @@ def trajectory_part(device, args) -> dict:
     else:  # PixArt-Σ 1024 depth and width (18 heads x 64 = 1152), 128x128 latents, 24 = 4 x 6 steps
         argv = ["--layers", "28", "--width", "1152", "--latent-size", "128", "--steps", "24", "--repeats", "3"]
         argv += ["--batch", "2"]
-    return trajectory_bench.main(argv + ["--device", device.type])
+    out = trajectory_bench.main(argv + ["--device", device.type, "--dtype", "bf16"])  # bf16 weights, as the step
+    if not out["latents_match"]:  # recorded, then failed: the timing compares two loops that compute different things
+        raise TrajectoryMismatch(out)
+    return out
+
+
+class TrajectoryMismatch(RuntimeError):
+    def __init__(self, result: dict):
+        super().__init__(
+            f"teacher_trajectory's final latents differ from PixArtSigmaPipeline's: rel err "
+            f"{result['max_rel_err_vs_diffusers']:.2e} > {result['latents_tolerance']}"
+        )
+        self.result = result
 
 
 def main(argv=None) -> int:
@@ -328,7 +377,7 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--debug", action="store_true", help="debug sizes (CPU, or a quick CUDA smoke run)")
+    parser.add_argument("--debug", action="store_true", help="debug sizes on the CPU (even where CUDA is present)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--models", default=",".join(MODELS), help="models of the student part")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 6 CUDA, 2 debug)")
@@ -359,6 +408,7 @@ def main(argv=None) -> int:
     result["torch"] = torch.__version__
     result["command"] = "python bench/train_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
     failed = []
+    result["complete"] = False  # until every part asked for has run
 
     def section(name, fn):
         print(f"\n== {name}", flush=True)
@@ -367,10 +417,16 @@ def main(argv=None) -> int:
             result[name] = fn()
         except Exception as e:  # report and go on: one device run must tell as much as it can
             traceback.print_exc()
-            result[name] = {"error": f"{type(e).__name__}: {e}"}
+            result[name] = {**getattr(e, "result", {}), "error": f"{type(e).__name__}: {e}"}
             failed.append(name)
         free(device)
         print(f"   ({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
+        save()
+
+    def save():  # after every part: a run stopped by gpu_check.sh's STEP_TIMEOUT keeps the parts it finished
+        result["failed_parts"] = failed
+        if args.json:
+            write_json(args.json, result)
 
     if "peak" in parts:
         section("peak", lambda: peak(device, args.debug))
@@ -382,12 +438,11 @@ def main(argv=None) -> int:
         section("step", lambda: step_part(device, args, tflops))
         if "step" in result and "mfu" in result["step"]:
             result["mfu"] = result["step"]["mfu"]
+            result["student_mfu"] = result["step"]["student_mfu"]
     if "trajectory" in parts:
         section("trajectory", lambda: trajectory_part(device, args))
-    result["failed_parts"] = failed
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+    result["complete"] = True
+    save()
     print(f"\n== train_step.py done; failed parts: {failed or 'none'}", flush=True)
     return 1 if failed else 0
 

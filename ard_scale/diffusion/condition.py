@@ -39,6 +39,15 @@ class Condition:
     def batch_size(self) -> int:
         return (self.labels if self.labels is not None else self.text).shape[0]
 
+    def check_batch(self, batch: int, who: str) -> None:
+        """Raise unless this holds one condition per sample of a batch of `batch` (the network would pair samples with
+        conditions wrongly, or fail deep inside a layer)."""
+        if self.batch_size != batch:
+            raise UserError(
+                f"the {who} got {batch} samples but {self.batch_size} conditions; give one condition per sample "
+                f"(Condition.repeat_interleave(n) repeats each condition n times)"
+            )
+
     def _map(self, fn) -> Condition:
         return Condition(
             **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)}

@@ -136,6 +136,7 @@ class ARDStudent(nn.Module):
         With `prefix=True` the first G <= S states may be given alone (x_τS … x_τ(S-G+1)); the masks make their
         predictions the same as in the full forward, which is how sampling without a KV cache recomputes history."""
         self._check_states(states, prefix)
+        cond.check_batch(states.shape[0], "student")
         return self.family.student_forward(self, states, cond).to(states.dtype)
 
     def next_state(self, x_t: torch.Tensor, out: torch.Tensor, step: int) -> torch.Tensor:
@@ -159,6 +160,7 @@ class ARDStudent(nn.Module):
         (B,): the backbone run as the teacher would run it (one group, so no history mask applies), up to the
         highest requested block. Gradients flow to x_t and to the parameters alike; the GAN step decides which
         it takes (see ard_scale.trainer.gan)."""
+        cond.check_batch(x_t.shape[0], "student")
         return self.family.student_features(self, x_t, t, cond, layers)
 
     # -- sampling: S steps of L tokens with a KV cache in the lowest N blocks ---------------------------------------
@@ -169,5 +171,6 @@ class ARDStudent(nn.Module):
         if noise.ndim != 4:
             raise UserError(f"noise must be (B, C, H, W), got {tuple(noise.shape)}")
         self._check_states(noise[:, None].expand(-1, self.num_steps, -1, -1, -1))
+        cond.check_batch(noise.shape[0], "student")
         states = self.family.student_sample(self, noise, cond)
         return torch.stack(states, 1) if return_states else states[-1]

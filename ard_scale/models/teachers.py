@@ -112,6 +112,7 @@ class Teacher(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Native network output for x_t (B, C, H, W) at model times t (B,) or scalar."""
         t = torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])  # a scalar or (B,) -> (B,)
+        cond.check_batch(x_t.shape[0], "teacher")
         return self.spec.denoise(self.model, x_t, t, cond)
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, layers: list[int]) -> list[torch.Tensor]:
@@ -121,6 +122,7 @@ class Teacher(nn.Module):
         module calls whose outputs lie on the path to the features, so a backward from the features to `x_t`
         passes through matched hooks."""
         t = torch.as_tensor(t, device=x_t.device).float().expand(x_t.shape[0])
+        cond.check_batch(x_t.shape[0], "teacher")
         return self.spec.features(self.model, x_t, t, cond, layers)
 
 

@@ -44,12 +44,11 @@ class JointAttentionFamily(Family):
     def _blocks_over_groups(cls, student, img, txt, temb, extras, mode_of):
         plan = student.attention_plan
         for i, block in enumerate(cls.blocks(student.backbone)):
-            run = partial(cls._run_block, block, plan=plan, mode=mode_of(i))
+            run = partial(_run_in_mode, cls._run_block, block, plan, mode_of(i))
             if student.activation_checkpointing and torch.is_grad_enabled():
                 img, txt = checkpoint(run, img, txt, temb, *extras, use_reentrant=False)
             else:
                 img, txt = run(img, txt, temb, *extras)
-        plan.mode = "grouped"
         return img
 
     @classmethod
@@ -89,3 +88,14 @@ class JointAttentionFamily(Family):
         finally:
             plan.caches, plan.visible = {}, None
         return states
+
+
+def _run_in_mode(run_block, block, plan, mode, *inputs):
+    """One block with the plan in `mode`, then back to 'grouped' however the call ends. A checkpointed block is run
+    again by the backward, after the forward has returned: the plan must not stay in that block's mode, or a later
+    one-group pass that sets none (`features`, e.g. the GAN's discriminator phase after the generator's backward)
+    would attend across its batch as if its samples were one sample's groups."""
+    try:
+        return run_block(block, *inputs, plan=plan, mode=mode)
+    finally:
+        plan.mode = "grouped"

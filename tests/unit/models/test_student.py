@@ -283,3 +283,42 @@ def test_bf16_weights_take_fp32_states_and_return_fp32_close_to_the_fp32_model(t
         sample = low.sample(states[:, 0], cond)
     assert out.dtype == t_out.dtype == sample.dtype == torch.float32
     assert (out - ref).norm() < 0.05 * ref.norm()
+
+
+def test_features_after_a_checkpointed_backward_are_the_teachers_one_group_pass(teacher, family):
+    """The GAN's discriminator phase reads the student's features after the generator's backward, which recomputes
+    the checkpointed blocks (the lowest, masked one last): they must still be one group per sample, as before it —
+    not the samples of the batch attending to each other as one sample's S groups (B = S here)."""
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule())
+    student.activation_checkpointing = True
+    cond = make_condition(family, S)
+    side = small_side(teacher, want=8)
+    g = torch.Generator().manual_seed(6)
+    x_t = torch.randn(S, teacher.in_channels, side, side, generator=g)
+    t = torch.tensor([900.0, 600.0, 300.0, 100.0])
+    with torch.no_grad():
+        before = student.features(x_t, t, cond, [0, 1])
+    states = torch.randn(S, S, teacher.in_channels, side, side, generator=g)
+    student.predict_next(states, cond).square().mean().backward()
+    with torch.no_grad():
+        after = student.features(x_t, t, cond, [0, 1])
+    for a, b in zip(after, before, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_condition_batch_other_than_the_sample_batch_is_a_clear_error(teacher, family):
+    """4 samples under 2 conditions: PixArt's cross-attention folded the extra samples into the sequence and paired
+    them with the wrong captions without a word, the other families failed inside a layer on a size mismatch."""
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule()).eval()
+    cond = make_condition(family, 2)
+    x = torch.randn(4, teacher.in_channels, 8, 8)
+    calls = {
+        "student forward": lambda: student(x[:, None].expand(-1, S, -1, -1, -1), cond),
+        "student sample": lambda: student.sample(x, cond),
+        "student features": lambda: student.features(x, torch.full((4,), 500.0), cond, [0]),
+        "teacher forward": lambda: teacher(x, torch.full((4,), 500.0), cond),
+        "teacher features": lambda: teacher.features(x, torch.full((4,), 500.0), cond, [0]),
+    }
+    for what, call in calls.items():
+        with torch.no_grad(), pytest.raises(ValueError, match=f"the {what.split()[0]} got 4 samples but 2 conditions"):
+            call()
