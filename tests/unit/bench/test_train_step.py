@@ -16,7 +16,7 @@ from ard_scale.utils.launch import ROOT, launch_env
 def test_the_debug_run_takes_a_deepspeed_step_and_its_figures_hold_together(tmp_path):
     out = tmp_path / "train_step.json"
     argv = [sys.executable, "bench/train_step.py", "--debug", "--parts", "step,student", "--models", "dit_xl_2_256"]
-    argv += ["--rounds", "2", "--warmup", "0", "--json", str(out)]
+    argv += ["--rounds", "2", "--warmup", "0", "--step-rounds", "2", "--step-warmup", "0", "--json", str(out)]
     proc = subprocess.run(argv, cwd=ROOT, env=launch_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
