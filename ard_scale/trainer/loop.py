@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import sys
@@ -339,10 +340,20 @@ def summary(cfg: RootConfig, run_dir: Path, ckpt: CheckpointManager, step: int) 
 def quiet_library_warnings() -> None:
     """DeepSpeed's ZeRO-3 calls two deprecated torch collectives on every step (119 FutureWarnings in 30 steps over
     the progress bar): ignored, since they are DeepSpeed's calls, not ours (our own are fixed at the source). Not
-    "once": every `warnings.catch_warnings` in torch or DeepSpeed clears the once-registry, so they came back."""
+    "once": every `warnings.catch_warnings` in torch or DeepSpeed clears the once-registry, so they came back. And
+    DeepSpeed's LR schedules ask themselves for a learning rate as they are built, which logs "Attempting to get
+    learning rate from scheduler before it has started" on every rank of every run with a schedule: dropped too."""
     for name in ("reduce_scatter_tensor", "all_gather_into_tensor"):
         message = rf"`torch\.distributed\.{name}` is deprecated"
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    from deepspeed.utils import logger
+
+    if _schedule_not_started not in logger.filters:
+        logger.addFilter(_schedule_not_started)
+
+
+def _schedule_not_started(record: logging.LogRecord) -> bool:
+    return "Attempting to get learning rate from scheduler before it has started" not in record.getMessage()
 
 
 STOPPED = "stopped"  # what draw_micro_batches answers when a stop signal took a rank's data workers
