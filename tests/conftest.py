@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # always built with the same ninja (it rebuilds when ninja changes), into a cache the project controls.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
+# ZeRO-3 partitions every parameter, as it does a real model's (ard_scale/distributed/engines.py PARTITION_ALL_ENV):
+# the tiny test models are under DeepSpeed's persistence threshold, which would leave them whole on every rank and hide
+# a forward that runs on some ranks only (a hang on a real run). Launched ranks inherit it. Set it to 0 to compare.
+os.environ.setdefault("ARD_SCALE_TEST_ZERO3_PARTITION_ALL", "1")
 
 # Tests are deterministic and CPU-sized; keep torch from oversubscribing the 2-core CI machine: the cores are shared
 # between the pytest-xdist workers (`-n 2` in pyproject.toml runs two test files at once).

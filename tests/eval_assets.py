@@ -49,7 +49,8 @@ def write_tiny_t5(folder: Path, d_model: int = 24, vocab_size: int = 384) -> Pat
     """A random 1-layer T5 encoder with the byte-level ByT5 tokenizer (no vocabulary file); d_model 24 matches the
     debug PixArt teacher's caption channels. ByT5 uses ids below 384; a larger `vocab_size` (e.g. 5000: 120k embedding
     weights, over DeepSpeed's 1e5 stage3_param_persistence_threshold) makes ZeRO-3 partition the encoder, as it does
-    a real T5, so that every forward of it is a collective."""
+    a real T5, so that every forward of it is a collective, even with the suite's partition-all switch off
+    (ARD_SCALE_TEST_ZERO3_PARTITION_ALL=0; tests/conftest.py)."""
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     torch.manual_seed(0)

@@ -20,6 +20,12 @@ import torch
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
 
+# Test-only: set to 1 (tests/conftest.py does, for the whole session and every rank it launches) to make ZeRO-3
+# partition every parameter. DeepSpeed keeps parameters under `stage3_param_persistence_threshold` (1e5 elements)
+# whole on every rank, and the tests' tiny models are mostly under it, so their forwards need no all-gather and a
+# forward run on one rank only (or a different number of times per rank) passes there but hangs a real run.
+PARTITION_ALL_ENV = "ARD_SCALE_TEST_ZERO3_PARTITION_ALL"
+
 
 def _one_process_env() -> None:
     """`python launchers/train.py RECIPE` with no launcher: one rank on this host. Without this, DeepSpeed takes
@@ -169,11 +175,23 @@ def frozen_ds_config(*, micro_batch: int, zero_stage: int = 3, precision: str = 
     }
 
 
+def partition_all_in_tests(config: dict) -> dict:
+    """`config` with ZeRO-3 partitioning every parameter (persistence threshold 0) when the test-only
+    ARD_SCALE_TEST_ZERO3_PARTITION_ALL=1 is set and the config sets no threshold of its own; else `config` itself.
+    Real runs never set it: their defaults are DeepSpeed's."""
+    zero = config.get("zero_optimization", {})
+    if os.environ.get(PARTITION_ALL_ENV) != "1" or zero.get("stage") != 3:
+        return config
+    return {**config, "zero_optimization": {"stage3_param_persistence_threshold": 0, **zero}}
+
+
 def build_student_engine(student: torch.nn.Module, config: dict):
     import deepspeed
 
     engine, optimizer, _, _ = deepspeed.initialize(
-        model=student, model_parameters=[p for p in student.parameters() if p.requires_grad], config=config
+        model=student,
+        model_parameters=[p for p in student.parameters() if p.requires_grad],
+        config=partition_all_in_tests(config),
     )
     return engine, optimizer
 
@@ -183,7 +201,7 @@ def build_frozen_engine(module: torch.nn.Module, config: dict):
     import deepspeed
 
     module.requires_grad_(False).eval()
-    engine, *_ = deepspeed.initialize(model=module, config=config)
+    engine, *_ = deepspeed.initialize(model=module, config=partition_all_in_tests(config))
     return engine
 
 

@@ -5,6 +5,7 @@ DeepSpeed; the loss falls on a fixed batch. zero.offload_optimizer/offload_param
 run without them."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,20 @@ def test_zero3_student_and_teacher_engines_train_like_plain_pytorch(runs, family
     assert two["losses"][0] == pytest.approx(one["losses"][0], rel=1e-6)
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)  # same math, different reduction order
     assert two["losses"][-1] < 0.5 * two["losses"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_the_suite_makes_zero3_partition_every_parameter(runs):
+    """tests/conftest.py sets ARD_SCALE_TEST_ZERO3_PARTITION_ALL for the session and the launched ranks inherit it:
+    no parameter of the tiny models stays whole on every rank, so a forward some rank skips hangs here as it would
+    at real size. With it off (=0) DeepSpeed's 1e5-element persistence threshold keeps most of them whole."""
+    for family in FAMILIES:
+        got = runs[1][family]
+        if os.environ["ARD_SCALE_TEST_ZERO3_PARTITION_ALL"] == "1":
+            assert got["persistent"] == [0, 0], got
+        else:
+            assert all(0 < n for n in got["persistent"]), got
 
 
 @pytest.mark.slow

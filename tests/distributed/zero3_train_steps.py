@@ -88,6 +88,9 @@ def train_steps(family: str, rank: int, world: int, offload: bool = False) -> di
         "reference_first_loss": reference,
         "optimizer": type(engine.optimizer.optimizer).__name__,  # the one ZeRO-3 steps its fp32 partitions with
         "offload": [bool(engine.zero_offload_optimizer()), bool(engine.zero_offload_param())],
+        # parameters ZeRO-3 keeps whole on every rank (under stage3_param_persistence_threshold): student, teacher
+        "persistent": [sum(bool(p.ds_persist) for p in m.parameters()) for m in (engine.module, teacher_engine.module)],
+        "num_params": [sum(1 for _ in m.parameters()) for m in (engine.module, teacher_engine.module)],
     }
 
 
