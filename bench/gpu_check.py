@@ -100,10 +100,27 @@ def teacher_sampler(teacher, schedule, noise, cond, num_steps):
     return torch.stack(states, 1)
 
 
+def write_json(path: Path, result: dict) -> None:
+    """Replace `path` with `result` in one step (a run killed while writing leaves the previous version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(result, indent=2, default=str))
+    partial.replace(path)
+
+
 class Check:
-    def __init__(self):
+    """Sections run in turn, each reported and kept whatever the others do; with `json_path`, the JSON is rewritten
+    after every section (`complete` false until the end), so a run the device's time limit stops keeps what it
+    measured."""
+
+    def __init__(self, json_path: Path | None = None):
         self.result: dict = {}
         self.failed: list[str] = []
+        self.json_path = json_path
+
+    def save(self, complete: bool = False) -> None:
+        if self.json_path is not None:
+            write_json(self.json_path, {**self.result, "failed_sections": self.failed, "complete": complete})
 
     def section(self, name: str, fn) -> None:
         print(f"\n== {name}", flush=True)
@@ -116,6 +133,7 @@ class Check:
             self.failed.append(name)
             print(f"!! section {name!r} FAILED: {type(e).__name__}: {str(e)[:500]}", flush=True)
         print(f"   ({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
+        self.save()
 
 
 def environment(device: torch.device) -> dict:
@@ -412,7 +430,7 @@ def main(argv=None) -> int:
     args.autocast = args.autocast or ("bf16" if gpu else "none")
     size, overrides = ("dit_xl_2_256", {}) if gpu else ("debug", {"num_layers": 28})
 
-    check = Check()
+    check = Check(args.json)
     check.section("environment", lambda: environment(device))
     t0 = time.perf_counter()
     teacher = build_teacher("dit", size, device=device, **overrides)
@@ -444,8 +462,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
     check.section("flux_invariants", lambda: flux_invariants(device, gpu, args.inv_batch))
     check.result["failed_sections"] = check.failed
-    if args.json:
-        args.json.write_text(json.dumps(check.result, indent=2, default=str))
+    check.save(complete=True)
     print(f"\n== gpu_check.py done; failed sections: {check.failed or 'none'}", flush=True)
     return 1 if check.failed else 0
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trajectory as trajectory_bench  # noqa: E402  (bench/trajectory.py)
-from gpu_check import interleaved, sync, timed  # noqa: E402  (bench/gpu_check.py: the same timing)
+from gpu_check import interleaved, sync, timed, write_json  # noqa: E402  (bench/gpu_check.py: the same timing)
 
 from ard_scale.config.ard import ARDConfig  # noqa: E402
 from ard_scale.diffusion.condition import Condition  # noqa: E402
@@ -82,14 +81,6 @@ def build(model: str, debug: bool, device, dtype=None):
     family, size, overrides, _, _ = MODELS[model]
     teacher = build_teacher(family, "debug" if debug else size, device=device, **(overrides if debug else {}))
     return teacher.to(dtype) if dtype is not None else teacher
-
-
-def write_json(path: Path, result: dict) -> None:
-    """Replace `path` with `result` in one step (a run killed while writing leaves the previous version)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(result, indent=2, default=str))
-    partial.replace(path)
 
 
 # -- peak ------------------------------------------------------------------------------------------------------------
