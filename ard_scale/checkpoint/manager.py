@@ -60,7 +60,15 @@ from ard_scale.checkpoint.safe_load import (
     verify_dir,
 )
 from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
-from ard_scale.config import config_hash, dump_yaml, recipe_changes, to_dict, training_dict, with_defaults
+from ard_scale.config import (
+    config_hash,
+    dump_yaml,
+    recipe_changes,
+    schedule_moved,
+    to_dict,
+    training_dict,
+    with_defaults,
+)
 from ard_scale.errors import UserError
 from ard_scale.utils.folders import size_text
 
@@ -132,25 +140,6 @@ class Resumed:
 
     tag: str
     same_world: bool
-
-
-def schedule_moved(saved: dict, current: dict) -> str | None:
-    """What a changed train.max_steps does to a run resumed under a decaying LR schedule (None: nothing). The step
-    budget is not part of the recipe hash — extending a run is a resume —, but a linear or cosine schedule decays to
-    0 at max_steps, and DeepSpeed's scheduler keeps only its step count: the resumed run's learning rate follows the
-    new end from the resumed step on, a jump where the two curves differ."""
-    old, new = saved.get("train", {}), current.get("train", {})
-    schedule = new.get("lr_schedule")
-    if schedule not in ("linear", "cosine") or old.get("lr_schedule") != schedule:
-        return None
-    if old.get("max_steps") == new.get("max_steps"):
-        return None
-    return (
-        f"train.max_steps changed from {old.get('max_steps')} to {new.get('max_steps')} on resume of a run with "
-        f"train.lr_schedule {schedule}: the learning rate now decays to 0 at step {new.get('max_steps')}, so it "
-        f"changes at the resumed step instead of following the run's curve; resume with "
-        f"train.max_steps={old.get('max_steps')} to keep it"
-    )
 
 
 class CheckpointManager:

@@ -12,6 +12,7 @@ from ard_scale.config.schema import (
     config_hash,
     load_config,
     recipe_changes,
+    schedule_moved,
     training_dict,
     with_defaults,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "dump_yaml",
     "load_config",
     "recipe_changes",
+    "schedule_moved",
     "to_dict",
     "training_dict",
     "with_defaults",

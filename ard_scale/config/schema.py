@@ -315,3 +315,22 @@ def recipe_changes(saved: RootConfig | dict, current: RootConfig | dict) -> list
     """Training-defining dotted keys that differ between a checkpoint's config and the current one (keys the
     checkpoint's config lacks count as their defaults: `with_defaults`)."""
     return loader.diff_configs(training_dict(with_defaults(saved)), training_dict(current))
+
+
+def schedule_moved(saved: dict, current: dict) -> str | None:
+    """What a changed train.max_steps does to a run resumed under a decaying LR schedule (None: nothing). The step
+    budget is not part of the recipe hash — extending a run is a resume —, but a linear or cosine schedule decays to
+    0 at max_steps, and DeepSpeed's scheduler keeps only its step count: the resumed run's learning rate follows the
+    new end from the resumed step on, a jump where the two curves differ."""
+    old, new = saved.get("train", {}), current.get("train", {})
+    schedule = new.get("lr_schedule")
+    if schedule not in ("linear", "cosine") or old.get("lr_schedule") != schedule:
+        return None
+    if old.get("max_steps") == new.get("max_steps"):
+        return None
+    return (
+        f"train.max_steps changed from {old.get('max_steps')} to {new.get('max_steps')} on resume of a run with "
+        f"train.lr_schedule {schedule}: the learning rate now decays to 0 at step {new.get('max_steps')}, so it "
+        f"changes at the resumed step instead of following the run's curve; resume with "
+        f"train.max_steps={old.get('max_steps')} to keep it"
+    )

@@ -288,8 +288,8 @@ def watch_divergence(cfg: RootConfig, watch: DivergenceWatch, step: int, metrics
 def raise_if_unhealthy(
     progress: Progress, run_dir: Path, *, too_many_nan: bool, diverged: bool, gan: bool = False
 ) -> None:
-    """After the checkpoint of the step was saved: stop with the error that names the cause and the fix. The saved
-    weights are those before the NaN streak: no update is taken from a NaN/Inf loss or gradient (`step_student`)."""
+    """After the checkpoint of the step was saved: stop with the error that names the cause and the fix. No NaN/Inf
+    reached the saved weights: a NaN/Inf loss gets no backward and a NaN/Inf gradient no update (`step_student`)."""
     step = progress.step
     if too_many_nan:  # both decisions are every rank's alike (the NaN flag is any rank's, the losses are averaged)
         stage = "; in the GAN stage, lower gan.weight or gan.d_lr too" if gan else ""
