@@ -293,7 +293,7 @@ class ARDPipeline:
         self.device = torch.device(device)
         self.student.to(self.device)
         self.codec.to(self.device)
-        self.conditioner = build_conditioner(self.cfg, Teacher(self.student.backbone), self.device, for_eval=True)
+        self.conditioner.to(self.device)
         return self
 
     def _distilled_side(self) -> tuple[int, int, int]:
@@ -436,4 +436,4 @@ class ARDPipeline:
         if prompt is None or class_labels is not None:
             raise UserError("this student is text-conditional: pass prompt='...' or a list of prompts (no labels)")
         prompts = prompt_list(prompt)
-        return self.conditioner({"captions": [p for p in prompts for _ in range(per_prompt)]})[0]
+        return self.conditioner.encode([p for p in prompts for _ in range(per_prompt)])

@@ -98,7 +98,9 @@ class TextEncoderConfig:
     max_length: int = 300
     """Tokens per caption (PixArt-Σ: 300); longer captions are truncated."""
     use_precomputed: bool = False
-    """Read T5 embeddings stored in the data shards instead of running the encoder."""
+    """Read the text embeddings stored in the data shards (launchers/precompute_text.py) instead of running the
+    encoders: every shard must carry them. False: the captions are encoded, even where the shards also carry
+    embeddings (every rank reads text the same way: ZeRO-3 encoders gather collectively)."""
     precision: Literal["fp32", "run"] = "fp32"
     """T5's weights and compute: 'fp32' whatever train.precision, or 'run' for train.precision, as the diffusers
     pipelines run T5 in their dtype (FLUX.1, PixArt-Σ and SD3.5 in bf16): half the memory in a bf16 run (T5-XXL's

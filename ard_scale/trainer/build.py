@@ -91,8 +91,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 def build_conditioner(cfg: RootConfig, teacher: Teacher, device="cpu", *, for_eval: bool = False) -> Conditioner:
-    """The recipe's Conditioner: its text encoder sections and guidance. The encoders are kept after encoding the
-    null caption unless the shards carry the embeddings and nothing is evaluated (`for_eval`, `eval.every`)."""
+    """The recipe's Conditioner: its text encoder sections, its guidance, and where text comes from (the shards'
+    embeddings with text_encoder.use_precomputed, else the captions: one choice for every rank). The encoders are
+    kept after encoding the null caption unless the shards carry the embeddings and nothing is evaluated
+    (`for_eval`, `eval.every`)."""
     keep = for_eval or cfg.eval.every is not None or not cfg.text_encoder.use_precomputed
     return Conditioner(
         teacher,
@@ -103,6 +105,7 @@ def build_conditioner(cfg: RootConfig, teacher: Teacher, device="cpu", *, for_ev
         qwen_dtype=PRECISIONS[cfg.train.precision],
         t5_dtype=PRECISIONS[cfg.text_encoder.dtype_name(cfg.train.precision)],
         device=device,
+        text_source="precomputed" if cfg.text_encoder.use_precomputed else "captions",
     )
 
 

@@ -23,6 +23,8 @@ from ard_scale.trainer.checks import check_labels
 
 # Text encoder slots a family may list (`family.text_encoders`), in the order they load and encode: the recipe
 # section each reads, what the teacher reads from it and where its `path` points (for a missing section's error).
+TEXT_SOURCES = ("auto", "precomputed", "captions")  # Conditioner's text_source
+
 _SLOT_TEXT = {  # slot -> (what the family reads from it, where its files are); loaded in this order
     "t5": ("T5's token embeddings", "a folder with the T5 encoder and its tokenizer"),
     "qwen": ("Qwen2.5-VL's hidden states", "the pipeline's text_encoder/ and tokenizer/"),
@@ -133,7 +135,13 @@ class Conditioner:
     guidance value and there is no null condition (`cfg_scale` is 1). With `keep_encoders` false (precomputed
     embeddings, nothing to evaluate) the encoders are loaded only to encode the null caption, then dropped, or not at
     all where the shards carry that `null` condition too (launchers/precompute_text.py writes it).
-    `qwen_dtype`: Qwen2.5-VL's dtype, `t5_dtype`: T5's (text_encoder.precision); CLIP runs in fp32."""
+    `qwen_dtype`: Qwen2.5-VL's dtype, `t5_dtype`: T5's (text_encoder.precision); CLIP runs in fp32.
+
+    `text_source` says where a batch's text condition comes from, one choice for the whole run: 'precomputed' — the
+    shards' stored embeddings, and a batch without them is an error; 'captions' — the encoders, on the captions, even
+    where the shards also carry embeddings; 'auto' — stored where the batch has them, else the captions (one process
+    only: with ZeRO-3 encoders, encoding is collective, and ranks whose batches chose differently would hang).
+    Prompts outside the shards (evaluation, a pipeline) go through `encode`."""
 
     def __init__(
         self,
@@ -146,7 +154,11 @@ class Conditioner:
         qwen_dtype: torch.dtype = torch.float32,
         t5_dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        text_source: str = "auto",
     ):
+        if text_source not in TEXT_SOURCES:
+            raise ValueError(f"text_source {text_source!r}: one of {', '.join(TEXT_SOURCES)}")
+        self.text_source = text_source
         spec = teacher.spec
         self.kind, self.teacher, self.spec, self.device = teacher.condition_kind, teacher, spec, torch.device(device)
         self.use_mask, self.needs_pooled = spec.text_mask, "clip" in spec.text_encoders
@@ -182,6 +194,24 @@ class Conditioner:
         cond, null = self._conditions(batch)
         return cond.to(self.device), None if null is None else null.to(self.device)
 
+    def encode(self, captions: list[str]) -> Condition:
+        """The condition of `captions` (prompts that are not a shard batch: evaluation, a pipeline), on the run's
+        device. Collective where the encoders are ZeRO-3 engines."""
+        if not self.can_encode:
+            raise UserError(
+                "no text encoder is loaded to encode prompts: give text_encoder.path (and the family's "
+                "other encoder paths)"
+            )
+        return self._encode(list(captions)).to(self.device)
+
+    def to(self, device: torch.device | str) -> Conditioner:
+        """Move the loaded encoders and the null condition to `device` (nothing is read again)."""
+        self.device = torch.device(device)
+        for encoder in self.encoders.values():
+            encoder.model.to(self.device)
+        self.null = None if self.null is None else self.null.to(self.device)
+        return self
+
     def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
         if self.kind == "labels":
             if "labels" not in batch:
@@ -192,17 +222,25 @@ class Conditioner:
             labels = batch["labels"].long()
             check_labels(labels, batch.get("keys"), self.teacher.num_classes)
             return Condition(labels=labels), self.teacher.null_condition(labels.shape[0])
-        if "t5_emb" in batch and (not self.needs_pooled or "pooled_emb" in batch):
+        stored = "t5_emb" in batch and (not self.needs_pooled or "pooled_emb" in batch)
+        if self.text_source == "captions" or (self.text_source == "auto" and not stored and self.can_encode):
+            if "captions" not in batch:
+                raise UserError(
+                    f"the batch of samples {_keys(batch)} carries no captions to encode; write shards with captions "
+                    "(launchers/build_shards.py), or precompute their embeddings (launchers/precompute_text.py) and "
+                    "set text_encoder.use_precomputed=true"
+                )
+            cond = self._encode(batch["captions"])
+        elif stored:
             cond = self.stored(batch["t5_emb"], batch["t5_mask"], batch.get("pooled_emb"))
-        elif not self.can_encode:
+        else:
             wanted = "t5_emb and pooled_emb" if self.needs_pooled else "t5_emb"
             raise UserError(
-                f"text_encoder.use_precomputed is set but the shards carry no {wanted}; run "
-                "launchers/precompute_text.py SHARDS OUT --recipe RECIPE on them (it writes what the family reads) or "
-                "set text_encoder.use_precomputed=false"
+                f"text_encoder.use_precomputed is set but the batch of samples {_keys(batch)} carries no {wanted} "
+                "(every shard must be precomputed: a run reads one kind); run launchers/precompute_text.py SHARDS OUT "
+                "--recipe RECIPE on the shards (it writes what the family reads) or set "
+                "text_encoder.use_precomputed=false"
             )
-        else:
-            cond = self._encode(batch["captions"])
         if self.null is None:  # no CFG: the null condition is never evaluated
             return cond, None
         return cond, batch_null(self.null, *cond.text.shape[:2])
@@ -221,6 +259,14 @@ class Conditioner:
         """Captions -> their condition: each listed encoder's output, combined as the family's pipeline does."""
         out = encode_text(self.spec, self.encoders, captions)
         return Condition(text=out.tokens, text_mask=out.mask, pooled=out.pooled, guidance=self._guidance(len(captions)))
+
+
+def _keys(batch: dict[str, Any], shown: int = 3) -> str:
+    """The first sample keys of a batch, for an error message ('?' where the batch carries none)."""
+    keys = list(batch.get("keys") or [])
+    if not keys:
+        return "?"
+    return ", ".join(map(str, keys[:shown])) + (", ..." if len(keys) > shown else "")
 
 
 def stored_condition(

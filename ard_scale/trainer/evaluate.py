@@ -217,10 +217,10 @@ def build_eval_setup(
 
         def condition_for(indices: torch.Tensor) -> tuple[Condition, list[str]]:
             captions = labels_for(indices)
-            return conditioner({"captions": captions})[0], captions
+            return conditioner.encode(captions), captions
 
         def null_for(batch_size: int) -> Condition:
-            return conditioner({"captions": [teacher.spec.null_caption] * batch_size})[0]
+            return conditioner.encode([teacher.spec.null_caption] * batch_size)
 
         eval_set = {"prompts": cache_key({"prompts": prompts}), "num_prompts": len(prompts)}
     else:

@@ -37,10 +37,44 @@ def test_precomputed_embeddings_load_the_encoder_only_for_the_null_caption():
     cond, null = conditioner(batch)
     assert torch.equal(cond.text, batch["t5_emb"])
     assert null.text.shape == (2, 8, 24)
-    with pytest.raises(ValueError, match="shards carry no t5_emb"):
+    with pytest.raises(ValueError, match="carries no t5_emb"):
         conditioner({"captions": ["a one"]})
     # evaluation encodes prompts: then the encoder stays
     assert build_conditioner(cfg, build_teacher("pixart", "debug"), for_eval=True).encoders["t5"].model is not None
+
+
+def test_the_text_source_is_the_runs_choice_not_each_batchs():
+    """Under ZeRO-3 encoding is collective: were each batch to choose between its stored embeddings and its
+    captions, ranks reading shards of both kinds would hang. use_precomputed=true refuses a batch without the
+    embeddings even where the encoder is loaded (in-loop evaluation keeps it); use_precomputed=false encodes the
+    captions even where the shards also carry embeddings."""
+    stored = {"t5_emb": torch.randn(2, 8, 24), "t5_mask": torch.ones(2, 8, dtype=torch.long),
+              "captions": ["a seven", "a one"], "keys": ["000007", "000001"]}  # fmt: skip
+    precomputed = load_config("recipes/tiny_cpu.yaml", [*PIXART, "text_encoder.use_precomputed=true"])
+    conditioner = build_conditioner(precomputed, build_teacher("pixart", "debug"), for_eval=True)
+    assert conditioner.can_encode
+    assert torch.equal(conditioner(stored)[0].text, stored["t5_emb"])
+    with pytest.raises(ValueError, match=r"samples 000007, 000001 carries no t5_emb \(every shard must be"):
+        conditioner({"captions": stored["captions"], "keys": stored["keys"]})
+    prompts = conditioner.encode(["a seven"])  # evaluation's prompts are no shard batch
+    assert prompts.text.shape == (1, 8, 24)
+
+    captions = build_conditioner(load_config("recipes/tiny_cpu.yaml", PIXART), build_teacher("pixart", "debug"))
+    cond = captions(stored)[0]
+    t5 = captions.encoders["t5"]
+    text, _ = encode_captions(t5.model, t5.tokenizer, stored["captions"], max_length=8)
+    torch.testing.assert_close(cond.text, text)
+    with pytest.raises(ValueError, match="carries no captions to encode"):
+        captions({"t5_emb": stored["t5_emb"], "t5_mask": stored["t5_mask"]})
+
+
+def test_moving_a_conditioner_moves_its_encoders_without_reading_them_again():
+    """ARDPipeline.to(device) moves its conditioner: the loaded encoders themselves (a T5-XXL is read once)."""
+    conditioner = build_conditioner(load_config("recipes/tiny_cpu.yaml", PIXART), build_teacher("pixart", "debug"))
+    model = conditioner.encoders["t5"].model
+    assert conditioner.to("meta") is conditioner and conditioner.device == torch.device("meta")
+    assert conditioner.encoders["t5"].model is model and {p.device.type for p in model.parameters()} == {"meta"}
+    assert conditioner.null.text.device.type == "meta"
 
 
 def test_precomputed_embeddings_with_guidance_and_no_encoder_need_the_shards_null_condition(tmp_path):

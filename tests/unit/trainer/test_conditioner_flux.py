@@ -109,7 +109,7 @@ def test_offline_trajectories_complete_a_stored_condition_as_the_conditioner_doe
     to precomputed text: the embedded guidance, and no mask (FLUX attends to every token)."""
     from ard_scale.trainer.trajectories import build_trajectory_source
 
-    cfg = load_config(RECIPE)
+    cfg = load_config(RECIPE, ["text_encoder.use_precomputed=true"])
     conditioner = build_conditioner(cfg, build_teacher("flux", "debug"))
     source = build_trajectory_source("offline", None, None, conditioner)
     batch = {"states": torch.randn(2, 5, 4, 8, 8), "t5_emb": torch.randn(2, 8, 24),
