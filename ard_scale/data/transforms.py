@@ -53,7 +53,16 @@ def load_image(data: bytes, resolution: int, table: dict[float, tuple[int, int]]
     # draft() lets JPEG decode at a reduced scale (>= 2x the target), much faster for 1024px sources.
     image.draft("RGB", (2 * width, 2 * height))
     image.load()
-    return resize_center_crop(image.convert("RGB"), height, width)
+    return resize_center_crop(to_rgb(image), height, width)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB. A 16-bit grayscale PNG opens as mode I;16 (or I), whose values 0..65535 PIL's
+    convert("RGB") clips at 255 (nearly all white): those are scaled to 8 bits first."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.float32)
+        image = Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def resize_center_crop(image: Image.Image, height: int, width: int) -> torch.Tensor:

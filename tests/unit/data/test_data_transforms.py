@@ -59,3 +59,19 @@ def test_data_config_rejects_bad_values():
         build_loader(DataConfig(**{**base, "path": None}), rank=0, world_size=1)
     with pytest.raises(TypeError):
         DataConfig("mds", "x", 2, 16)  # keyword-only
+
+
+def test_a_16_bit_grayscale_png_reads_as_its_8_bit_values():
+    """A 16-bit grayscale PNG (mode I;16) gives the image its 8-bit copy gives, not PIL's clip at 255 (all white)."""
+    import io
+
+    ramp_8 = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, black to white left to right
+    encoded = {}
+    for bits, pixels in ((8, ramp_8), (16, ramp_8.astype(np.uint16) * 257)):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        encoded[bits] = buffer.getvalue()
+    assert Image.open(io.BytesIO(encoded[16])).mode == "I;16"
+    out = load_image(encoded[16], 32, None)
+    assert torch.equal(out, load_image(encoded[8], 32, None))
+    assert out.min() < -0.95 and out.mean().abs() < 0.05  # the ramp, not white
