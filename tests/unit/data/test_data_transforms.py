@@ -75,3 +75,24 @@ def test_a_16_bit_grayscale_png_reads_as_its_8_bit_values():
     out = load_image(encoded[16], 32, None)
     assert torch.equal(out, load_image(encoded[8], 32, None))
     assert out.min() < -0.95 and out.mean().abs() < 0.05  # the ramp, not white
+
+
+@pytest.mark.parametrize(
+    ("orientation", "stored_as"),
+    [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)],
+)
+def test_a_photo_stored_sideways_reads_upright_as_its_exif_orientation_says(orientation, stored_as):
+    """A camera's JPEG stored turned, with the EXIF orientation viewers apply: the sample is the upright image, in
+    the bucket of the upright aspect ratio."""
+    import io
+
+    upright = np.zeros((60, 120, 3), dtype=np.uint8)  # landscape, h/w = 0.5: white sky over black ground
+    upright[:30] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(upright).transpose(stored_as).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    for out in (load_image(buffer.getvalue(), 32, None), load_image(buffer.getvalue(), 256, bucket_table(256))):
+        assert out.shape[1:] in ((32, 32), (176, 352))  # the landscape bucket, not the portrait one (352, 176)
+        rows = out.shape[1]
+        assert out[:, : rows // 2 - 2].min() > 0.8 and out[:, rows // 2 + 2 :].max() < -0.8
