@@ -74,10 +74,15 @@ def exif_orientation(image: Image.Image) -> int:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """`image` as 8-bit RGB. A 16-bit grayscale PNG opens as mode I;16 (or I), whose values 0..65535 PIL's
-    convert("RGB") clips at 255 (nearly all white): those are scaled to 8 bits first."""
+    convert("RGB") clips at 255 (nearly all white): those are scaled to 8 bits first. Transparency (an alpha channel,
+    or a palette's or PNG's transparent colour) is matted onto white, as img2dataset does and as viewers show it:
+    convert("RGB") would drop the alpha and show whatever colour transparent pixels happen to store."""
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image).astype(np.float32)
         image = Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert("RGB")
 
 

@@ -96,3 +96,32 @@ def test_a_photo_stored_sideways_reads_upright_as_its_exif_orientation_says(orie
         assert out.shape[1:] in ((32, 32), (176, 352))  # the landscape bucket, not the portrait one (352, 176)
         rows = out.shape[1]
         assert out[:, : rows // 2 - 2].min() > 0.8 and out[:, rows // 2 + 2 :].max() < -0.8
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "P"])
+def test_transparent_pixels_read_as_white_whatever_colour_they_store(kind):
+    """A transparent PNG is matted onto white (as img2dataset does), not shown in the colour its transparent pixels
+    happen to store (here red, or black), which dropping the alpha channel would train on."""
+    import io
+
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)
+    rgba[..., :3] = (255, 0, 0)  # transparent red around an opaque blue square
+    rgba[8:24, 8:24] = (0, 0, 255, 255)
+    image = Image.fromarray(rgba)
+    buffer = io.BytesIO()
+    if kind == "RGBA":
+        image.save(buffer, format="PNG")
+    elif kind == "LA":
+        image.convert("LA").save(buffer, format="PNG")
+    else:  # a palette with a transparent entry (tRNS)
+        palette = image.convert("RGB").quantize(2)
+        transparent = palette.getpixel((0, 0))
+        palette.save(buffer, format="PNG", transparency=transparent)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == kind
+    out = load_image(buffer.getvalue(), 32, None)
+    assert out[:, :6, :6].min() > 0.99  # the transparent border: white
+    square = out[:, 12:20, 12:20]
+    if kind == "LA":  # gray: the blue square is dark
+        assert square.max() < -0.5
+    else:
+        assert square[2].min() > 0.99 and square[:2].max() < -0.99
