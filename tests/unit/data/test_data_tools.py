@@ -56,6 +56,20 @@ def test_build_shards_skips_and_counts_a_bad_caption_json_or_label(tmp_path, cap
     assert keys == ["img-0000", "img-0004"]
 
 
+def test_both_formats_keep_each_samples_label_when_the_first_sample_has_none(tmp_path, mds_env, tiny_t5):
+    """MDS took its label column from the first sample: without a label there, every label was dropped from the MDS
+    shards (and from precompute_text's) while the webdataset shards kept them."""
+    expected = make_image_folder(str(tmp_path / "img"), 4)
+    os.remove(tmp_path / "img" / "img-0000.json")
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "out")])
+    load_launcher("precompute_text").main([str(tmp_path / "out" / "mds"), str(tmp_path / "t5mds"), "--t5", tiny_t5,
+                                           "--max-length", "8"])  # fmt: skip
+    want = [None] + [label for _, _, label in expected[1:]]
+    for fmt, path in (("webdataset", "out/webdataset"), ("mds", "out/mds"), ("mds", "t5mds")):
+        batches = read(fmt, tmp_path / path, batch_size=1)
+        assert [int(b["labels"][0]) if "labels" in b else None for b in batches] == want, path
+
+
 def test_a_shard_set_is_written_whole_or_not_at_all(tmp_path, mds_env):
     from ard_scale.data.sources import iter_source
     from ard_scale.data.writers import write_shards
