@@ -152,6 +152,9 @@ def test_mds_resume_inside_a_shards_corrupt_tail_is_not_an_all_bad_shard(tmp_pat
 def test_settings_that_cannot_resume_exactly_are_errors(tmp_path, mds_env):
     with pytest.raises(ValueError, match="remote.*shards.json"):
         build_loader(wds_config("https://example.com/s-{000..003}.tar"), rank=0, world_size=1)
+    # the index that message asks for, where build_shards wrote it beside the shards: remote, not 'does not exist'
+    with pytest.raises(ValueError, match=r"index 's3://bucket/wds/shards.json' is remote, and only a local index"):
+        build_loader(wds_config("s3://bucket/wds/shards.json"), rank=0, world_size=1)
     with pytest.raises(ValueError, match="data.cache_dir"):
         build_loader(wds_config("s3://bucket/mds", format="mds"), rank=0, world_size=1)
     with pytest.raises(ValueError, match="data.buckets: true needs format 'webdataset'"):
