@@ -60,7 +60,7 @@ def caption_text(image_bytes: bytes | None, caption: str | bytes | None) -> str:
         raise BadSample("missing caption")
     if isinstance(caption, bytes):
         try:
-            caption = caption.decode("utf-8")
+            caption = caption.decode("utf-8-sig")  # a leading byte-order mark (Notepad) is no text
         except UnicodeDecodeError as e:
             raise BadSample("caption is not UTF-8") from e
     return caption
