@@ -123,12 +123,10 @@ def _write(args, family, encoders: dict, sections: dict, out_dir: str) -> tuple[
         columns = {"t5_emb": _half(text.tokens, "t5_emb"), "t5_mask": mask_BL.to(torch.uint8).cpu().numpy()}
         if text.pooled is not None:
             columns["pooled_emb"] = _half(text.pooled, "pooled_emb")
-        if writer is None:
-            with_label = batch[0].get("label") is not None
+        if writer is None:  # a label column whatever the first sample holds (-1: none), as build_shards writes
             writer = MDSWriterAdapter(
-                out_dir, shard_bytes=args.shard_size, with_label=with_label, with_t5=True,
-                with_pooled=text.pooled is not None,
-            )  # fmt: skip
+                out_dir, shard_bytes=args.shard_size, with_label=True, with_t5=True, with_pooled=text.pooled is not None
+            )
         for i, sample in enumerate(batch):
             writer.write({**sample, **{name: values[i] for name, values in columns.items()}})
         num_written += len(batch)

@@ -8,7 +8,7 @@ import torch
 
 from ard_scale.config.data import DataConfig, check_readable
 from ard_scale.data.bundled import resolve_data_path
-from ard_scale.data.samples import SkipCounter, collate
+from ard_scale.data.samples import SkipCounter, SkipWarnings, collate
 from ard_scale.data.transforms import bucket_table
 from ard_scale.data.wds import RankPlan, WdsChunks, list_shards
 from ard_scale.errors import UserError
@@ -37,6 +37,7 @@ class WebdatasetLoader:
         self.position = 0
         self.done: list[int] = []
         self.skips = SkipCounter()
+        self.skip_warnings = SkipWarnings()
         self.num_samples_yielded = 0
 
     @property
@@ -90,7 +91,8 @@ class WebdatasetLoader:
 
         for expected, chunk in enumerate(self._dataloader(set(done))):
             assert chunk["chunk"] == expected, "chunks must arrive in order"
-            for position, shard_key, sample in zip(chunk["positions"], chunk["shards"], chunk["samples"], strict=True):
+            rows = zip(chunk["positions"], chunk["shards"], chunk["keys"], chunk["samples"], strict=True)
+            for position, shard_key, key, sample in rows:
                 stats = shard_stats.setdefault(shard_key, [0, 0])
                 in_epoch = epoch_stats.setdefault(shard_key[0], [0, 0])
                 stats[0] += 1
@@ -101,6 +103,7 @@ class WebdatasetLoader:
                 elif isinstance(sample, str):
                     skips.add(sample)
                     done.add(position)
+                    self.skip_warnings.warn(self.shards[shard_key[1]].url, self.plan.locate(position)[2], key, sample)
                 else:
                     stats[1] += 1
                     in_epoch[1] += 1

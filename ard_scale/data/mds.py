@@ -16,7 +16,7 @@ from typing import Any
 from streaming import StreamingDataLoader, StreamingDataset
 
 from ard_scale.config.data import MDS_BUCKETS, DataConfig
-from ard_scale.data.samples import BadSample, SkipCounter, collate, decode_sample
+from ard_scale.data.samples import BadSample, SkipCounter, SkipWarnings, collate, decode_sample
 from ard_scale.data.shard_paths import check_mds_folder, is_remote
 from ard_scale.data.streaming_world import streaming_build
 from ard_scale.errors import UserError
@@ -32,14 +32,15 @@ def shard_name(shard) -> str:
 
 class DecodingStreamingDataset(StreamingDataset):
     """StreamingDataset whose items are decoded, transformed samples, or {"bad": reason} for a skipped one; each
-    carries its shard's file and its sample id."""
+    carries its shard's file, its sample id and its offset in that shard."""
 
     def __init__(self, *, resolution: int, **kwargs: Any):
         super().__init__(**kwargs)
         self.resolution = resolution
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict:
-        where = {"shard": shard_name(self.shards[self.spanner[sample_id][0]]), "id": sample_id}
+        shard_id, offset = self.spanner[sample_id]
+        where = {"shard": shard_name(self.shards[shard_id]), "id": sample_id, "offset": int(offset)}
         try:
             raw = super().get_item(sample_id, retry)
         except RuntimeError:
@@ -54,16 +55,18 @@ class DecodingStreamingDataset(StreamingDataset):
                 t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"), pooled_emb=raw.get("pooled_emb"),
             )  # fmt: skip
         except BadSample as e:
-            return {"bad": str(e), **where}
+            return {"bad": str(e), "key": raw.get("key"), **where}
         return {**sample, **where}
 
 
 def collate_mds(items: list[dict]) -> dict:
-    """Collate the good samples; keep the raw count (streaming's position counts every sample) and skip reasons."""
+    """Collate the good samples; keep the raw count (streaming's position counts every sample) and the skipped ones
+    (shard, offset, key, reason)."""
     good = [item for item in items if "bad" not in item]
     batch = collate(good) if good else {"images": None, "captions": [], "keys": []}
     batch["num_raw"] = len(items)
-    batch["skipped"] = [item["bad"] for item in items if "bad" in item]
+    bad = [item for item in items if "bad" in item]
+    batch["skipped"] = [(item["shard"], item["offset"], item.get("key"), item["bad"]) for item in bad]
     batch["shards"] = [(item["shard"], item["id"], "bad" not in item) for item in items]
     return batch
 
@@ -109,6 +112,7 @@ class MDSLoader:
         self.shard_sizes = {shard_name(shard): shard.samples for shard in self.dataset.shards}
         self.epoch = 0
         self.skips = SkipCounter()
+        self.skip_warnings = SkipWarnings()
         self.num_samples_yielded = 0
         self._resume: dict | None = None
         self._resumed_mid_epoch = False
@@ -124,8 +128,9 @@ class MDSLoader:
             read_per_shard: dict[str, set[int]] = {}  # sample ids, this epoch, this rank
             partial, self._resumed_mid_epoch = self._resumed_mid_epoch, False
             for batch in self.dataloader:
-                for reason in batch.pop("skipped"):
+                for shard, offset, key, reason in batch.pop("skipped"):
                     self.skips.add(reason)
+                    self.skip_warnings.warn(shard, offset, key, reason)
                 for shard, sample_id, good in batch.pop("shards"):
                     good_per_shard[shard] = good_per_shard.get(shard, 0) + good
                     read_per_shard.setdefault(shard, set()).add(sample_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -59,7 +60,7 @@ def caption_text(image_bytes: bytes | None, caption: str | bytes | None) -> str:
         raise BadSample("missing caption")
     if isinstance(caption, bytes):
         try:
-            caption = caption.decode("utf-8")
+            caption = caption.decode("utf-8-sig")  # a leading byte-order mark (Notepad) is no text
         except UnicodeDecodeError as e:
             raise BadSample("caption is not UTF-8") from e
     return caption
@@ -128,6 +129,25 @@ class SkipCounter:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.counts = Counter(state)
+
+
+class SkipWarnings:
+    """A warning for each skipped sample naming its shard, its place there and its key (the counter says how many,
+    this says which, so they can be found and rebuilt), at most `limit` per shard (a truncated shard loses its whole
+    tail), the last one saying that the shard's later skips are only counted."""
+
+    def __init__(self, limit: int = 10):
+        self.limit = limit
+        self.per_shard: Counter = Counter()
+
+    def warn(self, shard: str, offset: int, key: str | None, reason: str) -> None:
+        """Sample `offset` (0-based, in storage order) of `shard`, key `key` (None where unknown), was skipped."""
+        self.per_shard[shard] += 1
+        n = self.per_shard[shard]
+        if n <= self.limit:
+            name = f"sample {offset}" + ("" if key is None else f" (key {key!r})")
+            more = "; further skipped samples of this shard are only counted" if n == self.limit else ""
+            warnings.warn(f"skipped {name} of shard {shard}: {reason}{more}", stacklevel=2)
 
 
 class BatchStream(Protocol):

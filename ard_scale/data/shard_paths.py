@@ -26,6 +26,11 @@ def shard_urls(path: str) -> list[tuple[str, int | None]]:
     `path` names: a folder of .tar (or .tar.gz), a shard index .json, or a brace pattern. A path that names no shard, a
     local shard that does not exist, an unreadable index, or remote shards without an index (resume needs the counts)
     is a ValueError naming it."""
+    if is_remote(path) and path.endswith(".json"):
+        raise UserError(
+            f"webdataset index {path!r} is remote, and only a local index is read: copy it to a local file with each "
+            "shard's url made whole (build_shards writes them relative to the index) and give data.path that file"
+        )
     if path.endswith(".json") or os.path.isdir(path):
         index = path if path.endswith(".json") else os.path.join(path, INDEX_NAME)
         if os.path.isfile(index):
@@ -53,8 +58,9 @@ def shard_urls(path: str) -> list[tuple[str, int | None]]:
         urls = list(braceexpand(path))
         if any(is_remote(u) for u in urls):
             raise UserError(
-                f"webdataset path {path!r} is remote: sample counts are needed for exact resume, so pass a "
-                f"{INDEX_NAME} index listing the urls and their nsamples (build_shards writes one)"
+                f"webdataset path {path!r} is remote: sample counts are needed for exact resume, so give a local "
+                f"{INDEX_NAME} index listing the shards' whole urls and their nsamples (build_shards writes one, with "
+                "urls relative to it)"
             )
         listing = [(u, None) for u in urls]
     if not listing:

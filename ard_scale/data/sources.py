@@ -1,4 +1,7 @@
-"""Raw sources for shard building: a folder of images + same-named .txt, or a CSV/JSONL of (path, caption)."""
+"""Raw sources for shard building: a folder of images + same-named .txt, or a CSV/JSONL of (path, caption).
+
+Text files are read as UTF-8 with an optional byte-order mark (Excel's "CSV UTF-8" and Notepad write one), which is
+not part of the text: it would prefix the first CSV column's name, every caption and make a .json undecodable."""
 
 from __future__ import annotations
 
@@ -39,13 +42,13 @@ def _entries_from_folder(folder: str, skipped: Counter) -> Iterator[tuple[str, s
             path = os.path.join(root, name)
             txt = os.path.splitext(path)[0] + ".txt"
             try:
-                caption = open(txt, encoding="utf-8").read() if os.path.isfile(txt) else None
+                caption = open(txt, encoding="utf-8-sig").read() if os.path.isfile(txt) else None
             except UnicodeDecodeError:
                 skipped["caption is not UTF-8"] += 1
                 continue
             meta = os.path.splitext(path)[0] + ".json"
             try:
-                label = json.load(open(meta, encoding="utf-8")).get("label") if os.path.isfile(meta) else None
+                label = json.load(open(meta, encoding="utf-8-sig")).get("label") if os.path.isfile(meta) else None
             except (ValueError, AttributeError):  # not JSON (or not UTF-8: a ValueError too), or not an object
                 skipped["undecodable .json"] += 1
                 continue
@@ -54,7 +57,7 @@ def _entries_from_folder(folder: str, skipped: Counter) -> Iterator[tuple[str, s
 
 def _entries_from_table(table: str) -> Iterator[tuple[str, str | None, object]]:
     root = os.path.dirname(os.path.abspath(table))
-    with open(table, encoding="utf-8", newline="") as f:
+    with open(table, encoding="utf-8-sig", newline="") as f:
         rows = csv.DictReader(f) if table.endswith(".csv") else (json.loads(line) for line in f if line.strip())
         for row in rows:
             if "path" not in row or "caption" not in row:

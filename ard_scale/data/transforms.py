@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 # PixArt-Σ's 1024px bucket table: height/width ratio -> (height, width). Same values as diffusers'
 # ASPECT_RATIO_1024_BIN (a test compares them); copied so data/ does not import the diffusers pipelines.
@@ -49,11 +49,41 @@ def load_image(data: bytes, resolution: int, table: dict[float, tuple[int, int]]
     if not data:
         raise OSError("empty image file")
     image = Image.open(io.BytesIO(data))
-    height, width = nearest_bucket(image.height, image.width, table) if table else (resolution, resolution)
+    # A camera stores a portrait photo sideways with an EXIF orientation that every viewer applies: apply it too
+    # (and pick the bucket of the upright image), else the student learns sideways photos.
+    orientation = exif_orientation(image)
+    quarter_turn = orientation in (5, 6, 7, 8)  # the stored width is the upright height
+    upright_h, upright_w = (image.width, image.height) if quarter_turn else (image.height, image.width)
+    height, width = nearest_bucket(upright_h, upright_w, table) if table else (resolution, resolution)
     # draft() lets JPEG decode at a reduced scale (>= 2x the target), much faster for 1024px sources.
-    image.draft("RGB", (2 * width, 2 * height))
+    image.draft("RGB", (2 * height, 2 * width) if quarter_turn else (2 * width, 2 * height))
     image.load()
-    return resize_center_crop(image.convert("RGB"), height, width)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    return resize_center_crop(to_rgb(image), height, width)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag of `image` (1: stored upright, also where there is none or the EXIF is unreadable)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a damaged EXIF block does not make the pixels unusable
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB. A 16-bit grayscale PNG opens as mode I;16 (or I), whose values 0..65535 PIL's
+    convert("RGB") clips at 255 (nearly all white): those are scaled to 8 bits first. Transparency (an alpha channel,
+    or a palette's or PNG's transparent colour) is matted onto white, as img2dataset does and as viewers show it:
+    convert("RGB") would drop the alpha and show whatever colour transparent pixels happen to store."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.float32)
+        image = Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
 
 
 def resize_center_crop(image: Image.Image, height: int, width: int) -> torch.Tensor:

@@ -152,7 +152,8 @@ class TarReader:
 
 class WdsChunks(torch.utils.data.IterableDataset):
     """Yields chunk j = positions [start + j*C, start + (j+1)*C) (clipped to `stop`) on worker j % workers:
-    {"chunk": j, "positions", "shards", "samples"} where samples[i] is a decoded sample or a skip reason (str)."""
+    {"chunk": j, "positions", "shards", "keys", "samples"} where samples[i] is a decoded sample or a skip reason
+    (str), keys[i] its key in the tar (None where the tar broke off before it)."""
 
     def __init__(self, plan: RankPlan, *, start: int, stop: int | None, chunk_size: int, done: set[int], decode_kwargs):
         self.plan, self.start, self.stop, self.chunk_size = plan, start, stop, chunk_size
@@ -170,7 +171,7 @@ class WdsChunks(torch.utils.data.IterableDataset):
                 hi = lo + self.chunk_size if self.stop is None else min(lo + self.chunk_size, self.stop)
                 if lo >= hi:
                     return
-                chunk = {"chunk": j, "positions": list(range(lo, hi)), "shards": [], "samples": []}
+                chunk = {"chunk": j, "positions": list(range(lo, hi)), "shards": [], "keys": [], "samples": []}
                 for position in range(lo, hi):
                     epoch, shard_index, offset = self.plan.locate(position)
                     url = self.plan.shards[shard_index].url
@@ -180,11 +181,13 @@ class WdsChunks(torch.utils.data.IterableDataset):
                             reader.close()
                         reader, reader_key = TarReader(url), (epoch, shard_index)
                     want = position not in self.done
+                    key = None
                     try:
                         key, fields = reader.read(offset, want)
                         sample = decode_wds_sample(key, fields, **self.decode_kwargs) if want else None
                     except BadSample as e:
                         sample = str(e)
+                    chunk["keys"].append(key)
                     chunk["samples"].append(sample)
                 yield chunk
                 j += num_workers

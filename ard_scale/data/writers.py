@@ -116,7 +116,8 @@ def write_shards(
 ) -> dict[str, int]:
     """Write `samples` to out_dir/webdataset and/or out_dir/mds; returns samples written per format. Each is new or
     empty before and appears whole when the last sample is written (a failure leaves none; an empty source none).
-    MDS gets a label column when the first sample has a label."""
+    MDS always has a label column (-1 for a sample without one), so each sample keeps its label in both formats
+    whichever sample comes first."""
     unknown = set(formats) - {"webdataset", "mds"}
     if unknown or not formats:
         raise UserError(f"shard formats {sorted(formats)} invalid; choose from 'webdataset', 'mds'")
@@ -132,8 +133,7 @@ def write_shards(
                     if name == "webdataset":
                         writers[name] = WebdatasetWriter(str(folder), shard_bytes=shard_bytes, gzip=gzip)
                     else:
-                        with_label = sample.get("label") is not None
-                        writers[name] = MDSWriterAdapter(str(folder), shard_bytes=shard_bytes, with_label=with_label)
+                        writers[name] = MDSWriterAdapter(str(folder), shard_bytes=shard_bytes, with_label=True)
             for name, writer in writers.items():
                 writer.write(sample)
                 counts[name] += 1

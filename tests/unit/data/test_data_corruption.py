@@ -152,6 +152,9 @@ def test_mds_resume_inside_a_shards_corrupt_tail_is_not_an_all_bad_shard(tmp_pat
 def test_settings_that_cannot_resume_exactly_are_errors(tmp_path, mds_env):
     with pytest.raises(ValueError, match="remote.*shards.json"):
         build_loader(wds_config("https://example.com/s-{000..003}.tar"), rank=0, world_size=1)
+    # the index that message asks for, where build_shards wrote it beside the shards: remote, not 'does not exist'
+    with pytest.raises(ValueError, match=r"index 's3://bucket/wds/shards.json' is remote, and only a local index"):
+        build_loader(wds_config("s3://bucket/wds/shards.json"), rank=0, world_size=1)
     with pytest.raises(ValueError, match="data.cache_dir"):
         build_loader(wds_config("s3://bucket/mds", format="mds"), rank=0, world_size=1)
     with pytest.raises(ValueError, match="data.buckets: true needs format 'webdataset'"):
@@ -175,3 +178,47 @@ def test_mds_resume_counts_skipped_samples_as_consumed(tmp_path, mds_env):
     resumed.load_state_dict(first.state_dict())
     assert head + [b["keys"] for b in resumed] == full
     assert resumed.num_skipped == 10  # 5 bad samples x 2 epochs, each counted once
+
+
+def skip_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if str(w.message).startswith("skipped sample")]
+
+
+def test_each_skipped_sample_is_a_warning_naming_its_shard_place_and_key(tmp_path):
+    mixed_shard(tmp_path / "s0.tar")
+    loader = build_loader(wds_config(tmp_path / "s0.tar", num_workers=2, chunk_size=2), rank=0, world_size=1)
+    with pytest.warns(UserWarning) as record:
+        assert read_all(loader) == ["a0", "a5"]
+    shard = str(tmp_path / "s0.tar")
+    assert skip_warnings(record) == [
+        f"skipped sample 1 (key 'a1') of shard {shard}: undecodable image (UnidentifiedImageError)",
+        f"skipped sample 2 (key 'a2') of shard {shard}: missing caption",
+        f"skipped sample 3 (key 'a3') of shard {shard}: zero-size image",
+        f"skipped sample 4 (key 'a4') of shard {shard}: missing image",
+    ]
+
+
+def test_a_truncated_shard_warns_for_its_first_lost_samples_then_counts_the_rest(tmp_path):
+    write_tar(tmp_path / "s0.tar", [m for i in range(16) for m in good_members(f"t{i}", i, size=(64, 64))])
+    data = (tmp_path / "s0.tar").read_bytes()
+    (tmp_path / "s0.tar").write_bytes(data[: len(data) // 8])
+    write_index(tmp_path, {"s0.tar": 16})
+    loader = build_loader(wds_config(tmp_path, batch_size=1), rank=0, world_size=1)
+    with pytest.warns(UserWarning) as record:
+        num_read = len(read_all(loader))
+    assert 0 < num_read and loader.num_skipped == 16 - num_read > 10
+    messages = skip_warnings(record)
+    assert len(messages) == 10 and messages[0].startswith(f"skipped sample {num_read} of shard {tmp_path / 's0.tar'}")
+    assert messages[-1].endswith("; further skipped samples of this shard are only counted")
+
+
+def test_mds_skipped_samples_are_warnings_naming_shard_place_and_key(tmp_path, mds_env):
+    write_mds(tmp_path / "mixed", [image_bytes(24, 24, seed=i) if i % 3 else b"garbage" for i in range(9)])
+    loader = build_loader(wds_config(tmp_path / "mixed", format="mds", num_workers=2), rank=0, world_size=1)
+    with pytest.warns(UserWarning) as record:
+        read_all(loader)
+    shard = str(tmp_path / "mixed" / "shard.00000.mds")
+    assert sorted(skip_warnings(record)) == [
+        f"skipped sample {i} (key 'm{i}') of shard {shard}: undecodable image (UnidentifiedImageError)"
+        for i in (0, 3, 6)
+    ]

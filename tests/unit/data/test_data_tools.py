@@ -56,6 +56,48 @@ def test_build_shards_skips_and_counts_a_bad_caption_json_or_label(tmp_path, cap
     assert keys == ["img-0000", "img-0004"]
 
 
+def test_both_formats_keep_each_samples_label_when_the_first_sample_has_none(tmp_path, mds_env, tiny_t5):
+    """MDS took its label column from the first sample: without a label there, every label was dropped from the MDS
+    shards (and from precompute_text's) while the webdataset shards kept them."""
+    expected = make_image_folder(str(tmp_path / "img"), 4)
+    os.remove(tmp_path / "img" / "img-0000.json")
+    load_launcher("build_shards").main([str(tmp_path / "img"), str(tmp_path / "out")])
+    load_launcher("precompute_text").main([str(tmp_path / "out" / "mds"), str(tmp_path / "t5mds"), "--t5", tiny_t5,
+                                           "--max-length", "8"])  # fmt: skip
+    want = [None] + [label for _, _, label in expected[1:]]
+    for fmt, path in (("webdataset", "out/webdataset"), ("mds", "out/mds"), ("mds", "t5mds")):
+        batches = read(fmt, tmp_path / path, batch_size=1)
+        assert [int(b["labels"][0]) if "labels" in b else None for b in batches] == want, path
+
+
+def test_a_utf8_byte_order_mark_is_not_read_as_text(tmp_path, capsys):
+    """Excel's "CSV UTF-8" and Notepad start a file with a byte-order mark: the CSV's first column is still `path`
+    (it was refused as having none), a .txt caption has no U+FEFF in front and a .json label is read (it was skipped
+    as undecodable), in the shard builder and in the training reader of a tar built elsewhere."""
+    from data_helpers import good_members, write_tar
+
+    expected = make_image_folder(str(tmp_path / "img"), 2)
+    bom = "\ufeff"
+    table = "path,caption,label\n" + "".join(
+        f"img/{k}.{'png' if i % 2 == 0 else 'jpg'},{c},{label}\n" for i, (k, c, label) in enumerate(expected)
+    )
+    (tmp_path / "list.csv").write_text(bom + table, encoding="utf-8")
+    (tmp_path / "img" / "img-0000.txt").write_text(bom + "a cat", encoding="utf-8")
+    (tmp_path / "img" / "img-0001.json").write_text(bom + '{"label": 7}', encoding="utf-8")
+    for source, captions, labels in (
+        ("list.csv", [c for _, c, _ in expected], [0, 1]),
+        ("img", ["a cat", expected[1][1]], [0, 7]),
+    ):
+        out = tmp_path / f"out-{source}"
+        assert load_launcher("build_shards").main([str(tmp_path / source), str(out), "--formats", "webdataset"])
+        assert "skipped 0" in capsys.readouterr().out
+        (batch,) = read("webdataset", out / "webdataset")
+        assert batch["captions"] == captions and batch["labels"].tolist() == labels, source
+    write_tar(tmp_path / "bom.tar", good_members("b0", 0)[:1] + [("b0.txt", (bom + "a dog").encode())])
+    (batch,) = read("webdataset", tmp_path / "bom.tar")
+    assert batch["captions"] == ["a dog"]
+
+
 def test_a_shard_set_is_written_whole_or_not_at_all(tmp_path, mds_env):
     from ard_scale.data.sources import iter_source
     from ard_scale.data.writers import write_shards

@@ -59,3 +59,69 @@ def test_data_config_rejects_bad_values():
         build_loader(DataConfig(**{**base, "path": None}), rank=0, world_size=1)
     with pytest.raises(TypeError):
         DataConfig("mds", "x", 2, 16)  # keyword-only
+
+
+def test_a_16_bit_grayscale_png_reads_as_its_8_bit_values():
+    """A 16-bit grayscale PNG (mode I;16) gives the image its 8-bit copy gives, not PIL's clip at 255 (all white)."""
+    import io
+
+    ramp_8 = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, black to white left to right
+    encoded = {}
+    for bits, pixels in ((8, ramp_8), (16, ramp_8.astype(np.uint16) * 257)):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        encoded[bits] = buffer.getvalue()
+    assert Image.open(io.BytesIO(encoded[16])).mode == "I;16"
+    out = load_image(encoded[16], 32, None)
+    assert torch.equal(out, load_image(encoded[8], 32, None))
+    assert out.min() < -0.95 and out.mean().abs() < 0.05  # the ramp, not white
+
+
+@pytest.mark.parametrize(
+    ("orientation", "stored_as"),
+    [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)],
+)
+def test_a_photo_stored_sideways_reads_upright_as_its_exif_orientation_says(orientation, stored_as):
+    """A camera's JPEG stored turned, with the EXIF orientation viewers apply: the sample is the upright image, in
+    the bucket of the upright aspect ratio."""
+    import io
+
+    upright = np.zeros((60, 120, 3), dtype=np.uint8)  # landscape, h/w = 0.5: white sky over black ground
+    upright[:30] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(upright).transpose(stored_as).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    for out in (load_image(buffer.getvalue(), 32, None), load_image(buffer.getvalue(), 256, bucket_table(256))):
+        assert out.shape[1:] in ((32, 32), (176, 352))  # the landscape bucket, not the portrait one (352, 176)
+        rows = out.shape[1]
+        assert out[:, : rows // 2 - 2].min() > 0.8 and out[:, rows // 2 + 2 :].max() < -0.8
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "P"])
+def test_transparent_pixels_read_as_white_whatever_colour_they_store(kind):
+    """A transparent PNG is matted onto white (as img2dataset does), not shown in the colour its transparent pixels
+    happen to store (here red, or black), which dropping the alpha channel would train on."""
+    import io
+
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)
+    rgba[..., :3] = (255, 0, 0)  # transparent red around an opaque blue square
+    rgba[8:24, 8:24] = (0, 0, 255, 255)
+    image = Image.fromarray(rgba)
+    buffer = io.BytesIO()
+    if kind == "RGBA":
+        image.save(buffer, format="PNG")
+    elif kind == "LA":
+        image.convert("LA").save(buffer, format="PNG")
+    else:  # a palette with a transparent entry (tRNS)
+        palette = image.convert("RGB").quantize(2)
+        transparent = palette.getpixel((0, 0))
+        palette.save(buffer, format="PNG", transparency=transparent)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == kind
+    out = load_image(buffer.getvalue(), 32, None)
+    assert out[:, :6, :6].min() > 0.99  # the transparent border: white
+    square = out[:, 12:20, 12:20]
+    if kind == "LA":  # gray: the blue square is dark
+        assert square.max() < -0.5
+    else:
+        assert square[2].min() > 0.99 and square[:2].max() < -0.99
