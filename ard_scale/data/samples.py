@@ -94,6 +94,9 @@ def decode_wds_sample(key: str, fields: dict[str, bytes], **kwargs) -> dict:
     return decode_sample(key, image_bytes, caption, label=label, **kwargs)
 
 
+NO_LABEL = -1  # a batch's label for a sample that has none (batches mixing labelled and unlabelled samples)
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack same-shape samples into the common batch format."""
     batch = {
@@ -101,8 +104,8 @@ def collate(samples: list[dict]) -> dict:
         "captions": [s["caption"] for s in samples],
         "keys": [s["key"] for s in samples],
     }
-    if all("label" in s for s in samples):
-        batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    if any("label" in s for s in samples):  # NO_LABEL where a sample has none: a class-conditional run names it
+        batch["labels"] = torch.tensor([s.get("label", NO_LABEL) for s in samples], dtype=torch.long)
     if all("t5_emb" in s for s in samples):
         batch["t5_emb"] = torch.stack([s["t5_emb"] for s in samples])  # (B, L, D)
         batch["t5_mask"] = torch.stack([s["t5_mask"] for s in samples])  # (B, L)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ard_scale.config import ConfigError, RootConfig
+from ard_scale.data.samples import NO_LABEL
 from ard_scale.errors import UserError
 
 if TYPE_CHECKING:
@@ -21,6 +22,12 @@ def check_labels(labels: torch.Tensor, keys: list[str] | None, num_classes: int)
     if len(bad):
         i = int(bad[0])
         sample = f" (sample {keys[i]!r})" if keys else ""
+        if int(labels[i]) == NO_LABEL:
+            raise UserError(
+                f"sample {keys[i] if keys else '?'!r} has no class label, beside samples that have one; a "
+                "class-conditional teacher needs a `label` for every sample: rebuild the shards with a label for each "
+                "image (launchers/build_shards.py reads it from the image's .json) or leave the unlabelled ones out"
+            )
         raise UserError(
             f"class label {int(labels[i])}{sample} is outside teacher.num_classes={num_classes} (labels must be in "
             f"[0, {num_classes - 1}]); set teacher.num_classes to the data's number of classes or fix the shards"

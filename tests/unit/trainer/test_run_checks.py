@@ -28,8 +28,24 @@ def test_a_label_beyond_num_classes_is_an_error_at_the_first_batch_naming_both()
         conditioner({"labels": torch.tensor([1, 7]), "keys": ["b", "c"], "captions": ["", ""]})
     with pytest.raises(ValueError, match="class label 3 .*num_classes=3"):  # 3 is the null class, not data
         conditioner({"labels": torch.tensor([3]), "captions": [""]})
-    with pytest.raises(ValueError, match="class label -1 "):
-        conditioner({"labels": torch.tensor([-1]), "captions": [""]})
+    with pytest.raises(ValueError, match="class label -2 "):
+        conditioner({"labels": torch.tensor([-2]), "captions": [""]})
+
+
+def test_a_batch_mixing_labelled_and_unlabelled_samples_names_the_unlabelled_one():
+    """collate kept labels only when every sample of a batch had one: a class-conditional run on shards where a few
+    samples lack a label stopped at some step saying the shards carry no labels at all."""
+    from ard_scale.data.samples import collate
+
+    image = torch.zeros(3, 8, 8)
+    batch = collate(
+        [{"image": image, "caption": "", "key": "a", "label": 4}, {"image": image, "caption": "", "key": "b"}]
+    )
+    assert batch["labels"].tolist() == [4, -1]
+    assert "labels" not in collate([{"image": image, "caption": "", "key": "b"}])  # text data: no labels at all
+    conditioner = build_conditioner(load_config(RECIPE), build_teacher_model(load_config(RECIPE)))
+    with pytest.raises(ValueError, match="sample 'b' has no class label, beside samples that have one"):
+        conditioner(batch)
 
 
 def test_guidance_channels_beyond_the_latent_are_refused_at_build_time():
