@@ -35,7 +35,8 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    # the launcher's rank; else a Slurm task's (tasks srun started directly are refused once, not once per task)
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     try:
         with warnings.catch_warnings():
             if rank != 0:  # every rank reads the same recipe and paths: one says what it found

@@ -130,3 +130,24 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_pat
     direct_losses = [json.loads(line)["loss"] for line in (direct_dir / "metrics.jsonl").read_text().splitlines()]
     assert slurm_losses == direct_losses  # bit-identical: the trainer's resume is exact
     assert sorted(p.name for p in (slurm_dir / "logs" / f"job{job_id}").iterdir()) == ["restart0", "restart1"]
+
+
+def test_tasks_srun_started_without_torchrun_stop_with_one_error(tmp_path):
+    """`srun --ntasks=2 python launchers/train.py`, the usual Slurm launch of other frameworks: the tasks have no RANK,
+    and each one made a 1-rank run of its own in the same run directory (one trained alone, the other stopped on the
+    run lock, "in use by another training run"). Every task now stops before writing anything, the cause said once."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        ["srun", "--ntasks=2", "--job-name=ard-test-srun", sys.executable, "launchers/train.py"]
+        + ["recipes/tiny_cpu.yaml", "train.max_steps=2", f"checkpoint.run_dir={run_dir}"],
+        cwd=ROOT,
+        env=launch_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert len(errors) == 1 and "started as Slurm task" in errors[0], proc.stderr[-3000:]
+    assert "train.sbatch" in errors[0]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
