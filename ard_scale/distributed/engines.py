@@ -55,6 +55,19 @@ def _one_process_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
+def _share_cores_between_local_ranks() -> None:
+    """This rank's share of the host's cores for torch's CPU threads, when nobody chose a number (OMP_NUM_THREADS).
+    torchrun sets OMP_NUM_THREADS=1 for more than one rank per host, but the deepspeed launcher sets nothing (without
+    --bind_cores_to_rank), so each of its ranks ran as many threads as the host has cores: G ranks oversubscribed the
+    CPU G times over in everything the ranks compute there (an offloaded optimizer's step, the data, the EMA)."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)  # torchrun, deepspeed
+    if "OMP_NUM_THREADS" in os.environ or local_ranks <= 1:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // local_ranks)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # what this rank's own child processes inherit
+    torch.set_num_threads(threads)
+
+
 def init_distributed() -> tuple[int, int]:
     """Process group from the torchrun / deepspeed launcher environment (gloo without CUDA), or of one process when
     started without a launcher. (rank, world_size).
@@ -66,6 +79,7 @@ def init_distributed() -> tuple[int, int]:
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.getcwd(), ".torch_extensions"))
     _one_process_env()
+    _share_cores_between_local_ranks()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     atexit.register(_destroy_process_group)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ard_scale.errors import UserError
 from ard_scale.utils.launch import ROOT, launch_env
@@ -47,3 +48,27 @@ def test_tasks_that_srun_started_without_a_launcher_are_refused(monkeypatch):
     env["SLURM_STEP_NUM_TASKS"] = env["SLURM_NTASKS"] = "1"
     _one_process_env()  # one task: one rank on this host
     assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
+
+
+def test_ranks_of_the_deepspeed_launcher_share_the_cores(monkeypatch):
+    """`deepspeed --num_gpus G launchers/train.py`: the launcher sets LOCAL_SIZE but no OMP_NUM_THREADS, and each rank
+    ran torch's default of one thread per core of the host (G times the cores in all). A rank now takes its share;
+    a number the user or torchrun set (OMP_NUM_THREADS) stays theirs."""
+    from ard_scale.distributed.engines import _share_cores_between_local_ranks
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cores)  # torch's default
+        env = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_SIZE": "2"}  # what the deepspeed launcher sets
+        monkeypatch.setattr(os, "environ", env)
+        _share_cores_between_local_ranks()
+        assert torch.get_num_threads() == max(1, cores // 2) and env["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+
+        torch.set_num_threads(cores)
+        env = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+        monkeypatch.setattr(os, "environ", env)  # torchrun's: already chosen
+        _share_cores_between_local_ranks()
+        assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)
