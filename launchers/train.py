@@ -22,9 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ard_scale.config import ConfigError, ConfigWarning, load_config  # noqa: E402
-from ard_scale.config.paths import check_paths  # noqa: E402
-from ard_scale.errors import UserError  # noqa: E402
+from ard_scale.trainer.stop import StopSignal  # noqa: E402  (plain Python until it is made: see main)
 
 
 def main(argv=None) -> None:
@@ -35,7 +33,15 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    # Stop signals are kept from here on, before the seconds of imports and recipe checks: a USR1 then was lost (the
+    # Slurm script's torchrun ignores it, and its ranks inherited that), so the run trained on to its time limit.
+    stop = StopSignal()
+    from ard_scale.config import ConfigError, ConfigWarning, load_config
+    from ard_scale.config.paths import check_paths
+    from ard_scale.errors import UserError
+
+    # the launcher's rank; else a Slurm task's (tasks srun started directly are refused once, not once per task)
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     try:
         with warnings.catch_warnings():
             if rank != 0:  # every rank reads the same recipe and paths: one says what it found
@@ -50,7 +56,7 @@ def main(argv=None) -> None:
     from ard_scale.trainer.loop import train
 
     try:
-        train(cfg)
+        train(cfg, stop)
     # a refusal found once the data or models are open (a recipe that does not fit the checkpoint or the teacher, a
     # full disk, a second run in the folder, NaN losses): nothing is lost. Said once when every rank found it, else by
     # the rank that did; anything else is a bug and keeps its traceback.

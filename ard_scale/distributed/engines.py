@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from ard_scale.errors import UserError
+
 # What torchrun, the deepspeed launcher and Slurm's torchrun agents set for each rank; MPI launchers set their own.
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
@@ -29,13 +31,41 @@ PARTITION_ALL_ENV = "ARD_SCALE_TEST_ZERO3_PARTITION_ALL"
 
 def _one_process_env() -> None:
     """`python launchers/train.py RECIPE` with no launcher: one rank on this host. Without this, DeepSpeed takes
-    the missing RANK for an MPI launch and fails with "No module named 'mpi4py'"."""
+    the missing RANK for an MPI launch and fails with "No module named 'mpi4py'".
+
+    Tasks that `srun` started directly (`srun --ntasks=N python launchers/train.py`) have no launcher environment
+    either, but they are N processes: each would have become a 1-rank run of its own in the same run directory (one
+    trained alone on 1/N of the job, the others stopped on the run lock with "in use by another training run"). They
+    are refused, every task alike, naming the launch that works."""
     if any(k in os.environ for k in _LAUNCHER_ENV + _MPI_ENV):
         return
+    num_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))  # set by srun in a job step, not in a batch script
+    if num_tasks > 1:
+        raise UserError(
+            f"started as Slurm task {os.environ.get('SLURM_PROCID', '?')} of {num_tasks} by srun, with no RANK or "
+            "WORLD_SIZE: each task would train alone as a 1-rank run in the same run directory. Start the ranks with "
+            "torchrun, one srun task per node: sbatch launchers/slurm/train.sbatch RECIPE does (or `srun "
+            "--ntasks-per-node=1 python -m torch.distributed.run --nnodes N --nproc_per_node G --master_addr HOST "
+            "--master_port PORT --node_rank $SLURM_NODEID launchers/train.py RECIPE`)",
+            every_rank=True,
+        )
     from ard_scale.utils.launch import free_port
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def _share_cores_between_local_ranks() -> None:
+    """This rank's share of the host's cores for torch's CPU threads, when nobody chose a number (OMP_NUM_THREADS).
+    torchrun sets OMP_NUM_THREADS=1 for more than one rank per host, but the deepspeed launcher sets nothing (without
+    --bind_cores_to_rank), so each of its ranks ran as many threads as the host has cores: G ranks oversubscribed the
+    CPU G times over in everything the ranks compute there (an offloaded optimizer's step, the data, the EMA)."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)  # torchrun, deepspeed
+    if "OMP_NUM_THREADS" in os.environ or local_ranks <= 1:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // local_ranks)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # what this rank's own child processes inherit
+    torch.set_num_threads(threads)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -49,6 +79,7 @@ def init_distributed() -> tuple[int, int]:
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.getcwd(), ".torch_extensions"))
     _one_process_env()
+    _share_cores_between_local_ranks()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     atexit.register(_destroy_process_group)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()

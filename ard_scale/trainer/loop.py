@@ -112,9 +112,10 @@ class MetricsLog:
             self.writer.close()
 
 
-def train(cfg: RootConfig) -> list[float]:
-    """Run (or resume) the recipe to `train.max_steps`. Returns the losses of the steps run in this process."""
-    stop = StopSignal()  # first: a pre-emption signal during start-up must not be lost
+def train(cfg: RootConfig, stop: StopSignal | None = None) -> list[float]:
+    """Run (or resume) the recipe to `train.max_steps`. Returns the losses of the steps run in this process. `stop`:
+    the launcher's, made as its process started (a stop signal that came since is kept), else one made here."""
+    stop = stop or StopSignal()  # first: a pre-emption signal during start-up must not be lost
     quiet_library_warnings()
     rank, world = init_distributed()
     check_global_batch(cfg, world)

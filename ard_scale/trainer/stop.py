@@ -9,13 +9,15 @@ SIGCHLD check: a worker terminated by SIGTERM counts as a stop signal, any other
 check does; and a draw from the loader that fails after a stop counts as the stop (`draw_micro_batches`), with the
 data position rewound to the step's start (`DataPosition`), so the micro-batches drawn for the unfinished step are
 drawn again on resume.
+
+`StopSignal` is made first thing in a launcher (`launchers/train.py`, before it reads the recipe or imports torch): a
+signal that comes while the rank starts would else be lost, ignored where the launcher ignores it (the Slurm script's
+torchrun ignores USR1, and its ranks inherit that until a handler is set) or ending the rank unsaved.
 """
 
 from __future__ import annotations
 
 import signal
-
-from torch.utils.data._utils import signal_handling as worker_signals
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -26,6 +28,8 @@ class StopSignal:
     def __init__(self):
         self.received = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        from torch.utils.data._utils import signal_handling as worker_signals  # torch once the handlers are set
+
         # In place of torch's SIGCHLD handler, which a multi-worker DataLoader installs once per process unless this
         # flag says one is there (it would raise before any later handler ran).
         self._torch_had_handler = worker_signals._SIGCHLD_handler_set
@@ -33,6 +37,8 @@ class StopSignal:
         self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._child_exited)
 
     def restore(self) -> None:
+        from torch.utils.data._utils import signal_handling as worker_signals
+
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         worker_signals._SIGCHLD_handler_set = self._torch_had_handler
@@ -41,6 +47,8 @@ class StopSignal:
         self.received = True
 
     def _child_exited(self, signum, frame):
+        from torch.utils.data._utils import signal_handling as worker_signals
+
         try:
             worker_signals._error_if_any_worker_fails()  # torch's check of the DataLoader workers it registered
         except RuntimeError as e:

@@ -130,3 +130,67 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_pat
     direct_losses = [json.loads(line)["loss"] for line in (direct_dir / "metrics.jsonl").read_text().splitlines()]
     assert slurm_losses == direct_losses  # bit-identical: the trainer's resume is exact
     assert sorted(p.name for p in (slurm_dir / "logs" / f"job{job_id}").iterdir()) == ["restart0", "restart1"]
+
+
+def test_tasks_srun_started_without_torchrun_stop_with_one_error(tmp_path):
+    """`srun --ntasks=2 python launchers/train.py`, the usual Slurm launch of other frameworks: the tasks have no RANK,
+    and each one made a 1-rank run of its own in the same run directory (one trained alone, the other stopped on the
+    run lock, "in use by another training run"). Every task now stops before writing anything, the cause said once."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        ["srun", "--ntasks=2", "--job-name=ard-test-srun", sys.executable, "launchers/train.py"]
+        + ["recipes/tiny_cpu.yaml", "train.max_steps=2", f"checkpoint.run_dir={run_dir}"],
+        cwd=ROOT,
+        env=launch_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert len(errors) == 1 and "started as Slurm task" in errors[0], proc.stderr[-3000:]
+    assert "train.sbatch" in errors[0]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_job_whose_stop_fails_ends_failed_instead_of_requeueing(tmp_path, small_disk):
+    """The signal's checkpoint cannot be written (the run directory's disk is full: a real one, a small tmpfs). The
+    batch script requeued whatever the step returned, so the requeued job resumed from an older checkpoint (here none),
+    trained until the next signal and failed the same way, again and again; now the job ends FAILED and says why."""
+    run_dir, batch_log = small_disk(1024) / "run", tmp_path / "batch.out"  # a checkpoint takes ~2 MiB
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=2", "--job-name=ard-test-slurm-full", f"--output={batch_log}"]
+        + ["launchers/slurm/train.sbatch", "recipes/tiny_cpu.yaml", "train.max_steps=1000", "checkpoint.every=1000"]
+        + [f"checkpoint.run_dir={run_dir}"],
+        cwd=ROOT,
+        env=launch_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert submit.returncode == 0, submit.stderr
+    job_id = submit.stdout.strip().split(";")[0]
+
+    def diagnostics() -> str:
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(run_dir.glob("logs/job*/restart*/node*.log")))
+        batch = batch_log.read_text() if batch_log.is_file() else ""
+        return f"job {job_fields(job_id)}\nsteps {logged_steps(run_dir)}\nbatch log:\n{batch}\nnode logs:\n{logs}"
+
+    def ended_or_requeued() -> bool:
+        fields = job_fields(job_id)
+        return int(fields.get("Restarts", 0)) > 0 or fields.get("JobState") in {"COMPLETED", "FAILED", "CANCELLED"}
+
+    try:
+        wait_for("2 logged steps", lambda: len(logged_steps(run_dir)) >= 2, 150, diagnostics)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=30)
+        wait_for("the job to end", ended_or_requeued, 150, diagnostics)
+    finally:
+        if job_fields(job_id).get("JobState") not in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
+            subprocess.run(["scancel", job_id], timeout=30)
+            wait_for("the cancelled job to end", lambda: job_fields(job_id).get("JobState") != "RUNNING", 60, str)
+
+    fields = job_fields(job_id)
+    assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0", diagnostics()
+    batch = batch_log.read_text()
+    assert "after the stop signal, so the job is not requeued" in batch and "requeueing job" not in batch, batch
+    assert "could not write checkpoint step_" in diagnostics()  # the cause, in the node log

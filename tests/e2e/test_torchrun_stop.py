@@ -60,3 +60,40 @@ def test_sigterm_to_every_rank_checkpoints_and_torchrun_exits_0(tmp_path, worker
     tag = f"step_{last:08d}"
     assert (run_dir / "checkpoints" / "latest").read_text() == tag  # the step it stopped at was saved
     verify_dir(run_dir / "checkpoints" / tag)
+
+
+def test_a_usr1_while_the_rank_starts_stops_the_run(tmp_path):
+    """The Slurm script's torchrun ignores USR1 and its ranks inherit that until the trainer sets its handler, so a USR1
+    while a rank imported and checked its recipe (seconds) was lost: the run trained on to its time limit. The rank
+    here reads its recipe from a FIFO, so the signal comes exactly while it is in its recipe check."""
+    recipe, run_dir = tmp_path / "recipe.yaml", tmp_path / "run"
+    os.mkfifo(recipe)
+    cmd = [sys.executable, "launchers/train.py", str(recipe), f"checkpoint.run_dir={run_dir}", "train.max_steps=6",
+           "checkpoint.every=1000"]  # fmt: skip
+    ignore_usr1 = lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # noqa: E731  (as torchrun's, inherited)
+    with open(tmp_path / "stderr", "w") as err:
+        rank = subprocess.Popen(cmd, env=launch_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=ignore_usr1)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # opening the FIFO's write end succeeds once the rank has opened it to read the recipe
+                try:
+                    fifo = os.open(recipe, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError:  # ENXIO: no reader yet
+                    assert rank.poll() is None and time.monotonic() < deadline, "the rank never read its recipe"
+                    time.sleep(0.1)
+            rank.send_signal(signal.SIGUSR1)
+            os.set_blocking(fifo, True)
+            os.write(fifo, (ROOT / "recipes/tiny_cpu.yaml").read_bytes())
+            os.close(fifo)
+            rc = rank.wait(timeout=300)
+        finally:
+            if rank.poll() is None:
+                rank.kill()
+    stderr = (tmp_path / "stderr").read_text()
+    assert rc == 0, stderr[-4000:]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1], stderr[-4000:]  # stopped at the first step boundary, not trained on to step 6
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000001"
+    assert "stop signal: checkpoint of step 1" in stderr
