@@ -59,7 +59,7 @@ from ard_scale.checkpoint.safe_load import (
     tag_problems,
     verify_dir,
 )
-from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
+from ard_scale.checkpoint.student_meta import check_student_kind, check_zero_stage, student_architecture
 from ard_scale.config import (
     config_hash,
     dump_yaml,
@@ -445,6 +445,7 @@ class CheckpointManager:
                     f"checkpoint {self.dir / tag} has no {rank_file(self.dir / tag, rank).name} for rank {rank}: it "
                     "is damaged (restore the file, or remove the checkpoint to resume from an older one)"
                 )
+        check_zero_stage(meta.get("zero_stage"), engine.zero_optimization_stage(), self.dir / tag)
         load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {self.dir / load_tag}")
