@@ -46,13 +46,14 @@ def mds_env(monkeypatch):
 @pytest.fixture
 def small_disk(tmp_path):
     """small_disk(size_kib) mounts a tmpfs of that size at a new folder (again: resizes it) and returns the folder: a
-    real disk that fills up. Needs root and mount (CI has both, for Slurm); without them the test is skipped."""
+    real disk that fills up; `read_only=True` (re)mounts it read-only, as a disk error leaves one. Needs root and mount
+    (CI has both, for Slurm); without them the test is skipped."""
     folder = tmp_path / "disk"
     folder.mkdir()
     mounted = []
 
-    def mount(size_kib: int):
-        options = f"{'remount,' if mounted else ''}size={size_kib}k"
+    def mount(size_kib: int, read_only: bool = False):
+        options = f"{'remount,' if mounted else ''}size={size_kib}k,{'ro' if read_only else 'rw'}"
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
         if done.returncode != 0:
             pytest.skip(f"a full disk needs a small tmpfs, which needs root and mount: {done.stderr.decode()[-200:]}")

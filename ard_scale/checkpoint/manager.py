@@ -26,10 +26,12 @@ resume fall back to the newest older intact checkpoint, with a warning naming wh
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -59,7 +61,7 @@ from ard_scale.checkpoint.safe_load import (
     tag_problems,
     verify_dir,
 )
-from ard_scale.checkpoint.student_meta import check_student_kind, student_architecture
+from ard_scale.checkpoint.student_meta import check_student_kind, check_zero_stage, student_architecture
 from ard_scale.config import (
     config_hash,
     dump_yaml,
@@ -72,6 +74,7 @@ from ard_scale.config import (
 from ard_scale.errors import UserError
 from ard_scale.utils.folders import size_text
 
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 _CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
 
 
@@ -81,6 +84,15 @@ def _make_room(latest: str | None) -> str:
         "Make room there (checkpoint.keep_last keeps fewer checkpoints; delete other files) or give "
         f"checkpoint.run_dir a disk with room, then rerun the same command: {then}"
     )
+
+
+def _write_probe(folder: Path) -> OSError | None:
+    """The error creating a file in `folder` gives, or None when it can."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return e
 
 
 class CheckpointSaveError(UserError, RuntimeError):
@@ -311,12 +323,22 @@ class CheckpointManager:
         )
 
     def _write_failure(self, tag: str, latest: str | None, rank: int, error: Exception) -> str:
-        free = shutil.disk_usage(self.dir).free
         kept = f"{latest} stays the latest, intact" if latest else "there is no earlier checkpoint"
+        failed = f"rank {rank} could not write checkpoint {tag} in {self.dir} ({type(error).__name__}: {error})."
+        outcome = f"{tag} is incomplete and is never loaded; {kept}."
+        # DeepSpeed reports a folder it could not create as "Parent directory ... does not exist": ask the folder
+        probe = _write_probe(self.dir)
+        if probe is not None and probe.errno in _NOT_WRITABLE:  # not a full disk: "make room" would not help
+            then = f"it resumes from {latest}" if latest else "it starts over"
+            return (
+                f"{failed} The folder is not writable (creating a file there: {probe.strerror}): its permissions, or "
+                f"a read-only mount (a disk error can remount a filesystem read-only). {outcome} Make {self.dir} "
+                f"writable for the user this job runs as, then rerun the same command: {then}"
+            )
+        free = shutil.disk_usage(self.dir).free
         return (
-            f"rank {rank} could not write checkpoint {tag} in {self.dir} ({type(error).__name__}: {error}). "
-            f"{size_text(free)} is free there: a full disk or quota shows as this error. {tag} is incomplete and is "
-            f"never loaded; {kept}. {_make_room(latest)}"
+            f"{failed} {size_text(free)} is free there: a full disk or quota shows as this error. {outcome} "
+            f"{_make_room(latest)}"
         )
 
     def _write_rank_state(self, tag_dir: Path, rank: int, rank_state: dict) -> None:
@@ -445,6 +467,7 @@ class CheckpointManager:
                     f"checkpoint {self.dir / tag} has no {rank_file(self.dir / tag, rank).name} for rank {rank}: it "
                     "is damaged (restore the file, or remove the checkpoint to resume from an older one)"
                 )
+        check_zero_stage(meta.get("zero_stage"), engine.zero_optimization_stage(), self.dir / tag)
         load_path, client = engine.load_checkpoint(str(self.dir), tag=load_tag)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {self.dir / load_tag}")

@@ -39,17 +39,20 @@ def _holder(fd: int) -> str:
         return "a process that has not written its name yet"
 
 
-def _lock(run_dir: Path) -> str | None:
-    """Take the run directory's lock for this process; why not, when another run holds it."""
+def _lock(run_dir: Path) -> tuple[bool, str] | None:
+    """Take the run directory's lock for this process; else (another run holds it?, why not)."""
     if run_dir in _held:
         return None
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # the first write of the run: a folder it cannot write in (permissions, a read-only mount)
+        return False, not_writable(run_dir, e)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        return (
+        return True, (
             f"{run_dir} is in use by another training run ({holder}). Two runs in one folder overwrite each other's "
             "checkpoints: wait for that run to end or stop it, or give this one another checkpoint.run_dir"
         )
@@ -68,12 +71,23 @@ def _lock(run_dir: Path) -> str | None:
     return None
 
 
+def not_writable(run_dir: Path, error: OSError) -> str:
+    """The error for a run directory this run cannot create or write in."""
+    return (
+        f"cannot write in checkpoint.run_dir {run_dir} ({type(error).__name__}: {error}): make it writable for the "
+        "user this job runs as (a filesystem remounted read-only after a disk error needs the disk fixed), or give "
+        "checkpoint.run_dir a folder it can write"
+    )
+
+
 def lock_run_dir(run_dir: str | Path, rank: int) -> None:
     """Rank 0 takes `run_dir`'s lock (see the module docstring); every rank raises RunDirInUse if another run holds
-    it. Collective when a process group is up. Call before the run writes anything there."""
+    it, or UserError if rank 0 cannot write there. Collective when a process group is up. Call before the run
+    writes anything there."""
     run_dir = Path(run_dir).resolve()
     problem = [_lock(run_dir) if rank == 0 else None]
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(problem, src=0)
     if problem[0] is not None:
-        raise RunDirInUse(problem[0], every_rank=True)
+        in_use, message = problem[0]
+        raise (RunDirInUse if in_use else UserError)(message, every_rank=True)

@@ -1,5 +1,6 @@
 """What a checkpoint records about its student, so that export can rebuild it and a resume can refuse a checkpoint
-of another kind of student (a LoRA one for a full one, other adapter settings)."""
+of another kind of student (a LoRA one for a full one, other adapter settings) or of a ZeRO stage DeepSpeed cannot
+load into this run's."""
 
 from __future__ import annotations
 
@@ -59,6 +60,27 @@ def check_student_kind(saved: dict | None, module: torch.nn.Module, where: Path 
         f"{', '.join(keys)}. Use the recipe's student.lora settings of that run (see {Path(where) / 'config.yaml'}), "
         "or start a new run in another checkpoint.run_dir",
         every_rank=True,  # the same checkpoint meta and recipe on every rank
+    )
+
+
+# ZeRO stages whose checkpoints DeepSpeed (0.19.8) loads into each other: stage 0 keeps the optimizer in the model
+# states file, stages 1-2 write it per rank beside one model file, stage 3 both per rank; a universal conversion does
+# not bridge them either (it loads into the stage that wrote it).
+_LOADABLE_STAGES = {0: (0,), 1: (1, 2), 2: (1, 2), 3: (3,)}
+
+
+def check_zero_stage(saved: int | None, ours: int, where: Path) -> None:
+    """Raise unless a checkpoint written under ZeRO stage `saved` loads into an engine of stage `ours` (DeepSpeed
+    otherwise fails inside its reader: a bare AssertionError, a missing optim_states file or a NoneType error). A
+    zero.stage change is a recipe change, so it reaches here only under checkpoint.allow_recipe_change."""
+    if saved is None or ours in _LOADABLE_STAGES.get(saved, (ours,)):
+        return
+    raise UserError(
+        f"checkpoint {where} was written under ZeRO stage {saved} and this run has zero.stage={ours}: DeepSpeed "
+        f"loads a stage-{saved} checkpoint only into stage {' or '.join(map(str, _LOADABLE_STAGES[saved]))} (a "
+        f"universal conversion does not change that). Resume with zero.stage={saved} (zero.offload_* may change), or "
+        "start a new run in another checkpoint.run_dir",
+        every_rank=True,  # the same marker and recipe on every rank
     )
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ard_scale.checkpoint.export import full_ema_state_dict
 from ard_scale.checkpoint.manager import CheckpointManager
-from ard_scale.checkpoint.run_lock import lock_run_dir
+from ard_scale.checkpoint.run_lock import lock_run_dir, not_writable
 from ard_scale.config import ConfigError, RootConfig, dump_yaml, to_dict
 from ard_scale.data.samples import SkipCounter
 from ard_scale.distributed.collectives import sum_counts_over_ranks, sum_over_ranks
@@ -193,7 +193,10 @@ def open_run_dir(cfg: RootConfig, rank: int) -> CheckpointManager:
     recipe goes to config.yaml once the resume has accepted it (`train`)."""
     ck = cfg.checkpoint
     run_dir = Path(ck.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # the same folder on every rank
+        raise UserError(not_writable(run_dir, e), every_rank=True) from e
     lock_run_dir(run_dir, rank)  # one run per folder: a second one stops here, before it writes
     return CheckpointManager(
         run_dir, keep_last=ck.keep_last, config_dict=to_dict(cfg), allow_recipe_change=ck.allow_recipe_change
