@@ -171,12 +171,28 @@ class CheckpointManager:
         self.allow_recipe_change = allow_recipe_change
         self.tracked: dict[str, Tracked] = {}
         self.loaded_tag: str | None = None  # the tag load_latest resumed (after any fall-back)
+        self._warned_no_latest = False
 
     # -- reading the directory ---------------------------------------------------------------------------------------
     def latest_tag(self) -> str | None:
-        """Tag of the newest complete checkpoint, or None for a fresh run."""
+        """Tag of the newest complete checkpoint, or None for a fresh run. Without a `latest` file beside complete
+        checkpoints (deleted by hand, lost in a copy, or a kill between a first save's marker and its `latest`), the
+        newest complete one, with a warning: starting over would replace them one save at a time."""
         path = self.dir / LATEST
-        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+        tags = self.complete_tags()
+        if not tags:
+            return None
+        if not self._warned_no_latest:
+            self._warned_no_latest = True
+            warnings.warn(
+                f"{path} is missing, but {self.dir} holds complete checkpoints ({', '.join(tags)}): resuming from "
+                f"{tags[-1]}. To start the run over instead, move {self.dir} away (or give another "
+                "checkpoint.run_dir)",
+                stacklevel=2,
+            )
+        return tags[-1]
 
     def meta(self, tag: str) -> dict | None:
         """The tag's `ard_checkpoint.json` (present only once every rank finished), or None. Unreadable: ValueError."""

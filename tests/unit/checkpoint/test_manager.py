@@ -243,6 +243,22 @@ def test_damaged_latest_falls_back_with_a_warning_and_the_next_save_replaces_it(
     assert mgr.latest_tag() == "step_00000002" and mgr.load_latest(engine) == ({"step": 2}, {"cursor": 2})
 
 
+def test_a_missing_latest_beside_complete_checkpoints_resumes_the_newest_with_a_warning(tmp_path, cfg):
+    """Without `latest` the run started over, and its saves replaced the old checkpoints one by one (a first save
+    killed between its marker and `latest` lost that checkpoint the same way)."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg), FakeEngine()
+    for step in (1, 2):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    (tmp_path / "checkpoints" / "latest").unlink()
+    mgr = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"latest is missing, but .* holds complete checkpoints \(step_00000001, "
+                      r"step_00000002\): resuming from step_00000002"):  # fmt: skip
+        assert mgr.load_latest(engine) == ({"step": 2}, {"cursor": 2})
+    mgr.save(engine, 3, {"step": 3}, {"cursor": 3})
+    assert mgr.latest_tag() == "step_00000003"
+    assert mgr.complete_tags() == ["step_00000001", "step_00000002", "step_00000003"]
+
+
 def test_marker_without_checksums_loads_with_a_warning_and_its_recipe_is_still_read(tmp_path, cfg):
     mgr, engine = CheckpointManager(tmp_path, keep_last=1, config_dict=cfg), FakeEngine()
     mgr.save(engine, 1, {"step": 1}, {"cursor": 3})
