@@ -269,3 +269,25 @@ def test_student_bytes_are_those_of_the_trainers_zero3_engine():
     held = run_child(ENGINE_BYTES, *overrides)
     s = plan(load_config("recipes/tiny_cpu.yaml", overrides), 1)["models"]["student"]
     assert {k: s[k] for k in held} == held
+
+
+def test_qwen_image_is_planned_with_the_caption_tokens_its_encoder_gives():
+    """Qwen-Image reads Qwen2.5-VL's hidden states, padded to qwen_encoder.max_length (512 in the 1024 recipe, 16 in
+    the tiny one); the planner built its example condition at T5's text_encoder.max_length instead (300 by default, a
+    setting the family never reads), so every teacher and student FLOP and activation was counted at 300 tokens per
+    group. Here against the teacher forward (on meta, where SDPA's FLOPs are counted) at the condition the trainer's
+    own conditioner encodes."""
+    from ard_scale.diffusion.condition import Condition
+    from ard_scale.models.teachers import build_teacher
+    from ard_scale.trainer.build import build_conditioner, latent_shape
+
+    cfg = load_config("recipes/tiny_qwen_image_cpu.yaml")
+    text = build_conditioner(cfg, build_teacher("qwen_image", cfg.teacher.size))({"captions": ["a seven"]})[0].text
+    assert text.shape[1] == cfg.qwen_encoder.max_length != cfg.text_encoder.max_length
+    teacher, _ = meta_teacher(cfg)
+    x = torch.zeros(1, *latent_shape(cfg, teacher), device="meta")
+    cond = Condition(text=torch.zeros(text.shape, device="meta"))
+    with torch.no_grad():
+        forward = count_flops(lambda: teacher(x, torch.zeros(1, device="meta"), cond))
+    assert plan(cfg, 2)["flops"]["teacher_forward_per_sample"] == forward
+    assert plan(load_config("recipes/tiny_qwen_image_cpu.yaml", ["text_encoder.max_length=7"]), 2) == plan(cfg, 2)
