@@ -105,6 +105,7 @@ def measure(cfg: RootConfig) -> tuple[Measured, str]:
         sources={"teacher": teacher_source, "t5": t5_source, "qwen": qwen_source},
         guided=guided,
         side=side,
+        group_text_tokens=cond.text.shape[1] if teacher.spec.joint_attention and cond.text is not None else 0,
         batch=B,
         teacher_batch=teacher_batch,
         student_saved=student_saved,
@@ -148,7 +149,8 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
             "grad_accum": cfg.train.grad_accum,
             "precision": cfg.train.precision,
             "latent": [m.teacher.in_channels, side, side],
-            "tokens_per_sample": cfg.student.num_steps * (side // patch) ** 2,
+            # a joint-attention group is its image tokens and its own copy of the caption's
+            "tokens_per_sample": cfg.student.num_steps * ((side // patch) ** 2 + m.group_text_tokens),
             "activation_checkpointing": cfg.train.activation_checkpointing,
             "history_attention": history,
             "gather_teacher_once": cfg.zero.gather_teacher_once,

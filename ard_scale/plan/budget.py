@@ -31,6 +31,7 @@ class Measured:
     sources: dict[str, str]  # where each architecture came from, by model
     guided: bool  # a CFG pass per solver evaluation
     side: int  # the latent side
+    group_text_tokens: int  # caption tokens each of the S groups carries into self-attention (MMDiT families), else 0
     batch: int
     teacher_batch: int
     student_saved: dict[str, int]  # bytes saved for backward: 'no_checkpointing' and 'checkpointing'

@@ -291,3 +291,32 @@ def test_qwen_image_is_planned_with_the_caption_tokens_its_encoder_gives():
         forward = count_flops(lambda: teacher(x, torch.zeros(1, device="meta"), cond))
     assert plan(cfg, 2)["flops"]["teacher_forward_per_sample"] == forward
     assert plan(load_config("recipes/tiny_qwen_image_cpu.yaml", ["text_encoder.max_length=7"]), 2) == plan(cfg, 2)
+
+
+@pytest.mark.parametrize("recipe", ["recipes/tiny_flux_cpu.yaml", "recipes/tiny_qwen_image_cpu.yaml"])
+def test_student_tokens_per_sample_are_the_tokens_its_blocks_run(recipe):
+    """A joint-attention (MMDiT) group is its image tokens and its own copy of the caption's: the plan said S·L_img
+    tokens per sample (16384 for flux_1024), not the S·(L_txt + L_img) its blocks run (18432). Counted here on the
+    trainer's student and conditioner: the token rows of an upper block's sequence inputs (groups folded into the
+    batch), per sample."""
+    from ard_scale.models.student import ARDStudent
+    from ard_scale.trainer.build import build_conditioner, build_schedule, build_teacher_model, latent_shape
+
+    cfg = load_config(recipe)
+    teacher = build_teacher_model(cfg)
+    shape = latent_shape(cfg, teacher)
+    student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size), latent_shape=shape)
+    B, S = 2, cfg.student.num_steps
+    cond, _ = build_conditioner(cfg, teacher)({"captions": ["a seven", "a zero"]})
+    rows = []
+
+    def count(module, args, kwargs):  # image and text streams, (B·S, L, D) each
+        rows.append(
+            sum(a.shape[0] * a.shape[1] for a in (*args, *kwargs.values()) if torch.is_tensor(a) and a.dim() == 3)
+        )
+
+    hook = student.family.blocks(student.backbone)[-1].register_forward_pre_hook(count, with_kwargs=True)
+    with torch.no_grad():
+        student(torch.zeros(B, S, *shape), cond)
+    hook.remove()
+    assert plan(cfg, 2)["recipe"]["tokens_per_sample"] == rows[0] // B
