@@ -9,6 +9,9 @@ Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
   partitions the optimizer state, 2 also the gradients, 3 also the weights; the frozen teacher
   and the text encoders (T5, Qwen-Image's Qwen2.5-VL) have weights only (teacher_stage 0 replicates them, 3
   partitions them: the trainer holds the encoders in frozen ZeRO-3 engines too).
+- the student's EMA (train.ema_decay): fp32 copies of its trainable parameters, 4 bytes each, a 1/N shard under
+  ZeRO-3 (none on the GPU with zero.offload_optimizer: it follows the fp32 master into CPU memory), whole on every
+  rank at stages 0-2 (ard_scale/distributed/ema.py).
 - activations: the student's are the bytes autograd saves for backward, counted with saved-tensor hooks during a
   meta forward at the recipe's micro batch (unique storages, weights excluded). SDPA is counted as the fused
   (flash / memory-efficient) kernels save it — q, k, v, output, fp32 log-sum-exp and, for the masked layers, the
@@ -102,6 +105,7 @@ def measure(cfg: RootConfig) -> tuple[Measured, str]:
         sources={"teacher": teacher_source, "t5": t5_source, "qwen": qwen_source},
         guided=guided,
         side=side,
+        group_text_tokens=cond.text.shape[1] if teacher.spec.joint_attention and cond.text is not None else 0,
         batch=B,
         teacher_batch=teacher_batch,
         student_saved=student_saved,
@@ -145,7 +149,8 @@ def plan(cfg: RootConfig, gpus: int, gpu_mem_gb: float = 80.0) -> dict:
             "grad_accum": cfg.train.grad_accum,
             "precision": cfg.train.precision,
             "latent": [m.teacher.in_channels, side, side],
-            "tokens_per_sample": cfg.student.num_steps * (side // patch) ** 2,
+            # a joint-attention group is its image tokens and its own copy of the caption's
+            "tokens_per_sample": cfg.student.num_steps * ((side // patch) ** 2 + m.group_text_tokens),
             "activation_checkpointing": cfg.train.activation_checkpointing,
             "history_attention": history,
             "gather_teacher_once": cfg.zero.gather_teacher_once,

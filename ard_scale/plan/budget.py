@@ -31,6 +31,7 @@ class Measured:
     sources: dict[str, str]  # where each architecture came from, by model
     guided: bool  # a CFG pass per solver evaluation
     side: int  # the latent side
+    group_text_tokens: int  # caption tokens each of the S groups carries into self-attention (MMDiT families), else 0
     batch: int
     teacher_batch: int
     student_saved: dict[str, int]  # bytes saved for backward: 'no_checkpointing' and 'checkpointing'
@@ -57,11 +58,27 @@ def trained_memory(
         "params": 0 if offload_params else num_params * weight_b / (gpus if stage >= 3 else 1),
         "grads": num_params * weight_b / (gpus if stage >= 2 else 1),
         "optimizer": 0 if offload_optimizer else num_params * optim_b / (gpus if stage >= 1 else 1),
+        "ema": 0,
     }
 
 
 def frozen_memory(num_params: int, stage: int, gpus: int, precision: str) -> dict:
-    return {"params": num_params * DTYPES[precision].itemsize / (gpus if stage == 3 else 1), "grads": 0, "optimizer": 0}
+    return {
+        "params": num_params * DTYPES[precision].itemsize / (gpus if stage == 3 else 1),
+        "grads": 0,
+        "optimizer": 0,
+        "ema": 0,
+    }
+
+
+def ema_memory(num_trainable: int, cfg: RootConfig, gpus: int) -> float:
+    """Per-GPU bytes of the student's EMA (`ZeroEMA`, train.ema_decay): fp32 copies of the trainable parameters, a
+    1/gpus shard each under ZeRO-3 (beside the optimizer's fp32 master partition: in CPU memory with
+    zero.offload_optimizer), the whole parameters on every rank at stages 0-2."""
+    z = cfg.zero
+    if not cfg.train.ema_decay or (z.stage == 3 and z.offload_optimizer):
+        return 0
+    return 4 * num_trainable / (gpus if z.stage == 3 else 1)
 
 
 def t5_precision(cfg: RootConfig) -> str:
@@ -83,8 +100,8 @@ def _frozen_encoder(n: int, cfg: RootConfig, gpus: int, working_set: int, source
 
 
 def _models(cfg: RootConfig, m: Measured, gpus: int) -> dict[str, dict]:
-    """Per-GPU bytes of each model's weights, gradients, optimizer state and activations. A LoRA student trains its
-    adapters and heads only; its frozen base is held at the student's stage — and with share_teacher it *is* the
+    """Per-GPU bytes of each model's weights, gradients, optimizer state, EMA and activations. A LoRA student trains
+    its adapters and heads only; its frozen base is held at the student's stage — and with share_teacher it *is* the
     teacher's weights, held once."""
     z, precision, student = cfg.zero, cfg.train.precision, m.student
     n_student, n_teacher = num_params(student), num_params(m.teacher)
@@ -100,6 +117,7 @@ def _models(cfg: RootConfig, m: Measured, gpus: int) -> dict[str, dict]:
             "trainable_params": n_trainable,
             "zero_stage": z.stage,
             **{k: trained[k] + frozen_base[k] for k in trained},
+            "ema": ema_memory(n_trainable, cfg, gpus),
             "activations": m.student_saved[checkpointing],
             "activations_no_checkpointing": m.student_saved["no_checkpointing"],
             "activations_checkpointing": m.student_saved["checkpointing"],
@@ -108,7 +126,7 @@ def _models(cfg: RootConfig, m: Measured, gpus: int) -> dict[str, dict]:
             "num_params": n_teacher,
             "zero_stage": teacher_stage,
             **(
-                {"params": 0, "grads": 0, "optimizer": 0}
+                {"params": 0, "grads": 0, "optimizer": 0, "ema": 0}
                 if shared
                 else frozen_memory(n_teacher, teacher_stage, gpus, precision)
             ),
@@ -136,6 +154,7 @@ def _models(cfg: RootConfig, m: Measured, gpus: int) -> dict[str, dict]:
             "params": 4 * n_disc,
             "grads": 4 * n_disc,
             "optimizer": 8 * n_disc,
+            "ema": 0,
             "activations": 0,
         }
     return models
@@ -150,7 +169,7 @@ def memory(cfg: RootConfig, m: Measured, gpus: int, gpu_mem_gb: float) -> dict:
     """The models' bytes per GPU, the transient phases, and the peak with and without gather-once of the teacher."""
     z, weight_b = cfg.zero, DTYPES[cfg.train.precision].itemsize
     models = _models(cfg, m, gpus)
-    persistent = sum(v["params"] + v["grads"] + v["optimizer"] for v in models.values())
+    persistent = sum(v["params"] + v["grads"] + v["optimizer"] + v["ema"] for v in models.values())
     teacher = models["teacher"]
     full_teacher = teacher["num_params"] * weight_b
     teacher_stage = teacher["zero_stage"]

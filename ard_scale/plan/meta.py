@@ -136,8 +136,16 @@ def build_schedule(cfg: RootConfig, patch_size: int = 2):
     return schedule_for_recipe(cfg.diffusion, latent_side(cfg), patch_size)
 
 
+def caption_tokens(cfg: RootConfig) -> int:
+    """Tokens per caption of the encoder whose hidden states the teacher reads, as the trainer pads them: Qwen2.5-VL's
+    qwen_encoder.max_length where the family reads it (Qwen-Image), else T5's text_encoder.max_length (a family's
+    example condition adds tokens of its own, as SD3's 77 CLIP tokens)."""
+    family = get_family(cfg.teacher.family)
+    return cfg.qwen_encoder.max_length if "qwen" in family.text_encoders else cfg.text_encoder.max_length
+
+
 def example_inputs(teacher: Teacher, cfg: RootConfig, batch: int, dtype) -> tuple[torch.Tensor, Condition, int]:
     """(latents (B, C, h, w), condition, latent side) on meta at the recipe's resolution."""
     side = latent_side(cfg)
     x = torch.empty(batch, teacher.in_channels, side, side, device="meta", dtype=dtype)
-    return x, teacher.example_condition(batch, "meta", cfg.text_encoder.max_length, dtype), side
+    return x, teacher.example_condition(batch, "meta", caption_tokens(cfg), dtype), side

@@ -22,12 +22,13 @@ def format_plan(p: dict) -> str:
         f"activation checkpointing {'on' if r['activation_checkpointing'] else 'off'}, history attention "
         f"{r['history_attention']}",
         "",
-        f"{'per GPU, GB':<10}{'params (M)':>12}{'ZeRO':>6}{'weights':>10}{'grads':>9}{'optim':>9}{'activ.':>9}",
+        f"{'per GPU, GB':<10}{'params (M)':>12}{'ZeRO':>6}{'weights':>10}{'grads':>9}{'optim':>9}{'EMA':>9}"
+        f"{'activ.':>9}",
     ]
     for name, m in p["models"].items():
         lines.append(
             f"{name:<10}{m['num_params'] / 1e6:>12.1f}{m['zero_stage']:>6}{m['params'] / GB:>10.3f}"
-            f"{m['grads'] / GB:>9.3f}{m['optimizer'] / GB:>9.3f}{m['activations'] / GB:>9.2f}"
+            f"{m['grads'] / GB:>9.3f}{m['optimizer'] / GB:>9.3f}{m['ema'] / GB:>9.3f}{m['activations'] / GB:>9.2f}"
         )
     s = p["models"]["student"]
     if s["trainable_params"] != s["num_params"]:

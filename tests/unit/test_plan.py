@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from one_process import run_child
 
 from ard_scale.config import load_config
 from ard_scale.models.discriminator import Discriminator
@@ -205,3 +206,117 @@ def test_precomputed_text_takes_qwen_image_s_encoder_off_the_gpus():
     assert round(qwen["num_params"] / 1e9, 1) == 8.3 and online["phases"]["qwen_encode"] > 0
     assert "qwen2.5-vl" not in precomputed["models"] and precomputed["phases"]["qwen_encode"] == 0
     assert precomputed["persistent_bytes"] == online["persistent_bytes"] - qwen["params"]  # its ZeRO-3 share
+
+
+def test_the_students_ema_is_planned_as_the_trainer_holds_it():
+    """The trainer keeps an fp32 EMA of the student's trainable parameters (`ZeroEMA`, train.ema_decay): the whole
+    parameters on every rank at ZeRO 0-2, a 1/N shard at ZeRO-3, in CPU memory beside the offloaded fp32 master. The
+    planner left it out (FLUX.1-dev at 8 GPUs: 6 GB per GPU more than it said)."""
+    from ard_scale.distributed.ema import ZeroEMA
+    from ard_scale.models.student import ARDStudent
+    from ard_scale.trainer.build import build_schedule, build_teacher_model
+
+    zero2_lora = ["zero.stage=2", "student.lora.rank=4", "student.lora.share_teacher=false"]  # trainable ones only
+    cfg = load_config("recipes/tiny_cpu.yaml", zero2_lora)
+    teacher = build_teacher_model(cfg)
+    student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size))
+    held = sum(t.numel() * t.element_size() for t in ZeroEMA(student, cfg.train.ema_decay).shadow.values())
+    p = plan(cfg, 8)
+    s = p["models"]["student"]
+    assert s["ema"] == held == 4 * s["trainable_params"] < 4 * s["num_params"]  # whole on each of the 8 GPUs
+    no_ema = plan(load_config("recipes/tiny_cpu.yaml", [*zero2_lora, "train.ema_decay=null"]), 8)
+    assert no_ema["models"]["student"]["ema"] == 0 and p["persistent_bytes"] == no_ema["persistent_bytes"] + held
+    zero3 = plan(load_config("recipes/tiny_cpu.yaml", ["zero.stage=3"]), 8)["models"]["student"]
+    assert zero3["ema"] == 4 * zero3["num_params"] / 8  # a shard per GPU
+    offloaded = plan(load_config("recipes/tiny_cpu.yaml", ["zero.offload_optimizer=true"]), 8)
+    assert offloaded["models"]["student"]["ema"] == 0
+
+
+ENGINE_BYTES = """
+import json, sys
+import torch
+from ard_scale.config import load_config
+from ard_scale.diffusion.condition import Condition
+from ard_scale.distributed.ema import ZeroEMA
+from ard_scale.distributed.engines import build_student_engine, init_distributed
+from ard_scale.models.student import ARDStudent
+from ard_scale.trainer.build import build_schedule, build_teacher_model, latent_shape, student_engine_config
+
+torch.set_num_threads(1)
+init_distributed()
+cfg = load_config("recipes/tiny_cpu.yaml", sys.argv[1:])
+teacher = build_teacher_model(cfg)
+shape = latent_shape(cfg, teacher)
+student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size), latent_shape=shape)
+engine, optimizer = build_student_engine(student, student_engine_config(cfg))
+states = torch.randn(2, cfg.student.num_steps, *shape)
+engine.backward(engine(states, Condition(labels=torch.tensor([1, 2]))).float().square().mean())
+engine.step()  # the AdamW moments exist from the first step on
+nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+moments = [t for s in optimizer.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim()]
+print("RESULT " + json.dumps({
+    "params": nbytes(p.ds_tensor for p in engine.module.parameters()),
+    "optimizer": nbytes(optimizer.fp32_partitioned_groups_flat) + nbytes(moments),
+    "ema": nbytes(ZeroEMA(engine, cfg.train.ema_decay).shadow.values()),
+}), flush=True)
+"""
+
+
+def test_student_bytes_are_those_of_the_trainers_zero3_engine():
+    """The student row against a real ZeRO-3 bf16 engine built as the trainer builds it (one rank): bf16 weight
+    partitions, fp32 master + AdamW moments after a step, and the EMA shards."""
+    overrides = ["zero.stage=3", "train.precision=bf16"]
+    held = run_child(ENGINE_BYTES, *overrides)
+    s = plan(load_config("recipes/tiny_cpu.yaml", overrides), 1)["models"]["student"]
+    assert {k: s[k] for k in held} == held
+
+
+def test_qwen_image_is_planned_with_the_caption_tokens_its_encoder_gives():
+    """Qwen-Image reads Qwen2.5-VL's hidden states, padded to qwen_encoder.max_length (512 in the 1024 recipe, 16 in
+    the tiny one); the planner built its example condition at T5's text_encoder.max_length instead (300 by default, a
+    setting the family never reads), so every teacher and student FLOP and activation was counted at 300 tokens per
+    group. Here against the teacher forward (on meta, where SDPA's FLOPs are counted) at the condition the trainer's
+    own conditioner encodes."""
+    from ard_scale.diffusion.condition import Condition
+    from ard_scale.models.teachers import build_teacher
+    from ard_scale.trainer.build import build_conditioner, latent_shape
+
+    cfg = load_config("recipes/tiny_qwen_image_cpu.yaml")
+    text = build_conditioner(cfg, build_teacher("qwen_image", cfg.teacher.size))({"captions": ["a seven"]})[0].text
+    assert text.shape[1] == cfg.qwen_encoder.max_length != cfg.text_encoder.max_length
+    teacher, _ = meta_teacher(cfg)
+    x = torch.zeros(1, *latent_shape(cfg, teacher), device="meta")
+    cond = Condition(text=torch.zeros(text.shape, device="meta"))
+    with torch.no_grad():
+        forward = count_flops(lambda: teacher(x, torch.zeros(1, device="meta"), cond))
+    assert plan(cfg, 2)["flops"]["teacher_forward_per_sample"] == forward
+    assert plan(load_config("recipes/tiny_qwen_image_cpu.yaml", ["text_encoder.max_length=7"]), 2) == plan(cfg, 2)
+
+
+@pytest.mark.parametrize("recipe", ["recipes/tiny_flux_cpu.yaml", "recipes/tiny_qwen_image_cpu.yaml"])
+def test_student_tokens_per_sample_are_the_tokens_its_blocks_run(recipe):
+    """A joint-attention (MMDiT) group is its image tokens and its own copy of the caption's: the plan said S·L_img
+    tokens per sample (16384 for flux_1024), not the S·(L_txt + L_img) its blocks run (18432). Counted here on the
+    trainer's student and conditioner: the token rows of an upper block's sequence inputs (groups folded into the
+    batch), per sample."""
+    from ard_scale.models.student import ARDStudent
+    from ard_scale.trainer.build import build_conditioner, build_schedule, build_teacher_model, latent_shape
+
+    cfg = load_config(recipe)
+    teacher = build_teacher_model(cfg)
+    shape = latent_shape(cfg, teacher)
+    student = ARDStudent(teacher, cfg.student, build_schedule(cfg, teacher.patch_size), latent_shape=shape)
+    B, S = 2, cfg.student.num_steps
+    cond, _ = build_conditioner(cfg, teacher)({"captions": ["a seven", "a zero"]})
+    rows = []
+
+    def count(module, args, kwargs):  # image and text streams, (B·S, L, D) each
+        rows.append(
+            sum(a.shape[0] * a.shape[1] for a in (*args, *kwargs.values()) if torch.is_tensor(a) and a.dim() == 3)
+        )
+
+    hook = student.family.blocks(student.backbone)[-1].register_forward_pre_hook(count, with_kwargs=True)
+    with torch.no_grad():
+        student(torch.zeros(B, S, *shape), cond)
+    hook.remove()
+    assert plan(cfg, 2)["recipe"]["tokens_per_sample"] == rows[0] // B
