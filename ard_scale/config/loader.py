@@ -278,6 +278,9 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str], bounds: Range 
         if isinstance(value, bool):
             return value
     elif tp is int:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()) and "e" in value.lower():
+            exact = float(value)  # `max_steps=1e4`, a string to PyYAML (see _FLOAT_RE): a whole number in exponent form
+            value = int(exact) if exact.is_integer() else value
         if isinstance(value, int) and not isinstance(value, bool):
             return value if _check_range(int, value, path, bounds, problems) else _MISSING
     elif tp is float:

@@ -182,6 +182,14 @@ def test_bad_overrides(tmp_path, override, what):
     assert what in str(errors_of(write(tmp_path, MINIMAL), [override]))
 
 
+def test_a_count_in_exponent_form_is_read_as_the_whole_number(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e4` as a string: train.max_steps=1e4 was refused as 'expected int, got str'."""
+    p = write(tmp_path, MINIMAL)
+    assert load_config(p, ["train.max_steps=1e4"]).train.max_steps == 10_000
+    assert load_config(p, ["train.max_steps=2.5E3"]).train.max_steps == 2_500
+    assert "train.max_steps: expected int, got str '1.5e0'" in str(errors_of(p, ["train.max_steps=1.5e0"]))
+
+
 def test_strict_scalar_types(tmp_path):
     p = write(tmp_path, MINIMAL)
     for override in ("train.max_steps='5'", "gan.enabled=1", "checkpoint.run_dir=5", "train.lr=true"):
