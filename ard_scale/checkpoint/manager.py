@@ -152,6 +152,7 @@ class Resumed:
 
     tag: str
     same_world: bool
+    absent: tuple[str, ...] = ()  # optional pieces the checkpoint holds no state for (left as they were built)
 
 
 class CheckpointManager:
@@ -249,7 +250,8 @@ class CheckpointManager:
         for name, src in sources.items():
             if src is not None and name in src:
                 self.tracked[name].obj.load_state_dict(src[name])
-        return Resumed(self.loaded_tag, same_world=rank_state is not None)
+        absent = tuple(n for n, src in sources.items() if src is not None and n not in src)
+        return Resumed(self.loaded_tag, same_world=rank_state is not None, absent=absent)
 
     # -- saving ------------------------------------------------------------------------------------------------------
     def save(self, engine, step: int, client_state: dict, rank_state: dict) -> None:

@@ -84,6 +84,13 @@ class ZeroEMA:
         torch._foreach_add_(shadows, sources, alpha=1.0 - self.decay)
         self.num_updates += 1
 
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start the EMA again from the module's current weights (after resuming a checkpoint that has none)."""
+        for name, shadow in self.shadow.items():
+            shadow.copy_(self._source(self.params[name]).to(device=shadow.device, dtype=torch.float32))
+        self.num_updates = 0
+
     # -- per-rank persistence ---------------------------------------------------------------------------------------
     def _layout(self) -> dict:
         world = dist.get_world_size() if dist.is_initialized() else 1

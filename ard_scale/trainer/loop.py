@@ -140,6 +140,8 @@ def train(cfg: RootConfig, stop: StopSignal | None = None) -> list[float]:
         say(rank, f"resumed from step {progress.step} ({ckpt.dir / resumed.tag}, {progress.samples_seen} samples)")
         if not resumed.same_world:
             continue_on_new_world(ckpt, run, ema, progress.step, world)
+        elif ema is not None and "ema" in resumed.absent:
+            restart_ema(ema, ckpt.dir / resumed.tag)
     tensorboard_dir = run_dir / "tensorboard" if cfg.log.tensorboard else None
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, tensorboard_dir=tensorboard_dir)
     evaluation = build_loop_evaluation(cfg, run, ema, log.write)  # eval.every: metrics on all ranks, EMA swapped in
@@ -248,8 +250,19 @@ def track_state(
     ckpt.track("dropped", dropped, per_rank=True)
     ckpt.track("rng", ProcessRNG(), per_rank=True)
     ckpt.track("trajectories", run.trajectories, per_rank=True)
-    if ema is not None:
-        ckpt.track("ema", ema, per_rank=True)
+    if ema is not None:  # optional: a checkpoint written with train.ema_decay off (allow_recipe_change)
+        ckpt.track("ema", ema, per_rank=True, optional=True)
+
+
+def restart_ema(ema: ZeroEMA, checkpoint: Path) -> None:
+    """The resumed checkpoint has no EMA (written with train.ema_decay off): start it from the resumed weights
+    rather than keep the weights the student was built with."""
+    ema.restart()
+    warnings.warn(
+        f"checkpoint {checkpoint} holds no EMA (train.ema_decay was off when it was written): the EMA starts from "
+        "the resumed weights",
+        stacklevel=2,
+    )
 
 
 def continue_on_new_world(ckpt: CheckpointManager, run, ema, step: int, world: int) -> None:
@@ -265,6 +278,8 @@ def continue_on_new_world(ckpt: CheckpointManager, run, ema, step: int, world: i
         full = full_ema_state_dict(ckpt.run_dir, ckpt.loaded_tag, shapes)
         if full is not None:
             ema.load_full_state_dict(full)
+        else:
+            restart_ema(ema, ckpt.dir / ckpt.loaded_tag)
 
 
 def step_record(run, dropped: SkipCounter, progress: Progress, metrics: dict, samples_per_s: float) -> dict:

@@ -35,6 +35,23 @@ def test_update_follows_the_formula_and_full_state_dict_loads_strictly():
     copy.load_state_dict(full, strict=True)
 
 
+def test_a_resume_from_a_checkpoint_without_an_ema_starts_it_from_the_resumed_weights():
+    """train.ema_decay switched on at a resume (allow_recipe_change): the EMA was built before the checkpoint's
+    weights were loaded, and the resume refused the checkpoint for lacking it; now it restarts from what was loaded."""
+    from ard_scale.trainer.loop import restart_ema
+
+    net = model()
+    ema = ZeroEMA(net, 0.5)
+    ema.update()
+    with torch.no_grad():  # what loading the checkpoint does to the student
+        for p in net.parameters():
+            p.add_(1.0)
+    with pytest.warns(UserWarning, match="holds no EMA .*starts from the resumed weights"):
+        restart_ema(ema, "step_00000003")
+    full = ema.full_state_dict()
+    assert all(torch.equal(full[n], p.detach()) for n, p in net.named_parameters()) and ema.num_updates == 0
+
+
 def test_swapped_in_uses_the_ema_and_restores_raw_weights_even_on_error():
     net = model()
     ema = ZeroEMA(net, 0.5)

@@ -327,6 +327,12 @@ def test_resume_refuses_a_checkpoint_without_a_required_piece(tmp_path, cfg):
     with pytest.raises(ValueError, match=r"holds no state for ema .*start a new run"):
         later.resume(engine)
     assert (progress.value, heads.value, ema.value) == (0, 11, 12)
+    optional = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg)
+    optional.track("progress", progress)
+    optional.track("gan", heads, optional=True)
+    optional.track("ema", ema, per_rank=True, optional=True)
+    resumed = optional.resume(engine)  # the trainer restarts an absent EMA from the resumed weights
+    assert resumed.absent == ("gan", "ema") and (progress.value, heads.value, ema.value) == (4, 11, 12)
 
 
 def test_export_of_a_checkpoint_that_is_not_there_names_the_ones_that_are(tmp_path):
