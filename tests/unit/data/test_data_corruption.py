@@ -9,6 +9,10 @@ from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
 from ard_scale.data.writers import MDSWriterAdapter
 
+# These tests corrupt samples on purpose: each skip's warning (naming the shard and sample) is expected here
+# (test_data_corruption.py asserts its text).
+pytestmark = pytest.mark.filterwarnings("ignore:skipped sample")
+
 
 def wds_config(path, **kwargs):
     base = dict(format="webdataset", path=str(path), batch_size=3, resolution=16, num_workers=0, num_epochs=1)

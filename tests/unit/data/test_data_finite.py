@@ -6,7 +6,12 @@ from data_helpers import good_members, write_tar
 
 from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
+from ard_scale.data.samples import NO_LABEL
 from ard_scale.data.writers import MDSWriterAdapter
+
+# These tests corrupt samples on purpose: each skip's warning (naming the shard and sample) is expected here
+# (test_data_corruption.py asserts its text).
+pytestmark = pytest.mark.filterwarnings("ignore:skipped sample")
 
 
 def config(path, **kwargs):
@@ -69,6 +74,6 @@ def test_mds_bound_covers_every_batch_including_empty_ones(tmp_path, mds_env):
     batches = list(loader)
     assert len(batches) == 2 * 4 == loader.max_batches()  # ceil(7 / 2) per epoch, an all-bad batch included
     assert [b["keys"] for b in batches[:4]] == [["m0", "m1"], [], ["m4", "m5"], ["m6"]]  # (m2, m3): yielded empty
-    assert "labels" not in batches[0]  # m0's -1 is the writer's 'no label', not class -1
+    assert batches[0]["labels"].tolist() == [NO_LABEL, 1]  # m0's -1 is the writer's 'no label': unlabelled
     assert batches[2]["labels"].tolist() == [4, 5]
     assert loader.skips.counts == {"undecodable image (UnidentifiedImageError)": 4}

@@ -9,6 +9,10 @@ from data_helpers import good_members, write_tar
 from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
 
+# These tests corrupt samples on purpose: each skip's warning (naming the shard and sample) is expected here
+# (test_data_corruption.py asserts its text).
+pytestmark = pytest.mark.filterwarnings("ignore:skipped sample")
+
 SHARD_SIZES = (3, 4, 5, 6, 7)
 
 
