@@ -86,7 +86,7 @@ def test_a_refused_resume_leaves_the_runs_config_yaml_and_names_the_real_cause_f
     changed = train(split, *TINY_RUN, "train.lr=0.5")
     said_once(changed, "differing keys: train.lr: 0.001 -> 0.5")
     assert (split / "config.yaml").read_text() == before
-    lora = train(split, *TINY_RUN, "student.lora.rank=4")
+    lora = train(split, *TINY_RUN, "student.lora.rank=4", world=1)  # checked before the number of ranks
     said_once(lora, "holds a full student, but this recipe builds a LoRA student")
     assert "allow_recipe_change" not in lora.stderr
     assert f"see {split / 'checkpoints' / 'step_00000003' / 'config.yaml'}" in lora.stderr
@@ -139,7 +139,9 @@ def test_nan_losses_are_skipped_then_stop_with_a_checkpoint_and_a_clear_error(tm
     assert (run_dir / "checkpoints" / "latest").read_text().strip().endswith(f"{stopped_at:08d}")
 
     # the refusals of a resume are one line too: another recipe, another number of ranks
-    changed = train(run_dir, "train.max_steps=12", "train.lr=0.5", "train.grad_clip=null", "checkpoint.every=100")
+    # (one rank: the recipe is compared before the ranks are; test_a_refused_resume_... checks 2 ranks say it once)
+    changed = train(run_dir, "train.max_steps=12", "train.lr=0.5", "train.grad_clip=null", "checkpoint.every=100",
+                    world=1)  # fmt: skip
     said_once(changed, "was written with a different recipe; differing keys: train.lr: 1.0 -> 0.5")
     fewer = train(run_dir, "train.max_steps=12", "train.lr=1.0", "train.grad_clip=null",
                   "train.max_consecutive_nan=2", "checkpoint.every=100", world=1)  # fmt: skip
