@@ -1,0 +1,41 @@
+"""The logic of launchers/slurm/train.sbatch, run in plain bash from launchers/slurm/lib.sh (the batch script sources
+it); the script itself runs on a real Slurm in tests/e2e/test_slurm.py."""
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bash(script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`script` after sourcing lib.sh, in a bash with only `env` (and PATH) set."""
+    return subprocess.run(
+        ["bash", "-c", f"source launchers/slurm/lib.sh\n{script}"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_run_at_max_steps_is_finished_and_is_not_requeued(tmp_path):
+    """A USR1 during the last step (or after it) used to requeue the job: the requeued job resumed at max_steps and
+    exited, and with a time limit under the signal's lead every attempt was signalled at start and requeued again."""
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+
+    def finished(latest: str | None, max_steps: int) -> bool:
+        (checkpoints / "latest").unlink(missing_ok=True)
+        if latest is not None:
+            (checkpoints / "latest").write_text(latest + "\n")
+        proc = bash(f'ard_run_finished "{tmp_path}" {max_steps}')
+        assert proc.stderr == ""
+        return proc.returncode == 0
+
+    assert finished("step_00000012", 12) and finished("step_00000020", 12)  # a resume that lowered max_steps
+    assert finished("step_00000100", 100)  # 8 digits with leading zeros: not read as octal
+    assert not finished("step_00000008", 12)  # stopped early: requeue
+    assert not finished(None, 12)  # nothing saved yet
+    assert not finished("garbage", 12)
+
