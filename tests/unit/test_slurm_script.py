@@ -39,3 +39,19 @@ def test_a_run_at_max_steps_is_finished_and_is_not_requeued(tmp_path):
     assert not finished(None, 12)  # nothing saved yet
     assert not finished("garbage", 12)
 
+
+
+def test_ranks_per_node_are_the_gpus_else_the_tasks_and_an_uneven_layout_is_refused():
+    """`sbatch --nodes=2 --ntasks=3` gives SLURM_TASKS_PER_NODE=2,1, which reached torchrun's --nproc_per_node as
+    "2,1" (torchrun's own unclear error on every node); it is now refused before anything starts, naming the fix."""
+
+    def ranks(**env: str) -> subprocess.CompletedProcess:
+        return bash("ard_ranks_per_node", env)
+
+    assert ranks(SLURM_GPUS_ON_NODE="8", SLURM_TASKS_PER_NODE="1(x4)").stdout == "8\n"
+    assert ranks(SLURM_TASKS_PER_NODE="2(x3)").stdout == "2\n"
+    assert ranks(SLURM_TASKS_PER_NODE="2").stdout == "2\n"
+    uneven = ranks(SLURM_TASKS_PER_NODE="2,1", SLURM_NTASKS_PER_NODE="2")
+    assert uneven.returncode != 0 and uneven.stdout == ""
+    assert uneven.stderr.count("\n") == 1 and "SLURM_TASKS_PER_NODE=2,1" in uneven.stderr
+    assert "--ntasks-per-node" in uneven.stderr
