@@ -26,3 +26,10 @@ ard_ranks_per_node() {
   fi
   echo "${tasks%%(*}" # "2(x3)": 2 on each of 3 nodes
 }
+
+# ard_omp_threads CPUS RANKS: each rank's share of the node's CPUs (at least 1), for OMP_NUM_THREADS. torchrun would
+# else give each of several ranks 1 thread, slow for what the ranks compute on the CPU (an offloaded optimizer's step).
+ard_omp_threads() {
+  local threads=$(($1 / $2))
+  echo $((threads > 0 ? threads : 1))
+}

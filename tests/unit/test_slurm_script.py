@@ -55,3 +55,10 @@ def test_ranks_per_node_are_the_gpus_else_the_tasks_and_an_uneven_layout_is_refu
     assert uneven.returncode != 0 and uneven.stdout == ""
     assert uneven.stderr.count("\n") == 1 and "SLURM_TASKS_PER_NODE=2,1" in uneven.stderr
     assert "--ntasks-per-node" in uneven.stderr
+
+
+def test_each_rank_gets_its_share_of_the_nodes_cpus():
+    """Under the batch script torchrun gave each of several ranks OMP_NUM_THREADS=1 (slow for a CPU-offloaded
+    optimizer); the script now exports the node's CPUs over its ranks, at least 1."""
+    shares = bash("for a in '96 8' '97 8' '4 8' '1 1'; do ard_omp_threads $a; done")
+    assert shares.stdout.split() == ["12", "12", "1", "1"], shares.stderr
