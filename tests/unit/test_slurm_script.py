@@ -1,7 +1,11 @@
 """The logic of launchers/slurm/train.sbatch, run in plain bash from launchers/slurm/lib.sh (the batch script sources
 it); the script itself runs on a real Slurm in tests/e2e/test_slurm.py."""
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +44,6 @@ def test_a_run_at_max_steps_is_finished_and_is_not_requeued(tmp_path):
     assert not finished("garbage", 12)
 
 
-
 def test_ranks_per_node_are_the_gpus_else_the_tasks_and_an_uneven_layout_is_refused():
     """`sbatch --nodes=2 --ntasks=3` gives SLURM_TASKS_PER_NODE=2,1, which reached torchrun's --nproc_per_node as
     "2,1" (torchrun's own unclear error on every node); it is now refused before anything starts, naming the fix."""
@@ -62,3 +65,42 @@ def test_each_rank_gets_its_share_of_the_nodes_cpus():
     optimizer); the script now exports the node's CPUs over its ranks, at least 1."""
     shares = bash("for a in '96 8' '97 8' '4 8' '1 1'; do ard_omp_threads $a; done")
     assert shares.stdout.split() == ["12", "12", "1", "1"], shares.stderr
+
+
+def test_a_usr1_while_the_batch_script_starts_does_not_end_it(tmp_path):
+    """Slurm may send the pre-emption USR1 as the batch shell starts (a time limit near the signal's lead). The trap
+    was installed only once the training step ran, so a USR1 before that ended the shell (bash's default): no
+    checkpoint, no requeue. Here it comes while the script reads the recipe; the script goes on (and, run outside
+    Slurm, stops at its first Slurm variable)."""
+    proc = subprocess.Popen(
+        ["bash", "launchers/slurm/train.sbatch", "recipes/tiny_cpu.yaml", f"checkpoint.run_dir={tmp_path}"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any("python" in cmd for cmd in descendant_cmdlines(proc.pid)):  # the script reads the recipe
+            assert proc.poll() is None and time.monotonic() < deadline, "the script never started its Python"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGUSR1)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, f"the batch shell ended with {proc.returncode} (-10: killed by USR1)\n{stderr}"
+    assert "SLURM_JOB_NODELIST: unbound variable" in stderr
+
+
+def descendant_cmdlines(pid: int) -> list[str]:
+    """The command lines of every process below `pid` (Linux /proc)."""
+    cmdlines = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            try:
+                cmdlines.append(Path(f"/proc/{child}/cmdline").read_text().replace("\0", " "))
+            except FileNotFoundError:
+                continue
+            cmdlines += descendant_cmdlines(int(child))
+    return cmdlines
