@@ -12,11 +12,14 @@ drawn again on resume.
 
 `StopSignal` is made first thing in a launcher (`launchers/train.py`, before it reads the recipe or imports torch): a
 signal that comes while the rank starts would else be lost, ignored where the launcher ignores it (the Slurm script's
-torchrun ignores USR1, and its ranks inherit that until a handler is set) or ending the rank unsaved.
+torchrun ignores USR1, and its ranks inherit that until a handler is set) or ending the rank unsaved. A signal that
+came before the ranks existed is passed to them as ARD_STOP_AT_START=1 (the Slurm script's USR1 before its training
+step started): the flag starts set.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -26,7 +29,7 @@ class StopSignal:
     """The stop flag (`received`) and the handlers that set it. `restore()` puts the previous handlers back."""
 
     def __init__(self):
-        self.received = False
+        self.received = os.environ.get("ARD_STOP_AT_START") == "1"  # the stop came before this process did
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         from torch.utils.data._utils import signal_handling as worker_signals  # torch once the handlers are set
 

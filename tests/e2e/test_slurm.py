@@ -122,6 +122,7 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_pat
     assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "0:0", diagnostics()
     assert int(fields["Restarts"]) == 1
     assert "restart 1:" in batch_log.read_text()  # SLURM_RESTART_COUNT reached the requeued batch script
+    assert "1 CPU thread(s) per rank" in batch_log.read_text()  # launch_env's OMP_NUM_THREADS=1 is kept
     assert 3 <= len(steps_before_requeue) < MAX_STEPS, "the signal must stop the first attempt mid-run"
     # Resumed from the checkpoint the signal wrote: every step logged exactly once, no step rerun from scratch.
     assert logged_steps(slurm_dir) == list(range(1, MAX_STEPS + 1)), diagnostics()

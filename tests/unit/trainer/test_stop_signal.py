@@ -90,3 +90,16 @@ def test_the_stop_line_names_a_checkpoint_only_where_there_is_one(tmp_path):
     ckpt.dir.mkdir()
     (ckpt.dir / "latest").write_text("step_00000003")  # what a save publishes
     assert stopped(ckpt, 3) == f"stop signal: checkpoint of step 3 in {ckpt.dir}; rerun the same command to resume"
+
+
+def test_a_stop_that_came_before_the_process_starts_the_flag_set(monkeypatch):
+    """launchers/slurm/train.sbatch passes a USR1 that reached it before its training step started as
+    ARD_STOP_AT_START=1: the ranks train one step, checkpoint it and stop, rather than train on to the time limit."""
+    monkeypatch.setenv("ARD_STOP_AT_START", "1")
+    stop = StopSignal()
+    stop.restore()
+    assert stop.received
+    monkeypatch.setenv("ARD_STOP_AT_START", "0")
+    stop = StopSignal()
+    stop.restore()
+    assert not stop.received
