@@ -6,13 +6,13 @@ The teacher: `--teacher PATH`, or the RECIPE's teacher.path, or its named teache
 trainer draws from train.seed. Sample i uses noise seed `--seed + i` and condition i mod num_classes
 (class-conditional teachers), the caption embedding i mod n of `--captions` (a tensor file of (n+1, L, C) embeddings
 whose last row is the null caption, as `launchers/fit_teacher.py` writes on the digits), or with `--data SHARDS`
-(text teachers; or `data.path` of an `data.format: mds` RECIPE) caption i mod n of an MDS caption shard set
-carrying the text its family reads (launchers/precompute_text.py --recipe: T5 tokens, CLIP-L ‖ CLIP-G ‖ T5 for SD3,
-Qwen2.5-VL's hidden states, and the pooled CLIP embedding where the family reads one), read in storage order through
-`ard_scale.data.build_loader` and completed as the trainer completes it (the family's mask rule; FLUX.1-dev's
-guidance embedded, with no CFG pass). The null condition of a CFG teacher comes from `--null-caption FILE` (a torch
-dict {"t5_emb": (L, C), "t5_mask": (L,)}, as fit_teacher writes to OUT/null_caption.pt on shards), else from the
-shards (precompute_text.py stores it), else TEACHER/null_caption.pt.
+(text teachers; or `data.path` of an `data.format: mds` RECIPE) the (i mod n)-th of the n valid captions of an MDS
+caption shard set carrying the text its family reads (launchers/precompute_text.py --recipe: T5 tokens, CLIP-L ‖
+CLIP-G ‖ T5 for SD3, Qwen2.5-VL's hidden states, and the pooled CLIP embedding where the family reads one), read in
+storage order through `ard_scale.data.build_loader` and completed as the trainer completes it (the family's mask
+rule; FLUX.1-dev's guidance embedded, with no CFG pass). The null condition of a CFG teacher comes from
+`--null-caption FILE` (a torch dict {"t5_emb": (L, C), "t5_mask": (L,)}, as fit_teacher writes to
+OUT/null_caption.pt on shards), else from the shards (precompute_text.py stores it), else TEACHER/null_caption.pt.
 
 Resumable: samples are written in chunks of `--chunk-size`, each its own MDS folder DIR/chunk_NNNNN written by
 `streaming.MDSWriter`; a chunk whose `index.json` exists is complete and skipped on re-run, a partial one is
@@ -25,7 +25,7 @@ Columns per sample: `seed` int64; `label` int64 (-1 for captions); `caption_inde
 `--data`, the condition itself is stored inline with each trajectory (no side file to keep in step): `key` str (the
 shard sample's key), `t5_emb` float32 (L, C) and `t5_mask` uint8 (L,), and `pooled_emb` float32 (D,) for families
 with a CLIP slot, exactly as the loader yields them; `caption_index` is the sample's position in the shard set's
-storage order.
+storage order (corrupt samples, which are skipped, keep their places: sample i takes the (i mod n)-th valid caption).
 DIR/meta.json holds the teacher path, schedule, student times, teacher grid, solver, guidance, chunking (and data).
 RECIPE (optional) supplies defaults for `teacher.path`, `diffusion.*` and `student.num_steps`; flags override it.
 """
@@ -99,7 +99,8 @@ def recipe_defaults(cfg: RootConfig | None) -> dict:
 
 def caption_conditions(path: str, batch_size: int):
     """(caption_index, key, t5_emb (L, C), t5_mask (L,), pooled_emb (D,) or None) of an MDS caption shard set in
-    storage order, cycling: the text precompute_text.py stored for the recipe's family."""
+    storage order, cycling: the text precompute_text.py stored for the recipe's family. A corrupt sample is skipped
+    (counted and warned by the loader); caption_index is a sample's place in storage order, corrupt ones included."""
     from ard_scale.data import DataConfig, build_loader
 
     # images are decoded too (the loader always does): at the smallest size, since only the captions are used
@@ -107,7 +108,7 @@ def caption_conditions(path: str, batch_size: int):
         format="mds", path=str(path), batch_size=batch_size, resolution=8, num_workers=0, shuffle=False, num_epochs=1
     )
     while True:
-        index = 0
+        num_read = 0
         for batch in build_loader(config, rank=0, world_size=1):
             if not batch["keys"]:  # every sample of this MDS batch was corrupt (skipped and counted)
                 continue
@@ -117,12 +118,12 @@ def caption_conditions(path: str, batch_size: int):
                     "launchers/precompute_text.py SHARDS OUT --recipe RECIPE"
                 )
             pooled = batch.get("pooled_emb", [None] * len(batch["keys"]))
-            for key, emb_LC, mask_L, pooled_D in zip(
-                batch["keys"], batch["t5_emb"], batch["t5_mask"], pooled, strict=True
+            for index, key, emb_LC, mask_L, pooled_D in zip(
+                batch["sample_ids"], batch["keys"], batch["t5_emb"], batch["t5_mask"], pooled, strict=True
             ):
                 yield index, key, emb_LC.float(), mask_L.to(torch.uint8), None if pooled_D is None else pooled_D.float()
-                index += 1
-        if index == 0:
+                num_read += 1
+        if num_read == 0:
             raise ValueError(f"the shard set at {path} holds no sample")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 
@@ -38,6 +39,7 @@ class WebdatasetLoader:
         self.done: list[int] = []
         self.skips = SkipCounter()
         self.skip_warnings = SkipWarnings()
+        self._miscounted: set[str] = set()  # shards already warned about for a wrong index count
         self.num_samples_yielded = 0
 
     @property
@@ -91,6 +93,8 @@ class WebdatasetLoader:
 
         for expected, chunk in enumerate(self._dataloader(set(done))):
             assert chunk["chunk"] == expected, "chunks must arrive in order"
+            for shard_index, mismatch in chunk["miscounted"]:
+                self._warn_miscounted(shard_index, mismatch)
             rows = zip(chunk["positions"], chunk["shards"], chunk["keys"], chunk["samples"], strict=True)
             for position, shard_key, key, sample in rows:
                 stats = shard_stats.setdefault(shard_key, [0, 0])
@@ -138,6 +142,19 @@ class WebdatasetLoader:
             self.num_samples_yielded += len(bucket)
             yield collate([s for _, s in bucket])
         snapshot(self.stop)
+
+    def _warn_miscounted(self, shard_index: int, mismatch: str) -> None:
+        """Once per shard: its index's sample count is wrong (a stale or hand-edited shards.json), so samples are
+        lost (a tar longer than listed) or skipped as missing (shorter)."""
+        url = self.shards[shard_index].url
+        if url in self._miscounted:
+            return
+        self._miscounted.add(url)
+        warnings.warn(
+            f"webdataset shard {url} {mismatch}: its index (shards.json) is stale; rebuild the shards with "
+            "launchers/build_shards.py, or delete shards.json so that the tars are counted at start-up",
+            stacklevel=2,
+        )
 
     def state_dict(self) -> dict:
         """This rank's position as of the last batch yielded (small, picklable). Save one per rank."""

@@ -60,10 +60,11 @@ class DecodingStreamingDataset(StreamingDataset):
 
 
 def collate_mds(items: list[dict]) -> dict:
-    """Collate the good samples; keep the raw count (streaming's position counts every sample) and the skipped ones
-    (shard, offset, key, reason)."""
+    """Collate the good samples, with `sample_ids` (each one's place in the dataset's storage order); keep the raw
+    count (streaming's position counts every sample) and the skipped ones (shard, offset, key, reason)."""
     good = [item for item in items if "bad" not in item]
     batch = collate(good) if good else {"images": None, "captions": [], "keys": []}
+    batch["sample_ids"] = [int(item["id"]) for item in good]
     batch["num_raw"] = len(items)
     bad = [item for item in items if "bad" in item]
     batch["skipped"] = [(item["shard"], item["offset"], item.get("key"), item["bad"]) for item in bad]
@@ -84,7 +85,7 @@ class MDSLoader:
     so every rank yields exactly one batch per streaming batch. A rank that dropped an all-bad batch would reach
     the end of its epoch steps earlier than the others and sleep in streaming's next-epoch barrier (it waits for
     every local rank) while they wait for it in a training collective: a deadlock. The trainer
-    redraws on every rank when any rank's batch is empty."""
+    redraws on every rank when any rank's batch is empty. `sample_ids` lists each sample's place in storage order."""
 
     def __init__(self, config: DataConfig, *, rank: int, world_size: int):
         if config.buckets:

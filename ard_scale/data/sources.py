@@ -135,11 +135,12 @@ def iter_shard_set(path: str, format: str, skipped: Counter | None = None) -> It
 
         for shard in list_shards(path):
             reader = TarReader(shard.url)
-            for offset in range(shard.num_samples):
+            offset = -1
+            while (offset := offset + 1) < shard.num_samples or reader.has_more:  # a tar longer than its index
                 try:
                     key, fields = reader.read(offset, want=True)
                 except BadSample as e:  # the tar broke off here: nothing after it reads either
-                    skipped[f"{e} (and the rest of its shard)"] += shard.num_samples - offset
+                    skipped[f"{e} (and the rest of its shard)"] += max(shard.num_samples - offset, 1)
                     break
                 try:
                     raw = _raw_wds_sample(key, fields)

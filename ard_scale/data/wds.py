@@ -145,6 +145,20 @@ class TarReader:
             self._advance_member()
         return os.path.basename(key), fields
 
+    @property
+    def has_more(self) -> bool:
+        """A sample follows the last one read."""
+        return self._pending is not None
+
+    def index_mismatch(self, offset: int, num_samples: int) -> str | None:
+        """After a read at `offset`: what shows that the shard does not hold the `num_samples` its index lists (the
+        last listed sample is followed by more, or the tar ended cleanly before `offset`), else None."""
+        if offset == num_samples - 1 and self._pending is not None and self.offset > offset:
+            return f"holds more samples than the {num_samples} its index lists: the rest are never read"
+        if self._pending is None and self._error is None and self._tar is not None and self.offset < offset:
+            return f"holds {self.offset + 1} samples, fewer than the {num_samples} its index lists"
+        return None
+
     def close(self) -> None:
         if self._tar is not None:
             self._tar.close()
@@ -152,8 +166,10 @@ class TarReader:
 
 class WdsChunks(torch.utils.data.IterableDataset):
     """Yields chunk j = positions [start + j*C, start + (j+1)*C) (clipped to `stop`) on worker j % workers:
-    {"chunk": j, "positions", "shards", "keys", "samples"} where samples[i] is a decoded sample or a skip reason
-    (str), keys[i] its key in the tar (None where the tar broke off before it)."""
+    {"chunk": j, "positions", "shards", "keys", "samples", "miscounted"} where samples[i] is a decoded sample or a
+    skip reason (str), keys[i] its key in the tar (None where the tar broke off before it), and miscounted lists
+    (shard index, what was seen) for each shard found to hold another number of samples than its index says (seen
+    only where a shard is read to its end: nothing is re-read to check)."""
 
     def __init__(self, plan: RankPlan, *, start: int, stop: int | None, chunk_size: int, done: set[int], decode_kwargs):
         self.plan, self.start, self.stop, self.chunk_size = plan, start, stop, chunk_size
@@ -171,7 +187,8 @@ class WdsChunks(torch.utils.data.IterableDataset):
                 hi = lo + self.chunk_size if self.stop is None else min(lo + self.chunk_size, self.stop)
                 if lo >= hi:
                     return
-                chunk = {"chunk": j, "positions": list(range(lo, hi)), "shards": [], "keys": [], "samples": []}
+                chunk = {"chunk": j, "positions": list(range(lo, hi)), "shards": [], "keys": [], "samples": [],
+                         "miscounted": []}  # fmt: skip
                 for position in range(lo, hi):
                     epoch, shard_index, offset = self.plan.locate(position)
                     url = self.plan.shards[shard_index].url
@@ -187,6 +204,9 @@ class WdsChunks(torch.utils.data.IterableDataset):
                         sample = decode_wds_sample(key, fields, **self.decode_kwargs) if want else None
                     except BadSample as e:
                         sample = str(e)
+                    mismatch = reader.index_mismatch(offset, self.plan.shards[shard_index].num_samples)
+                    if mismatch is not None and (shard_index, mismatch) not in chunk["miscounted"]:
+                        chunk["miscounted"].append((shard_index, mismatch))
                     chunk["keys"].append(key)
                     chunk["samples"].append(sample)
                 yield chunk

@@ -215,9 +215,10 @@ class Conditioner:
     def _conditions(self, batch: dict[str, Any]) -> tuple[Condition, Condition | None]:
         if self.kind == "labels":
             if "labels" not in batch:
-                raise UserError(
-                    "the class-conditional teacher needs class labels, but the data shards carry none; "
-                    "write them with launchers/build_shards.py (a `label` per sample)"
+                raise UserError(  # the shards carry none, or only other samples have one
+                    f"the class-conditional teacher needs class labels, but samples {_keys(batch)} have no class "
+                    "label; write shards with a label for every sample (launchers/build_shards.py reads it from each "
+                    "image's .json) or leave the unlabelled ones out"
                 )
             labels = batch["labels"].long()
             check_labels(labels, batch.get("keys"), self.teacher.num_classes)

@@ -1,13 +1,15 @@
 """Bad samples are skipped and counted; an all-bad shard, a missing path and an empty dataset are errors."""
 
+import json
 import os
 
 import pytest
-from data_helpers import good_members, image_bytes, write_index, write_tar
+from data_helpers import good_members, image_bytes, make_image_folder, write_index, write_tar
 
 from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
-from ard_scale.data.writers import MDSWriterAdapter
+from ard_scale.data.sources import iter_shard_set, iter_source
+from ard_scale.data.writers import MDSWriterAdapter, write_shards
 
 # These tests corrupt samples on purpose: each skip's warning (naming the shard and sample) is expected here
 # (test_data_corruption.py asserts its text).
@@ -226,3 +228,29 @@ def test_mds_skipped_samples_are_warnings_naming_shard_place_and_key(tmp_path, m
         f"skipped sample {i} (key 'm{i}') of shard {shard}: undecodable image (UnidentifiedImageError)"
         for i in (0, 3, 6)
     ]
+
+
+@pytest.mark.parametrize("listed", [4, 8])
+def test_a_stale_index_count_is_a_warning_naming_the_shard_and_the_fix(tmp_path, listed):
+    """build_shards' shards.json edited to list fewer (4) or more (8) samples than the tar holds (6): the samples
+    past the listed count would be silently never read, or skipped one by one as missing; once the shard is read to
+    its end, a warning names it, what it holds and the fix. A reader of the raw shard set takes the tar whole."""
+    make_image_folder(str(tmp_path / "img"), 6)
+    write_shards(
+        iter_source(str(tmp_path / "img"), {}), str(tmp_path / "out"), formats=("webdataset",), shard_bytes=1 << 30
+    )
+    folder = tmp_path / "out" / "webdataset"
+    index = json.loads((folder / "shards.json").read_text())
+    assert index["shardlist"][0]["nsamples"] == 6
+    index["shardlist"][0]["nsamples"] = listed
+    (folder / "shards.json").write_text(json.dumps(index))
+    loader = build_loader(wds_config(folder, chunk_size=2), rank=0, world_size=1)
+    with pytest.warns(UserWarning) as record:
+        keys = read_all(loader)
+    assert keys == [f"img-{i:04d}" for i in range(min(listed, 6))]
+    stale = [str(w.message) for w in record if "index (shards.json) is stale" in str(w.message)]
+    seen = "holds more samples than the 4 its index lists" if listed == 4 else "holds 6 samples, fewer than the 8"
+    assert len(stale) == 1 and stale[0].startswith(f"webdataset shard {folder / 'shard-000000.tar'} {seen}")
+    assert "rebuild the shards with launchers/build_shards.py, or delete shards.json" in stale[0]
+    if listed == 4:
+        assert [s["key"] for s in iter_shard_set(str(folder), "webdataset")] == [f"img-{i:04d}" for i in range(6)]

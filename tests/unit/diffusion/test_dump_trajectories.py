@@ -18,11 +18,15 @@ from ard_scale.models.teachers import build_teacher, load_teacher
 LAUNCHER = Path(__file__).resolve().parents[3] / "launchers" / "dump_trajectories.py"
 
 
-def _dump():
+def _launcher():
     spec = importlib.util.spec_from_file_location("dump_trajectories", LAUNCHER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def _dump():
+    return _launcher().main
 
 
 def _read(folder: Path) -> list[dict]:
@@ -156,6 +160,30 @@ def test_dump_from_caption_shards_round_trips_the_conditions(tmp_path, mds_env):
     again = _read(out / "chunk_00001")
     for a, b in zip(again, rows[4:], strict=True):
         assert a["key"] == b["key"] and (a["t5_emb"] == b["t5_emb"]).all() and (a["states"] == b["states"]).all()
+
+
+@pytest.mark.filterwarnings("ignore:skipped sample")
+def test_a_caption_index_is_the_samples_place_in_storage_order_past_a_corrupt_sample(tmp_path, mds_env):
+    """A corrupt sample of the caption shards is skipped, and the captions after it keep their storage places as
+    caption_index (the docs' promise): counting only valid samples numbered them one short."""
+    from itertools import islice
+
+    import numpy as np
+
+    from ard_scale.data.bundled import bundled_digits_path
+    from ard_scale.data.sources import iter_shard_set
+    from ard_scale.data.writers import MDSWriterAdapter
+
+    writer = MDSWriterAdapter(str(tmp_path / "text"), shard_bytes=1 << 20, with_label=True, with_t5=True)
+    for i, sample in enumerate(islice(iter_shard_set(bundled_digits_path("webdataset"), "webdataset"), 5)):
+        emb = np.full((3, 4), i, dtype=np.float16)
+        writer.write({**sample, "image": b"garbage" if i == 1 else sample["image"], "t5_emb": emb,
+                      "t5_mask": np.ones(3, dtype=np.uint8)})  # fmt: skip
+    writer.finish()
+    stream = _launcher().caption_conditions(str(tmp_path / "text"), 2)
+    rows = [next(stream) for _ in range(6)]
+    assert [index for index, *_ in rows] == [0, 2, 3, 4, 0, 2]  # storage order, cycling; sample 1 is corrupt
+    assert [int(emb[0, 0]) for _, _, emb, *_ in rows] == [0, 2, 3, 4, 0, 2]  # each index is its own sample's text
 
 
 @pytest.mark.parametrize("recipe", ["tiny_flux_cpu", "tiny_sd3_cpu", "tiny_qwen_image_cpu"])

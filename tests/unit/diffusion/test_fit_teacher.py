@@ -186,7 +186,7 @@ def test_fit_on_shards_without_the_family_condition_is_an_error(tmp_path, tiny_t
     fit = _fit_teacher()
     write_caption_shards(str(tmp_path / "shards"), tiny_t5, num_samples=4, with_label=False)
     mds = ["--data", str(tmp_path / "shards"), "--data-format", "mds", "--steps", "1", "--out", str(tmp_path / "o")]
-    with pytest.raises(ValueError, match="needs class labels, but the data shards carry none"):
+    with pytest.raises(ValueError, match="needs class labels, but samples .* have no class label"):
         fit.main([*mds, "--family", "dit"])
     wds = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset", "--steps", "1"]
     with pytest.raises(ValueError, match="no T5 embeddings"):

@@ -34,7 +34,8 @@ def test_a_label_beyond_num_classes_is_an_error_at_the_first_batch_naming_both()
 
 def test_a_batch_mixing_labelled_and_unlabelled_samples_names_the_unlabelled_one():
     """collate kept labels only when every sample of a batch had one: a class-conditional run on shards where a few
-    samples lack a label stopped at some step saying the shards carry no labels at all."""
+    samples lack a label stopped at some step saying the shards carry no labels at all; a batch of only unlabelled
+    samples still did."""
     from ard_scale.data.samples import collate
 
     image = torch.zeros(3, 8, 8)
@@ -46,6 +47,10 @@ def test_a_batch_mixing_labelled_and_unlabelled_samples_names_the_unlabelled_one
     conditioner = build_conditioner(load_config(RECIPE), build_teacher_model(load_config(RECIPE)))
     with pytest.raises(ValueError, match="sample 'b' has no class label, beside samples that have one"):
         conditioner(batch)
+    # a batch whose samples all lack a label, in shards where others have one: named too (not 'the shards carry none')
+    unlabelled = collate([{"image": image, "caption": "", "key": k} for k in ("b", "c")])
+    with pytest.raises(ValueError, match="needs class labels, but samples b, c have no class label; write shards with"):
+        conditioner(unlabelled)
 
 
 def test_guidance_channels_beyond_the_latent_are_refused_at_build_time():
