@@ -316,7 +316,8 @@ class CheckpointManager:
 
     def _remove_failed_saves(self, tag: str, latest: str | None) -> None:
         """Remove what saves that failed left (tag folders without a marker newer than `latest`, `tag`'s own
-        included): never mix their files with this save's, nor count their bytes against its room."""
+        included) and whatever this save of `tag` replaces (its folder and its universal conversion): never mix their
+        files with this save's, count their bytes against its room, nor leave a conversion of other weights."""
         newest = step_of(latest or "")
         newest = -1 if newest is None else newest  # no `latest` yet (or an unreadable one): every marker-less tag
         for p in self.dir.glob("step_*"):
@@ -325,6 +326,11 @@ class CheckpointManager:
                 shutil.rmtree(p)
         if (self.dir / tag).exists():  # a complete tag newer than `latest` (its `latest` write failed)
             shutil.rmtree(self.dir / tag)
+        for stale in (tag + UNIVERSAL_SUFFIX, tag + UNIVERSAL_SUFFIX + ".tmp"):
+            # converted from the step-`tag` checkpoint this save replaces (a damaged one `latest` fell back from, or
+            # one whose `latest` write failed): a resume on another number of ranks would load its old weights
+            if (self.dir / stale).exists():
+                shutil.rmtree(self.dir / stale)
 
     def _room_problem(self, tag: str, latest: str | None) -> str | None:
         """Why `tag` will not fit beside the checkpoints kept: it takes about what `latest` takes (same model,

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import warnings
 import zlib
 from pathlib import Path
@@ -241,6 +242,25 @@ def test_damaged_latest_falls_back_with_a_warning_and_the_next_save_replaces_it(
     assert mgr.latest_tag() == "step_00000001"  # else the re-save of step 2 would be skipped as "already saved"
     mgr.save(engine, 2, {"step": 2}, {"cursor": 2})
     assert mgr.latest_tag() == "step_00000002" and mgr.load_latest(engine) == ({"step": 2}, {"cursor": 2})
+
+
+def test_a_save_that_replaces_a_damaged_step_removes_the_universal_conversion_of_the_old_one(tmp_path, cfg):
+    """step_2_universal was converted from the step 2 that was later found damaged; once step 2 is written again it
+    holds other weights, and a resume on another number of ranks (`resume_ds_config`) would load the old ones."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg), FakeEngine()
+    for step in (1, 2):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    ckpt = tmp_path / "checkpoints"
+    shutil.copytree(ckpt / "step_00000002", ckpt / "step_00000002_universal")  # stands in for to_universal's output
+    (ckpt / "step_00000002_universal.tmp").mkdir()  # and for a conversion that was interrupted
+    victim = rank_file(ckpt / "step_00000002", 0)
+    victim.write_bytes(victim.read_bytes()[:-7])  # truncated
+    with pytest.warns(UserWarning, match=r"resuming from step_00000001"):
+        assert mgr.load_latest(engine) == ({"step": 1}, {"cursor": 1})
+    assert (ckpt / "step_00000002_universal").is_dir()  # the resume itself deletes nothing
+    mgr.save(engine, 2, {"step": 2}, {"cursor": 22})
+    assert mgr.latest_tag() == "step_00000002"
+    assert not (ckpt / "step_00000002_universal").exists() and not (ckpt / "step_00000002_universal.tmp").exists()
 
 
 def test_a_missing_latest_beside_complete_checkpoints_resumes_the_newest_with_a_warning(tmp_path, cfg):
