@@ -172,6 +172,7 @@ class CheckpointManager:
         self.allow_recipe_change = allow_recipe_change
         self.tracked: dict[str, Tracked] = {}
         self.loaded_tag: str | None = None  # the tag load_latest resumed (after any fall-back)
+        self._checked_tag: str | None = None  # the intact tag resume_ds_config chose, for the load_latest after it
         self._warned_no_latest = False
 
     # -- reading the directory ---------------------------------------------------------------------------------------
@@ -204,14 +205,16 @@ class CheckpointManager:
         return complete_tags(self.dir)
 
     def resume_ds_config(self, ds_config: dict) -> dict:
-        """`ds_config` plus `checkpoint.load_universal=true` when the latest checkpoint was written by a different
-        number of ranks and has a universal conversion (`to_universal`). Call before building the student engine."""
+        """`ds_config` plus `checkpoint.load_universal=true` when the checkpoint the resume will load was written by a
+        different number of ranks and has a universal conversion (`to_universal`). Call before building the student
+        engine. Collective: it checks `latest` and picks the older intact checkpoint `load_latest` falls back to when
+        it is damaged (that one's number of ranks decides); `load_latest` then loads that tag without reading it
+        again."""
         tag = self.latest_tag()
-        try:
-            meta = self.meta(tag) if tag else None
-        except ValueError:
-            meta = None  # damaged: load_latest falls back to an older checkpoint
-        if meta is None or meta["world_size"] == _rank_world()[1]:
+        if tag is None:
+            return ds_config
+        tag = self._checked_tag = self._intact_tag(tag)
+        if self.meta(tag)["world_size"] == _rank_world()[1]:
             return ds_config
         if not (self.dir / (tag + UNIVERSAL_SUFFIX)).is_dir():
             return ds_config  # load_latest raises the error that says how to convert
@@ -461,7 +464,8 @@ class CheckpointManager:
         tag = self.latest_tag()
         if tag is None:
             return None
-        tag = self.loaded_tag = self._intact_tag(tag)
+        checked, self._checked_tag = self._checked_tag, None  # checked once: a later load_latest checks again
+        tag = self.loaded_tag = tag if tag == checked else self._intact_tag(tag)
         meta = self.meta(tag)
         # first: a LoRA checkpoint for a full student (or the reverse) is no recipe change allow_recipe_change can pass
         check_student_kind(meta.get("student"), engine.module, self.dir / tag)

@@ -263,6 +263,55 @@ def test_a_save_that_replaces_a_damaged_step_removes_the_universal_conversion_of
     assert not (ckpt / "step_00000002_universal").exists() and not (ckpt / "step_00000002_universal.tmp").exists()
 
 
+class ConfiguredEngine(FakeEngine):
+    """A stand-in engine built from a DeepSpeed config: it loads universal checkpoints when the config says so."""
+
+    def __init__(self, ds_config: dict):
+        super().__init__()
+        self.universal = ds_config.get("checkpoint", {}).get("load_universal", False)
+
+    def load_universal_checkpoint(self):
+        return self.universal
+
+
+def set_world_size(tag_dir: Path, world: int) -> None:
+    """Mark a checkpoint as written by `world` ranks (the marker lists no checksum of itself)."""
+    meta = json.loads((tag_dir / META).read_text())
+    (tag_dir / META).write_text(json.dumps({**meta, "world_size": world}))
+
+
+def test_resume_ds_config_decides_on_the_checkpoint_a_damaged_latest_falls_back_to(tmp_path, cfg):
+    """The world size of the checkpoint the resume loads decides universal loading, not that of a damaged `latest`:
+    a damaged 2-rank step 2 with a conversion made universal loading ask for a step_1_universal that this 1-rank
+    run's own step 1 does not need; a damaged 1-rank step 2 left a converted 2-rank step 1 refused as unconverted."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg), FakeEngine()
+    for step in (1, 2):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    ckpt = tmp_path / "checkpoints"
+    set_world_size(ckpt / "step_00000002", 2)
+    shutil.copytree(ckpt / "step_00000002", ckpt / "step_00000002_universal")
+    victim = rank_file(ckpt / "step_00000002", 0)
+    victim.write_bytes(victim.read_bytes()[:-7])
+    resumed = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"resuming from step_00000001.*step_00000002"):
+        ds_config = resumed.resume_ds_config({"train_batch_size": 2})
+        loaded = resumed.load_latest(ConfiguredEngine(ds_config))
+    assert ds_config == {"train_batch_size": 2}  # step 1 was written by this run's 1 rank
+    assert loaded == ({"step": 1}, {"cursor": 1})
+
+    # the other way round: the damaged `latest` was written by this world size, the older intact one by another
+    mgr.save(engine, 2, {"step": 2}, {"cursor": 2})
+    set_world_size(ckpt / "step_00000001", 2)
+    shutil.copytree(ckpt / "step_00000001", ckpt / "step_00000001_universal")
+    victim.write_bytes(victim.read_bytes()[:-7])
+    resumed = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"resuming from step_00000001"):
+        ds_config = resumed.resume_ds_config({"train_batch_size": 2})
+        loaded = resumed.load_latest(ConfiguredEngine(ds_config))
+    assert ds_config["checkpoint"] == {"load_universal": True}
+    assert loaded == ({"step": 1}, None)  # no per-rank state: the universal conversion was loaded
+
+
 def test_a_missing_latest_beside_complete_checkpoints_resumes_the_newest_with_a_warning(tmp_path, cfg):
     """Without `latest` the run started over, and its saves replaced the old checkpoints one by one (a first save
     killed between its marker and `latest` lost that checkpoint the same way)."""
