@@ -26,6 +26,7 @@ resume fall back to the newest older intact checkpoint, with a warning naming wh
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -296,26 +297,37 @@ class CheckpointManager:
         digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
 
         if rank == 0:
-            dump_yaml(self.config, tag_dir / CONFIG)
-            fsync_path(tag_dir / CONFIG)
-            files = {name: d for per_rank in digests for name, d in per_rank.items()}
-            for p in sorted(tag_dir.iterdir()):  # anything no rank claimed (and the config just written)
-                if p.is_file() and p.name not in files and p.name != META:
-                    files[p.name] = file_digest(p)
-            meta = {
-                "step": step,
-                "world_size": world,
-                "zero_stage": engine.zero_optimization_stage(),
-                "config_hash": self.config_hash,
-                "time": time.time(),
-                "student": student_architecture(engine.module),
-                "files": dict(sorted(files.items())),
-            }
-            atomic_write_text(tag_dir / META, json.dumps(meta, indent=1))
-            atomic_write_text(self.dir / LATEST, tag)
+            try:
+                self._publish(engine, tag, step, world, digests)
+            except OSError as e:  # a disk that filled up or went read-only just now: the same error as above
+                with contextlib.suppress(OSError):  # a marker without `latest` is resumed when there is no `latest`
+                    (tag_dir / META).unlink(missing_ok=True)
+                raise CheckpointSaveError(self._write_failure(tag, latest, rank, e), every_rank=False) from e
         _barrier()  # when save returns on any rank, `latest` names this checkpoint
         if rank == 0:
             self._apply_retention()
+
+    def _publish(self, engine, tag: str, step: int, world: int, digests: list[dict]) -> None:
+        """Rank 0, once every rank has written its files: the recipe, the completion marker (with every file's size
+        and checksum), then `latest`."""
+        tag_dir = self.dir / tag
+        dump_yaml(self.config, tag_dir / CONFIG)
+        fsync_path(tag_dir / CONFIG)
+        files = {name: d for per_rank in digests for name, d in per_rank.items()}
+        for p in sorted(tag_dir.iterdir()):  # anything no rank claimed (and the config just written)
+            if p.is_file() and p.name not in files and p.name != META:
+                files[p.name] = file_digest(p)
+        meta = {
+            "step": step,
+            "world_size": world,
+            "zero_stage": engine.zero_optimization_stage(),
+            "config_hash": self.config_hash,
+            "time": time.time(),
+            "student": student_architecture(engine.module),
+            "files": dict(sorted(files.items())),
+        }
+        atomic_write_text(tag_dir / META, json.dumps(meta, indent=1))
+        atomic_write_text(self.dir / LATEST, tag)
 
     def _remove_failed_saves(self, tag: str, latest: str | None) -> None:
         """Remove what saves that failed left (tag folders without a marker newer than `latest`, `tag`'s own

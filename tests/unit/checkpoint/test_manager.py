@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from ard_scale.checkpoint.export import full_ema_state_dict
-from ard_scale.checkpoint.layout import rank_file
-from ard_scale.checkpoint.manager import META, CheckpointManager
+from ard_scale.checkpoint.layout import atomic_write_text, rank_file
+from ard_scale.checkpoint.manager import META, CheckpointManager, CheckpointSaveError
 from ard_scale.checkpoint.safe_load import safe_load
 from ard_scale.config import load_config, to_dict
 from ard_scale.trainer.loop import ProcessRNG
@@ -310,6 +310,48 @@ def test_resume_ds_config_decides_on_the_checkpoint_a_damaged_latest_falls_back_
         loaded = resumed.load_latest(ConfiguredEngine(ds_config))
     assert ds_config["checkpoint"] == {"load_universal": True}
     assert loaded == ({"step": 1}, None)  # no per-rank state: the universal conversion was loaded
+
+
+class DiskFillingEngine(FakeEngine):
+    """Writes its files, then another writer fills the disk up to `blocks_left` free blocks (of one small file each:
+    the rank file takes the first, then rank 0's recipe, marker and `latest`)."""
+
+    def __init__(self, blocks_left: int):
+        super().__init__()
+        self.blocks_left = blocks_left
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest, exclude_frozen_parameters=False):
+        super().save_checkpoint(save_dir, tag, client_state, save_latest, exclude_frozen_parameters)
+        room = self.blocks_left * os.statvfs(save_dir).f_bsize
+        (Path(save_dir).parent / "other_job").write_bytes(bytes(shutil.disk_usage(save_dir).free - room))
+
+
+@pytest.mark.parametrize("blocks_left", [1, 3], ids=["recipe", "latest"])
+def test_a_disk_that_fills_up_at_the_end_of_a_save_is_a_save_error_and_keeps_the_latest(small_disk, cfg, blocks_left):
+    """The end of a save (rank 0's recipe, marker and `latest`) on a real full disk: the save's own error, not a
+    traceback; the earlier checkpoint stays the latest and nothing half-written is left to load (a marker written
+    before `latest` failed is removed: without a `latest` it would be resumed)."""
+    run_dir = small_disk(1024) / "run"
+    ckpt = run_dir / "checkpoints"
+    mgr = CheckpointManager(run_dir, keep_last=2, config_dict=cfg)
+    mgr.save(FakeEngine(), 1, {"step": 1}, {"cursor": 1})
+    with pytest.raises(CheckpointSaveError) as raised:
+        mgr.save(DiskFillingEngine(blocks_left), 2, {"step": 2}, {"cursor": 2})
+    message = str(raised.value)
+    assert f"rank 0 could not write checkpoint step_00000002 in {ckpt} (OSError: [Errno 28] No space left" in message
+    assert "step_00000002 is incomplete and is never loaded; step_00000001 stays the latest, intact" in message
+    assert "Make room there" in message and message.endswith("it resumes from step_00000001"), message
+    assert mgr.latest_tag() == "step_00000001" and mgr.complete_tags() == ["step_00000001"]
+    (run_dir / "more").write_bytes(bytes(shutil.disk_usage(ckpt).free))  # not one block left
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(ckpt / "latest", "step_00000002")
+    assert (ckpt / "latest").read_text() == "step_00000001"
+    assert not [p.name for p in ckpt.rglob(".*.tmp.*")]  # no partial temporary file of an atomic write
+    (run_dir / "more").unlink()
+    (run_dir / "other_job").unlink()  # room again: the rerun resumes step 1 and saves step 2
+    assert mgr.load_latest(FakeEngine()) == ({"step": 1}, {"cursor": 1})
+    mgr.save(FakeEngine(), 2, {"step": 2}, {"cursor": 2})
+    assert mgr.load_latest(FakeEngine()) == ({"step": 2}, {"cursor": 2})
 
 
 def test_a_missing_latest_beside_complete_checkpoints_resumes_the_newest_with_a_warning(tmp_path, cfg):
