@@ -174,6 +174,7 @@ class CheckpointManager:
         self.tracked: dict[str, Tracked] = {}
         self.loaded_tag: str | None = None  # the tag load_latest resumed (after any fall-back)
         self._checked_tag: str | None = None  # the intact tag resume_ds_config chose, for the load_latest after it
+        self._damaged: set[str] = set()  # complete tags a resume found damaged and skipped: retention keeps none
         self._warned_no_latest = False
 
     # -- reading the directory ---------------------------------------------------------------------------------------
@@ -277,6 +278,7 @@ class CheckpointManager:
         latest = self.latest_tag()
         if latest == tag:  # e.g. a stop signal right after the periodic save: nothing new to write
             return
+        self._damaged.discard(tag)  # replaced by this save
         if rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._remove_failed_saves(tag, latest)
@@ -392,11 +394,13 @@ class CheckpointManager:
 
     def _apply_retention(self) -> None:
         """Keep the newest `keep_last` complete checkpoints up to `latest`; delete older ones, incomplete tag dirs
-        older than `latest`, and universal conversions of deleted tags."""
+        older than `latest`, and universal conversions of deleted tags. A checkpoint this run's resume found damaged
+        (and skipped) is not one of the kept: counting it would delete an intact one in its place. Damage nobody has
+        read yet goes unnoticed: checking every kept checkpoint's bytes at every save would cost a full read."""
         latest = step_of(self.latest_tag() or "")
         if latest is None:
             return
-        complete = [t for t in self.complete_tags() if step_of(t) <= latest]
+        complete = [t for t in self.complete_tags() if step_of(t) <= latest and t not in self._damaged]
         keep = set(complete[-self.keep_last :])
         for p in self.dir.iterdir():
             base = p.name.removesuffix(UNIVERSAL_SUFFIX)
@@ -448,6 +452,7 @@ class CheckpointManager:
             if not problems:
                 break
             skipped.append(f"{candidate} ({'; '.join(problems)})")
+            self._damaged.add(candidate)
         else:
             raise UserError(
                 f"no intact checkpoint to resume in {self.dir}: " + " | ".join(skipped) + ". Restore the damaged "

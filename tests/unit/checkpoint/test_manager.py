@@ -354,6 +354,24 @@ def test_a_disk_that_fills_up_at_the_end_of_a_save_is_a_save_error_and_keeps_the
     assert mgr.load_latest(FakeEngine()) == ({"step": 2}, {"cursor": 2})
 
 
+def test_retention_does_not_keep_a_checkpoint_the_resume_found_damaged_in_place_of_an_intact_one(tmp_path, cfg):
+    """A stop signal's off-grid checkpoint (step 25) is damaged; the resume falls back to step 20 and the periodic
+    saves never write step 25 again. At the save of step 30, keep_last=2 kept the damaged 25 and deleted the intact
+    20, leaving one checkpoint to resume instead of two."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg), FakeEngine()
+    for step in (10, 20, 25):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    victim = rank_file(tmp_path / "checkpoints" / "step_00000025", 0)
+    victim.write_bytes(victim.read_bytes()[:-7])
+    resumed = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"resuming from step_00000020"):
+        assert resumed.load_latest(engine) == ({"step": 20}, {"cursor": 20})
+    resumed.save(engine, 30, {"step": 30}, {"cursor": 30})
+    assert resumed.complete_tags() == ["step_00000020", "step_00000030"]  # the damaged 25 is gone, not 20
+    resumed.save(engine, 40, {"step": 40}, {"cursor": 40})
+    assert resumed.complete_tags() == ["step_00000030", "step_00000040"]
+
+
 def test_a_missing_latest_beside_complete_checkpoints_resumes_the_newest_with_a_warning(tmp_path, cfg):
     """Without `latest` the run started over, and its saves replaced the old checkpoints one by one (a first save
     killed between its marker and `latest` lost that checkpoint the same way)."""
