@@ -214,6 +214,39 @@ def test_rank_state_with_rng_loads_weights_only_and_restores_every_generator(tmp
     assert torch.equal(got[2], expected[2])
 
 
+def test_rank_state_without_a_cuda_rng_entry_loads_and_the_rng_state_round_trips(tmp_path):
+    """Rank files written on CPU, or before the CUDA generator was saved, hold no "cuda" entry: they load as before.
+    (The CUDA path itself: test_the_cuda_rng_of_this_rank_is_restored, on a GPU.)"""
+    state = ProcessRNG().state_dict()
+    assert ("cuda" in state) == (torch.cuda.is_available() and torch.cuda.is_initialized())
+    path = tmp_path / "rank_00000.pt"
+    torch.save({"rng": {k: v for k, v in state.items() if k != "cuda"}}, path)
+    expected = (random.random(), np.random.randn(2), torch.randn(2))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    loaded = safe_load(path)["rng"]
+    ProcessRNG().load_state_dict(loaded)
+    got = (random.random(), np.random.randn(2), torch.randn(2))
+    assert got[0] == expected[0] and np.array_equal(got[1], expected[1]) and torch.equal(got[2], expected[2])
+    again = ProcessRNG()
+    again.load_state_dict(loaded)
+    assert torch.equal(again.state_dict()["torch"], loaded["torch"])
+
+
+@pytest.mark.gpu
+def test_the_cuda_rng_of_this_rank_is_restored(tmp_path):
+    torch.cuda.manual_seed(3)
+    torch.rand(1, device="cuda")  # mid-stream
+    path = tmp_path / "rank_00000.pt"
+    torch.save({"rng": ProcessRNG().state_dict()}, path)
+    expected = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed(9)
+    ProcessRNG().load_state_dict(safe_load(path)["rng"])
+    assert torch.equal(torch.rand(4, device="cuda"), expected)
+    before = torch.cuda.get_rng_state()
+    ProcessRNG().load_state_dict({k: v for k, v in safe_load(path)["rng"].items() if k != "cuda"})
+    assert torch.equal(torch.cuda.get_rng_state(), before)  # a checkpoint without the entry leaves it as it is
+
+
 # -- the marker's sizes and checksums; falling back from a damaged `latest` --
 
 
