@@ -26,6 +26,7 @@ resume fall back to the newest older intact checkpoint, with a warning naming wh
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -172,6 +173,8 @@ class CheckpointManager:
         self.allow_recipe_change = allow_recipe_change
         self.tracked: dict[str, Tracked] = {}
         self.loaded_tag: str | None = None  # the tag load_latest resumed (after any fall-back)
+        self._checked_tag: str | None = None  # the intact tag resume_ds_config chose, for the load_latest after it
+        self._damaged: set[str] = set()  # complete tags a resume found damaged and skipped: retention keeps none
         self._warned_no_latest = False
 
     # -- reading the directory ---------------------------------------------------------------------------------------
@@ -204,14 +207,16 @@ class CheckpointManager:
         return complete_tags(self.dir)
 
     def resume_ds_config(self, ds_config: dict) -> dict:
-        """`ds_config` plus `checkpoint.load_universal=true` when the latest checkpoint was written by a different
-        number of ranks and has a universal conversion (`to_universal`). Call before building the student engine."""
+        """`ds_config` plus `checkpoint.load_universal=true` when the checkpoint the resume will load was written by a
+        different number of ranks and has a universal conversion (`to_universal`). Call before building the student
+        engine. Collective: it checks `latest` and picks the older intact checkpoint `load_latest` falls back to when
+        it is damaged (that one's number of ranks decides); `load_latest` then loads that tag without reading it
+        again."""
         tag = self.latest_tag()
-        try:
-            meta = self.meta(tag) if tag else None
-        except ValueError:
-            meta = None  # damaged: load_latest falls back to an older checkpoint
-        if meta is None or meta["world_size"] == _rank_world()[1]:
+        if tag is None:
+            return ds_config
+        tag = self._checked_tag = self._intact_tag(tag)
+        if self.meta(tag)["world_size"] == _rank_world()[1]:
             return ds_config
         if not (self.dir / (tag + UNIVERSAL_SUFFIX)).is_dir():
             return ds_config  # load_latest raises the error that says how to convert
@@ -273,6 +278,7 @@ class CheckpointManager:
         latest = self.latest_tag()
         if latest == tag:  # e.g. a stop signal right after the periodic save: nothing new to write
             return
+        self._damaged.discard(tag)  # replaced by this save
         if rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._remove_failed_saves(tag, latest)
@@ -293,30 +299,42 @@ class CheckpointManager:
         digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
 
         if rank == 0:
-            dump_yaml(self.config, tag_dir / CONFIG)
-            fsync_path(tag_dir / CONFIG)
-            files = {name: d for per_rank in digests for name, d in per_rank.items()}
-            for p in sorted(tag_dir.iterdir()):  # anything no rank claimed (and the config just written)
-                if p.is_file() and p.name not in files and p.name != META:
-                    files[p.name] = file_digest(p)
-            meta = {
-                "step": step,
-                "world_size": world,
-                "zero_stage": engine.zero_optimization_stage(),
-                "config_hash": self.config_hash,
-                "time": time.time(),
-                "student": student_architecture(engine.module),
-                "files": dict(sorted(files.items())),
-            }
-            atomic_write_text(tag_dir / META, json.dumps(meta, indent=1))
-            atomic_write_text(self.dir / LATEST, tag)
+            try:
+                self._publish(engine, tag, step, world, digests)
+            except OSError as e:  # a disk that filled up or went read-only just now: the same error as above
+                with contextlib.suppress(OSError):  # a marker without `latest` is resumed when there is no `latest`
+                    (tag_dir / META).unlink(missing_ok=True)
+                raise CheckpointSaveError(self._write_failure(tag, latest, rank, e), every_rank=False) from e
         _barrier()  # when save returns on any rank, `latest` names this checkpoint
         if rank == 0:
             self._apply_retention()
 
+    def _publish(self, engine, tag: str, step: int, world: int, digests: list[dict]) -> None:
+        """Rank 0, once every rank has written its files: the recipe, the completion marker (with every file's size
+        and checksum), then `latest`."""
+        tag_dir = self.dir / tag
+        dump_yaml(self.config, tag_dir / CONFIG)
+        fsync_path(tag_dir / CONFIG)
+        files = {name: d for per_rank in digests for name, d in per_rank.items()}
+        for p in sorted(tag_dir.iterdir()):  # anything no rank claimed (and the config just written)
+            if p.is_file() and p.name not in files and p.name != META:
+                files[p.name] = file_digest(p)
+        meta = {
+            "step": step,
+            "world_size": world,
+            "zero_stage": engine.zero_optimization_stage(),
+            "config_hash": self.config_hash,
+            "time": time.time(),
+            "student": student_architecture(engine.module),
+            "files": dict(sorted(files.items())),
+        }
+        atomic_write_text(tag_dir / META, json.dumps(meta, indent=1))
+        atomic_write_text(self.dir / LATEST, tag)
+
     def _remove_failed_saves(self, tag: str, latest: str | None) -> None:
         """Remove what saves that failed left (tag folders without a marker newer than `latest`, `tag`'s own
-        included): never mix their files with this save's, nor count their bytes against its room."""
+        included) and whatever this save of `tag` replaces (its folder and its universal conversion): never mix their
+        files with this save's, count their bytes against its room, nor leave a conversion of other weights."""
         newest = step_of(latest or "")
         newest = -1 if newest is None else newest  # no `latest` yet (or an unreadable one): every marker-less tag
         for p in self.dir.glob("step_*"):
@@ -325,6 +343,11 @@ class CheckpointManager:
                 shutil.rmtree(p)
         if (self.dir / tag).exists():  # a complete tag newer than `latest` (its `latest` write failed)
             shutil.rmtree(self.dir / tag)
+        for stale in (tag + UNIVERSAL_SUFFIX, tag + UNIVERSAL_SUFFIX + ".tmp"):
+            # converted from the step-`tag` checkpoint this save replaces (a damaged one `latest` fell back from, or
+            # one whose `latest` write failed): a resume on another number of ranks would load its old weights
+            if (self.dir / stale).exists():
+                shutil.rmtree(self.dir / stale)
 
     def _room_problem(self, tag: str, latest: str | None) -> str | None:
         """Why `tag` will not fit beside the checkpoints kept: it takes about what `latest` takes (same model,
@@ -371,11 +394,13 @@ class CheckpointManager:
 
     def _apply_retention(self) -> None:
         """Keep the newest `keep_last` complete checkpoints up to `latest`; delete older ones, incomplete tag dirs
-        older than `latest`, and universal conversions of deleted tags."""
+        older than `latest`, and universal conversions of deleted tags. A checkpoint this run's resume found damaged
+        (and skipped) is not one of the kept: counting it would delete an intact one in its place. Damage nobody has
+        read yet goes unnoticed: checking every kept checkpoint's bytes at every save would cost a full read."""
         latest = step_of(self.latest_tag() or "")
         if latest is None:
             return
-        complete = [t for t in self.complete_tags() if step_of(t) <= latest]
+        complete = [t for t in self.complete_tags() if step_of(t) <= latest and t not in self._damaged]
         keep = set(complete[-self.keep_last :])
         for p in self.dir.iterdir():
             base = p.name.removesuffix(UNIVERSAL_SUFFIX)
@@ -427,6 +452,7 @@ class CheckpointManager:
             if not problems:
                 break
             skipped.append(f"{candidate} ({'; '.join(problems)})")
+            self._damaged.add(candidate)
         else:
             raise UserError(
                 f"no intact checkpoint to resume in {self.dir}: " + " | ".join(skipped) + ". Restore the damaged "
@@ -455,7 +481,8 @@ class CheckpointManager:
         tag = self.latest_tag()
         if tag is None:
             return None
-        tag = self.loaded_tag = self._intact_tag(tag)
+        checked, self._checked_tag = self._checked_tag, None  # checked once: a later load_latest checks again
+        tag = self.loaded_tag = tag if tag == checked else self._intact_tag(tag)
         meta = self.meta(tag)
         # first: a LoRA checkpoint for a full student (or the reverse) is no recipe change allow_recipe_change can pass
         check_student_kind(meta.get("student"), engine.module, self.dir / tag)

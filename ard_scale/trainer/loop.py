@@ -35,16 +35,25 @@ from ard_scale.utils.strict_json import strict_json
 
 
 class ProcessRNG:
-    """This process's torch, numpy and Python RNG states as one checkpointed piece. Tensors and plain containers
-    only, so the rank file loads with torch.load(weights_only=True)."""
+    """This process's torch (CPU, and CUDA once CUDA is in use), numpy and Python RNG states as one checkpointed
+    piece. Tensors and plain containers only, so the rank file loads with torch.load(weights_only=True).
+
+    CUDA: the generator of this rank's own device (the current one, which DeepSpeed set), which draws e.g. LoRA
+    dropout and any torch.rand on the GPU. A checkpoint without it (written on CPU, or before it was saved) leaves the
+    CUDA generator as it is; one with it, resumed without CUDA, has no generator to restore it into."""
 
     def state_dict(self) -> dict:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         numpy = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-        return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
+        state = {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
         random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))

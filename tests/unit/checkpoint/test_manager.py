@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import warnings
 import zlib
 from pathlib import Path
@@ -16,8 +17,8 @@ import torch
 import yaml
 
 from ard_scale.checkpoint.export import full_ema_state_dict
-from ard_scale.checkpoint.layout import rank_file
-from ard_scale.checkpoint.manager import META, CheckpointManager
+from ard_scale.checkpoint.layout import atomic_write_text, rank_file
+from ard_scale.checkpoint.manager import META, CheckpointManager, CheckpointSaveError
 from ard_scale.checkpoint.safe_load import safe_load
 from ard_scale.config import load_config, to_dict
 from ard_scale.trainer.loop import ProcessRNG
@@ -213,6 +214,39 @@ def test_rank_state_with_rng_loads_weights_only_and_restores_every_generator(tmp
     assert torch.equal(got[2], expected[2])
 
 
+def test_rank_state_without_a_cuda_rng_entry_loads_and_the_rng_state_round_trips(tmp_path):
+    """Rank files written on CPU, or before the CUDA generator was saved, hold no "cuda" entry: they load as before.
+    (The CUDA path itself: test_the_cuda_rng_of_this_rank_is_restored, on a GPU.)"""
+    state = ProcessRNG().state_dict()
+    assert ("cuda" in state) == (torch.cuda.is_available() and torch.cuda.is_initialized())
+    path = tmp_path / "rank_00000.pt"
+    torch.save({"rng": {k: v for k, v in state.items() if k != "cuda"}}, path)
+    expected = (random.random(), np.random.randn(2), torch.randn(2))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    loaded = safe_load(path)["rng"]
+    ProcessRNG().load_state_dict(loaded)
+    got = (random.random(), np.random.randn(2), torch.randn(2))
+    assert got[0] == expected[0] and np.array_equal(got[1], expected[1]) and torch.equal(got[2], expected[2])
+    again = ProcessRNG()
+    again.load_state_dict(loaded)
+    assert torch.equal(again.state_dict()["torch"], loaded["torch"])
+
+
+@pytest.mark.gpu
+def test_the_cuda_rng_of_this_rank_is_restored(tmp_path):
+    torch.cuda.manual_seed(3)
+    torch.rand(1, device="cuda")  # mid-stream
+    path = tmp_path / "rank_00000.pt"
+    torch.save({"rng": ProcessRNG().state_dict()}, path)
+    expected = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed(9)
+    ProcessRNG().load_state_dict(safe_load(path)["rng"])
+    assert torch.equal(torch.rand(4, device="cuda"), expected)
+    before = torch.cuda.get_rng_state()
+    ProcessRNG().load_state_dict({k: v for k, v in safe_load(path)["rng"].items() if k != "cuda"})
+    assert torch.equal(torch.cuda.get_rng_state(), before)  # a checkpoint without the entry leaves it as it is
+
+
 # -- the marker's sizes and checksums; falling back from a damaged `latest` --
 
 
@@ -241,6 +275,134 @@ def test_damaged_latest_falls_back_with_a_warning_and_the_next_save_replaces_it(
     assert mgr.latest_tag() == "step_00000001"  # else the re-save of step 2 would be skipped as "already saved"
     mgr.save(engine, 2, {"step": 2}, {"cursor": 2})
     assert mgr.latest_tag() == "step_00000002" and mgr.load_latest(engine) == ({"step": 2}, {"cursor": 2})
+
+
+def test_a_save_that_replaces_a_damaged_step_removes_the_universal_conversion_of_the_old_one(tmp_path, cfg):
+    """step_2_universal was converted from the step 2 that was later found damaged; once step 2 is written again it
+    holds other weights, and a resume on another number of ranks (`resume_ds_config`) would load the old ones."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg), FakeEngine()
+    for step in (1, 2):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    ckpt = tmp_path / "checkpoints"
+    shutil.copytree(ckpt / "step_00000002", ckpt / "step_00000002_universal")  # stands in for to_universal's output
+    (ckpt / "step_00000002_universal.tmp").mkdir()  # and for a conversion that was interrupted
+    victim = rank_file(ckpt / "step_00000002", 0)
+    victim.write_bytes(victim.read_bytes()[:-7])  # truncated
+    with pytest.warns(UserWarning, match=r"resuming from step_00000001"):
+        assert mgr.load_latest(engine) == ({"step": 1}, {"cursor": 1})
+    assert (ckpt / "step_00000002_universal").is_dir()  # the resume itself deletes nothing
+    mgr.save(engine, 2, {"step": 2}, {"cursor": 22})
+    assert mgr.latest_tag() == "step_00000002"
+    assert not (ckpt / "step_00000002_universal").exists() and not (ckpt / "step_00000002_universal.tmp").exists()
+
+
+class ConfiguredEngine(FakeEngine):
+    """A stand-in engine built from a DeepSpeed config: it loads universal checkpoints when the config says so."""
+
+    def __init__(self, ds_config: dict):
+        super().__init__()
+        self.universal = ds_config.get("checkpoint", {}).get("load_universal", False)
+
+    def load_universal_checkpoint(self):
+        return self.universal
+
+
+def set_world_size(tag_dir: Path, world: int) -> None:
+    """Mark a checkpoint as written by `world` ranks (the marker lists no checksum of itself)."""
+    meta = json.loads((tag_dir / META).read_text())
+    (tag_dir / META).write_text(json.dumps({**meta, "world_size": world}))
+
+
+def test_resume_ds_config_decides_on_the_checkpoint_a_damaged_latest_falls_back_to(tmp_path, cfg):
+    """The world size of the checkpoint the resume loads decides universal loading, not that of a damaged `latest`:
+    a damaged 2-rank step 2 with a conversion made universal loading ask for a step_1_universal that this 1-rank
+    run's own step 1 does not need; a damaged 1-rank step 2 left a converted 2-rank step 1 refused as unconverted."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg), FakeEngine()
+    for step in (1, 2):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    ckpt = tmp_path / "checkpoints"
+    set_world_size(ckpt / "step_00000002", 2)
+    shutil.copytree(ckpt / "step_00000002", ckpt / "step_00000002_universal")
+    victim = rank_file(ckpt / "step_00000002", 0)
+    victim.write_bytes(victim.read_bytes()[:-7])
+    resumed = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"resuming from step_00000001.*step_00000002"):
+        ds_config = resumed.resume_ds_config({"train_batch_size": 2})
+        loaded = resumed.load_latest(ConfiguredEngine(ds_config))
+    assert ds_config == {"train_batch_size": 2}  # step 1 was written by this run's 1 rank
+    assert loaded == ({"step": 1}, {"cursor": 1})
+
+    # the other way round: the damaged `latest` was written by this world size, the older intact one by another
+    mgr.save(engine, 2, {"step": 2}, {"cursor": 2})
+    set_world_size(ckpt / "step_00000001", 2)
+    shutil.copytree(ckpt / "step_00000001", ckpt / "step_00000001_universal")
+    victim.write_bytes(victim.read_bytes()[:-7])
+    resumed = CheckpointManager(tmp_path, keep_last=3, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"resuming from step_00000001"):
+        ds_config = resumed.resume_ds_config({"train_batch_size": 2})
+        loaded = resumed.load_latest(ConfiguredEngine(ds_config))
+    assert ds_config["checkpoint"] == {"load_universal": True}
+    assert loaded == ({"step": 1}, None)  # no per-rank state: the universal conversion was loaded
+
+
+class DiskFillingEngine(FakeEngine):
+    """Writes its files, then another writer fills the disk up to `blocks_left` free blocks (of one small file each:
+    the rank file takes the first, then rank 0's recipe, marker and `latest`)."""
+
+    def __init__(self, blocks_left: int):
+        super().__init__()
+        self.blocks_left = blocks_left
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest, exclude_frozen_parameters=False):
+        super().save_checkpoint(save_dir, tag, client_state, save_latest, exclude_frozen_parameters)
+        room = self.blocks_left * os.statvfs(save_dir).f_bsize
+        (Path(save_dir).parent / "other_job").write_bytes(bytes(shutil.disk_usage(save_dir).free - room))
+
+
+@pytest.mark.parametrize("blocks_left", [1, 3], ids=["recipe", "latest"])
+def test_a_disk_that_fills_up_at_the_end_of_a_save_is_a_save_error_and_keeps_the_latest(small_disk, cfg, blocks_left):
+    """The end of a save (rank 0's recipe, marker and `latest`) on a real full disk: the save's own error, not a
+    traceback; the earlier checkpoint stays the latest and nothing half-written is left to load (a marker written
+    before `latest` failed is removed: without a `latest` it would be resumed)."""
+    run_dir = small_disk(1024) / "run"
+    ckpt = run_dir / "checkpoints"
+    mgr = CheckpointManager(run_dir, keep_last=2, config_dict=cfg)
+    mgr.save(FakeEngine(), 1, {"step": 1}, {"cursor": 1})
+    with pytest.raises(CheckpointSaveError) as raised:
+        mgr.save(DiskFillingEngine(blocks_left), 2, {"step": 2}, {"cursor": 2})
+    message = str(raised.value)
+    assert f"rank 0 could not write checkpoint step_00000002 in {ckpt} (OSError: [Errno 28] No space left" in message
+    assert "step_00000002 is incomplete and is never loaded; step_00000001 stays the latest, intact" in message
+    assert "Make room there" in message and message.endswith("it resumes from step_00000001"), message
+    assert mgr.latest_tag() == "step_00000001" and mgr.complete_tags() == ["step_00000001"]
+    (run_dir / "more").write_bytes(bytes(shutil.disk_usage(ckpt).free))  # not one block left
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(ckpt / "latest", "step_00000002")
+    assert (ckpt / "latest").read_text() == "step_00000001"
+    assert not [p.name for p in ckpt.rglob(".*.tmp.*")]  # no partial temporary file of an atomic write
+    (run_dir / "more").unlink()
+    (run_dir / "other_job").unlink()  # room again: the rerun resumes step 1 and saves step 2
+    assert mgr.load_latest(FakeEngine()) == ({"step": 1}, {"cursor": 1})
+    mgr.save(FakeEngine(), 2, {"step": 2}, {"cursor": 2})
+    assert mgr.load_latest(FakeEngine()) == ({"step": 2}, {"cursor": 2})
+
+
+def test_retention_does_not_keep_a_checkpoint_the_resume_found_damaged_in_place_of_an_intact_one(tmp_path, cfg):
+    """A stop signal's off-grid checkpoint (step 25) is damaged; the resume falls back to step 20 and the periodic
+    saves never write step 25 again. At the save of step 30, keep_last=2 kept the damaged 25 and deleted the intact
+    20, leaving one checkpoint to resume instead of two."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg), FakeEngine()
+    for step in (10, 20, 25):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    victim = rank_file(tmp_path / "checkpoints" / "step_00000025", 0)
+    victim.write_bytes(victim.read_bytes()[:-7])
+    resumed = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"resuming from step_00000020"):
+        assert resumed.load_latest(engine) == ({"step": 20}, {"cursor": 20})
+    resumed.save(engine, 30, {"step": 30}, {"cursor": 30})
+    assert resumed.complete_tags() == ["step_00000020", "step_00000030"]  # the damaged 25 is gone, not 20
+    resumed.save(engine, 40, {"step": 40}, {"cursor": 40})
+    assert resumed.complete_tags() == ["step_00000030", "step_00000040"]
 
 
 def test_a_missing_latest_beside_complete_checkpoints_resumes_the_newest_with_a_warning(tmp_path, cfg):
