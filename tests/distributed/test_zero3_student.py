@@ -27,9 +27,9 @@ def run(world: int, out: Path, *families: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[dict, dict]:
-    """Every family on 1 rank, then on 2 ranks: two launches."""
+    """Every family on 1 rank, then on 2 ranks, where DiT also trains with its state offloaded: two launches."""
     tmp = tmp_path_factory.mktemp("zero3")
-    return run(1, tmp / "one.json"), run(2, tmp / "two.json")
+    return run(1, tmp / "one.json"), run(2, tmp / "two.json", *FAMILIES, "offload:dit")
 
 
 @pytest.mark.slow
@@ -59,9 +59,8 @@ def test_the_suite_makes_zero3_partition_every_parameter(runs):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_offload_settings_reach_deepspeed_and_train_like_the_run_without(runs, tmp_path):
-    offloaded = run(2, tmp_path / "offload.json", "offload", "dit")["dit"]
-    plain = runs[1]["dit"]
+def test_offload_settings_reach_deepspeed_and_train_like_the_run_without(runs):
+    offloaded, plain = runs[1]["offload:dit"], runs[1]["dit"]  # the same launch, its own engines
     assert offloaded["offload"] == [True, True] and plain["offload"] == [False, False]
     assert offloaded["optimizer"] == plain["optimizer"] == "AdamW"  # one optimizer state, with or without offload
     assert offloaded["losses"] == pytest.approx(plain["losses"], rel=1e-6)  # where the state lives, not the numbers

@@ -1,7 +1,7 @@
 """Run by torchrun from test_zero3_student.py: a few ARD regression steps with a ZeRO-3 student engine and a frozen
 ZeRO-3 teacher engine generating guided trajectories on the fly (gathered once per batch), for each family named on
-the command line in turn (one launch for all of them), optionally with the student's optimizer state and parameters
-offloaded to CPU memory. Writes {family: losses, optimizer and offload settings} as JSON."""
+the command line in turn (one launch for all of them), each optionally with the student's optimizer state and
+parameters offloaded to CPU memory. Writes {family: losses, optimizer and offload settings} as JSON."""
 
 import json
 import sys
@@ -94,11 +94,11 @@ def train_steps(family: str, rank: int, world: int, offload: bool = False) -> di
     }
 
 
-def main(out_path: str, *families: str) -> None:
-    """`families`, optionally after `offload` (zero.offload_optimizer and zero.offload_params on)."""
+def main(out_path: str, *runs: str) -> None:
+    """`runs`: family names, each one optionally prefixed `offload:` (zero.offload_optimizer and zero.offload_params
+    on), results keyed by the name as given."""
     rank, world = init_distributed()
-    offload = families[:1] == ("offload",)
-    results = {family: train_steps(family, rank, world, offload) for family in families[offload:]}
+    results = {run: train_steps(run.removeprefix("offload:"), rank, world, run.startswith("offload:")) for run in runs}
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)

@@ -2,9 +2,8 @@
 encoders, the distilled guidance embedding, the VAE shift, dynamic shift; loss falls, resume is bit-identical, and
 the export samples as the checkpoint's student does."""
 
+import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,14 @@ from ard_scale.trainer.build import build_conditioner
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = "recipes/tiny_flux_cpu.yaml"
+
+
+def launcher(name: str):
+    """`launchers/NAME.py`'s main, loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"ard_{name}_launcher", ROOT / "launchers" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +55,6 @@ def test_flux_export_samples_as_the_checkpoint_student(runs, tmp_path):
 
 
 def test_flux_pipeline_from_a_prompt_equals_the_checkpoint_student_and_the_sample_launcher_writes_it(runs, tmp_path):
-    import importlib.util
-
     from ard_scale.pipeline import ARDPipeline, export_pipeline
     from ard_scale.trainer.build import build_codec_for
 
@@ -67,10 +72,7 @@ def test_flux_pipeline_from_a_prompt_equals_the_checkpoint_student_and_the_sampl
     decoded = (build_codec_for(cfg, teacher).decode(expected) + 1) / 2  # the trainer's VAE and shift factor
     torch.testing.assert_close(out.images, decoded.expand(-1, 3, -1, -1), rtol=1e-5, atol=1e-5)
 
-    spec = importlib.util.spec_from_file_location("ard_sample_launcher", ROOT / "launchers" / "sample.py")
-    launcher = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launcher)
-    paths = launcher.main([str(folder), "--prompt", "a one", "--prompt", "a two", "--out", str(tmp_path / "s")])
+    paths = launcher("sample")([str(folder), "--prompt", "a one", "--prompt", "a two", "--out", str(tmp_path / "s")])
     assert [p.name for p in paths] == ["sample_000.png", "sample_001.png"]
     from PIL import Image
 
@@ -83,14 +85,14 @@ def test_flux_trains_offline_from_a_dump_of_precomputed_text(tmp_path):
     embedded) -> 2 ranks train on the dump alone: the teacher never runs, and the stored pooled embedding and the
     recipe's guidance complete each condition (a dump without them was refused before)."""
     text, dump, run = tmp_path / "text", tmp_path / "dump", tmp_path / "run"
-    steps = [
-        ["launchers/precompute_text.py", "bundled:digits/mds", str(text), "--recipe", RECIPE],
-        ["launchers/dump_trajectories.py", RECIPE, "--data", str(text), "--out", str(dump), "--num-samples", "8",
-         "--device", "cpu"],
-    ]  # fmt: skip
-    for argv in steps:
-        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe = str(ROOT / RECIPE)
+    # the launchers' main() in this process (their command lines: tests/unit/test_launcher_errors.py): two fresh
+    # interpreters spent ~10 s each importing torch and diffusers, for about a second of work
+    assert launcher("precompute_text")(["bundled:digits/mds", str(text), "--recipe", recipe]) == 1797
+    dumped = launcher("dump_trajectories")(
+        [recipe, "--data", str(text), "--out", str(dump), "--num-samples", "8", "--device", "cpu"]
+    )
+    assert dumped == {"written": 8, "skipped": 0}
     assert "pooled_emb" in json.loads((dump / "meta.json").read_text())["columns"]
     proc = train(RECIPE, run, "train.trajectory_source=offline", f"data.trajectory_path={dump}", "data.path=null",
                  "train.max_steps=3")  # fmt: skip

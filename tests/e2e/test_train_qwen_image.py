@@ -3,9 +3,8 @@ encoding the captions as QwenImagePipeline (template, dropped head, padding mask
 and " " as the negative prompt, the dynamic shift, the lowest 2 dual-stream blocks under the history mask; loss
 falls, resume is bit-identical, and the export samples as the checkpoint's student does."""
 
+import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -70,17 +69,18 @@ def test_qwen_image_pipeline_from_a_prompt_equals_the_checkpoint_student(runs, t
     torch.testing.assert_close(out.images, ((codec.decode(out.latents) + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)
 
 
-def test_qwen_image_trains_on_precomputed_text(tmp_path):
+def test_qwen_image_trains_on_precomputed_text(tmp_path, capsys):
     """launchers/precompute_text.py --recipe stores Qwen2.5-VL's hidden states and mask in MDS shards, with the null
     caption's condition beside them, and a run with text_encoder.use_precomputed=true trains on them on 2 ranks
     without any Qwen2.5-VL (the recipe names none: loading one would fail)."""
     shards = tmp_path / "text"
-    proc = subprocess.run(
-        [sys.executable, "launchers/precompute_text.py", "bundled:digits/mds", str(shards), "--recipe", RECIPE],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "wrote 1797 samples with qwen_image's qwen embeddings" in proc.stdout
+    # its main() in this process (its command line: tests/unit/test_launcher_errors.py), not a fresh interpreter that
+    # spent ~10 s importing torch and diffusers
+    spec = importlib.util.spec_from_file_location("ard_precompute_text", ROOT / "launchers" / "precompute_text.py")
+    precompute = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(precompute)
+    assert precompute.main(["bundled:digits/mds", str(shards), "--recipe", str(ROOT / RECIPE)]) == 1797
+    assert "wrote 1797 samples with qwen_image's qwen embeddings" in capsys.readouterr().out
     run = tmp_path / "run"
     no_encoder = ("text_encoder.use_precomputed=true", "qwen_encoder.size=null")
     overrides = (*no_encoder, "data.format=mds", f"data.path={shards}", "train.max_steps=4")
