@@ -27,12 +27,10 @@ resume fall back to the newest older intact checkpoint, with a warning naming wh
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -62,6 +60,7 @@ from ard_scale.checkpoint.safe_load import (
     tag_problems,
     verify_dir,
 )
+from ard_scale.checkpoint.save_errors import CheckpointSaveError, room_problem, write_failure
 from ard_scale.checkpoint.student_meta import check_student_kind, check_zero_stage, student_architecture
 from ard_scale.config import (
     config_hash,
@@ -73,32 +72,8 @@ from ard_scale.config import (
     with_defaults,
 )
 from ard_scale.errors import UserError
-from ard_scale.utils.folders import size_text
 
-_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 _CLIENT_KEYS = ("ard_step", "ard_config_hash", "ard_world_size")  # added to client_state, removed on load
-
-
-def _make_room(latest: str | None) -> str:
-    then = f"it resumes from {latest}" if latest else "it starts over"
-    return (
-        "Make room there (checkpoint.keep_last keeps fewer checkpoints; delete other files) or give "
-        f"checkpoint.run_dir a disk with room, then rerun the same command: {then}"
-    )
-
-
-def _write_probe(folder: Path) -> OSError | None:
-    """The error creating a file in `folder` gives, or None when it can."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return None
-    except OSError as e:
-        return e
-
-
-class CheckpointSaveError(UserError, RuntimeError):
-    """A checkpoint could not be saved; the run stops with its earlier checkpoints intact. `every_rank`: every rank
-    raises the same one (one of them need say it), else only the rank that failed."""
 
 
 def _rank_world() -> tuple[int, int]:
@@ -282,7 +257,7 @@ class CheckpointManager:
         if rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._remove_failed_saves(tag, latest)
-        no_room = _gather(self._room_problem(tag, latest) if rank == 0 else None)[0]  # the same decision everywhere
+        no_room = _gather(room_problem(self.dir, tag, latest) if rank == 0 else None)[0]  # the same decision everywhere
         if no_room is not None:
             raise CheckpointSaveError(no_room, every_rank=True)
 
@@ -294,7 +269,7 @@ class CheckpointManager:
             )
             self._write_rank_state(tag_dir, rank, rank_state)
         except Exception as e:  # the other ranks wait in a collective until the launcher stops them
-            raise CheckpointSaveError(self._write_failure(tag, latest, rank, e), every_rank=False) from e
+            raise CheckpointSaveError(write_failure(self.dir, tag, latest, rank, e), every_rank=False) from e
         _barrier()  # every rank's files are on disk (each fsynced its own)
         digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
 
@@ -304,7 +279,7 @@ class CheckpointManager:
             except OSError as e:  # a disk that filled up or went read-only just now: the same error as above
                 with contextlib.suppress(OSError):  # a marker without `latest` is resumed when there is no `latest`
                     (tag_dir / META).unlink(missing_ok=True)
-                raise CheckpointSaveError(self._write_failure(tag, latest, rank, e), every_rank=False) from e
+                raise CheckpointSaveError(write_failure(self.dir, tag, latest, rank, e), every_rank=False) from e
         _barrier()  # when save returns on any rank, `latest` names this checkpoint
         if rank == 0:
             self._apply_retention()
@@ -348,39 +323,6 @@ class CheckpointManager:
             # one whose `latest` write failed): a resume on another number of ranks would load its old weights
             if (self.dir / stale).exists():
                 shutil.rmtree(self.dir / stale)
-
-    def _room_problem(self, tag: str, latest: str | None) -> str | None:
-        """Why `tag` will not fit beside the checkpoints kept: it takes about what `latest` takes (same model,
-        same optimizer); None when it fits or there is nothing to measure yet."""
-        if latest is None or not (self.dir / latest).is_dir():
-            return None
-        need = sum(p.stat().st_size for p in (self.dir / latest).iterdir() if p.is_file())
-        free = shutil.disk_usage(self.dir).free
-        if free >= need:
-            return None
-        return (
-            f"no room to save checkpoint {tag}: {self.dir} has {size_text(free)} free and checkpoint {latest} takes "
-            f"{size_text(need)}. Nothing was written; {latest} stays the latest. {_make_room(latest)}"
-        )
-
-    def _write_failure(self, tag: str, latest: str | None, rank: int, error: Exception) -> str:
-        kept = f"{latest} stays the latest, intact" if latest else "there is no earlier checkpoint"
-        failed = f"rank {rank} could not write checkpoint {tag} in {self.dir} ({type(error).__name__}: {error})."
-        outcome = f"{tag} is incomplete and is never loaded; {kept}."
-        # DeepSpeed reports a folder it could not create as "Parent directory ... does not exist": ask the folder
-        probe = _write_probe(self.dir)
-        if probe is not None and probe.errno in _NOT_WRITABLE:  # not a full disk: "make room" would not help
-            then = f"it resumes from {latest}" if latest else "it starts over"
-            return (
-                f"{failed} The folder is not writable (creating a file there: {probe.strerror}): its permissions, or "
-                f"a read-only mount (a disk error can remount a filesystem read-only). {outcome} Make {self.dir} "
-                f"writable for the user this job runs as, then rerun the same command: {then}"
-            )
-        free = shutil.disk_usage(self.dir).free
-        return (
-            f"{failed} {size_text(free)} is free there: a full disk or quota shows as this error. {outcome} "
-            f"{_make_room(latest)}"
-        )
 
     def _write_rank_state(self, tag_dir: Path, rank: int, rank_state: dict) -> None:
         path = rank_file(tag_dir, rank)
