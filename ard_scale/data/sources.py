@@ -35,7 +35,11 @@ def _raw_wds_sample(key: str, fields: dict[str, bytes]) -> dict:
 
 
 def _entries_from_folder(folder: str, skipped: Counter) -> Iterator[tuple[str, str | None, object]]:
-    for root, _, files in os.walk(folder):
+    """The folder's images in a fixed order, the same on every copy of it: a folder's own files by name, then its
+    subfolders by name (os.walk lists them in the file system's order, which differs between copies, so two builds of
+    one data set wrote their samples, and a run read them, in another order)."""
+    for root, subfolders, files in os.walk(folder):
+        subfolders.sort()  # in place: os.walk descends in this order
         for name in sorted(files):
             if name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
                 continue

@@ -70,6 +70,19 @@ def test_both_formats_keep_each_samples_label_when_the_first_sample_has_none(tmp
         assert [int(b["labels"][0]) if "labels" in b else None for b in batches] == want, path
 
 
+def test_a_source_folders_subfolders_are_read_in_name_order(tmp_path):
+    """os.walk lists subfolders in the file system's order (hash order on ext4, creation order elsewhere), so two
+    copies of one image folder were built into shards of different sample order: the subfolders are read by name."""
+    from ard_scale.data.sources import iter_source
+
+    names = [f"part{i:02d}" for i in (7, 2, 11, 0, 9, 4, 1, 10, 5, 3, 8, 6)]  # created out of order
+    for i, name in enumerate(names):
+        make_image_folder(str(tmp_path / "img" / name), 1, start=i)
+    make_image_folder(str(tmp_path / "img"), 1, start=99)  # the folder's own files come first
+    keys = [s["key"] for s in iter_source(str(tmp_path / "img"), {})]
+    assert keys == ["img-0099"] + [f"{name}__img-{names.index(name):04d}" for name in sorted(names)]
+
+
 def test_a_utf8_byte_order_mark_is_not_read_as_text(tmp_path, capsys):
     """Excel's "CSV UTF-8" and Notepad start a file with a byte-order mark: the CSV's first column is still `path`
     (it was refused as having none), a .txt caption has no U+FEFF in front and a .json label is read (it was skipped
