@@ -10,6 +10,7 @@ import torch
 from ard_scale.config.data import DataConfig, check_readable
 from ard_scale.data.bundled import resolve_data_path
 from ard_scale.data.samples import SkipCounter, SkipWarnings, collate
+from ard_scale.data.shard_paths import index_file
 from ard_scale.data.transforms import bucket_table
 from ard_scale.data.wds import RankPlan, WdsChunks, list_shards
 from ard_scale.errors import UserError
@@ -144,15 +145,21 @@ class WebdatasetLoader:
         snapshot(self.stop)
 
     def _warn_miscounted(self, shard_index: int, mismatch: str) -> None:
-        """Once per shard: its index's sample count is wrong (a stale or hand-edited shards.json), so samples are
-        lost (a tar longer than listed) or skipped as missing (shorter)."""
+        """Once per shard: its index's sample count is wrong (a stale or hand-edited index: the folder's shards.json
+        or the .json data.path names), so samples are lost (a tar longer than listed) or skipped as missing
+        (shorter)."""
         url = self.shards[shard_index].url
         if url in self._miscounted:
             return
         self._miscounted.add(url)
+        index = index_file(self.config.path)
+        if index != self.config.path:  # data.path is the folder: without its index the tars are counted
+            fix = f"delete {index} so that the tars are counted at start-up"
+        else:  # data.path names the index itself, which it cannot do without
+            fix = f"correct the shard's nsamples in {index}"
         warnings.warn(
-            f"webdataset shard {url} {mismatch}: its index (shards.json) is stale; rebuild the shards with "
-            "launchers/build_shards.py, or delete shards.json so that the tars are counted at start-up",
+            f"webdataset shard {url} {mismatch}: its index ({index}) is stale; rebuild the shards with "
+            f"launchers/build_shards.py, or {fix}",
             stacklevel=2,
         )
 

@@ -21,6 +21,16 @@ def is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
+def index_file(path: str) -> str | None:
+    """The shard index webdataset `path` is read through: `path` itself where it names a .json, the folder's
+    shards.json where it has one, else None (the tars are counted at start-up)."""
+    if path.endswith(".json"):
+        return path
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, INDEX_NAME)):
+        return os.path.join(path, INDEX_NAME)
+    return None
+
+
 def shard_urls(path: str) -> list[tuple[str, int | None]]:
     """(url, number of samples from the index, or None where only the shard knows) of every webdataset shard that
     `path` names: a folder of .tar (or .tar.gz), a shard index .json, or a brace pattern. A path that names no shard, a
@@ -32,7 +42,7 @@ def shard_urls(path: str) -> list[tuple[str, int | None]]:
             "shard's url made whole (build_shards writes them relative to the index) and give data.path that file"
         )
     if path.endswith(".json") or os.path.isdir(path):
-        index = path if path.endswith(".json") else os.path.join(path, INDEX_NAME)
+        index = index_file(path) or path
         if os.path.isfile(index):
             root = os.path.dirname(index)
             try:

@@ -230,11 +230,14 @@ def test_mds_skipped_samples_are_warnings_naming_shard_place_and_key(tmp_path, m
     ]
 
 
-@pytest.mark.parametrize("listed", [4, 8])
-def test_a_stale_index_count_is_a_warning_naming_the_shard_and_the_fix(tmp_path, listed):
+@pytest.mark.parametrize("listed, index_name", [(4, "shards.json"), (8, "shards.json"), (4, "train.json")])
+def test_a_stale_index_count_is_a_warning_naming_the_shard_and_the_fix(tmp_path, listed, index_name):
     """build_shards' shards.json edited to list fewer (4) or more (8) samples than the tar holds (6): the samples
     past the listed count would be silently never read, or skipped one by one as missing; once the shard is read to
-    its end, a warning names it, what it holds and the fix. A reader of the raw shard set takes the tar whole."""
+    its end, a warning names it, what it holds, the index it was listed in and the fix. An index of another name,
+    given as data.path itself, is named as it is (the warning said "shards.json" whatever it was), and the fix is to
+    correct it, not to delete it (data.path would then name nothing). A reader of the raw shard set takes the tar
+    whole."""
     make_image_folder(str(tmp_path / "img"), 6)
     write_shards(
         iter_source(str(tmp_path / "img"), {}), str(tmp_path / "out"), formats=("webdataset",), shard_bytes=1 << 30
@@ -243,14 +246,20 @@ def test_a_stale_index_count_is_a_warning_naming_the_shard_and_the_fix(tmp_path,
     index = json.loads((folder / "shards.json").read_text())
     assert index["shardlist"][0]["nsamples"] == 6
     index["shardlist"][0]["nsamples"] = listed
-    (folder / "shards.json").write_text(json.dumps(index))
-    loader = build_loader(wds_config(folder, chunk_size=2), rank=0, world_size=1)
+    (folder / "shards.json").unlink()
+    (folder / index_name).write_text(json.dumps(index))
+    path = folder if index_name == "shards.json" else folder / index_name
+    loader = build_loader(wds_config(path, chunk_size=2), rank=0, world_size=1)
     with pytest.warns(UserWarning) as record:
         keys = read_all(loader)
     assert keys == [f"img-{i:04d}" for i in range(min(listed, 6))]
-    stale = [str(w.message) for w in record if "index (shards.json) is stale" in str(w.message)]
+    stale = [str(w.message) for w in record if f"index ({folder / index_name}) is stale" in str(w.message)]
     seen = "holds more samples than the 4 its index lists" if listed == 4 else "holds 6 samples, fewer than the 8"
     assert len(stale) == 1 and stale[0].startswith(f"webdataset shard {folder / 'shard-000000.tar'} {seen}")
-    assert "rebuild the shards with launchers/build_shards.py, or delete shards.json" in stale[0]
+    if index_name == "shards.json":
+        fix = f"or delete {folder / 'shards.json'} so that the tars are counted at start-up"
+    else:
+        fix = f"or correct the shard's nsamples in {folder / index_name}"
+    assert stale[0].endswith(f"rebuild the shards with launchers/build_shards.py, {fix}")
     if listed == 4:
-        assert [s["key"] for s in iter_shard_set(str(folder), "webdataset")] == [f"img-{i:04d}" for i in range(6)]
+        assert [s["key"] for s in iter_shard_set(str(path), "webdataset")] == [f"img-{i:04d}" for i in range(6)]
