@@ -16,7 +16,7 @@ from typing import Any
 from streaming import StreamingDataLoader, StreamingDataset
 
 from ard_scale.config.data import MDS_BUCKETS, DataConfig
-from ard_scale.data.samples import BadSample, SkipCounter, SkipWarnings, collate, decode_sample
+from ard_scale.data.samples import NO_LABEL, BadSample, SkipCounter, SkipWarnings, collate, decode_sample
 from ard_scale.data.shard_paths import check_mds_folder, is_remote
 from ard_scale.data.streaming_world import streaming_build
 from ard_scale.errors import UserError
@@ -47,11 +47,11 @@ class DecodingStreamingDataset(StreamingDataset):
             raise  # a shard that cannot be fetched is not one bad sample
         except Exception as e:  # a corrupt shard body shows up as arbitrary decode errors
             return {"bad": f"unreadable MDS sample ({type(e).__name__})", **where}
-        label = raw.get("label")  # -1: the writer's mark for a sample without a class label
+        label = raw.get("label")  # NO_LABEL: the writer's mark for a sample without a class label
         try:
             sample = decode_sample(
                 raw.get("key", str(sample_id)), raw.get("image"), raw.get("caption"),
-                resolution=self.resolution, table=None, label=None if label is None or label == -1 else label,
+                resolution=self.resolution, table=None, label=None if label is None or label == NO_LABEL else label,
                 t5_emb=raw.get("t5_emb"), t5_mask=raw.get("t5_mask"), pooled_emb=raw.get("pooled_emb"),
             )  # fmt: skip
         except BadSample as e:

@@ -12,6 +12,7 @@ import tarfile
 from collections.abc import Iterable
 from typing import Any
 
+from ard_scale.data.samples import NO_LABEL
 from ard_scale.data.shard_paths import INDEX_NAME
 from ard_scale.errors import UserError
 from ard_scale.utils.folders import check_new_folder, writing_folder
@@ -104,7 +105,7 @@ class MDSWriterAdapter:
     def write(self, sample: dict) -> None:
         row = {name: sample.get(name) for name in self.columns}
         if "label" in row and row["label"] is None:
-            row["label"] = -1  # a fixed column; -1 marks a sample without a class label
+            row["label"] = NO_LABEL  # a fixed column; NO_LABEL (-1) marks a sample without a class label
         self._writer.write(row)
 
     def finish(self) -> None:

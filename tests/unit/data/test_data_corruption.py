@@ -8,6 +8,7 @@ from data_helpers import good_members, image_bytes, make_image_folder, write_ind
 
 from ard_scale.config.data import DataConfig
 from ard_scale.data.loader import build_loader
+from ard_scale.data.samples import NO_LABEL
 from ard_scale.data.sources import iter_shard_set, iter_source
 from ard_scale.data.writers import MDSWriterAdapter, write_shards
 
@@ -111,6 +112,20 @@ def write_mds(path, images):
     for i, data in enumerate(images):
         writer.write({"key": f"m{i}", "image": data, "caption": f"caption {i}", "label": i})
     writer.finish()
+
+
+def test_mds_readers_agree_on_which_negative_label_means_none(tmp_path, mds_env):
+    """NO_LABEL (-1) is the writer's mark for a sample without a class label; the shard-set reader (precompute_text's
+    copy, the evaluation's real images) read every negative label as none, so a stored -2, which a class-conditional
+    run refuses naming its sample, became an unlabelled sample in precomputed shards. Both keep it now."""
+    writer = MDSWriterAdapter(str(tmp_path / "mds"), shard_bytes=1 << 20, with_label=True)
+    for i, label in enumerate([None, -2, 3]):
+        writer.write({"key": f"m{i}", "image": image_bytes(24, 24, seed=i), "caption": f"caption {i}", "label": label})
+    writer.finish()
+    loader = build_loader(wds_config(tmp_path / "mds", format="mds", shuffle=False), rank=0, world_size=1)
+    (batch,) = list(loader)
+    assert batch["keys"] == ["m0", "m1", "m2"] and batch["labels"].tolist() == [NO_LABEL, -2, 3]
+    assert [s["label"] for s in iter_shard_set(str(tmp_path / "mds"), "mds")] == [None, -2, 3]
 
 
 def test_mds_bad_samples_skipped_and_all_bad_is_an_error(tmp_path, mds_env):
