@@ -72,14 +72,29 @@ def exif_orientation(image: Image.Image) -> int:
     return orientation if orientation in range(1, 9) else 1
 
 
+def integer_white(image: Image.Image, values: np.ndarray) -> int:
+    """The value that is white in integer grayscale `image` (mode I;16* or I) holding `values`. Mode I;16 (a 16-bit
+    PNG or TIFF) is 16 bits: 65535. Mode I (32-bit integers: a TIFF's 32-bit samples, a PGM of more than 8 bits as
+    PIL widens it to 16) does not say which range its values use, so the data decides: the smallest of 8, 16 and 31
+    bits (the int's positive range) that holds the brightest pixel — 255, 65535 or 2**31 - 1. A 32-bit image of 8-bit
+    values (as PIL writes a numpy array of ints) reads as it looks; only a 16-bit one whose brightest pixel is 255 or
+    less, nearly black at 16 bits, reads brighter than that."""
+    if image.mode.startswith("I;16"):
+        return 65535
+    peak = int(values.max()) if values.size else 0
+    return 255 if peak <= 255 else 65535 if peak <= 65535 else 2**31 - 1
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """`image` as 8-bit RGB. A 16-bit grayscale PNG opens as mode I;16 (or I), whose values 0..65535 PIL's
-    convert("RGB") clips at 255 (nearly all white): those are scaled to 8 bits first. Transparency (an alpha channel,
-    or a palette's or PNG's transparent colour) is matted onto white, as img2dataset does and as viewers show it:
-    convert("RGB") would drop the alpha and show whatever colour transparent pixels happen to store."""
+    """`image` as 8-bit RGB. An integer grayscale image (a 16-bit grayscale PNG opens as mode I;16, a 32-bit TIFF as
+    I), whose values PIL's convert("RGB") clips at 255 (a 16-bit image nearly all white), is scaled to 8 bits first,
+    its white (`integer_white`) becoming 255. Transparency (an alpha channel, or a palette's or PNG's transparent
+    colour) is matted onto white, as img2dataset does and as viewers show it: convert("RGB") would drop the alpha and
+    show whatever colour transparent pixels happen to store."""
     if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image).astype(np.float32)
-        image = Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8))
+        values = np.asarray(image).astype(np.float64)  # float64: a 32-bit white is exact
+        scaled = values * (255 / integer_white(image, values))
+        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)

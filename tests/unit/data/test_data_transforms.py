@@ -77,6 +77,38 @@ def test_a_16_bit_grayscale_png_reads_as_its_8_bit_values():
     assert out.min() < -0.95 and out.mean().abs() < 0.05  # the ramp, not white
 
 
+@pytest.mark.parametrize("white", [255, 65535, 2**31 - 1])
+def test_a_32_bit_grayscale_image_reads_by_the_range_its_values_use(white):
+    """Mode I (32-bit ints: a TIFF's 32-bit samples, a PGM of more than 8 bits) does not say which range its values
+    use: it was scaled as 16 bits, so a 32-bit image of 8-bit values (as PIL writes a numpy array of ints) came out
+    black. Its brightest pixel picks 8, 16 or 31 bits; each reads as the 8-bit ramp does."""
+    import io
+
+    ramp_8 = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, black to white left to right
+    ramp_8[0, 0] = 255  # the brightest pixel is white at every depth
+    buffer = io.BytesIO()
+    Image.fromarray(ramp_8).save(buffer, format="PNG")
+    want = load_image(buffer.getvalue(), 32, None)
+    wide = np.rint(ramp_8.astype(np.float64) * (white / 255)).astype(np.int32)
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="TIFF")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I"
+    assert torch.equal(load_image(buffer.getvalue(), 32, None), want)
+
+
+def test_a_pgm_of_more_than_8_bits_reads_as_16_bits():
+    """PIL opens a PGM whose maxval exceeds 255 as mode I with its values widened to 0..65535: 16 bits."""
+    import io
+
+    values = np.tile(np.arange(0, 1024, 16, dtype=">u2"), (64, 1))  # 10 bits, black to nearly white
+    pgm = b"P5 64 64 1023\n" + values.tobytes()
+    assert Image.open(io.BytesIO(pgm)).mode == "I"
+    ramp_8 = np.rint(values.astype(np.float64) * (255 / 1023)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp_8).save(buffer, format="PNG")
+    assert (load_image(pgm, 32, None) - load_image(buffer.getvalue(), 32, None)).abs().max() <= 2 / 127.5
+
+
 @pytest.mark.parametrize(
     ("orientation", "stored_as"),
     [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)],
