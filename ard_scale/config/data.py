@@ -50,6 +50,7 @@ class DataConfig:
     local_world_size: int | None = None
     """MDS: ranks per node (null = LOCAL_WORLD_SIZE, else world size)."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("path", "trajectory_path", "cache_dir")  # ~, $VAR: config.loader.expand_path
     BOUNDS: ClassVar[dict[str, Range]] = {
         "resolution": Range(8, 16384),
         "batch_size": BATCH,
@@ -78,9 +79,10 @@ MDS_BUCKETS = (
 
 
 def check_readable(config: DataConfig, path_key: str = "path") -> DataConfig:
-    """`config` checked as a recipe's data section, with the shard folder `config.<path_key>` set (readers need it);
-    raises ConfigError naming each problem."""
-    check(config, "data")
+    """`config` checked as a recipe's data section, with the shard folder `config.<path_key>` set (readers need it),
+    and returned as a recipe's would be read (`~` and `$VAR` in its paths expanded); raises ConfigError naming each
+    problem."""
+    config = check(config, "data")
     if getattr(config, path_key) is None:
         raise ConfigError("data section", [f"data.{path_key}: required to read shards (a folder, index or URL)"])
     return config

@@ -11,6 +11,10 @@ floats lie in the section's `BOUNDS[field]` (a `Range`, applied to each number o
 DEFAULT_RANGES; strings must not be empty. A value out of range is a problem like a wrong type, so the section's
 `problems()` and the root's cross-section checks never see it (they may divide by a batch size).
 
+A section's `PATHS` names its fields that hold local paths: `~` and `$VAR` in them are expanded as they are read
+(`expand_path`), so every reader of the recipe, its path check and the config.yaml a run saves see the same path, and
+a variable that is not set is a problem.
+
 A section may define `problems() -> list[str]` returning 'field: what is wrong' lines (relative to the section);
 the root's lines carry full dotted paths. Cross-field checks run on every section whose fields could all be read
 (unknown keys aside): one with a wrong type, a value out of range or a missing required field cannot be judged as a
@@ -24,6 +28,7 @@ import difflib
 import functools
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -303,6 +308,40 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str], bounds: Range 
     return _MISSING
 
 
+_ENV_VAR_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expand_path(value: str) -> tuple[str, list[str]]:
+    """A recipe's local path as a shell would read it: a leading `~` (or `~user`) is the home folder and `$VAR` or
+    `${VAR}` the environment variable's value; returns (the path, the variables that are not set, left as written).
+    A URL (`s3://...`) or webdataset `pipe:` command is returned as written: its variables are for the tool that
+    fetches it (a token must not be copied into the run's config.yaml)."""
+    if "://" in value or value.startswith("pipe:"):
+        return value, []
+    unset: list[str] = []
+
+    def variable(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            unset.append(name)
+            return match.group(0)
+        return os.environ[name]
+
+    return _ENV_VAR_RE.sub(variable, os.path.expanduser(value)), unset
+
+
+def _expanded(value: Any, path: str, problems: list[str]) -> Any:
+    """A path field's value with `expand_path` applied; an unset variable is a problem naming it."""
+    if not isinstance(value, str):
+        return value
+    expanded, unset = expand_path(value)
+    for name in unset:
+        problems.append(
+            f"{path}: environment variable ${name} (in {value!r}) is not set; set it, or write the path out"
+        )
+    return _MISSING if unset else expanded
+
+
 @functools.cache
 def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -316,6 +355,7 @@ def _build(cls: type[T], data: Any, path: str, problems: list[str]) -> T | objec
         return _MISSING
     hints = _type_hints(cls)
     bounds = getattr(cls, "BOUNDS", {})
+    paths = getattr(cls, "PATHS", ())
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
     for key in data:
@@ -328,6 +368,8 @@ def _build(cls: type[T], data: Any, path: str, problems: list[str]) -> T | objec
         tp = hints[f.name]
         if f.name in data:
             value = _convert(tp, data[f.name], prefix + f.name, problems, bounds.get(f.name))
+            if f.name in paths and value is not _MISSING:
+                value = _expanded(value, prefix + f.name, problems)
         elif dataclasses.is_dataclass(tp):  # a missing section is built from its defaults
             value = _build(tp, {}, prefix + f.name, problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -358,13 +400,15 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>") -> T:
 
 def check(section: T, path: str) -> T:
     """Check a section built in code (not read from a recipe) as a recipe's would be: types, choices, bounds and
-    its `problems()`, with `path` the section's dotted key (e.g. 'data'); raises ConfigError, else returns it."""
+    its `problems()`, with `path` the section's dotted key (e.g. 'data'); raises ConfigError, else returns it as a
+    recipe's would be read (its `PATHS` expanded)."""
     problems: list[str] = []
     values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.init}
-    _build(type(section), values, path, problems)
+    built = _build(type(section), values, path, problems)
     if problems:
         raise ConfigError(f"{type(section).__name__} given in code", problems)
-    return section
+    paths = getattr(section, "PATHS", ())
+    return dataclasses.replace(section, **{name: getattr(built, name) for name in paths})
 
 
 def load(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:

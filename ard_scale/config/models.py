@@ -69,6 +69,7 @@ class TeacherConfig:
     num_classes: int | None = None
     """Classes of a class-conditional ('dit') teacher, e.g. 1000 for ImageNet; must be null for 'pixart'."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("path",)  # ~ and $VAR expanded as read (config.loader.expand_path)
     BOUNDS: ClassVar[dict[str, Range]] = {"num_classes": Range(1, 2**20)}
 
     def problems(self) -> list[str]:
@@ -107,6 +108,7 @@ class TextEncoderConfig:
     4.8B parameters: 9.5 GB instead of 19, split over the ranks at zero.teacher_stage 3) and the pipeline's own
     prompt embeddings. Also what launchers/precompute_text.py --recipe encodes with."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("path",)  # ~ and $VAR expanded as read (config.loader.expand_path)
     BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 8192)}
 
     def problems(self) -> list[str]:
@@ -129,6 +131,7 @@ class PooledEncoderConfig:
     unchanged, and the family alone says how the slots' outputs combine (`Family.assemble_condition`). A teacher
     with another kind of encoder (Qwen-Image's Qwen2.5-VL) adds its own typed section and slot the same way."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("path",)  # ~ and $VAR expanded as read (config.loader.expand_path)
     BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 8192)}
 
     size: str | None = None
@@ -152,6 +155,7 @@ class QwenEncoderConfig:
     """The frozen Qwen2.5-VL of Qwen-Image (the family's 'qwen' slot): its language model's last hidden states under
     QwenImagePipeline's prompt template are the caption's tokens (with their mask); unused by other families."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("path",)  # ~ and $VAR expanded as read (config.loader.expand_path)
     BOUNDS: ClassVar[dict[str, Range]] = {"max_length": Range(1, 1024)}
 
     size: str | None = None
@@ -182,6 +186,7 @@ class VAEConfig:
     """Latent shift, latents = (posterior mean − shift) · scale; null = the VAE config's `shift_factor` (FLUX.1's
     VAE: 0.1159), or 0 where it has none."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("path",)  # ~ and $VAR expanded as read (config.loader.expand_path)
     BOUNDS: ClassVar[dict[str, Range]] = {
         "scaling_factor": Range(0, 100, lo_open=True),  # SD 0.18, SD3 1.53
         "shift_factor": Range(-100, 100),  # FLUX.1 0.1159, SD3 0.0609

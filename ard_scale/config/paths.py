@@ -93,7 +93,7 @@ def missing_paths(cfg) -> list[str]:
     refuse."""
     from ard_scale.config.models import family_spec
     from ard_scale.data.bundled import resolve_data_path
-    from ard_scale.data.shard_paths import is_remote
+    from ard_scale.data.shard_paths import is_remote, wildcard_hint
     from ard_scale.models.folders import (
         DIFFUSERS_WEIGHTS,
         TRANSFORMERS_WEIGHTS,
@@ -136,7 +136,7 @@ def missing_paths(cfg) -> list[str]:
         ok = os.path.isdir(path) if folder else os.path.isfile(path)
         if not ok:
             kind = "folder" if folder else "file"
-            out.append(f"{key}: {path!r} is not an existing {kind} ({what})")
+            out.append(f"{key}: {path!r} is not an existing {kind} ({what}){wildcard_hint(path, f'the {kind} itself')}")
         elif holds is not None:
             try:
                 holds(path)

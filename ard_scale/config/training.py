@@ -115,6 +115,7 @@ class CheckpointConfig:
     """Resume a checkpoint written under a different training-defining config (see config_hash) instead of
     refusing it."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("run_dir",)  # ~ and $VAR expanded as read (config.loader.expand_path)
     BOUNDS: ClassVar[dict[str, Range]] = {"every": STEPS, "keep_last": Range(1, 10**6)}
 
 
@@ -163,6 +164,7 @@ class GANConfig:
     stop_on_divergence: bool = False
     """With the watchdog firing: save a checkpoint and stop with an error instead of only warning."""
 
+    PATHS: ClassVar[tuple[str, ...]] = ("init_from",)  # ~ and $VAR expanded as read (config.loader.expand_path)
     BOUNDS: ClassVar[dict[str, Range]] = {
         "warmup_steps": Range(0, 10**9),
         "adaptive_lambda": Range(0, 1e6),
@@ -218,6 +220,13 @@ class EvalConfig:
     """Where FID reference statistics and the teacher's metrics are cached, keyed on what defines them (share it
     between runs of a recipe); null = RUN_DIR/eval/cache."""
 
+    PATHS: ClassVar[tuple[str, ...]] = (  # ~ and $VAR expanded as read (config.loader.expand_path)
+        "fid_inception_path",
+        "fid_reference_path",
+        "clip_path",
+        "prompts_path",
+        "cache_dir",
+    )
     BOUNDS: ClassVar[dict[str, Range]] = {
         "every": STEPS,
         "num_samples": Range(1, 10**7),

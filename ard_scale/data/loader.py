@@ -194,7 +194,8 @@ class WebdatasetLoader:
 
 def build_loader(config: DataConfig, *, rank: int, world_size: int):
     """The loader for `config.format` on this rank: iterate for batches; state_dict/load_state_dict; num_skipped."""
-    config = dataclasses.replace(check_readable(config), path=resolve_data_path(config.path))
+    config = check_readable(config)  # its paths expanded as a recipe's (`~`, `$VAR`)
+    config = dataclasses.replace(config, path=resolve_data_path(config.path))
     if config.format == "webdataset":
         return WebdatasetLoader(config, rank=rank, world_size=world_size)
     from ard_scale.data.mds import MDSLoader

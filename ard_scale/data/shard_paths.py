@@ -21,6 +21,17 @@ def is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
+def wildcard_hint(path: str, instead: str) -> str:
+    """Where `path` holds shell wildcards (`*`, `?`, `[...]`), which no reader expands: a clause saying so and to give
+    `instead`, to end an error about a path that does not exist; else ''."""
+    if not any(c in path for c in "*?["):
+        return ""
+    return f"; wildcards (* ? [ ]) are not expanded: give {instead}"
+
+
+WDS_INSTEAD = f"the folder of the shards, its {INDEX_NAME} or a brace pattern such as shard-{{000000..000099}}.tar"
+
+
 def index_file(path: str) -> str | None:
     """The shard index webdataset `path` is read through: `path` itself where it names a .json, the folder's
     shards.json where it has one, else None (the tars are counted at start-up)."""
@@ -62,7 +73,7 @@ def shard_urls(path: str) -> list[tuple[str, int | None]]:
     elif "{" not in path and not is_remote(path) and not os.path.exists(path):
         raise UserError(
             f"webdataset path {path!r} does not exist: give a folder of .tar shards, a {INDEX_NAME} index or a brace "
-            "pattern (launchers/build_shards.py writes the first two)"
+            "pattern (launchers/build_shards.py writes the first two)" + wildcard_hint(path, WDS_INSTEAD)
         )
     else:
         urls = list(braceexpand(path))
@@ -77,7 +88,8 @@ def shard_urls(path: str) -> list[tuple[str, int | None]]:
         raise UserError(f"webdataset path {path!r} holds no .tar shards; point data.path at built shards")
     for url, _ in listing:
         if not is_remote(url) and not os.path.isfile(url):
-            raise UserError(f"webdataset shard {url!r} (from data.path={path!r}) does not exist")
+            hint = wildcard_hint(url, WDS_INSTEAD)
+            raise UserError(f"webdataset shard {url!r} (from data.path={path!r}) does not exist{hint}")
     return listing
 
 
@@ -159,6 +171,7 @@ def check_shard_path(
             if not os.path.isdir(path):
                 raise UserError(
                     f"MDS path {path!r} is not an existing folder (built shards: launchers/build_shards.py)"
+                    + wildcard_hint(path, "the dataset's folder, which holds its index.json")
                 )
             check_mds_folder(path)
     else:

@@ -134,7 +134,8 @@ class TrajectoryLoader:
 
 def trajectory_loader(config: DataConfig, *, rank: int, world_size: int) -> TrajectoryLoader:
     """The offline trajectory stream of this rank (see TrajectoryLoader)."""
-    if not os.path.isdir(check_readable(config, "trajectory_path").trajectory_path):
+    config = check_readable(config, "trajectory_path")  # its paths expanded as a recipe's (`~`, `$VAR`)
+    if not os.path.isdir(config.trajectory_path):
         raise UserError(
             f"data.trajectory_path {config.trajectory_path!r} is not a local folder; offline trajectories are read "
             "from a local dump of launchers/dump_trajectories.py"

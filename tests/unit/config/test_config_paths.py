@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from ard_scale.config import load_config
+from ard_scale.config import ConfigError, load_config
+from ard_scale.config.data import DataConfig
 from ard_scale.config.paths import missing_paths
 from ard_scale.data.bundled import resolve_data_path
 
@@ -277,3 +278,61 @@ def test_a_gan_stage_resumes_after_its_init_from_run_was_removed(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("step_00000002")
     assert missing_paths(cfg) == []
+
+
+def test_home_and_environment_variables_in_recipe_paths_are_expanded_as_the_recipe_is_read(tmp_path, monkeypatch):
+    """`data.path: ~/data/shards` (or `$SCRATCH/...`, or the same override on the command line, which no shell
+    expands after `data.path=`) was read literally: refused as a path that does not exist, and a `~/runs` run_dir made a
+    folder named '~' in the working folder. Every recipe path is expanded as it is read, so the path check, the loaders
+    and the run's saved config.yaml see one path, and resuming under the same recipe is no recipe change."""
+    from ard_scale.config import recipe_changes
+    from ard_scale.config.loader import to_dict
+    from ard_scale.data import build_loader
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ARD_TEST_SCRATCH", str(tmp_path / "scratch"))
+    shutil.copytree(resolve_data_path("bundled:digits/webdataset"), tmp_path / "home" / "data" / "wds")
+    overrides = ["data.path=~/data/wds", "checkpoint.run_dir=${ARD_TEST_SCRATCH}/runs/r1", "data.num_workers=0"]
+    cfg = load_config("recipes/tiny_cpu.yaml", overrides)
+    assert cfg.data.path == str(tmp_path / "home" / "data" / "wds")
+    assert cfg.checkpoint.run_dir == str(tmp_path / "scratch" / "runs" / "r1")
+    assert missing_paths(cfg) == []
+    assert len(next(iter(build_loader(cfg.data, rank=0, world_size=1)))["keys"]) == cfg.data.batch_size
+    # resuming: the saved config.yaml holds the expanded paths; the same recipe, or its paths written out, matches it
+    written_out = load_config("recipes/tiny_cpu.yaml", [f"data.path={cfg.data.path}", *overrides[1:]])
+    assert recipe_changes(to_dict(cfg), cfg) == recipe_changes(to_dict(cfg), written_out) == []
+    # a data section built in code reads `~` as the recipe does
+    code_built = build_loader(DataConfig(**{**vars(cfg.data), "path": "~/data/wds"}), rank=0, world_size=1)
+    assert code_built.shards[0].url.startswith(str(tmp_path / "home" / "data" / "wds"))
+
+
+def test_an_unset_variable_in_a_recipe_path_is_named_and_urls_are_left_as_written(monkeypatch):
+    monkeypatch.delenv("ARD_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError) as e:
+        load_config("recipes/tiny_cpu.yaml", ["data.path=$ARD_TEST_UNSET/shards"])
+    assert e.value.problems == [
+        "data.path: environment variable $ARD_TEST_UNSET (in '$ARD_TEST_UNSET/shards') is not set; set it, or write "
+        "the path out"
+    ]
+    command = "pipe:curl -s https://host/shard-{0..3}.tar?token=$ARD_TEST_UNSET"  # the shell running it expands it
+    assert load_config("recipes/tiny_cpu.yaml", [f"data.path={command}"]).data.path == command
+
+
+def test_wildcards_in_a_path_are_named_with_what_to_give_instead(tmp_path):
+    """A glob (`shards/*.tar`) is not expanded by any reader: the error said only that the path does not exist."""
+    assert data_problems(tmp_path / "*.tar") == [
+        f"data.path: webdataset path '{tmp_path / '*.tar'}' does not exist: give a folder of .tar shards, a "
+        "shards.json index or a brace pattern (launchers/build_shards.py writes the first two); wildcards (* ? [ ]) "
+        "are not expanded: give the folder of the shards, its shards.json or a brace pattern such as "
+        "shard-{000000..000099}.tar"
+    ]
+    assert data_problems(tmp_path / "mds-*", "mds") == [
+        f"data.path: MDS path '{tmp_path / 'mds-*'}' is not an existing folder (built shards: "
+        "launchers/build_shards.py); wildcards (* ? [ ]) are not expanded: give the dataset's folder, which holds its "
+        "index.json"
+    ]
+    cfg = load_config(RECIPE, [f"teacher.path={tmp_path / 'pixart-*'}", "teacher.size=null"])
+    assert [p for p in missing_paths(cfg) if p.startswith("teacher.path")] == [
+        f"teacher.path: '{tmp_path / 'pixart-*'}' is not an existing folder (a local diffusers model or pipeline "
+        "folder); wildcards (* ? [ ]) are not expanded: give the folder itself"
+    ]
