@@ -8,7 +8,8 @@ Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
   4 + 4 + 8. T5 stays fp32 in any precision unless text_encoder.precision is 'run'; Qwen2.5-VL takes the run's. Stage 1
   partitions the optimizer state, 2 also the gradients, 3 also the weights; the frozen teacher
   and the text encoders (T5, Qwen-Image's Qwen2.5-VL) have weights only (teacher_stage 0 replicates them, 3
-  partitions them: the trainer holds the encoders in frozen ZeRO-3 engines too).
+  partitions them: the trainer holds the encoders in frozen ZeRO-3 engines too). zero.offload_params puts the
+  student's weights in CPU memory, a LoRA student's frozen base included (and so a shared teacher's).
 - the student's EMA (train.ema_decay): fp32 copies of its trainable parameters, 4 bytes each, a 1/N shard under
   ZeRO-3 (none on the GPU with zero.offload_optimizer: it follows the fp32 master into CPU memory), whole on every
   rank at stages 0-2 (ard_scale/distributed/ema.py).

@@ -101,15 +101,16 @@ def _frozen_encoder(n: int, cfg: RootConfig, gpus: int, working_set: int, source
 
 def _models(cfg: RootConfig, m: Measured, gpus: int) -> dict[str, dict]:
     """Per-GPU bytes of each model's weights, gradients, optimizer state, EMA and activations. A LoRA student trains
-    its adapters and heads only; its frozen base is held at the student's stage — and with share_teacher it *is* the
-    teacher's weights, held once."""
+    its adapters and heads only; its frozen base is held at the student's stage (in CPU memory with
+    zero.offload_params) — and with share_teacher it *is* the teacher's weights, held once."""
     z, precision, student = cfg.zero, cfg.train.precision, m.student
     n_student, n_teacher = num_params(student), num_params(m.teacher)
     n_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     shared = student.shares_teacher
     teacher_stage = z.stage if shared else z.teacher_stage
     trained = trained_memory(n_trainable, z.stage, gpus, precision, z.offload_optimizer, z.offload_params)
-    frozen_base = frozen_memory(n_student - n_trainable, z.stage, gpus, precision)
+    # zero.offload_params moves every partition of the student engine into CPU memory, the frozen base's too
+    frozen_base = frozen_memory(0 if z.offload_params else n_student - n_trainable, z.stage, gpus, precision)
     checkpointing = "checkpointing" if cfg.train.activation_checkpointing else "no_checkpointing"
     models = {
         "student": {

@@ -171,6 +171,21 @@ def test_a_shared_lora_student_holds_the_teacher_once_and_trains_only_its_adapte
     assert lora["persistent_bytes"] < 0.3 * full["persistent_bytes"]
 
 
+def test_offloaded_parameters_take_a_lora_students_frozen_base_off_the_gpu():
+    """zero.offload_params: DeepSpeed's ZeRO-3 partitioning puts every parameter of the student engine in CPU memory
+    whether it trains or not (partition_parameters.py picks the partition's device without looking at requires_grad),
+    so a LoRA student's frozen base — a shared teacher's weights — holds no GPU bytes; a separate teacher's do."""
+    lora = ["zero.stage=3", "zero.teacher_stage=3", "student.lora.rank=4"]
+    for shared in ("true", "false"):
+        on, off = (
+            plan(load_config("recipes/tiny_cpu.yaml", [*lora, f"student.lora.share_teacher={shared}", *more]), 8)
+            for more in (["zero.offload_params=true"], [])
+        )
+        assert off["models"]["student"]["params"] > 0 and on["models"]["student"]["params"] == 0
+        assert on["models"]["teacher"]["params"] == off["models"]["teacher"]["params"]
+        assert (on["models"]["teacher"]["params"] == 0) == (shared == "true")
+
+
 @pytest.mark.parametrize("recipe", ["recipes/tiny_cpu.yaml", "recipes/tiny_flux_cpu.yaml"])
 def test_flex_history_attention_is_planned_at_the_blocks_its_mask_allows(recipe):
     """`student.attention` flex (what `auto` picks on a GPU) counts the history attention of the N masked blocks at
