@@ -60,7 +60,7 @@ from ard_scale.checkpoint.safe_load import (
     tag_problems,
     verify_dir,
 )
-from ard_scale.checkpoint.save_errors import CheckpointSaveError, room_problem, write_failure
+from ard_scale.checkpoint.save_errors import CheckpointSaveError, prepare_failure, room_problem, write_failure
 from ard_scale.checkpoint.student_meta import check_student_kind, check_zero_stage, student_architecture
 from ard_scale.config import (
     config_hash,
@@ -254,12 +254,10 @@ class CheckpointManager:
         if latest == tag:  # e.g. a stop signal right after the periodic save: nothing new to write
             return
         self._damaged.discard(tag)  # replaced by this save
-        if rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._remove_failed_saves(tag, latest)
-        no_room = _gather(room_problem(self.dir, tag, latest) if rank == 0 else None)[0]  # the same decision everywhere
-        if no_room is not None:
-            raise CheckpointSaveError(no_room, every_rank=True)
+        cannot = self._prepare(tag, latest) if rank == 0 else None
+        cannot = _gather(cannot)[0]  # the same decision everywhere: no rank is left waiting for the others
+        if cannot is not None:
+            raise CheckpointSaveError(cannot, every_rank=True)
 
         client = {**client_state, "ard_step": step, "ard_config_hash": self.config_hash, "ard_world_size": world}
         try:
@@ -283,6 +281,16 @@ class CheckpointManager:
         _barrier()  # when save returns on any rank, `latest` names this checkpoint
         if rank == 0:
             self._apply_retention()
+
+    def _prepare(self, tag: str, latest: str | None) -> str | None:
+        """Rank 0, before any rank writes: the checkpoint folder made and what failed saves left removed. Why `tag`
+        cannot be saved (no room, or an OSError on the way), else None."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._remove_failed_saves(tag, latest)
+            return room_problem(self.dir, tag, latest)
+        except OSError as e:  # said by every rank's CheckpointSaveError, not a traceback on rank 0 alone
+            return prepare_failure(self.dir, tag, latest, e)
 
     def _publish(self, engine, tag: str, step: int, world: int, digests: list[dict]) -> None:
         """Rank 0, once every rank has written its files: the recipe, the completion marker (with every file's size
