@@ -1,6 +1,7 @@
 """Why a checkpoint save could not happen, said so the user can act: no room before it starts (`room_problem`), rank 0's
-preparation that failed (`prepare_failure`: creating the folder, removing what failed saves left), or a write that
-failed (`write_failure`: a folder that is not writable is told apart from a full disk). The manager
+preparation that failed (`prepare_failure`: creating the folder, removing what failed saves left), a write that
+failed (`write_failure`: a folder that is not writable is told apart from a full disk), or another rank that failed
+during the save (`peer_failure`, said by the ranks left waiting for it). The manager
 (checkpoint/manager.py) raises these messages as `CheckpointSaveError`."""
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ def write_failure(ckpt_dir: Path, tag: str, latest: str | None, rank: int, error
     outcome = f"{tag} is incomplete and is never loaded; {_kept(latest)}."
     # DeepSpeed reports a folder it could not create as "Parent directory ... does not exist": ask the folder
     return _not_writable(ckpt_dir, latest, failed, outcome) or _no_room(ckpt_dir, latest, failed, outcome)
+
+
+def peer_failure(ckpt_dir: Path, tag: str, latest: str | None, rank: int, error: Exception, published: bool) -> str:
+    """The message for `rank` when a collective of the save of `tag` failed: another rank failed or died during the
+    save, and that rank's own error says why. `published`: `latest` already names `tag` (a peer died after it)."""
+    failed = (
+        f"rank {rank} could not finish checkpoint {tag} in {ckpt_dir}: another rank failed or died during the save "
+        f"(this rank's wait for it ended in {type(error).__name__}: {error}); that rank's own error (its lines of the "
+        "log) says why."
+    )
+    if published:
+        return (
+            f"{failed} {tag} was saved whole and is the latest. Fix what that rank reports, then rerun the same "
+            f"command: it resumes from {tag}"
+        )
+    return (
+        f"{failed} {tag} is incomplete and is never loaded; {_kept(latest)}. Fix what that rank reports, then rerun "
+        f"the same command: {_then(latest)}"
+    )
 
 
 def prepare_failure(ckpt_dir: Path, tag: str, latest: str | None, error: OSError) -> str:
