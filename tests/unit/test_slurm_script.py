@@ -60,6 +60,49 @@ def test_ranks_per_node_are_the_gpus_else_the_tasks_and_an_uneven_layout_is_refu
     assert "--ntasks-per-node" in uneven.stderr
 
 
+def test_gpus_counted_per_job_on_several_nodes_are_refused_naming_gpus_per_node():
+    """Ranks per node came from the batch node's SLURM_GPUS_ON_NODE alone: `sbatch --nodes=2 --gpus=12` may get 8 GPUs
+    on one node and 4 on the other, and the other node's torchrun started 8 ranks on 4 GPUs (or its srun step could
+    not be made). A job-wide GPU count on several nodes, or GPUs per task over uneven tasks, is refused before
+    anything starts; per-node counts (--gpus-per-node, --gres=gpu:K) and one node pass."""
+
+    def ranks(**env: str) -> subprocess.CompletedProcess:
+        return bash("ard_ranks_per_node", env)
+
+    per_job = ranks(SLURM_GPUS_ON_NODE="8", SLURM_GPUS="12", SLURM_JOB_NUM_NODES="2", SLURM_TASKS_PER_NODE="1(x2)")
+    assert per_job.returncode != 0 and per_job.stdout == "", per_job
+    assert per_job.stderr.count("\n") == 1 and "--gpus=12" in per_job.stderr and "(this one has 8)" in per_job.stderr
+    assert "submit with --gpus-per-node=K" in per_job.stderr, per_job.stderr
+    per_task = ranks(
+        SLURM_GPUS_ON_NODE="2", SLURM_GPUS_PER_TASK="1", SLURM_JOB_NUM_NODES="2", SLURM_TASKS_PER_NODE="2,1"
+    )
+    assert (
+        per_task.returncode != 0
+        and "SLURM_TASKS_PER_NODE=2,1" in per_task.stderr
+        and "--ntasks-per-node" in per_task.stderr
+    )
+    even = {"SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_TASKS_PER_NODE": "1(x2)"}
+    assert ranks(**even, SLURM_GPUS_PER_NODE="8").stdout == "8\n"  # --gpus-per-node=8
+    assert ranks(**even, SLURM_GPUS_PER_NODE="8", SLURM_GPUS="16").stdout == "8\n"  # both: per node governs
+    assert ranks(**even).stdout == "8\n"  # --gres=gpu:8 (per node; sets no SLURM_GPUS*)
+    assert ranks(**{**even, "SLURM_JOB_NUM_NODES": "1"}, SLURM_GPUS="8").stdout == "8\n"  # one node: all of them
+    one_task_each = ranks(SLURM_GPUS_ON_NODE="1", SLURM_JOB_NUM_NODES="2", SLURM_TASKS_PER_NODE="2,1")
+    assert one_task_each.stdout == "1\n"  # uneven tasks, but ranks follow the per-node GPUs (e.g. --gres=gpu:1)
+
+
+def test_each_nodes_step_takes_the_cpus_every_node_has():
+    """The srun step asked for the batch node's SLURM_CPUS_ON_NODE on every node, and threads were its share: on a
+    job over nodes of 72 and 36 CPUs (--exclusive on a mixed partition) with the batch node the larger, the step
+    could not be made on the smaller node. It now takes the fewest any node has, and says the nodes differ."""
+    mixed = bash("ard_node_cpus", {"SLURM_JOB_CPUS_PER_NODE": "72(x2),36", "SLURM_CPUS_ON_NODE": "72"})
+    assert mixed.stdout == "36\n" and "SLURM_JOB_CPUS_PER_NODE=72(x2),36" in mixed.stderr, mixed
+    assert mixed.stderr.count("\n") == 1
+    same = bash("ard_node_cpus", {"SLURM_JOB_CPUS_PER_NODE": "96(x4)", "SLURM_CPUS_ON_NODE": "96"})
+    assert (same.stdout, same.stderr) == ("96\n", "")
+    assert bash("ard_node_cpus", {"SLURM_CPUS_ON_NODE": "8"}).stdout == "8\n"
+    assert bash("ard_node_cpus").stdout == "1\n"  # outside Slurm
+
+
 def test_each_rank_gets_its_share_of_the_nodes_cpus():
     """Under the batch script torchrun gave each of several ranks OMP_NUM_THREADS=1 (slow for a CPU-offloaded
     optimizer); the script now exports the node's CPUs over its ranks, at least 1."""
