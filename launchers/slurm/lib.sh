@@ -1,12 +1,14 @@
 # Functions of launchers/slurm/train.sbatch, in a file of their own so that tests/unit/test_slurm_script.py can run
 # them in plain bash (sourced by the batch script from ARD_ROOT; it sets no option and runs nothing itself).
 
-# ard_run_finished RUN_DIR MAX_STEPS: true when the run's newest complete checkpoint is at train.max_steps or beyond,
-# i.e. the run has nothing left to train. RUN_DIR/checkpoints/latest names it as step_<digits>
-# (ard_scale/checkpoint/layout.py).
+# ard_run_finished RUN_DIR MAX_STEPS: true when the run has nothing left to train: its newest complete checkpoint is at
+# train.max_steps or beyond, or its data ran out there (RUN_DIR/data_ended names that checkpoint: the trainer writes
+# it when the data ends before train.max_steps, ard_scale/trainer/loop.py DATA_ENDED). RUN_DIR/checkpoints/latest
+# names the checkpoint as step_<digits> (ard_scale/checkpoint/layout.py); none yet reads as step 0.
 ard_run_finished() {
-  local tag
-  tag=$(cat "$1/checkpoints/latest" 2>/dev/null) || return 1
+  local tag ended
+  tag=$(cat "$1/checkpoints/latest" 2>/dev/null) || tag=step_00000000
+  ended=$(cat "$1/data_ended" 2>/dev/null) && [ "$ended" = "$tag" ] && return 0
   [[ $tag =~ ^step_([0-9]+)$ ]] && ((10#${BASH_REMATCH[1]} >= $2))
 }
 

@@ -44,6 +44,29 @@ def test_a_run_at_max_steps_is_finished_and_is_not_requeued(tmp_path):
     assert not finished("garbage", 12)
 
 
+def test_a_run_whose_data_ran_out_is_finished_and_is_not_requeued(tmp_path):
+    """A run whose finite data ends before train.max_steps, signalled as it ended, was requeued: the requeued job
+    resumed, found no data and ended (and, signalled at start under a short time limit, was requeued again and again).
+    The trainer's RUN_DIR/data_ended names the checkpoint where the data ran out; while it is the latest, the run is
+    finished (the e2e run writing it: tests/e2e/test_data_faults.py)."""
+    (tmp_path / "checkpoints").mkdir()
+
+    def finished(latest: str | None, ended: str | None) -> bool:
+        for path, text in ((tmp_path / "checkpoints" / "latest", latest), (tmp_path / "data_ended", ended)):
+            path.unlink(missing_ok=True)
+            if text is not None:
+                path.write_text(text)
+        proc = bash(f'ard_run_finished "{tmp_path}" 12')
+        assert proc.stderr == ""
+        return proc.returncode == 0
+
+    assert finished("step_00000009", "step_00000009")
+    assert finished(None, "step_00000000")  # data that yielded nothing: no checkpoint
+    assert not finished("step_00000009", None)
+    assert not finished("step_00000011", "step_00000009")  # a later run (more data.num_epochs) trained on
+    assert not finished(None, None)
+
+
 def test_ranks_per_node_are_the_gpus_else_the_tasks_and_an_uneven_layout_is_refused():
     """`sbatch --nodes=2 --ntasks=3` gives SLURM_TASKS_PER_NODE=2,1, which reached torchrun's --nproc_per_node as
     "2,1" (torchrun's own unclear error on every node); it is now refused before anything starts, naming the fix."""
