@@ -60,7 +60,13 @@ from ard_scale.checkpoint.safe_load import (
     tag_problems,
     verify_dir,
 )
-from ard_scale.checkpoint.save_errors import CheckpointSaveError, room_problem, write_failure
+from ard_scale.checkpoint.save_errors import (
+    CheckpointSaveError,
+    peer_failure,
+    prepare_failure,
+    room_problem,
+    write_failure,
+)
 from ard_scale.checkpoint.student_meta import check_student_kind, check_zero_stage, student_architecture
 from ard_scale.config import (
     config_hash,
@@ -94,6 +100,21 @@ def _gather(obj: Any) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def _collective_failed(error: BaseException) -> bool:
+    """Whether `error` came out of a collective with the other ranks (one of torch's distributed errors, or raised
+    inside torch.distributed or DeepSpeed's comm layer: gloo's "Connection closed by peer" is a plain RuntimeError)
+    rather than from this rank's own files."""
+    if isinstance(error, OSError):
+        return False
+    if isinstance(error, dist.DistError):
+        return True
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).as_posix() if tb is not None else ""
+    return "/torch/distributed/" in where or "/deepspeed/comm/" in where
 
 
 def _own_files(tag_dir: Path, rank: int) -> list[Path]:
@@ -254,24 +275,21 @@ class CheckpointManager:
         if latest == tag:  # e.g. a stop signal right after the periodic save: nothing new to write
             return
         self._damaged.discard(tag)  # replaced by this save
-        if rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._remove_failed_saves(tag, latest)
-        no_room = _gather(room_problem(self.dir, tag, latest) if rank == 0 else None)[0]  # the same decision everywhere
-        if no_room is not None:
-            raise CheckpointSaveError(no_room, every_rank=True)
+        cannot = self._prepare(tag, latest) if rank == 0 else None
+        with self._failing_as_save_error(tag, latest, rank):
+            cannot = _gather(cannot)[0]  # the same decision everywhere: no rank is left waiting for the others
+        if cannot is not None:
+            raise CheckpointSaveError(cannot, every_rank=True)
 
         client = {**client_state, "ard_step": step, "ard_config_hash": self.config_hash, "ard_world_size": world}
-        try:
+        with self._failing_as_save_error(tag, latest, rank):  # the other ranks' collectives fail once this rank exits
             # Trainable state only: a LoRA student's frozen base (the teacher's weights) is rebuilt from the recipe.
             engine.save_checkpoint(
                 str(self.dir), tag=tag, client_state=client, save_latest=False, exclude_frozen_parameters=True
             )
             self._write_rank_state(tag_dir, rank, rank_state)
-        except Exception as e:  # the other ranks wait in a collective until the launcher stops them
-            raise CheckpointSaveError(write_failure(self.dir, tag, latest, rank, e), every_rank=False) from e
-        _barrier()  # every rank's files are on disk (each fsynced its own)
-        digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
+            _barrier()  # every rank's files are on disk (each fsynced its own)
+            digests = _gather({p.name: file_digest(p) for p in _own_files(tag_dir, rank)})  # in parallel over ranks
 
         if rank == 0:
             try:
@@ -280,9 +298,39 @@ class CheckpointManager:
                 with contextlib.suppress(OSError):  # a marker without `latest` is resumed when there is no `latest`
                     (tag_dir / META).unlink(missing_ok=True)
                 raise CheckpointSaveError(write_failure(self.dir, tag, latest, rank, e), every_rank=False) from e
-        _barrier()  # when save returns on any rank, `latest` names this checkpoint
+        with self._failing_as_save_error(tag, latest, rank):
+            _barrier()  # when save returns on any rank, `latest` names this checkpoint
         if rank == 0:
             self._apply_retention()
+
+    @contextlib.contextmanager
+    def _failing_as_save_error(self, tag: str, latest: str | None, rank: int):
+        """What fails inside, raised as the CheckpointSaveError that says what this rank knows: its own write failed
+        (`write_failure`), or a collective with the other ranks did, as it does when another rank failed or died
+        during the save (`peer_failure`: that rank's own error says why; this rank's writes were not the problem)."""
+        try:
+            yield
+        except Exception as e:
+            if not _collective_failed(e):
+                raise CheckpointSaveError(write_failure(self.dir, tag, latest, rank, e), every_rank=False) from e
+            published = self._names_latest(tag)  # rank 0 wrote `latest` before a peer died in the last barrier
+            raise CheckpointSaveError(peer_failure(self.dir, tag, latest, rank, e, published), every_rank=False) from e
+
+    def _names_latest(self, tag: str) -> bool:
+        try:
+            return (self.dir / LATEST).read_text(encoding="utf-8").strip() == tag
+        except OSError:
+            return False
+
+    def _prepare(self, tag: str, latest: str | None) -> str | None:
+        """Rank 0, before any rank writes: the checkpoint folder made and what failed saves left removed. Why `tag`
+        cannot be saved (no room, or an OSError on the way), else None."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._remove_failed_saves(tag, latest)
+            return room_problem(self.dir, tag, latest)
+        except OSError as e:  # said by every rank's CheckpointSaveError, not a traceback on rank 0 alone
+            return prepare_failure(self.dir, tag, latest, e)
 
     def _publish(self, engine, tag: str, step: int, world: int, digests: list[dict]) -> None:
         """Rank 0, once every rank has written its files: the recipe, the completion marker (with every file's size

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ard_scale.checkpoint.export import full_ema_state_dict
+from ard_scale.checkpoint.layout import atomic_write_text, tag_of
 from ard_scale.checkpoint.manager import CheckpointManager
 from ard_scale.checkpoint.run_lock import lock_run_dir, not_writable
 from ard_scale.config import ConfigError, RootConfig, dump_yaml, to_dict
@@ -32,6 +33,11 @@ from ard_scale.trainer.gan import DivergenceWatch, build_gan, gan_step
 from ard_scale.trainer.step import any_rank, regression_step
 from ard_scale.trainer.stop import DataPosition, StopSignal
 from ard_scale.utils.strict_json import strict_json
+
+DATA_ENDED = "data_ended"
+"""RUN_DIR/data_ended: the tag of the step at which the data ran out (written when it did, removed when a run goes
+on). A run whose `latest` it names has nothing left to train: launchers/slurm/lib.sh's `ard_run_finished` reads it,
+so a job stopped by a signal then is not requeued to resume, find no data and end again."""
 
 
 class ProcessRNG:
@@ -141,6 +147,7 @@ def train(cfg: RootConfig, stop: StopSignal | None = None) -> list[float]:
     resumed = ckpt.resume(run.engine)
     if rank == 0:  # only once the checkpoint accepted this recipe: a refused resume leaves the run's own as it was
         dump_yaml(cfg, run_dir / "config.yaml")
+        (run_dir / DATA_ENDED).unlink(missing_ok=True)  # this run trains on (e.g. under more data.num_epochs)
     if run.init_from is not None:
         say(rank, f"the GAN stage's student starts from {run.init_from}")
     if resumed is not None:
@@ -168,6 +175,8 @@ def train(cfg: RootConfig, stop: StopSignal | None = None) -> list[float]:
         if drawn is None or drawn is STOPPED:  # every rank stops here, at the same step
             if progress.step > saved_step:
                 ckpt.save_tracked(run.engine, progress.step)
+            if drawn is None and rank == 0:  # the run is over: a Slurm job stopped by a signal now is not requeued
+                atomic_write_text(run_dir / DATA_ENDED, tag_of(progress.step))
             say(rank, data_ended(cfg, run_dir, progress.step) if drawn is None else stopped(ckpt, progress.step))
             break
         micro_batches, step_samples = drawn

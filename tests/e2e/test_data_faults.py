@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from ard_scale.data import bundled_digits_path
 from ard_scale.data.samples import BadSample, decode_sample
 from ard_scale.data.sources import iter_shard_set
 from ard_scale.data.writers import WebdatasetWriter, write_shards
-from ard_scale.utils.launch import torchrun
+from ard_scale.utils.launch import ROOT, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 TIMEOUT_S = 900  # a hang fails the test as subprocess.TimeoutExpired; a healthy run takes a few minutes here
@@ -116,6 +117,11 @@ def test_finite_webdataset_stops_every_rank_at_the_same_step_with_a_checkpoint(t
     assert [m["samples_seen"] for m in logged] == [4, 7]  # real samples (was batch_size × ranks per step)
     assert logged[-1]["skipped_samples"] == 2 and logged[-1]["skipped_samples/zero-size image"] == 2
     assert latest_step(run_dir) == 2  # checkpoint.every=100: saved because the data ended
+    # and the run is finished: a Slurm job signalled now is not requeued (tests/unit/test_slurm_script.py)
+    assert (run_dir / "data_ended").read_text() == "step_00000002"
+    finished = subprocess.run(["bash", "-c", f'source launchers/slurm/lib.sh && ard_run_finished "{run_dir}" 3'],
+                              cwd=ROOT)  # fmt: skip
+    assert finished.returncode == 0
 
     # more steps than num_epochs can give: a ConfigError at start naming the key, said once for both ranks (both
     # stop on it), no traceback

@@ -387,6 +387,35 @@ def test_a_disk_that_fills_up_at_the_end_of_a_save_is_a_save_error_and_keeps_the
     assert mgr.load_latest(FakeEngine()) == ({"step": 2}, {"cursor": 2})
 
 
+def test_a_failed_saves_leftover_that_cannot_be_removed_is_a_save_error_on_every_rank(small_disk, cfg):
+    """Rank 0's first part of a save (making the checkpoint folder, removing what failed saves left) ran outside the
+    save's error handling: an OSError there was a raw traceback on rank 0 alone, while the other ranks waited for its
+    decision. Here a killed save of step 2 left its folder, and the disk went read-only before the rerun's save of
+    step 2: the save error of every rank (one decision, rank 0 says it), naming the read-only folder."""
+    run_dir = small_disk(1024) / "run"
+    ckpt = run_dir / "checkpoints"
+    mgr = CheckpointManager(run_dir, keep_last=2, config_dict=cfg)
+    mgr.save(FakeEngine(), 1, {"step": 1}, {"cursor": 1})
+    FakeEngine().save_checkpoint(str(ckpt), "step_00000002", {}, save_latest=False, exclude_frozen_parameters=True)
+    small_disk(1024, read_only=True)
+    with pytest.raises(CheckpointSaveError) as raised:
+        CheckpointManager(run_dir, keep_last=2, config_dict=cfg).save(FakeEngine(), 2, {"step": 2}, {"cursor": 2})
+    message = str(raised.value)
+    assert raised.value.every_rank, message
+    assert message.startswith(f"rank 0 could not prepare checkpoint step_00000002 in {ckpt} (OSError: [Errno 30]")
+    assert "The folder is not writable (creating a file there: Read-only file system)" in message, message
+    assert "Nothing of step_00000002 was written; step_00000001 stays the latest, intact" in message, message
+    assert message.endswith("then rerun the same command: it resumes from step_00000001"), message
+    assert "full disk" not in message and "\n" not in message, message
+    assert mgr.latest_tag() == "step_00000001" and mgr.complete_tags() == ["step_00000001"]
+    with pytest.raises(CheckpointSaveError) as raised:  # a first save, whose checkpoint folder cannot be made
+        CheckpointManager(run_dir.parent / "new", keep_last=2, config_dict=cfg).save(FakeEngine(), 1, {}, {})
+    message = str(raised.value)
+    assert f"creating a file in {run_dir.parent}: Read-only file system" in message, message
+    assert message.endswith(f"Make {run_dir.parent} writable for the user this job runs as, then rerun the same "
+                            "command: it starts over"), message  # fmt: skip
+
+
 def test_retention_does_not_keep_a_checkpoint_the_resume_found_damaged_in_place_of_an_intact_one(tmp_path, cfg):
     """A stop signal's off-grid checkpoint (step 25) is damaged; the resume falls back to step 20 and the periodic
     saves never write step 25 again. At the save of step 30, keep_last=2 kept the damaged 25 and deleted the intact
