@@ -121,7 +121,7 @@ def _scheduler_config(cfg: RootConfig) -> tuple[str, dict]:
         "beta_schedule": "linear",
         "prediction_type": d.prediction_type,
         "clip_sample": False,
-        "set_alpha_to_one": False,
+        "set_alpha_to_one": True,  # the schedule's clean endpoint ᾱ = 1, where the student's last step lands
     }
 
 

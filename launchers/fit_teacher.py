@@ -209,6 +209,7 @@ def sample(teacher, schedule, cond: Condition, null: Condition, shape, guidance:
         seeds=range(cond.batch_size),
         num_student_steps=1,
         substeps=steps,
+        guide=teacher.spec.guide,  # the family's CFG combination, as its pipeline (Qwen-Image rescales the norm)
     )
     return tr.final.clamp(-1, 1)
 

@@ -174,9 +174,10 @@ def diffusers_grid(scheduler) -> tuple[Schedule, torch.Tensor, str]:
     """(schedule, teacher grid, solver) reproducing a diffusers scheduler after `set_timesteps(N)`: for VP the grid is
     its integer `timesteps` (whatever its `timestep_spacing`) then the clean endpoint.
 
-    Supported: linear betas; DDIM with η=0, clip_sample=False, set_alpha_to_one=True and 'leading' spacing (DDIM
-    steps from t to t − T//N, which is the next listed timestep only for 'leading'); DPM-Solver++ 2M (midpoint,
-    final_sigmas_type='zero', no Karras/exponential/beta/flow sigmas); FlowMatchEulerDiscreteScheduler (SD3: its
+    Supported: linear betas (not rescaled to zero terminal SNR); DDIM with η=0, clip_sample=False,
+    set_alpha_to_one=True and 'leading' spacing (DDIM steps from t to t − T//N, which is the next listed timestep only
+    for 'leading'); DPM-Solver++ 2M (midpoint, final_sigmas_type='zero', no Karras/exponential/beta/flow sigmas);
+    FlowMatchEulerDiscreteScheduler (SD3: its
     shifted sigmas are the grid, Euler; dynamic shifting (give `mu` to `set_timesteps`, as FluxPipeline and
     QwenImagePipeline do) and Qwen-Image's `shift_terminal` stretch are already in those sigmas, so the returned
     schedule's own `shift` is then unused: pass the grid explicitly; no stochastic sampling). Anything else raises.
@@ -190,6 +191,8 @@ def diffusers_grid(scheduler) -> tuple[Schedule, torch.Tensor, str]:
         problems.append(f"beta_schedule={cfg.beta_schedule!r} (need 'linear', no trained_betas)")
     if getattr(cfg, "thresholding", False):
         problems.append("thresholding=True (need False)")
+    if getattr(cfg, "rescale_betas_zero_snr", False):  # its ᾱ table is not the linear betas' (zero terminal SNR)
+        problems.append("rescale_betas_zero_snr=True (need False: the VP schedule is the plain linear-beta one)")
     if cfg.prediction_type not in ("epsilon", "v_prediction"):
         problems.append(f"prediction_type={cfg.prediction_type!r} (need 'epsilon' or 'v_prediction')")
     timesteps = [int(t) for t in scheduler.timesteps.tolist()]

@@ -1,10 +1,13 @@
 """export_pipeline's encoder and VAE overrides say where those weights are (`path`, `size`), never what the student
 was trained with: the token count it read and the VAE's latent scaling are the checkpoint recipe's."""
 
+import diffusers
 import pytest
 
 from ard_scale.config import dump_yaml, load_config, to_dict
-from ard_scale.pipeline import export_pipeline
+from ard_scale.diffusion.trajectory import diffusers_grid
+from ard_scale.pipeline import _scheduler_config, export_pipeline
+from ard_scale.trainer.build import build_schedule
 
 
 @pytest.fixture
@@ -33,3 +36,18 @@ def test_where_the_encoders_and_vae_are_is_still_taken(run_dir, tmp_path):
     overrides = ["text_encoder.size=debug", "vae.size=null", f"vae.path={tmp_path / 'vae'}"]
     with pytest.raises(ValueError, match="is not a complete checkpoint"):  # past the overrides: to the weights
         export_pipeline(run_dir, tmp_path / "pipe", overrides=overrides)
+
+
+@pytest.mark.parametrize("recipe", ["recipes/tiny_t2i_cpu.yaml", "recipes/tiny_sd3_cpu.yaml"])
+def test_the_exported_scheduler_is_the_students_schedule(recipe):
+    """scheduler/ describes the schedule the student was distilled on: diffusers' scheduler built from it is read back
+    (`diffusers_grid`) as that schedule, a VP one ending at the clean endpoint ᾱ = 1 as the student's last step does
+    (set_alpha_to_one=False ended DDIM at ᾱ_0 = 1 − β_0, and diffusers_grid refused it)."""
+    cfg = load_config(recipe)
+    name, kwargs = _scheduler_config(cfg)
+    scheduler = getattr(diffusers, name)(**kwargs)
+    scheduler.set_timesteps(10)
+    schedule, grid, _ = diffusers_grid(scheduler)
+    assert schedule == build_schedule(cfg)
+    if name == "DDIMScheduler":
+        assert float(scheduler.final_alpha_cumprod) == 1.0 and float(grid[-1]) == -1.0

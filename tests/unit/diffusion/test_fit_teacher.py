@@ -221,6 +221,24 @@ def test_fit_teacher_defaults_work_for_every_family(tmp_path, family, capsys):
     assert "1 CPU thread(s)" in capsys.readouterr().out
 
 
+def test_the_sample_grid_guides_as_the_familys_pipeline():
+    """samples.png (and fit.json's sample accuracy) come from the teacher's own sampler: Qwen-Image's CFG rescales the
+    guided prediction to the conditional one's norm (`Family.guide`), which the grid's sampler left out."""
+    from ard_scale.diffusion.trajectory import teacher_trajectory
+
+    fit = _fit_teacher()
+    overrides = FAMILIES["qwen_image"].pixel_overrides(1, 8)  # a 1-channel pixel-space teacher, as fit_teacher fits
+    teacher = build_teacher("qwen_image", "debug", seed=1, **overrides)
+    conditioner = fit.ClassConditioner(teacher)
+    cond, null = conditioner(torch.tensor([3, 7])), conditioner(torch.tensor([10, 10]))
+    schedule, shape = FlowSchedule(), (1, 8, 8)
+    samples = fit.sample(teacher, schedule, cond, null, shape, 4.0, 2)
+    kw = dict(null_cond=null, guidance_scale=4.0, latent_shape=shape, seeds=range(2), num_student_steps=1, substeps=2)
+    guided = teacher_trajectory(teacher, schedule, cond, guide=teacher.spec.guide, **kw).final.clamp(-1, 1)
+    torch.testing.assert_close(samples, guided, rtol=0, atol=1e-6)
+    assert not torch.allclose(samples, teacher_trajectory(teacher, schedule, cond, **kw).final.clamp(-1, 1))
+
+
 def test_fit_teacher_on_shards_refuses_a_family_that_needs_pooled_clip(tmp_path):
     data = ["--data", bundled_digits_path("webdataset"), "--data-format", "webdataset"]
     with pytest.raises(SystemExit):

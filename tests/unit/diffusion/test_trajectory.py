@@ -171,6 +171,9 @@ def test_bad_inputs():
         (DPMSolverMultistepScheduler(use_karras_sigmas=True), "use_karras_sigmas=True"),
         (DPMSolverMultistepScheduler(solver_order=3), "solver_order=3"),
         (DDIMScheduler(clip_sample=False, prediction_type="sample"), "prediction_type='sample'"),
+        # zero terminal SNR rescales the betas' ᾱ table, which VPSchedule (plain linear betas) does not reproduce
+        (DDIMScheduler(clip_sample=False, rescale_betas_zero_snr=True), "rescale_betas_zero_snr=True"),
+        (DPMSolverMultistepScheduler(rescale_betas_zero_snr=True), "rescale_betas_zero_snr=True"),
     ],
 )
 def test_diffusers_grid_refuses_what_it_cannot_reproduce(scheduler, match):
