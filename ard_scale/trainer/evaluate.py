@@ -34,7 +34,7 @@ import torch
 
 from ard_scale.checkpoint.layout import tag_of
 from ard_scale.config import RootConfig, to_dict
-from ard_scale.config.models import DiffusionConfig
+from ard_scale.config.models import SLOT_SECTIONS, DiffusionConfig
 from ard_scale.config.training import EvalConfig
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import Schedule
@@ -178,6 +178,12 @@ class EvalSetup:
         return values
 
 
+def model_description(section: Any, seed: int) -> dict:
+    """What defines a frozen model's output (the VAE, a text encoder): its recipe section and its weights (a named
+    size: random weights drawn from `seed`)."""
+    return {**to_dict(section), "weights": file_identity(section.path) if section.path else {"seed": seed}}
+
+
 def build_eval_setup(
     cfg: RootConfig,
     *,
@@ -267,14 +273,19 @@ def build_eval_setup(
         clip_id = {"model": ev.clip_model, "weights": file_identity(ev.clip_path)}
 
     seeded = cfg.train.seed  # named sizes are random weights drawn from train.seed
+    encoder_sections = [SLOT_SECTIONS[slot] for slot in teacher.spec.text_encoders]
     teacher_description = {
         "teacher": to_dict(cfg.teacher),
         "teacher_weights": file_identity(cfg.teacher.path) if cfg.teacher.path else {"seed": seeded},
         "diffusion": to_dict(cfg.diffusion),
         "num_student_steps": cfg.student.num_steps,  # the teacher grid has S·K steps
         "teacher_dtype": str(teacher.dtype),  # bf16 in a bf16 run, fp32 offline
-        "vae": {**to_dict(cfg.vae), "weights": file_identity(cfg.vae.path) if cfg.vae.path else {"seed": seeded}},
-        "text_encoder": {**to_dict(cfg.text_encoder), "weights": file_identity(cfg.text_encoder.path)} if text else {},
+        "vae": model_description(cfg.vae, seeded),
+        # every encoder the family reads (T5, CLIP towers, Qwen2.5-VL): each one's settings and weights shape the
+        # teacher's condition
+        "text_encoders": {section: model_description(getattr(cfg, section), seeded) for section in encoder_sections}
+        if text
+        else {},
         "eval_set": eval_set,
         "fid": fid_id,
         "clip": clip_id,

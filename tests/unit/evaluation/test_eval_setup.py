@@ -212,6 +212,19 @@ def test_teacher_metrics_keyed_on_the_resolution(tmp_path, assets):
     assert len(list((tmp_path / "eval" / "cache").glob("teacher_*.json"))) == 2
 
 
+def test_teacher_metrics_keyed_on_every_text_encoder_the_family_reads(tmp_path, assets):
+    """SD3 reads T5 and two CLIP towers: another CLIP token count (or other CLIP weights) is another teacher condition,
+    so the cached numbers of the first are not reused for it."""
+    more = (f"eval.prompts_path={assets['prompts']}", f"eval.clip_path={assets['clip']}")
+    first, _, _ = setup_for(tmp_path, *more, recipe="recipes/tiny_sd3_cpu.yaml")
+    first.teacher_metrics()
+    clip_tokens = ("pooled_encoder.max_length=12", "pooled_encoder_2.max_length=12")
+    other, _, other_calls = setup_for(tmp_path, *more, *clip_tokens, recipe="recipes/tiny_sd3_cpu.yaml")
+    other.teacher_metrics()
+    assert other_calls  # sampled under its own CLIP condition, not read from the first one's cache
+    assert set(other.teacher_description["text_encoders"]) == {"text_encoder", "pooled_encoder", "pooled_encoder_2"}
+
+
 def test_fid_with_one_sample_is_refused_when_the_recipe_loads(tmp_path, assets):
     """FID's covariance needs 2 generated images: eval.num_samples=1 with FID is a config error naming the key when
     the recipe loads, not an error at the first evaluation after training to it (before that step's checkpoint)."""
