@@ -27,7 +27,7 @@ from ard_scale.losses.regression import RegressionLoss
 from ard_scale.models.student import ARDStudent
 from ard_scale.models.teachers import Teacher, teacher_from_config, teacher_identity
 from ard_scale.models.vae import FrameLatentCodec, LatentCodec, PixelCodec, build_codec, vae_downsample
-from ard_scale.trainer.checks import check_attention, check_channel_options
+from ard_scale.trainer.checks import check_attention, check_channel_options, check_guidance
 from ard_scale.trainer.conditioning import SLOTS, Conditioner, distilled_guidance, precomputed_null
 from ard_scale.trainer.trajectories import NoiseSeeds, TrajectorySource, build_trajectory_source, check_offline_dump
 
@@ -219,6 +219,7 @@ def build_run(cfg: RootConfig, rank: int, world_size: int, *, adapt_ds_config=No
     teacher = build_teacher_model(cfg)
     shape, buckets = latent_shape(cfg, teacher), bucket_sizes(cfg, teacher)
     check_channel_options(cfg, teacher)
+    check_guidance(cfg, teacher)
     schedule = build_schedule(cfg, teacher.patch_size)
     guidance = embedded_guidance(cfg, teacher)
     student = ARDStudent(teacher, cfg.student, schedule, latent_shape=shape, guidance=guidance, latent_sizes=buckets)

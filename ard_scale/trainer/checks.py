@@ -3,11 +3,12 @@ against the teacher's latent, class labels against teacher.num_classes."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
 
-from ard_scale.config import ConfigError, RootConfig
+from ard_scale.config import ConfigError, ConfigWarning, RootConfig
 from ard_scale.data.samples import NO_LABEL
 from ard_scale.errors import UserError
 
@@ -42,6 +43,21 @@ def check_channel_options(cfg: RootConfig, teacher: Teacher) -> None:
             "(the teacher)",
             [f"diffusion.guide_first_channels: {k} > the teacher's {c} latent channels; give 1..{c} or null (all)"],
             every_rank=True,
+        )
+
+
+def check_guidance(cfg: RootConfig, teacher: Teacher) -> None:
+    """A family whose guidance is embedded (FLUX.1) with a teacher that embeds none (guidance_embeds=False:
+    FLUX.1-schnell) samples without guidance, as its diffusers pipeline does: a diffusion.guidance_scale other than 1
+    then does nothing, which is said (the run still records and exports the value)."""
+    g = cfg.diffusion.guidance_scale
+    if teacher.spec.guidance == "embedded" and not teacher.distilled_guidance and g != 1:
+        warnings.warn(
+            f"diffusion.guidance_scale={g} is ignored: this {teacher.spec.name} teacher embeds no guidance "
+            "(guidance_embeds=False, e.g. FLUX.1-schnell) and has no classifier-free guidance either, so its "
+            "trajectories are unguided, as its diffusers pipeline samples it; set diffusion.guidance_scale: 1.0",
+            ConfigWarning,
+            stacklevel=2,
         )
 
 

@@ -12,7 +12,7 @@ from ard_scale.config import ConfigError, load_config
 from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.solvers import guided_model
 from ard_scale.trainer.build import build_conditioner, build_teacher_model, student_engine_config
-from ard_scale.trainer.checks import check_channel_options
+from ard_scale.trainer.checks import check_channel_options, check_guidance
 from ard_scale.trainer.loop import MetricsLog, all_finite, check_reachable
 
 RECIPE = "recipes/tiny_cpu.yaml"
@@ -63,6 +63,24 @@ def test_guidance_channels_beyond_the_latent_are_refused_at_build_time():
                          1.5, guided_channels=99)  # fmt: skip
     with pytest.raises(ValueError, match=r"guided_channels=99 must be in \[1, 4\]"):
         model(torch.randn(1, 4, 2, 2), torch.tensor([0.5]))
+
+
+def test_a_guidance_scale_a_flux_teacher_without_guidance_embedding_ignores_is_said():
+    """FLUX.1-schnell (guidance_embeds=False) samples unguided, as FluxPipeline does: a guidance_scale from a
+    FLUX.1-dev recipe did nothing, silently; now a ConfigWarning says so. A dev teacher, or scale 1, says nothing."""
+    import warnings
+
+    from ard_scale.config import ConfigWarning
+    from ard_scale.models.teachers import build_teacher
+
+    cfg = load_config("recipes/tiny_flux_cpu.yaml", ["diffusion.guidance_scale=3.5"])
+    schnell = build_teacher("flux", "debug", guidance_embeds=False)
+    with pytest.warns(ConfigWarning, match=r"diffusion.guidance_scale=3.5 is ignored: this flux teacher embeds no"):
+        check_guidance(cfg, schnell)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_guidance(cfg, build_teacher_model(cfg))  # FLUX.1-dev's debug size embeds it
+        check_guidance(load_config("recipes/tiny_flux_cpu.yaml", ["diffusion.guidance_scale=1.0"]), schnell)
 
 
 def test_metrics_jsonl_stays_strict_json_with_non_finite_numbers(tmp_path):
