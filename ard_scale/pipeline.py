@@ -47,6 +47,8 @@ from ard_scale.checkpoint.export_files import (
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.config.loader import check_override_sections, read_yaml
 from ard_scale.config.models import unnamed_encoders
+from ard_scale.config.paths import recipe_encoding_mismatches
+from ard_scale.data.text_encoding import read_text_encoding
 from ard_scale.diffusion.condition import Condition
 from ard_scale.errors import UserError
 from ard_scale.models.families import get_family
@@ -157,9 +159,30 @@ def export_pipeline(
             f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
             f"{unnamed[0]}.path=DIR"
         )
+    _check_trained_encoders(cfg, run_dir)
     with writing_folder(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
         _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
+
+
+def _check_trained_encoders(cfg: RootConfig, run_dir: Path) -> None:
+    """Refuse text encoders other than those a run on precomputed text was trained with: the pipeline encodes its
+    prompts with them, so the student would be given other embeddings than it learnt from. Compared, as the recipe
+    check compares them, with the text_encoding.json of the run's shards (`data.path`; their size, token count and
+    weights' fingerprint, not their path) where those shards are on this machine."""
+    spec = get_family(cfg.teacher.family)
+    path = cfg.data.path
+    if spec.condition_kind != "text" or not cfg.text_encoder.use_precomputed or path is None or not Path(path).is_dir():
+        return
+    record = read_text_encoding(path)
+    differing = [] if record is None else recipe_encoding_mismatches(cfg, spec, record)
+    if differing:
+        section = next((s for s in OVERRIDABLE if differing[0].startswith(f"{s}.")), "text_encoder")
+        raise UserError(
+            f"the pipeline's text encoders are not those {run_dir} was trained with: its shards ({path}) were encoded "
+            f"otherwise ({'; '.join(differing)}); give the encoders they were encoded with (their text_encoding.json "
+            f"names them), e.g. python launchers/export.py {run_dir} {section}.path=DIR"
+        )
 
 
 def _check_override_keys(overrides: Sequence[str]) -> None:

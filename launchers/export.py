@@ -19,8 +19,9 @@ base weights: --teacher DIR names the teacher folder if the recipe's teacher.pat
 
 SECTION.path=DIR or SECTION.size=NAME settings of the encoder and VAE sections (text_encoder, pooled_encoder,
 pooled_encoder_2, qwen_encoder, vae) change where the pipeline takes them from: a run trained on precomputed text may
-name no text encoder, and a pipeline encodes prompts (e.g. qwen_encoder.path=/models/qwen-image). Their other keys
-(max_length, scaling_factor, ...) are the checkpoint recipe's, what the student was trained with.
+name no text encoder, and a pipeline encodes prompts (e.g. qwen_encoder.path=/models/qwen-image); an encoder other than
+the one the run's shards were encoded with (their text_encoding.json, where data.path is at hand) is refused. Their
+other keys (max_length, scaling_factor, ...) are the checkpoint recipe's, what the student was trained with.
 """
 
 from __future__ import annotations
