@@ -1,5 +1,6 @@
 """A trained ARD student as a pipeline you call with a prompt (or class labels): export it, load it, sample.
 
+    import torch
     from ard_scale.pipeline import ARDPipeline
     pipe = ARDPipeline.from_pretrained("runs/my_run/pipeline")
     images = pipe(["a red circle on white"], generator=torch.Generator().manual_seed(0)).images  # PIL images
