@@ -1,5 +1,7 @@
 """launchers/sample.py on a bare student folder refuses class labels outside the teacher's classes, as ARDPipeline
-does: DiT's label table has one more row (the null class of CFG), so label num_classes sampled unconditionally."""
+does: DiT's label table has one more row (the null class of CFG), so label num_classes sampled unconditionally. And
+given the other kind of condition (prompts for a class-conditional student, labels for a text one), pipeline or bare
+folder, it names the flags that student takes."""
 
 import runpy
 import sys
