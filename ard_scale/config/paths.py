@@ -182,6 +182,11 @@ def missing_paths(cfg) -> list[str]:
     need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder", holds=vae_holds)
     if cfg.train.trajectory_source != "offline" or cfg.gan.enabled:
         problem = _shard_problem(cfg.data.path, cfg.data.format)
+        if problem is not None and cfg.text_encoder.use_precomputed and not os.path.exists(cfg.data.path):
+            problem += (
+                "; with text_encoder.use_precomputed=true it is the folder launchers/precompute_text.py writes: "
+                f"python launchers/precompute_text.py SHARDS {cfg.data.path} --recipe RECIPE"
+            )
         out += [] if problem is None else [f"data.path: {problem}"]
         if problem is None and cfg.text_encoder.use_precomputed:
             out += _encoding_problems(cfg, spec)

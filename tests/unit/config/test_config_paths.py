@@ -277,3 +277,20 @@ def test_a_gan_stage_resumes_after_its_init_from_run_was_removed(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("step_00000002")
     assert missing_paths(cfg) == []
+
+
+def test_missing_precomputed_text_names_the_tool_that_writes_it(tmp_path):
+    """The walkthrough's recipe checked before its step 3 (`python -m ard_scale.config`) named the missing folder of
+    precomputed text with "(built shards: launchers/build_shards.py)", a step the user had taken: that folder is
+    launchers/precompute_text.py's output."""
+    text = tmp_path / "text"
+    cfg = load_config(RECIPE, ["data.format=mds", f"data.path={text}", "text_encoder.use_precomputed=true"])
+    assert missing_paths(cfg) == [
+        f"data.path: MDS path '{text}' is not an existing folder (built shards: launchers/build_shards.py); with "
+        "text_encoder.use_precomputed=true it is the folder launchers/precompute_text.py writes: python "
+        f"launchers/precompute_text.py SHARDS {text} --recipe RECIPE"
+    ]
+    cfg = load_config(RECIPE, ["data.format=mds", f"data.path={text}"])  # shards of images and captions: as it was
+    assert missing_paths(cfg) == [
+        f"data.path: MDS path '{text}' is not an existing folder (built shards: launchers/build_shards.py)"
+    ]
