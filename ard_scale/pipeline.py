@@ -386,7 +386,8 @@ class ARDPipeline:
             ask for num_images_per_prompt instead), and height/width, if given too, must be its size; it is taken in
             fp32 (the states between steps are fp32 whatever the pipeline's dtype, as in training).
         height, width: the image size (default: the size the student was distilled at); another size its family
-            takes (FLUX, SD3, Qwen-Image) warns, one it cannot take is refused naming those it can.
+            takes (FLUX, SD3, Qwen-Image; PixArt at other aspect ratios) warns, one it cannot take is refused naming
+            those it can.
         output_type: 'pil' (list of PIL images), 'np' ((B, H, W, 3) float32 in [0, 1], as diffusers), 'pt'
             ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding); another is refused before sampling.
         num_inference_steps, guidance_scale, negative_prompt: fixed at distillation (model_index.json's "ard"
