@@ -150,7 +150,7 @@ def export_pipeline(
     if not recipe_file.is_file():
         raise UserError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
     check_override_sections(overrides, OVERRIDABLE, tool="export", why="the student is the checkpoint's")
-    _check_override_keys(overrides)
+    check_override_keys(overrides)
     cfg = load_config(recipe_file, list(overrides))
     check_new_folder(out_dir, "pipeline")
     unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
@@ -160,17 +160,17 @@ def export_pipeline(
             f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
             f"{unnamed[0]}.path=DIR"
         )
-    _check_trained_encoders(cfg, run_dir)
+    check_trained_encoders(cfg, run_dir)
     with writing_folder(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
         _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
 
 
-def _check_trained_encoders(cfg: RootConfig, run_dir: Path) -> None:
-    """Refuse text encoders other than those a run on precomputed text was trained with: the pipeline encodes its
-    prompts with them, so the student would be given other embeddings than it learnt from. Compared, as the recipe
-    check compares them, with the text_encoding.json of the run's shards (`data.path`; their size, token count and
-    weights' fingerprint, not their path) where those shards are on this machine."""
+def check_trained_encoders(cfg: RootConfig, run_dir: Path, tool: str = "export") -> None:
+    """Refuse text encoders other than those a run on precomputed text was trained with: the pipeline (or launchers/
+    `tool`.py) encodes its prompts with them, so the student would be given other embeddings than it learnt from.
+    Compared, as the recipe check compares them, with the text_encoding.json of the run's shards (`data.path`; their
+    size, token count and weights' fingerprint, not their path) where those shards are on this machine."""
     spec = get_family(cfg.teacher.family)
     path = cfg.data.path
     if spec.condition_kind != "text" or not cfg.text_encoder.use_precomputed or path is None or not Path(path).is_dir():
@@ -180,19 +180,20 @@ def _check_trained_encoders(cfg: RootConfig, run_dir: Path) -> None:
     if differing:
         section = next((s for s in OVERRIDABLE if differing[0].startswith(f"{s}.")), "text_encoder")
         raise UserError(
-            f"the pipeline's text encoders are not those {run_dir} was trained with: its shards ({path}) were encoded "
-            f"otherwise ({'; '.join(differing)}); give the encoders they were encoded with (their text_encoding.json "
-            f"names them), e.g. python launchers/export.py {run_dir} {section}.path=DIR"
+            f"the {'pipeline' if tool == 'export' else 'evaluation'}'s text encoders are not those {run_dir} was "
+            f"trained with: its shards ({path}) were encoded otherwise ({'; '.join(differing)}); give the encoders "
+            f"they were encoded with (their text_encoding.json names them), e.g. python launchers/{tool}.py {run_dir} "
+            f"{section}.path=DIR"
         )
 
 
-def _check_override_keys(overrides: Sequence[str]) -> None:
-    """Refuse export overrides of an encoder or VAE section's keys other than `path` and `size`: its token count
+def check_override_keys(overrides: Sequence[str], tool: str = "export") -> None:
+    """Refuse `tool`'s overrides of an encoder or VAE section's keys other than `path` and `size`: its token count
     (max_length) and latent scaling are the ones the student was trained with, from the checkpoint's recipe."""
     others = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[-1] not in OVERRIDABLE_KEYS]
     if others:
         raise UserError(
-            f"export overrides may set only where the encoders and VAE are (SECTION.path or SECTION.size), got "
+            f"{tool} overrides may set only where the encoders and VAE are (SECTION.path or SECTION.size), got "
             f"{others}: their other settings (max_length, scaling_factor, shift_factor, ...) are the ones the student "
             "was trained with, taken from the checkpoint's recipe; leave them out"
         )

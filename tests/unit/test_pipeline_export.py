@@ -2,7 +2,6 @@
 was trained with: the token count it read and the VAE's latent scaling are the checkpoint recipe's."""
 
 import pytest
-import torch
 
 from ard_scale.config import dump_yaml, load_config, to_dict
 from ard_scale.pipeline import export_pipeline
@@ -34,35 +33,6 @@ def test_where_the_encoders_and_vae_are_is_still_taken(run_dir, tmp_path):
     overrides = ["text_encoder.size=debug", "vae.size=null", f"vae.path={tmp_path / 'vae'}"]
     with pytest.raises(ValueError, match="is not a complete checkpoint"):  # past the overrides: to the weights
         export_pipeline(run_dir, tmp_path / "pipe", overrides=overrides)
-
-
-@pytest.fixture
-def precomputed_run(tmp_path):
-    """A run trained on precomputed text (its recipe names no T5) whose shards' text_encoding.json records the T5 they
-    were encoded with: `t5`, a tiny random T5 folder; `other`, one of the same width with other weights."""
-    from eval_assets import write_tiny_t5
-
-    from ard_scale.data.text_encoding import write_text_encoding
-    from ard_scale.models.folders import encoder_fingerprint
-
-    t5, other = write_tiny_t5(tmp_path / "t5"), write_tiny_t5(tmp_path / "other_t5", vocab_size=400)
-    text = tmp_path / "text"
-    text.mkdir()
-    fingerprint = encoder_fingerprint(str(t5), "text_encoder")
-    fields = {"path": str(t5), "size": None, "max_length": 8, "fingerprint": fingerprint}
-    write_text_encoding(
-        str(text), family="pixart", captions="lower-cased and stripped", sections={"t5": ("text_encoder", fields)},
-        null={"text": torch.zeros(8, 24), "text_mask": torch.ones(8)},
-    )  # fmt: skip
-    recipe = to_dict(load_config("recipes/tiny_t2i_cpu.yaml"))
-    recipe["text_encoder"].update(size=None, path=None, use_precomputed=True)
-    recipe["data"].update(format="mds", path=str(text))
-    run = tmp_path / "run"
-    tag = run / "checkpoints" / "step_00000003"
-    tag.mkdir(parents=True)
-    (run / "checkpoints" / "latest").write_text("step_00000003")
-    dump_yaml(recipe, tag / "config.yaml")
-    return run, t5, other
 
 
 def test_an_encoder_other_than_the_one_the_shards_were_encoded_with_is_refused(precomputed_run, tmp_path):
