@@ -1,5 +1,6 @@
 """A trained ARD student as a pipeline you call with a prompt (or class labels): export it, load it, sample.
 
+    import torch
     from ard_scale.pipeline import ARDPipeline
     pipe = ARDPipeline.from_pretrained("runs/my_run/pipeline")
     images = pipe(["a red circle on white"], generator=torch.Generator().manual_seed(0)).images  # PIL images
@@ -47,6 +48,8 @@ from ard_scale.checkpoint.export_files import (
 from ard_scale.config import RootConfig, dump_yaml, load_config, to_dict
 from ard_scale.config.loader import check_override_sections, read_yaml
 from ard_scale.config.models import unnamed_encoders
+from ard_scale.config.paths import recipe_encoding_mismatches
+from ard_scale.data.text_encoding import read_text_encoding
 from ard_scale.diffusion.condition import Condition
 from ard_scale.errors import UserError
 from ard_scale.models.families import get_family
@@ -147,7 +150,7 @@ def export_pipeline(
     if not recipe_file.is_file():
         raise UserError(f"{recipe_file} is missing: a pipeline needs the recipe the checkpoint was trained with")
     check_override_sections(overrides, OVERRIDABLE, tool="export", why="the student is the checkpoint's")
-    _check_override_keys(overrides)
+    check_override_keys(overrides)
     cfg = load_config(recipe_file, list(overrides))
     check_new_folder(out_dir, "pipeline")
     unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
@@ -157,18 +160,40 @@ def export_pipeline(
             f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
             f"{unnamed[0]}.path=DIR"
         )
+    check_trained_encoders(cfg, run_dir)
     with writing_folder(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
         _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
 
 
-def _check_override_keys(overrides: Sequence[str]) -> None:
-    """Refuse export overrides of an encoder or VAE section's keys other than `path` and `size`: its token count
+def check_trained_encoders(cfg: RootConfig, run_dir: Path, tool: str = "export") -> None:
+    """Refuse text encoders other than those a run on precomputed text was trained with: the pipeline (or launchers/
+    `tool`.py) encodes its prompts with them, so the student would be given other embeddings than it learnt from.
+    Compared, as the recipe check compares them, with the text_encoding.json of the run's shards (`data.path`; their
+    size, token count and weights' fingerprint, not their path) where those shards are on this machine."""
+    spec = get_family(cfg.teacher.family)
+    path = cfg.data.path
+    if spec.condition_kind != "text" or not cfg.text_encoder.use_precomputed or path is None or not Path(path).is_dir():
+        return
+    record = read_text_encoding(path)
+    differing = [] if record is None else recipe_encoding_mismatches(cfg, spec, record)
+    if differing:
+        section = next((s for s in OVERRIDABLE if differing[0].startswith(f"{s}.")), "text_encoder")
+        raise UserError(
+            f"the {'pipeline' if tool == 'export' else 'evaluation'}'s text encoders are not those {run_dir} was "
+            f"trained with: its shards ({path}) were encoded otherwise ({'; '.join(differing)}); give the encoders "
+            f"they were encoded with (their text_encoding.json names them), e.g. python launchers/{tool}.py {run_dir} "
+            f"{section}.path=DIR"
+        )
+
+
+def check_override_keys(overrides: Sequence[str], tool: str = "export") -> None:
+    """Refuse `tool`'s overrides of an encoder or VAE section's keys other than `path` and `size`: its token count
     (max_length) and latent scaling are the ones the student was trained with, from the checkpoint's recipe."""
     others = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[-1] not in OVERRIDABLE_KEYS]
     if others:
         raise UserError(
-            f"export overrides may set only where the encoders and VAE are (SECTION.path or SECTION.size), got "
+            f"{tool} overrides may set only where the encoders and VAE are (SECTION.path or SECTION.size), got "
             f"{others}: their other settings (max_length, scaling_factor, shift_factor, ...) are the ones the student "
             "was trained with, taken from the checkpoint's recipe; leave them out"
         )
@@ -362,7 +387,8 @@ class ARDPipeline:
             ask for num_images_per_prompt instead), and height/width, if given too, must be its size; it is taken in
             fp32 (the states between steps are fp32 whatever the pipeline's dtype, as in training).
         height, width: the image size (default: the size the student was distilled at); another size its family
-            takes (FLUX, SD3, Qwen-Image) warns, one it cannot take is refused naming those it can.
+            takes (FLUX, SD3, Qwen-Image; PixArt at other aspect ratios) warns, one it cannot take is refused naming
+            those it can.
         output_type: 'pil' (list of PIL images), 'np' ((B, H, W, 3) float32 in [0, 1], as diffusers), 'pt'
             ((B, 3, H, W) in [0, 1]) or 'latent' (no decoding); another is refused before sampling.
         num_inference_steps, guidance_scale, negative_prompt: fixed at distillation (model_index.json's "ard"

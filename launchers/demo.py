@@ -7,7 +7,8 @@ Writes RUN_DIR/demo.png (one column per class; rows in pairs on the same noise: 
 24 network calls per sample, above the ARD student, 4 network calls, no CFG pass; tiles upscaled to 128 px, each
 labelled) and RUN_DIR/demo.json (the final metrics: student-vs-teacher
 MSE on the same noise, and how often a nearest-neighbour classifier over the real digits puts each model's
-samples in their conditioning class).
+samples in their conditioning class). The student it compares is exported to RUN_DIR/demo_student (written again at
+every run; launchers/export.py's own exports go to RUN_DIR/export/<tag> by default, and stay).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from ard_scale.utils.noise import eval_seeds  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "demo_digits.yaml"
 PER_CLASS = 8
+# the demo's own student export, replaced at every run: not RUN_DIR/export, where launchers/export.py writes a user's
+# exports by default (RUN_DIR/export/<tag>), which replacing that folder deleted
+STUDENT_DIR = "demo_student"
 
 
 def fit_teacher_if_missing(teacher_dir: Path) -> None:
@@ -71,7 +75,7 @@ def compare(cfg, run_dir: Path) -> dict:
     from ard_scale.evaluation.grids import save_png
     from ard_scale.models.teachers import load_teacher
 
-    export_dir = run_dir / "export"
+    export_dir = run_dir / STUDENT_DIR
     export_student(run_dir, export_dir, replace=True)  # a rerun of the demo exports its newest checkpoint again
     student = load_exported_student(export_dir).eval()
     teacher = load_teacher(cfg.teacher.path)

@@ -13,14 +13,16 @@ diffusers class (head 0 as its final layer), `ard_heads.safetensors` and `ard_co
 
 A LoRA student (student.lora.rank > 0) exports merged by default (a plain full student, as above). --lora-adapter
 writes its trainable state alone: `pytorch_lora_weights.safetensors` in diffusers' LoRA layout (load it into the
-teacher with `load_lora_adapter(folder, prefix="transformer")`), the heads and `ard_config.json` naming the base
-teacher; `load_exported_student(folder)` and launchers/sample.py apply it to that teacher. A LoRA checkpoint has no
-base weights: --teacher DIR names the teacher folder if the recipe's teacher.path has moved.
+teacher with `load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors", prefix="transformer")`), the
+heads and `ard_config.json` naming the base teacher; `load_exported_student(folder)` and launchers/sample.py apply it
+to that teacher. A LoRA checkpoint has no base weights: --teacher DIR names the teacher folder if the recipe's
+teacher.path has moved.
 
 SECTION.path=DIR or SECTION.size=NAME settings of the encoder and VAE sections (text_encoder, pooled_encoder,
 pooled_encoder_2, qwen_encoder, vae) change where the pipeline takes them from: a run trained on precomputed text may
-name no text encoder, and a pipeline encodes prompts (e.g. qwen_encoder.path=/models/qwen-image). Their other keys
-(max_length, scaling_factor, ...) are the checkpoint recipe's, what the student was trained with.
+name no text encoder, and a pipeline encodes prompts (e.g. qwen_encoder.path=/models/qwen-image); an encoder other than
+the one the run's shards were encoded with (their text_encoding.json, where data.path is at hand) is refused. Their
+other keys (max_length, scaling_factor, ...) are the checkpoint recipe's, what the student was trained with.
 """
 
 from __future__ import annotations

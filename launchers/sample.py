@@ -103,6 +103,30 @@ def read_embeddings(path: Path, student) -> dict[str, torch.Tensor]:
     return {k: (v.float() if k != "text_mask" else v) for k, v in emb.items() if v is not None}
 
 
+def check_condition_flags(args, student, pipeline: bool) -> None:
+    """Refuse the conditioning flag a student cannot take (prompts for a class-conditional one, class labels for a
+    text-to-image one) with the flags it takes, before sampling. `pipeline`: a pipeline folder (it encodes prompts),
+    else a bare student folder (text embeddings only)."""
+    family = student.family
+    if family.condition_kind == "labels" and args.class_labels is None:
+        given = "--prompts-embeddings" if args.prompts_embeddings is not None else "--prompt/--prompts-file"
+        num_classes = family.num_classes(student.backbone)
+        labels = "" if num_classes is None else f" (0..{num_classes - 1})"
+        raise ValueError(
+            f"{args.export_dir} holds a class-conditional {family.name} student: give --class-labels{labels}, not "
+            f"{given}"
+        )
+    if family.condition_kind == "text" and args.class_labels is not None:
+        takes = (
+            "--prompt or --prompts-file"
+            if pipeline
+            else "--prompts-embeddings (a bare student folder has no text encoder; a pipeline folder takes --prompt)"
+        )
+        raise ValueError(
+            f"{args.export_dir} holds a text-to-image {family.name} student: give {takes}, not --class-labels"
+        )
+
+
 def main(argv=None) -> list[Path]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -183,6 +207,7 @@ def _sample(args, prompts: list[str] | None) -> tuple[torch.Tensor, np.ndarray, 
                 stacklevel=1,
             )
         pipe = ARDPipeline.from_pretrained(args.export_dir, verify=args.verify)
+        check_condition_flags(args, pipe.student, pipeline=True)
         n = len(prompts) if prompts else len(args.class_labels)
         seeds = [torch.Generator().manual_seed(args.seed + i) for i in range(n)]  # sample i: the noise of seed + i
         out = pipe(prompts, class_labels=args.class_labels, generator=seeds, height=args.height, width=args.width,
@@ -204,6 +229,7 @@ def _sample_bare_student(args) -> tuple[torch.Tensor, np.ndarray, list[str]]:
         )
     # --teacher: an adapter export's base
     student = load_exported_student(args.export_dir, teacher=args.teacher, verify=args.verify)
+    check_condition_flags(args, student, pipeline=False)
     if args.class_labels is not None:
         from ard_scale.pipeline_args import check_label_range  # the pipeline's own check
 

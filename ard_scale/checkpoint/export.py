@@ -17,8 +17,9 @@ A LoRA student (student.lora.rank > 0) exports either merged — the folder abov
 backbone, a plain full student (`ard.lora.rank` 0, the adapter settings under `source.lora`) — or, with
 `adapter_only`, as its trainable state alone: `pytorch_lora_weights.safetensors` (diffusers' LoRA layout,
 `transformer.<module>.lora_A.weight`, with the adapter config in its `lora_adapter_metadata`, as
-`load_lora_adapter(..., prefix="transformer")` reads it), `ard_heads.safetensors`, `ard_trained.safetensors` (any
-`train_also` parameters) and `ard_config.json` naming the base teacher (`base`: the recipe's teacher section).
+`load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer")` reads it), `ard_heads.safetensors`,
+`ard_trained.safetensors` (any `train_also` parameters) and `ard_config.json` naming the base teacher (`base`: the
+recipe's teacher section).
 A LoRA checkpoint holds no base weights: exporting it rebuilds its recipe's teacher (or the `teacher` given).
 
 Weights: the EMA when the checkpoint has one — `client_state["ema_full"]` (a full state dict keyed like the

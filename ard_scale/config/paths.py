@@ -34,14 +34,12 @@ def _encoding_problems(cfg, spec) -> list[str]:
     """Precomputed shards that cannot serve the recipe: no null condition stored for a CFG teacher whose encoders
     the recipe does not name, or an encoding (text_encoding.json, written by launchers/precompute_text.py) for
     another family or other encoder sizes and token counts than the recipe names."""
-    from ard_scale.config.models import SLOT_SECTIONS, unnamed_encoders
-    from ard_scale.data.text_encoding import NULL_FILE, encoding_mismatches, read_text_encoding
-    from ard_scale.models.folders import encoder_fingerprint
+    from ard_scale.config.models import unnamed_encoders
+    from ard_scale.data.text_encoding import NULL_FILE, read_text_encoding
 
     if spec is None or spec.condition_kind != "text" or cfg.data.path is None or not os.path.isdir(cfg.data.path):
         return []
     out = []
-    sections = {slot: (SLOT_SECTIONS[slot], getattr(cfg, SLOT_SECTIONS[slot])) for slot in spec.text_encoders}
     unnamed = unnamed_encoders(cfg, spec)
     guided = spec.guidance == "cfg" and cfg.diffusion.guidance_scale != 1
     if guided and unnamed and not os.path.isfile(os.path.join(cfg.data.path, NULL_FILE)):
@@ -68,15 +66,7 @@ def _encoding_problems(cfg, spec) -> list[str]:
             stacklevel=1,
         )
 
-    def fingerprint(slot, s):
-        return None if s.path is None else encoder_fingerprint(s.path, spec.encoder_folders[slot])
-
-    fields = {  # the encoders the recipe names: those it would run (for the null caption, in evaluation)
-        slot: (name, {"path": s.path, "size": s.size, "max_length": s.max_length, "fingerprint": fingerprint(slot, s)})
-        for slot, (name, s) in sections.items()
-        if s.path is not None or s.size is not None
-    }
-    differing = encoding_mismatches(record, spec.name, fields)
+    differing = recipe_encoding_mismatches(cfg, spec, record)
     if differing:
         out.append(
             f"data.path: its text was precomputed otherwise than this recipe encodes it ({'; '.join(differing)}): "
@@ -84,6 +74,25 @@ def _encoding_problems(cfg, spec) -> list[str]:
             "the shards"
         )
     return out
+
+
+def recipe_encoding_mismatches(cfg, spec, record: dict) -> list[str]:
+    """How the text encoders recipe `cfg` names (family `spec`'s slots it gives a path or size) differ from the
+    encoding of precomputed shards, `record` (their text_encoding.json): `encoding_mismatches` lines, [] if none."""
+    from ard_scale.config.models import SLOT_SECTIONS
+    from ard_scale.data.text_encoding import encoding_mismatches
+    from ard_scale.models.folders import encoder_fingerprint
+
+    def fingerprint(slot, s):
+        return None if s.path is None else encoder_fingerprint(s.path, spec.encoder_folders[slot])
+
+    sections = {slot: (SLOT_SECTIONS[slot], getattr(cfg, SLOT_SECTIONS[slot])) for slot in spec.text_encoders}
+    fields = {  # the encoders the recipe names: those it would run (for the null caption, in evaluation)
+        slot: (name, {"path": s.path, "size": s.size, "max_length": s.max_length, "fingerprint": fingerprint(slot, s)})
+        for slot, (name, s) in sections.items()
+        if s.path is not None or s.size is not None
+    }
+    return encoding_mismatches(record, spec.name, fields)
 
 
 def missing_paths(cfg) -> list[str]:
@@ -173,6 +182,11 @@ def missing_paths(cfg) -> list[str]:
     need("vae.path", cfg.vae.path, "a diffusers AutoencoderKL folder", holds=vae_holds)
     if cfg.train.trajectory_source != "offline" or cfg.gan.enabled:
         problem = _shard_problem(cfg.data.path, cfg.data.format)
+        if problem is not None and cfg.text_encoder.use_precomputed and not os.path.exists(cfg.data.path):
+            problem += (
+                "; with text_encoder.use_precomputed=true it is the folder launchers/precompute_text.py writes: "
+                f"python launchers/precompute_text.py SHARDS {cfg.data.path} --recipe RECIPE"
+            )
         out += [] if problem is None else [f"data.path: {problem}"]
         if problem is None and cfg.text_encoder.use_precomputed:
             out += _encoding_problems(cfg, spec)

@@ -62,7 +62,7 @@ def test_a_failed_training_run_is_one_error_line(teacher, tmp_path, monkeypatch,
     assert stopped.value.code == "error: training stopped with exit status 1 (its error is above); nothing was exported"
     err = capfd.readouterr().err
     assert f"error: {run_dir} is in use by another training run" in err
-    assert not (run_dir / "export").exists()
+    assert not (run_dir / _demo().STUDENT_DIR).exists()
 
 
 def test_a_named_teacher_size_is_one_error_line(tmp_path, monkeypatch, capfd):

@@ -51,3 +51,17 @@ def test_the_exported_scheduler_is_the_students_schedule(recipe):
     assert schedule == build_schedule(cfg)
     if name == "DDIMScheduler":
         assert float(scheduler.final_alpha_cumprod) == 1.0 and float(grid[-1]) == -1.0
+
+
+def test_an_encoder_other_than_the_one_the_shards_were_encoded_with_is_refused(precomputed_run, tmp_path):
+    """A run on precomputed text exported with another T5 of the same width (text_encoder.path=OTHER) was taken: the
+    pipeline encoded prompts with weights the student never saw, though the recipe check refuses that encoder for
+    training on those shards."""
+    run, t5, other = precomputed_run
+    with pytest.raises(ValueError, match=r"not those .* was trained with: its shards .*holds other weights than the"):
+        export_pipeline(run, tmp_path / "pipe", overrides=[f"text_encoder.path={other}"])
+    with pytest.raises(ValueError, match=r"text_encoder.size: 'debug' here, None in the shards"):
+        export_pipeline(run, tmp_path / "pipe", overrides=["text_encoder.size=debug"])
+    assert not (tmp_path / "pipe").exists()
+    with pytest.raises(ValueError, match="is not a complete checkpoint"):  # the right one: on to the weights
+        export_pipeline(run, tmp_path / "pipe", overrides=[f"text_encoder.path={t5}"])

@@ -336,3 +336,20 @@ def test_wildcards_in_a_path_are_named_with_what_to_give_instead(tmp_path):
         f"teacher.path: '{tmp_path / 'pixart-*'}' is not an existing folder (a local diffusers model or pipeline "
         "folder); wildcards (* ? [ ]) are not expanded: give the folder itself"
     ]
+
+
+def test_missing_precomputed_text_names_the_tool_that_writes_it(tmp_path):
+    """The walkthrough's recipe checked before its step 3 (`python -m ard_scale.config`) named the missing folder of
+    precomputed text with "(built shards: launchers/build_shards.py)", a step the user had taken: that folder is
+    launchers/precompute_text.py's output."""
+    text = tmp_path / "text"
+    cfg = load_config(RECIPE, ["data.format=mds", f"data.path={text}", "text_encoder.use_precomputed=true"])
+    assert missing_paths(cfg) == [
+        f"data.path: MDS path '{text}' is not an existing folder (built shards: launchers/build_shards.py); with "
+        "text_encoder.use_precomputed=true it is the folder launchers/precompute_text.py writes: python "
+        f"launchers/precompute_text.py SHARDS {text} --recipe RECIPE"
+    ]
+    cfg = load_config(RECIPE, ["data.format=mds", f"data.path={text}"])  # shards of images and captions: as it was
+    assert missing_paths(cfg) == [
+        f"data.path: MDS path '{text}' is not an existing folder (built shards: launchers/build_shards.py)"
+    ]

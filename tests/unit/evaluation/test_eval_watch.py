@@ -199,7 +199,7 @@ def test_main_takes_eval_overrides_and_says_to_pass_them_there(tmp_path):
     shutil.copy(LAUNCHER.parents[1] / "recipes" / "tiny_cpu.yaml", folder / "config.yaml")  # no FID files
     with pytest.raises(SystemExit, match=rf"on eval.py's command line, e.g. python launchers/eval.py {run} eval\."):
         mod.main([str(run)])
-    with pytest.raises(SystemExit, match=r"eval.py overrides may set only the eval section .*\['train.max_steps=3'\]"):
+    with pytest.raises(SystemExit, match=r"eval.py overrides may set only the eval, text_enc.*\['train.max_steps=3'\]"):
         mod.main([str(run), "eval.num_samples=8", "train.max_steps=3"])
     built = []
 
@@ -261,3 +261,27 @@ def test_a_nan_metric_is_written_as_null_and_the_results_still_plot(tmp_path):
     assert mod.read_results(run) == written and mod.evaluate_pending(run, CountingEvaluate()) == []  # both stand
     with Image.open(run / "eval" / "metrics.png") as img:
         assert img.format == "PNG"
+
+
+def test_a_run_on_precomputed_text_is_evaluated_with_the_encoder_named_on_the_command_line(precomputed_run):
+    """A run trained on precomputed text whose recipe names no T5 could not be evaluated offline: the Conditioner said
+    "set text_encoder.path", which eval.py refused ("may set only the eval section"). It takes the encoders' path or
+    size as export.py does, and refuses one the shards were not encoded with."""
+    run, t5, other = precomputed_run
+    mod = load_launcher()
+    with pytest.raises(SystemExit, match=rf"names no text_encoder .* e.g. python launchers/eval.py {run} text_enc"):
+        mod.main([str(run)])
+    with pytest.raises(SystemExit, match=r"evaluation's text encoders are not those .* holds other weights than the"):
+        mod.main([str(run), f"text_encoder.path={other}"])
+    with pytest.raises(SystemExit, match=r"eval.py overrides may set only where the encoders and VAE are"):
+        mod.main([str(run), f"text_encoder.path={t5}", "text_encoder.max_length=20"])
+    built = []
+
+    def build_setup(cfg, run_dir, device):
+        built.append(cfg.text_encoder)
+        raise ValueError("stop here")
+
+    mod.build_setup = build_setup
+    with pytest.raises(SystemExit, match="error: stop here"):  # the shards' own T5: on to the evaluation
+        mod.main([str(run), f"text_encoder.path={t5}"])
+    assert built[0].path == str(t5)
