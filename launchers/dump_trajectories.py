@@ -49,7 +49,7 @@ from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from ard_scale.diffusion.solvers import SOLVERS  # noqa: E402
 from ard_scale.diffusion.trajectory import teacher_trajectory, uniform_teacher_grid  # noqa: E402
 from ard_scale.models.teachers import load_teacher, teacher_identity  # noqa: E402
-from ard_scale.utils.cli import count  # noqa: E402
+from ard_scale.utils.cli import count, local_path  # noqa: E402
 
 
 def schedule_from(teacher_path: Path, objective: str | None):
@@ -168,13 +168,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying defaults")
-    parser.add_argument("--teacher", type=Path, help="local diffusers teacher folder")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("recipe", nargs="?", type=local_path, help="recipe YAML supplying defaults")
+    parser.add_argument("--teacher", type=local_path, help="local diffusers teacher folder")
+    parser.add_argument("--out", type=local_path, required=True)
     parser.add_argument("--num-samples", type=count(), required=True)
-    parser.add_argument("--captions", type=Path, help="(n+1, L, C) caption embeddings, last row the null caption")
+    parser.add_argument("--captions", type=local_path, help="(n+1, L, C) caption embeddings, last row the null caption")
     parser.add_argument("--data", help="MDS caption shards carrying T5 embeddings: the conditions of a text teacher")
-    parser.add_argument("--null-caption", type=Path, help="with --data: the null caption (default TEACHER/...)")
+    parser.add_argument("--null-caption", type=local_path, help="with --data: the null caption (default TEACHER/...)")
     parser.add_argument("--steps", type=count(), help="S student steps (default 4)")
     parser.add_argument("--substeps", type=count(), help="K teacher sub-steps per student interval (default 6)")
     parser.add_argument("--solver", choices=SOLVERS)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ard_scale.checkpoint.layout import LATEST, atomic_write_text, step_of, tag_of  # noqa: E402
 from ard_scale.checkpoint.safe_load import META  # noqa: E402
 from ard_scale.config.loader import check_override_sections  # noqa: E402
-from ard_scale.utils.cli import positive  # noqa: E402
+from ard_scale.utils.cli import local_path, positive  # noqa: E402
 from ard_scale.utils.strict_json import strict_json  # noqa: E402
 
 METRICS = (("fid", "FID (lower is better)"), ("clip_score", "CLIP score (higher is better)"))
@@ -180,7 +180,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=local_path)
     parser.add_argument("overrides", nargs="*", help="evaluation settings, e.g. eval.fid_inception_path=PATH")
     parser.add_argument("--watch", action="store_true", help="keep polling for new checkpoints")
     parser.add_argument("--poll-seconds", type=positive, default=60.0)

@@ -33,22 +33,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ard_scale.utils.cli import local_path  # noqa: E402
+
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("run_dir", type=Path, help="the run's checkpoint.run_dir")
+    parser.add_argument("run_dir", type=local_path, help="the run's checkpoint.run_dir")
     parser.add_argument(
         "overrides", nargs="*", help="pipeline only: encoder/VAE settings, e.g. qwen_encoder.path=/models/qwen-image"
     )
-    parser.add_argument("--out", type=Path, default=None, help="export folder (default: RUN_DIR/export/<tag>)")
+    parser.add_argument("--out", type=local_path, default=None, help="export folder (default: RUN_DIR/export/<tag>)")
     parser.add_argument("--tag", default=None, help="checkpoint tag (default: the one `latest` names)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights even if an EMA exists")
     parser.add_argument("--link", action="store_true", help="symlink encoders and VAE instead of copying them")
     parser.add_argument("--student-only", action="store_true", help="the student folder alone, no pipeline")
     parser.add_argument("--lora-adapter", action="store_true", help="a LoRA student's adapters + heads only")
-    parser.add_argument("--teacher", type=Path, default=None, help="a LoRA student's base teacher folder")
+    parser.add_argument("--teacher", type=local_path, default=None, help="a LoRA student's base teacher folder")
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
 
     from ard_scale.checkpoint.export import export_student, resolve_tag

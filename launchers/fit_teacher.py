@@ -61,7 +61,7 @@ from ard_scale.errors import UserError  # noqa: E402
 from ard_scale.models.families import FAMILIES, get_family  # noqa: E402
 from ard_scale.models.teachers import Teacher, build_teacher  # noqa: E402
 from ard_scale.trainer.conditioning import Conditioner  # noqa: E402
-from ard_scale.utils.cli import count, positive  # noqa: E402
+from ard_scale.utils.cli import count, local_path, positive  # noqa: E402
 from ard_scale.utils.folders import check_new_folder, writing_folder  # noqa: E402
 
 NUM_CLASSES = 10
@@ -249,8 +249,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML supplying family/size/objective defaults")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (diffusers layout): new or empty")
+    parser.add_argument(
+        "recipe", nargs="?", type=local_path, help="recipe YAML supplying family/size/objective defaults"
+    )
+    parser.add_argument("--out", type=local_path, required=True, help="output folder (diffusers layout): new or empty")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a teacher already in --out (runs distilled from it change)"
     )

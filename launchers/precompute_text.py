@@ -30,7 +30,6 @@ import sys
 from collections import Counter
 from dataclasses import replace
 from itertools import islice
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -38,7 +37,7 @@ from tqdm import tqdm
 from ard_scale.data.sources import iter_shard_set
 from ard_scale.data.writers import MDSWriterAdapter
 from ard_scale.models.families import FAMILIES, get_family
-from ard_scale.utils.cli import count
+from ard_scale.utils.cli import count, local_path
 
 
 def _batches(iterable, size):
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("shards", help="a built shard set (folder)")
     parser.add_argument("out_dir")
-    parser.add_argument("--recipe", type=Path, help="a recipe supplying the defaults below")
+    parser.add_argument("--recipe", type=local_path, help="a recipe supplying the defaults below")
     parser.add_argument("--t5", help="local folder with the T5 encoder and tokenizer")
     text_families = [n for n, f in FAMILIES.items() if f.condition_kind == "text"]
     parser.add_argument("--family", choices=text_families, help="the teacher family (default pixart)")

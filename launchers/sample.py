@@ -33,6 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ard_scale.utils.cli import local_path  # noqa: E402
+
 
 def latents_to_uint8(x_BCHW: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) states of a bare student -> (B, H, W, 3) uint8: pixels as they are, latents min-max'd."""
@@ -131,19 +133,21 @@ def main(argv=None) -> list[Path]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("export_dir", type=Path, help="a folder written by launchers/export.py")
+    parser.add_argument("export_dir", type=local_path, help="a folder written by launchers/export.py")
     cond_arg = parser.add_mutually_exclusive_group(required=True)
     cond_arg.add_argument("--prompt", action="append", help="a text prompt (repeat for more)")
-    cond_arg.add_argument("--prompts-file", type=Path, help="a text file, one prompt per line")
+    cond_arg.add_argument("--prompts-file", type=local_path, help="a text file, one prompt per line")
     cond_arg.add_argument("--class-labels", "--labels", type=int, nargs="+", help="class labels, one sample each")
-    cond_arg.add_argument("--prompts-embeddings", type=Path, help="bare student folders: T5 embeddings (see above)")
-    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
-    parser.add_argument("--teacher", type=Path, default=None, help="a LoRA adapter export's base teacher folder")
+    cond_arg.add_argument(
+        "--prompts-embeddings", type=local_path, help="bare student folders: T5 embeddings (see above)"
+    )
+    parser.add_argument("--out", type=local_path, default=Path("samples"), help="output folder (default ./samples)")
+    parser.add_argument("--teacher", type=local_path, default=None, help="a LoRA adapter export's base teacher folder")
     parser.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     parser.add_argument("--ncol", type=int, default=8, help="images per grid row")
     parser.add_argument("--height", type=int, help="image height in px (default: the distilled size)")
     parser.add_argument("--width", type=int, help="image width in px (a student distilled on data.buckets takes those)")
-    parser.add_argument("--save-tensor", type=Path, default=None, help="also torch.save the final states here")
+    parser.add_argument("--save-tensor", type=local_path, default=None, help="also torch.save the final states here")
     parser.add_argument(
         "--no-verify", dest="verify", action="store_false", help="skip the checksum check of the folder"
     )

@@ -1,11 +1,13 @@
-"""argparse types for the launchers' numeric options: a count of 0 or a negative size is argparse's one usage line
-naming the option (exit status 2) before any work, not a traceback from deep inside, an error with another cause, or
-a silently replaced value, minutes later. Plain Python, importable from every layer."""
+"""argparse types for the launchers' options. A local path (`local_path`) reads `~` as the shell would; a count of 0
+or a negative size is argparse's one usage line naming the option (exit status 2) before any work, not a traceback
+from deep inside, an error with another cause, or a silently replaced value, minutes later. Plain Python, importable
+from every layer."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 def count(minimum: int = 1):
@@ -32,3 +34,9 @@ def positive(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def local_path(text: str) -> Path:
+    """An argparse `type` for a local file or folder: a leading `~` is the home folder, as the shell would read it in
+    `--out ~/x` but does not in `--out=~/x` (which made a folder named '~')."""
+    return Path(text).expanduser()

@@ -35,7 +35,13 @@ CASES = {
         ["{tmp}/no_export", "--prompts-file", "{tmp}/no_prompts.txt", "--out", "{tmp}/out"],
         "cannot read --prompts-file {tmp}/no_prompts.txt",
     ),
+    "sample-prompts_file-home": (  # `--opt=~/x`, which no shell expands, is read as the home folder's x
+        "sample",
+        ["{tmp}/no_export", "--prompts-file=~/no_prompts.txt", "--out", "{tmp}/out"],
+        "cannot read --prompts-file {tmp}/no_prompts.txt",
+    ),
     "export": ("export", ["{tmp}/no_run"], "no complete checkpoint to export"),
+    "export-home": ("export", ["--out=~/pipe", "~/no_run"], "{tmp}/no_run"),
     "export-link": (  # it exported the student folder and said nothing of --link, before reading the run
         "export",
         ["{tmp}/no_run", "--student-only", "--link"],
@@ -65,6 +71,8 @@ def test_a_launcher_reports_a_user_error_in_one_line(case, tmp_path, monkeypatch
     work.mkdir()
     t5 = request.getfixturevalue("t5_folder") if "{t5}" in args else None
     monkeypatch.chdir(ROOT)
+    if any("~" in a for a in args):
+        monkeypatch.setenv("HOME", str(work))
     monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=work, t5=t5) for a in args)])
     with pytest.raises(SystemExit) as stopped:
         if launcher.startswith("-m "):  # as `python -m` runs it: not a module this process imported already
@@ -154,6 +162,8 @@ BAD_NUMBERS = {
 def test_a_launcher_refuses_a_bad_number_before_any_work(case, tmp_path, monkeypatch, capsys):
     launcher, args, message = BAD_NUMBERS[case]
     monkeypatch.chdir(ROOT)
+    if any("~" in a for a in args):
+        monkeypatch.setenv("HOME", str(work))
     monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=tmp_path) for a in args)])
     with pytest.raises(SystemExit) as stopped:
         if launcher.startswith("-m "):
