@@ -157,13 +157,19 @@ def export_pipeline(
     if unnamed:  # a run on precomputed text needs none; a pipeline encodes prompts
         raise UserError(
             f"the recipe of {run_dir} names no {' and no '.join(unnamed)} encoder (it trained on precomputed text), "
-            f"and a pipeline encodes prompts: name them for the export, e.g. python launchers/export.py {run_dir} "
-            f"{unnamed[0]}.path=DIR"
+            f"and a pipeline encodes prompts: name them for the export, e.g. {export_command(cfg, run_dir)}"
         )
     check_trained_encoders(cfg, run_dir)
     with writing_folder(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
         _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
+
+
+def export_command(cfg: RootConfig, run_dir: str | os.PathLike) -> str:
+    """The command that exports run `run_dir` of recipe `cfg` as a pipeline: with `SECTION.path=DIR` for each
+    encoder the recipe does not name (a run on precomputed text: DIR is the encoder its shards were encoded with)."""
+    encoders = "".join(f" {section}.path=DIR" for section in unnamed_encoders(cfg, get_family(cfg.teacher.family)))
+    return f"python launchers/export.py {run_dir}{encoders}"
 
 
 def check_trained_encoders(cfg: RootConfig, run_dir: Path, tool: str = "export") -> None:
