@@ -34,8 +34,6 @@ def decode_sample(
 ) -> dict:
     """Decode and transform one sample; raises BadSample naming what is wrong with it."""
     caption = caption_text(image_bytes, caption)
-    if len(image_bytes) == 0:
-        raise BadSample("zero-size image")
     try:
         image = load_image(image_bytes, resolution, table)
     except Exception as e:  # PIL raises a zoo of types for broken files
@@ -52,10 +50,12 @@ def decode_sample(
 
 
 def caption_text(image_bytes: bytes | None, caption: str | bytes | None) -> str:
-    """The caption as text; raises BadSample for a sample without image or caption, or with a caption that is not
-    UTF-8 (what a sample must have before its image is decoded)."""
+    """The caption as text; raises BadSample for a sample without image (or with a zero-size one) or caption, or
+    with a caption that is not UTF-8 (what a sample must have before its image is decoded)."""
     if image_bytes is None:
         raise BadSample("missing image")
+    if len(image_bytes) == 0:
+        raise BadSample("zero-size image")
     if caption is None:
         raise BadSample("missing caption")
     if isinstance(caption, bytes):

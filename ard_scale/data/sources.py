@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from ard_scale.data.bundled import resolve_data_path
-from ard_scale.data.samples import IMAGE_EXTENSIONS, NO_LABEL, caption_text, integer_label, wds_fields
+from ard_scale.data.samples import IMAGE_EXTENSIONS, NO_LABEL, BadSample, caption_text, integer_label, wds_fields
 from ard_scale.errors import UserError
 
 
@@ -130,11 +130,15 @@ def iter_shard_set(path: str, format: str, skipped: Counter | None = None) -> It
                 except Exception as e:  # a corrupt shard body shows up as arbitrary decode errors
                     skipped[f"unreadable MDS sample ({type(e).__name__})"] += 1
                     continue
+                try:
+                    caption = caption_text(row["image"], row["caption"])
+                except BadSample as e:  # e.g. a zero-size image, which training skips
+                    skipped[str(e)] += 1
+                    continue
                 label = row.get("label")  # NO_LABEL: none; another negative label is kept, as the loader keeps it
-                yield {"key": row["key"], "image": row["image"], "caption": row["caption"],
+                yield {"key": row["key"], "image": row["image"], "caption": caption,
                        "label": None if label is None or label == NO_LABEL else int(label)}  # fmt: skip
     elif format == "webdataset":
-        from ard_scale.data.samples import BadSample
         from ard_scale.data.wds import TarReader, list_shards
 
         for shard in list_shards(path):

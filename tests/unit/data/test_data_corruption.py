@@ -128,6 +128,19 @@ def test_mds_readers_agree_on_which_negative_label_means_none(tmp_path, mds_env)
     assert [s["label"] for s in iter_shard_set(str(tmp_path / "mds"), "mds")] == [None, -2, 3]
 
 
+def test_the_shard_set_reader_leaves_out_a_zero_size_mds_image_as_training_does(tmp_path, mds_env):
+    """precompute_text copies a shard set through iter_shard_set: a zero-size MDS image, which training skips, was
+    copied (and encoded) as a sample; it is left out and counted like the webdataset reader's."""
+    from collections import Counter
+
+    write_mds(tmp_path / "mds", [image_bytes(24, 24, seed=0), b"", image_bytes(24, 24, seed=2)])
+    skipped = Counter()
+    assert [s["key"] for s in iter_shard_set(str(tmp_path / "mds"), "mds", skipped)] == ["m0", "m2"]
+    assert skipped == {"zero-size image": 1}
+    loader = build_loader(wds_config(tmp_path / "mds", format="mds", shuffle=False), rank=0, world_size=1)
+    assert read_all(loader) == ["m0", "m2"] and loader.skips.counts == {"zero-size image": 1}
+
+
 def test_mds_bad_samples_skipped_and_all_bad_is_an_error(tmp_path, mds_env):
     images = [image_bytes(24, 24, seed=i) if i % 3 else b"garbage" for i in range(9)]
     write_mds(tmp_path / "mixed", images)
