@@ -12,6 +12,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from PIL import Image
 
@@ -46,13 +47,14 @@ def _entries_from_folder(folder: str, skipped: Counter) -> Iterator[tuple[str, s
             path = os.path.join(root, name)
             txt = os.path.splitext(path)[0] + ".txt"
             try:
-                caption = open(txt, encoding="utf-8-sig").read() if os.path.isfile(txt) else None
+                caption = Path(txt).read_text(encoding="utf-8-sig") if os.path.isfile(txt) else None
             except UnicodeDecodeError:
                 skipped["caption is not UTF-8"] += 1
                 continue
             meta = os.path.splitext(path)[0] + ".json"
             try:
-                label = json.load(open(meta, encoding="utf-8-sig")).get("label") if os.path.isfile(meta) else None
+                meta_text = Path(meta).read_text(encoding="utf-8-sig") if os.path.isfile(meta) else None
+                label = None if meta_text is None else json.loads(meta_text).get("label")
             except (ValueError, AttributeError):  # not JSON (or not UTF-8: a ValueError too), or not an object
                 skipped["undecodable .json"] += 1
                 continue
@@ -95,7 +97,7 @@ def iter_source(source: str, skipped: Counter) -> Iterator[dict]:
         if not os.path.isfile(path):
             skipped["missing image file"] += 1
             continue
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
         if not data:
             skipped["zero-size image"] += 1
             continue
@@ -122,7 +124,7 @@ def iter_shard_set(path: str, format: str, skipped: Counter | None = None) -> It
         index = os.path.join(path, "index.json")
         if not os.path.isfile(index):
             raise UserError(f"MDS path {path!r} has no index.json; build it with launchers/build_shards.py")
-        for shard_obj in json.load(open(index))["shards"]:
+        for shard_obj in json.loads(Path(index).read_text(encoding="utf-8"))["shards"]:
             reader = reader_from_json(path, None, shard_obj)
             for i in range(reader.samples):
                 try:
