@@ -162,8 +162,6 @@ BAD_NUMBERS = {
 def test_a_launcher_refuses_a_bad_number_before_any_work(case, tmp_path, monkeypatch, capsys):
     launcher, args, message = BAD_NUMBERS[case]
     monkeypatch.chdir(ROOT)
-    if any("~" in a for a in args):
-        monkeypatch.setenv("HOME", str(work))
     monkeypatch.setattr(sys, "argv", [launcher, *(a.format(tmp=tmp_path) for a in args)])
     with pytest.raises(SystemExit) as stopped:
         if launcher.startswith("-m "):
