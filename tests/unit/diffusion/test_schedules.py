@@ -42,6 +42,12 @@ def test_vp_alpha_sigma_matches_ddpm_table_and_clean_end():
     # fractional time interpolates log ᾱ: strictly between its integer neighbours
     a_frac, _ = s.alpha_sigma(torch.tensor(749.25, dtype=torch.float64))
     assert alpha_bar[750] < a_frac**2 < alpha_bar[749]
+    # … linearly in log ᾱ (the student grid's 749.25, 499.5, 249.75 sit between table entries), not in ᾱ
+    for t in (749.25, 499.5, 249.75):
+        lo, frac = int(t), t - int(t)
+        a_t, _ = s.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+        want = (1 - frac) * alpha_bar[lo].log() + frac * alpha_bar[lo + 1].log()
+        torch.testing.assert_close(2 * a_t.log(), want, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("schedule", [VPSchedule(), FlowSchedule(shift=3.0)], ids=["vp", "flow"])

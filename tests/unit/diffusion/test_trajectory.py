@@ -136,6 +136,25 @@ def test_gather_hook_is_entered_once_around_every_teacher_call():
     assert events.count("call") == 2 * 6 - 1  # Heun: 2 evaluations per step, Euler onto the clean endpoint
 
 
+def test_default_teacher_grid_is_six_substeps_per_student_step():
+    """Without `substeps` or a grid the teacher takes K = 6 solver steps per student interval, as documented
+    (diffusion.substeps' default): the same states as an explicit K = 6, which differ from K = 1's."""
+    schedule = VPSchedule()
+    den = GaussianDenoiser(schedule)
+    calls = []
+
+    def denoise(x, t, cond):
+        calls.append(t[0].item())
+        return den(x, t, cond)
+
+    kw = dict(latent_shape=(2, 4, 4), seeds=[0, 1], num_student_steps=4)
+    cond = Condition(labels=torch.zeros(2, dtype=torch.long))
+    default = teacher_trajectory(denoise, schedule, cond, **kw)
+    assert calls == [float(t) for t in schedule.grid(24)[:-1].float()]  # 4 × 6 DDIM steps on the uniform grid
+    assert torch.equal(default.states, teacher_trajectory(den, schedule, cond, substeps=6, **kw).states)
+    assert not torch.allclose(default.states, teacher_trajectory(den, schedule, cond, substeps=1, **kw).states)
+
+
 def test_bad_inputs():
     schedule = VPSchedule()
     den = GaussianDenoiser(schedule)

@@ -8,6 +8,7 @@ from model_helpers import make_condition, small_side
 
 from ard_scale.config.ard import ARDConfig
 from ard_scale.config.training import GANConfig
+from ard_scale.diffusion.condition import Condition
 from ard_scale.diffusion.schedules import FlowSchedule, VPSchedule, add_noise
 from ard_scale.models.discriminator import Discriminator
 from ard_scale.models.student import ARDStudent
@@ -36,6 +37,23 @@ def test_heads_give_per_token_logits_that_depend_on_the_condition(family):
     assert not torch.allclose(disc(feats, other), logits)  # projection conditioning is live
     with pytest.raises(ValueError, match="2 discriminator heads"):
         disc(feats[:1], cond)
+
+
+def test_text_condition_is_the_mean_of_the_captions_real_tokens_whatever_the_padding():
+    """The projection conditioning reads the caption's mean over its real tokens: dividing by all max_length tokens
+    instead shrank a short caption's embedding by its padding share (T5 pads to 300 tokens), and the logits changed
+    with text_encoder.max_length."""
+    disc = make_disc("pixart", num_heads=1).eval()
+    cond = make_condition("pixart", B)  # sample 0's caption is padded (mask 1 1 1 1 0 0)
+    mask = cond.text_mask.bool()
+    reference = torch.stack([cond.text[b, mask[b]].mean(0) for b in range(B)])
+    torch.testing.assert_close(disc.embed(cond), disc.text_embed(reference))
+    feats = [torch.randn(B, 16, 32, generator=torch.Generator().manual_seed(7))]
+    longer = Condition(  # the same captions padded to 10 tokens, with other values under the padding
+        text=torch.cat([cond.text, torch.randn(B, 4, cond.text.shape[2])], 1),
+        text_mask=torch.cat([cond.text_mask, torch.zeros(B, 4, dtype=cond.text_mask.dtype)], 1),
+    )
+    torch.testing.assert_close(disc(feats, longer), disc(feats, cond))
 
 
 def test_eval_mode_freezes_spectral_norm_state_and_train_mode_bounds_the_weights(family):

@@ -198,6 +198,22 @@ def test_training_step_reaches_every_parameter_and_checkpointing_matches(teacher
             torch.testing.assert_close(grads[1][n], g, rtol=1e-5, atol=1e-7)
 
 
+def test_train_mode_forward_is_the_eval_mode_forward(teacher, family):
+    """Training runs the student in train mode: its condition must be the one it samples with. DiT's LabelEmbedding
+    drops class labels to the null class at random in train mode (class_dropout_prob 0.1), which would silently train
+    the student on the wrong class for a tenth of its groups; the student reads the embedding table directly."""
+    student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=2), VPSchedule())
+    batch = 8  # 32 groups per forward, 96 in the three: with a 0.1 drop rate some are dropped (seeded: always)
+    cond = make_condition(family, batch)
+    states = torch.randn(batch, S, student.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trained = [student.train()(states, cond) for _ in range(3)]
+        sampled = student.eval()(states, cond)
+    for out in trained:
+        assert torch.equal(out, sampled)
+
+
 def test_student_does_not_change_the_teacher(teacher):
     before = {n: p.clone() for n, p in teacher.named_parameters()}
     student = ARDStudent(teacher, ARDConfig(num_steps=S, num_causal_layers=1), VPSchedule())
