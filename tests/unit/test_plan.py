@@ -81,6 +81,21 @@ def test_zero3_bytes_scale_as_one_over_gpus_and_zero2_replicates_weights(imagene
         assert large[key] * 8 == pytest.approx(small[key] * 2)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trained_bytes_follow_the_zero_papers_table_at_every_stage(precision):
+    """ZeRO (Rajbhandari et al. 2020, fig. 1): stage 1 partitions the optimizer state, 2 the gradients too, 3 the
+    weights too. AdamW holds two fp32 moments, plus an fp32 master copy when the weights are 16-bit."""
+    from ard_scale.plan.budget import trained_memory
+
+    n, gpus = 1000, 8
+    weight, optim = {"fp32": (4, 8), "bf16": (2, 12)}[precision]
+    for stage in range(4):
+        split = {kind: gpus if stage >= first else 1 for kind, first in (("params", 3), ("grads", 2), ("optim", 1))}
+        expected = {"params": n * weight / split["params"], "grads": n * weight / split["grads"],
+                    "optimizer": n * optim / split["optim"], "ema": 0}  # fmt: skip
+        assert trained_memory(n, stage, gpus, precision) == expected, stage
+
+
 def test_teacher_trajectory_flops_are_s_k_cfg_teacher_forwards(imagenet, t2i):
     for cfg, p in (imagenet, t2i):
         teacher, _ = meta_teacher(cfg)
