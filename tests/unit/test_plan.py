@@ -96,6 +96,25 @@ def test_trained_bytes_follow_the_zero_papers_table_at_every_stage(precision):
         assert trained_memory(n, stage, gpus, precision) == expected, stage
 
 
+def test_replay_plans_the_teacher_and_its_text_encoder_once_per_cycle():
+    """train.trajectory_source replay solves (and encodes the captions of) one step in train.replay_times; the
+    student trains every step. The planner counted the text encoder at 1/R in the GAN stage too, where it runs every
+    step."""
+    online = plan(load_config("recipes/tiny_t2i_cpu.yaml"), 2)["flops"]
+    replay_4 = ["train.trajectory_source=replay", "train.replay_times=4"]
+    replay = plan(load_config("recipes/tiny_t2i_cpu.yaml", replay_4), 2)["flops"]
+    assert online["t5_encode"] > 0 and online["teacher_trajectory"] > 0
+    assert replay["teacher_trajectory"] == pytest.approx(online["teacher_trajectory"] / 4)
+    assert replay["t5_encode"] == pytest.approx(online["t5_encode"] / 4)
+    assert replay["student_fwd_bwd"] == online["student_fwd_bwd"]
+    # in the GAN stage a replayed step encodes its own captions for the real images (`real_condition`): every step
+    gan = ["gan.enabled=true", "gan.warmup_steps=1"]
+    gan_online = plan(load_config("recipes/tiny_t2i_cpu.yaml", gan), 2)["flops"]
+    gan_replay = plan(load_config("recipes/tiny_t2i_cpu.yaml", [*gan, *replay_4]), 2)["flops"]
+    assert gan_replay["teacher_trajectory"] == pytest.approx(gan_online["teacher_trajectory"] / 4)
+    assert gan_replay["t5_encode"] == gan_online["t5_encode"] == online["t5_encode"]
+
+
 def test_teacher_trajectory_flops_are_s_k_cfg_teacher_forwards(imagenet, t2i):
     for cfg, p in (imagenet, t2i):
         teacher, _ = meta_teacher(cfg)
