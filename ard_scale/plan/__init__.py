@@ -28,7 +28,9 @@ Per GPU and per model (student, teacher, T5), under the recipe's ZeRO settings:
   forward/backward. DeepSpeed's buckets, the allocator's fragmentation and the CUDA context are not counted.
 - FLOPs per optimizer step per GPU, counted with torch's FLOP counter on meta: the teacher trajectory is
   S·K solver steps × evaluations per step × 2 with CFG (guidance != 1) teacher forwards (divided by R for replay,
-  0 for offline trajectories), the student forward + backward ≈ 3 forwards (4 with activation checkpointing).
+  0 for offline trajectories), the student forward + backward ≈ 3 forwards (4 with activation checkpointing); the
+  text encoders run with the teacher (1/R with replay), except in the GAN stage, where a replayed step encodes its
+  own captions for the real images.
 
 Recipes name local model folders; where a folder is missing here (a planning machine), the family's named size for
 the recipe's resolution is used and the plan says so.

@@ -217,6 +217,9 @@ def flops(cfg: RootConfig, m: Measured) -> dict:
     nfe = num_evals(cfg.diffusion.solver, S * K, guided=m.guided)
     trajectory_share = {"online": 1.0, "replay": 1.0 / cfg.train.replay_times, "offline": 0.0}
     share = trajectory_share[cfg.train.trajectory_source]
+    # The text encoders run with the teacher, except that a GAN step on a replayed trajectory encodes its own batch's
+    # captions for the reals (`ard_scale.trainer.gan.real_condition`): with replay and a GAN, every step encodes.
+    text_share = 1.0 if cfg.gan.enabled and cfg.train.trajectory_source == "replay" else share
     samples = B * cfg.train.grad_accum  # per GPU per optimizer step
     student_passes = 4 if cfg.train.activation_checkpointing else 3
     out = {
@@ -225,8 +228,8 @@ def flops(cfg: RootConfig, m: Measured) -> dict:
         "teacher_trajectory": nfe * teacher_fwd * share * samples,
         "student_forward_per_sample": student_fwd,
         "student_fwd_bwd": student_passes * student_fwd * samples,
-        "t5_encode": m.t5_flops // (B + 1) * samples * share,
-        "qwen_encode": m.qwen_flops // (B + 1) * samples * share,
+        "t5_encode": m.t5_flops // (B + 1) * samples * text_share,
+        "qwen_encode": m.qwen_flops // (B + 1) * samples * text_share,
     }
     gan = cfg.gan
     if gan.enabled:

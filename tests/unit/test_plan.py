@@ -81,6 +81,40 @@ def test_zero3_bytes_scale_as_one_over_gpus_and_zero2_replicates_weights(imagene
         assert large[key] * 8 == pytest.approx(small[key] * 2)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trained_bytes_follow_the_zero_papers_table_at_every_stage(precision):
+    """ZeRO (Rajbhandari et al. 2020, fig. 1): stage 1 partitions the optimizer state, 2 the gradients too, 3 the
+    weights too. AdamW holds two fp32 moments, plus an fp32 master copy when the weights are 16-bit."""
+    from ard_scale.plan.budget import trained_memory
+
+    n, gpus = 1000, 8
+    weight, optim = {"fp32": (4, 8), "bf16": (2, 12)}[precision]
+    for stage in range(4):
+        split = {kind: gpus if stage >= first else 1 for kind, first in (("params", 3), ("grads", 2), ("optim", 1))}
+        expected = {"params": n * weight / split["params"], "grads": n * weight / split["grads"],
+                    "optimizer": n * optim / split["optim"], "ema": 0}  # fmt: skip
+        assert trained_memory(n, stage, gpus, precision) == expected, stage
+
+
+def test_replay_plans_the_teacher_and_its_text_encoder_once_per_cycle():
+    """train.trajectory_source replay solves (and encodes the captions of) one step in train.replay_times; the
+    student trains every step. The planner counted the text encoder at 1/R in the GAN stage too, where it runs every
+    step."""
+    online = plan(load_config("recipes/tiny_t2i_cpu.yaml"), 2)["flops"]
+    replay_4 = ["train.trajectory_source=replay", "train.replay_times=4"]
+    replay = plan(load_config("recipes/tiny_t2i_cpu.yaml", replay_4), 2)["flops"]
+    assert online["t5_encode"] > 0 and online["teacher_trajectory"] > 0
+    assert replay["teacher_trajectory"] == pytest.approx(online["teacher_trajectory"] / 4)
+    assert replay["t5_encode"] == pytest.approx(online["t5_encode"] / 4)
+    assert replay["student_fwd_bwd"] == online["student_fwd_bwd"]
+    # in the GAN stage a replayed step encodes its own captions for the real images (`real_condition`): every step
+    gan = ["gan.enabled=true", "gan.warmup_steps=1"]
+    gan_online = plan(load_config("recipes/tiny_t2i_cpu.yaml", gan), 2)["flops"]
+    gan_replay = plan(load_config("recipes/tiny_t2i_cpu.yaml", [*gan, *replay_4]), 2)["flops"]
+    assert gan_replay["teacher_trajectory"] == pytest.approx(gan_online["teacher_trajectory"] / 4)
+    assert gan_replay["t5_encode"] == gan_online["t5_encode"] == online["t5_encode"]
+
+
 def test_teacher_trajectory_flops_are_s_k_cfg_teacher_forwards(imagenet, t2i):
     for cfg, p in (imagenet, t2i):
         teacher, _ = meta_teacher(cfg)

@@ -200,6 +200,19 @@ def test_planted_pickle_is_refused_naming_the_file_and_never_runs(tmp_path, cfg,
     assert not marker.exists()
 
 
+def test_a_pickle_planted_beside_the_listed_files_is_refused_naming_it_and_never_runs(tmp_path, cfg):
+    """A `.pt` added to a complete checkpoint after its save is in no marker entry, so neither the checksums nor the
+    per-file safe load see it; DeepSpeed's readers glob their shard names and unpickle whatever matches."""
+    mgr, engine = CheckpointManager(tmp_path / "run", keep_last=2, config_dict=cfg), FakeEngine()
+    mgr.save(engine, 1, {"step": 1}, {"cursor": 3})
+    tag_dir = tmp_path / "run" / "checkpoints" / "step_00000001"
+    marker = tmp_path / "pwned"
+    plant(tag_dir / "zero_pp_rank_1_mp_rank_00_optim_states.pt", marker)
+    with pytest.raises(ValueError, match=r"zero_pp_rank_1_mp_rank_00_optim_states\.pt: not listed in"):
+        mgr.load_latest(engine)
+    assert not marker.exists()
+
+
 def test_rank_state_with_rng_loads_weights_only_and_restores_every_generator(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.randn(3)  # leave a cached gaussian and a mid-stream position
@@ -277,6 +290,20 @@ def test_damaged_latest_falls_back_with_a_warning_and_the_next_save_replaces_it(
     assert mgr.latest_tag() == "step_00000002" and mgr.load_latest(engine) == ({"step": 2}, {"cursor": 2})
 
 
+def test_a_damaged_latest_falls_back_to_the_newest_intact_checkpoint_not_the_oldest(tmp_path, cfg):
+    """Of several intact older checkpoints the resume takes the newest: any older one throws away the steps
+    between them (with no error, only the warning naming what was skipped)."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=4, config_dict=cfg), FakeEngine()
+    for step in (1, 2, 3):
+        mgr.save(engine, step, {"step": step}, {"cursor": step})
+    victim = rank_file(tmp_path / "checkpoints" / "step_00000003", 0)
+    victim.write_bytes(victim.read_bytes()[:-7])
+    resumed = CheckpointManager(tmp_path, keep_last=4, config_dict=cfg)
+    with pytest.warns(UserWarning, match=r"resuming from step_00000002 .*skipped .*step_00000003"):
+        assert resumed.load_latest(engine) == ({"step": 2}, {"cursor": 2})
+    assert resumed.latest_tag() == "step_00000002"
+
+
 def test_a_save_that_replaces_a_damaged_step_removes_the_universal_conversion_of_the_old_one(tmp_path, cfg):
     """step_2_universal was converted from the step 2 that was later found damaged; once step 2 is written again it
     holds other weights, and a resume on another number of ranks (`resume_ds_config`) would load the old ones."""
@@ -343,6 +370,26 @@ def test_resume_ds_config_decides_on_the_checkpoint_a_damaged_latest_falls_back_
         loaded = resumed.load_latest(ConfiguredEngine(ds_config))
     assert ds_config["checkpoint"] == {"load_universal": True}
     assert loaded == ({"step": 1}, None)  # no per-rank state: the universal conversion was loaded
+
+
+def test_a_resume_from_a_universal_checkpoint_says_so_and_leaves_the_per_rank_pieces_as_built(tmp_path, cfg):
+    """On a new number of ranks the per-rank pieces (data position, RNG, EMA shards) are not in the conversion:
+    `Resumed.same_world` is False, which is what makes the trainer rebuild them (`continue_on_new_world`)."""
+    mgr, engine = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg), FakeEngine()
+    mgr.track("progress", Counter(5))
+    mgr.track("data", Counter(50), per_rank=True)
+    mgr.save_tracked(engine, 5)
+    ckpt = tmp_path / "checkpoints"
+    set_world_size(ckpt / "step_00000005", 2)
+    shutil.copytree(ckpt / "step_00000005", ckpt / "step_00000005_universal")
+    later = CheckpointManager(tmp_path, keep_last=2, config_dict=cfg)
+    progress, data = Counter(), Counter(-1)
+    later.track("progress", progress)
+    later.track("data", data, per_rank=True)
+    ds_config = later.resume_ds_config({"train_batch_size": 2})
+    resumed = later.resume(ConfiguredEngine(ds_config))
+    assert resumed is not None and resumed.tag == "step_00000005" and not resumed.same_world
+    assert (progress.value, data.value) == (5, -1)  # the global piece loaded, the per-rank one left as built
 
 
 class DiskFillingEngine(FakeEngine):

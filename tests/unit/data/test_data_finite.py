@@ -36,6 +36,18 @@ def test_webdataset_bound_is_at_least_the_batches_yielded_and_tight_without_skip
     assert build_loader(config(tmp_path, num_epochs=None), rank=0, world_size=1).max_batches() is None
 
 
+def test_the_bucketed_bound_covers_each_buckets_last_short_batch(tmp_path):
+    """With data.buckets each bucket ends on its own short batch: 3 buckets of 5 samples at batch 2 give 3 × 3 = 9
+    batches, more than one short batch after the 15 // 2 full ones. The bound is what the trainer checks
+    train.max_steps against (`check_reachable`): one below the batches the data gives refuses a run it can finish."""
+    sizes = [(64, 32), (32, 64), (48, 48)]
+    write_tar(tmp_path / "s0.tar", [m for i in range(15) for m in good_members(f"k{i:02d}", i, size=sizes[i % 3])])
+    loader = build_loader(config(tmp_path, buckets=True, resolution=64), rank=0, world_size=1)
+    batches = [len(b["keys"]) for b in loader]
+    assert sorted(batches) == [1, 1, 1] + [2] * 6
+    assert len(batches) <= loader.max_batches()
+
+
 def test_a_batch_larger_than_the_dataset_bounds_the_run_at_one_step(tmp_path):
     shard(tmp_path / "s0.tar", 10)
     for rank in (0, 1):  # 5 samples a rank, batch 8: one short batch each

@@ -7,7 +7,14 @@ from PIL import Image
 from ard_scale.config import ConfigError
 from ard_scale.config.data import DataConfig, check_readable
 from ard_scale.data.loader import build_loader
-from ard_scale.data.transforms import ASPECT_RATIO_1024, bucket_table, load_image, nearest_bucket, resize_center_crop
+from ard_scale.data.transforms import (
+    ASPECT_RATIO_1024,
+    bucket_latent_sizes,
+    bucket_table,
+    load_image,
+    nearest_bucket,
+    resize_center_crop,
+)
 
 
 def test_bucket_table_matches_pixart_sigma():
@@ -16,6 +23,15 @@ def test_bucket_table_matches_pixart_sigma():
     assert {float(k): (int(h), int(w)) for k, (h, w) in ASPECT_RATIO_1024_BIN.items()} == ASPECT_RATIO_1024
     assert bucket_table(1024) == ASPECT_RATIO_1024
     assert bucket_table(512) == {float(k): (int(h), int(w)) for k, (h, w) in ASPECT_RATIO_512_BIN.items()}
+
+
+def test_bucket_latent_sizes_are_the_buckets_height_by_width():
+    """The latent (height, width) of every bucket, in the table's order: the 1024 table is not symmetric (512 × 1856
+    has no 1856 × 512), so a size read as (width, height) would name buckets the data never yields."""
+    table = bucket_table(1024)
+    sizes = bucket_latent_sizes(1024, 8)
+    assert [(h * 8, w * 8) for h, w in sizes] == list(dict.fromkeys(table.values()))
+    assert (64, 232) in sizes and (232, 64) not in sizes
 
 
 def test_nearest_bucket_picks_closest_ratio():

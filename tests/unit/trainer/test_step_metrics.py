@@ -64,3 +64,50 @@ def test_the_logged_lr_is_the_one_the_steps_update_ran_at(steps, stage):
     assert [s["lr"] for s in steps[stage]] == pytest.approx([0.0, 0.0, 1e-3 / 4], rel=1e-12, abs=0)
     # a step logged at lr 0 left the weights as they were
     assert [s["moved"] for s in steps[stage]] == [False, False, True]
+
+
+NAN_MICRO_BATCH = """
+import json, math, tempfile
+import torch
+from ard_scale.config import load_config
+from ard_scale.distributed.engines import init_distributed
+from ard_scale.trainer.build import build_run
+from ard_scale.trainer.step import regression_step
+from ard_scale.trainer.loop import quiet_library_warnings
+
+torch.set_num_threads(1)
+init_distributed()
+quiet_library_warnings()
+overrides = [f"checkpoint.run_dir={tempfile.mkdtemp()}", "zero.stage=0", "zero.teacher_stage=0", "train.max_steps=10",
+             "train.warmup_steps=0", "train.lr_schedule=constant", "train.grad_accum=2", "data.batch_size=1",
+             "diffusion.substeps=1"]
+run = build_run(load_config("recipes/tiny_cpu.yaml", overrides), 0, 1)
+loss_fn, calls = run.loss_fn, []
+
+def second_is_nan(engine, states, cond):  # the step's second micro-batch: a NaN loss (an fp overflow, a bad sample)
+    loss, per_step = loss_fn(engine, states, cond)
+    calls.append(len(calls))
+    return (loss * float("nan"), per_step) if len(calls) == 2 else (loss, per_step)
+
+run.loss_fn = second_is_nan
+batches = iter(run.loader)
+micro_batches = [next(batches), next(batches)]
+before = [p.detach().clone() for p in run.student.parameters()]
+metrics = regression_step(run, micro_batches, 0)
+after = list(run.student.parameters())
+print("RESULT " + json.dumps({
+    "calls": len(calls),
+    "nan": metrics["nan"],
+    "grad_norm_finite": metrics["grad_norm"] is not None and math.isfinite(metrics["grad_norm"]),
+    "moved": any(not torch.equal(a, p) for a, p in zip(before, after)),
+    "weights_finite": all(bool(torch.isfinite(p).all()) for p in after),
+}), flush=True)
+"""
+
+
+def test_a_nan_micro_batch_is_left_out_and_the_step_trains_on_the_others_and_counts_as_nan():
+    """grad_accum=2, the second micro-batch's loss NaN: no backward of it (its NaN would reach every gradient and the
+    whole update would be dropped), an update from the finite one, and the step still flagged `nan` (counted in
+    nan_skips, and towards train.max_consecutive_nan)."""
+    got = run_child(NAN_MICRO_BATCH)
+    assert got == {"calls": 2, "nan": True, "grad_norm_finite": True, "moved": True, "weights_finite": True}
