@@ -114,3 +114,37 @@ def test_pixart_captions_are_encoded_as_pixart_sigma_pipeline_encodes_its_prompt
     assert torch.equal(null.text, neg) and torch.equal(null.text_mask, neg_mask)
     raw, _ = encode_captions(t5.model, t5.tokenizer, captions, max_length=8)
     assert not torch.allclose(raw, text)  # the comparison can fail: the raw captions encode otherwise
+
+
+def test_auto_text_source_reads_a_batchs_stored_embeddings_and_encodes_the_captions_of_one_without():
+    """text_source='auto' (launchers/fit_teacher.py, one process): the stored embeddings where the batch has them,
+    even with the encoder loaded, else the captions through the encoder."""
+    from ard_scale.trainer.conditioning import SLOTS, Conditioner
+
+    cfg = load_config("recipes/tiny_cpu.yaml", PIXART)
+    sections = {slot: getattr(cfg, section) for slot, (section, _, _) in SLOTS.items()}
+    conditioner = Conditioner(build_teacher("pixart", "debug"), sections, guidance_scale=4.5, text_source="auto")
+    assert conditioner.can_encode
+    captions = ["a seven", "a one"]
+    stored = {"t5_emb": torch.randn(2, 8, 24), "t5_mask": torch.ones(2, 8, dtype=torch.long), "captions": captions}
+    assert torch.equal(conditioner(stored)[0].text, stored["t5_emb"])
+    t5 = conditioner.encoders["t5"]
+    text, _ = encode_captions(t5.model, t5.tokenizer, captions, max_length=8)
+    torch.testing.assert_close(conditioner({"captions": captions})[0].text, text)
+
+
+def test_the_null_condition_of_a_batch_is_zero_padded_and_masked_out_past_its_own_tokens():
+    """Precomputed shards may hold more tokens than the encoder gives the null caption: its text is padded with zeros
+    that its mask hides (attending to them would change the unconditional prediction), or cut to fewer."""
+    from ard_scale.diffusion.condition import Condition
+    from ard_scale.trainer.conditioning import batch_null
+
+    null = Condition(text=torch.randn(1, 3, 4), text_mask=torch.tensor([[1, 1, 0]]), pooled=torch.randn(1, 5))
+    longer = batch_null(null, 2, 5)
+    assert longer.text.shape == (2, 5, 4) and torch.equal(longer.text[:, :3], null.text.expand(2, -1, -1))
+    assert not longer.text[:, 3:].any()
+    assert torch.equal(longer.text_mask, torch.tensor([[1, 1, 0, 0, 0]] * 2))
+    assert torch.equal(longer.pooled, null.pooled.expand(2, -1))
+    shorter = batch_null(null, 2, 2)
+    assert torch.equal(shorter.text, null.text[:, :2].expand(2, -1, -1))
+    assert torch.equal(shorter.text_mask, torch.tensor([[1, 1]] * 2))
