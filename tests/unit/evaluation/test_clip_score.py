@@ -77,3 +77,16 @@ def test_missing_checkpoint_names_path(tmp_path):
     path = tmp_path / "no_clip.pt"
     with pytest.raises(ValueError, match="no_clip.pt"):
         load_open_clip("ard-tiny-clip", path)
+
+
+def test_a_non_square_image_is_centre_cropped_as_open_clips_transform_crops_it(tiny_clip):
+    """Shorter side resized to the model's size, then the centre crop (not a corner): 48×80 -> 32×53 -> 32×32 from
+    column 10."""
+    path, source = tiny_clip
+    clip = CLIPScore.from_pretrained("ard-tiny-clip", path)
+    x = torch.rand(4, 3, 48, 80, generator=torch.Generator().manual_seed(2))
+    pixels = F.interpolate(x, size=(32, 53), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    pixels = pixels[..., :, 10:42]
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(clip.preprocess(x), (pixels - mean) / std)

@@ -115,3 +115,22 @@ def test_nonfinite_samples_make_the_metrics_nan_with_a_warning(tiny_features, ti
 
     finite = evaluator.run(lambda idx: gen(idx % 3))  # samples 0-2 only: no warning, finite numbers
     assert math.isfinite(finite["fid"]) and math.isfinite(finite["clip_score"])
+
+
+def test_metrics_are_those_of_every_image_with_its_own_caption(tiny_features, tiny_clip):
+    """14 samples in batches of 4: the last batch (12, 13) is padded, and its valid images keep their own captions.
+    The evaluator's numbers equal FID and CLIP score computed directly on images 0..13 and their captions."""
+    cfg = EvalConfig(num_samples=14, batch_size=4)
+    ref = FID(tiny_features).reference_from_images([torch.rand(40, 3, 16, 16, generator=torch.Generator())])
+    clip = CLIPScore.from_pretrained("ard-tiny-clip", tiny_clip[0])
+    out = Evaluator(cfg, fid=FID(tiny_features, ref), clip=clip).run(generate)
+
+    images, captions = generate(torch.arange(14))
+    direct_fid = FID(tiny_features, ref)
+    direct_fid.update(images)
+    assert out["fid"] == pytest.approx(direct_fid.compute(), rel=1e-9)
+    scores = torch.cat([clip.score(images[i : i + 4], captions[i : i + 4]) for i in range(0, 14, 4)])  # its batches
+    # the tiny random CLIP scores above 0 only "the digit seven" (sample 13's caption), so image 12 scored against
+    # caption 13 would change the mean: the check can fail
+    assert clip.score(images[12:13], captions[13:14]) > 0
+    assert out["clip_score"] == pytest.approx(float(scores.double().mean()), rel=1e-9)
