@@ -71,8 +71,11 @@ def test_num_images_per_prompt_repeats_each_prompt_in_place_with_its_own_noise(t
     assert not torch.allclose(repeated[0], repeated[1])  # its own noise per image
     drawn = text_pipe(["a", "b"], num_images_per_prompt=3, generator=torch.Generator(), output_type="latent")
     assert drawn.latents.shape[0] == 6
-    labels = labels_pipe(class_labels=[1, 2], num_images_per_prompt=2, latents=latents(labels_pipe, 4))
-    assert len(labels.images) == 4
+    noise = latents(labels_pipe, 4)
+    labels = labels_pipe(class_labels=[1, 2], num_images_per_prompt=2, latents=noise, output_type="latent").latents
+    one_by_one = labels_pipe(class_labels=[1, 1, 2, 2], latents=noise, output_type="latent").latents
+    torch.testing.assert_close(labels, one_by_one)
+    assert len(labels_pipe(class_labels=[1, 2], num_images_per_prompt=2, latents=noise).images) == 4
 
 
 def test_a_list_of_generators_draws_image_i_from_generator_i(text_pipe):
@@ -119,3 +122,22 @@ def test_half_precision_latents_are_sampled_in_fp32_states_as_in_training(text_p
     out = text_pipe("a", latents=noise, output_type="latent").latents
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, text_pipe("a", latents=noise.float(), output_type="latent").latents, rtol=0, atol=0)
+
+
+def test_a_label_past_the_last_class_is_refused_not_sampled_as_the_null_class(labels_pipe):
+    """Class `num_classes` is DiT's null (unconditional) class: a label of 10 for 10 classes would sample it."""
+    with pytest.raises(ValueError, match=r"class_labels must lie in 0..9, got \[10\]"):
+        labels_pipe(class_labels=[10], latents=latents(labels_pipe, 1))
+    with pytest.raises(ValueError, match=r"class_labels must lie in 0..9, got \[-1\]"):
+        labels_pipe(class_labels=[-1], latents=latents(labels_pipe, 1))
+
+
+def test_pil_images_are_the_pt_images_rounded_to_uint8_as_a_png_stores_them(labels_pipe):
+    """PIL images hold round(255 · image) of the 'pt' output, not its truncation (which darkens every pixel by half a
+    level on average and would shift FID computed from saved PNGs)."""
+    noise = latents(labels_pipe, 2)
+    pt = labels_pipe(class_labels=[1, 2], latents=noise, output_type="pt").images
+    pil = labels_pipe(class_labels=[1, 2], latents=noise).images
+    scaled = pt.permute(0, 2, 3, 1).numpy() * 255
+    assert (scaled.round() != np.floor(scaled)).any()  # rounding and truncation differ on these images
+    np.testing.assert_array_equal(np.stack([np.asarray(p) for p in pil]), scaled.round().astype(np.uint8))
