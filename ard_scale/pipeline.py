@@ -153,31 +153,35 @@ def export_pipeline(
     check_override_keys(overrides)
     cfg = load_config(recipe_file, list(overrides))
     check_new_folder(out_dir, "pipeline")
-    unnamed = unnamed_encoders(cfg, get_family(cfg.teacher.family))
-    if unnamed:  # a run on precomputed text needs none; a pipeline encodes prompts
-        raise UserError(
-            f"the recipe of {run_dir} names no {' and no '.join(unnamed)} encoder (it trained on precomputed text), "
-            f"and a pipeline encodes prompts: name them for the export, e.g. {export_command(cfg, run_dir)}"
-        )
-    check_trained_encoders(cfg, run_dir)
+    check_prompt_encoders(cfg, run_dir)
     with writing_folder(out_dir, what="pipeline") as folder:  # no half-written folder to block the next try
         _write_pipeline(cfg, run_dir, folder, tag=tag, use_ema=use_ema, link=link, teacher=teacher)
     return out_dir
 
 
-def export_command(cfg: RootConfig, run_dir: str | os.PathLike) -> str:
-    """The command that exports run `run_dir` of recipe `cfg` as a pipeline: with `SECTION.path=DIR` for each
-    encoder the recipe does not name (a run on precomputed text: DIR is the encoder its shards were encoded with)."""
+def launcher_command(cfg: RootConfig, run_dir: str | os.PathLike, tool: str = "export") -> str:
+    """The command that runs launchers/`tool`.py (export, eval) on run `run_dir` of recipe `cfg`: with
+    `SECTION.path=DIR` for each encoder the recipe does not name (a run on precomputed text: DIR is the encoder its
+    shards were encoded with)."""
     encoders = "".join(f" {section}.path=DIR" for section in unnamed_encoders(cfg, get_family(cfg.teacher.family)))
-    return f"python launchers/export.py {run_dir}{encoders}"
+    return f"python launchers/{tool}.py {run_dir}{encoders}"
 
 
-def check_trained_encoders(cfg: RootConfig, run_dir: Path, tool: str = "export") -> None:
-    """Refuse text encoders other than those a run on precomputed text was trained with: the pipeline (or launchers/
-    `tool`.py) encodes its prompts with them, so the student would be given other embeddings than it learnt from.
-    Compared, as the recipe check compares them, with the text_encoding.json of the run's shards (`data.path`; their
-    size, token count and weights' fingerprint, not their path) where those shards are on this machine."""
+def check_prompt_encoders(cfg: RootConfig, run_dir: Path, tool: str = "export") -> None:
+    """The text encoders the pipeline (`tool` 'export') or the evaluation ('eval') encodes prompts with: refuse a
+    recipe that names none of those its family reads (a run on precomputed text needs none), with the command that
+    names them, and encoders other than those a run on precomputed text was trained with (the student would be given
+    other embeddings than it learnt from). Those are compared, as the recipe check compares them, with the
+    text_encoding.json of the run's shards (`data.path`; their size, token count and weights' fingerprint, not their
+    path) where those shards are on this machine."""
     spec = get_family(cfg.teacher.family)
+    who = "pipeline" if tool == "export" else "evaluation"
+    unnamed = unnamed_encoders(cfg, spec)
+    if unnamed:
+        raise UserError(
+            f"the recipe of {run_dir} names no {' and no '.join(unnamed)} encoder (it trained on precomputed text), "
+            f"and the {who} encodes prompts: name them, e.g. {launcher_command(cfg, run_dir, tool)}"
+        )
     path = cfg.data.path
     if spec.condition_kind != "text" or not cfg.text_encoder.use_precomputed or path is None or not Path(path).is_dir():
         return
@@ -186,10 +190,9 @@ def check_trained_encoders(cfg: RootConfig, run_dir: Path, tool: str = "export")
     if differing:
         section = next((s for s in OVERRIDABLE if differing[0].startswith(f"{s}.")), "text_encoder")
         raise UserError(
-            f"the {'pipeline' if tool == 'export' else 'evaluation'}'s text encoders are not those {run_dir} was "
-            f"trained with: its shards ({path}) were encoded otherwise ({'; '.join(differing)}); give the encoders "
-            f"they were encoded with (their text_encoding.json names them), e.g. python launchers/{tool}.py {run_dir} "
-            f"{section}.path=DIR"
+            f"the {who}'s text encoders are not those {run_dir} was trained with: its shards ({path}) were encoded "
+            f"otherwise ({'; '.join(differing)}); give the encoders they were encoded with (their text_encoding.json "
+            f"names them), e.g. python launchers/{tool}.py {run_dir} {section}.path=DIR"
         )
 
 

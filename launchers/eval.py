@@ -186,7 +186,7 @@ def main(argv=None) -> None:
     parser.add_argument("--poll-seconds", type=positive, default=60.0)
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     run_dir = args.run_dir
-    from ard_scale.pipeline import OVERRIDABLE, check_override_keys
+    from ard_scale.pipeline import OVERRIDABLE, check_override_keys, check_prompt_encoders
 
     try:
         check_override_sections(
@@ -217,7 +217,7 @@ def main(argv=None) -> None:
     device = "cuda" if torch_cuda() else "cpu"
     try:
         cfg = load_config(recipe, args.overrides)
-        check_encoders(cfg, run_dir)
+        check_prompt_encoders(cfg, run_dir, tool="eval")
         setup = build_setup(cfg, run_dir, device)
     except ValueError as e:
         sys.exit(f"error: {e}")
@@ -240,23 +240,6 @@ def main(argv=None) -> None:
                 print(evaluate_pending(run_dir, evaluate, teacher, settings))
         except ValueError as e:  # a damaged checkpoint, a LoRA base teacher that cannot be loaded: cause and fix
             sys.exit(f"error: {e}")
-
-
-def check_encoders(cfg, run_dir: Path) -> None:
-    """The evaluation encodes prompts (its prompts or the data's captions): refuse a recipe that names none of the text
-    encoders its family reads (a run trained on precomputed text need not), saying how to name them here, and
-    encoders other than those the run's precomputed shards were encoded with."""
-    from ard_scale.config.models import family_spec, unnamed_encoders
-    from ard_scale.pipeline import check_trained_encoders
-
-    unnamed = unnamed_encoders(cfg, family_spec(cfg.teacher.family))
-    if unnamed:
-        raise ValueError(
-            f"the recipe of {run_dir} names no {' and no '.join(unnamed)} encoder (it trained on precomputed text), "
-            f"and the evaluation encodes its prompts: name them, e.g. python launchers/eval.py {run_dir} "
-            f"{unnamed[0]}.path=DIR"
-        )
-    check_trained_encoders(cfg, run_dir, tool="eval")
 
 
 def build_setup(cfg, run_dir: Path, device: str):

@@ -27,7 +27,7 @@ from ard_scale.distributed.ema import ZeroEMA
 from ard_scale.distributed.engines import init_distributed, reapply_optimizer_settings
 from ard_scale.errors import UserError
 from ard_scale.evaluation.plots import plot_metrics
-from ard_scale.pipeline import export_command
+from ard_scale.pipeline import launcher_command
 from ard_scale.trainer.build import build_run
 from ard_scale.trainer.evaluate import build_loop_evaluation
 from ard_scale.trainer.gan import DivergenceWatch, build_gan, gan_step
@@ -371,7 +371,7 @@ def summary(cfg: RootConfig, run_dir: Path, ckpt: CheckpointManager, step: int) 
         lines.append(f"  eval grids   {run_dir / 'eval' / 'grids'}")
     if cfg.log.tensorboard:
         lines.append(f"  tensorboard  tensorboard --logdir {run_dir / 'tensorboard'}")
-    lines.append(f"  export       {export_command(cfg, run_dir)}   (then ARDPipeline.from_pretrained)")
+    lines.append(f"  export       {launcher_command(cfg, run_dir)}   (then ARDPipeline.from_pretrained)")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from ard_scale.config import dump_yaml, load_config, to_dict
 from ard_scale.diffusion.trajectory import diffusers_grid
-from ard_scale.pipeline import _scheduler_config, export_command, export_pipeline
+from ard_scale.pipeline import _scheduler_config, export_pipeline, launcher_command
 from ard_scale.trainer.build import build_schedule
 
 
@@ -67,15 +67,15 @@ def test_an_encoder_other_than_the_one_the_shards_were_encoded_with_is_refused(p
         export_pipeline(run, tmp_path / "pipe", overrides=[f"text_encoder.path={t5}"])
 
 
-def test_the_export_command_a_run_on_precomputed_text_ends_with_names_its_encoder(precomputed_run, tmp_path):
+def test_the_launcher_command_a_run_on_precomputed_text_ends_with_names_its_encoder(precomputed_run, tmp_path):
     """The run's closing summary (and the export's error) give the command that exports it: for a recipe naming no
     T5 it says `text_encoder.path=DIR`; that command, DIR the shards' T5, gets past the encoder checks to the
     weights."""
     run, t5, _ = precomputed_run
     cfg = load_config(run / "checkpoints" / "step_00000003" / "config.yaml")
-    command = export_command(cfg, run)
+    command = launcher_command(cfg, run)
     assert command == f"python launchers/export.py {run} text_encoder.path=DIR"
     overrides = [a.replace("DIR", str(t5)) for a in command.split()[3:]]
     with pytest.raises(ValueError, match="is not a complete checkpoint"):
         export_pipeline(run, tmp_path / "pipe", overrides=overrides)
-    assert export_command(load_config("recipes/tiny_t2i_cpu.yaml"), run) == f"python launchers/export.py {run}"
+    assert launcher_command(load_config("recipes/tiny_t2i_cpu.yaml"), run) == f"python launchers/export.py {run}"
