@@ -179,8 +179,8 @@ class EvalSetup:
 
 
 def model_description(section: Any, seed: int) -> dict:
-    """What defines a frozen model's output (the VAE, a text encoder): its recipe section and its weights (a named
-    size: random weights drawn from `seed`)."""
+    """What defines a frozen model's output (the teacher, the VAE, a text encoder): its recipe section and its weights
+    (a named size: random weights drawn from `seed`)."""
     return {**to_dict(section), "weights": file_identity(section.path) if section.path else {"seed": seed}}
 
 
@@ -275,8 +275,7 @@ def build_eval_setup(
     seeded = cfg.train.seed  # named sizes are random weights drawn from train.seed
     encoder_sections = [SLOT_SECTIONS[slot] for slot in teacher.spec.text_encoders]
     teacher_description = {
-        "teacher": to_dict(cfg.teacher),
-        "teacher_weights": file_identity(cfg.teacher.path) if cfg.teacher.path else {"seed": seeded},
+        "teacher": model_description(cfg.teacher, seeded),
         "diffusion": to_dict(cfg.diffusion),
         "num_student_steps": cfg.student.num_steps,  # the teacher grid has S·K steps
         "teacher_dtype": str(teacher.dtype),  # bf16 in a bf16 run, fp32 offline
