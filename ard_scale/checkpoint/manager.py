@@ -62,6 +62,7 @@ from ard_scale.checkpoint.safe_load import (
 )
 from ard_scale.checkpoint.save_errors import (
     CheckpointSaveError,
+    collective_failed,
     peer_failure,
     prepare_failure,
     room_problem,
@@ -100,21 +101,6 @@ def _gather(obj: Any) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def _collective_failed(error: BaseException) -> bool:
-    """Whether `error` came out of a collective with the other ranks (one of torch's distributed errors, or raised
-    inside torch.distributed or DeepSpeed's comm layer: gloo's "Connection closed by peer" is a plain RuntimeError)
-    rather than from this rank's own files."""
-    if isinstance(error, OSError):
-        return False
-    if isinstance(error, dist.DistError):
-        return True
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = Path(tb.tb_frame.f_code.co_filename).as_posix() if tb is not None else ""
-    return "/torch/distributed/" in where or "/deepspeed/comm/" in where
 
 
 def _own_files(tag_dir: Path, rank: int) -> list[Path]:
@@ -311,7 +297,7 @@ class CheckpointManager:
         try:
             yield
         except Exception as e:
-            if not _collective_failed(e):
+            if not collective_failed(e):
                 raise CheckpointSaveError(write_failure(self.dir, tag, latest, rank, e), every_rank=False) from e
             published = self._names_latest(tag)  # rank 0 wrote `latest` before a peer died in the last barrier
             raise CheckpointSaveError(peer_failure(self.dir, tag, latest, rank, e, published), every_rank=False) from e

@@ -1,8 +1,8 @@
 """Why a checkpoint save could not happen, said so the user can act: no room before it starts (`room_problem`), rank 0's
 preparation that failed (`prepare_failure`: creating the folder, removing what failed saves left), a write that
 failed (`write_failure`: a folder that is not writable is told apart from a full disk), or another rank that failed
-during the save (`peer_failure`, said by the ranks left waiting for it). The manager
-(checkpoint/manager.py) raises these messages as `CheckpointSaveError`."""
+during the save (`peer_failure`, said by the ranks left waiting for it; `collective_failed` tells the two apart). The
+manager (checkpoint/manager.py) raises these messages as `CheckpointSaveError`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import errno
 import shutil
 import tempfile
 from pathlib import Path
+
+import torch.distributed as dist
 
 from ard_scale.errors import UserError
 from ard_scale.utils.folders import size_text
@@ -59,6 +61,21 @@ def write_failure(ckpt_dir: Path, tag: str, latest: str | None, rank: int, error
     outcome = f"{tag} is incomplete and is never loaded; {_kept(latest)}."
     # DeepSpeed reports a folder it could not create as "Parent directory ... does not exist": ask the folder
     return _not_writable(ckpt_dir, latest, failed, outcome) or _no_room(ckpt_dir, latest, failed, outcome)
+
+
+def collective_failed(error: BaseException) -> bool:
+    """Whether `error` came out of a collective with the other ranks (one of torch's distributed errors, or raised
+    inside torch.distributed or DeepSpeed's comm layer: gloo's "Connection closed by peer" is a plain RuntimeError)
+    rather than from this rank's own files: then `peer_failure` says it, else `write_failure`."""
+    if isinstance(error, OSError):
+        return False
+    if isinstance(error, dist.DistError):
+        return True
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).as_posix() if tb is not None else ""
+    return "/torch/distributed/" in where or "/deepspeed/comm/" in where
 
 
 def peer_failure(ckpt_dir: Path, tag: str, latest: str | None, rank: int, error: Exception, published: bool) -> str:
