@@ -177,10 +177,10 @@ def diffusers_grid(scheduler) -> tuple[Schedule, torch.Tensor, str]:
     Supported: linear betas (not rescaled to zero terminal SNR); DDIM with η=0, clip_sample=False,
     set_alpha_to_one=True and 'leading' spacing (DDIM steps from t to t − T//N, which is the next listed timestep only
     for 'leading'); DPM-Solver++ 2M (midpoint, final_sigmas_type='zero', no Karras/exponential/beta/flow sigmas);
-    FlowMatchEulerDiscreteScheduler (SD3: its
-    shifted sigmas are the grid, Euler; dynamic shifting (give `mu` to `set_timesteps`, as FluxPipeline and
-    QwenImagePipeline do) and Qwen-Image's `shift_terminal` stretch are already in those sigmas, so the returned
-    schedule's own `shift` is then unused: pass the grid explicitly; no stochastic sampling). Anything else raises.
+    FlowMatchEulerDiscreteScheduler (SD3: its shifted sigmas are the grid, Euler; dynamic shifting (give `mu` to
+    `set_timesteps`, as FluxPipeline and QwenImagePipeline do) and Qwen-Image's `shift_terminal` stretch are already
+    in those sigmas, so the returned schedule's own `shift` is then unused: pass the grid explicitly; no stochastic
+    sampling). Anything else raises.
     """
     cfg = scheduler.config
     name = type(scheduler).__name__
